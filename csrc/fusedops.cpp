@@ -1,0 +1,51 @@
+// Schemas of the compiled kernel ops of fusedops.
+//
+// These are the device-dispatched kernel entry points of the "cpp" (CPU) and "cuda"
+// backends: csrc/cpu/*.cpp registers their CPU kernels and csrc/cuda/bindings.cpp their
+// CUDA kernels. The Python package registers their fake (meta) implementations so that
+// torch.compile and torch.export see through them, and routes the backend-independent
+// graph ops (fusedops::conv_block_forward, ...) to them.
+//
+// Argument conventions (shared with fusedops/ops/*.py):
+//   padding          [top, bottom, left, right] zero padding of the input
+//   pool_kernel_size [] for "no pooling" (conv + bias + ReLU), else [kh, kw]
+//   offsets          one small integer per pooled output: the row-major offset of the
+//                    window's max inside the pool window, or -1 when ReLU is off there
+//   output_mask      which of (grad_input, grad_weight, grad_bias) to compute; an
+//                    unneeded gradient is returned as an empty tensor
+
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(fusedops, m) {
+  m.def(
+      "native_conv_block_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, "
+      "int[4] padding, int[2] dilation, int groups, int[] pool_kernel_size, int[2] pool_stride, "
+      "int[2] pool_padding, int[2] pool_dilation, bool pool_ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "native_conv_block_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "Tensor offsets, int[2] stride, int[4] padding, int[2] dilation, int groups, "
+      "int[] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, int[2] pool_dilation, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "native_linear_forward(Tensor input, Tensor weight, Tensor? bias, str activation) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "native_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
+      "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+// `import fusedops._C` loads this library, which runs the registrations above. The module
+// itself carries one attribute: whether the CUDA kernels were compiled in.
+static struct PyModuleDef fusedops_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+extern "C" PyObject* PyInit__C(void) {
+  PyObject* module = PyModule_Create(&fusedops_module);
+  if (module == nullptr) return nullptr;
+#ifdef FUSEDOPS_WITH_CUDA
+  PyModule_AddIntConstant(module, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(module, "WITH_CUDA", 0);
+#endif
+  return module;
+}

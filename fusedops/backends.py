@@ -1,0 +1,196 @@
+"""Backend registry: name -> backend, automatic choice, and dispatch of the registered ops.
+
+A backend computes the forward and backward of both fused ops. Each says, as a list of
+human-readable reasons, why it cannot run given inputs (``unsupported_reasons``); an empty
+list means it can. Automatic choice (``backend=None`` and ``FUSEDOPS_BACKEND`` unset) takes
+the first backend of the device's preference order that can run, and ends at
+``"reference"``, which runs everything. A backend named explicitly that cannot run raises
+``RuntimeError`` with its reasons.
+
+The graph-level ops ``fusedops::conv_block_forward`` etc. get their implementation here:
+it resolves the backend at run time (so a compiled or exported graph keeps the automatic
+choice) and calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .ops import conv_block, linear
+from .ops.conv_block import ConvBlockParams
+
+ENV_VAR = "FUSEDOPS_BACKEND"
+
+# Preference order of automatic choice, per device type. "reference" closes every list.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
+
+
+class Backend:
+    """Base class: a named implementation of both ops' forward and backward."""
+
+    name = ""
+    devices: Sequence[str] = ()
+
+    def unavailable_reason(self) -> Optional[str]:
+        """Why this backend cannot run on this machine at all (None if it can)."""
+        return None
+
+    def unsupported_reasons(self, tensors: Sequence[torch.Tensor]) -> List[str]:
+        """Why this backend cannot run these inputs; empty if it can."""
+        reason = self.unavailable_reason()
+        if reason is not None:
+            return [reason]
+        reasons = []
+        for t in tensors:
+            if t.device.type not in self.devices:
+                reasons.append(
+                    f"{self.name!r} runs on {' or '.join(self.devices)} tensors, got a {t.device.type} tensor"
+                )
+                break
+        return reasons
+
+    def conv_block_forward(self, input, weight, bias, params: ConvBlockParams):
+        raise NotImplementedError
+
+    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
+        raise NotImplementedError
+
+    def linear_forward(self, input, weight, bias, activation: str):
+        raise NotImplementedError
+
+    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
+        raise NotImplementedError
+
+
+class ReferenceBackend(Backend):
+    """Torch-op composition of the same math and saved state: the oracle; runs everywhere."""
+
+    name = "reference"
+    devices = ("cpu", "cuda", "meta")
+
+    def unsupported_reasons(self, tensors):
+        return []
+
+    def conv_block_forward(self, input, weight, bias, params):
+        return conv_block.reference_forward(input, weight, bias, params)
+
+    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
+        return conv_block.reference_backward(grad_output, input, weight, offsets, params, output_mask)
+
+    def linear_forward(self, input, weight, bias, activation):
+        return linear.reference_forward(input, weight, bias, activation)
+
+    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
+        return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
+
+
+class PendingBackend(Backend):
+    """A backend whose kernels are not part of this build yet: never available."""
+
+    def __init__(self, name: str, devices: Sequence[str], what: str):
+        self.name = name
+        self.devices = tuple(devices)
+        self._what = what
+
+    def unavailable_reason(self):
+        return f"the {self.name!r} backend ({self._what}) is not implemented in this version of fusedops"
+
+
+_REGISTRY: Dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> None:
+    """Add (or replace) a backend under ``backend.name``."""
+    _REGISTRY[backend.name] = backend
+
+
+register(ReferenceBackend())
+register(PendingBackend("triton", ("cuda", "cpu"), "Triton kernels"))
+register(PendingBackend("cpp", ("cpu",), "C++ CPU kernels in fusedops._C"))
+register(PendingBackend("cuda", ("cuda",), "CUDA kernels in fusedops._C"))
+
+
+def known_backends() -> List[str]:
+    """Every registered backend name, available here or not."""
+    return list(_REGISTRY)
+
+
+def available_backends() -> List[str]:
+    """Names of the backends that can run on this machine, e.g. ``["reference", "cpp"]``."""
+    return [name for name, b in _REGISTRY.items() if b.unavailable_reason() is None]
+
+
+def check_backend_name(name) -> str:
+    """Validate a user-given backend name; returns '' for automatic (None)."""
+    if name is None:
+        return ""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; known backends are {known_backends()}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_order(device_type: str) -> tuple:
+    return AUTO_ORDER.get(device_type, ("reference",))
+
+
+def select(requested: str, tensors: Sequence[torch.Tensor], op: str) -> Backend:
+    """The backend that runs ``op`` on ``tensors``.
+
+    ``requested`` is a backend name or '' for automatic; in the automatic case the
+    environment variable ``FUSEDOPS_BACKEND``, when set, names the backend instead.
+    """
+    name = requested or os.environ.get(ENV_VAR, "")
+    if name:
+        if name not in _REGISTRY:
+            source = "backend" if requested else f"environment variable {ENV_VAR}"
+            raise ValueError(f"unknown {source} {name!r}; known backends are {known_backends()}")
+        backend = _REGISTRY[name]
+        reasons = backend.unsupported_reasons(tensors)
+        if reasons:
+            raise RuntimeError(f"backend {name!r} cannot run {op} on these inputs: " + "; ".join(reasons))
+        return backend
+    for candidate in _auto_order(tensors[0].device.type):
+        backend = _REGISTRY[candidate]
+        if not backend.unsupported_reasons(tensors):
+            return backend
+    return _REGISTRY["reference"]
+
+
+def _present(*tensors):
+    return [t for t in tensors if t is not None]
+
+
+# ---- implementations of the graph-level ops: resolve the backend, run it ----------------
+
+
+@torch.library.impl("fusedops::conv_block_forward", "CompositeExplicitAutograd")
+def _conv_block_forward(input, weight, bias, *args):
+    *params, backend = args
+    p = conv_block.params_from_op_args(*params)
+    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d")
+    return chosen.conv_block_forward(input, weight, bias, p)
+
+
+@torch.library.impl("fusedops::conv_block_backward", "CompositeExplicitAutograd")
+def _conv_block_backward(grad_output, input, weight, offsets, *args):
+    *params, output_mask, backend = args
+    p = conv_block.params_from_op_args(*params)
+    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward")
+    return chosen.conv_block_backward(grad_output, input, weight, offsets, p, output_mask)
+
+
+@torch.library.impl("fusedops::linear_forward", "CompositeExplicitAutograd")
+def _linear_forward(input, weight, bias, activation, backend):
+    chosen = select(backend, _present(input, weight, bias), "linear")
+    return chosen.linear_forward(input, weight, bias, activation)
+
+
+@torch.library.impl("fusedops::linear_backward", "CompositeExplicitAutograd")
+def _linear_backward(grad_output, input, weight, saved, activation, output_mask, backend):
+    chosen = select(backend, [grad_output, input, weight], "linear backward")
+    return chosen.linear_backward(grad_output, input, weight, saved, activation, output_mask)

@@ -1,0 +1,217 @@
+"""Functional ops of fusedops: validate and normalise arguments, then run the autograd Function.
+
+The backend is resolved when the registered op runs (see ``fusedops.backends``); only the
+backend's name is checked here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _args
+from .backends import check_backend_name
+from .ops.conv_block import ConvBlockParams, ConvReluMaxPool2dFunction
+from .ops.linear import ACTIVATIONS, LinearFunction
+
+__all__ = ["conv_relu_maxpool2d", "linear", "conv_block_params"]
+
+
+def conv_block_params(
+    kernel_size,
+    stride=1,
+    padding: Union[str, int, Sequence[int]] = 0,
+    dilation=1,
+    groups: int = 1,
+    pool_kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    pool_ceil_mode: bool = False,
+) -> ConvBlockParams:
+    """Validate the non-tensor arguments of the conv block and return them normalised.
+
+    Raises ``TypeError``/``ValueError`` naming the argument, with torch's own rules: positive
+    stride, dilation, groups and pool sizes; non-negative padding; 'same' only with stride 1;
+    pool padding at most half the pool kernel.
+    """
+    kernel = _args.pair(kernel_size, "kernel_size", minimum=1)
+    stride = _args.pair(stride, "stride", minimum=1)
+    dilation = _args.pair(dilation, "dilation", minimum=1)
+    padding4 = _args.conv_padding(padding, kernel, stride, dilation)
+    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if not isinstance(pool_ceil_mode, bool):
+        raise TypeError(f"pool_ceil_mode must be a bool, got {pool_ceil_mode!r}")
+    if pool_kernel_size is None:
+        return ConvBlockParams(stride, padding4, dilation, groups, (), (1, 1), (0, 0), (1, 1), False)
+    pool_kernel = _args.pair(pool_kernel_size, "pool_kernel_size", minimum=1)
+    pool_stride = pool_kernel if pool_stride is None else _args.pair(pool_stride, "pool_stride", minimum=1)
+    pool_padding = _args.pair(pool_padding, "pool_padding", minimum=0)
+    pool_dilation = _args.pair(pool_dilation, "pool_dilation", minimum=1)
+    for pad, k in zip(pool_padding, pool_kernel):
+        if pad > k // 2:
+            raise ValueError(
+                f"pool_padding must be at most half of pool_kernel_size, got "
+                f"pool_padding={pool_padding} and pool_kernel_size={pool_kernel}"
+            )
+    return ConvBlockParams(
+        stride, padding4, dilation, groups, pool_kernel, pool_stride, pool_padding, pool_dilation,
+        pool_ceil_mode,
+    )
+
+
+def _autocast(device_type: str, *tensors):
+    """Cast eligible tensors to the autocast dtype, as autocast does for conv2d and linear."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(
+        t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        else t
+        for t in tensors
+    )
+
+
+def _needs_graph(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def conv_relu_maxpool2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride=1,
+    padding: Union[str, int, Sequence[int]] = 0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    pool_kernel_size=2,
+    pool_stride=None,
+    pool_padding=0,
+    pool_dilation=1,
+    pool_ceil_mode: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """``max_pool2d(relu(conv2d(input, weight, bias, ...)), pool_...)`` in one fused op.
+
+    Shapes: ``input (N, Cin, H, W)`` or unbatched ``(Cin, H, W)``; ``weight (Cout, Cin /
+    groups, KH, KW)``; ``bias (Cout,)``. Returns ``(N, Cout, PH, PW)`` (or ``(Cout, PH, PW)``)
+    where ``(PH, PW)`` is the pool output of the conv output; ``pool_kernel_size=None``
+    skips pooling. Arguments take the values ``F.conv2d`` and ``F.max_pool2d`` take.
+    Differentiable in ``input``, ``weight`` and ``bias`` through a hand-written backward that
+    saves only ``input``, ``weight`` and one small integer per output.
+    """
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"conv_relu_maxpool2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"conv_relu_maxpool2d: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    input, weight, bias = _autocast(input.device.type, input, weight, bias)
+    _args.check_float_tensor(input, "input")
+    _args.check_float_tensor(weight, "weight", ref=input)
+    if bias is not None:
+        _args.check_float_tensor(bias, "bias", ref=input)
+    if input.dim() not in (3, 4):
+        raise ValueError(
+            f"conv_relu_maxpool2d: expected input of shape (N, C, H, W) or (C, H, W), "
+            f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(
+            f"conv_relu_maxpool2d: expected weight of shape (out_channels, in_channels / groups, "
+            f"kH, kW), got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}"
+        )
+    params = conv_block_params(
+        tuple(weight.shape[-2:]), stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+        pool_padding, pool_dilation, pool_ceil_mode,
+    )
+    backend = check_backend_name(backend)
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    channels = input.shape[-3]
+    if out_channels % groups != 0:
+        raise ValueError(
+            f"conv_relu_maxpool2d: weight has {out_channels} output channels, which groups={groups} does not divide"
+        )
+    if channels != in_per_group * groups:
+        raise ValueError(
+            f"conv_relu_maxpool2d: input has {channels} channels but weight expects "
+            f"{in_per_group * groups} (groups={groups})"
+        )
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(
+            f"conv_relu_maxpool2d: bias must have shape ({out_channels},), got {tuple(bias.shape)}"
+        )
+    top, bottom, left, right = params.padding
+    padded = (input.shape[-2] + top + bottom, input.shape[-1] + left + right)
+    kernel = tuple((k - 1) * d + 1 for k, d in zip(weight.shape[-2:], params.dilation))
+    if padded[0] < kernel[0] or padded[1] < kernel[1]:
+        raise ValueError(
+            f"conv_relu_maxpool2d: padded input size ({padded[0]} x {padded[1]}) is smaller "
+            f"than the dilated kernel size ({kernel[0]} x {kernel[1]})"
+        )
+    if params.has_pool:
+        conv_hw = params.conv_output_hw(input.shape[-2:], weight.shape[-2:])
+        out_hw = params.output_hw(input.shape[-2:], weight.shape[-2:])
+        if out_hw[0] < 1 or out_hw[1] < 1:
+            raise ValueError(
+                f"conv_relu_maxpool2d: the conv output ({conv_hw[0]} x {conv_hw[1]}) is too small "
+                f"for pool_kernel_size={params.pool_kernel_size} with pool_padding="
+                f"{params.pool_padding} and pool_dilation={params.pool_dilation}: pool output "
+                f"size would be ({out_hw[0]} x {out_hw[1]})"
+            )
+
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    if _needs_graph(x, weight, bias):
+        out = ConvReluMaxPool2dFunction.apply(x, weight, bias, params, backend)
+    else:
+        out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
+    return out.squeeze(0) if unbatched else out
+
+
+def linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    *,
+    activation: Optional[str] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """``act(input @ weight.T + bias)`` in one fused op.
+
+    Shapes: ``input (..., in_features)`` (any number of leading dims, also none), ``weight
+    (out_features, in_features)``, ``bias (out_features,)``; returns ``(..., out_features)``.
+    ``activation`` is one of None, "relu", "gelu" (exact), "gelu_tanh", "silu".
+    Differentiable in every tensor through a hand-written backward.
+    """
+    for name, t in (("input", input), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"linear: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"linear: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    act = _args.check_activation(activation, ACTIVATIONS)
+    backend = check_backend_name(backend)
+    input, weight, bias = _autocast(input.device.type, input, weight, bias)
+    _args.check_float_tensor(input, "input")
+    _args.check_float_tensor(weight, "weight", ref=input)
+    if bias is not None:
+        _args.check_float_tensor(bias, "bias", ref=input)
+    if input.dim() < 1:
+        raise ValueError("linear: input must have at least 1 dimension (..., in_features), got a 0-D tensor")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"linear: expected weight of shape (out_features, in_features), got a {weight.dim()}-D "
+            f"tensor of shape {tuple(weight.shape)}"
+        )
+    if input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input has {input.shape[-1]} features (last dim) but weight expects {weight.shape[1]}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if _needs_graph(input, weight, bias):
+        return LinearFunction.apply(input, weight, bias, act, backend)
+    out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, act, backend)
+    return out

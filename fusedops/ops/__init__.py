@@ -1,0 +1,1 @@
+"""Per-op math, registered ops and autograd Functions (see each module's docstring)."""

@@ -1,0 +1,268 @@
+"""Fused Conv2d + bias + ReLU + MaxPool2d: the math, the registered ops, the autograd Function.
+
+Forward, for input ``x (N, Cin, H, W)``, weight ``w (Cout, Cin/groups, KH, KW)``, bias ``b``:
+
+    c = conv2d(x, w, b)                               (N, Cout, OH, OW), never saved
+    y = max_pool2d(relu(c))                           (N, Cout, PH, PW)
+
+Saved for backward: ``x``, ``w`` and ``offsets`` (N, Cout, PH, PW), one small integer per
+pooled output: the row-major position ``kh * PKW + kw`` of the window's max inside its pool
+window, or ``RELU_OFF`` (-1) where the ReLU gradient is zero (the max is <= 0, or the window
+lies wholly in padding). Without pooling ``offsets`` is 0 (ReLU on) or -1 (off) per output.
+
+Backward: un-pool ``dy`` through the offsets into the conv-output gradient ``dc`` (summing
+where overlapping windows pick the same element), then ``dx = conv_transpose(dc, w)``,
+``dw = correlate(x, dc)``, ``db = sum(dc)``.
+
+The reference implementation below composes torch ops (it is the oracle and the fallback);
+kernel backends compute the same outputs and offsets themselves.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._args import conv_output_size, pool_output_size
+
+RELU_OFF = -1
+
+
+class ConvBlockParams(NamedTuple):
+    """Normalised non-tensor arguments of the conv block (all explicit ints).
+
+    ``padding`` is ``(top, bottom, left, right)``; ``pool_kernel_size`` is ``()`` for no
+    pooling, else ``(kh, kw)``.
+    """
+
+    stride: Tuple[int, int]
+    padding: Tuple[int, int, int, int]
+    dilation: Tuple[int, int]
+    groups: int
+    pool_kernel_size: Tuple[int, ...]
+    pool_stride: Tuple[int, int]
+    pool_padding: Tuple[int, int]
+    pool_dilation: Tuple[int, int]
+    pool_ceil_mode: bool
+
+    @property
+    def has_pool(self) -> bool:
+        return len(self.pool_kernel_size) == 2
+
+    def conv_output_hw(self, input_hw: Sequence[int], kernel_hw: Sequence[int]) -> Tuple[int, int]:
+        """Spatial size ``(OH, OW)`` of the (never materialised) conv output."""
+        top, bottom, left, right = self.padding
+        return (
+            conv_output_size(input_hw[0], kernel_hw[0], self.stride[0], top + bottom, self.dilation[0]),
+            conv_output_size(input_hw[1], kernel_hw[1], self.stride[1], left + right, self.dilation[1]),
+        )
+
+    def output_hw(self, input_hw: Sequence[int], kernel_hw: Sequence[int]) -> Tuple[int, int]:
+        """Spatial size ``(PH, PW)`` of the block's output."""
+        oh, ow = self.conv_output_hw(input_hw, kernel_hw)
+        if not self.has_pool:
+            return oh, ow
+        return tuple(  # type: ignore[return-value]
+            pool_output_size(size, k, s, p, d, self.pool_ceil_mode)
+            for size, k, s, p, d in zip(
+                (oh, ow), self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_dilation
+            )
+        )
+
+    def offsets_dtype(self) -> torch.dtype:
+        """Narrowest integer type holding a window offset and the -1 sentinel."""
+        window = self.pool_kernel_size[0] * self.pool_kernel_size[1] if self.has_pool else 1
+        if window <= 127:
+            return torch.int8
+        if window <= 32767:
+            return torch.int16
+        return torch.int32
+
+
+def output_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``t`` is channels_last-contiguous but not NCHW-contiguous."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _pad_for_conv(x: torch.Tensor, padding: Sequence[int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Return ``(x', conv_padding)``: symmetric padding goes to conv, asymmetric is applied."""
+    top, bottom, left, right = padding
+    if top == bottom and left == right:
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
+
+
+def _window_origins(out_hw: Sequence[int], p: ConvBlockParams, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Conv-output coordinates of each pool window's top-left element: (PH, 1) and (1, PW)."""
+    rows = torch.arange(out_hw[0], device=device) * p.pool_stride[0] - p.pool_padding[0]
+    cols = torch.arange(out_hw[1], device=device) * p.pool_stride[1] - p.pool_padding[1]
+    return rows.view(-1, 1), cols.view(1, -1)
+
+
+def reference_forward(
+    input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], p: ConvBlockParams
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pure-torch forward on 4-D input: returns ``(output, offsets)`` (see module docstring)."""
+    x, conv_pad = _pad_for_conv(input, p.padding)
+    conv = F.conv2d(x, weight, bias, p.stride, conv_pad, p.dilation, p.groups)
+    act = F.relu(conv)
+    fmt = output_memory_format(input)
+    if not p.has_pool:
+        offsets = torch.where(conv <= 0, RELU_OFF, 0).to(torch.int8)
+        return act.contiguous(memory_format=fmt), offsets.contiguous(memory_format=fmt)
+    out, indices = F.max_pool2d(
+        act, p.pool_kernel_size, p.pool_stride, p.pool_padding, p.pool_dilation,
+        p.pool_ceil_mode, return_indices=True,
+    )
+    row0, col0 = _window_origins(out.shape[-2:], p, input.device)
+    conv_w = conv.shape[-1]
+    kh = (indices // conv_w - row0) // p.pool_dilation[0]
+    kw = (indices % conv_w - col0) // p.pool_dilation[1]
+    # `out <= 0` covers a max of 0 (ReLU off), negative values and the -inf of windows
+    # that lie wholly in padding (whose torch index points outside the plane).
+    offsets = torch.where(out <= 0, RELU_OFF, kh * p.pool_kernel_size[1] + kw)
+    offsets = offsets.to(p.offsets_dtype())
+    return out.contiguous(memory_format=fmt), offsets.contiguous(memory_format=fmt)
+
+
+def unpool_gradient(
+    grad_output: torch.Tensor, offsets: torch.Tensor, conv_hw: Sequence[int], p: ConvBlockParams
+) -> torch.Tensor:
+    """Scatter ``dy`` through ``offsets`` into the conv-output gradient ``(N, Cout, OH, OW)``.
+
+    Elements picked by several overlapping windows receive the sum, as in max_pool2d's
+    backward; windows with the ReLU off contribute nothing.
+    """
+    active = offsets >= 0
+    grad = torch.where(active, grad_output, 0)
+    if not p.has_pool:
+        return grad
+    n, c, ph, pw = grad_output.shape
+    offs = offsets.long().clamp_min(0)
+    row0, col0 = _window_origins((ph, pw), p, grad_output.device)
+    rows = row0 + (offs // p.pool_kernel_size[1]) * p.pool_dilation[0]
+    cols = col0 + (offs % p.pool_kernel_size[1]) * p.pool_dilation[1]
+    flat = torch.where(active, rows * conv_hw[1] + cols, 0)
+    dconv = grad.new_zeros(n, c, conv_hw[0] * conv_hw[1])
+    dconv.scatter_add_(2, flat.reshape(n, c, -1), grad.reshape(n, c, -1))
+    return dconv.view(n, c, conv_hw[0], conv_hw[1])
+
+
+def reference_backward(
+    grad_output: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    offsets: torch.Tensor,
+    p: ConvBlockParams,
+    output_mask: Sequence[bool],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-torch backward: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
+    conv_hw = p.conv_output_hw(input.shape[-2:], weight.shape[-2:])
+    dconv = unpool_gradient(grad_output, offsets, conv_hw, p)
+    x, conv_pad = _pad_for_conv(input, p.padding)
+    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+        dconv, x, weight, None, p.stride, conv_pad, p.dilation, False, (0, 0), p.groups,
+        (output_mask[0], output_mask[1], False),
+    )
+    empty = input.new_empty(0)
+    if output_mask[0]:
+        if x is not input:  # asymmetric padding was applied: drop the padding's gradient
+            top, left = p.padding[0], p.padding[2]
+            grad_input = grad_input[..., top : top + input.shape[-2], left : left + input.shape[-1]]
+        grad_input = grad_input.contiguous(memory_format=output_memory_format(input))
+    else:
+        grad_input = empty
+    grad_weight = grad_weight.contiguous() if output_mask[1] else empty
+    grad_bias = dconv.sum((0, 2, 3)) if output_mask[2] else empty
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------
+# Registered ops. ``conv_block_forward``/``conv_block_backward`` are the graph-level ops
+# (what torch.compile and torch.export record); their implementation, registered by
+# fusedops.backends, runs the named backend ("" = automatic). ``native_*`` are the
+# compiled kernels' ops defined in csrc/fusedops.cpp.
+# ---------------------------------------------------------------------------------------
+
+_PARAM_SCHEMA = (
+    "int[2] stride, int[4] padding, int[2] dilation, int groups, int[] pool_kernel_size, "
+    "int[2] pool_stride, int[2] pool_padding, int[2] pool_dilation"
+)
+FORWARD_SCHEMA = (
+    f"(Tensor input, Tensor weight, Tensor? bias, {_PARAM_SCHEMA}, bool pool_ceil_mode, "
+    "str backend) -> (Tensor, Tensor)"
+)
+BACKWARD_SCHEMA = (
+    f"(Tensor grad_output, Tensor input, Tensor weight, Tensor offsets, {_PARAM_SCHEMA}, "
+    "bool[3] output_mask, str backend) -> (Tensor, Tensor, Tensor)"
+)
+
+torch.library.define("fusedops::conv_block_forward", FORWARD_SCHEMA)
+torch.library.define("fusedops::conv_block_backward", BACKWARD_SCHEMA)
+
+
+def params_from_op_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+                        pool_padding, pool_dilation, pool_ceil_mode=False) -> ConvBlockParams:
+    """Rebuild :class:`ConvBlockParams` from the flat arguments of the registered ops."""
+    return ConvBlockParams(
+        tuple(stride), tuple(padding), tuple(dilation), groups, tuple(pool_kernel_size),
+        tuple(pool_stride), tuple(pool_padding), tuple(pool_dilation), pool_ceil_mode,
+    )
+
+
+def fake_forward(input, weight, bias, *args):
+    """Shapes, dtypes and layouts of ``(output, offsets)`` without computing them."""
+    p = params_from_op_args(*args[:9])
+    out_hw = p.output_hw(input.shape[-2:], weight.shape[-2:])
+    shape = (input.shape[0], weight.shape[0], *out_hw)
+    fmt = output_memory_format(input)
+    out = input.new_empty(shape).contiguous(memory_format=fmt)
+    offsets = input.new_empty(shape, dtype=p.offsets_dtype()).contiguous(memory_format=fmt)
+    return out, offsets
+
+
+def fake_backward(grad_output, input, weight, offsets, *args):
+    """Shapes of ``(grad_input, grad_weight, grad_bias)`` (empty where not asked)."""
+    output_mask = args[8]
+    empty = input.new_empty(0)
+    grad_input = (
+        torch.empty_like(input, memory_format=output_memory_format(input)) if output_mask[0] else empty
+    )
+    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else empty
+    grad_bias = input.new_empty(weight.shape[0]) if output_mask[2] else empty
+    return grad_input, grad_weight, grad_bias
+
+
+torch.library.register_fake("fusedops::conv_block_forward", lambda *a: fake_forward(*a[:-1]))
+torch.library.register_fake("fusedops::conv_block_backward", lambda *a: fake_backward(*a[:-1]))
+
+
+class ConvReluMaxPool2dFunction(torch.autograd.Function):
+    """Autograd node of the fused block: saves ``input``, ``weight`` and the int offsets.
+
+    ``forward(input, weight, bias, params: ConvBlockParams, backend: str) -> output``
+    with 4-D ``input``; ``backward`` un-pools through the offsets (see module docstring).
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str):
+        out, offsets = torch.ops.fusedops.conv_block_forward(input, weight, bias, *params, backend)
+        ctx.save_for_backward(input, weight, offsets)
+        ctx.params = params
+        ctx.backend = backend
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, offsets = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+        grads = torch.ops.fusedops.conv_block_backward(
+            grad_output, input, weight, offsets, *ctx.params[:8], mask, ctx.backend
+        )
+        return (*(g if m else None for g, m in zip(grads, mask)), None, None)
