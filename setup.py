@@ -32,7 +32,7 @@ def _want_cuda(torch):
     from torch.utils.cpp_extension import CUDA_HOME
 
     if CUDA_HOME is None and shutil.which("nvcc") is None:
-        warnings.warn("fusedops: torch has CUDA but nvcc was not found; building CPU kernels only")
+        warnings.warn("fusedops: torch has CUDA but nvcc was not found; building CPU kernels only", stacklevel=2)
         return False
     return True
 

@@ -133,7 +133,7 @@ def check_backend_name(name) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _auto_order(device_type: str) -> tuple:
     return AUTO_ORDER.get(device_type, ("reference",))
 

@@ -161,7 +161,7 @@ class FusedConvBlock(nn.Module):
         pool: Optional[nn.MaxPool2d] = None,
         *,
         backend: Optional[str] = None,
-    ) -> "FusedConvBlock":
+    ) -> FusedConvBlock:
         """Build a block computing ``pool(relu(conv(x)))`` with a copy of ``conv``'s parameters.
 
         ``relu`` may be ``None`` or an ``nn.ReLU`` (the block always applies ReLU);
@@ -288,7 +288,7 @@ class FusedLinear(nn.Module):
     @classmethod
     def from_modules(
         cls, linear: nn.Linear, activation: Optional[nn.Module] = None, *, backend: Optional[str] = None
-    ) -> "FusedLinear":
+    ) -> FusedLinear:
         """Build a fused layer from ``linear`` (parameters copied) and an optional activation module."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")

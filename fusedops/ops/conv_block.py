@@ -148,7 +148,7 @@ def unpool_gradient(
     cols = col0 + (offs % p.pool_kernel_size[1]) * p.pool_dilation[1]
     flat = torch.where(active, rows * conv_hw[1] + cols, 0)
     dconv = grad.new_zeros(n, c, conv_hw[0] * conv_hw[1])
-    dconv.scatter_add_(2, flat.reshape(n, c, -1), grad.reshape(n, c, -1))
+    dconv.scatter_add_(2, flat.reshape(n, c, ph * pw), grad.reshape(n, c, ph * pw))
     return dconv.view(n, c, conv_hw[0], conv_hw[1])
 
 
@@ -168,16 +168,15 @@ def reference_backward(
         dconv, x, weight, None, p.stride, conv_pad, p.dilation, False, (0, 0), p.groups,
         (output_mask[0], output_mask[1], False),
     )
-    empty = input.new_empty(0)
     if output_mask[0]:
         if x is not input:  # asymmetric padding was applied: drop the padding's gradient
             top, left = p.padding[0], p.padding[2]
             grad_input = grad_input[..., top : top + input.shape[-2], left : left + input.shape[-1]]
         grad_input = grad_input.contiguous(memory_format=output_memory_format(input))
     else:
-        grad_input = empty
-    grad_weight = grad_weight.contiguous() if output_mask[1] else empty
-    grad_bias = dconv.sum((0, 2, 3)) if output_mask[2] else empty
+        grad_input = input.new_empty(0)
+    grad_weight = grad_weight.contiguous() if output_mask[1] else input.new_empty(0)
+    grad_bias = dconv.sum((0, 2, 3)) if output_mask[2] else input.new_empty(0)
     return grad_input, grad_weight, grad_bias
 
 
@@ -228,12 +227,13 @@ def fake_forward(input, weight, bias, *args):
 def fake_backward(grad_output, input, weight, offsets, *args):
     """Shapes of ``(grad_input, grad_weight, grad_bias)`` (empty where not asked)."""
     output_mask = args[8]
-    empty = input.new_empty(0)
     grad_input = (
-        torch.empty_like(input, memory_format=output_memory_format(input)) if output_mask[0] else empty
+        torch.empty_like(input, memory_format=output_memory_format(input)) if output_mask[0] else input.new_empty(0)
     )
-    grad_weight = torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else empty
-    grad_bias = input.new_empty(weight.shape[0]) if output_mask[2] else empty
+    grad_weight = (
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if output_mask[1] else input.new_empty(0)
+    )
+    grad_bias = input.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0)
     return grad_input, grad_weight, grad_bias
 
 

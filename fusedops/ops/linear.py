@@ -90,10 +90,9 @@ def reference_backward(
     else:
         dz = (grad_output * activation_derivative(saved, activation)).to(grad_output.dtype)
     dz2 = dz.reshape(-1, weight.shape[0])
-    empty = input.new_empty(0)
-    grad_input = (dz @ weight) if output_mask[0] else empty
-    grad_weight = (dz2.t() @ input.reshape(-1, weight.shape[1])) if output_mask[1] else empty
-    grad_bias = dz2.sum(0) if output_mask[2] else empty
+    grad_input = (dz @ weight) if output_mask[0] else input.new_empty(0)
+    grad_weight = (dz2.t() @ input.reshape(-1, weight.shape[1])) if output_mask[1] else input.new_empty(0)
+    grad_bias = dz2.sum(0) if output_mask[2] else input.new_empty(0)
     return grad_input, grad_weight, grad_bias
 
 
@@ -122,11 +121,10 @@ def fake_forward(input, weight, bias, activation):
 
 def fake_backward(grad_output, input, weight, saved, activation, output_mask):
     """Shapes of ``(grad_input, grad_weight, grad_bias)`` (empty where not asked)."""
-    empty = input.new_empty(0)
     return (
-        input.new_empty(input.shape) if output_mask[0] else empty,
-        weight.new_empty(weight.shape) if output_mask[1] else empty,
-        weight.new_empty(weight.shape[0]) if output_mask[2] else empty,
+        input.new_empty(input.shape) if output_mask[0] else input.new_empty(0),
+        weight.new_empty(weight.shape) if output_mask[1] else input.new_empty(0),
+        weight.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0),
     )
 
 

@@ -1,0 +1,49 @@
+"""Test configuration: Triton's interpreter without a GPU, the gpu marker, the backend fixture."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Must be set before triton is imported: runs Triton kernels on CPU tensors.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fusedops  # noqa: E402
+from fusedops import backends  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="no CUDA device: gpu-marked test runs on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_env(monkeypatch):
+    """Fresh, reproducible random inputs per test; no FUSEDOPS_BACKEND leaking in."""
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    torch.manual_seed(0)
+
+
+def cpu_backend_params():
+    """Every registered backend that may run CPU tensors, skipped with its reason if it can't."""
+    params = []
+    for name in backends.known_backends():
+        b = backends._REGISTRY[name]
+        if "cpu" not in b.devices:
+            continue
+        reason = b.unavailable_reason()
+        marks = [pytest.mark.skip(reason=f"backend unavailable here: {reason}")] if reason else []
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=cpu_backend_params())
+def backend(request):
+    """Name of a backend that runs CPU tensors on this machine."""
+    assert request.param in fusedops.available_backends()
+    return request.param

@@ -1,0 +1,24 @@
+"""The compiled extension fusedops._C: built by `make test`'s install, loads, defines the schemas."""
+
+import torch
+
+from fusedops import _native
+
+NATIVE_OPS = ("native_conv_block_forward", "native_conv_block_backward", "native_linear_forward",
+              "native_linear_backward")
+
+
+def test_extension_is_built_and_loads():
+    assert _native.loaded(), _native.LOAD_ERROR
+
+
+def test_native_schemas_match_graph_level_ops():
+    """The compiled kernels' ops take the graph-level ops' arguments, less the backend name."""
+    for native in NATIVE_OPS:
+        graph_level = native.removeprefix("native_")
+        n = getattr(torch.ops.fusedops, native).default._schema
+        g = getattr(torch.ops.fusedops, graph_level).default._schema
+        assert [a.name for a in n.arguments] == [a.name for a in g.arguments][:-1]
+        assert g.arguments[-1].name == "backend"
+        assert [str(a.type) for a in n.arguments] == [str(a.type) for a in g.arguments][:-1]
+        assert len(n.returns) == len(g.returns)

@@ -1,0 +1,129 @@
+"""Bad input raises a clear ValueError/TypeError/RuntimeError naming the argument."""
+
+import pytest
+import torch
+from torch import nn
+
+import fusedops
+from tests import oracle
+
+X = torch.randn(2, 3, 8, 8)
+W = torch.randn(4, 3, 3, 3)
+B = torch.randn(4)
+
+# (id, args, kwargs, exception, words the message must contain)
+CONV_BAD = [
+    ("rank2_input", (torch.randn(3, 8), W), {}, ValueError, ["input", "2-D"]),
+    ("rank5_input", (torch.randn(1, 2, 3, 8, 8), W), {}, ValueError, ["input", "5-D"]),
+    ("weight_rank", (X, torch.randn(4, 3, 3)), {}, ValueError, ["weight", "3-D"]),
+    ("channel_mismatch", (torch.randn(2, 4, 8, 8), W), {}, ValueError,
+     ["input has 4 channels but weight expects 3 (groups=1)"]),
+    ("dtype_mismatch", (X, W.double()), {}, TypeError, ["weight", "float64", "float32"]),
+    ("int_input", (X.long(), W), {}, TypeError, ["input", "floating-point", "int64"]),
+    ("int_weight", (X, W.int()), {}, TypeError, ["weight", "floating-point"]),
+    ("bias_shape", (X, W, torch.randn(3)), {}, ValueError, ["bias", "(4,)"]),
+    ("bias_dtype", (X, W, B.double()), {}, TypeError, ["bias", "float64"]),
+    ("bias_type", (X, W, [1.0] * 4), {}, TypeError, ["bias"]),
+    ("input_type", (X.numpy(), W), {}, TypeError, ["input", "Tensor"]),
+    ("input_smaller_than_kernel", (torch.randn(1, 3, 2, 2), W), {}, ValueError,
+     ["padded input size (2 x 2)", "kernel size (3 x 3)"]),
+    ("pool_larger_than_conv", (torch.randn(1, 3, 4, 4), W), dict(pool_kernel_size=3), ValueError,
+     ["pool", "too small"]),
+    ("stride0", (X, W), dict(stride=0), ValueError, ["stride", "positive"]),
+    ("stride_triple", (X, W), dict(stride=(1, 1, 1)), TypeError, ["stride"]),
+    ("negative_padding", (X, W), dict(padding=-1), ValueError, ["padding"]),
+    ("padding_word", (X, W), dict(padding="full"), ValueError, ["padding", "'same'"]),
+    ("same_strided", (X, W), dict(padding="same", stride=2), ValueError, ["same", "strided"]),
+    ("dilation0", (X, W), dict(dilation=0), ValueError, ["dilation"]),
+    ("groups0", (X, W), dict(groups=0), ValueError, ["groups"]),
+    ("groups_not_dividing_out", (torch.randn(2, 4, 8, 8), torch.randn(3, 2, 3, 3)), dict(groups=2),
+     ValueError, ["groups=2"]),
+    ("groups_not_dividing_in", (torch.randn(2, 3, 8, 8), torch.randn(4, 1, 3, 3)), dict(groups=2),
+     ValueError, ["input has 3 channels", "groups=2"]),
+    ("pool_padding_over_half", (X, W), dict(pool_kernel_size=2, pool_padding=2), ValueError,
+     ["pool_padding", "half"]),
+    ("pool_stride0", (X, W), dict(pool_stride=0), ValueError, ["pool_stride"]),
+    ("pool_kernel0", (X, W), dict(pool_kernel_size=0), ValueError, ["pool_kernel_size"]),
+    ("pool_dilation0", (X, W), dict(pool_dilation=0), ValueError, ["pool_dilation"]),
+    ("pool_ceil_not_bool", (X, W), dict(pool_ceil_mode="yes"), TypeError, ["pool_ceil_mode"]),
+    ("unknown_backend", (X, W), dict(backend="cudnn"), ValueError, ["cudnn", "reference"]),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [c[1:] for c in CONV_BAD], ids=[c[0] for c in CONV_BAD])
+def test_conv_block_bad_input(args, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        fusedops.conv_relu_maxpool2d(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+TORCH_REJECTS = [c for c in CONV_BAD if c[0] not in ("unknown_backend", "pool_ceil_not_bool", "bias_type")]
+
+
+@pytest.mark.parametrize("args,kwargs", [c[1:3] for c in TORCH_REJECTS], ids=[c[0] for c in TORCH_REJECTS])
+def test_torch_rejects_the_same_inputs(args, kwargs):
+    """Each bad input above is one torch's own composition rejects too (no stricter rules)."""
+    with pytest.raises((RuntimeError, ValueError, TypeError, AttributeError)):
+        oracle.conv_block(*args, **kwargs)
+
+
+LINEAR_BAD = [
+    ("scalar_input", (torch.tensor(1.0), torch.randn(3, 1)), {}, ValueError, ["input", "0-D"]),
+    ("feature_mismatch", (torch.randn(2, 5), torch.randn(3, 4)), {}, ValueError,
+     ["input has 5 features", "weight expects 4"]),
+    ("weight_rank", (torch.randn(2, 4), torch.randn(3, 4, 1)), {}, ValueError, ["weight", "3-D"]),
+    ("bias_shape", (torch.randn(2, 4), torch.randn(3, 4), torch.randn(4)), {}, ValueError, ["bias", "(3,)"]),
+    ("dtype_mismatch", (torch.randn(2, 4), torch.randn(3, 4).double()), {}, TypeError, ["weight"]),
+    ("int_input", (torch.ones(2, 4, dtype=torch.int32), torch.randn(3, 4)), {}, TypeError, ["input"]),
+    ("unknown_activation", (torch.randn(2, 4), torch.randn(3, 4)), dict(activation="tanh"), ValueError,
+     ["activation", "'gelu_tanh'", "'silu'"]),
+    ("unknown_backend", (torch.randn(2, 4), torch.randn(3, 4)), dict(backend="x"), ValueError,
+     ["backend", "reference"]),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,words", [c[1:] for c in LINEAR_BAD], ids=[c[0] for c in LINEAR_BAD])
+def test_linear_bad_input(args, kwargs, exc, words):
+    with pytest.raises(exc) as info:
+        fusedops.linear(*args, **kwargs)
+    for word in words:
+        assert word in str(info.value)
+
+
+MODULE_BAD = [
+    ("groups_in", lambda: fusedops.FusedConvBlock(3, 4, 3, groups=2), ValueError, ["in_channels", "groups"]),
+    ("groups_out", lambda: fusedops.FusedConvBlock(4, 3, 3, groups=2), ValueError, ["out_channels"]),
+    ("zero_channels", lambda: fusedops.FusedConvBlock(0, 3, 3), ValueError, ["in_channels"]),
+    ("padding_mode", lambda: fusedops.FusedConvBlock(3, 4, 3, padding_mode="mirror"), ValueError,
+     ["padding_mode", "'reflect'"]),
+    ("kernel0", lambda: fusedops.FusedConvBlock(3, 4, 0), ValueError, ["kernel_size"]),
+    ("same_strided", lambda: fusedops.FusedConvBlock(3, 4, 3, stride=2, padding="same"), ValueError, ["same"]),
+    ("pool_padding", lambda: fusedops.FusedConvBlock(3, 4, 3, pool_kernel_size=3, pool_padding=2), ValueError,
+     ["pool_padding"]),
+    ("backend", lambda: fusedops.FusedConvBlock(3, 4, 3, backend="nope"), ValueError, ["backend"]),
+    ("activation", lambda: fusedops.FusedLinear(3, 4, activation="tanh"), ValueError, ["activation"]),
+    ("features", lambda: fusedops.FusedLinear(-1, 4), ValueError, ["in_features"]),
+    ("from_not_conv", lambda: fusedops.FusedConvBlock.from_modules(nn.Linear(2, 2)), TypeError, ["nn.Conv2d"]),
+    ("from_bad_pool", lambda: fusedops.FusedConvBlock.from_modules(nn.Conv2d(2, 2, 3), pool=nn.AvgPool2d(2)),
+     TypeError, ["MaxPool2d"]),
+    ("from_pool_indices",
+     lambda: fusedops.FusedConvBlock.from_modules(nn.Conv2d(2, 2, 3), pool=nn.MaxPool2d(2, return_indices=True)),
+     ValueError, ["return_indices"]),
+    ("from_bad_act", lambda: fusedops.FusedLinear.from_modules(nn.Linear(2, 2), nn.Tanh()), TypeError,
+     ["activation"]),
+]
+
+
+@pytest.mark.parametrize("make,exc,words", [c[1:] for c in MODULE_BAD], ids=[c[0] for c in MODULE_BAD])
+def test_module_construction_validates(make, exc, words):
+    with pytest.raises(exc) as info:
+        make()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_module_forward_wrong_channels():
+    block = fusedops.FusedConvBlock(3, 4, 3)
+    with pytest.raises(ValueError, match="input has 5 channels but weight expects 3"):
+        block(torch.randn(1, 5, 8, 8))

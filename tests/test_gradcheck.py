@@ -1,0 +1,51 @@
+"""torch.autograd.gradcheck in float64 of both ops' hand-written backward passes."""
+
+import pytest
+import torch
+
+import fusedops
+
+CONV_SETTINGS = {
+    "pool2": dict(padding=1),
+    "pool3_overlap": dict(padding=1, pool_kernel_size=3, pool_stride=2, pool_padding=1),
+    "no_pool": dict(pool_kernel_size=None),
+    "ceil_dilated": dict(pool_kernel_size=2, pool_dilation=2, pool_stride=1, pool_ceil_mode=True),
+    "strided_grouped": dict(stride=2, padding=1, groups=2),
+    "same_even": dict(padding="same"),
+}
+
+
+@pytest.mark.parametrize("setting", list(CONV_SETTINGS), ids=str)
+def test_conv_block_gradcheck(backend, setting):
+    kwargs = CONV_SETTINGS[setting]
+    kh = 2 if setting == "same_even" else 3
+    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4 // kwargs.get("groups", 1), kh, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return fusedops.conv_relu_maxpool2d(x, w, b, backend=backend, **kwargs)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"], ids=str)
+def test_linear_gradcheck(backend, activation):
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return fusedops.linear(x, w, b, activation=activation, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_backward_is_hand_written():
+    """The graph holds the fusedops Functions, not torch's conv/pool/activation nodes."""
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, requires_grad=True)
+    out = fusedops.conv_relu_maxpool2d(x, w)
+    assert type(out.grad_fn).__name__ == "ConvReluMaxPool2dFunctionBackward"
+    lin = fusedops.linear(torch.randn(2, 3), torch.randn(4, 3, requires_grad=True), activation="gelu")
+    assert type(lin.grad_fn).__name__ == "LinearFunctionBackward"
