@@ -36,6 +36,8 @@ test: install
 	$(PYTHON) -m pytest tests -q
 
 bench: install
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib \
+		|| echo "matplotlib could not be installed: the benchmark writes no plot"
 	$(PYTHON) benchmarks/run.py
 
 lint:

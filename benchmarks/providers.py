@@ -1,0 +1,144 @@
+"""Providers: the ways of running one workload that the benchmark compares.
+
+``fusedops-<backend>`` (``fusedops.fuse`` of the eager module, one per backend that runs
+on the device), ``eager`` (NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True``
+on CUDA), ``compile`` (``torch.compile`` default), on CUDA ``compile-max-autotune``
+(``mode="max-autotune-no-cudagraphs"``) and ``<provider>-graph`` (CUDA-graph replay of
+``eager`` and of each fusedops backend: small layers are launch-bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fusedops
+from benchmarks.workloads import Workload
+from fusedops import backends as fusedops_backends
+
+
+@dataclass
+class Provider:
+    name: str
+    module: nn.Module
+    channels_last: bool = False
+    cudnn_benchmark: bool = False
+    eager_autograd: bool = True  # saved-for-backward bytes are measurable (no compiler in between)
+    graph_of: Optional[str] = None  # CUDA-graph replay of this provider's step
+    notes: List[str] = field(default_factory=list)
+
+
+def fusedops_backends_for(device: str) -> List[str]:
+    probe = [torch.empty(0, device=device)]
+    return [
+        name for name in fusedops.available_backends()
+        if not fusedops_backends._REGISTRY[name].unsupported_reasons(probe)
+    ]
+
+
+def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: Optional[List[str]]) -> List[Provider]:
+    """Every provider of ``workload`` on ``device`` (filtered by ``wanted`` name prefixes)."""
+    base = workload.build().to(device=device, dtype=dtype)
+    out = [Provider("eager", base)]
+    for b in fusedops_backends_for(device):
+        fused = fusedops.fuse(base, backend=b)
+        out.append(Provider(f"fusedops-{b}", fused))
+    if workload.op != "linear":
+        cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        out.append(Provider("eager-channels_last", cl, channels_last=True, cudnn_benchmark=device == "cuda"))
+    out.append(Provider("compile", torch.compile(copy.deepcopy(base)), eager_autograd=False))
+    if device == "cuda":
+        out.append(
+            Provider(
+                "compile-max-autotune",
+                torch.compile(copy.deepcopy(base), mode="max-autotune-no-cudagraphs"),
+                eager_autograd=False,
+            )
+        )
+        if workload.op != "train_step":
+            for p in [p for p in out if p.name == "eager" or p.name.startswith("fusedops-")]:
+                out.append(Provider(f"{p.name}-graph", copy.deepcopy(p.module), graph_of=p.name, eager_autograd=False))
+    if wanted:
+        out = [p for p in out if p.name == "eager" or any(p.name.startswith(w) for w in wanted)]
+    return out
+
+
+def make_inputs(workload: Workload, batch: int, device: str, dtype: torch.dtype, count: int, mode: str):
+    shape = workload.input_shape(batch)
+    needs_grad = mode == "train" and workload.input_grad
+    return [torch.randn(shape, device=device, dtype=dtype).requires_grad_(needs_grad) for _ in range(count)]
+
+
+def _flag_context(provider: Provider):
+    if provider.cudnn_benchmark:
+        return _cudnn_benchmark()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Callable[[int], object]:
+    """``step(i)``: one forward (no grad), forward+backward, or training step on input ``i``."""
+    m = provider.module
+    if provider.channels_last:
+        inputs = [x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+                  for x in inputs]
+    n = len(inputs)
+    ctx = _flag_context(provider)
+
+    if mode == "fwd":
+        def step(i):
+            with torch.no_grad(), ctx:
+                return m(inputs[i % n])
+    elif workload.op == "train_step":
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
+        target = torch.randint(0, 10, (inputs[0].shape[0],), device=inputs[0].device)
+
+        def step(i):
+            with ctx:
+                opt.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(m(inputs[i % n]).float(), target)
+                loss.backward()
+                opt.step()
+            return loss
+    else:
+        with torch.no_grad():
+            grad_output = torch.randn_like(m(inputs[0]))
+
+        def step(i):
+            with ctx:
+                out = m(inputs[i % n])
+                out.backward(grad_output)
+            return out
+
+    if provider.graph_of is None:
+        return step
+    return _graphed(step)
+
+
+def _graphed(step: Callable[[int], object]) -> Callable[[int], object]:
+    """Capture ``step(0)`` in a CUDA graph (after warm-up on a side stream); replay it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            step(0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(0)
+    return lambda i: graph.replay()
