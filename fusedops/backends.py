@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import _native
 from .ops import conv_block, linear
 from .ops.conv_block import ConvBlockParams
 
@@ -88,6 +89,40 @@ class ReferenceBackend(Backend):
         return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
 
 
+class CppBackend(Backend):
+    """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors.
+
+    The conv block runs the fused kernel; ``linear`` runs the reference (the C++ linear
+    kernels are not written yet), so automatic choice does not pick this backend for it.
+    """
+
+    name = "cpp"
+    devices = ("cpu",)
+
+    def unavailable_reason(self):
+        return _native.LOAD_ERROR
+
+    def unsupported_reasons(self, tensors):
+        reasons = super().unsupported_reasons(tensors)
+        if not reasons and tensors[0].dtype not in (torch.float32, torch.float64):
+            reasons.append(f"'cpp' supports float32 and float64 tensors, got {tensors[0].dtype}")
+        return reasons
+
+    def conv_block_forward(self, input, weight, bias, params):
+        return torch.ops.fusedops.native_conv_block_forward(input, weight, bias, *params)
+
+    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
+        return torch.ops.fusedops.native_conv_block_backward(
+            grad_output, input, weight, offsets, *params[:8], output_mask
+        )
+
+    def linear_forward(self, input, weight, bias, activation):
+        return linear.reference_forward(input, weight, bias, activation)
+
+    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
+        return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
+
+
 class PendingBackend(Backend):
     """A backend whose kernels are not part of this build yet: never available."""
 
@@ -110,7 +145,7 @@ def register(backend: Backend) -> None:
 
 register(ReferenceBackend())
 register(PendingBackend("triton", ("cuda", "cpu"), "Triton kernels"))
-register(PendingBackend("cpp", ("cpu",), "C++ CPU kernels in fusedops._C"))
+register(CppBackend())
 register(PendingBackend("cuda", ("cuda",), "CUDA kernels in fusedops._C"))
 
 

@@ -47,3 +47,10 @@ def backend(request):
     """Name of a backend that runs CPU tensors on this machine."""
     assert request.param in fusedops.available_backends()
     return request.param
+
+
+def skip_unless_backend_runs(name, *tensors):
+    """Skip (saying why) when backend ``name`` reports it cannot run these tensors."""
+    reasons = backends._REGISTRY[name].unsupported_reasons(list(tensors))
+    if reasons:
+        pytest.skip(f"backend {name!r} cannot run this case: {'; '.join(reasons)}")

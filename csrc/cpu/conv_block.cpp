@@ -1,0 +1,451 @@
+// Fused Conv2d + bias + ReLU + MaxPool2d on the CPU: the "cpp" backend.
+//
+// Forward. Work is split into tasks (image n, group g, band of pooled rows). A task
+// gathers the conv-output rows its pool windows read (im2col of those rows into a
+// thread-local buffer `col`, K x M with K = Cin/groups * KH * KW and M = rows * OW), runs one
+// GEMM  tile (Cout/groups x M) = W_g (Cout/groups x K) @ col, and the epilogue reduces
+// bias + ReLU + max over each pool window straight from the tile, writing only the pooled
+// value and the window offset of its max (or -1 when the ReLU is off). The conv output
+// never exists beyond one band of one image.
+//
+// Max rule (torch's max_pool2d on the CPU): taps in row-major window order, a tap replaces
+// the max when it is larger or NaN; so the first of equal maxima wins and NaN propagates.
+// A window wholly in padding gives -inf, as torch does.
+//
+// Backward. Tasks are (image, group) so that each task owns its slice of grad_input; within
+// a task, bands are processed in order: the band's conv-output gradient `dtile` is rebuilt
+// from the pooled gradient and the offsets (a scatter; overlapping windows add), then
+//   grad_weight_g += dtile @ col^T             (per-thread partial sums, reduced at the end)
+//   grad_input    += col2im(W_g^T @ dtile)
+// and grad_bias sums the pooled gradients whose ReLU was on. Deterministic for a fixed
+// thread count.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace fusedops {
+namespace {
+
+// Row-major C (M x N) = op(A) (M x K) @ op(B) (K x N) [+ C when accumulate], on buffers
+// viewed as tensors (no copies). Inside at::parallel_for the BLAS call runs single-threaded.
+template <typename T>
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
+            const T* b, int64_t ldb, bool accumulate, T* c, int64_t ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
+    at::Tensor t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, opts);
+    return trans ? t.t() : t;
+  };
+  at::Tensor out = at::from_blob(c, {m, n}, {ldc, 1}, opts);
+  if (accumulate)
+    out.addmm_(view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
+  else
+    at::mm_out(out, view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
+}
+
+// The block's geometry, derived once from the arguments and the tensor shapes.
+struct Geometry {
+  int64_t N, C, H, W;            // input
+  int64_t Cout, Cg, Coutg, G;    // channels; per group
+  int64_t KH, KW, K;             // kernel; K = Cg * KH * KW
+  int64_t sh, sw, pt, pl, dh, dw;
+  int64_t OH, OW;                // conv output
+  bool pool;
+  int64_t PKH, PKW, psh, psw, pph, ppw, pdh, pdw;
+  int64_t PH, PW;                // block output
+
+  // Conv rows [first, last) read by the pool windows of pooled rows [p0, p1).
+  std::pair<int64_t, int64_t> conv_rows(int64_t p0, int64_t p1) const {
+    int64_t first = p0 * psh - pph;
+    int64_t last = (p1 - 1) * psh - pph + (PKH - 1) * pdh + 1;
+    return {std::max<int64_t>(first, 0), std::min<int64_t>(last, OH)};
+  }
+};
+
+int64_t pool_out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+  int64_t num = size + 2 * p - d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0);
+  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;  // floor division
+  if (ceil_mode && (out - 1) * s >= size + p) --out;
+  return out;
+}
+
+void check_pair(at::IntArrayRef v, const char* name, int64_t minimum, size_t len = 2) {
+  TORCH_CHECK(v.size() == len, name, " must have ", len, " elements, got ", v.size());
+  for (auto x : v) TORCH_CHECK(x >= minimum, name, " must be at least ", minimum, ", got ", v);
+}
+
+Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                       at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                       at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
+  TORCH_CHECK(input.dim() == 4, "input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
+  TORCH_CHECK(weight.dim() == 4, "weight must be 4-D (Cout, Cin/groups, KH, KW), got ", weight.dim(), "-D");
+  check_pair(stride, "stride", 1);
+  check_pair(padding, "padding", 0, 4);
+  check_pair(dilation, "dilation", 1);
+  TORCH_CHECK(groups >= 1, "groups must be positive, got ", groups);
+  Geometry g{};
+  g.N = input.size(0); g.C = input.size(1); g.H = input.size(2); g.W = input.size(3);
+  g.Cout = weight.size(0); g.Cg = weight.size(1); g.KH = weight.size(2); g.KW = weight.size(3);
+  g.G = groups;
+  TORCH_CHECK(g.Cout % groups == 0, "weight has ", g.Cout, " output channels, which groups=", groups,
+              " does not divide");
+  TORCH_CHECK(g.C == g.Cg * groups, "input has ", g.C, " channels but weight expects ", g.Cg * groups,
+              " (groups=", groups, ")");
+  g.Coutg = g.Cout / groups;
+  g.K = g.Cg * g.KH * g.KW;
+  g.sh = stride[0]; g.sw = stride[1]; g.pt = padding[0]; g.pl = padding[2];
+  g.dh = dilation[0]; g.dw = dilation[1];
+  int64_t ph = g.H + padding[0] + padding[1], pw = g.W + padding[2] + padding[3];
+  int64_t kh = g.dh * (g.KH - 1) + 1, kw = g.dw * (g.KW - 1) + 1;
+  TORCH_CHECK(ph >= kh && pw >= kw, "padded input size (", ph, " x ", pw,
+              ") is smaller than the dilated kernel size (", kh, " x ", kw, ")");
+  g.OH = (ph - kh) / g.sh + 1;
+  g.OW = (pw - kw) / g.sw + 1;
+  g.pool = !pool_kernel_size.empty();
+  if (g.pool) {
+    check_pair(pool_kernel_size, "pool_kernel_size", 1);
+    check_pair(pool_stride, "pool_stride", 1);
+    check_pair(pool_padding, "pool_padding", 0);
+    check_pair(pool_dilation, "pool_dilation", 1);
+    g.PKH = pool_kernel_size[0]; g.PKW = pool_kernel_size[1];
+    g.psh = pool_stride[0]; g.psw = pool_stride[1];
+    g.pph = pool_padding[0]; g.ppw = pool_padding[1];
+    g.pdh = pool_dilation[0]; g.pdw = pool_dilation[1];
+    TORCH_CHECK(g.pph <= g.PKH / 2 && g.ppw <= g.PKW / 2,
+                "pool_padding must be at most half of pool_kernel_size, got ", pool_padding, " and ",
+                pool_kernel_size);
+    g.PH = pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, ceil_mode);
+    g.PW = pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, ceil_mode);
+    TORCH_CHECK(g.PH >= 1 && g.PW >= 1, "the conv output (", g.OH, " x ", g.OW,
+                ") is too small for the pool: pool output size would be (", g.PH, " x ", g.PW, ")");
+  } else {  // no pooling: a 1x1 window per conv output
+    g.PKH = g.PKW = g.psh = g.psw = g.pdh = g.pdw = 1;
+    g.pph = g.ppw = 0;
+    g.PH = g.OH;
+    g.PW = g.OW;
+  }
+  return g;
+}
+
+// Pooled rows per band: keeps the band's im2col buffer near 64K elements.
+int64_t band_rows(const Geometry& g) {
+  int64_t rows_per_pooled = std::max<int64_t>(g.psh, 1);
+  int64_t per_row = std::max<int64_t>(g.K * g.OW * rows_per_pooled, 1);
+  return std::max<int64_t>(1, std::min<int64_t>(g.PH, 65536 / per_row));
+}
+
+// col[(ci, kh, kw), (r - r0) * OW + ow] = x[n, g*Cg + ci, r*sh - pt + kh*dh, ow*sw - pl + kw*dw] (0 outside)
+template <typename T>
+void im2col(const Geometry& g, const T* x, std::array<int64_t, 4> xs, int64_t n, int64_t grp, int64_t r0,
+            int64_t r1, T* col) {
+  const int64_t M = (r1 - r0) * g.OW;
+  for (int64_t ci = 0; ci < g.Cg; ++ci) {
+    const T* xc = x + n * xs[0] + (grp * g.Cg + ci) * xs[1];
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        T* dst = col + ((ci * g.KH + kh) * g.KW + kw) * M;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t ih = r * g.sh - g.pt + kh * g.dh;
+          T* row = dst + (r - r0) * g.OW;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(row, row + g.OW, T(0));
+            continue;
+          }
+          const T* xr = xc + ih * xs[2];
+          const int64_t off = kw * g.dw - g.pl;
+          if (g.sw == 1 && xs[3] == 1) {  // contiguous rows: copy the in-bounds span
+            const int64_t lo = std::clamp<int64_t>(-off, 0, g.OW), hi = std::clamp<int64_t>(g.W - off, lo, g.OW);
+            std::fill(row, row + lo, T(0));
+            std::copy(xr + lo + off, xr + hi + off, row + lo);
+            std::fill(row + hi, row + g.OW, T(0));
+          } else {
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              const int64_t iw = ow * g.sw + off;
+              row[ow] = (iw >= 0 && iw < g.W) ? xr[iw * xs[3]] : T(0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dx[n, g*Cg + ci, ih, iw] += dcol[(ci, kh, kw), (r - r0) * OW + ow]
+template <typename T>
+void col2im_add(const Geometry& g, const T* dcol, int64_t n, int64_t grp, int64_t r0, int64_t r1, T* dx) {
+  const int64_t M = (r1 - r0) * g.OW;
+  for (int64_t ci = 0; ci < g.Cg; ++ci) {
+    T* xc = dx + (n * g.C + grp * g.Cg + ci) * g.H * g.W;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const T* src = dcol + ((ci * g.KH + kh) * g.KW + kw) * M;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t ih = r * g.sh - g.pt + kh * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* row = src + (r - r0) * g.OW;
+          T* xr = xc + ih * g.W;
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const int64_t iw = ow * g.sw - g.pl + kw * g.dw;
+            if (iw >= 0 && iw < g.W) xr[iw] += row[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename OffT>
+void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
+                    const std::optional<at::Tensor>& bias, at::Tensor& out, at::Tensor& offsets) {
+  const T* x = input.const_data_ptr<T>();
+  const std::array<int64_t, 4> xs{input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+  const T* w = weight.const_data_ptr<T>();
+  const T* b = bias.has_value() ? bias->const_data_ptr<T>() : nullptr;
+  T* y = out.mutable_data_ptr<T>();
+  OffT* o = offsets.mutable_data_ptr<OffT>();
+  const std::array<int64_t, 4> ys{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const int64_t band = band_rows(g);
+  const int64_t bands = (g.PH + band - 1) / band;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+
+  at::parallel_for(0, g.N * g.G * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col, tile;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (g.G * bands), grp = (task / bands) % g.G, p0 = (task % bands) * band;
+      const int64_t p1 = std::min(p0 + band, g.PH);
+      const auto [r0, r1] = g.conv_rows(p0, p1);
+      const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
+      if (M > 0) {
+        col.resize(g.K * M);
+        tile.resize(g.Coutg * M);
+        im2col(g, x, xs, n, grp, r0, r1, col.data());
+        matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false,
+                  tile.data(), M);
+      }
+      for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+        const int64_t c = grp * g.Coutg + cg;
+        const T bc = b ? b[c] : T(0);
+        const T* t = tile.data() + cg * M;
+        for (int64_t ph = p0; ph < p1; ++ph) {
+          for (int64_t pw = 0; pw < g.PW; ++pw) {
+            T best = neg_inf;
+            int64_t where = -1;
+            for (int64_t kh = 0; kh < g.PKH; ++kh) {
+              const int64_t r = ph * g.psh - g.pph + kh * g.pdh;
+              if (r < 0 || r >= g.OH) continue;
+              for (int64_t kw = 0; kw < g.PKW; ++kw) {
+                const int64_t q = pw * g.psw - g.ppw + kw * g.pdw;
+                if (q < 0 || q >= g.OW) continue;
+                T v = t[(r - r0) * g.OW + q] + bc;
+                v = v > T(0) || std::isnan(v) ? v : T(0);  // ReLU, NaN kept
+                if (v > best || std::isnan(v)) {
+                  best = v;
+                  where = kh * g.PKW + kw;
+                }
+              }
+            }
+            const int64_t yi = n * ys[0] + c * ys[1] + ph * ys[2] + pw * ys[3];
+            y[yi] = best;
+            o[yi] = static_cast<OffT>(best > T(0) || std::isnan(best) ? where : -1);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T, typename OffT>
+void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Tensor& input,
+                     const at::Tensor& weight, const at::Tensor& offsets, std::array<bool, 3> mask,
+                     at::Tensor& grad_input, at::Tensor& grad_weight, at::Tensor& grad_bias) {
+  const T* go = grad_out.const_data_ptr<T>();
+  const std::array<int64_t, 4> gs{grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3)};
+  const OffT* o = offsets.const_data_ptr<OffT>();
+  const std::array<int64_t, 4> os{offsets.stride(0), offsets.stride(1), offsets.stride(2), offsets.stride(3)};
+  const T* x = input.const_data_ptr<T>();
+  const std::array<int64_t, 4> xs{input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
+  const T* w = weight.const_data_ptr<T>();
+  T* dx = mask[0] ? grad_input.mutable_data_ptr<T>() : nullptr;
+  const int64_t band = band_rows(g);
+  const int64_t threads = at::get_num_threads();
+  // Per-thread partial sums of grad_weight and grad_bias, reduced in thread order below.
+  std::vector<T> dw_parts(mask[1] ? threads * g.Cout * g.K : 0, T(0));
+  std::vector<T> db_parts(mask[2] ? threads * g.Cout : 0, T(0));
+
+  at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    std::vector<T> col, dtile, dcol;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / g.G, grp = task % g.G;
+      for (int64_t p0 = 0; p0 < g.PH; p0 += band) {
+        const int64_t p1 = std::min(p0 + band, g.PH);
+        const auto [r0, r1] = g.conv_rows(p0, p1);
+        const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
+        dtile.assign(g.Coutg * M, T(0));
+        bool any = false;
+        for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+          const int64_t c = grp * g.Coutg + cg;
+          T bsum = T(0);
+          for (int64_t ph = p0; ph < p1; ++ph) {
+            for (int64_t pw = 0; pw < g.PW; ++pw) {
+              const int64_t off = o[n * os[0] + c * os[1] + ph * os[2] + pw * os[3]];
+              if (off < 0) continue;
+              const T gv = go[n * gs[0] + c * gs[1] + ph * gs[2] + pw * gs[3]];
+              const int64_t r = ph * g.psh - g.pph + (off / g.PKW) * g.pdh;
+              const int64_t q = pw * g.psw - g.ppw + (off % g.PKW) * g.pdw;
+              dtile[cg * M + (r - r0) * g.OW + q] += gv;
+              bsum += gv;
+              any = true;
+            }
+          }
+          if (mask[2]) db_parts[tid * g.Cout + c] += bsum;
+        }
+        if (!any || M == 0 || !(mask[0] || mask[1])) continue;
+        if (mask[1]) {
+          col.resize(g.K * M);
+          im2col(g, x, xs, n, grp, r0, r1, col.data());
+          T* dwg = dw_parts.data() + (tid * g.Cout + grp * g.Coutg) * g.K;
+          matmul<T>(false, true, g.Coutg, g.K, M, dtile.data(), M, col.data(), M, true, dwg, g.K);
+        }
+        if (mask[0]) {
+          dcol.resize(g.K * M);
+          matmul<T>(true, false, g.K, M, g.Coutg, w + grp * g.Coutg * g.K, g.K, dtile.data(), M, false,
+                    dcol.data(), M);
+          col2im_add(g, dcol.data(), n, grp, r0, r1, dx);
+        }
+      }
+    }
+  });
+  if (mask[1]) {
+    T* dw = grad_weight.mutable_data_ptr<T>();
+    std::fill(dw, dw + g.Cout * g.K, T(0));
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t i = 0; i < g.Cout * g.K; ++i) dw[i] += dw_parts[t * g.Cout * g.K + i];
+  }
+  if (mask[2]) {
+    T* db = grad_bias.mutable_data_ptr<T>();
+    std::fill(db, db + g.Cout, T(0));
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t c = 0; c < g.Cout; ++c) db[c] += db_parts[t * g.Cout + c];
+  }
+}
+
+at::ScalarType offsets_dtype(const Geometry& g) {
+  const int64_t window = g.PKH * g.PKW;
+  return window <= 127 ? at::kChar : window <= 32767 ? at::kShort : at::kInt;
+}
+
+// channels_last when the input is channels_last-contiguous but not NCHW-contiguous (as in Python).
+at::MemoryFormat output_format(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
+                                                                                 : at::MemoryFormat::Contiguous;
+}
+
+void check_float_cpu(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", input.scalar_type());
+}
+
+#define FUSEDOPS_DISPATCH_OFFSETS(dtype, ...)                        \
+  switch (dtype) {                                                   \
+    case at::kChar: { using OffT = int8_t; __VA_ARGS__(); break; }   \
+    case at::kShort: { using OffT = int16_t; __VA_ARGS__(); break; } \
+    default: { using OffT = int32_t; __VA_ARGS__(); break; }         \
+  }
+
+std::tuple<at::Tensor, at::Tensor> conv_block_forward_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef pool_dilation, bool pool_ceil_mode) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  check_float_cpu(input, "input", input);
+  check_float_cpu(weight, "weight", input);
+  Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+                             pool_padding, pool_dilation, pool_ceil_mode);
+  std::optional<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) {
+    check_float_cpu(*bias, "bias", input);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.Cout, "bias must have shape (", g.Cout, ",), got ",
+                bias->sizes());
+    b = bias->contiguous();
+  }
+  const auto fmt = output_format(input);
+  at::Tensor out = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().memory_format(fmt));
+  at::Tensor offsets = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().dtype(offsets_dtype(g)).memory_format(fmt));
+  if (out.numel() == 0) return {out, offsets};
+  const at::Tensor w = weight.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_block_forward_cpu", [&] {
+    FUSEDOPS_DISPATCH_OFFSETS(offsets.scalar_type(), [&] { forward_kernel<scalar_t, OffT>(g, input, w, b, out, offsets); })
+  });
+  return {out, offsets};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef pool_dilation, std::array<bool, 3> output_mask) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  check_float_cpu(input, "input", input);
+  check_float_cpu(weight, "weight", input);
+  check_float_cpu(grad_output, "grad_output", input);
+  // ceil_mode only changes the output size, which grad_output carries: take it from there
+  // (checked against the ceil-mode size, the larger of the two).
+  Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+                             pool_padding, pool_dilation, true);
+  if (g.pool) {
+    g.PH = grad_output.size(2);
+    g.PW = grad_output.size(3);
+  }
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.N && grad_output.size(1) == g.Cout,
+              "grad_output must have shape (", g.N, ", ", g.Cout, ", PH, PW), got ", grad_output.sizes());
+  TORCH_CHECK(offsets.sizes() == grad_output.sizes(), "offsets must have the shape of grad_output ",
+              grad_output.sizes(), ", got ", offsets.sizes());
+  TORCH_CHECK(offsets.scalar_type() == offsets_dtype(g), "offsets must have dtype ", offsets_dtype(g), ", got ",
+              offsets.scalar_type());
+  TORCH_CHECK(g.PH <= pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, true) &&
+                  g.PW <= pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, true),
+              "grad_output's spatial size ", grad_output.sizes().slice(2), " does not fit the conv output (", g.OH,
+              " x ", g.OW, ")");
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor gi = output_mask[0] ? at::zeros({g.N, g.C, g.H, g.W}, input.options()) : empty();
+  at::Tensor gw = output_mask[1] ? at::empty({g.Cout, g.Cg, g.KH, g.KW}, input.options()) : empty();
+  at::Tensor gb = output_mask[2] ? at::empty({g.Cout}, input.options()) : empty();
+  if (g.N == 0) {
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+  } else {
+    const at::Tensor w = weight.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_block_backward_cpu", [&] {
+      FUSEDOPS_DISPATCH_OFFSETS(offsets.scalar_type(), [&] {
+        backward_kernel<scalar_t, OffT>(g, grad_output, input, w, offsets, output_mask, gi, gw, gb);
+      })
+    });
+  }
+  if (output_mask[0] && output_format(input) == at::MemoryFormat::ChannelsLast)
+    gi = gi.contiguous(at::MemoryFormat::ChannelsLast);
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("native_conv_block_forward", &conv_block_forward_cpu);
+  m.impl("native_conv_block_backward", &conv_block_backward_cpu);
+}
+
+}  // namespace fusedops
