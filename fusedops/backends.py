@@ -54,6 +54,13 @@ class Backend:
                 break
         return reasons
 
+    def auto_eligible(self, op: str, facts: Dict[str, object]) -> bool:
+        """Whether automatic choice may take this backend for ``op``: only where it is faster.
+
+        ``facts`` describes the problem (e.g. ``in_channels_per_group``, ``pooled``).
+        """
+        return True
+
     def conv_block_forward(self, input, weight, bias, params: ConvBlockParams):
         raise NotImplementedError
 
@@ -101,6 +108,18 @@ class CppBackend(Backend):
 
     def unavailable_reason(self):
         return _native.LOAD_ERROR
+
+    # Measured on a 2-core CPU (benchmarks/NOTES.md): the fused kernel beats eager on pooled
+    # layers with few input channels (the first layer of a CNN), forward and backward; on
+    # 32->64 layers and without pooling, oneDNN's conv is faster than its im2col GEMMs.
+    MAX_AUTO_IN_CHANNELS = 4
+
+    def auto_eligible(self, op, facts):
+        return (
+            op.startswith("conv_relu_maxpool2d")
+            and bool(facts.get("pooled"))
+            and int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS
+        )
 
     def unsupported_reasons(self, tensors):
         reasons = super().unsupported_reasons(tensors)
@@ -173,11 +192,15 @@ def _auto_order(device_type: str) -> tuple:
     return AUTO_ORDER.get(device_type, ("reference",))
 
 
-def select(requested: str, tensors: Sequence[torch.Tensor], op: str) -> Backend:
+def select(
+    requested: str, tensors: Sequence[torch.Tensor], op: str, facts: Optional[Dict[str, object]] = None
+) -> Backend:
     """The backend that runs ``op`` on ``tensors``.
 
     ``requested`` is a backend name or '' for automatic; in the automatic case the
-    environment variable ``FUSEDOPS_BACKEND``, when set, names the backend instead.
+    environment variable ``FUSEDOPS_BACKEND``, when set, names the backend instead, else the
+    first backend of the device's order that can run the inputs and is eligible for the
+    problem described by ``facts`` (see ``Backend.auto_eligible``).
     """
     name = requested or os.environ.get(ENV_VAR, "")
     if name:
@@ -191,13 +214,17 @@ def select(requested: str, tensors: Sequence[torch.Tensor], op: str) -> Backend:
         return backend
     for candidate in _auto_order(tensors[0].device.type):
         backend = _REGISTRY[candidate]
-        if not backend.unsupported_reasons(tensors):
+        if not backend.unsupported_reasons(tensors) and backend.auto_eligible(op, facts or {}):
             return backend
     return _REGISTRY["reference"]
 
 
 def _present(*tensors):
     return [t for t in tensors if t is not None]
+
+
+def _conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
+    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool}
 
 
 # ---- implementations of the graph-level ops: resolve the backend, run it ----------------
@@ -207,7 +234,7 @@ def _present(*tensors):
 def _conv_block_forward(input, weight, bias, *args):
     *params, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d")
+    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d", _conv_facts(weight, p))
     return chosen.conv_block_forward(input, weight, bias, p)
 
 
@@ -215,7 +242,7 @@ def _conv_block_forward(input, weight, bias, *args):
 def _conv_block_backward(grad_output, input, weight, offsets, *args):
     *params, output_mask, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward")
+    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", _conv_facts(weight, p))
     return chosen.conv_block_backward(grad_output, input, weight, offsets, p, output_mask)
 
 

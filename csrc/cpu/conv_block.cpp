@@ -204,6 +204,53 @@ void col2im_add(const Geometry& g, const T* dcol, int64_t n, int64_t grp, int64_
   }
 }
 
+// Max over each pool window of pooled rows [p0, p1) of one channel, from the band's
+// ReLU'd conv rows `t` (starting at conv row r0); writes the value and the window offset.
+template <typename T, typename OffT>
+void pool_epilogue(const Geometry& g, const T* t, int64_t r0, int64_t p0, int64_t p1, T* y, OffT* o,
+                   const std::array<int64_t, 4>& ys) {
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (int64_t ph = p0; ph < p1; ++ph) {
+    const int64_t rs = ph * g.psh - g.pph;
+    const bool rows_inside = rs >= 0 && rs + (g.PKH - 1) * g.pdh < g.OH;
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      const int64_t qs = pw * g.psw - g.ppw;
+      T best = neg_inf;
+      int64_t where = -1;
+      if (rows_inside && qs >= 0 && qs + (g.PKW - 1) * g.pdw < g.OW) {  // interior window
+        const T* base = t + (rs - r0) * g.OW + qs;
+        for (int64_t kh = 0; kh < g.PKH; ++kh) {
+          const T* row = base + kh * g.pdh * g.OW;
+          for (int64_t kw = 0; kw < g.PKW; ++kw) {
+            const T v = row[kw * g.pdw];
+            if (v > best || v != v) {
+              best = v;
+              where = kh * g.PKW + kw;
+            }
+          }
+        }
+      } else {
+        for (int64_t kh = 0; kh < g.PKH; ++kh) {
+          const int64_t r = rs + kh * g.pdh;
+          if (r < 0 || r >= g.OH) continue;
+          for (int64_t kw = 0; kw < g.PKW; ++kw) {
+            const int64_t q = qs + kw * g.pdw;
+            if (q < 0 || q >= g.OW) continue;
+            const T v = t[(r - r0) * g.OW + q];
+            if (v > best || v != v) {
+              best = v;
+              where = kh * g.PKW + kw;
+            }
+          }
+        }
+      }
+      const int64_t yi = ph * ys[2] + pw * ys[3];
+      y[yi] = best;
+      o[yi] = static_cast<OffT>(best > T(0) || best != best ? where : -1);
+    }
+  }
+}
+
 template <typename T, typename OffT>
 void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor& weight,
                     const std::optional<at::Tensor>& bias, at::Tensor& out, at::Tensor& offsets) {
@@ -216,7 +263,6 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const std::array<int64_t, 4> ys{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
   const int64_t band = band_rows(g);
   const int64_t bands = (g.PH + band - 1) / band;
-  const T neg_inf = -std::numeric_limits<T>::infinity();
 
   at::parallel_for(0, g.N * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> col, tile;
@@ -234,31 +280,13 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       }
       for (int64_t cg = 0; cg < g.Coutg; ++cg) {
         const int64_t c = grp * g.Coutg + cg;
+        T* t = tile.data() + cg * M;
         const T bc = b ? b[c] : T(0);
-        const T* t = tile.data() + cg * M;
-        for (int64_t ph = p0; ph < p1; ++ph) {
-          for (int64_t pw = 0; pw < g.PW; ++pw) {
-            T best = neg_inf;
-            int64_t where = -1;
-            for (int64_t kh = 0; kh < g.PKH; ++kh) {
-              const int64_t r = ph * g.psh - g.pph + kh * g.pdh;
-              if (r < 0 || r >= g.OH) continue;
-              for (int64_t kw = 0; kw < g.PKW; ++kw) {
-                const int64_t q = pw * g.psw - g.ppw + kw * g.pdw;
-                if (q < 0 || q >= g.OW) continue;
-                T v = t[(r - r0) * g.OW + q] + bc;
-                v = v > T(0) || std::isnan(v) ? v : T(0);  // ReLU, NaN kept
-                if (v > best || std::isnan(v)) {
-                  best = v;
-                  where = kh * g.PKW + kw;
-                }
-              }
-            }
-            const int64_t yi = n * ys[0] + c * ys[1] + ph * ys[2] + pw * ys[3];
-            y[yi] = best;
-            o[yi] = static_cast<OffT>(best > T(0) || std::isnan(best) ? where : -1);
-          }
+        for (int64_t i = 0; i < M; ++i) {  // bias + ReLU (NaN kept), vectorisable
+          const T v = t[i] + bc;
+          t[i] = (v > T(0) || v != v) ? v : T(0);
         }
+        pool_epilogue<T, OffT>(g, t, r0, p0, p1, y + n * ys[0] + c * ys[1], o + n * ys[0] + c * ys[1], ys);
       }
     }
   });

@@ -1,0 +1,107 @@
+"""The "cpp" backend (C++ CPU kernels in fusedops._C): it does the work itself, checks its inputs."""
+
+import pytest
+import torch
+
+import fusedops
+from fusedops import backends
+from fusedops.functional import conv_block_params
+
+FORBIDDEN = ("conv", "max_pool", "relu", "threshold", "im2col", "unfold", "col2im", "gelu", "silu", "pool")
+
+
+@pytest.fixture(autouse=True)
+def _needs_cpp():
+    if "cpp" not in fusedops.available_backends():
+        pytest.fail(f"the cpp backend must be built here: {backends._REGISTRY['cpp'].unavailable_reason()}")
+
+
+def _aten_ops_of(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(padding=1), dict(pool_kernel_size=None), dict(pool_kernel_size=3, pool_stride=2)]
+)
+def test_no_torch_conv_pool_or_activation_ops(kwargs):
+    x = torch.randn(2, 3, 10, 10, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+
+    def run():
+        fusedops.conv_relu_maxpool2d(x, w, b, backend="cpp", **kwargs).sum().backward()
+
+    ops = _aten_ops_of(run)
+    assert "fusedops::native_conv_block_forward" in ops and "fusedops::native_conv_block_backward" in ops
+    offending = [op for op in ops if op.startswith("aten::") and any(f in op for f in FORBIDDEN)]
+    assert offending == [], offending
+    # and the profile of the reference does show them, so the check can fail
+    reference = _aten_ops_of(lambda: fusedops.conv_relu_maxpool2d(x, w, b, backend="reference", **kwargs))
+    assert any("conv" in op for op in reference)
+
+
+def _native_args(x, w, b=None, **kwargs):
+    return (x, w, b, *conv_block_params(tuple(w.shape[-2:]), **kwargs))
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (lambda: _native_args(torch.randn(1, 4, 8, 8), torch.randn(2, 3, 3, 3)), "input has 4 channels"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3), torch.randn(3)),
+         "bias must have shape"),
+        (lambda: _native_args(torch.randn(3, 8, 8), torch.randn(2, 3, 3, 3)), "input must be 4-D"),
+        (lambda: _native_args(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 3, 3)), "smaller than the dilated kernel"),
+        (lambda: _native_args(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), pool_kernel_size=3),
+         "too small for the pool"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8).half(), torch.randn(2, 3, 3, 3).half()), "float32 and float64"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3).double()), "weight has dtype"),
+    ],
+    ids=["channels", "bias", "rank", "kernel", "pool", "dtype", "mixed"],
+)
+def test_native_forward_rejects_bad_input_with_clear_error(args, words):
+    with pytest.raises(RuntimeError, match=words):
+        torch.ops.fusedops.native_conv_block_forward(*args())
+
+
+def test_native_backward_checks_offsets_and_grad():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    p = conv_block_params((3, 3))
+    out, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
+    g = torch.randn_like(out)
+    with pytest.raises(RuntimeError, match="offsets must have the shape"):
+        torch.ops.fusedops.native_conv_block_backward(g, x, w, offsets[:1], *p[:8], [True, True, False])
+    with pytest.raises(RuntimeError, match="offsets must have dtype"):
+        torch.ops.fusedops.native_conv_block_backward(g, x, w, offsets.int(), *p[:8], [True, True, False])
+    with pytest.raises(RuntimeError, match="grad_output must have shape"):
+        torch.ops.fusedops.native_conv_block_backward(g[:, :2], x, w, offsets[:, :2], *p[:8], [True, True, False])
+
+
+def test_poisoned_outputs_are_all_written():
+    """Every output element comes from the kernel: freed NaN-filled blocks, which the allocator
+    tends to hand back for the outputs, never show through (and the values equal the reference)."""
+    x, w, b = torch.randn(3, 5, 13, 11), torch.randn(6, 5, 3, 3), torch.randn(6)
+    p = conv_block_params((3, 3), padding=1, pool_kernel_size=3, pool_stride=2, pool_ceil_mode=True)
+    for _ in range(3):  # the allocator hands back the NaN-filled blocks
+        junk = torch.full((3 * 6 * 7 * 6 * 4,), float("nan"))
+        del junk
+        out, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, b, *p)
+        assert not out.isnan().any()
+        ref, ref_off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "reference")
+        torch.testing.assert_close(out, ref)
+        assert torch.equal(offsets, ref_off)
+
+
+def test_automatic_choice_takes_cpp_only_where_it_wins():
+    small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
+    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))
+    pooled, unpooled = conv_block_params((3, 3)), conv_block_params((3, 3), pool_kernel_size=None)
+    op = "conv_relu_maxpool2d"
+    assert backends.select("", small, op, backends._conv_facts(small[1], pooled)).name == "cpp"
+    assert backends.select("", wide, op, backends._conv_facts(wide[1], pooled)).name == "reference"
+    assert backends.select("", small, op, backends._conv_facts(small[1], unpooled)).name == "reference"
+    low = [t.bfloat16() for t in small]
+    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"
+    assert backends.select("", [torch.randn(2, 3), torch.randn(4, 3)], "linear").name == "reference"
