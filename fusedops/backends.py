@@ -142,6 +142,60 @@ class CppBackend(Backend):
         return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
 
 
+class TritonBackend(Backend):
+    """Triton kernels (fusedops/triton): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
+
+    name = "triton"
+    devices = ("cuda", "cpu")
+
+    @staticmethod
+    @functools.cache
+    def _import_error() -> Optional[str]:
+        try:
+            import triton  # noqa: F401
+        except ImportError as exc:
+            return f"triton is not installed ({exc})"
+        return None
+
+    @staticmethod
+    def _interpreting() -> bool:
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+    def unavailable_reason(self):
+        error = self._import_error()
+        if error is not None:
+            return error
+        if not self._interpreting() and not torch.cuda.is_available():
+            return "'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run its kernels on CPU tensors)"
+        return None
+
+    def unsupported_reasons(self, tensors):
+        reasons = super().unsupported_reasons(tensors)
+        if not reasons and tensors[0].device.type == "cpu" and not self._interpreting():
+            reasons.append("'triton' runs CPU tensors only under TRITON_INTERPRET=1")
+        return reasons
+
+    def conv_block_forward(self, input, weight, bias, params):
+        from .triton import conv_block as kernels
+
+        return kernels.forward(input, weight, bias, params)
+
+    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
+        from .triton import conv_block as kernels
+
+        return kernels.backward(grad_output, input, weight, offsets, params, output_mask)
+
+    def linear_forward(self, input, weight, bias, activation):
+        from .triton import linear as kernels
+
+        return kernels.forward(input, weight, bias, activation)
+
+    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
+        from .triton import linear as kernels
+
+        return kernels.backward(grad_output, input, weight, saved, activation, output_mask)
+
+
 class PendingBackend(Backend):
     """A backend whose kernels are not part of this build yet: never available."""
 
@@ -163,7 +217,7 @@ def register(backend: Backend) -> None:
 
 
 register(ReferenceBackend())
-register(PendingBackend("triton", ("cuda", "cpu"), "Triton kernels"))
+register(TritonBackend())
 register(CppBackend())
 register(PendingBackend("cuda", ("cuda",), "CUDA kernels in fusedops._C"))
 

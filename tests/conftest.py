@@ -54,3 +54,11 @@ def skip_unless_backend_runs(name, *tensors):
     reasons = backends._REGISTRY[name].unsupported_reasons(list(tensors))
     if reasons:
         pytest.skip(f"backend {name!r} cannot run this case: {'; '.join(reasons)}")
+
+
+def skip_if_interpreted_bfloat16(backend, dtype):
+    """Triton's CPU interpreter truncates float32 -> bfloat16 conversions (GPU kernels round to
+    nearest even; measured: half of the values differ by one ulp), so bf16 error bounds of the
+    triton backend are checked by the gpu-marked tests, not here."""
+    if backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("Triton's CPU interpreter truncates float32->bfloat16; bf16 accuracy is checked on the GPU")

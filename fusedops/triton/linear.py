@@ -1,0 +1,229 @@
+"""Triton kernels of the fused linear: GEMM + bias + activation, and its backward.
+
+Shapes: ``x (M, K)`` (leading dims flattened), ``w (N, K)``, ``b (N,)``, ``z = x @ w.T + b``,
+``y = act(z)`` (M, N). ACT: 0 none, 1 relu, 2 gelu (exact), 3 gelu_tanh, 4 silu.
+Saved for backward (written by the forward): the bool mask ``z > 0`` (NaN on) for relu,
+``z`` for gelu/gelu_tanh/silu, nothing for none.
+
+Backward: ``dz = dy * act'(z)`` is computed on the fly in the loads of both GEMMs
+(never stored): ``dx = dz @ w`` (grid over M x K tiles, reduction over N) and
+``dw = dz.T @ x`` (grid over N x K tiles, reduction over M, one program per tile: no
+atomics, deterministic); the programs of the first K tile also reduce ``db = sum_m dz``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .conv_block import _dot_dtype
+
+ACT_CODES = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+
+
+def _acc_dtype(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _precision(dtype) -> str:
+    """TF32 exactly when torch's matmul would use it (cuda.matmul.allow_tf32, float32)."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def linear_configs(m: int, n: int) -> dict:
+    """Block sizes from the problem sizes (16 is tl.dot's minimum)."""
+    return {
+        "BLOCK_M": 16 if m <= 16 else 32 if m <= 256 else 64,
+        "BLOCK_N": 16 if n <= 16 else 32 if n <= 256 else 64,
+        "BLOCK_K": 32,
+        "num_warps": 4,
+    }
+
+
+@triton.jit
+def _tanh(a):
+    return 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+
+
+@triton.jit
+def _activation(z, ACT: tl.constexpr):
+    if ACT == 1:
+        return tl.where((z > 0) | (z != z), z, 0.0)
+    elif ACT == 2:
+        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    elif ACT == 3:
+        return 0.5 * z * (1.0 + _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+    elif ACT == 4:
+        return z / (1.0 + tl.exp(-z))
+    else:
+        return z
+
+
+@triton.jit
+def _activation_grad(z, ACT: tl.constexpr):
+    """act'(z) for gelu (2), gelu_tanh (3), silu (4)."""
+    if ACT == 2:
+        return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
+    elif ACT == 3:
+        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
+    else:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
+def linear_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, K, sxm, sxk, swn, swk,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """y = act(x @ w.T + b) (M, N) contiguous; s = saved state (contiguous, see module docstring).
+
+    Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)).
+    """
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = rm < M, rn < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        xv = tl.load(x_ptr + rm[:, None].to(tl.int64) * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        wv = tl.load(w_ptr + rn[None, :].to(tl.int64) * swn + rk[:, None] * swk, mask=n_ok[None, :] & k_ok[:, None],
+                     other=0.0)
+        acc += tl.dot(xv.to(DOT), wv.to(DOT), input_precision=PRECISION).to(ACC)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
+    z = acc.to(y_ptr.dtype.element_ty).to(ACC)  # torch rounds z to the output dtype before act
+    off = rm[:, None].to(tl.int64) * N + rn[None, :]
+    ok = m_ok[:, None] & n_ok[None, :]
+    tl.store(y_ptr + off, _activation(z, ACT).to(y_ptr.dtype.element_ty), mask=ok)
+    if ACT == 1:
+        tl.store(s_ptr + off, ((z > 0) | (z != z)).to(s_ptr.dtype.element_ty), mask=ok)
+    elif ACT >= 2:
+        tl.store(s_ptr + off, z.to(s_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dz(g_ptr, s_ptr, rm, rn, ok, sgm, sgn, N, ACT: tl.constexpr, ACC: tl.constexpr):
+    """dz[rm, rn] = dy * act'(z), from dy and the saved state, in ACC (2-D index tensors)."""
+    g = tl.load(g_ptr + rm.to(tl.int64) * sgm + rn * sgn, mask=ok, other=0.0).to(ACC)
+    if ACT == 1:
+        on = tl.load(s_ptr + rm.to(tl.int64) * N + rn, mask=ok, other=0)
+        g = tl.where(on != 0, g, 0.0)
+    elif ACT >= 2:
+        z = tl.load(s_ptr + rm.to(tl.int64) * N + rn, mask=ok, other=0.0).to(ACC)
+        g = g * _activation_grad(z, ACT)
+    return g
+
+
+@triton.jit
+def linear_dx_kernel(
+    g_ptr, s_ptr, w_ptr, dx_ptr, M, N, K, sgm, sgn, swn, swk,
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx[m, k] = sum_n dz[m, n] * w[n, k]; dx (M, K) contiguous. Grid: (cdiv(M, BLOCK_M), cdiv(K, BLOCK_K))."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    m_ok, k_ok = rm < M, rk < K
+    acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+    for n0 in range(0, N, BLOCK_N):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        n_ok = rn < N
+        dz = _dz(g_ptr, s_ptr, rm[:, None], rn[None, :], m_ok[:, None] & n_ok[None, :], sgm, sgn, N, ACT, ACC)
+        wv = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + rk[None, :] * swk, mask=n_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        acc += tl.dot(dz.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), input_precision=PRECISION).to(ACC)
+    tl.store(dx_ptr + rm[:, None].to(tl.int64) * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def linear_dw_kernel(
+    g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, sgm, sgn, sxm, sxk,
+    ACT: tl.constexpr, HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dw[n, k] = sum_m dz[m, n] * x[m, k]; db[n] = sum_m dz[m, n]. Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K))."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    n_ok, k_ok = rn < N, rk < K
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
+    db = tl.zeros((BLOCK_N,), dtype=ACC)
+    for m0 in range(0, M, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        m_ok = rm < M
+        dz_t = _dz(g_ptr, s_ptr, rm[None, :], rn[:, None], n_ok[:, None] & m_ok[None, :], sgm, sgn, N, ACT, ACC)
+        xv = tl.load(x_ptr + rm[:, None].to(tl.int64) * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        acc += tl.dot(dz_t.to(x_ptr.dtype.element_ty).to(DOT), xv.to(DOT), input_precision=PRECISION).to(ACC)
+        if HAS_DB:
+            db += tl.sum(dz_t, axis=1)
+    tl.store(dw_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=n_ok[:, None] & k_ok[None, :])
+    if HAS_DB:
+        if tl.program_id(1) == 0:
+            tl.store(db_ptr + rn, db.to(db_ptr.dtype.element_ty), mask=n_ok)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (M, last): a view where the strides allow, else a copy."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def forward(input, weight, bias, activation: str):
+    """Launch the fused forward: ``(y, saved)`` like the reference."""
+    x = _rows(input)
+    m, k = x.shape
+    n = weight.shape[0]
+    y = torch.empty((m, n), device=input.device, dtype=input.dtype)
+    act = ACT_CODES[activation]
+    saved = input.new_empty(0) if act == 0 else torch.empty(
+        (m, n), device=input.device, dtype=torch.bool if act == 1 else input.dtype
+    )
+    if m and n:
+        cfg = linear_configs(m, n)
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+        linear_fwd_kernel[grid](
+            x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k, *x.stride(),
+            *weight.stride(), ACT=act, HAS_BIAS=bias is not None, ACC=_acc_dtype(input.dtype),
+            PRECISION=_precision(input.dtype), DOT=_dot_dtype(input.dtype), **cfg,
+        )
+    out_shape = (*input.shape[:-1], n)
+    return y.view(out_shape), saved.view(out_shape) if act else saved
+
+
+def backward(grad_output, input, weight, saved, activation: str, output_mask):
+    """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
+    x = _rows(input)
+    g = _rows(grad_output)
+    m, k = x.shape
+    n = weight.shape[0]
+    act = ACT_CODES[activation]
+    s = saved.reshape(m, n) if act else g
+    acc, prec, dot = _acc_dtype(input.dtype), _precision(input.dtype), _dot_dtype(input.dtype)
+    cfg = linear_configs(m, n)
+    grad_input, grad_weight, grad_bias = input.new_empty(0), input.new_empty(0), input.new_empty(0)
+    if output_mask[0]:
+        dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
+        if m and k:
+            grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
+            linear_dx_kernel[grid](g, s, weight, dx, m, n, k, *g.stride(), *weight.stride(), ACT=act, ACC=acc,
+                                   PRECISION=prec, DOT=dot, **cfg)
+        elif m:
+            dx.zero_()
+        grad_input = dx.view(input.shape)
+    if output_mask[1] or output_mask[2]:
+        dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
+        db = torch.empty(n, device=input.device, dtype=input.dtype) if output_mask[2] else dw
+        if n:
+            grid = (triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"])))
+            linear_dw_kernel[grid](g, s, x, dw, db, m, n, k, *g.stride(), *x.stride(), ACT=act,
+                                   HAS_DB=bool(output_mask[2]), ACC=acc, PRECISION=prec, DOT=dot, **cfg)
+        grad_weight = dw if output_mask[1] else grad_weight
+        grad_bias = db if output_mask[2] else grad_bias
+    return grad_input, grad_weight, grad_bias

@@ -1,0 +1,129 @@
+"""The "triton" backend: its kernels do the work, and write every output element."""
+
+import pytest
+import torch
+
+import fusedops
+from fusedops.functional import conv_block_params
+
+FORBIDDEN = ("conv", "pool", "relu", "threshold", "gelu", "silu", "sigmoid", "tanh", "im2col", "unfold", "col2im",
+             "mm", "matmul", "linear", "dot", "einsum")
+
+
+@pytest.fixture(autouse=True)
+def _needs_triton():
+    if "triton" not in fusedops.available_backends():
+        pytest.fail("triton must be available here (tests/conftest.py sets TRITON_INTERPRET=1 without a GPU)")
+
+
+def _aten_ops(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key.startswith("aten::")}
+
+
+def test_no_torch_compute_ops_in_forward_and_backward():
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    lx = torch.randn(5, 6, requires_grad=True)
+    lw = torch.randn(7, 6, requires_grad=True)
+
+    def run():
+        y = fusedops.conv_relu_maxpool2d(x, w, b, padding=1, backend="triton")
+        z = fusedops.linear(lx, lw, activation="gelu", backend="triton")
+        (y.sum() + z.sum()).backward()
+
+    offending = [op for op in _aten_ops(run) if any(f in op for f in FORBIDDEN)]
+    assert offending == [], offending
+    reference = _aten_ops(lambda: fusedops.linear(lx, lw, activation="gelu", backend="reference"))
+    assert any(any(f in op for f in FORBIDDEN) for op in reference)  # the check can fail
+
+
+def _poisoning(monkeypatch, module):
+    """Make the launchers' output allocations start as NaN (floats) or 77 (integers)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan") if t.is_floating_point() else 77) if t.numel() else t
+
+    monkeypatch.setattr(module.torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(module.torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(padding=1), dict(pool_kernel_size=None, stride=2), dict(pool_kernel_size=3, pool_stride=2, pool_padding=1,
+                                                                   pool_ceil_mode=True), dict(groups=3)],
+    ids=["pool2", "nopool", "overlap_ceil", "groups"],
+)
+def test_poisoned_conv_block_outputs_are_all_written(monkeypatch, kwargs):
+    from fusedops.triton import conv_block as kernels
+
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+    w = torch.randn(6, 6 // kwargs.get("groups", 1), 3, 3, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    p = conv_block_params((3, 3), **kwargs)
+    ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "reference")
+    g = torch.randn_like(ref_out)
+    ref_grads = torch.ops.fusedops.conv_block_backward(g, x, w, ref_off, *p[:8], [True, True, True], "reference")
+    _poisoning(monkeypatch, kernels)
+    out, off = kernels.forward(x, w, b, p)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(off, ref_off)
+    for got, want in zip(kernels.backward(g, x, w, ref_off, p, [True, True, True]), ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("activation", ["", "relu", "gelu", "gelu_tanh", "silu"])
+def test_poisoned_linear_outputs_are_all_written(monkeypatch, activation):
+    from fusedops.triton import linear as kernels
+
+    x, w, b = (torch.randn(3, 5, 17, dtype=torch.float64), torch.randn(19, 17, dtype=torch.float64),
+               torch.randn(19, dtype=torch.float64))
+    ref_out, ref_saved = torch.ops.fusedops.linear_forward(x, w, b, activation, "reference")
+    g = torch.randn_like(ref_out)
+    ref_grads = torch.ops.fusedops.linear_backward(g, x, w, ref_saved, activation, [True, True, True], "reference")
+    _poisoning(monkeypatch, kernels)
+    out, saved = kernels.forward(x, w, b, activation)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(saved, ref_saved)
+    for got, want in zip(kernels.backward(g, x, w, saved, activation, [True, True, True]), ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_triton_is_not_chosen_automatically_for_cpu_tensors():
+    from fusedops import backends
+
+    x, w = torch.randn(1, 3, 6, 6), torch.randn(2, 3, 3, 3)
+    assert backends.select("", [x, w], "conv_relu_maxpool2d", backends._conv_facts(w, conv_block_params((3, 3)))).name \
+        != "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tf32", [False, True])
+def test_gpu_low_precision_within_twice_torch_error(dtype, tf32):
+    if tf32 and dtype != torch.float32:
+        pytest.skip("tf32 applies to float32 only")
+    from tests import oracle
+
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        x = torch.randn(8, 32, 28, 28, dtype=torch.float64, device="cuda")
+        w = torch.randn(64, 32, 3, 3, dtype=torch.float64, device="cuda") / 10
+        b = torch.randn(64, dtype=torch.float64, device="cuda")
+        exact = oracle.conv_block(x, w, b, padding=1)
+        low = [t.to(dtype) for t in (x, w, b)]
+        ours = fusedops.conv_relu_maxpool2d(*low, padding=1, backend="triton").double()
+        theirs = oracle.conv_block(*low, padding=1).double()
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
+        lx, lw = torch.randn(300, 512, dtype=torch.float64, device="cuda"), torch.randn(256, 512, device="cuda",
+                                                                                           dtype=torch.float64) / 20
+        exact = oracle.linear(lx, lw, activation="gelu")
+        ours = fusedops.linear(lx.to(dtype), lw.to(dtype), activation="gelu", backend="triton").double()
+        theirs = oracle.linear(lx.to(dtype), lw.to(dtype), activation="gelu").double()
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
