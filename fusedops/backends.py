@@ -35,6 +35,7 @@ class Backend:
 
     name = ""
     devices: Sequence[str] = ()
+    ops: Sequence[str] = ("conv_relu_maxpool2d", "linear")  # the ops it has kernels for
 
     def unavailable_reason(self) -> Optional[str]:
         """Why this backend cannot run on this machine at all (None if it can)."""
@@ -99,8 +100,8 @@ class ReferenceBackend(Backend):
 class CppBackend(Backend):
     """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors.
 
-    The conv block runs the fused kernel; ``linear`` runs the reference (the C++ linear
-    kernels are not written yet), so automatic choice does not pick this backend for it.
+    Only the conv block has C++ kernels so far: asked for ``linear`` it raises with that
+    reason, and automatic choice never takes it there.
     """
 
     name = "cpp"
@@ -135,11 +136,7 @@ class CppBackend(Backend):
             grad_output, input, weight, offsets, *params[:8], output_mask
         )
 
-    def linear_forward(self, input, weight, bias, activation):
-        return linear.reference_forward(input, weight, bias, activation)
-
-    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
-        return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
+    ops = ("conv_relu_maxpool2d",)  # no C++ linear kernels yet: linear is refused, never faked
 
 
 class TritonBackend(Backend):
@@ -263,12 +260,18 @@ def select(
             raise ValueError(f"unknown {source} {name!r}; known backends are {known_backends()}")
         backend = _REGISTRY[name]
         reasons = backend.unsupported_reasons(tensors)
+        if op.split()[0] not in backend.ops:
+            reasons.append(f"{name!r} has no kernels for {op.split()[0]} (it implements {', '.join(backend.ops)})")
         if reasons:
             raise RuntimeError(f"backend {name!r} cannot run {op} on these inputs: " + "; ".join(reasons))
         return backend
     for candidate in _auto_order(tensors[0].device.type):
         backend = _REGISTRY[candidate]
-        if not backend.unsupported_reasons(tensors) and backend.auto_eligible(op, facts or {}):
+        if (
+            op.split()[0] in backend.ops
+            and not backend.unsupported_reasons(tensors)
+            and backend.auto_eligible(op, facts or {})
+        ):
             return backend
     return _REGISTRY["reference"]
 

@@ -49,6 +49,12 @@ def backend(request):
     return request.param
 
 
+def skip_unless_backend_has(name, op):
+    """Skip (saying why) when backend ``name`` has no kernels for ``op``."""
+    if op not in backends._REGISTRY[name].ops:
+        pytest.skip(f"backend {name!r} has no {op} kernels yet (it implements {list(backends._REGISTRY[name].ops)})")
+
+
 def skip_unless_backend_runs(name, *tensors):
     """Skip (saying why) when backend ``name`` reports it cannot run these tensors."""
     reasons = backends._REGISTRY[name].unsupported_reasons(list(tensors))

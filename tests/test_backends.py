@@ -20,7 +20,7 @@ def test_reference_always_available_and_names_known():
 def test_automatic_choice_never_fails_on_valid_input():
     out = fusedops.conv_relu_maxpool2d(X, W)
     torch.testing.assert_close(out, fusedops.conv_relu_maxpool2d(X, W, backend="reference"))
-    assert backends.select("", [X, W], "op").name in fusedops.available_backends()
+    assert backends.select("", [X, W], "conv_relu_maxpool2d").name in fusedops.available_backends()
 
 
 def test_explicit_backend_that_cannot_run_lists_reasons():
@@ -39,7 +39,7 @@ def test_cuda_backend_rejects_cpu_tensors_with_reason():
 
 def test_env_var_overrides_automatic_choice(monkeypatch):
     monkeypatch.setenv(backends.ENV_VAR, "reference")
-    assert backends.select("", [X, W], "op").name == "reference"
+    assert backends.select("", [X, W], "conv_relu_maxpool2d").name == "reference"
     monkeypatch.setenv(backends.ENV_VAR, "cuda")
     with pytest.raises(RuntimeError, match="backend 'cuda' cannot run"):
         fusedops.conv_relu_maxpool2d(X, W)

@@ -94,6 +94,11 @@ def test_poisoned_outputs_are_all_written():
         assert torch.equal(offsets, ref_off)
 
 
+def test_linear_is_refused_not_faked():
+    with pytest.raises(RuntimeError, match="'cpp' has no kernels for linear"):
+        fusedops.linear(torch.randn(2, 3), torch.randn(4, 3), backend="cpp")
+
+
 def test_automatic_choice_takes_cpp_only_where_it_wins():
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
     wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))

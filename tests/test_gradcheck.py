@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fusedops
+from tests.conftest import skip_unless_backend_has
 
 
 def _gradcheck(fn, inputs, backend):
@@ -38,6 +39,7 @@ def test_conv_block_gradcheck(backend, setting):
 
 @pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"], ids=str)
 def test_linear_gradcheck(backend, activation):
+    skip_unless_backend_has(backend, "linear")
     x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)

@@ -5,7 +5,13 @@ import torch
 
 import fusedops
 from tests import oracle
-from tests.conftest import skip_if_interpreted_bfloat16, skip_unless_backend_runs
+from tests.conftest import skip_if_interpreted_bfloat16, skip_unless_backend_has, skip_unless_backend_runs
+
+
+@pytest.fixture(autouse=True)
+def _backend_has_linear(backend):
+    skip_unless_backend_has(backend, "linear")
+
 
 ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
 SHAPES = [(5, 7), (3, 4, 7), (2, 3, 2, 7), (7,), (0, 7), (2, 0, 7)]
