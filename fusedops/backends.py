@@ -158,6 +158,11 @@ class TritonBackend(Backend):
     def _interpreting() -> bool:
         return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+    def auto_eligible(self, op, facts):
+        # Not yet timed on a GPU (benchmarks/NOTES.md): until it is measured faster than the
+        # reference (cuDNN, cuBLAS) there, automatic choice does not take it; name it to use it.
+        return False
+
     def unavailable_reason(self):
         error = self._import_error()
         if error is not None:
@@ -238,11 +243,6 @@ def check_backend_name(name) -> str:
     return name
 
 
-@functools.cache
-def _auto_order(device_type: str) -> tuple:
-    return AUTO_ORDER.get(device_type, ("reference",))
-
-
 def select(
     requested: str, tensors: Sequence[torch.Tensor], op: str, facts: Optional[Dict[str, object]] = None
 ) -> Backend:
@@ -265,7 +265,7 @@ def select(
         if reasons:
             raise RuntimeError(f"backend {name!r} cannot run {op} on these inputs: " + "; ".join(reasons))
         return backend
-    for candidate in _auto_order(tensors[0].device.type):
+    for candidate in AUTO_ORDER.get(tensors[0].device.type, ("reference",)):
         backend = _REGISTRY[candidate]
         if (
             op.split()[0] in backend.ops
