@@ -87,3 +87,17 @@ def test_import_works_without_extension():
         "assert 'reference' in fusedops.available_backends()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_backend_without_kernels_for_an_op_is_refused_not_used(monkeypatch):
+    class ConvOnly(backends.ReferenceBackend):
+        name = "convonly"
+        ops = ("conv_relu_maxpool2d",)
+
+    monkeypatch.setitem(backends._REGISTRY, "convonly", ConvOnly())
+    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("convonly", "reference"))
+    lin = [torch.randn(2, 3), torch.randn(4, 3)]
+    with pytest.raises(RuntimeError, match="'convonly' has no kernels for linear"):
+        backends.select("convonly", lin, "linear")
+    assert backends.select("", lin, "linear").name == "reference"
+    assert backends.select("", [X, W], "conv_relu_maxpool2d").name == "convonly"

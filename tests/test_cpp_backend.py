@@ -94,9 +94,27 @@ def test_poisoned_outputs_are_all_written():
         assert torch.equal(offsets, ref_off)
 
 
-def test_linear_is_refused_not_faked():
-    with pytest.raises(RuntimeError, match="'cpp' has no kernels for linear"):
-        fusedops.linear(torch.randn(2, 3), torch.randn(4, 3), backend="cpp")
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
+def test_linear_runs_no_torch_activation_op(activation):
+    x, w, b = torch.randn(5, 6, requires_grad=True), torch.randn(7, 6, requires_grad=True), torch.randn(7)
+
+    def run():
+        fusedops.linear(x, w, b, activation=activation, backend="cpp").sum().backward()
+
+    ops = _aten_ops_of(run)
+    assert "fusedops::native_linear_forward" in ops and "fusedops::native_linear_backward" in ops
+    offending = [op for op in ops if op.startswith("aten::") and any(f in op for f in FORBIDDEN)]
+    assert offending == [], offending
+
+
+def test_native_linear_rejects_bad_input_with_clear_error():
+    with pytest.raises(RuntimeError, match="input has 5 features"):
+        torch.ops.fusedops.native_linear_forward(torch.randn(2, 5), torch.randn(3, 4), None, "")
+    with pytest.raises(RuntimeError, match="activation must be one of"):
+        torch.ops.fusedops.native_linear_forward(torch.randn(2, 4), torch.randn(3, 4), None, "tanh")
+    with pytest.raises(RuntimeError, match="saved has dtype"):
+        torch.ops.fusedops.native_linear_backward(torch.randn(2, 3), torch.randn(2, 4), torch.randn(3, 4),
+                                                  torch.randn(2, 3), "relu", [True, True, False])
 
 
 def test_automatic_choice_takes_cpp_only_where_it_wins():

@@ -1,0 +1,164 @@
+// Fused Linear + bias + activation on the CPU: the "cpp" backend.
+//
+// Forward: z = x @ w^T + b (one BLAS addmm over the flattened leading dims), then one
+// parallel pass computes y = act(z) and the state the derivative needs: a bool mask z > 0
+// (NaN counts as on, as torch's ReLU backward) for relu, z itself for gelu / gelu_tanh /
+// silu, nothing for no activation.
+// Backward: one parallel pass dz = dy * act'(z), then dx = dz @ w, dw = dz^T @ x (BLAS),
+// db = sum over rows of dz. The activations and their derivatives are computed here, not
+// by torch's activation ops; the formulas are those of fusedops/ops/linear.py.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <string>
+#include <tuple>
+
+namespace fusedops {
+namespace {
+
+enum class Act { None, Relu, Gelu, GeluTanh, Silu };
+
+Act parse_activation(const std::string& name) {
+  if (name.empty()) return Act::None;
+  if (name == "relu") return Act::Relu;
+  if (name == "gelu") return Act::Gelu;
+  if (name == "gelu_tanh") return Act::GeluTanh;
+  if (name == "silu") return Act::Silu;
+  TORCH_CHECK(false, "activation must be one of '', 'relu', 'gelu', 'gelu_tanh', 'silu', got '", name, "'");
+}
+
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;
+constexpr double kGeluTanhC = 0.044715;
+
+template <typename T>
+T activate(T z, Act act) {
+  switch (act) {
+    case Act::Relu: return (z > T(0) || std::isnan(z)) ? z : T(0);
+    case Act::Gelu: return T(0.5) * z * (T(1) + std::erf(z * T(kInvSqrt2)));
+    case Act::GeluTanh:
+      return T(0.5) * z * (T(1) + std::tanh(T(kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z)));
+    case Act::Silu: return z / (T(1) + std::exp(-z));
+    default: return z;
+  }
+}
+
+template <typename T>
+T activation_grad(T z, Act act) {  // gelu, gelu_tanh, silu
+  switch (act) {
+    case Act::Gelu:
+      return T(0.5) * (T(1) + std::erf(z * T(kInvSqrt2))) + z * std::exp(T(-0.5) * z * z) * T(kInvSqrt2Pi);
+    case Act::GeluTanh: {
+      const T t = std::tanh(T(kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z));
+      return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluTanhC) * z * z);
+    }
+    default: {
+      const T s = T(1) / (T(1) + std::exp(-z));
+      return s * (T(1) + z * (T(1) - s));
+    }
+  }
+}
+
+void check_inputs(const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "input and weight must be CPU tensors");
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight has dtype ", weight.scalar_type(),
+              " but input has dtype ", input.scalar_type());
+  TORCH_CHECK(input.dim() >= 1, "input must have at least 1 dimension (..., in_features)");
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D (out_features, in_features), got ", weight.dim(), "-D");
+  TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features (last dim) but weight expects ",
+              weight.size(1));
+}
+
+std::vector<int64_t> output_shape(const at::Tensor& input, int64_t out_features) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
+  shape.push_back(out_features);
+  return shape;
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                                      const std::optional<at::Tensor>& bias,
+                                                      c10::string_view activation) {
+  check_inputs(input, weight);
+  const Act act = parse_activation(std::string(activation));
+  const int64_t n = weight.size(0);
+  const at::Tensor x = input.reshape({-1, weight.size(1)});
+  at::Tensor z;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
+                " but input has dtype ", input.scalar_type());
+    z = at::addmm(*bias, x, weight.t());
+  } else {
+    z = at::mm(x, weight.t());
+  }
+  const auto shape = output_shape(input, n);
+  if (act == Act::None) return {z.view(shape), at::empty({0}, input.options())};
+  at::Tensor y = at::empty_like(z);
+  at::Tensor saved = act == Act::Relu ? at::empty(z.sizes(), input.options().dtype(at::kBool)) : z;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "linear_forward_cpu", [&] {
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    bool* mp = act == Act::Relu ? saved.mutable_data_ptr<bool>() : nullptr;
+    at::parallel_for(0, z.numel(), 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        yp[i] = activate(zp[i], act);
+        if (mp) mp[i] = !(zp[i] <= scalar_t(0));
+      }
+    });
+  });
+  return {y.view(shape), saved.view(shape)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input, const at::Tensor& weight,
+                                                                   const at::Tensor& saved, c10::string_view activation,
+                                                                   std::array<bool, 3> output_mask) {
+  check_inputs(input, weight);
+  const Act act = parse_activation(std::string(activation));
+  const int64_t n = weight.size(0), k = weight.size(1);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(output_shape(input, n)), "grad_output must have shape ",
+              output_shape(input, n), ", got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output has dtype ", grad_output.scalar_type(),
+              " but input has dtype ", input.scalar_type());
+  at::Tensor dz = grad_output.reshape({-1, n});
+  if (act != Act::None) {
+    TORCH_CHECK(saved.numel() == dz.numel(), "saved must have the shape of grad_output, got ", saved.sizes());
+    TORCH_CHECK(saved.scalar_type() == (act == Act::Relu ? at::kBool : input.scalar_type()),
+                "saved has dtype ", saved.scalar_type(), ", which does not fit activation '", std::string(activation), "'");
+    const at::Tensor g = dz.contiguous();
+    const at::Tensor s = saved.contiguous();
+    dz = at::empty_like(g);
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "linear_backward_cpu", [&] {
+      const scalar_t* gp = g.const_data_ptr<scalar_t>();
+      scalar_t* dp = dz.mutable_data_ptr<scalar_t>();
+      const bool* mp = act == Act::Relu ? s.const_data_ptr<bool>() : nullptr;
+      const scalar_t* zp = act == Act::Relu ? nullptr : s.const_data_ptr<scalar_t>();
+      at::parallel_for(0, g.numel(), 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          dp[i] = mp ? (mp[i] ? gp[i] : scalar_t(0)) : gp[i] * activation_grad(zp[i], act);
+      });
+    });
+  }
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor gi = output_mask[0] ? at::mm(dz, weight).view(input.sizes()) : empty();
+  at::Tensor gw = output_mask[1] ? at::mm(dz.t(), input.reshape({-1, k})) : empty();
+  at::Tensor gb = output_mask[2] ? dz.sum(0) : empty();
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedops, CPU, m) {
+  m.impl("native_linear_forward", &linear_forward_cpu);
+  m.impl("native_linear_backward", &linear_backward_cpu);
+}
+
+}  // namespace fusedops
