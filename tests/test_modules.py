@@ -19,10 +19,6 @@ CONV_CONFIGS = [
 PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
 
 
-def _conv_kwargs(cfg):
-    return {k: v for k, v in cfg.items()}
-
-
 @pytest.mark.parametrize("cfg", CONV_CONFIGS, ids=str)
 def test_same_init_and_state_dict_keys_as_conv2d(cfg):
     torch.manual_seed(3)
