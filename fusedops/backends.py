@@ -111,16 +111,16 @@ class CppBackend(Backend):
         return _native.LOAD_ERROR
 
     # Measured on a 2-core CPU (benchmarks/NOTES.md): the fused kernel beats eager on pooled
-    # layers with few input channels (the first layer of a CNN), forward and backward; on
-    # 32->64 layers and without pooling, oneDNN's conv is faster than its im2col GEMMs.
+    # layers with few input channels (the first layer of a CNN) and on pooled 3x3 stride-1
+    # layers with enough channels for its Winograd path (csrc/cpu/winograd.h), forward and
+    # backward. Without pooling, or on other wide layers (im2col GEMMs), oneDNN is faster.
     MAX_AUTO_IN_CHANNELS = 4
 
     def auto_eligible(self, op, facts):
-        return (
-            op.startswith("conv_relu_maxpool2d")
-            and bool(facts.get("pooled"))
-            and int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS
-        )
+        if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
+            return False
+        few_channels = int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS
+        return few_channels or bool(facts.get("winograd"))
 
     def unsupported_reasons(self, tensors):
         reasons = super().unsupported_reasons(tensors)
@@ -285,8 +285,19 @@ def _present(*tensors):
     return [t for t in tensors if t is not None]
 
 
+# Channels per group from which the cpp kernel takes its Winograd F(2x2, 3x3) path
+# (kWinogradMinChannels in csrc/cpu/conv_block.cpp).
+WINOGRAD_MIN_CHANNELS = 8
+
+
 def _conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
-    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool}
+    winograd = (
+        tuple(weight.shape[2:]) == (3, 3)
+        and p.stride == (1, 1)
+        and p.dilation == (1, 1)
+        and min(weight.shape[0] // p.groups, weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
+    )
+    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool, "winograd": winograd}
 
 
 # ---- implementations of the graph-level ops: resolve the backend, run it ----------------

@@ -38,6 +38,13 @@ CASES = [
     ("resnet_stem_like", (1, 3, 23, 21), 8, 7,
      dict(stride=2, padding=3, pool_kernel_size=3, pool_stride=2, pool_padding=1)),
     ("pool_large_window_int16", (1, 2, 14, 14), 3, 1, dict(pool_kernel_size=12, pool_stride=2)),
+    # 3x3 stride-1 convs with >= 8 channels per group: the cpp backend's Winograd path
+    ("winograd_odd_sizes", (3, 8, 9, 11), 8, 3, dict(padding=1)),
+    ("winograd_pad_pair_overlap", (2, 8, 10, 7), 16, 3, dict(padding=(2, 0), pool_kernel_size=3, pool_stride=2)),
+    ("winograd_pad3_no_pool", (2, 8, 6, 5), 8, 3, dict(padding=3, pool_kernel_size=None)),
+    ("winograd_groups_same_ceil", (2, 16, 9, 8), 16, 3, dict(groups=2, padding="same", pool_ceil_mode=True)),
+    ("winograd_valid_9_images", (9, 8, 12, 6), 8, 3, dict(padding="valid")),
+    ("winograd_large_image", (1, 8, 40, 36), 8, 3, dict(padding=1)),
     ("unbatched", (3, 9, 8), 4, 3, dict(padding=1)),
     ("batch0", (0, 3, 8, 8), 4, 3, {}),
 ]

@@ -23,12 +23,18 @@ def _aten_ops_of(fn):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(padding=1), dict(pool_kernel_size=None), dict(pool_kernel_size=3, pool_stride=2)]
+    "channels,kwargs",
+    [
+        (3, dict(padding=1)),
+        (3, dict(pool_kernel_size=None)),
+        (3, dict(pool_kernel_size=3, pool_stride=2)),
+        (8, dict(padding=1)),  # Winograd path
+    ],
 )
-def test_no_torch_conv_pool_or_activation_ops(kwargs):
-    x = torch.randn(2, 3, 10, 10, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, requires_grad=True)
-    b = torch.randn(4, requires_grad=True)
+def test_no_torch_conv_pool_or_activation_ops(channels, kwargs):
+    x = torch.randn(2, channels, 10, 10, requires_grad=True)
+    w = torch.randn(channels + 1, channels, 3, 3, requires_grad=True)
+    b = torch.randn(channels + 1, requires_grad=True)
 
     def run():
         fusedops.conv_relu_maxpool2d(x, w, b, backend="cpp", **kwargs).sum().backward()
@@ -119,11 +125,16 @@ def test_native_linear_rejects_bad_input_with_clear_error():
 
 def test_automatic_choice_takes_cpp_only_where_it_wins():
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
-    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))
+    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))  # 4 output channels: no Winograd
+    winograd = (torch.randn(2, 32, 8, 8), torch.randn(64, 32, 3, 3))
     pooled, unpooled = conv_block_params((3, 3)), conv_block_params((3, 3), pool_kernel_size=None)
+    strided = conv_block_params((3, 3), stride=2)
     op = "conv_relu_maxpool2d"
     assert backends.select("", small, op, backends._conv_facts(small[1], pooled)).name == "cpp"
     assert backends.select("", wide, op, backends._conv_facts(wide[1], pooled)).name == "reference"
+    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], pooled)).name == "cpp"
+    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], strided)).name == "reference"
+    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], unpooled)).name == "reference"
     assert backends.select("", small, op, backends._conv_facts(small[1], unpooled)).name == "reference"
     low = [t.bfloat16() for t in small]
     assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"

@@ -20,6 +20,7 @@ CONV_SETTINGS = {
     "ceil_dilated": dict(pool_kernel_size=2, pool_dilation=2, pool_stride=1, pool_ceil_mode=True),
     "strided_grouped": dict(stride=2, padding=1, groups=2),
     "same_even": dict(padding="same"),
+    "winograd": dict(padding=(2, 1)),  # 8 channels: the cpp backend's Winograd path
 }
 
 
@@ -27,9 +28,10 @@ CONV_SETTINGS = {
 def test_conv_block_gradcheck(backend, setting):
     kwargs = CONV_SETTINGS[setting]
     kh = 2 if setting == "same_even" else 3
-    x = torch.randn(2, 4, 7, 8, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 4 // kwargs.get("groups", 1), kh, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    c, hw = (8, (5, 6)) if setting == "winograd" else (4, (7, 8))
+    x = torch.randn(2, c, *hw, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c, c // kwargs.get("groups", 1), kh, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(c, dtype=torch.float64, requires_grad=True)
 
     def fn(x, w, b):
         return fusedops.conv_relu_maxpool2d(x, w, b, backend=backend, **kwargs)

@@ -8,11 +8,19 @@
 // value and the window offset of its max (or -1 when the ReLU is off). The conv output
 // never exists beyond one band of one image.
 //
+// Winograd path (3x3 kernel, stride 1, dilation 1, >= 8 input and output channels per group:
+// the bulk of a CNN's layers). The band tile comes from Winograd F(2x2, 3x3) (winograd.h)
+// instead of im2col + GEMM, 2.25x fewer multiply-adds; a task then covers several small
+// images so that the 16 GEMMs have enough columns. The backward rebuilds each image's whole
+// conv-output gradient and gets both grad_input (a Winograd correlation with the flipped,
+// transposed filters) and grad_weight (Winograd's weight-gradient GEMMs) from it, without
+// im2col or col2im.
+//
 // Max rule (torch's max_pool2d on the CPU): taps in row-major window order, a tap replaces
 // the max when it is larger or NaN; so the first of equal maxima wins and NaN propagates.
 // A window wholly in padding gives -inf, as torch does.
 //
-// Backward. Tasks are (image, group) so that each task owns its slice of grad_input; within
+// Backward (im2col path). Tasks are (image, group) so that each task owns its slice of grad_input; within
 // a task, bands are processed in order: the band's conv-output gradient `dtile` is rebuilt
 // from the pooled gradient and the offsets (a scatter; overlapping windows add), then
 //   grad_weight_g += dtile @ col^T             (per-thread partial sums, reduced at the end)
@@ -24,6 +32,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "vectorize.h"
+#include "winograd.h"
 
 #include <algorithm>
 #include <array>
@@ -52,6 +63,9 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T
     at::mm_out(out, view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
 }
 
+// Below this many channels per group the 16 Winograd GEMMs are too thin to win over im2col.
+constexpr int64_t kWinogradMinChannels = 8;
+
 // The block's geometry, derived once from the arguments and the tensor shapes.
 struct Geometry {
   int64_t N, C, H, W;            // input
@@ -62,6 +76,7 @@ struct Geometry {
   bool pool;
   int64_t PKH, PKW, psh, psw, pph, ppw, pdh, pdw;
   int64_t PH, PW;                // block output
+  bool winograd;                 // 3x3, stride 1, dilation 1, enough channels: Winograd F(2x2, 3x3)
 
   // Conv rows [first, last) read by the pool windows of pooled rows [p0, p1).
   std::pair<int64_t, int64_t> conv_rows(int64_t p0, int64_t p1) const {
@@ -134,6 +149,8 @@ Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, at::In
     g.PH = g.OH;
     g.PW = g.OW;
   }
+  g.winograd = g.KH == 3 && g.KW == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+               g.Cg >= kWinogradMinChannels && g.Coutg >= kWinogradMinChannels;
   return g;
 }
 
@@ -146,7 +163,7 @@ int64_t band_rows(const Geometry& g) {
 
 // col[(ci, kh, kw), (r - r0) * OW + ow] = x[n, g*Cg + ci, r*sh - pt + kh*dh, ow*sw - pl + kw*dw] (0 outside)
 template <typename T>
-void im2col(const Geometry& g, const T* x, std::array<int64_t, 4> xs, int64_t n, int64_t grp, int64_t r0,
+FUSEDOPS_VECTORIZE void im2col(const Geometry& g, const T* x, std::array<int64_t, 4> xs, int64_t n, int64_t grp, int64_t r0,
             int64_t r1, T* col) {
   const int64_t M = (r1 - r0) * g.OW;
   for (int64_t ci = 0; ci < g.Cg; ++ci) {
@@ -182,7 +199,7 @@ void im2col(const Geometry& g, const T* x, std::array<int64_t, 4> xs, int64_t n,
 
 // dx[n, g*Cg + ci, ih, iw] += dcol[(ci, kh, kw), (r - r0) * OW + ow]
 template <typename T>
-void col2im_add(const Geometry& g, const T* dcol, int64_t n, int64_t grp, int64_t r0, int64_t r1, T* dx) {
+FUSEDOPS_VECTORIZE void col2im_add(const Geometry& g, const T* dcol, int64_t n, int64_t grp, int64_t r0, int64_t r1, T* dx) {
   const int64_t M = (r1 - r0) * g.OW;
   for (int64_t ci = 0; ci < g.Cg; ++ci) {
     T* xc = dx + (n * g.C + grp * g.Cg + ci) * g.H * g.W;
@@ -206,47 +223,101 @@ void col2im_add(const Geometry& g, const T* dcol, int64_t n, int64_t grp, int64_
 
 // Max over each pool window of pooled rows [p0, p1) of one channel, from the band's
 // ReLU'd conv rows `t` (starting at conv row r0); writes the value and the window offset.
+// Windows wholly inside the conv output are reduced a pool tap at a time across a whole
+// pooled row (branch-free selects, vectorisable); the others one by one with bounds checks.
 template <typename T, typename OffT>
-void pool_epilogue(const Geometry& g, const T* t, int64_t r0, int64_t p0, int64_t p1, T* y, OffT* o,
-                   const std::array<int64_t, 4>& ys) {
+FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0, int64_t p0, int64_t p1, T* y, OffT* o,
+                   const std::array<int64_t, 4>& ys, std::vector<T>& best_row, std::vector<int32_t>& where_row) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
+  // Pooled columns [lo, hi) have windows inside [0, OW).
+  const int64_t lo = std::min<int64_t>((g.ppw + g.psw - 1) / g.psw, g.PW);
+  const int64_t last = g.OW - 1 - (g.PKW - 1) * g.pdw + g.ppw;
+  const int64_t hi = std::max<int64_t>(lo, last < 0 ? 0 : std::min<int64_t>(g.PW, last / g.psw + 1));
+  best_row.resize(g.PW);
+  where_row.resize(g.PW);
+  T* best = best_row.data();
+  int32_t* where = where_row.data();
+  const auto store = [&](int64_t ph, int64_t pw, T v, int64_t at) {
+    const int64_t yi = ph * ys[2] + pw * ys[3];
+    y[yi] = v;
+    o[yi] = static_cast<OffT>(v > T(0) || v != v ? at : -1);
+  };
+  const auto one_window = [&](int64_t ph, int64_t pw) {
+    const int64_t rs = ph * g.psh - g.pph, qs = pw * g.psw - g.ppw;
+    T m = neg_inf;
+    int64_t at = -1;
+    for (int64_t kh = 0; kh < g.PKH; ++kh) {
+      const int64_t r = rs + kh * g.pdh;
+      if (r < 0 || r >= g.OH) continue;
+      for (int64_t kw = 0; kw < g.PKW; ++kw) {
+        const int64_t q = qs + kw * g.pdw;
+        if (q < 0 || q >= g.OW) continue;
+        const T v = t[(r - r0) * g.OW + q];
+        if (v > m || v != v) {
+          m = v;
+          at = kh * g.PKW + kw;
+        }
+      }
+    }
+    store(ph, pw, m, at);
+  };
   for (int64_t ph = p0; ph < p1; ++ph) {
     const int64_t rs = ph * g.psh - g.pph;
     const bool rows_inside = rs >= 0 && rs + (g.PKH - 1) * g.pdh < g.OH;
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
-      const int64_t qs = pw * g.psw - g.ppw;
-      T best = neg_inf;
-      int64_t where = -1;
-      if (rows_inside && qs >= 0 && qs + (g.PKW - 1) * g.pdw < g.OW) {  // interior window
-        const T* base = t + (rs - r0) * g.OW + qs;
-        for (int64_t kh = 0; kh < g.PKH; ++kh) {
-          const T* row = base + kh * g.pdh * g.OW;
-          for (int64_t kw = 0; kw < g.PKW; ++kw) {
-            const T v = row[kw * g.pdw];
-            if (v > best || v != v) {
-              best = v;
-              where = kh * g.PKW + kw;
-            }
-          }
-        }
-      } else {
-        for (int64_t kh = 0; kh < g.PKH; ++kh) {
-          const int64_t r = rs + kh * g.pdh;
-          if (r < 0 || r >= g.OH) continue;
-          for (int64_t kw = 0; kw < g.PKW; ++kw) {
-            const int64_t q = qs + kw * g.pdw;
-            if (q < 0 || q >= g.OW) continue;
-            const T v = t[(r - r0) * g.OW + q];
-            if (v > best || v != v) {
-              best = v;
-              where = kh * g.PKW + kw;
-            }
-          }
+    if (!rows_inside || hi == lo) {
+      for (int64_t pw = 0; pw < g.PW; ++pw) one_window(ph, pw);
+      continue;
+    }
+    std::fill(best + lo, best + hi, neg_inf);
+    std::fill(where + lo, where + hi, -1);
+    for (int64_t kh = 0; kh < g.PKH; ++kh) {
+      for (int64_t kw = 0; kw < g.PKW; ++kw) {
+        const T* row = t + (rs + kh * g.pdh - r0) * g.OW + kw * g.pdw - g.ppw;
+        const int32_t tap = static_cast<int32_t>(kh * g.PKW + kw);
+        const int64_t step = g.psw;
+        for (int64_t pw = lo; pw < hi; ++pw) {  // larger or NaN replaces: first max wins, NaN propagates
+          const T v = row[pw * step];
+          const bool take = (v > best[pw]) | (v != v);
+          best[pw] = take ? v : best[pw];
+          where[pw] = take ? tap : where[pw];
         }
       }
-      const int64_t yi = ph * ys[2] + pw * ys[3];
-      y[yi] = best;
-      o[yi] = static_cast<OffT>(best > T(0) || best != best ? where : -1);
+    }
+    for (int64_t pw = 0; pw < lo; ++pw) one_window(ph, pw);
+    for (int64_t pw = lo; pw < hi; ++pw) store(ph, pw, best[pw], where[pw]);
+    for (int64_t pw = hi; pw < g.PW; ++pw) one_window(ph, pw);
+  }
+}
+
+// bias + ReLU (NaN kept) over a band tile of conv rows [r0, r0 + M / OW) of one image, then
+// the pool epilogue (or, without a pool, a copy of the tile with offset 0 / -1).
+template <typename T, typename OffT>
+FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int64_t r0, int64_t p0, int64_t p1, const T* b,
+                   int64_t grp, T* y, OffT* o, const std::array<int64_t, 4>& ys, std::vector<T>& best_row,
+                   std::vector<int32_t>& where_row) {
+  for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+    const int64_t c = grp * g.Coutg + cg;
+    T* t = tile + cg * M;
+    const T bc = b ? b[c] : T(0);
+    for (int64_t i = 0; i < M; ++i) {  // vectorisable
+      const T v = t[i] + bc;
+      t[i] = (v > T(0) || v != v) ? v : T(0);
+    }
+    T* yc = y + c * ys[1];
+    OffT* oc = o + c * ys[1];
+    if (g.pool) {
+      pool_epilogue<T, OffT>(g, t, r0, p0, p1, yc, oc, ys, best_row, where_row);
+      continue;
+    }
+    for (int64_t r = p0; r < p1; ++r) {  // no pool: conv row r is output row r
+      const T* src = t + (r - r0) * g.OW;
+      T* yr = yc + r * ys[2];
+      OffT* orow = oc + r * ys[2];
+      for (int64_t q = 0; q < g.OW; ++q) {
+        const T v = src[q];
+        yr[q * ys[3]] = v;
+        orow[q * ys[3]] = static_cast<OffT>(v > T(0) || v != v ? 0 : -1);
+      }
     }
   }
 }
@@ -263,33 +334,75 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const std::array<int64_t, 4> ys{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
   const int64_t band = band_rows(g);
   const int64_t bands = (g.PH + band - 1) / band;
+  // Winograd: the transformed filters of every group, and several small images per task so
+  // that the 16 GEMMs have enough columns.
+  std::vector<T> U(g.winograd ? 16 * g.Cout * g.Cg : 0);
+  int64_t images = 1;
+  if (g.winograd) {
+    for (int64_t grp = 0; grp < g.G; ++grp)
+      winograd::transform_weights(w + grp * g.Coutg * g.K, g.Coutg, g.Cg, false, U.data() + grp * 16 * g.Coutg * g.Cg);
+    const auto [r0, r1] = g.conv_rows(0, std::min(band, g.PH));
+    const int64_t tiles = std::max<int64_t>(1, (r1 - r0 + 1) / 2 * ((g.OW + 1) / 2));
+    const int64_t spread = (g.N + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
+    images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
+  }
+  const int64_t chunks = (g.N + images - 1) / images;
 
-  at::parallel_for(0, g.N * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> col, tile;
+  at::parallel_for(0, chunks * g.G * bands, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> col, tile, best_row;
+    std::vector<int32_t> where_row;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / (g.G * bands), grp = (task / bands) % g.G, p0 = (task % bands) * band;
-      const int64_t p1 = std::min(p0 + band, g.PH);
+      const int64_t n0 = task / (g.G * bands) * images, grp = (task / bands) % g.G, p0 = (task % bands) * band;
+      const int64_t n1 = std::min(n0 + images, g.N), p1 = std::min(p0 + band, g.PH);
       const auto [r0, r1] = g.conv_rows(p0, p1);
       const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
-      if (M > 0) {
-        col.resize(g.K * M);
-        tile.resize(g.Coutg * M);
-        im2col(g, x, xs, n, grp, r0, r1, col.data());
-        matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false,
-                  tile.data(), M);
+      tile.resize((n1 - n0) * g.Coutg * M);
+      if (M > 0 && g.winograd) {
+        const winograd::Source<T> src{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
+                                      g.H, g.W, g.pt, g.pl};
+        const winograd::Sink<T> dst{tile.data(), g.Coutg * M, M, g.OW, r0, r1, g.OW};
+        winograd::conv3x3(src, n1 - n0, g.Cg, U.data() + grp * 16 * g.Coutg * g.Cg, g.Coutg, dst);
       }
-      for (int64_t cg = 0; cg < g.Coutg; ++cg) {
-        const int64_t c = grp * g.Coutg + cg;
-        T* t = tile.data() + cg * M;
-        const T bc = b ? b[c] : T(0);
-        for (int64_t i = 0; i < M; ++i) {  // bias + ReLU (NaN kept), vectorisable
-          const T v = t[i] + bc;
-          t[i] = (v > T(0) || v != v) ? v : T(0);
+      for (int64_t n = n0; n < n1; ++n) {
+        T* t = tile.data() + (n - n0) * g.Coutg * M;
+        if (M > 0 && !g.winograd) {
+          col.resize(g.K * M);
+          im2col(g, x, xs, n, grp, r0, r1, col.data());
+          matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false, t, M);
         }
-        pool_epilogue<T, OffT>(g, t, r0, p0, p1, y + n * ys[0] + c * ys[1], o + n * ys[0] + c * ys[1], ys);
+        band_epilogue<T, OffT>(g, t, M, r0, p0, p1, b, grp, y + n * ys[0], o + n * ys[0], ys, best_row, where_row);
       }
     }
   });
+}
+
+// Adds the pooled gradient of pooled rows [p0, p1) of image n, group grp into `dtile`, the
+// conv-output gradient of conv rows [r0, r0 + M / OW) (Coutg x M), through the offsets
+// (overlapping windows add; a window whose ReLU was off adds nothing); adds the bias gradient
+// into db (when not null). Returns whether any window passed a gradient.
+template <typename T, typename OffT>
+bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, const OffT* o,
+            const std::array<int64_t, 4>& os, int64_t n, int64_t grp, int64_t p0, int64_t p1, int64_t r0, int64_t M,
+            T* dtile, T* db) {
+  bool any = false;
+  for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+    const int64_t c = grp * g.Coutg + cg;
+    T bsum = T(0);
+    for (int64_t ph = p0; ph < p1; ++ph) {
+      for (int64_t pw = 0; pw < g.PW; ++pw) {
+        const int64_t off = o[n * os[0] + c * os[1] + ph * os[2] + pw * os[3]];
+        if (off < 0) continue;
+        const T gv = go[n * gs[0] + c * gs[1] + ph * gs[2] + pw * gs[3]];
+        const int64_t r = ph * g.psh - g.pph + (off / g.PKW) * g.pdh;
+        const int64_t q = pw * g.psw - g.ppw + (off % g.PKW) * g.pdw;
+        dtile[cg * M + (r - r0) * g.OW + q] += gv;
+        bsum += gv;
+        any = true;
+      }
+    }
+    if (db) db[c] += bsum;
+  }
+  return any;
 }
 
 template <typename T, typename OffT>
@@ -307,42 +420,65 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   const int64_t band = band_rows(g);
   const int64_t threads = at::get_num_threads();
   // Per-thread partial sums of grad_weight and grad_bias, reduced in thread order below.
-  std::vector<T> dw_parts(mask[1] ? threads * g.Cout * g.K : 0, T(0));
+  // (Winograd: the 16 x Coutg x Cg tile sums per group, turned into grad_weight at the end.)
+  const int64_t dw_size = g.winograd ? 16 * g.Cout * g.Cg : g.Cout * g.K;
+  std::vector<T> dw_parts(mask[1] ? threads * dw_size : 0, T(0));
   std::vector<T> db_parts(mask[2] ? threads * g.Cout : 0, T(0));
+  // Winograd path: the input gradient is the stride-1 correlation of the whole image's
+  // conv-output gradient with the flipped, transposed filters (top/left padding 2 - pt/pl),
+  // computed for several small images at once; grad_weight stays an im2col GEMM.
+  const bool wino_dx = g.winograd && mask[0];
+  std::vector<T> U(wino_dx ? 16 * g.Cout * g.Cg : 0);
+  for (int64_t grp = 0; wino_dx && grp < g.G; ++grp)
+    winograd::transform_weights(w + grp * g.Coutg * g.K, g.Cg, g.Coutg, true, U.data() + grp * 16 * g.Cg * g.Coutg);
+  int64_t images = 1;
+  if (g.winograd) {
+    const int64_t tiles = std::max<int64_t>(1, (g.H + 1) / 2 * ((g.W + 1) / 2));
+    const int64_t spread = (g.N + 2 * threads - 1) / (2 * threads);
+    images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
+  }
+  const int64_t chunks = (g.N + images - 1) / images;
 
-  at::parallel_for(0, g.N * g.G, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunks * g.G, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
+    T* db = mask[2] ? db_parts.data() + tid * g.Cout : nullptr;
+    T* dwg_all = mask[1] ? dw_parts.data() + tid * dw_size : nullptr;
     std::vector<T> col, dtile, dcol;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / g.G, grp = task % g.G;
+      const int64_t n0 = task / g.G * images, grp = task % g.G, n1 = std::min(n0 + images, g.N);
+      T* dwg = dwg_all ? dwg_all + grp * (dw_size / g.G) : nullptr;
+      if (g.winograd) {
+        const int64_t M = g.OH * g.OW, per_image = g.Coutg * M;
+        dtile.assign((n1 - n0) * per_image, T(0));
+        bool any = false;
+        for (int64_t n = n0; n < n1; ++n)
+          any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, dtile.data() + (n - n0) * per_image, db);
+        if (!any) continue;  // grad_input stays zero
+        if (mask[1]) {
+          const winograd::Source<T> xsrc{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
+                                         g.H, g.W, g.pt, g.pl};
+          const winograd::Source<T> gsrc{dtile.data(), per_image, M, g.OW, 1, g.OH, g.OW, 0, 0};
+          winograd::weight_grad3x3(xsrc, gsrc, n1 - n0, g.Cg, g.Coutg, dwg);
+        }
+        if (wino_dx) {
+          const winograd::Source<T> src{dtile.data(), per_image, M, g.OW, 1, g.OH, g.OW, 2 - g.pt, 2 - g.pl};
+          const winograd::Sink<T> dst{dx + (n0 * g.C + grp * g.Cg) * g.H * g.W, g.C * g.H * g.W, g.H * g.W, g.W,
+                                      0, g.H, g.W};
+          winograd::conv3x3(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst);
+        }
+        continue;
+      }
+      const int64_t n = n0;
       for (int64_t p0 = 0; p0 < g.PH; p0 += band) {
         const int64_t p1 = std::min(p0 + band, g.PH);
         const auto [r0, r1] = g.conv_rows(p0, p1);
         const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
         dtile.assign(g.Coutg * M, T(0));
-        bool any = false;
-        for (int64_t cg = 0; cg < g.Coutg; ++cg) {
-          const int64_t c = grp * g.Coutg + cg;
-          T bsum = T(0);
-          for (int64_t ph = p0; ph < p1; ++ph) {
-            for (int64_t pw = 0; pw < g.PW; ++pw) {
-              const int64_t off = o[n * os[0] + c * os[1] + ph * os[2] + pw * os[3]];
-              if (off < 0) continue;
-              const T gv = go[n * gs[0] + c * gs[1] + ph * gs[2] + pw * gs[3]];
-              const int64_t r = ph * g.psh - g.pph + (off / g.PKW) * g.pdh;
-              const int64_t q = pw * g.psw - g.ppw + (off % g.PKW) * g.pdw;
-              dtile[cg * M + (r - r0) * g.OW + q] += gv;
-              bsum += gv;
-              any = true;
-            }
-          }
-          if (mask[2]) db_parts[tid * g.Cout + c] += bsum;
-        }
+        const bool any = unpool(g, go, gs, o, os, n, grp, p0, p1, r0, M, dtile.data(), db);
         if (!any || M == 0 || !(mask[0] || mask[1])) continue;
         if (mask[1]) {
           col.resize(g.K * M);
           im2col(g, x, xs, n, grp, r0, r1, col.data());
-          T* dwg = dw_parts.data() + (tid * g.Cout + grp * g.Coutg) * g.K;
           matmul<T>(false, true, g.Coutg, g.K, M, dtile.data(), M, col.data(), M, true, dwg, g.K);
         }
         if (mask[0]) {
@@ -355,10 +491,16 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     }
   });
   if (mask[1]) {
+    for (int64_t t = 1; t < threads; ++t)
+      for (int64_t i = 0; i < dw_size; ++i) dw_parts[i] += dw_parts[t * dw_size + i];
     T* dw = grad_weight.mutable_data_ptr<T>();
-    std::fill(dw, dw + g.Cout * g.K, T(0));
-    for (int64_t t = 0; t < threads; ++t)
-      for (int64_t i = 0; i < g.Cout * g.K; ++i) dw[i] += dw_parts[t * g.Cout * g.K + i];
+    if (g.winograd) {
+      for (int64_t grp = 0; grp < g.G; ++grp)
+        winograd::weight_grad_from_sums(dw_parts.data() + grp * 16 * g.Coutg * g.Cg, g.Coutg, g.Cg,
+                                        dw + grp * g.Coutg * g.K);
+    } else {
+      std::copy(dw_parts.begin(), dw_parts.begin() + dw_size, dw);
+    }
   }
   if (mask[2]) {
     T* db = grad_bias.mutable_data_ptr<T>();

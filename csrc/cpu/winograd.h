@@ -1,0 +1,291 @@
+// Winograd F(2x2, 3x3) for stride-1, dilation-1, 3x3 correlations on the CPU.
+//
+//   out[n, co, r, c] = sum_{ci, kh, kw} in[n, ci, r - pt + kh, c - pl + kw] * w[co, ci, kh, kw]
+//
+// (zero outside the input). Each 2x2 block of outputs ("tile") is computed from a 4x4 block
+// of the input as  Y = A^T [ (G w G^T) . (B^T d B) ] A  (Lavin & Gray, 2015): the elementwise
+// product over the 16 transformed positions e becomes 16 independent GEMMs over channels,
+//   M[e] (Cout x tiles) = U[e] (Cout x Cin) @ V[e] (Cin x tiles),
+// so a tile costs 16 multiply-adds per channel pair instead of 36: 2.25x fewer FLOPs than
+// im2col + GEMM. The transforms use only 0, +-1 and +-1/2, so the rounding error stays within a
+// small multiple of the direct convolution's.
+//
+// Used by the fused conv block for its forward (3x3, stride 1) and for the input gradient of
+// that conv, which is itself a stride-1 3x3 correlation of the conv-output gradient with the
+// flipped, transposed weights.
+
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "vectorize.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace fusedops {
+namespace winograd {
+
+// U[e][o][i] = (G g G^T)[e] for the 3x3 filter g of output channel o and input channel i,
+//   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+// flip_transpose = false: w is (out_ch, in_ch, 3, 3) and g = w[o, i].
+// flip_transpose = true:  w is (in_ch, out_ch, 3, 3) and g = w[i, o] rotated by 180 degrees
+//                         (the filter of the input gradient of a stride-1 conv).
+template <typename T>
+void transform_weights(const T* w, int64_t out_ch, int64_t in_ch, bool flip_transpose, T* U) {
+  const T half = T(0.5);
+  for (int64_t o = 0; o < out_ch; ++o) {
+    for (int64_t i = 0; i < in_ch; ++i) {
+      T g[3][3];
+      for (int kh = 0; kh < 3; ++kh)
+        for (int kw = 0; kw < 3; ++kw)
+          g[kh][kw] = flip_transpose ? w[((i * out_ch + o) * 3 + 2 - kh) * 3 + 2 - kw] : w[((o * in_ch + i) * 3 + kh) * 3 + kw];
+      T gg[4][3];  // G g
+      for (int c = 0; c < 3; ++c) {
+        gg[0][c] = g[0][c];
+        gg[1][c] = half * (g[0][c] + g[1][c] + g[2][c]);
+        gg[2][c] = half * (g[0][c] - g[1][c] + g[2][c]);
+        gg[3][c] = g[2][c];
+      }
+      for (int r = 0; r < 4; ++r) {  // (G g) G^T
+        const T u[4] = {gg[r][0], half * (gg[r][0] + gg[r][1] + gg[r][2]), half * (gg[r][0] - gg[r][1] + gg[r][2]),
+                        gg[r][2]};
+        for (int c = 0; c < 4; ++c) U[((r * 4 + c) * out_ch + o) * in_ch + i] = u[c];
+      }
+    }
+  }
+}
+
+// A stack of input images: element (n, c, h, w) at p[n*sn + c*sc + h*sh + w*sw], H x W of
+// them in range, read with top/left zero padding pt/pl (any amount at bottom/right).
+template <typename T>
+struct Source {
+  const T* p;
+  int64_t sn, sc, sh, sw;
+  int64_t H, W, pt, pl;
+};
+
+// Output rows [r0, r1) x columns [0, W) of a stack of images: element (n, c, r, col) at
+// p[n*sn + c*sc + (r - r0)*sh + col].
+template <typename T>
+struct Sink {
+  T* p;
+  int64_t sn, sc, sh;
+  int64_t r0, r1, W;
+};
+
+// Tiles per GEMM batch: keeps V and M (16 x channels x tiles each) within the L2 cache.
+constexpr int64_t kTilesPerBatch = 128;
+
+// A batch of tiles: the (image, tile row) pairs [L0, L1) of a grid of TR tile rows x TC tile
+// columns per image, tile (n, ty, tx) covering output rows r0 + 2ty + {0, 1}, columns 2tx + {0, 1}.
+struct Batch {
+  int64_t r0, TR, TC, L0, L1;
+  int64_t tiles() const { return (L1 - L0) * TC; }
+};
+
+// Input transform: V[e][c][t] = (B^T d B)[e] for every tile t of the batch and channel c, d the
+// 4x4 input block at rows r0 + 2ty - pt, columns 2tx - pl (zero outside the input);
+// B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]. `ves` is the stride between positions e.
+template <typename T>
+FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, const Batch& b, T* V, int64_t ves,
+                                        std::vector<T>& rows) {
+  const int64_t span = 2 * b.TC + 2;  // input columns read by one tile row
+  rows.resize(4 * span);
+  const int64_t tiles = b.tiles();
+  for (int64_t ci = 0; ci < channels; ++ci) {
+    for (int64_t L = b.L0; L < b.L1; ++L) {
+      const int64_t n = L / b.TR, ty = L % b.TR;
+      const T* src = in.p + n * in.sn + ci * in.sc;
+      for (int64_t i = 0; i < 4; ++i) {  // the four input rows of this tile row, zero-padded
+        T* row = rows.data() + i * span;
+        const int64_t ih = b.r0 + 2 * ty - in.pt + i;
+        if (ih < 0 || ih >= in.H) {
+          std::fill(row, row + span, T(0));
+          continue;
+        }
+        const T* s = src + ih * in.sh;
+        // Columns j in [lo, hi) read input column j - pl; the rest is padding.
+        const int64_t lo = std::clamp<int64_t>(in.pl, 0, span), hi = std::clamp<int64_t>(in.W + in.pl, lo, span);
+        std::fill(row, row + lo, T(0));
+        if (in.sw == 1) {
+          std::copy(s + lo - in.pl, s + hi - in.pl, row + lo);
+        } else {
+          for (int64_t j = lo; j < hi; ++j) row[j] = s[(j - in.pl) * in.sw];
+        }
+        std::fill(row + hi, row + span, T(0));
+      }
+      T* __restrict v = V + ci * tiles + (L - b.L0) * b.TC;
+      const T* __restrict d0 = rows.data();
+      const T* __restrict d1 = d0 + span;
+      const T* __restrict d2 = d1 + span;
+      const T* __restrict d3 = d2 + span;
+#pragma omp simd
+      for (int64_t tx = 0; tx < b.TC; ++tx) {
+        T t[4][4];  // B^T d
+        for (int64_t j = 0; j < 4; ++j) {
+          const int64_t c = 2 * tx + j;
+          t[0][j] = d0[c] - d2[c];
+          t[1][j] = d1[c] + d2[c];
+          t[2][j] = d2[c] - d1[c];
+          t[3][j] = d1[c] - d3[c];
+        }
+        for (int64_t r = 0; r < 4; ++r) {  // (B^T d) B
+          v[(r * 4 + 0) * ves + tx] = t[r][0] - t[r][2];
+          v[(r * 4 + 1) * ves + tx] = t[r][1] + t[r][2];
+          v[(r * 4 + 2) * ves + tx] = t[r][2] - t[r][1];
+          v[(r * 4 + 3) * ves + tx] = t[r][1] - t[r][3];
+        }
+      }
+    }
+  }
+}
+
+// Strides between the 16 transformed positions, padded by one cache line: a multiple of 4 KiB
+// would map all 16 streams of the transforms onto the same L1 cache sets.
+inline int64_t position_stride(int64_t channels, int64_t tiles) { return channels * tiles + 16; }
+
+// out = the 3x3 correlation of `images` images of `in` (in_ch channels) with the filters whose
+// transform is U (16 x out_ch x in_ch), written (not accumulated) to `out`.
+// Single-threaded: callers parallelise over images and channel groups.
+template <typename T>
+FUSEDOPS_VECTORIZE void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch, const Sink<T>& out) {
+  const int64_t TR = (out.r1 - out.r0 + 1) / 2, TC = (out.W + 1) / 2;
+  const int64_t row_tiles = images * TR;  // (image, tile row) pairs
+  const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const at::Tensor Ut = at::from_blob(const_cast<T*>(U), {16, out_ch, in_ch}, opts);
+  std::vector<T> V, M, rows, spill(out.W + 1);
+
+  for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
+    const Batch batch{out.r0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
+    const int64_t L1 = batch.L1, tiles = batch.tiles();
+    const int64_t ves = position_stride(in_ch, tiles), mes = position_stride(out_ch, tiles);
+    V.resize(16 * ves);
+    M.resize(16 * mes);
+    input_transform(in, in_ch, batch, V.data(), ves, rows);
+    at::Tensor Mt = at::from_blob(M.data(), {16, out_ch, tiles}, {mes, tiles, 1}, opts);
+    at::bmm_out(Mt, Ut, at::from_blob(V.data(), {16, in_ch, tiles}, {ves, tiles, 1}, opts));
+    // Output transform: Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
+    const int64_t full = out.W / 2;  // tiles whose two columns are both inside
+    for (int64_t co = 0; co < out_ch; ++co) {
+      for (int64_t L = L0; L < L1; ++L) {
+        const int64_t n = L / TR, ty = L % TR;
+        const int64_t r = out.r0 + 2 * ty;
+        T* __restrict y0 = out.p + n * out.sn + co * out.sc + (r - out.r0) * out.sh;
+        // The second output row of the last tile row may be outside: write it to a dummy row.
+        T* __restrict y1 = r + 1 < out.r1 ? y0 + out.sh : spill.data();
+        const T* __restrict m = M.data() + co * tiles + (L - L0) * TC;
+        const auto tile = [&](int64_t tx, T y[2][2]) {
+          T s[2][4];  // A^T m
+          for (int64_t j = 0; j < 4; ++j) {
+            const T m0 = m[(0 + j) * mes + tx], m1 = m[(4 + j) * mes + tx];
+            const T m2 = m[(8 + j) * mes + tx], m3 = m[(12 + j) * mes + tx];
+            s[0][j] = m0 + m1 + m2;
+            s[1][j] = m1 - m2 - m3;
+          }
+          for (int64_t i = 0; i < 2; ++i) {
+            y[i][0] = s[i][0] + s[i][1] + s[i][2];
+            y[i][1] = s[i][1] - s[i][2] - s[i][3];
+          }
+        };
+#pragma omp simd
+        for (int64_t tx = 0; tx < full; ++tx) {
+          T y[2][2];
+          tile(tx, y);
+          y0[2 * tx] = y[0][0];
+          y0[2 * tx + 1] = y[0][1];
+          y1[2 * tx] = y[1][0];
+          y1[2 * tx + 1] = y[1][1];
+        }
+        if (full < TC) {  // odd width: the last tile has one column inside
+          T y[2][2];
+          tile(full, y);
+          y0[2 * full] = y[0][0];
+          y1[2 * full] = y[1][0];
+        }
+      }
+    }
+  }
+}
+
+// The weight gradient of the correlation above. With Y = A^T [U . V] A per tile and
+// U = G g G^T, the chain rule gives  dL/dg = G^T [ sum_t (A dY_t A^T) . V_t ] G,  so
+//   S[e] (out_ch x in_ch) += sum_t D[e][:, t] V[e][:, t]^T,   D[e][co][t] = (A dY_t A^T)[e],
+// 16 GEMMs over the tiles, and weight_grad_from_sums turns S into the 3x3 gradients.
+// `grad` is the output gradient (rows [0, H) x columns [0, W) of `out_ch` channels, pt = pl = 0);
+// S (16 x out_ch x in_ch) is accumulated into.
+template <typename T>
+FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& grad, int64_t images, int64_t in_ch,
+                                       int64_t out_ch, T* S) {
+  const int64_t TR = (grad.H + 1) / 2, TC = (grad.W + 1) / 2;
+  const int64_t row_tiles = images * TR;
+  const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor St = at::from_blob(S, {16, out_ch, in_ch}, opts);
+  std::vector<T> V, D, rows, zero(TC * 2 + 2, T(0));
+
+  for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
+    const Batch batch{0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
+    const int64_t tiles = batch.tiles();
+    const int64_t ves = position_stride(in_ch, tiles), des = position_stride(out_ch, tiles);
+    V.resize(16 * ves);
+    D.resize(16 * des);
+    input_transform(in, in_ch, batch, V.data(), ves, rows);
+    // D[e][co][t] = (A d A^T)[e], d the 2x2 gradient block (zero outside),
+    // A = [[1, 0], [1, 1], [1, -1], [0, -1]].
+    for (int64_t co = 0; co < out_ch; ++co) {
+      for (int64_t L = batch.L0; L < batch.L1; ++L) {
+        const int64_t n = L / TR, ty = L % TR;
+        const T* g0 = grad.p + n * grad.sn + co * grad.sc + 2 * ty * grad.sh;
+        const T* g1 = 2 * ty + 1 < grad.H ? g0 + grad.sh : zero.data();
+        T* __restrict d = D.data() + co * tiles + (L - batch.L0) * TC;
+        for (int64_t tx = 0; tx < TC; ++tx) {
+          const int64_t c = 2 * tx;
+          const bool second = c + 1 < grad.W;
+          const T a = g0[c * grad.sw], bb = second ? g0[(c + 1) * grad.sw] : T(0);
+          const T cc = g1 == zero.data() ? T(0) : g1[c * grad.sw];
+          const T dd = g1 == zero.data() || !second ? T(0) : g1[(c + 1) * grad.sw];
+          const T z[4][2] = {{a, bb}, {a + cc, bb + dd}, {a - cc, bb - dd}, {-cc, -dd}};  // A d
+          for (int64_t r = 0; r < 4; ++r) {  // (A d) A^T
+            d[(r * 4 + 0) * des + tx] = z[r][0];
+            d[(r * 4 + 1) * des + tx] = z[r][0] + z[r][1];
+            d[(r * 4 + 2) * des + tx] = z[r][0] - z[r][1];
+            d[(r * 4 + 3) * des + tx] = -z[r][1];
+          }
+        }
+      }
+    }
+    const at::Tensor Dt = at::from_blob(D.data(), {16, out_ch, tiles}, {des, tiles, 1}, opts);
+    const at::Tensor Vt = at::from_blob(V.data(), {16, in_ch, tiles}, {ves, tiles, 1}, opts);
+    St.baddbmm_(Dt, Vt.transpose(1, 2));
+  }
+}
+
+// dw[o][i] (3x3) (+)= G^T S[:, o, i] G for the sums S (16 x out_ch x in_ch) of weight_grad3x3;
+// G^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
+template <typename T>
+void weight_grad_from_sums(const T* S, int64_t out_ch, int64_t in_ch, T* dw) {
+  const T half = T(0.5);
+  for (int64_t o = 0; o < out_ch; ++o) {
+    for (int64_t i = 0; i < in_ch; ++i) {
+      T s[4][4], h[3][4];
+      for (int e = 0; e < 16; ++e) s[e / 4][e % 4] = S[(e * out_ch + o) * in_ch + i];
+      for (int c = 0; c < 4; ++c) {  // G^T s
+        h[0][c] = s[0][c] + half * (s[1][c] + s[2][c]);
+        h[1][c] = half * (s[1][c] - s[2][c]);
+        h[2][c] = half * (s[1][c] + s[2][c]) + s[3][c];
+      }
+      T* out = dw + (o * in_ch + i) * 9;
+      for (int r = 0; r < 3; ++r) {  // (G^T s) G
+        out[r * 3 + 0] = h[r][0] + half * (h[r][1] + h[r][2]);
+        out[r * 3 + 1] = half * (h[r][1] - h[r][2]);
+        out[r * 3 + 2] = half * (h[r][1] + h[r][2]) + h[r][3];
+      }
+    }
+  }
+}
+
+}  // namespace winograd
+}  // namespace fusedops
