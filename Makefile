@@ -1,4 +1,5 @@
-# make test   install what is missing, build fusedops._C, run the test suite (CPU)
+# make test   install what is missing, build fusedops._C, compile every CUDA kernel file with
+#             nvcc for sm_80 and sm_90 (when nvcc is present), run the test suite
 # make bench  install what is missing, build, run the benchmarks on the best device present
 
 PYTHON ?= python3
@@ -12,7 +13,17 @@ define ensure
 	@$(PYTHON) -c "import $(1)" 2>/dev/null || $(PIP) install -q "$(2)"
 endef
 
-.PHONY: install deps test bench lint clean
+# nvcc, when installed (on PATH or in /usr/local/cuda); the CUDA kernels compile without a GPU.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_SOURCES := $(wildcard csrc/cuda/*.cu)
+CUDA_HEADERS := $(wildcard csrc/cuda/*.cuh csrc/cuda/*.h csrc/*.h)
+CUDA_ARCHS := 80 90
+# The defines torch's extension build passes to nvcc, so that this check sees what setup.py builds.
+NVCC_FLAGS := -std=c++17 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+	-D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a))
+CUDA_CHECKS := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CUDA_SOURCES))
+
+.PHONY: install deps test bench lint clean cuda-check
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
@@ -32,8 +43,17 @@ $(STAMP): $(SOURCES)
 
 install: deps $(STAMP)
 
-test: install
+test: install cuda-check
 	$(PYTHON) -m pytest tests -q
+
+# Compiles each csrc/cuda/*.cu for every arch in CUDA_ARCHS, so that a CUDA syntax or type
+# error fails here even on a machine without a GPU (or with a CPU-only torch).
+cuda-check: $(if $(NVCC),$(CUDA_CHECKS),)
+	@$(if $(NVCC),echo "nvcc: $(notdir $(CUDA_SOURCES)) compile for sm_$(subst $(eval) ,/sm_,$(CUDA_ARCHS))",echo "nvcc not found: CUDA kernels not compile-checked")
+
+build/cuda-check/%.o: csrc/cuda/%.cu $(CUDA_HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 
 bench: install
 	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib \

@@ -97,7 +97,26 @@ class ReferenceBackend(Backend):
         return linear.reference_backward(grad_output, input, weight, saved, activation, output_mask)
 
 
-class CppBackend(Backend):
+class NativeBackend(Backend):
+    """A backend whose kernels are the compiled ``fusedops::native_*`` ops of ``fusedops._C``;
+    the dispatcher picks the CPU or CUDA kernel from the tensors' device."""
+
+    def conv_block_forward(self, input, weight, bias, params):
+        return torch.ops.fusedops.native_conv_block_forward(input, weight, bias, *params)
+
+    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
+        return torch.ops.fusedops.native_conv_block_backward(
+            grad_output, input, weight, offsets, *params[:8], output_mask
+        )
+
+    def linear_forward(self, input, weight, bias, activation):
+        return torch.ops.fusedops.native_linear_forward(input, weight, bias, activation)
+
+    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
+        return torch.ops.fusedops.native_linear_backward(grad_output, input, weight, saved, activation, output_mask)
+
+
+class CppBackend(NativeBackend):
     """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors.
 
     The linear kernels use the same BLAS as eager (plus a fused activation pass), so
@@ -128,20 +147,33 @@ class CppBackend(Backend):
             reasons.append(f"'cpp' supports float32 and float64 tensors, got {tensors[0].dtype}")
         return reasons
 
-    def conv_block_forward(self, input, weight, bias, params):
-        return torch.ops.fusedops.native_conv_block_forward(input, weight, bias, *params)
 
-    def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
-        return torch.ops.fusedops.native_conv_block_backward(
-            grad_output, input, weight, offsets, *params[:8], output_mask
-        )
+class CudaBackend(NativeBackend):
+    """CUDA kernels in ``fusedops._C`` (csrc/cuda): float32, float64, float16 and bfloat16 CUDA tensors."""
 
-    def linear_forward(self, input, weight, bias, activation):
-        return torch.ops.fusedops.native_linear_forward(input, weight, bias, activation)
+    name = "cuda"
+    devices = ("cuda",)
 
-    def linear_backward(self, grad_output, input, weight, saved, activation, output_mask):
-        return torch.ops.fusedops.native_linear_backward(grad_output, input, weight, saved, activation, output_mask)
+    def unavailable_reason(self):
+        if _native.LOAD_ERROR is not None:
+            return _native.LOAD_ERROR
+        if not _native.WITH_CUDA:
+            return (
+                "'cuda' needs fusedops._C built with its CUDA kernels; this build has none "
+                "(torch without CUDA, or no nvcc at build time)"
+            )
+        if not torch.cuda.is_available():
+            return "'cuda' needs a CUDA device"
+        return None
 
+    def auto_eligible(self, op, facts):
+        return False  # not yet timed on a GPU: as for triton (below), name it to use it
+
+    def unsupported_reasons(self, tensors):
+        reasons = super().unsupported_reasons(tensors)
+        if not reasons and tensors[0].dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            reasons.append(f"'cuda' supports float32, float64, float16 and bfloat16 tensors, got {tensors[0].dtype}")
+        return reasons
 
 
 class TritonBackend(Backend):
@@ -203,18 +235,6 @@ class TritonBackend(Backend):
         return kernels.backward(grad_output, input, weight, saved, activation, output_mask)
 
 
-class PendingBackend(Backend):
-    """A backend whose kernels are not part of this build yet: never available."""
-
-    def __init__(self, name: str, devices: Sequence[str], what: str):
-        self.name = name
-        self.devices = tuple(devices)
-        self._what = what
-
-    def unavailable_reason(self):
-        return f"the {self.name!r} backend ({self._what}) is not implemented in this version of fusedops"
-
-
 _REGISTRY: Dict[str, Backend] = {}
 
 
@@ -226,7 +246,7 @@ def register(backend: Backend) -> None:
 register(ReferenceBackend())
 register(TritonBackend())
 register(CppBackend())
-register(PendingBackend("cuda", ("cuda",), "CUDA kernels in fusedops._C"))
+register(CudaBackend())
 
 
 def known_backends() -> List[str]:
@@ -286,7 +306,7 @@ def _present(*tensors):
 
 
 # Channels per group from which the cpp kernel takes its Winograd F(2x2, 3x3) path
-# (kWinogradMinChannels in csrc/cpu/conv_block.cpp).
+# (kWinogradMinChannels in csrc/conv_geometry.h).
 WINOGRAD_MIN_CHANNELS = 8
 
 

@@ -1,0 +1,229 @@
+// CUDA implementations of the fusedops::native_* kernel ops (schemas in csrc/fusedops.cpp):
+// argument checks with messages that name the argument, the device guard, the current
+// stream, scratch memory from torch's caching allocator, and a check of every launch
+// (the launchers in kernels.h return the launch's cudaError_t).
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+#include "../conv_checks.h"
+#include "kernels.h"
+
+namespace fusedops {
+namespace {
+
+cuda::DType dtype_of(const at::Tensor& input) {
+  switch (input.scalar_type()) {
+    case at::kFloat: return cuda::DType::Float;
+    case at::kDouble: return cuda::DType::Double;
+    case at::kHalf: return cuda::DType::Half;
+    case at::kBFloat16: return cuda::DType::BFloat16;
+    default:
+      TORCH_CHECK(false, "the cuda backend supports float32, float64, float16 and bfloat16 input, got ",
+                  input.scalar_type());
+  }
+}
+
+// `t` is a CUDA tensor on input's device with input's dtype.
+void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.device() == input.device(), name, " is on ", t.device(), " but input is on ", input.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(), " but input has dtype ",
+              input.scalar_type());
+}
+
+cuda::Strides4 strides_of(const at::Tensor& t) {
+  return {{t.stride(0), t.stride(1), t.stride(2), t.stride(3)}};
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& input) {
+  if (!bias.has_value() || !bias->defined()) return std::nullopt;
+  check_like_input(*bias, "bias", input);
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
+  return bias->contiguous();
+}
+
+Geometry checked_conv_geometry(Geometry g) {
+  TORCH_CHECK(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
+  return g;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef pool_dilation, bool pool_ceil_mode) {
+  const cuda::DType dtype = dtype_of(input);
+  check_like_input(input, "input", input);
+  check_like_input(weight, "weight", input);
+  const Geometry g = checked_conv_geometry(make_geometry(input, weight, stride, padding, dilation, groups,
+                                                         pool_kernel_size, pool_stride, pool_padding, pool_dilation,
+                                                         pool_ceil_mode));
+  const auto b = checked_bias(bias, g.Cout, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto fmt = output_format(input);
+  at::Tensor out = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().memory_format(fmt));
+  at::Tensor offsets = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().dtype(offsets_dtype(g)).memory_format(fmt));
+  if (out.numel() == 0) return {out, offsets};
+  const at::Tensor w = weight.contiguous();
+  C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, input.const_data_ptr(),
+                                          strides_of(input), w.const_data_ptr(), b ? b->const_data_ptr() : nullptr,
+                                          out.mutable_data_ptr(), offsets.mutable_data_ptr(), strides_of(out),
+                                          c10::cuda::getCurrentCUDAStream().stream()));
+  return {out, offsets};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+    at::IntArrayRef pool_dilation, std::array<bool, 3> output_mask) {
+  const cuda::DType dtype = dtype_of(input);
+  check_like_input(input, "input", input);
+  check_like_input(weight, "weight", input);
+  check_like_input(grad_output, "grad_output", input);
+  TORCH_CHECK(offsets.device() == input.device(), "offsets is on ", offsets.device(), " but input is on ",
+              input.device());
+  const Geometry g = checked_conv_geometry(make_backward_geometry(grad_output, input, weight, offsets, stride, padding,
+                                                                  dilation, groups, pool_kernel_size, pool_stride,
+                                                                  pool_padding, pool_dilation));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor gi = output_mask[0] ? at::empty({g.N, g.C, g.H, g.W}, input.options()) : empty();
+  at::Tensor gw = output_mask[1] ? at::empty({g.Cout, g.Cg, g.KH, g.KW}, input.options()) : empty();
+  at::Tensor gb = output_mask[2] ? at::empty({g.Cout}, input.options()) : empty();
+  if (g.N == 0 || g.PH == 0 || g.PW == 0) {  // nothing flows back
+    if (output_mask[1]) gw.zero_();
+    if (output_mask[2]) gb.zero_();
+    if (output_mask[0]) gi.zero_();
+  } else {
+    const at::Tensor w = weight.contiguous();
+    const at::Tensor ws = workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[1]), input);
+    C10_CUDA_CHECK(cuda::conv_block_backward(
+        dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
+        offsets.const_data_ptr(), strides_of(offsets), input.const_data_ptr(), strides_of(input), w.const_data_ptr(),
+        output_mask[0] ? gi.mutable_data_ptr() : nullptr, output_mask[1] ? gw.mutable_data_ptr() : nullptr,
+        output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+  }
+  if (output_mask[0] && output_format(input) == at::MemoryFormat::ChannelsLast)
+    gi = gi.contiguous(at::MemoryFormat::ChannelsLast);
+  return {gi, gw, gb};
+}
+
+cuda::Act parse_activation(c10::string_view activation) {
+  const std::string name(activation);
+  if (name.empty()) return cuda::Act::None;
+  if (name == "relu") return cuda::Act::Relu;
+  if (name == "gelu") return cuda::Act::Gelu;
+  if (name == "gelu_tanh") return cuda::Act::GeluTanh;
+  if (name == "silu") return cuda::Act::Silu;
+  TORCH_CHECK(false, "activation must be one of '', 'relu', 'gelu', 'gelu_tanh', 'silu', got '", name, "'");
+}
+
+void check_linear(const at::Tensor& input, const at::Tensor& weight) {
+  dtype_of(input);
+  check_like_input(input, "input", input);
+  check_like_input(weight, "weight", input);
+  TORCH_CHECK(input.dim() >= 1, "input must have at least 1 dimension (..., in_features)");
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D (out_features, in_features), got ", weight.dim(), "-D");
+  TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features (last dim) but weight expects ",
+              weight.size(1));
+}
+
+std::vector<int64_t> linear_output_shape(const at::Tensor& input, int64_t out_features) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
+  shape.push_back(out_features);
+  return shape;
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
+                                                       const std::optional<at::Tensor>& bias,
+                                                       c10::string_view activation) {
+  check_linear(input, weight);
+  const cuda::Act act = parse_activation(activation);
+  const int64_t out_f = weight.size(0), in_f = weight.size(1);
+  const auto b = checked_bias(bias, out_f, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.reshape({-1, in_f}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const int64_t rows = x.size(0);
+  const auto shape = linear_output_shape(input, out_f);
+  at::Tensor y = at::empty({rows, out_f}, input.options());
+  at::Tensor saved = act == cuda::Act::None ? at::empty({0}, input.options())
+                     : act == cuda::Act::Relu ? at::empty({rows, out_f}, input.options().dtype(at::kBool))
+                                              : at::empty({rows, out_f}, input.options());
+  if (y.numel() > 0) {
+    C10_CUDA_CHECK(cuda::linear_forward(dtype_of(input), act, rows, in_f, out_f, x.const_data_ptr(),
+                                        w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, y.mutable_data_ptr(),
+                                        saved.numel() ? saved.mutable_data_ptr() : nullptr,
+                                        c10::cuda::getCurrentCUDAStream().stream()));
+  }
+  return {y.view(shape), act == cuda::Act::None ? saved : saved.view(shape)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const at::Tensor& saved,
+                                                                    c10::string_view activation,
+                                                                    std::array<bool, 3> output_mask) {
+  check_linear(input, weight);
+  check_like_input(grad_output, "grad_output", input);
+  const cuda::Act act = parse_activation(activation);
+  const int64_t out_f = weight.size(0), in_f = weight.size(1);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(linear_output_shape(input, out_f)), "grad_output must have shape ",
+              linear_output_shape(input, out_f), ", got ", grad_output.sizes());
+  if (act != cuda::Act::None) {
+    TORCH_CHECK(saved.numel() == grad_output.numel(), "saved must have the shape of grad_output, got ", saved.sizes());
+    TORCH_CHECK(saved.scalar_type() == (act == cuda::Act::Relu ? at::kBool : input.scalar_type()), "saved has dtype ",
+                saved.scalar_type(), ", which does not fit activation '", std::string(activation), "'");
+    TORCH_CHECK(saved.device() == input.device(), "saved is on ", saved.device(), " but input is on ", input.device());
+  }
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.reshape({-1, in_f}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor g = grad_output.reshape({-1, out_f}).contiguous();
+  const at::Tensor s = act == cuda::Act::None ? saved : saved.reshape({-1, out_f}).contiguous();
+  const int64_t rows = x.size(0);
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  at::Tensor gi = output_mask[0] ? at::empty({rows, in_f}, input.options()) : empty();
+  at::Tensor gw = output_mask[1] ? at::empty({out_f, in_f}, input.options()) : empty();
+  at::Tensor gb = output_mask[2] ? at::empty({out_f}, input.options()) : empty();
+  if (rows == 0 || out_f == 0 || in_f == 0) {  // empty products: zero gradients
+    gi.zero_();
+    gw.zero_();
+    gb.zero_();
+  } else {
+    const cuda::DType dtype = dtype_of(input);
+    const at::Tensor ws = workspace(cuda::linear_backward_workspace(dtype, act, rows, in_f, out_f, output_mask[1]), input);
+    C10_CUDA_CHECK(cuda::linear_backward(dtype, act, rows, in_f, out_f, g.const_data_ptr(), x.const_data_ptr(),
+                                         w.const_data_ptr(), act == cuda::Act::None ? nullptr : s.const_data_ptr(),
+                                         output_mask[0] ? gi.mutable_data_ptr() : nullptr,
+                                         output_mask[1] ? gw.mutable_data_ptr() : nullptr,
+                                         output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream().stream()));
+  }
+  if (output_mask[0]) gi = gi.view(input.sizes());
+  return {gi, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
+  m.impl("native_conv_block_forward", &conv_block_forward_cuda);
+  m.impl("native_conv_block_backward", &conv_block_backward_cuda);
+  m.impl("native_linear_forward", &linear_forward_cuda);
+  m.impl("native_linear_backward", &linear_backward_cuda);
+}
+
+}  // namespace fusedops

@@ -1,0 +1,87 @@
+// Element types, accumulator types and small helpers shared by the CUDA kernels.
+
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "kernels.h"
+
+namespace fusedops {
+namespace cuda {
+
+// Num<T>: the accumulator type of element type T and the conversions (explicit intrinsics:
+// torch's extension build disables the implicit __half / __nv_bfloat16 conversions).
+template <typename T>
+struct Num;
+template <>
+struct Num<float> {
+  using Acc = float;
+  static __device__ __forceinline__ float to_acc(float v) { return v; }
+  static __device__ __forceinline__ float from_acc(float v) { return v; }
+};
+template <>
+struct Num<double> {
+  using Acc = double;
+  static __device__ __forceinline__ double to_acc(double v) { return v; }
+  static __device__ __forceinline__ double from_acc(double v) { return v; }
+};
+template <>
+struct Num<__half> {
+  using Acc = float;
+  static __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_acc(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Num<__nv_bfloat16> {
+  using Acc = float;
+  static __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename T>
+__device__ __forceinline__ T zero_of() {
+  return Num<T>::from_acc(typename Num<T>::Acc(0));
+}
+
+// 16-bit types go through tensor cores (wmma); float and double through FMA units.
+template <typename T>
+constexpr bool kTensorCores = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Calls f(T{}) with the element type of dtype.
+template <typename F>
+cudaError_t dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::Float: return f(float{});
+    case DType::Double: return f(double{});
+    case DType::Half: return f(__half{});
+    case DType::BFloat16: return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Size of an accumulator element for dtype.
+inline size_t acc_bytes(DType dtype) { return dtype == DType::Double ? sizeof(double) : sizeof(float); }
+inline size_t elem_bytes(DType dtype) {
+  return dtype == DType::Double ? 8 : dtype == DType::Float ? 4 : 2;
+}
+
+// Number of splits of a long reduction (split-K): enough blocks to fill the GPU, each split at
+// least `min_chunk` long; the partial sums are added in a fixed order, so results are
+// deterministic.
+inline int64_t reduction_splits(int64_t reduction, int64_t tiles, int64_t min_chunk = 512) {
+  const int64_t want = ceil_div(264, tiles > 0 ? tiles : 1);  // ~2 blocks per SM of an H100
+  const int64_t most = ceil_div(reduction, min_chunk);
+  const int64_t splits = want < most ? want : most;
+  return splits < 1 ? 1 : splits;
+}
+
+}  // namespace cuda
+}  // namespace fusedops

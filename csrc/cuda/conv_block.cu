@@ -1,0 +1,375 @@
+// Fused Conv2d + bias + ReLU + MaxPool2d on NVIDIA GPUs: the "cuda" backend's conv kernels.
+//
+// Forward, two kernels (the launcher picks one):
+//  - conv_pool_direct_kernel, for few input channels per group (a CNN's first layer, <= 4):
+//    memory-bound, so a thread computes one pooled output directly, its channel's filter in
+//    shared memory and the max over the window in registers; the input is read through the
+//    read-only cache.
+//  - conv_pool_gemm_kernel, for the rest: an implicit GEMM (tile_gemm.cuh; tensor cores for
+//    fp16/bf16) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
+//    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
+//    tap in registers, so the conv output never reaches memory.
+// Both write the pooled value and the window offset of its max (or -1 where the ReLU is off).
+// Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
+//
+// Backward, in the order of the launcher:
+//  - unpool_kernel rebuilds the conv-output gradient into scratch memory: each conv position
+//    gathers the pooled gradients whose window max was there (no atomics).
+//  - bias_grad_kernel: one block per channel sums the pooled gradients whose ReLU was on.
+//  - input gradient: an implicit GEMM per group, M = Cin/groups, N = input positions,
+//    K = Cout/groups*KH*KW, whose B operand reads the conv-output gradient at the conv position
+//    each (input position, kernel tap) pair maps to (a gather, so no col2im atomics).
+//  - weight gradient: an implicit GEMM per group, M = Cout/groups, N = Cin/groups*KH*KW, over
+//    the reduction N*OH*OW split into chunks whose partial sums are added in a fixed order.
+// Every result is deterministic, for any pool.
+
+#include "tile_gemm.cuh"
+
+namespace fusedops {
+namespace cuda {
+namespace {
+
+constexpr int kDirectMaxChannels = 4;  // input channels per group handled by the direct kernel
+constexpr int64_t kDirectMaxFilter = 2048;  // filter elements it keeps in shared memory
+
+// Pooled output q = (n, ph, pw) and a window tap -> conv position (r, c); false outside the conv output.
+struct PooledIndex {
+  int64_t n, ph, pw;
+  __device__ PooledIndex(const Geometry& g, int64_t q) {
+    pw = q % g.PW;
+    const int64_t t = q / g.PW;
+    ph = t % g.PH;
+    n = t / g.PH;
+  }
+  __device__ bool tap(const Geometry& g, int th, int tw, int64_t& r, int64_t& c) const {
+    r = ph * g.psh - g.pph + th * g.pdh;
+    c = pw * g.psw - g.ppw + tw * g.pdw;
+    return r >= 0 && r < g.OH && c >= 0 && c < g.OW;
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ A relu_keep_nan(A v) {
+  return (v > A(0) || v != v) ? v : A(0);
+}
+
+template <typename A>
+__device__ __forceinline__ bool replaces(A v, A best) {
+  return v > best || v != v;
+}
+
+template <typename T, typename OffT>
+__global__ void conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
+                                        const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
+  using Acc = typename Num<T>::Acc;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Acc* filter = reinterpret_cast<Acc*>(smem_raw);  // (Cg, KH, KW) of channel c
+  const int64_t c = blockIdx.y, grp = c / g.Coutg;
+  for (int64_t i = threadIdx.x; i < g.K; i += blockDim.x) filter[i] = Num<T>::to_acc(w[c * g.K + i]);
+  __syncthreads();
+  const Acc bias = b ? Num<T>::to_acc(b[c]) : Acc(0);
+  const int64_t Q = g.N * g.PH * g.PW;
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < Q; q += int64_t(gridDim.x) * blockDim.x) {
+    const PooledIndex p(g, q);
+    const T* xn = x + p.n * xs.s[0] + grp * g.Cg * xs.s[1];
+    Acc best = -std::numeric_limits<Acc>::infinity();
+    int where = -1;
+    for (int th = 0; th < g.PKH; ++th) {
+      for (int tw = 0; tw < g.PKW; ++tw) {
+        int64_t r, cc;
+        if (!p.tap(g, th, tw, r, cc)) continue;
+        Acc v = bias;
+        for (int64_t ci = 0; ci < g.Cg; ++ci) {
+          for (int64_t kh = 0; kh < g.KH; ++kh) {
+            const int64_t ih = r * g.sh - g.pt + kh * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t iw = cc * g.sw - g.pl + kw * g.dw;
+              if (iw < 0 || iw >= g.W) continue;
+              v = fma(filter[(ci * g.KH + kh) * g.KW + kw], Num<T>::to_acc(xn[ci * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]]), v);
+            }
+          }
+        }
+        v = relu_keep_nan(v);
+        if (replaces(v, best)) {
+          best = v;
+          where = th * g.PKW + tw;
+        }
+      }
+    }
+    const int64_t yi = p.n * ys.s[0] + c * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
+    y[yi] = Num<T>::from_acc(best);
+    off[yi] = static_cast<OffT>(best > Acc(0) || best != best ? where : -1);
+  }
+}
+
+template <typename T, typename OffT>
+__global__ void __launch_bounds__(kThreads)
+    conv_pool_gemm_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
+                          const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
+  using Acc = typename Num<T>::Acc;
+  __shared__ TileSmem<T> s;
+  const int64_t grp = blockIdx.z, Q = g.N * g.PH * g.PW;
+  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const T* wg = w + grp * g.Coutg * g.K;
+  const T zero = zero_of<T>();
+  Acc best[kPerThread];
+  int where[kPerThread];
+  for (int j = 0; j < kPerThread; ++j) {
+    best[j] = -std::numeric_limits<Acc>::infinity();
+    where[j] = -1;
+  }
+  const auto la = [&](int64_t m, int64_t k) { return wg[m * g.K + k]; };
+  for (int th = 0; th < g.PKH; ++th) {
+    for (int tw = 0; tw < g.PKW; ++tw) {
+      const auto lb = [&](int64_t k, int64_t q) -> T {  // im2col element (k, conv position of q's tap)
+        const PooledIndex p(g, q);
+        int64_t r, c;
+        if (!p.tap(g, th, tw, r, c)) return zero;
+        const int64_t kw = k % g.KW, t = k / g.KW, kh = t % g.KH, ci = t / g.KH;
+        const int64_t ih = r * g.sh - g.pt + kh * g.dh, iw = c * g.sw - g.pl + kw * g.dw;
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return zero;
+        return x[p.n * xs.s[0] + (grp * g.Cg + ci) * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]];
+      };
+      tile_gemm<T>(la, lb, g.Coutg, Q, m0, n0, 0, g.K, s);
+      for (int j = 0; j < kPerThread; ++j) {
+        const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
+        const int64_t m = m0 + mm, q = n0 + nn;
+        if (m >= g.Coutg || q >= Q) continue;
+        int64_t r, c;
+        if (!PooledIndex(g, q).tap(g, th, tw, r, c)) continue;  // tap in the pool's padding
+        const Acc v = relu_keep_nan(s.c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
+        if (replaces(v, best[j])) {
+          best[j] = v;
+          where[j] = th * g.PKW + tw;
+        }
+      }
+      __syncthreads();  // s.c is overwritten by the next tap's tile
+    }
+  }
+  for (int j = 0; j < kPerThread; ++j) {
+    const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
+    const int64_t m = m0 + mm, q = n0 + nn;
+    if (m >= g.Coutg || q >= Q) continue;
+    const PooledIndex p(g, q);
+    const int64_t yi = p.n * ys.s[0] + (grp * g.Coutg + m) * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
+    y[yi] = Num<T>::from_acc(best[j]);
+    off[yi] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+  }
+}
+
+// dconv[n][c][r][col] (contiguous) = sum of the pooled gradients whose window max is at (r, col).
+template <typename T, typename OffT>
+__global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
+                              Strides4 os, T* __restrict__ dconv) {
+  using Acc = typename Num<T>::Acc;
+  const int64_t total = g.N * g.Cout * g.OH * g.OW;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = i % g.OW, r = (i / g.OW) % g.OH, c = (i / (g.OW * g.OH)) % g.Cout, n = i / (g.OW * g.OH * g.Cout);
+    // pooled rows ph whose window rows ph*psh - pph + th*pdh (th < PKH) can be r
+    const int64_t lo_h = r + g.pph - (g.PKH - 1) * g.pdh, lo_w = col + g.ppw - (g.PKW - 1) * g.pdw;
+    const int64_t ph0 = lo_h <= 0 ? 0 : ceil_div(lo_h, g.psh), pw0 = lo_w <= 0 ? 0 : ceil_div(lo_w, g.psw);
+    const int64_t ph1 = min((r + g.pph) / g.psh, g.PH - 1), pw1 = min((col + g.ppw) / g.psw, g.PW - 1);
+    Acc sum = Acc(0);
+    for (int64_t ph = ph0; ph <= ph1; ++ph) {
+      const int64_t dy = r + g.pph - ph * g.psh;
+      if (dy % g.pdh != 0) continue;
+      for (int64_t pw = pw0; pw <= pw1; ++pw) {
+        const int64_t dx = col + g.ppw - pw * g.psw;
+        if (dx % g.pdw != 0) continue;
+        const int64_t o = off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]];
+        if (o == (dy / g.pdh) * g.PKW + dx / g.pdw) sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
+      }
+    }
+    dconv[i] = Num<T>::from_acc(sum);
+  }
+}
+
+// db[c] = sum over (n, ph, pw) of the pooled gradients whose ReLU was on; one block per channel,
+// a fixed-order tree reduction.
+template <typename T, typename OffT>
+__global__ void __launch_bounds__(kThreads)
+    bias_grad_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off, Strides4 os,
+                     T* __restrict__ db) {
+  using Acc = typename Num<T>::Acc;
+  __shared__ Acc part[kThreads];
+  const int64_t c = blockIdx.x, per_image = g.PH * g.PW;
+  Acc sum = Acc(0);
+  for (int64_t i = threadIdx.x; i < g.N * per_image; i += kThreads) {
+    const int64_t n = i / per_image, ph = (i % per_image) / g.PW, pw = i % g.PW;
+    if (off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]] >= 0)
+      sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
+  }
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[c] = Num<T>::from_acc(part[0]);
+}
+
+// dx[n][grp*Cg + ci][ih][iw] = sum_{co, kh, kw} w[grp*Coutg + co][ci][kh][kw] * dconv[n][grp*Coutg + co][oh][ow]
+// over the (kh, kw) for which ih = oh*sh - pt + kh*dh and iw = ow*sw - pl + kw*dw.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    input_grad_kernel(Geometry g, const T* __restrict__ w, const T* __restrict__ dconv, T* __restrict__ dx) {
+  __shared__ TileSmem<T> s;
+  const int64_t grp = blockIdx.z, P = g.N * g.H * g.W, taps = g.KH * g.KW;
+  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const T zero = zero_of<T>();
+  const auto la = [&](int64_t ci, int64_t k) {  // k = (co, kh, kw)
+    const int64_t co = k / taps;
+    return w[((grp * g.Coutg + co) * g.Cg + ci) * taps + k % taps];
+  };
+  const auto lb = [&](int64_t k, int64_t p) -> T {
+    const int64_t co = k / taps, kh = (k % taps) / g.KW, kw = k % g.KW;
+    const int64_t iw = p % g.W, ih = (p / g.W) % g.H, n = p / (g.W * g.H);
+    const int64_t rh = ih + g.pt - kh * g.dh, rw = iw + g.pl - kw * g.dw;
+    if (rh < 0 || rw < 0 || rh % g.sh != 0 || rw % g.sw != 0) return zero;
+    const int64_t oh = rh / g.sh, ow = rw / g.sw;
+    if (oh >= g.OH || ow >= g.OW) return zero;
+    return dconv[((n * g.Cout + grp * g.Coutg + co) * g.OH + oh) * g.OW + ow];
+  };
+  tile_gemm<T>(la, lb, g.Cg, P, m0, n0, 0, g.Coutg * taps, s);
+  for_owned(s, g.Cg, P, m0, n0, [&](int64_t ci, int64_t p, typename Num<T>::Acc v) {
+    const int64_t n = p / (g.H * g.W), hw = p % (g.H * g.W);
+    dx[(n * g.C + grp * g.Cg + ci) * g.H * g.W + hw] = Num<T>::from_acc(v);
+  });
+}
+
+// Partial weight gradients of reduction split `split` (blockIdx.z = grp * splits + split):
+// part[split][grp*Coutg + co][k] = sum over its chunk of positions p = (n, oh, ow) of
+// dconv[n][grp*Coutg + co][oh][ow] * im2col(x)[k][p].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    weight_grad_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ dconv, int64_t splits,
+                       int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
+  __shared__ TileSmem<T> s;
+  const int64_t grp = blockIdx.z / splits, split = blockIdx.z % splits;
+  const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
+  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const T zero = zero_of<T>();
+  const auto la = [&](int64_t co, int64_t p) {
+    const int64_t hw = p % (g.OH * g.OW), n = p / (g.OH * g.OW);
+    return dconv[(n * g.Cout + grp * g.Coutg + co) * g.OH * g.OW + hw];
+  };
+  const auto lb = [&](int64_t p, int64_t k) -> T {
+    const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH, n = p / (g.OW * g.OH);
+    const int64_t kw = k % g.KW, kh = (k / g.KW) % g.KH, ci = k / (g.KW * g.KH);
+    const int64_t ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
+    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return zero;
+    return x[n * xs.s[0] + (grp * g.Cg + ci) * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]];
+  };
+  if (k0 < k1) tile_gemm<T>(la, lb, g.Coutg, g.K, m0, n0, k0, k1, s);
+  else {  // an empty split contributes zeros
+    for (int i = threadIdx.x; i < kBM * kBN; i += kThreads) s.c[i / kBN][i % kBN] = 0;
+    __syncthreads();
+  }
+  store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
+}
+
+template <typename T>
+int64_t weight_grad_splits(const Geometry& g) {
+  const int64_t tiles = ceil_div(g.Coutg, kBM) * ceil_div(g.K, kBN) * g.G;
+  const int64_t splits = reduction_splits(g.N * g.OH * g.OW, tiles);
+  const int64_t most = 65535 / g.G;  // grid.z = groups * splits
+  return splits < most ? splits : most;
+}
+
+template <typename F>
+cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
+  switch (offset_bytes) {
+    case 1: return f(int8_t{});
+    case 2: return f(int16_t{});
+    case 4: return f(int32_t{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
+                               const void* w, const void* b, void* y, void* offsets, Strides4 ys,
+                               cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return dispatch_offsets(offset_bytes, [&](auto otag) {
+      using OffT = decltype(otag);
+      const T* xp = static_cast<const T*>(x);
+      const T* wp = static_cast<const T*>(w);
+      const T* bp = static_cast<const T*>(b);
+      T* yp = static_cast<T*>(y);
+      OffT* op = static_cast<OffT*>(offsets);
+      const int64_t Q = g.N * g.PH * g.PW;
+      if (g.Cg <= kDirectMaxChannels && g.K <= kDirectMaxFilter && g.Cout <= 65535) {
+        const dim3 grid(grid_for(Q), static_cast<unsigned>(g.Cout));
+        const size_t smem = g.K * sizeof(typename Num<T>::Acc);
+        conv_pool_direct_kernel<T, OffT><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+        return cudaGetLastError();
+      }
+      const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
+                      static_cast<unsigned>(g.G));
+      conv_pool_gemm_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+      return cudaGetLastError();
+    });
+  });
+}
+
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw) {
+  size_t bytes = static_cast<size_t>(g.N * g.Cout * g.OH * g.OW) * elem_bytes(dtype);  // dconv
+  bytes = (bytes + 255) / 256 * 256;
+  if (need_dw) {
+    const int64_t splits = dtype == DType::Double ? weight_grad_splits<double>(g) : weight_grad_splits<float>(g);
+    bytes += static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype);
+  }
+  return bytes;
+}
+
+cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
+                                const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
+                                void* dx, void* dw, void* db, void* workspace, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename Num<T>::Acc;
+    return dispatch_offsets(offset_bytes, [&](auto otag) {
+      using OffT = decltype(otag);
+      const T* gp = static_cast<const T*>(grad_out);
+      const OffT* op = static_cast<const OffT*>(offsets);
+      const T* xp = static_cast<const T*>(x);
+      const T* wp = static_cast<const T*>(w);
+      if (db) {
+        bias_grad_kernel<T, OffT><<<static_cast<unsigned>(g.Cout), kThreads, 0, stream>>>(g, gp, gs, op, os, static_cast<T*>(db));
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
+      if (!dx && !dw) return cudaSuccess;
+      T* dconv = static_cast<T*>(workspace);
+      const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
+      unpool_kernel<T, OffT><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, gp, gs, op, os, dconv);
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      if (dx) {
+        const dim3 grid(static_cast<unsigned>(ceil_div(g.N * g.H * g.W, kBN)), static_cast<unsigned>(ceil_div(g.Cg, kBM)),
+                        static_cast<unsigned>(g.G));
+        input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(g, wp, dconv, static_cast<T*>(dx));
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
+      if (dw) {
+        const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
+        Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dconv_bytes);
+        const int64_t splits = weight_grad_splits<T>(g);
+        const int64_t chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, splits), kBK) * kBK;
+        const dim3 grid(static_cast<unsigned>(ceil_div(g.K, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
+                        static_cast<unsigned>(g.G * splits));
+        weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(g, xp, xs, dconv, splits, chunk, part);
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        sum_partials_kernel<T><<<grid_for(g.Cout * g.K), kThreads, 0, stream>>>(part, splits, g.Cout * g.K,
+                                                                                static_cast<T*>(dw));
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
+      return cudaSuccess;
+    });
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedops

@@ -1,0 +1,58 @@
+// Launchers of the CUDA kernels of fusedops: raw pointers, sizes, strides and a stream, no
+// torch types, so that nvcc compiles the kernels on any machine (csrc/cuda/bindings.cpp turns
+// tensors into these arguments). Every launcher returns the launch's cudaError_t.
+//
+// Element types: DType selects float, double, __half or __nv_bfloat16 for every floating
+// tensor of a call; accumulation is in float (double for double).
+
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../conv_geometry.h"
+
+namespace fusedops {
+namespace cuda {
+
+enum class DType { Float, Double, Half, BFloat16 };
+enum class Act { None, Relu, Gelu, GeluTanh, Silu };
+
+// Element strides of a 4-D tensor.
+struct Strides4 {
+  int64_t s[4];
+};
+
+// Fused conv + bias + ReLU + max-pool forward: y and offsets (offset_bytes = 1, 2 or 4 per
+// element) share the strides ys. w is (Cout, Cin/groups, KH, KW) contiguous; b may be null.
+cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
+                               const void* w, const void* b, void* y, void* offsets, Strides4 ys,
+                               cudaStream_t stream);
+
+// Bytes of scratch memory conv_block_backward needs.
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw);
+
+// Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
+// null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os.
+cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
+                                const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
+                                void* dx, void* dw, void* db, void* workspace, cudaStream_t stream);
+
+// Linear + bias + activation forward on contiguous x (rows x in_f) and w (out_f x in_f):
+// y = act(x w^T + b) (rows x out_f); saved is a bool mask z > 0 for relu, z for
+// gelu/gelu_tanh/silu, unused (may be null) without activation. b may be null.
+cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
+                           const void* w, const void* b, void* y, void* saved, cudaStream_t stream);
+
+// Bytes of scratch memory linear_backward needs.
+size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw);
+
+// Gradients of the linear layer; dx (rows x in_f), dw (out_f x in_f) and db (out_f) may each be null.
+cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,
+                            const void* x, const void* w, const void* saved, void* dx, void* dw, void* db,
+                            void* workspace, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fusedops

@@ -1,0 +1,199 @@
+// Fused Linear + bias + activation on NVIDIA GPUs: the "cuda" backend's linear kernels.
+//
+// Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16), M = rows,
+// N = out features, K = in features, whose epilogue adds the bias, applies the activation and
+// writes the state the derivative needs (a bool mask z > 0 for relu, z for gelu / gelu_tanh /
+// silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
+// dx = dz @ w (a GEMM), dw = dz^T @ x (a GEMM over the rows, split in chunks whose partial sums
+// are added in a fixed order) and db = column sums of dz (one block per column). Deterministic.
+// The activation formulas are those of fusedops/ops/linear.py.
+
+#include "tile_gemm.cuh"
+
+namespace fusedops {
+namespace cuda {
+namespace {
+
+template <typename A>
+__device__ __forceinline__ A activate(A z, Act act) {
+  const A half = A(0.5);
+  switch (act) {
+    case Act::Relu: return (z > A(0) || z != z) ? z : A(0);
+    case Act::Gelu: return half * z * (A(1) + erf(z * A(0.70710678118654752440)));
+    case Act::GeluTanh: return half * z * (A(1) + tanh(A(0.79788456080286535588) * (z + A(0.044715) * z * z * z)));
+    case Act::Silu: return z / (A(1) + exp(-z));
+    default: return z;
+  }
+}
+
+// act'(z) for gelu, gelu_tanh and silu.
+template <typename A>
+__device__ __forceinline__ A activation_grad(A z, Act act) {
+  const A half = A(0.5);
+  switch (act) {
+    case Act::Gelu:
+      return half * (A(1) + erf(z * A(0.70710678118654752440))) + z * exp(-half * z * z) * A(0.39894228040143267794);
+    case Act::GeluTanh: {
+      const A k = A(0.79788456080286535588), c = A(0.044715);
+      const A t = tanh(k * (z + c * z * z * z));
+      return half * (A(1) + t) + half * z * (A(1) - t * t) * k * (A(1) + A(3) * c * z * z);
+    }
+    default: {
+      const A s = A(1) / (A(1) + exp(-z));
+      return s * (A(1) + z * (A(1) - s));
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    linear_forward_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
+                          const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
+  using Acc = typename Num<T>::Acc;
+  __shared__ TileSmem<T> s;
+  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
+  const auto la = [&](int64_t m, int64_t k) { return x[m * in_f + k]; };
+  const auto lb = [&](int64_t k, int64_t n) { return w[n * in_f + k]; };
+  tile_gemm<T>(la, lb, rows, out_f, m0, n0, 0, in_f, s);
+  for_owned(s, rows, out_f, m0, n0, [&](int64_t m, int64_t n, Acc acc) {
+    const Acc z = acc + (b ? Num<T>::to_acc(b[n]) : Acc(0));
+    const int64_t i = m * out_f + n;
+    y[i] = Num<T>::from_acc(activate(z, act));
+    if (act == Act::Relu) static_cast<bool*>(saved)[i] = !(z <= Acc(0));
+    else if (act != Act::None) static_cast<T*>(saved)[i] = Num<T>::from_acc(z);
+  });
+}
+
+// dz = dy * act'(z) (relu: dy where the mask is set).
+template <typename T>
+__global__ void activation_grad_kernel(Act act, int64_t count, const T* __restrict__ dy, const void* saved,
+                                       T* __restrict__ dz) {
+  using Acc = typename Num<T>::Acc;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    if (act == Act::Relu) {
+      dz[i] = static_cast<const bool*>(saved)[i] ? dy[i] : zero_of<T>();
+    } else {
+      const Acc z = Num<T>::to_acc(static_cast<const T*>(saved)[i]);
+      dz[i] = Num<T>::from_acc(Num<T>::to_acc(dy[i]) * activation_grad(z, act));
+    }
+  }
+}
+
+// dx (rows x in_f) = dz (rows x out_f) @ w (out_f x in_f)
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    linear_input_grad_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
+                             const T* __restrict__ w, T* __restrict__ dx) {
+  __shared__ TileSmem<T> s;
+  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
+  const auto la = [&](int64_t m, int64_t k) { return dz[m * out_f + k]; };
+  const auto lb = [&](int64_t k, int64_t n) { return w[k * in_f + n]; };
+  tile_gemm<T>(la, lb, rows, in_f, m0, n0, 0, out_f, s);
+  for_owned(s, rows, in_f, m0, n0,
+            [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
+}
+
+// part[split] (out_f x in_f) = sum over the split's rows r of dz[r][o] * x[r][i]
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    linear_weight_grad_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
+                              const T* __restrict__ x, int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
+  __shared__ TileSmem<T> s;
+  const int64_t split = blockIdx.z, k0 = split * chunk, k1 = min(rows, k0 + chunk);
+  const int64_t m0 = blockIdx.y * int64_t(kBM), n0 = blockIdx.x * int64_t(kBN);
+  const auto la = [&](int64_t o, int64_t r) { return dz[r * out_f + o]; };
+  const auto lb = [&](int64_t r, int64_t i) { return x[r * in_f + i]; };
+  if (k0 < k1) tile_gemm<T>(la, lb, out_f, in_f, m0, n0, k0, k1, s);
+  else {  // an empty split contributes zeros
+    for (int i = threadIdx.x; i < kBM * kBN; i += kThreads) s.c[i / kBN][i % kBN] = 0;
+    __syncthreads();
+  }
+  store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
+}
+
+// db[o] = sum over rows of dz[r][o]; one block per column, a fixed-order tree reduction.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    column_sum_kernel(int64_t rows, int64_t cols, const T* __restrict__ dz, T* __restrict__ db) {
+  using Acc = typename Num<T>::Acc;
+  __shared__ Acc part[kThreads];
+  const int64_t o = blockIdx.x;
+  Acc sum = Acc(0);
+  for (int64_t r = threadIdx.x; r < rows; r += kThreads) sum += Num<T>::to_acc(dz[r * cols + o]);
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) db[o] = Num<T>::from_acc(part[0]);
+}
+
+int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
+  return reduction_splits(rows, ceil_div(out_f, kBM) * ceil_div(in_f, kBN));
+}
+
+}  // namespace
+
+cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
+                           const void* w, const void* b, void* y, void* saved, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(out_f, kBN)));
+    linear_forward_kernel<T><<<grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
+                                                            static_cast<const T*>(w), static_cast<const T*>(b),
+                                                            static_cast<T*>(y), saved);
+    return cudaGetLastError();
+  });
+}
+
+size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw) {
+  size_t bytes = act == Act::None ? 0 : (static_cast<size_t>(rows * out_f) * elem_bytes(dtype) + 255) / 256 * 256;
+  if (need_dw) bytes += static_cast<size_t>(weight_grad_splits(rows, in_f, out_f) * out_f * in_f) * acc_bytes(dtype);
+  return bytes;
+}
+
+cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,
+                            const void* x, const void* w, const void* saved, void* dx, void* dw, void* db,
+                            void* workspace, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename Num<T>::Acc;
+    const T* dz = static_cast<const T*>(grad_out);
+    size_t used = 0;
+    if (act != Act::None) {
+      T* buf = static_cast<T*>(workspace);
+      activation_grad_kernel<T><<<grid_for(rows * out_f), kThreads, 0, stream>>>(act, rows * out_f, dz, saved, buf);
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      dz = buf;
+      used = (static_cast<size_t>(rows * out_f) * sizeof(T) + 255) / 256 * 256;
+    }
+    if (dx) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
+      linear_input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(w),
+                                                                 static_cast<T*>(dx));
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    }
+    if (dw) {
+      Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
+      const int64_t splits = weight_grad_splits(rows, in_f, out_f);
+      const int64_t chunk = ceil_div(ceil_div(rows, splits), kBK) * kBK;
+      const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
+                      static_cast<unsigned>(splits));
+      linear_weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(x),
+                                                                  chunk, part);
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      sum_partials_kernel<T><<<grid_for(out_f * in_f), kThreads, 0, stream>>>(part, splits, out_f * in_f,
+                                                                              static_cast<T*>(dw));
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    }
+    if (db) {
+      column_sum_kernel<T><<<static_cast<unsigned>(out_f), kThreads, 0, stream>>>(rows, out_f, dz, static_cast<T*>(db));
+      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+  });
+}
+
+}  // namespace cuda
+}  // namespace fusedops

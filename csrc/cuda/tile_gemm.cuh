@@ -1,0 +1,146 @@
+// One block's tile of an implicit GEMM, the engine of every CUDA kernel of fusedops:
+//
+//   C[m0 + i][n0 + j] = sum_{k in [k0, k1)} A(m0 + i, k) * B(k, n0 + j),   0 <= i < kBM, 0 <= j < kBN
+//
+// where A and B are functors that compute an operand element from the tensors (an im2col
+// element, a weight, an un-pooled gradient, ...), so no operand is ever materialised. Tiles of
+// A (kBM x kBK) and B (kBK x kBN) are staged in shared memory; 16-bit types multiply on
+// tensor cores (wmma 16x16x16, float accumulators), float and double on the FMA units (a 4x4
+// register micro-tile per thread). The finished tile lands in shared memory (TileSmem::c), from
+// where the caller's epilogue reads the elements it owns: element e = threadIdx.x + j * kThreads.
+// The k loop runs in a fixed order, so results are deterministic.
+
+#pragma once
+
+#include <mma.h>
+
+#include "common.cuh"
+
+namespace fusedops {
+namespace cuda {
+
+constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
+constexpr int kPerThread = kBM * kBN / kThreads;  // tile elements each thread's epilogue owns
+
+// Shared memory of one tile; the operand tiles and the result share the space. The padded
+// leading dimensions keep wmma's alignment rules (multiples of 8 / 4 elements, 32-byte rows).
+template <typename T>
+struct __align__(32) TileSmem {
+  using Acc = typename Num<T>::Acc;
+  union {
+    struct {
+      T a[kBM][kBK + 8];  // A tile, row-major (m, k)
+      T b[kBK][kBN + 8];  // B tile, row-major (k, n)
+    } ab;
+    Acc c[kBM][kBN + 4];  // the result tile
+  };
+};
+
+// Computes the tile at (m0, n0) of an M x N product into s.c (zero outside M x N). la(m, k)
+// and lb(k, n) are called only for m < M, n < N and k0 <= k < k1. All threads of the block
+// must call it; it ends with a barrier.
+template <typename T, typename LoadA, typename LoadB>
+__device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N, int64_t m0, int64_t n0, int64_t k0,
+                          int64_t k1, TileSmem<T>& s) {
+  using Acc = typename Num<T>::Acc;
+  const int tid = threadIdx.x;
+  const T zero = zero_of<T>();
+  const auto load_tiles = [&](int64_t k) {
+    for (int i = tid; i < kBM * kBK; i += kThreads) {
+      const int mm = i / kBK, kk = i % kBK;
+      const int64_t m = m0 + mm, kq = k + kk;
+      s.ab.a[mm][kk] = (m < M && kq < k1) ? la(m, kq) : zero;
+    }
+    for (int i = tid; i < kBK * kBN; i += kThreads) {
+      const int kk = i / kBN, nn = i % kBN;
+      const int64_t n = n0 + nn, kq = k + kk;
+      s.ab.b[kk][nn] = (n < N && kq < k1) ? lb(kq, n) : zero;
+    }
+  };
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  constexpr bool tensor_cores = false;  // bf16 wmma needs sm_80
+#else
+  constexpr bool tensor_cores = kTensorCores<T>;
+#endif
+  if constexpr (tensor_cores) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = tid / 32, wm = warp % 4, wn = warp / 4;  // warp tile: rows wm*16, columns wn*32 (+32)
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+    wmma::fill_fragment(acc[0], 0.0f);
+    wmma::fill_fragment(acc[1], 0.0f);
+    for (int64_t k = k0; k < k1; k += kBK) {
+      load_tiles(k);
+      __syncthreads();
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, &s.ab.a[wm * 16][0], kBK + 8);
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, &s.ab.b[0][wn * 32 + j * 16], kBN + 8);
+        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+      }
+      __syncthreads();
+    }
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&s.c[wm * 16][wn * 32 + j * 16], acc[j], kBN + 4, wmma::mem_row_major);
+  } else {
+    const int tm = tid / 16, tn = tid % 16;  // this thread's micro-tile: rows tm*4.., columns tn*4..
+    Acc acc[4][4];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+    for (int64_t k = k0; k < k1; k += kBK) {
+      load_tiles(k);
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < kBK; ++kk) {
+        Acc av[4], bv[4];
+        for (int i = 0; i < 4; ++i) {
+          av[i] = Num<T>::to_acc(s.ab.a[tm * 4 + i][kk]);
+          bv[i] = Num<T>::to_acc(s.ab.b[kk][tn * 4 + i]);
+        }
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+      }
+      __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) s.c[tm * 4 + i][tn * 4 + j] = acc[i][j];
+  }
+  __syncthreads();
+}
+
+// Epilogue helper: calls f(m, n, value) for the tile elements this thread owns inside M x N.
+template <typename T, typename F>
+__device__ void for_owned(const TileSmem<T>& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
+  for (int j = 0; j < kPerThread; ++j) {
+    const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
+    if (m0 + mm < M && n0 + nn < N) f(m0 + mm, n0 + nn, s.c[mm][nn]);
+  }
+}
+
+// Writes the reduction-split partial sums of a tile: part[m * N + n] = C[m][n].
+template <typename T>
+__device__ void store_partial(const TileSmem<T>& s, int64_t M, int64_t N, int64_t m0, int64_t n0,
+                              typename Num<T>::Acc* part) {
+  for_owned(s, M, N, m0, n0, [&](int64_t m, int64_t n, typename Num<T>::Acc v) { part[m * N + n] = v; });
+}
+
+// out[i] = sum_{s < splits} part[s * count + i], in split order (deterministic).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sum_partials_kernel(const typename Num<T>::Acc* part, int64_t splits,
+                                                                int64_t count, T* out) {
+  using Acc = typename Num<T>::Acc;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    Acc sum = Acc(0);
+    for (int64_t s = 0; s < splits; ++s) sum += part[s * count + i];
+    out[i] = Num<T>::from_acc(sum);
+  }
+}
+
+// Grid for a grid-stride loop over `count` elements.
+inline unsigned grid_for(int64_t count) {
+  const int64_t blocks = ceil_div(count > 0 ? count : 1, kThreads);
+  return static_cast<unsigned>(blocks < 65536 ? blocks : 65536);
+}
+
+}  // namespace cuda
+}  // namespace fusedops
