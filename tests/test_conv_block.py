@@ -121,6 +121,20 @@ def test_nan_propagates(backend):
     assert out.isnan().sum() == ref.isnan().sum() > 0
 
 
+def test_ties_and_nan_with_a_3x3_identity_filter(backend):
+    """Same rules where the cpp backend pools on its Winograd tiles (3x3, 8 channels, pool 2):
+    an identity filter keeps the small integer inputs exact, so windows hold many ties."""
+    x = torch.randint(0, 3, (2, 8, 6, 8), dtype=torch.int64).double()
+    w = torch.zeros(8, 8, 3, 3, dtype=torch.float64)
+    w[torch.arange(8), torch.arange(8), 1, 1] = 1.0
+    _check(x, w, None, dict(padding=1), backend)
+    x[0, 3, 2, 5] = float("nan")
+    out = fusedops.conv_relu_maxpool2d(x, w, padding=1, backend=backend)
+    ref = oracle.conv_block(x, w, padding=1)
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    assert out.isnan().sum() == ref.isnan().sum() > 0
+
+
 def test_pool_window_wholly_in_padding(backend):
     # Conv output 2x2; pool kernel 2 with dilation 3 and padding 1 puts the one window's
     # taps at rows/cols -1 and 2: all padding. torch gives -inf there.

@@ -40,6 +40,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -131,13 +133,77 @@ FUSEDOPS_VECTORIZE void col2im_add(const Geometry& g, const T* dcol, int64_t n, 
   }
 }
 
+// Max pool 2x2 of a Winograd output tile, for every channel at once: v[i][c] is the tile's
+// output i (row-major, i.e. in window order) of channel c, bias the channels' biases.
+// mx[c] = max of ReLU(v[i][c] + bias[c]) (larger or NaN replaces, so the first max wins and NaN
+// propagates); at[c] = its window offset, or -1 when the ReLU is off.
+template <typename T>
+FUSEDOPS_VECTORIZE void pool2x2_tile(const T* const* v, const T* bias, int64_t channels, T* __restrict mx,
+                                     int32_t* __restrict at) {
+  const T* __restrict v0 = v[0];
+  const T* __restrict v1 = v[1];
+  const T* __restrict v2 = v[2];
+  const T* __restrict v3 = v[3];
+  // Written without arrays, inner loops or short-circuit operators: GCC vectorises it then.
+#pragma omp simd
+  for (int64_t c = 0; c < channels; ++c) {
+    const T bc = bias[c];
+    T a0 = v0[c] + bc, a1 = v1[c] + bc, a2 = v2[c] + bc, a3 = v3[c] + bc;
+    const bool n0 = is_nan(a0), n1 = is_nan(a1), n2 = is_nan(a2), n3 = is_nan(a3);
+    a0 = (a0 > T(0)) | n0 ? a0 : T(0);  // ReLU, NaN kept
+    a1 = (a1 > T(0)) | n1 ? a1 : T(0);
+    a2 = (a2 > T(0)) | n2 ? a2 : T(0);
+    a3 = (a3 > T(0)) | n3 ? a3 : T(0);
+    const bool t1 = (a1 > a0) | n1;
+    T m = t1 ? a1 : a0;
+    int32_t k = t1 ? 1 : 0;
+    const bool t2 = (a2 > m) | n2;
+    m = t2 ? a2 : m;
+    k = t2 ? 2 : k;
+    const bool t3 = (a3 > m) | n3;
+    m = t3 ? a3 : m;
+    k = t3 ? 3 : k;
+    mx[c] = m;
+    at[c] = (m > T(0)) | is_nan(m) ? k : -1;
+  }
+}
+
+// Offsets of the pool taps in a band tile with rows of OW elements, in window order.
+std::vector<int64_t> pool_tap_deltas(const Geometry& g) {
+  std::vector<int64_t> delta;
+  for (int64_t kh = 0; kh < g.PKH; ++kh)
+    for (int64_t kw = 0; kw < g.PKW; ++kw) delta.push_back(kh * g.pdh * g.OW + kw * g.pdw);
+  return delta;
+}
+
+// Same-size integer view of a float, for branch-free selects.
+template <typename T>
+using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+template <typename T>
+inline Bits<T> to_bits(T v) {
+  Bits<T> b;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+template <typename T>
+inline T from_bits(Bits<T> b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(T));
+  return v;
+}
+
+// Pooled rows at least this wide are reduced a tap at a time across the row (SIMD).
+constexpr int64_t kWideRow = 32;
+
 // Max over each pool window of pooled rows [p0, p1) of one channel, from the band's
 // ReLU'd conv rows `t` (starting at conv row r0); writes the value and the window offset.
-// Windows wholly inside the conv output are reduced a pool tap at a time across a whole
-// pooled row (branch-free selects, vectorisable); the others one by one with bounds checks.
+// Windows wholly inside the conv output are reduced with branch-free selects: a pool tap at
+// a time across a wide pooled row (vectorisable), window by window on short rows; windows
+// that reach outside one by one with bounds checks.
 template <typename T, typename OffT>
 FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0, int64_t p0, int64_t p1, T* y, OffT* o,
-                   const std::array<int64_t, 4>& ys, std::vector<T>& best_row, std::vector<int32_t>& where_row) {
+                                      const std::array<int64_t, 4>& ys, const std::vector<int64_t>& tap_delta,
+                                      std::vector<T>& best_row, std::vector<int32_t>& where_row) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
   // Pooled columns [lo, hi) have windows inside [0, OW).
   const int64_t lo = std::min<int64_t>((g.ppw + g.psw - 1) / g.psw, g.PW);
@@ -150,7 +216,7 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
   const auto store = [&](int64_t ph, int64_t pw, T v, int64_t at) {
     const int64_t yi = ph * ys[2] + pw * ys[3];
     y[yi] = v;
-    o[yi] = static_cast<OffT>(v > T(0) || v != v ? at : -1);
+    o[yi] = static_cast<OffT>(v > T(0) || is_nan(v) ? at : -1);
   };
   const auto one_window = [&](int64_t ph, int64_t pw) {
     const int64_t rs = ph * g.psh - g.pph, qs = pw * g.psw - g.ppw;
@@ -163,7 +229,7 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
         const int64_t q = qs + kw * g.pdw;
         if (q < 0 || q >= g.OW) continue;
         const T v = t[(r - r0) * g.OW + q];
-        if (v > m || v != v) {
+        if (v > m || is_nan(v)) {
           m = v;
           at = kh * g.PKW + kw;
         }
@@ -178,6 +244,40 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
       for (int64_t pw = 0; pw < g.PW; ++pw) one_window(ph, pw);
       continue;
     }
+    if (hi - lo < kWideRow) {  // short rows: window by window, taps at precomputed offsets
+      for (int64_t pw = 0; pw < lo; ++pw) one_window(ph, pw);
+      // A ReLU'd value is >= 0 or NaN, so the first tap always replaces -inf. The selects are
+      // bit masks (written as selects they compiled to branches, which random data
+      // mispredicts), and kLanes windows are reduced side by side: their dependency chains
+      // then overlap instead of running one after the other.
+      constexpr int64_t kLanes = 8;
+      const int64_t taps = static_cast<int64_t>(tap_delta.size());
+      const T* row = t + (rs - r0) * g.OW - g.ppw;
+      for (int64_t pw0 = lo; pw0 < hi; pw0 += kLanes) {
+        const int64_t lanes = std::min(kLanes, hi - pw0);
+        Bits<T> mb[kLanes];
+        Bits<T> at[kLanes];
+        T m[kLanes];
+        for (int64_t u = 0; u < kLanes; ++u) {
+          m[u] = u < lanes ? row[(pw0 + u) * g.psw] : T(0);
+          mb[u] = to_bits(m[u]);
+          at[u] = 0;
+        }
+        for (int64_t k = 1; k < taps; ++k) {
+          const int64_t d = tap_delta[k];
+          for (int64_t u = 0; u < kLanes; ++u) {
+            const T v = u < lanes ? row[(pw0 + u) * g.psw + d] : T(0);
+            const Bits<T> take = static_cast<Bits<T>>(0) - static_cast<Bits<T>>((v > m[u]) | is_nan(v));
+            mb[u] = (to_bits(v) & take) | (mb[u] & ~take);
+            at[u] = (static_cast<Bits<T>>(k) & take) | (at[u] & ~take);
+            m[u] = from_bits<T>(mb[u]);
+          }
+        }
+        for (int64_t u = 0; u < lanes; ++u) store(ph, pw0 + u, m[u], static_cast<int64_t>(at[u]));
+      }
+      for (int64_t pw = hi; pw < g.PW; ++pw) one_window(ph, pw);
+      continue;
+    }
     std::fill(best + lo, best + hi, neg_inf);
     std::fill(where + lo, where + hi, -1);
     for (int64_t kh = 0; kh < g.PKH; ++kh) {
@@ -187,7 +287,7 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
         const int64_t step = g.psw;
         for (int64_t pw = lo; pw < hi; ++pw) {  // larger or NaN replaces: first max wins, NaN propagates
           const T v = row[pw * step];
-          const bool take = (v > best[pw]) | (v != v);
+          const bool take = (v > best[pw]) | is_nan(v);
           best[pw] = take ? v : best[pw];
           where[pw] = take ? tap : where[pw];
         }
@@ -203,7 +303,8 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
 // the pool epilogue (or, without a pool, a copy of the tile with offset 0 / -1).
 template <typename T, typename OffT>
 FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int64_t r0, int64_t p0, int64_t p1, const T* b,
-                   int64_t grp, T* y, OffT* o, const std::array<int64_t, 4>& ys, std::vector<T>& best_row,
+                   int64_t grp, T* y, OffT* o, const std::array<int64_t, 4>& ys,
+                   const std::vector<int64_t>& tap_delta, std::vector<T>& best_row,
                    std::vector<int32_t>& where_row) {
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
@@ -211,12 +312,12 @@ FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int
     const T bc = b ? b[c] : T(0);
     for (int64_t i = 0; i < M; ++i) {  // vectorisable
       const T v = t[i] + bc;
-      t[i] = (v > T(0) || v != v) ? v : T(0);
+      t[i] = (v > T(0)) | is_nan(v) ? v : T(0);
     }
     T* yc = y + c * ys[1];
     OffT* oc = o + c * ys[1];
     if (g.pool) {
-      pool_epilogue<T, OffT>(g, t, r0, p0, p1, yc, oc, ys, best_row, where_row);
+      pool_epilogue<T, OffT>(g, t, r0, p0, p1, yc, oc, ys, tap_delta, best_row, where_row);
       continue;
     }
     for (int64_t r = p0; r < p1; ++r) {  // no pool: conv row r is output row r
@@ -226,7 +327,7 @@ FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int
       for (int64_t q = 0; q < g.OW; ++q) {
         const T v = src[q];
         yr[q * ys[3]] = v;
-        orow[q * ys[3]] = static_cast<OffT>(v > T(0) || v != v ? 0 : -1);
+        orow[q * ys[3]] = static_cast<OffT>((v > T(0)) | is_nan(v) ? 0 : -1);
       }
     }
   }
@@ -257,6 +358,14 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
   }
   const int64_t chunks = (g.N + images - 1) / images;
+  const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
+  // MaxPool2d(2) over whole windows: its windows are exactly the Winograd output tiles (the
+  // bands start at even conv rows), so the pool runs in the output transform.
+  const bool pool_on_tiles = g.winograd && g.pool && g.PKH == 2 && g.PKW == 2 && g.psh == 2 && g.psw == 2 &&
+                             g.pph == 0 && g.ppw == 0 && g.pdh == 1 && g.pdw == 1 && 2 * g.PH <= g.OH &&
+                             2 * g.PW <= g.OW;
+  const std::vector<T> zeros(pool_on_tiles && !b ? g.Cout : 0, T(0));
+  const T* bias_or_zero = b ? b : zeros.data();
 
   at::parallel_for(0, chunks * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> col, tile, best_row;
@@ -266,12 +375,33 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       const int64_t n1 = std::min(n0 + images, g.N), p1 = std::min(p0 + band, g.PH);
       const auto [r0, r1] = g.conv_rows(p0, p1);
       const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
+      const winograd::Source<T> src{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
+                                    g.H, g.W, g.pt, g.pl};
+      const T* Ug = U.data() + grp * 16 * g.Coutg * g.Cg;
+      if (M > 0 && pool_on_tiles) {  // each 2x2 Winograd tile is one pool window: no band tile at all
+        const auto pool_tile = [&](int64_t n, int64_t r, int64_t col, int64_t channels, const T* const* v, bool,
+                                   bool) {
+          const int64_t pw = col / 2;
+          if (pw >= g.PW) return;  // the odd last column, outside every window
+          pool2x2_tile(v, bias_or_zero + grp * g.Coutg, channels, best_row.data(), where_row.data());
+          const T* mx = best_row.data();
+          const int32_t* at = where_row.data();
+          const int64_t base = (n0 + n) * ys[0] + grp * g.Coutg * ys[1] + (r / 2) * ys[2] + pw * ys[3];
+          for (int64_t cg = 0; cg < channels; ++cg) {
+            y[base + cg * ys[1]] = mx[cg];
+            o[base + cg * ys[1]] = static_cast<OffT>(at[cg]);
+          }
+        };
+        best_row.resize(g.Coutg);
+        where_row.resize(g.Coutg);
+        winograd::conv3x3_tiles(src, n1 - n0, g.Cg, Ug, g.Coutg, winograd::Sink<T>{nullptr, 0, 0, 0, r0, r1, g.OW},
+                                pool_tile);
+        continue;
+      }
       tile.resize((n1 - n0) * g.Coutg * M);
       if (M > 0 && g.winograd) {
-        const winograd::Source<T> src{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
-                                      g.H, g.W, g.pt, g.pl};
         const winograd::Sink<T> dst{tile.data(), g.Coutg * M, M, g.OW, r0, r1, g.OW};
-        winograd::conv3x3(src, n1 - n0, g.Cg, U.data() + grp * 16 * g.Coutg * g.Cg, g.Coutg, dst);
+        winograd::conv3x3(src, n1 - n0, g.Cg, Ug, g.Coutg, dst);
       }
       for (int64_t n = n0; n < n1; ++n) {
         T* t = tile.data() + (n - n0) * g.Coutg * M;
@@ -280,32 +410,37 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
           im2col(g, x, xs, n, grp, r0, r1, col.data());
           matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false, t, M);
         }
-        band_epilogue<T, OffT>(g, t, M, r0, p0, p1, b, grp, y + n * ys[0], o + n * ys[0], ys, best_row, where_row);
+        band_epilogue<T, OffT>(g, t, M, r0, p0, p1, b, grp, y + n * ys[0], o + n * ys[0], ys, tap_delta, best_row,
+                               where_row);
       }
     }
   });
 }
 
 // Adds the pooled gradient of pooled rows [p0, p1) of image n, group grp into `dtile`, the
-// conv-output gradient of conv rows [r0, r0 + M / OW) (Coutg x M), through the offsets
+// conv-output gradient of conv rows [r0, r0 + M / OW) (element (cg, position) at
+// cg * cs + position * ps: Coutg x M with cs = M, ps = 1, or M x Coutg), through the offsets
 // (overlapping windows add; a window whose ReLU was off adds nothing); adds the bias gradient
 // into db (when not null). Returns whether any window passed a gradient.
 template <typename T, typename OffT>
 bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, const OffT* o,
             const std::array<int64_t, 4>& os, int64_t n, int64_t grp, int64_t p0, int64_t p1, int64_t r0, int64_t M,
-            T* dtile, T* db) {
+            const std::vector<int64_t>& tap_delta, T* dtile, int64_t cs, int64_t ps, T* db) {
   bool any = false;
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
     T bsum = T(0);
     for (int64_t ph = p0; ph < p1; ++ph) {
+      const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
+      const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
+      // tile index of tap 0 of window (ph, pw) is base + pw * psw (it may lie outside the
+      // tile for windows in the padding, but the max's tap never does)
+      const int64_t base = (ph * g.psh - g.pph - r0) * g.OW - g.ppw;
       for (int64_t pw = 0; pw < g.PW; ++pw) {
-        const int64_t off = o[n * os[0] + c * os[1] + ph * os[2] + pw * os[3]];
+        const int64_t off = orow[pw * os[3]];
         if (off < 0) continue;
-        const T gv = go[n * gs[0] + c * gs[1] + ph * gs[2] + pw * gs[3]];
-        const int64_t r = ph * g.psh - g.pph + (off / g.PKW) * g.pdh;
-        const int64_t q = pw * g.psw - g.ppw + (off % g.PKW) * g.pdw;
-        dtile[cg * M + (r - r0) * g.OW + q] += gv;
+        const T gv = grow[pw * gs[3]];
+        dtile[cg * cs + (base + pw * g.psw + tap_delta[off]) * ps] += gv;
         bsum += gv;
         any = true;
       }
@@ -348,6 +483,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
   }
   const int64_t chunks = (g.N + images - 1) / images;
+  const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
 
   at::parallel_for(0, chunks * g.G, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
@@ -362,16 +498,23 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         dtile.assign((n1 - n0) * per_image, T(0));
         bool any = false;
         for (int64_t n = n0; n < n1; ++n)
-          any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, dtile.data() + (n - n0) * per_image, db);
-        if (!any) continue;  // grad_input stays zero
+          any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, tap_delta, dtile.data() + (n - n0) * per_image, 1,
+                        g.Coutg, db);
+        if (!any) {  // no gradient reaches these images: their grad_input is zero
+          for (int64_t n = n0; n < n1 && dx; ++n)
+            for (int64_t c = grp * g.Cg; c < (grp + 1) * g.Cg; ++c)
+              std::fill(dx + (n * g.C + c) * g.H * g.W, dx + (n * g.C + c + 1) * g.H * g.W, T(0));
+          continue;
+        }
         if (mask[1]) {
           const winograd::Source<T> xsrc{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
                                          g.H, g.W, g.pt, g.pl};
-          const winograd::Source<T> gsrc{dtile.data(), per_image, M, g.OW, 1, g.OH, g.OW, 0, 0};
+          const winograd::Source<T> gsrc{dtile.data(), per_image, 1, g.OW * g.Coutg, g.Coutg, g.OH, g.OW, 0, 0};
           winograd::weight_grad3x3(xsrc, gsrc, n1 - n0, g.Cg, g.Coutg, dwg);
         }
         if (wino_dx) {
-          const winograd::Source<T> src{dtile.data(), per_image, M, g.OW, 1, g.OH, g.OW, 2 - g.pt, 2 - g.pl};
+          const winograd::Source<T> src{dtile.data(), per_image, 1, g.OW * g.Coutg, g.Coutg, g.OH, g.OW, 2 - g.pt,
+                                        2 - g.pl};
           const winograd::Sink<T> dst{dx + (n0 * g.C + grp * g.Cg) * g.H * g.W, g.C * g.H * g.W, g.H * g.W, g.W,
                                       0, g.H, g.W};
           winograd::conv3x3(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst);
@@ -384,7 +527,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         const auto [r0, r1] = g.conv_rows(p0, p1);
         const int64_t M = std::max<int64_t>(r1 - r0, 0) * g.OW;
         dtile.assign(g.Coutg * M, T(0));
-        const bool any = unpool(g, go, gs, o, os, n, grp, p0, p1, r0, M, dtile.data(), db);
+        const bool any = unpool(g, go, gs, o, os, n, grp, p0, p1, r0, M, tap_delta, dtile.data(), M, 1, db);
         if (!any || M == 0 || !(mask[0] || mask[1])) continue;
         if (mask[1]) {
           col.resize(g.K * M);
@@ -475,7 +618,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
   const Geometry g = make_backward_geometry(grad_output, input, weight, offsets, stride, padding, dilation, groups,
                                             pool_kernel_size, pool_stride, pool_padding, pool_dilation);
   const auto empty = [&] { return at::empty({0}, input.options()); };
-  at::Tensor gi = output_mask[0] ? at::zeros({g.N, g.C, g.H, g.W}, input.options()) : empty();
+  // The Winograd path writes every element of grad_input; the im2col path accumulates into it.
+  at::Tensor gi = !output_mask[0] ? empty()
+                  : g.winograd    ? at::empty({g.N, g.C, g.H, g.W}, input.options())
+                                  : at::zeros({g.N, g.C, g.H, g.W}, input.options());
   at::Tensor gw = output_mask[1] ? at::empty({g.Cout, g.Cg, g.KH, g.KW}, input.options()) : empty();
   at::Tensor gb = output_mask[2] ? at::empty({g.Cout}, input.options()) : empty();
   if (g.N == 0) {

@@ -11,3 +11,14 @@
 #else
 #define FUSEDOPS_VECTORIZE
 #endif
+
+// NaN test that the auto-vectoriser accepts: GCC 12 does not vectorise loops that test NaN
+// as `v != v` ("no vectype"), but does with the unordered-compare builtin.
+template <typename T>
+inline bool is_nan(T v) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_isunordered(v, v);
+#else
+  return v != v;
+#endif
+}

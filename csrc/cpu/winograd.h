@@ -7,7 +7,8 @@
 // product over the 16 transformed positions e becomes 16 independent GEMMs over channels,
 //   M[e] (Cout x tiles) = U[e] (Cout x Cin) @ V[e] (Cin x tiles),
 // so a tile costs 16 multiply-adds per channel pair instead of 36: 2.25x fewer FLOPs than
-// im2col + GEMM. The transforms use only 0, +-1 and +-1/2, so the rounding error stays within a
+// im2col + GEMM. The transformed operands are stored channels-innermost (V[e][tile][channel]),
+// so that the transforms run as SIMD loops over channels, whatever the width of the image. The transforms use only 0, +-1 and +-1/2, so the rounding error stays within a
 // small multiple of the direct convolution's.
 //
 // Used by the fused conv block for its forward (3x3, stride 1) and for the input gradient of
@@ -27,7 +28,7 @@
 namespace fusedops {
 namespace winograd {
 
-// U[e][o][i] = (G g G^T)[e] for the 3x3 filter g of output channel o and input channel i,
+// U[e][i][o] = (G g G^T)[e] for the 3x3 filter g of output channel o and input channel i,
 //   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
 // flip_transpose = false: w is (out_ch, in_ch, 3, 3) and g = w[o, i].
 // flip_transpose = true:  w is (in_ch, out_ch, 3, 3) and g = w[i, o] rotated by 180 degrees
@@ -51,7 +52,7 @@ void transform_weights(const T* w, int64_t out_ch, int64_t in_ch, bool flip_tran
       for (int r = 0; r < 4; ++r) {  // (G g) G^T
         const T u[4] = {gg[r][0], half * (gg[r][0] + gg[r][1] + gg[r][2]), half * (gg[r][0] - gg[r][1] + gg[r][2]),
                         gg[r][2]};
-        for (int c = 0; c < 4; ++c) U[((r * 4 + c) * out_ch + o) * in_ch + i] = u[c];
+        for (int c = 0; c < 4; ++c) U[((r * 4 + c) * in_ch + i) * out_ch + o] = u[c];
       }
     }
   }
@@ -85,57 +86,60 @@ struct Batch {
   int64_t tiles() const { return (L1 - L0) * TC; }
 };
 
-// Input transform: V[e][c][t] = (B^T d B)[e] for every tile t of the batch and channel c, d the
+// Input transform: V[e][t][c] = (B^T d B)[e] for every tile t of the batch and channel c, d the
 // 4x4 input block at rows r0 + 2ty - pt, columns 2tx - pl (zero outside the input);
 // B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]. `ves` is the stride between positions e.
+// The four input rows of a tile row are first gathered channels-innermost into `rows`.
 template <typename T>
 FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, const Batch& b, T* V, int64_t ves,
                                         std::vector<T>& rows) {
   const int64_t span = 2 * b.TC + 2;  // input columns read by one tile row
-  rows.resize(4 * span);
-  const int64_t tiles = b.tiles();
-  for (int64_t ci = 0; ci < channels; ++ci) {
-    for (int64_t L = b.L0; L < b.L1; ++L) {
-      const int64_t n = L / b.TR, ty = L % b.TR;
-      const T* src = in.p + n * in.sn + ci * in.sc;
-      for (int64_t i = 0; i < 4; ++i) {  // the four input rows of this tile row, zero-padded
-        T* row = rows.data() + i * span;
-        const int64_t ih = b.r0 + 2 * ty - in.pt + i;
-        if (ih < 0 || ih >= in.H) {
-          std::fill(row, row + span, T(0));
-          continue;
-        }
-        const T* s = src + ih * in.sh;
-        // Columns j in [lo, hi) read input column j - pl; the rest is padding.
-        const int64_t lo = std::clamp<int64_t>(in.pl, 0, span), hi = std::clamp<int64_t>(in.W + in.pl, lo, span);
-        std::fill(row, row + lo, T(0));
-        if (in.sw == 1) {
-          std::copy(s + lo - in.pl, s + hi - in.pl, row + lo);
-        } else {
-          for (int64_t j = lo; j < hi; ++j) row[j] = s[(j - in.pl) * in.sw];
-        }
-        std::fill(row + hi, row + span, T(0));
+  const int64_t C = channels, rs = span * C;
+  rows.resize(4 * rs);
+  // Columns j in [lo, hi) read input column j - pl; the rest is padding.
+  const int64_t lo = std::clamp<int64_t>(in.pl, 0, span), hi = std::clamp<int64_t>(in.W + in.pl, lo, span);
+  for (int64_t L = b.L0; L < b.L1; ++L) {
+    const int64_t n = L / b.TR, ty = L % b.TR;
+    // The next tile row of the same image starts two input rows lower: keep the two it shares.
+    const bool shares = L > b.L0 && ty > 0;
+    if (shares) std::copy(rows.data() + 2 * rs, rows.data() + 4 * rs, rows.data());
+    for (int64_t i = shares ? 2 : 0; i < 4; ++i) {
+      T* row = rows.data() + i * rs;
+      const int64_t ih = b.r0 + 2 * ty - in.pt + i;
+      if (ih < 0 || ih >= in.H) {
+        std::fill(row, row + rs, T(0));
+        continue;
       }
-      T* __restrict v = V + ci * tiles + (L - b.L0) * b.TC;
-      const T* __restrict d0 = rows.data();
-      const T* __restrict d1 = d0 + span;
-      const T* __restrict d2 = d1 + span;
-      const T* __restrict d3 = d2 + span;
+      std::fill(row, row + lo * C, T(0));
+      std::fill(row + hi * C, row + rs, T(0));
+      const T* src = in.p + n * in.sn + ih * in.sh;
+      if (in.sc == 1) {  // channels innermost already: one copy per column
+        for (int64_t j = lo; j < hi; ++j) std::copy(src + (j - in.pl) * in.sw, src + (j - in.pl) * in.sw + C, row + j * C);
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T* s = src + c * in.sc;
+          for (int64_t j = lo; j < hi; ++j) row[j * C + c] = s[(j - in.pl) * in.sw];
+        }
+      }
+    }
+    for (int64_t tx = 0; tx < b.TC; ++tx) {
+      const T* __restrict d = rows.data() + 2 * tx * C;  // d[i][j][c] = d[i * rs + j * C + c]
+      T* __restrict v = V + ((L - b.L0) * b.TC + tx) * C;
 #pragma omp simd
-      for (int64_t tx = 0; tx < b.TC; ++tx) {
+      for (int64_t c = 0; c < C; ++c) {
         T t[4][4];  // B^T d
         for (int64_t j = 0; j < 4; ++j) {
-          const int64_t c = 2 * tx + j;
-          t[0][j] = d0[c] - d2[c];
-          t[1][j] = d1[c] + d2[c];
-          t[2][j] = d2[c] - d1[c];
-          t[3][j] = d1[c] - d3[c];
+          const T d0 = d[j * C + c], d1 = d[rs + j * C + c], d2 = d[2 * rs + j * C + c], d3 = d[3 * rs + j * C + c];
+          t[0][j] = d0 - d2;
+          t[1][j] = d1 + d2;
+          t[2][j] = d2 - d1;
+          t[3][j] = d1 - d3;
         }
         for (int64_t r = 0; r < 4; ++r) {  // (B^T d) B
-          v[(r * 4 + 0) * ves + tx] = t[r][0] - t[r][2];
-          v[(r * 4 + 1) * ves + tx] = t[r][1] + t[r][2];
-          v[(r * 4 + 2) * ves + tx] = t[r][2] - t[r][1];
-          v[(r * 4 + 3) * ves + tx] = t[r][1] - t[r][3];
+          v[(r * 4 + 0) * ves + c] = t[r][0] - t[r][2];
+          v[(r * 4 + 1) * ves + c] = t[r][1] + t[r][2];
+          v[(r * 4 + 2) * ves + c] = t[r][2] - t[r][1];
+          v[(r * 4 + 3) * ves + c] = t[r][1] - t[r][3];
         }
       }
     }
@@ -146,73 +150,94 @@ FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, c
 // would map all 16 streams of the transforms onto the same L1 cache sets.
 inline int64_t position_stride(int64_t channels, int64_t tiles) { return channels * tiles + 16; }
 
-// out = the 3x3 correlation of `images` images of `in` (in_ch channels) with the filters whose
-// transform is U (16 x out_ch x in_ch), written (not accumulated) to `out`.
-// Single-threaded: callers parallelise over images and channel groups.
+// Writes each output tile to a Sink (the epilogue of conv3x3).
 template <typename T>
-FUSEDOPS_VECTORIZE void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch, const Sink<T>& out) {
+struct SinkWriter {
+  const Sink<T>& out;
+  // The 2x2 outputs y[0..3][co] (row-major in the tile) of the out_ch channels at output row r
+  // and column col.
+  void operator()(int64_t n, int64_t r, int64_t col, int64_t out_ch, const T* const* y, bool second_row,
+                  bool second_col) const {
+    T* base = out.p + n * out.sn + (r - out.r0) * out.sh + col;
+    for (int64_t co = 0; co < out_ch; ++co) {
+      T* p = base + co * out.sc;
+      p[0] = y[0][co];
+      if (second_col) p[1] = y[1][co];
+      if (second_row) {
+        p[out.sh] = y[2][co];
+        if (second_col) p[out.sh + 1] = y[3][co];
+      }
+    }
+  }
+};
+
+// The 3x3 correlation of `images` images of `in` (in_ch channels) with the filters whose
+// transform is U (16 x in_ch x out_ch), for output rows [out.r0, out.r1) x columns [0, out.W):
+// each 2x2 output tile goes to epi(n, r, col, out_ch, y, second_row, second_col) with y[i][co]
+// its output i (row-major in the tile) of channel co (the tile's top-left output is (r, col);
+// second_row / second_col say whether its second row / column is inside). SinkWriter writes
+// the tiles (not accumulated) to `out` (conv3x3 below). Single-threaded: callers parallelise
+// over images and groups. `out.p` is not used by this function itself.
+template <typename T, typename Epilogue>
+FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch,
+                                      const Sink<T>& out, const Epilogue& epi) {
   const int64_t TR = (out.r1 - out.r0 + 1) / 2, TC = (out.W + 1) / 2;
   const int64_t row_tiles = images * TR;  // (image, tile row) pairs
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor Ut = at::from_blob(const_cast<T*>(U), {16, out_ch, in_ch}, opts);
-  std::vector<T> V, M, rows, spill(out.W + 1);
+  const at::Tensor Ut = at::from_blob(const_cast<T*>(U), {16, in_ch, out_ch}, opts);
+  std::vector<T> V, M, rows, Y(4 * out_ch);
 
   for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
     const Batch batch{out.r0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
-    const int64_t L1 = batch.L1, tiles = batch.tiles();
+    const int64_t tiles = batch.tiles();
     const int64_t ves = position_stride(in_ch, tiles), mes = position_stride(out_ch, tiles);
     V.resize(16 * ves);
     M.resize(16 * mes);
     input_transform(in, in_ch, batch, V.data(), ves, rows);
-    at::Tensor Mt = at::from_blob(M.data(), {16, out_ch, tiles}, {mes, tiles, 1}, opts);
-    at::bmm_out(Mt, Ut, at::from_blob(V.data(), {16, in_ch, tiles}, {ves, tiles, 1}, opts));
+    at::Tensor Mt = at::from_blob(M.data(), {16, tiles, out_ch}, {mes, out_ch, 1}, opts);
+    at::bmm_out(Mt, at::from_blob(V.data(), {16, tiles, in_ch}, {ves, in_ch, 1}, opts), Ut);
     // Output transform: Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
-    const int64_t full = out.W / 2;  // tiles whose two columns are both inside
-    for (int64_t co = 0; co < out_ch; ++co) {
-      for (int64_t L = L0; L < L1; ++L) {
-        const int64_t n = L / TR, ty = L % TR;
-        const int64_t r = out.r0 + 2 * ty;
-        T* __restrict y0 = out.p + n * out.sn + co * out.sc + (r - out.r0) * out.sh;
-        // The second output row of the last tile row may be outside: write it to a dummy row.
-        T* __restrict y1 = r + 1 < out.r1 ? y0 + out.sh : spill.data();
-        const T* __restrict m = M.data() + co * tiles + (L - L0) * TC;
-        const auto tile = [&](int64_t tx, T y[2][2]) {
+    for (int64_t L = batch.L0; L < batch.L1; ++L) {
+      const int64_t n = L / TR, ty = L % TR, r = out.r0 + 2 * ty;
+      const bool second_row = r + 1 < out.r1;
+      for (int64_t tx = 0; tx < TC; ++tx) {
+        const T* __restrict m = M.data() + ((L - batch.L0) * TC + tx) * out_ch;
+        const int64_t col = 2 * tx;
+        const bool second_col = col + 1 < out.W;
+        T* __restrict y00 = Y.data();
+        T* __restrict y01 = y00 + out_ch;
+        T* __restrict y10 = y01 + out_ch;
+        T* __restrict y11 = y10 + out_ch;
+#pragma omp simd
+        for (int64_t co = 0; co < out_ch; ++co) {
           T s[2][4];  // A^T m
           for (int64_t j = 0; j < 4; ++j) {
-            const T m0 = m[(0 + j) * mes + tx], m1 = m[(4 + j) * mes + tx];
-            const T m2 = m[(8 + j) * mes + tx], m3 = m[(12 + j) * mes + tx];
+            const T m0 = m[(0 + j) * mes + co], m1 = m[(4 + j) * mes + co];
+            const T m2 = m[(8 + j) * mes + co], m3 = m[(12 + j) * mes + co];
             s[0][j] = m0 + m1 + m2;
             s[1][j] = m1 - m2 - m3;
           }
-          for (int64_t i = 0; i < 2; ++i) {
-            y[i][0] = s[i][0] + s[i][1] + s[i][2];
-            y[i][1] = s[i][1] - s[i][2] - s[i][3];
-          }
-        };
-#pragma omp simd
-        for (int64_t tx = 0; tx < full; ++tx) {
-          T y[2][2];
-          tile(tx, y);
-          y0[2 * tx] = y[0][0];
-          y0[2 * tx + 1] = y[0][1];
-          y1[2 * tx] = y[1][0];
-          y1[2 * tx + 1] = y[1][1];
+          y00[co] = s[0][0] + s[0][1] + s[0][2];
+          y01[co] = s[0][1] - s[0][2] - s[0][3];
+          y10[co] = s[1][0] + s[1][1] + s[1][2];
+          y11[co] = s[1][1] - s[1][2] - s[1][3];
         }
-        if (full < TC) {  // odd width: the last tile has one column inside
-          T y[2][2];
-          tile(full, y);
-          y0[2 * full] = y[0][0];
-          y1[2 * full] = y[1][0];
-        }
+        const T* const y[4] = {y00, y01, y10, y11};
+        epi(n, r, col, out_ch, y, second_row, second_col);
       }
     }
   }
 }
 
+template <typename T>
+void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch, const Sink<T>& out) {
+  conv3x3_tiles(in, images, in_ch, U, out_ch, out, SinkWriter<T>{out});
+}
+
 // The weight gradient of the correlation above. With Y = A^T [U . V] A per tile and
 // U = G g G^T, the chain rule gives  dL/dg = G^T [ sum_t (A dY_t A^T) . V_t ] G,  so
-//   S[e] (out_ch x in_ch) += sum_t D[e][:, t] V[e][:, t]^T,   D[e][co][t] = (A dY_t A^T)[e],
+//   S[e] (out_ch x in_ch) += sum_t D[e][t, :]^T V[e][t, :],   D[e][t][co] = (A dY_t A^T)[e],
 // 16 GEMMs over the tiles, and weight_grad_from_sums turns S into the 3x3 gradients.
 // `grad` is the output gradient (rows [0, H) x columns [0, W) of `out_ch` channels, pt = pl = 0);
 // S (16 x out_ch x in_ch) is accumulated into.
@@ -224,7 +249,8 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor St = at::from_blob(S, {16, out_ch, in_ch}, opts);
-  std::vector<T> V, D, rows, zero(TC * 2 + 2, T(0));
+  const int64_t rs = 2 * TC * out_ch;  // one gathered gradient row: 2 * TC columns x out_ch
+  std::vector<T> V, D, rows, grows(2 * rs);
 
   for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
     const Batch batch{0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
@@ -233,33 +259,47 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
     V.resize(16 * ves);
     D.resize(16 * des);
     input_transform(in, in_ch, batch, V.data(), ves, rows);
-    // D[e][co][t] = (A d A^T)[e], d the 2x2 gradient block (zero outside),
-    // A = [[1, 0], [1, 1], [1, -1], [0, -1]].
-    for (int64_t co = 0; co < out_ch; ++co) {
-      for (int64_t L = batch.L0; L < batch.L1; ++L) {
-        const int64_t n = L / TR, ty = L % TR;
-        const T* g0 = grad.p + n * grad.sn + co * grad.sc + 2 * ty * grad.sh;
-        const T* g1 = 2 * ty + 1 < grad.H ? g0 + grad.sh : zero.data();
-        T* __restrict d = D.data() + co * tiles + (L - batch.L0) * TC;
-        for (int64_t tx = 0; tx < TC; ++tx) {
-          const int64_t c = 2 * tx;
-          const bool second = c + 1 < grad.W;
-          const T a = g0[c * grad.sw], bb = second ? g0[(c + 1) * grad.sw] : T(0);
-          const T cc = g1 == zero.data() ? T(0) : g1[c * grad.sw];
-          const T dd = g1 == zero.data() || !second ? T(0) : g1[(c + 1) * grad.sw];
+    // D[e][t][co] = (A d A^T)[e], d the 2x2 gradient block (zero outside),
+    // A = [[1, 0], [1, 1], [1, -1], [0, -1]]. The block's two rows are gathered first.
+    for (int64_t L = batch.L0; L < batch.L1; ++L) {
+      const int64_t n = L / TR, ty = L % TR;
+      for (int64_t i = 0; i < 2; ++i) {
+        T* row = grows.data() + i * rs;
+        const int64_t r = 2 * ty + i;
+        if (r >= grad.H) {
+          std::fill(row, row + rs, T(0));
+          continue;
+        }
+        std::fill(row + grad.W * out_ch, row + rs, T(0));
+        const T* src = grad.p + n * grad.sn + r * grad.sh;
+        if (grad.sc == 1) {  // channels innermost already: one copy per column
+          for (int64_t c = 0; c < grad.W; ++c) std::copy(src + c * grad.sw, src + c * grad.sw + out_ch, row + c * out_ch);
+        } else {
+          for (int64_t co = 0; co < out_ch; ++co) {
+            const T* g = src + co * grad.sc;
+            for (int64_t c = 0; c < grad.W; ++c) row[c * out_ch + co] = g[c * grad.sw];
+          }
+        }
+      }
+      for (int64_t tx = 0; tx < TC; ++tx) {
+        const T* __restrict g = grows.data() + 2 * tx * out_ch;
+        T* __restrict d = D.data() + ((L - batch.L0) * TC + tx) * out_ch;
+#pragma omp simd
+        for (int64_t co = 0; co < out_ch; ++co) {
+          const T a = g[co], bb = g[out_ch + co], cc = g[rs + co], dd = g[rs + out_ch + co];
           const T z[4][2] = {{a, bb}, {a + cc, bb + dd}, {a - cc, bb - dd}, {-cc, -dd}};  // A d
           for (int64_t r = 0; r < 4; ++r) {  // (A d) A^T
-            d[(r * 4 + 0) * des + tx] = z[r][0];
-            d[(r * 4 + 1) * des + tx] = z[r][0] + z[r][1];
-            d[(r * 4 + 2) * des + tx] = z[r][0] - z[r][1];
-            d[(r * 4 + 3) * des + tx] = -z[r][1];
+            d[(r * 4 + 0) * des + co] = z[r][0];
+            d[(r * 4 + 1) * des + co] = z[r][0] + z[r][1];
+            d[(r * 4 + 2) * des + co] = z[r][0] - z[r][1];
+            d[(r * 4 + 3) * des + co] = -z[r][1];
           }
         }
       }
     }
-    const at::Tensor Dt = at::from_blob(D.data(), {16, out_ch, tiles}, {des, tiles, 1}, opts);
-    const at::Tensor Vt = at::from_blob(V.data(), {16, in_ch, tiles}, {ves, tiles, 1}, opts);
-    St.baddbmm_(Dt, Vt.transpose(1, 2));
+    const at::Tensor Dt = at::from_blob(D.data(), {16, tiles, out_ch}, {des, out_ch, 1}, opts);
+    const at::Tensor Vt = at::from_blob(V.data(), {16, tiles, in_ch}, {ves, in_ch, 1}, opts);
+    St.baddbmm_(Dt.transpose(1, 2), Vt);
   }
 }
 
