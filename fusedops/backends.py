@@ -117,7 +117,8 @@ class NativeBackend(Backend):
 
 
 class CppBackend(NativeBackend):
-    """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors.
+    """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors, and
+    bfloat16 (CPU autocast) through the float32 kernels.
 
     The linear kernels use the same BLAS as eager (plus a fused activation pass), so
     automatic choice never takes this backend for linear: it has not been measured faster.
@@ -130,21 +131,24 @@ class CppBackend(NativeBackend):
         return _native.LOAD_ERROR
 
     # Measured on a 2-core CPU (benchmarks/NOTES.md): the fused kernel beats eager on pooled
-    # layers with few input channels (the first layer of a CNN) and on pooled 3x3 stride-1
-    # layers with enough channels for its Winograd path (csrc/cpu/winograd.h), forward and
-    # backward. Without pooling, or on other wide layers (im2col GEMMs), oneDNN is faster.
+    # layers with few input channels (the first layer of a CNN) and, in float32/float64, on
+    # pooled 3x3 stride-1 layers with enough channels for its Winograd path
+    # (csrc/cpu/winograd.h), forward and backward. Without pooling, or on other wide layers
+    # (im2col GEMMs), oneDNN is faster.
     MAX_AUTO_IN_CHANNELS = 4
 
     def auto_eligible(self, op, facts):
         if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
             return False
         few_channels = int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS
-        return few_channels or bool(facts.get("winograd"))
+        # bfloat16 runs the float32 kernels on copies: on the Winograd layers that lost to
+        # oneDNN's native bf16 conv in forward+backward, on the first layers it still won.
+        return few_channels or (bool(facts.get("winograd")) and facts.get("dtype") != torch.bfloat16)
 
     def unsupported_reasons(self, tensors):
         reasons = super().unsupported_reasons(tensors)
-        if not reasons and tensors[0].dtype not in (torch.float32, torch.float64):
-            reasons.append(f"'cpp' supports float32 and float64 tensors, got {tensors[0].dtype}")
+        if not reasons and tensors[0].dtype not in (torch.float32, torch.float64, torch.bfloat16):
+            reasons.append(f"'cpp' supports float32, float64 and bfloat16 tensors, got {tensors[0].dtype}")
         return reasons
 
 
@@ -317,7 +321,7 @@ def _conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
         and p.dilation == (1, 1)
         and min(weight.shape[0] // p.groups, weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
     )
-    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool, "winograd": winograd}
+    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool, "winograd": winograd, "dtype": weight.dtype}
 
 
 # ---- implementations of the graph-level ops: resolve the backend, run it ----------------

@@ -62,7 +62,8 @@ def _native_args(x, w, b=None, **kwargs):
         (lambda: _native_args(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 3, 3)), "smaller than the dilated kernel"),
         (lambda: _native_args(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), pool_kernel_size=3),
          "too small for the pool"),
-        (lambda: _native_args(torch.randn(1, 3, 8, 8).half(), torch.randn(2, 3, 3, 3).half()), "float32 and float64"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8).half(), torch.randn(2, 3, 3, 3).half()),
+         "float32, float64 and bfloat16"),
         (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3).double()), "weight has dtype"),
     ],
     ids=["channels", "bias", "rank", "kernel", "pool", "dtype", "mixed"],
@@ -137,5 +138,40 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     assert backends.select("", winograd, op, backends._conv_facts(winograd[1], unpooled)).name == "reference"
     assert backends.select("", small, op, backends._conv_facts(small[1], unpooled)).name == "reference"
     low = [t.bfloat16() for t in small]
+    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "cpp"
+    low = [t.bfloat16() for t in winograd]
+    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"
+    low = [t.half() for t in small]
     assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"
     assert backends.select("", [torch.randn(2, 3), torch.randn(4, 3)], "linear").name == "reference"
+
+
+@pytest.mark.parametrize("channels", [3, 16])  # im2col path, Winograd path
+def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
+    """bf16 (CPU autocast) goes through the float32 kernels: outputs and gradients equal the
+    float32 results on the same bf16 values, rounded to bf16."""
+    x = torch.randn(2, channels, 9, 8).bfloat16()
+    w = torch.randn(16, channels, 3, 3).bfloat16()
+    b = torch.randn(16).bfloat16()
+    low = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = [t.float().requires_grad_() for t in (x, w, b)]
+    out = fusedops.conv_relu_maxpool2d(*low, padding=1, backend="cpp")
+    want = fusedops.conv_relu_maxpool2d(*ref, padding=1, backend="cpp")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want.bfloat16(), atol=0, rtol=0)
+    g = torch.randn(out.shape).bfloat16()
+    out.backward(g)
+    want.backward(g.float())
+    for got, exp in zip(low, ref):
+        assert got.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(got.grad, exp.grad.bfloat16(), atol=0, rtol=0)
+    lx, lw = torch.randn(5, 7).bfloat16().requires_grad_(), torch.randn(4, 7).bfloat16().requires_grad_()
+    fx, fw = lx.detach().float().requires_grad_(), lw.detach().float().requires_grad_()
+    y = fusedops.linear(lx, lw, activation="gelu", backend="cpp")
+    z = fusedops.linear(fx, fw, activation="gelu", backend="cpp")
+    torch.testing.assert_close(y, z.bfloat16(), atol=0, rtol=0)
+    y.sum().backward()
+    z.sum().backward()
+    # the saved pre-activation is rounded to bf16, so the gradients agree to bf16 precision
+    torch.testing.assert_close(lx.grad, fx.grad.bfloat16(), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(lw.grad, fw.grad.bfloat16(), atol=1e-2, rtol=1e-2)

@@ -563,6 +563,16 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   }
 }
 
+// float32 and float64 run natively; bfloat16 (CPU autocast's dtype) runs the float32 kernels
+// on float32 copies and rounds the results back, like an fp32-accumulating bf16 kernel.
+void check_cpu_dtype(const at::Tensor& input) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
+              "the cpp backend supports float32, float64 and bfloat16 input, got ", t);
+}
+
+at::Tensor to_float(const at::Tensor& t) { return t.to(at::kFloat); }
+
 void check_float_cpu(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
@@ -581,10 +591,16 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, bool pool_ceil_mode) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  check_cpu_dtype(input);
   check_float_cpu(input, "input", input);
   check_float_cpu(weight, "weight", input);
+  if (input.scalar_type() == at::kBFloat16) {
+    if (bias.has_value() && bias->defined()) check_float_cpu(*bias, "bias", input);
+    auto [out, offsets] = conv_block_forward_cpu(
+        to_float(input), to_float(weight), bias.has_value() && bias->defined() ? std::optional(to_float(*bias)) : bias,
+        stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding, pool_dilation, pool_ceil_mode);
+    return {out.to(at::kBFloat16), offsets};
+  }
   Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
                              pool_padding, pool_dilation, pool_ceil_mode);
   std::optional<at::Tensor> b;
@@ -610,11 +626,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, std::array<bool, 3> output_mask) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  check_cpu_dtype(input);
   check_float_cpu(input, "input", input);
   check_float_cpu(weight, "weight", input);
   check_float_cpu(grad_output, "grad_output", input);
+  if (input.scalar_type() == at::kBFloat16) {
+    auto grads = conv_block_backward_cpu(to_float(grad_output), to_float(input), to_float(weight), offsets, stride,
+                                         padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
+                                         pool_dilation, output_mask);
+    return {std::get<0>(grads).to(at::kBFloat16), std::get<1>(grads).to(at::kBFloat16),
+            std::get<2>(grads).to(at::kBFloat16)};
+  }
   const Geometry g = make_backward_geometry(grad_output, input, weight, offsets, stride, padding, dilation, groups,
                                             pool_kernel_size, pool_stride, pool_padding, pool_dilation);
   const auto empty = [&] { return at::empty({0}, input.options()); };

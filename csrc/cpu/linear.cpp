@@ -66,8 +66,9 @@ T activation_grad(T z, Act act) {  // gelu, gelu_tanh, silu
 }
 
 void check_inputs(const at::Tensor& input, const at::Tensor& weight) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "the cpp backend supports float32 and float64 input, got ", input.scalar_type());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
+                  input.scalar_type() == at::kBFloat16,
+              "the cpp backend supports float32, float64 and bfloat16 input, got ", input.scalar_type());
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "input and weight must be CPU tensors");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight has dtype ", weight.scalar_type(),
               " but input has dtype ", input.scalar_type());
@@ -88,6 +89,15 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
                                                       c10::string_view activation) {
   check_inputs(input, weight);
   const Act act = parse_activation(std::string(activation));
+  if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
+    if (bias.has_value() && bias->defined())
+      TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
+                  " but input has dtype ", input.scalar_type());
+    auto [y, saved] = linear_forward_cpu(
+        input.to(at::kFloat), weight.to(at::kFloat),
+        bias.has_value() && bias->defined() ? std::optional(bias->to(at::kFloat)) : bias, activation);
+    return {y.to(at::kBFloat16), saved.scalar_type() == at::kBool ? saved : saved.to(at::kBFloat16)};
+  }
   const int64_t n = weight.size(0);
   const at::Tensor x = input.reshape({-1, weight.size(1)});
   at::Tensor z;
@@ -123,6 +133,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                                                    std::array<bool, 3> output_mask) {
   check_inputs(input, weight);
   const Act act = parse_activation(std::string(activation));
+  if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
+    TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output has dtype ", grad_output.scalar_type(),
+                " but input has dtype ", input.scalar_type());
+    auto grads = linear_backward_cpu(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
+                                     saved.scalar_type() == at::kBFloat16 ? saved.to(at::kFloat) : saved, activation,
+                                     output_mask);
+    return {std::get<0>(grads).to(at::kBFloat16), std::get<1>(grads).to(at::kBFloat16),
+            std::get<2>(grads).to(at::kBFloat16)};
+  }
   const int64_t n = weight.size(0), k = weight.size(1);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(output_shape(input, n)), "grad_output must have shape ",
               output_shape(input, n), ", got ", grad_output.sizes());
