@@ -11,8 +11,10 @@
 // Winograd path (3x3 kernel, stride 1, dilation 1, >= 8 input and output channels per group:
 // the bulk of a CNN's layers). The band tile comes from Winograd F(2x2, 3x3) (winograd.h)
 // instead of im2col + GEMM, 2.25x fewer multiply-adds; a task then covers several small
-// images so that the 16 GEMMs have enough columns. The backward rebuilds each image's whole
-// conv-output gradient and gets both grad_input (a Winograd correlation with the flipped,
+// images so that the 16 GEMMs have enough columns. With MaxPool2d(2) (whole windows) each
+// 2x2 output tile is one pool window, so bias + ReLU + max run in the output transform and no
+// band tile is stored. The backward rebuilds each image's whole conv-output gradient
+// (channels innermost) and gets both grad_input (a Winograd correlation with the flipped,
 // transposed filters) and grad_weight (Winograd's weight-gradient GEMMs) from it, without
 // im2col or col2im.
 //
