@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+import fusedops
+
 ACTIVATIONS = {
     None: lambda z: z,
     "relu": F.relu,
@@ -36,3 +38,28 @@ def grads(out, inputs, grad_output):
 def leaf(t, requires_grad=True):
     """A detached copy of ``t`` (same strides) that is a leaf requiring grad."""
     return t.detach().clone(memory_format=torch.preserve_format).requires_grad_(requires_grad)
+
+
+def assert_gpu_error_at_most_twice_torch(backend, dtype, in_channels=32, tf32=False):
+    """DESIGN.md's rule on a GPU: the error of ``backend`` against the float64 oracle, for the
+    conv block (Cin -> 64, 28x28) and a GELU linear layer, is at most 2x torch's own error at
+    ``dtype`` (with torch's TF32 flags set to ``tf32`` for both)."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        x = torch.randn(8, in_channels, 28, 28, dtype=torch.float64, device="cuda")
+        w = torch.randn(64, in_channels, 3, 3, dtype=torch.float64, device="cuda") / in_channels**0.5
+        b = torch.randn(64, dtype=torch.float64, device="cuda")
+        exact = conv_block(x, w, b, padding=1)
+        low = [t.to(dtype) for t in (x, w, b)]
+        ours = fusedops.conv_relu_maxpool2d(*low, padding=1, backend=backend).double()
+        theirs = conv_block(*low, padding=1).double()
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
+        lx = torch.randn(300, 512, dtype=torch.float64, device="cuda")
+        lw = torch.randn(256, 512, dtype=torch.float64, device="cuda") / 20
+        exact = linear(lx, lw, activation="gelu")
+        ours = fusedops.linear(lx.to(dtype), lw.to(dtype), activation="gelu", backend=backend).double()
+        theirs = linear(lx.to(dtype), lw.to(dtype), activation="gelu").double()
+        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

@@ -110,22 +110,4 @@ def test_gpu_low_precision_within_twice_torch_error(dtype, tf32):
         pytest.skip("tf32 applies to float32 only")
     from tests import oracle
 
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        x = torch.randn(8, 32, 28, 28, dtype=torch.float64, device="cuda")
-        w = torch.randn(64, 32, 3, 3, dtype=torch.float64, device="cuda") / 10
-        b = torch.randn(64, dtype=torch.float64, device="cuda")
-        exact = oracle.conv_block(x, w, b, padding=1)
-        low = [t.to(dtype) for t in (x, w, b)]
-        ours = fusedops.conv_relu_maxpool2d(*low, padding=1, backend="triton").double()
-        theirs = oracle.conv_block(*low, padding=1).double()
-        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
-        lx, lw = torch.randn(300, 512, dtype=torch.float64, device="cuda"), torch.randn(256, 512, device="cuda",
-                                                                                           dtype=torch.float64) / 20
-        exact = oracle.linear(lx, lw, activation="gelu")
-        ours = fusedops.linear(lx.to(dtype), lw.to(dtype), activation="gelu", backend="triton").double()
-        theirs = oracle.linear(lx.to(dtype), lw.to(dtype), activation="gelu").double()
-        assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max() + 1e-6
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+    oracle.assert_gpu_error_at_most_twice_torch("triton", dtype, tf32=tf32)

@@ -55,6 +55,19 @@ constexpr bool kTensorCores = std::is_same<T, __half>::value || std::is_same<T, 
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Sum of every thread's v over a block of kThreadsPerBlock threads, in a fixed order
+// (deterministic); `scratch` holds kThreadsPerBlock values. Every thread gets the sum.
+template <int kThreadsPerBlock, typename A>
+__device__ A block_sum(A v, A* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kThreadsPerBlock / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) scratch[threadIdx.x] += scratch[threadIdx.x + half];
+    __syncthreads();
+  }
+  return scratch[0];
+}
+
 // Calls f(T{}) with the element type of dtype.
 template <typename F>
 cudaError_t dispatch_dtype(DType dtype, F&& f) {

@@ -200,13 +200,8 @@ __global__ void __launch_bounds__(kThreads)
     if (off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]] >= 0)
       sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
   }
-  part[threadIdx.x] = sum;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) db[c] = Num<T>::from_acc(part[0]);
+  const Acc total = block_sum<kThreads>(sum, part);
+  if (threadIdx.x == 0) db[c] = Num<T>::from_acc(total);
 }
 
 // dx[n][grp*Cg + ci][ih][iw] = sum_{co, kh, kw} w[grp*Coutg + co][ci][kh][kw] * dconv[n][grp*Coutg + co][oh][ow]

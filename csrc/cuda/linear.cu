@@ -120,13 +120,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t o = blockIdx.x;
   Acc sum = Acc(0);
   for (int64_t r = threadIdx.x; r < rows; r += kThreads) sum += Num<T>::to_acc(dz[r * cols + o]);
-  part[threadIdx.x] = sum;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) db[o] = Num<T>::from_acc(part[0]);
+  const Acc total = block_sum<kThreads>(sum, part);
+  if (threadIdx.x == 0) db[o] = Num<T>::from_acc(total);
 }
 
 int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
