@@ -22,8 +22,8 @@
 // the max when it is larger or NaN; so the first of equal maxima wins and NaN propagates.
 // A window wholly in padding gives -inf, as torch does.
 //
-// Backward (im2col path). Tasks are (image, group) so that each task owns its slice of grad_input; within
-// a task, bands are processed in order: the band's conv-output gradient `dtile` is rebuilt
+// Backward (im2col path). Tasks are (image, group) so that each task owns its slice of
+// grad_input; within a task, bands are processed in order: the band's conv-output gradient `dtile` is rebuilt
 // from the pooled gradient and the offsets (a scatter; overlapping windows add), then
 //   grad_weight_g += dtile @ col^T             (per-thread partial sums, reduced at the end)
 //   grad_input    += col2im(W_g^T @ dtile)
@@ -43,9 +43,9 @@
 #include <array>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace fusedops {
