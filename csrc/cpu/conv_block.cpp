@@ -23,8 +23,9 @@
 // A window wholly in padding gives -inf, as torch does.
 //
 // Backward (im2col path). Tasks are (image, group) so that each task owns its slice of
-// grad_input; within a task, bands are processed in order: the band's conv-output gradient `dtile` is rebuilt
-// from the pooled gradient and the offsets (a scatter; overlapping windows add), then
+// grad_input; within a task, bands are processed in order: the band's conv-output gradient
+// `dtile` is rebuilt from the pooled gradient and the offsets (a scatter; overlapping windows
+// add), then
 //   grad_weight_g += dtile @ col^T             (per-thread partial sums, reduced at the end)
 //   grad_input    += col2im(W_g^T @ dtile)
 // and grad_bias sums the pooled gradients whose ReLU was on. Deterministic for a fixed
