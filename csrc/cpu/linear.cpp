@@ -13,24 +13,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../linear_checks.h"
+
 #include <array>
 #include <cmath>
-#include <string>
 #include <tuple>
 
 namespace fusedops {
 namespace {
-
-enum class Act { None, Relu, Gelu, GeluTanh, Silu };
-
-Act parse_activation(const std::string& name) {
-  if (name.empty()) return Act::None;
-  if (name == "relu") return Act::Relu;
-  if (name == "gelu") return Act::Gelu;
-  if (name == "gelu_tanh") return Act::GeluTanh;
-  if (name == "silu") return Act::Silu;
-  TORCH_CHECK(false, "activation must be one of '', 'relu', 'gelu', 'gelu_tanh', 'silu', got '", name, "'");
-}
 
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
@@ -72,23 +62,14 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "input and weight must be CPU tensors");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight has dtype ", weight.scalar_type(),
               " but input has dtype ", input.scalar_type());
-  TORCH_CHECK(input.dim() >= 1, "input must have at least 1 dimension (..., in_features)");
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D (out_features, in_features), got ", weight.dim(), "-D");
-  TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features (last dim) but weight expects ",
-              weight.size(1));
-}
-
-std::vector<int64_t> output_shape(const at::Tensor& input, int64_t out_features) {
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
-  shape.push_back(out_features);
-  return shape;
+  check_linear_shapes(input, weight);
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias,
                                                       c10::string_view activation) {
   check_inputs(input, weight);
-  const Act act = parse_activation(std::string(activation));
+  const Act act = parse_activation(activation);
   if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
     if (bias.has_value() && bias->defined())
       TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
@@ -109,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
   } else {
     z = at::mm(x, weight.t());
   }
-  const auto shape = output_shape(input, n);
+  const auto shape = linear_output_shape(input, n);
   if (act == Act::None) return {z.view(shape), at::empty({0}, input.options())};
   at::Tensor y = at::empty_like(z);
   at::Tensor saved = act == Act::Relu ? at::empty(z.sizes(), input.options().dtype(at::kBool)) : z;
@@ -132,10 +113,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                                                    const at::Tensor& saved, c10::string_view activation,
                                                                    std::array<bool, 3> output_mask) {
   check_inputs(input, weight);
-  const Act act = parse_activation(std::string(activation));
+  const Act act = parse_activation(activation);
+  check_linear_backward_args(grad_output, input, weight, saved, act, activation);
   if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
-    TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output has dtype ", grad_output.scalar_type(),
-                " but input has dtype ", input.scalar_type());
     auto grads = linear_backward_cpu(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
                                      saved.scalar_type() == at::kBFloat16 ? saved.to(at::kFloat) : saved, activation,
                                      output_mask);
@@ -143,15 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
             std::get<2>(grads).to(at::kBFloat16)};
   }
   const int64_t n = weight.size(0), k = weight.size(1);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(output_shape(input, n)), "grad_output must have shape ",
-              output_shape(input, n), ", got ", grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(), "grad_output has dtype ", grad_output.scalar_type(),
-              " but input has dtype ", input.scalar_type());
   at::Tensor dz = grad_output.reshape({-1, n});
   if (act != Act::None) {
-    TORCH_CHECK(saved.numel() == dz.numel(), "saved must have the shape of grad_output, got ", saved.sizes());
-    TORCH_CHECK(saved.scalar_type() == (act == Act::Relu ? at::kBool : input.scalar_type()),
-                "saved has dtype ", saved.scalar_type(), ", which does not fit activation '", std::string(activation), "'");
     const at::Tensor g = dz.contiguous();
     const at::Tensor s = saved.contiguous();
     dz = at::empty_like(g);

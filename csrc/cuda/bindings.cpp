@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "../conv_checks.h"
+#include "../linear_checks.h"
 #include "kernels.h"
 
 namespace fusedops {
@@ -121,37 +122,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
   return {gi, gw, gb};
 }
 
-cuda::Act parse_activation(c10::string_view activation) {
-  const std::string name(activation);
-  if (name.empty()) return cuda::Act::None;
-  if (name == "relu") return cuda::Act::Relu;
-  if (name == "gelu") return cuda::Act::Gelu;
-  if (name == "gelu_tanh") return cuda::Act::GeluTanh;
-  if (name == "silu") return cuda::Act::Silu;
-  TORCH_CHECK(false, "activation must be one of '', 'relu', 'gelu', 'gelu_tanh', 'silu', got '", name, "'");
-}
-
 void check_linear(const at::Tensor& input, const at::Tensor& weight) {
   dtype_of(input);
   check_like_input(input, "input", input);
   check_like_input(weight, "weight", input);
-  TORCH_CHECK(input.dim() >= 1, "input must have at least 1 dimension (..., in_features)");
-  TORCH_CHECK(weight.dim() == 2, "weight must be 2-D (out_features, in_features), got ", weight.dim(), "-D");
-  TORCH_CHECK(input.size(-1) == weight.size(1), "input has ", input.size(-1), " features (last dim) but weight expects ",
-              weight.size(1));
-}
-
-std::vector<int64_t> linear_output_shape(const at::Tensor& input, int64_t out_features) {
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
-  shape.push_back(out_features);
-  return shape;
+  check_linear_shapes(input, weight);
 }
 
 std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                                        const std::optional<at::Tensor>& bias,
                                                        c10::string_view activation) {
   check_linear(input, weight);
-  const cuda::Act act = parse_activation(activation);
+  const Act act = parse_activation(activation);
   const int64_t out_f = weight.size(0), in_f = weight.size(1);
   const auto b = checked_bias(bias, out_f, input);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -160,8 +142,8 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, 
   const int64_t rows = x.size(0);
   const auto shape = linear_output_shape(input, out_f);
   at::Tensor y = at::empty({rows, out_f}, input.options());
-  at::Tensor saved = act == cuda::Act::None ? at::empty({0}, input.options())
-                     : act == cuda::Act::Relu ? at::empty({rows, out_f}, input.options().dtype(at::kBool))
+  at::Tensor saved = act == Act::None ? at::empty({0}, input.options())
+                     : act == Act::Relu ? at::empty({rows, out_f}, input.options().dtype(at::kBool))
                                               : at::empty({rows, out_f}, input.options());
   if (y.numel() > 0) {
     C10_CUDA_CHECK(cuda::linear_forward(dtype_of(input), act, rows, in_f, out_f, x.const_data_ptr(),
@@ -169,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, 
                                         saved.numel() ? saved.mutable_data_ptr() : nullptr,
                                         c10::cuda::getCurrentCUDAStream().stream()));
   }
-  return {y.view(shape), act == cuda::Act::None ? saved : saved.view(shape)};
+  return {y.view(shape), act == Act::None ? saved : saved.view(shape)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Tensor& grad_output,
@@ -179,21 +161,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
                                                                     std::array<bool, 3> output_mask) {
   check_linear(input, weight);
   check_like_input(grad_output, "grad_output", input);
-  const cuda::Act act = parse_activation(activation);
+  const Act act = parse_activation(activation);
   const int64_t out_f = weight.size(0), in_f = weight.size(1);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(linear_output_shape(input, out_f)), "grad_output must have shape ",
-              linear_output_shape(input, out_f), ", got ", grad_output.sizes());
-  if (act != cuda::Act::None) {
-    TORCH_CHECK(saved.numel() == grad_output.numel(), "saved must have the shape of grad_output, got ", saved.sizes());
-    TORCH_CHECK(saved.scalar_type() == (act == cuda::Act::Relu ? at::kBool : input.scalar_type()), "saved has dtype ",
-                saved.scalar_type(), ", which does not fit activation '", std::string(activation), "'");
-    TORCH_CHECK(saved.device() == input.device(), "saved is on ", saved.device(), " but input is on ", input.device());
-  }
+  check_linear_backward_args(grad_output, input, weight, saved, act, activation);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.reshape({-1, in_f}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor g = grad_output.reshape({-1, out_f}).contiguous();
-  const at::Tensor s = act == cuda::Act::None ? saved : saved.reshape({-1, out_f}).contiguous();
+  const at::Tensor s = act == Act::None ? saved : saved.reshape({-1, out_f}).contiguous();
   const int64_t rows = x.size(0);
   const auto empty = [&] { return at::empty({0}, input.options()); };
   at::Tensor gi = output_mask[0] ? at::empty({rows, in_f}, input.options()) : empty();
@@ -207,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
     const cuda::DType dtype = dtype_of(input);
     const at::Tensor ws = workspace(cuda::linear_backward_workspace(dtype, act, rows, in_f, out_f, output_mask[1]), input);
     C10_CUDA_CHECK(cuda::linear_backward(dtype, act, rows, in_f, out_f, g.const_data_ptr(), x.const_data_ptr(),
-                                         w.const_data_ptr(), act == cuda::Act::None ? nullptr : s.const_data_ptr(),
+                                         w.const_data_ptr(), act == Act::None ? nullptr : s.const_data_ptr(),
                                          output_mask[0] ? gi.mutable_data_ptr() : nullptr,
                                          output_mask[1] ? gw.mutable_data_ptr() : nullptr,
                                          output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(),

@@ -12,13 +12,14 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../activation.h"
 #include "../conv_geometry.h"
 
 namespace fusedops {
 namespace cuda {
 
 enum class DType { Float, Double, Half, BFloat16 };
-enum class Act { None, Relu, Gelu, GeluTanh, Silu };
+using fusedops::Act;  // csrc/activation.h
 
 // Element strides of a 4-D tensor.
 struct Strides4 {
