@@ -6,6 +6,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <tuple>
+
 #include "conv_geometry.h"
 
 namespace fusedops {
@@ -109,6 +112,28 @@ inline Geometry make_backward_geometry(const at::Tensor& grad_output, const at::
               "grad_output's spatial size ", grad_output.sizes().slice(2), " does not fit the conv output (", g.OH,
               " x ", g.OW, ")");
   return g;
+}
+
+// The backward's outputs, allocated: grad_input (zero-filled when `zero_input`, for kernels
+// that accumulate into it; NCHW-contiguous), grad_weight, grad_bias; an unrequested one is an
+// empty tensor. When no gradient can flow (no image, or an empty grad_output) all three are
+// zero and the caller launches nothing: the returned flag is false.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> allocate_conv_block_grads(
+    const Geometry& g, const at::TensorOptions& options, std::array<bool, 3> output_mask, bool zero_input) {
+  const bool flows = g.N > 0 && g.PH > 0 && g.PW > 0;
+  const auto make = [&](bool wanted, at::IntArrayRef shape, bool zero) {
+    if (!wanted) return at::empty({0}, options);
+    return zero || !flows ? at::zeros(shape, options) : at::empty(shape, options);
+  };
+  return {make(output_mask[0], {g.N, g.C, g.H, g.W}, zero_input), make(output_mask[1], {g.Cout, g.Cg, g.KH, g.KW}, false),
+          make(output_mask[2], {g.Cout}, false), flows};
+}
+
+// grad_input in the memory format of the input (the kernels write it NCHW-contiguous).
+inline at::Tensor in_input_format(const at::Tensor& grad_input, const at::Tensor& input) {
+  return grad_input.numel() > 0 && output_format(input) == at::MemoryFormat::ChannelsLast
+             ? grad_input.contiguous(at::MemoryFormat::ChannelsLast)
+             : grad_input;
 }
 
 }  // namespace fusedops

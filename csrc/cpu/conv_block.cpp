@@ -642,17 +642,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
   }
   const Geometry g = make_backward_geometry(grad_output, input, weight, offsets, stride, padding, dilation, groups,
                                             pool_kernel_size, pool_stride, pool_padding, pool_dilation);
-  const auto empty = [&] { return at::empty({0}, input.options()); };
   // The Winograd path writes every element of grad_input; the im2col path accumulates into it.
-  at::Tensor gi = !output_mask[0] ? empty()
-                  : g.winograd    ? at::empty({g.N, g.C, g.H, g.W}, input.options())
-                                  : at::zeros({g.N, g.C, g.H, g.W}, input.options());
-  at::Tensor gw = output_mask[1] ? at::empty({g.Cout, g.Cg, g.KH, g.KW}, input.options()) : empty();
-  at::Tensor gb = output_mask[2] ? at::empty({g.Cout}, input.options()) : empty();
-  if (g.N == 0) {
-    if (output_mask[1]) gw.zero_();
-    if (output_mask[2]) gb.zero_();
-  } else {
+  at::Tensor gi, gw, gb;
+  bool flows;  // (not a structured binding: the kernel lambda captures these)
+  std::tie(gi, gw, gb, flows) = allocate_conv_block_grads(g, input.options(), output_mask, !g.winograd);
+  if (flows) {
     const at::Tensor w = weight.contiguous();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_block_backward_cpu", [&] {
       FUSEDOPS_DISPATCH_OFFSETS(offsets.scalar_type(), [&] {
@@ -660,8 +654,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
       })
     });
   }
-  if (output_mask[0] && output_format(input) == at::MemoryFormat::ChannelsLast)
-    gi = gi.contiguous(at::MemoryFormat::ChannelsLast);
+  gi = in_input_format(gi, input);
   return {gi, gw, gb};
 }
 

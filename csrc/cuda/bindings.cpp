@@ -100,15 +100,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
                                                                   dilation, groups, pool_kernel_size, pool_stride,
                                                                   pool_padding, pool_dilation));
   const c10::cuda::CUDAGuard guard(input.device());
-  const auto empty = [&] { return at::empty({0}, input.options()); };
-  at::Tensor gi = output_mask[0] ? at::empty({g.N, g.C, g.H, g.W}, input.options()) : empty();
-  at::Tensor gw = output_mask[1] ? at::empty({g.Cout, g.Cg, g.KH, g.KW}, input.options()) : empty();
-  at::Tensor gb = output_mask[2] ? at::empty({g.Cout}, input.options()) : empty();
-  if (g.N == 0 || g.PH == 0 || g.PW == 0) {  // nothing flows back
-    if (output_mask[1]) gw.zero_();
-    if (output_mask[2]) gb.zero_();
-    if (output_mask[0]) gi.zero_();
-  } else {
+  at::Tensor gi, gw, gb;
+  bool flows;
+  std::tie(gi, gw, gb, flows) = allocate_conv_block_grads(g, input.options(), output_mask, false);
+  if (flows) {
     const at::Tensor w = weight.contiguous();
     const at::Tensor ws = workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[1]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
@@ -117,8 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
         output_mask[0] ? gi.mutable_data_ptr() : nullptr, output_mask[1] ? gw.mutable_data_ptr() : nullptr,
         output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
   }
-  if (output_mask[0] && output_format(input) == at::MemoryFormat::ChannelsLast)
-    gi = gi.contiguous(at::MemoryFormat::ChannelsLast);
+  gi = in_input_format(gi, input);
   return {gi, gw, gb};
 }
 
