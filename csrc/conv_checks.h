@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 
 #include "conv_geometry.h"
@@ -86,31 +87,66 @@ inline at::MemoryFormat output_format(const at::Tensor& t) {
                                                                                  : at::MemoryFormat::Contiguous;
 }
 
-// The geometry of a backward call, checking grad_output and offsets against it. ceil_mode only
-// changes the output size, which grad_output carries: it is taken from there (checked against
-// the ceil-mode size, the larger of the two).
+// The geometry of a call that gets the block's output size from a tensor of that shape
+// (`pooled`: grad_output in the backward, offsets in the tangent), checking `offsets` against
+// it. ceil_mode only changes the output size, so it is taken from there: checked against the
+// ceil-mode size, the larger of the two (without pooling it must be the conv output's size).
+inline Geometry make_pooled_geometry(const at::Tensor& pooled, const char* pooled_name, const at::Tensor& input,
+                                     const at::Tensor& weight, const at::Tensor& offsets, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                                     at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
+  Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+                             pool_padding, pool_dilation, true);
+  TORCH_CHECK(pooled.dim() == 4 && pooled.size(0) == g.N && pooled.size(1) == g.Cout, pooled_name,
+              " must have shape (", g.N, ", ", g.Cout, ", PH, PW), got ", pooled.sizes());
+  if (g.pool) {
+    g.PH = pooled.size(2);
+    g.PW = pooled.size(3);
+  }
+  TORCH_CHECK(offsets.sizes() == pooled.sizes(), "offsets must have the shape of ", pooled_name, " ",
+              pooled.sizes(), ", got ", offsets.sizes());
+  TORCH_CHECK(offsets.scalar_type() == offsets_dtype(g), "offsets must have dtype ", offsets_dtype(g), ", got ",
+              offsets.scalar_type());
+  TORCH_CHECK(pooled.size(2) == g.PH && pooled.size(3) == g.PW &&
+                  g.PH <= pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, true) &&
+                  g.PW <= pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, true),
+              pooled_name, "'s spatial size ", pooled.sizes().slice(2), " does not fit the conv output (", g.OH,
+              " x ", g.OW, ")");
+  return g;
+}
+
+// The geometry of a backward call, checking grad_output and offsets against it.
 inline Geometry make_backward_geometry(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                                        const at::Tensor& offsets, at::IntArrayRef stride, at::IntArrayRef padding,
                                        at::IntArrayRef dilation, int64_t groups, at::IntArrayRef pool_kernel_size,
                                        at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
                                        at::IntArrayRef pool_dilation) {
-  Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
-                             pool_padding, pool_dilation, true);
-  TORCH_CHECK(grad_output.dim() == 4, "grad_output must be 4-D (N, Cout, PH, PW), got ", grad_output.dim(), "-D");
-  if (g.pool) {
-    g.PH = grad_output.size(2);
-    g.PW = grad_output.size(3);
-  }
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == g.N && grad_output.size(1) == g.Cout,
-              "grad_output must have shape (", g.N, ", ", g.Cout, ", PH, PW), got ", grad_output.sizes());
-  TORCH_CHECK(offsets.sizes() == grad_output.sizes(), "offsets must have the shape of grad_output ",
-              grad_output.sizes(), ", got ", offsets.sizes());
-  TORCH_CHECK(offsets.scalar_type() == offsets_dtype(g), "offsets must have dtype ", offsets_dtype(g), ", got ",
-              offsets.scalar_type());
-  TORCH_CHECK(g.PH <= pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, true) &&
-                  g.PW <= pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, true),
-              "grad_output's spatial size ", grad_output.sizes().slice(2), " does not fit the conv output (", g.OH,
-              " x ", g.OW, ")");
+  return make_pooled_geometry(grad_output, "grad_output", input, weight, offsets, stride, padding, dilation, groups,
+                              pool_kernel_size, pool_stride, pool_padding, pool_dilation);
+}
+
+// A tangent of the block's tangent op, when given, has the shape of its primal.
+inline void check_tangent_shape(const std::optional<at::Tensor>& tangent, const char* name, at::IntArrayRef shape) {
+  if (tangent.has_value() && tangent->defined())
+    TORCH_CHECK(tangent->sizes() == shape, name, " must have shape ", shape, ", got ", tangent->sizes());
+}
+
+// The geometry of a tangent call (native_conv_block_jvp): the output size comes from the
+// offsets, and each tangent given has its primal's shape.
+inline Geometry make_jvp_geometry(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+                                  const std::optional<at::Tensor>& input_tangent,
+                                  const std::optional<at::Tensor>& weight_tangent,
+                                  const std::optional<at::Tensor>& bias_tangent, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                  at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                                  at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
+  TORCH_CHECK(offsets.dim() == 4, "offsets must be 4-D (N, Cout, PH, PW), got ", offsets.dim(), "-D");
+  Geometry g = make_pooled_geometry(offsets, "offsets", input, weight, offsets, stride, padding, dilation, groups,
+                                    pool_kernel_size, pool_stride, pool_padding, pool_dilation);
+  check_tangent_shape(input_tangent, "input_tangent", input.sizes());
+  check_tangent_shape(weight_tangent, "weight_tangent", weight.sizes());
+  check_tangent_shape(bias_tangent, "bias_tangent", {g.Cout});
   return g;
 }
 

@@ -13,6 +13,8 @@
 //                    window's max inside the pool window, or -1 when ReLU is off there
 //   output_mask      which of (grad_input, grad_weight, grad_bias) to compute; an
 //                    unneeded gradient is returned as an empty tensor
+//   *_tangent        conv_block_jvp: directions of input, weight and bias (None = zero); the
+//                    result is the output's tangent with the offsets held fixed
 
 #include <Python.h>
 #include <torch/library.h>
@@ -27,6 +29,11 @@ TORCH_LIBRARY(fusedops, m) {
       "Tensor offsets, int[2] stride, int[4] padding, int[2] dilation, int groups, "
       "int[] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, int[2] pool_dilation, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "native_conv_block_jvp(Tensor input, Tensor weight, Tensor offsets, Tensor? input_tangent, "
+      "Tensor? weight_tangent, Tensor? bias_tangent, int[2] stride, int[4] padding, int[2] dilation, "
+      "int groups, int[] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, int[2] pool_dilation) "
+      "-> Tensor");
   m.def(
       "native_linear_forward(Tensor input, Tensor weight, Tensor? bias, str activation) "
       "-> (Tensor, Tensor)");

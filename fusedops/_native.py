@@ -31,5 +31,6 @@ def loaded() -> bool:
 if loaded():
     torch.library.register_fake("fusedops::native_conv_block_forward", conv_block.fake_forward)
     torch.library.register_fake("fusedops::native_conv_block_backward", conv_block.fake_backward)
+    torch.library.register_fake("fusedops::native_conv_block_jvp", conv_block.fake_jvp)
     torch.library.register_fake("fusedops::native_linear_forward", linear.fake_forward)
     torch.library.register_fake("fusedops::native_linear_backward", linear.fake_backward)

@@ -68,6 +68,10 @@ class Backend:
     def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
         raise NotImplementedError
 
+    def conv_block_jvp(self, input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params):
+        """The output's tangent at fixed offsets (``fusedops::conv_block_jvp``)."""
+        raise NotImplementedError
+
     def linear_forward(self, input, weight, bias, activation: str):
         raise NotImplementedError
 
@@ -90,6 +94,9 @@ class ReferenceBackend(Backend):
     def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
         return conv_block.reference_backward(grad_output, input, weight, offsets, params, output_mask)
 
+    def conv_block_jvp(self, input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params):
+        return conv_block.reference_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params)
+
     def linear_forward(self, input, weight, bias, activation):
         return linear.reference_forward(input, weight, bias, activation)
 
@@ -107,6 +114,11 @@ class NativeBackend(Backend):
     def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
         return torch.ops.fusedops.native_conv_block_backward(
             grad_output, input, weight, offsets, *params[:8], output_mask
+        )
+
+    def conv_block_jvp(self, input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params):
+        return torch.ops.fusedops.native_conv_block_jvp(
+            input, weight, offsets, input_tangent, weight_tangent, bias_tangent, *params[:8]
         )
 
     def linear_forward(self, input, weight, bias, activation):
@@ -228,6 +240,11 @@ class TritonBackend(Backend):
 
         return kernels.backward(grad_output, input, weight, offsets, params, output_mask)
 
+    def conv_block_jvp(self, input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params):
+        from .triton import conv_block_jvp as kernels
+
+        return kernels.jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params)
+
     def linear_forward(self, input, weight, bias, activation):
         from .triton import linear as kernels
 
@@ -341,6 +358,15 @@ def _conv_block_backward(grad_output, input, weight, offsets, *args):
     p = conv_block.params_from_op_args(*params)
     chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", _conv_facts(weight, p))
     return chosen.conv_block_backward(grad_output, input, weight, offsets, p, output_mask)
+
+
+@torch.library.impl("fusedops::conv_block_jvp", "CompositeExplicitAutograd")
+def _conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, *args):
+    *params, backend = args
+    p = conv_block.params_from_op_args(*params)
+    tensors = _present(input, weight, input_tangent, weight_tangent, bias_tangent)
+    chosen = select(backend, tensors, "conv_relu_maxpool2d jvp", _conv_facts(weight, p))
+    return chosen.conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p)
 
 
 @torch.library.impl("fusedops::linear_forward", "CompositeExplicitAutograd")

@@ -12,8 +12,10 @@ import torch
 
 from . import _args
 from .backends import check_backend_name
-from .ops.conv_block import ConvBlockParams, ConvReluMaxPool2dFunction
-from .ops.linear import ACTIVATIONS, LinearFunction
+from .ops.conv_block import ConvBlockParams
+from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
+from .ops.linear import ACTIVATIONS
+from .ops.linear_autograd import LinearFunction
 
 __all__ = ["conv_relu_maxpool2d", "linear", "conv_block_params"]
 

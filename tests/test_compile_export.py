@@ -42,6 +42,9 @@ def test_opcheck_conv_block_ops(params, channels_last):
         torch.library.opcheck(
             torch.ops.fusedops.conv_block_backward.default, (g, x, w, offsets, *params[:8], mask, "")
         )
+    tx, tw, tb = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)
+    for tangents in ((tx, tw, tb), (tx, None, None), (None, tw, tb)):
+        torch.library.opcheck(torch.ops.fusedops.conv_block_jvp.default, (x, w, offsets, *tangents, *params[:8], ""))
 
 
 @pytest.mark.parametrize("activation", ["", "relu", "gelu", "gelu_tanh", "silu"])

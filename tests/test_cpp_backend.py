@@ -86,6 +86,38 @@ def test_native_backward_checks_offsets_and_grad():
         torch.ops.fusedops.native_conv_block_backward(g[:, :2], x, w, offsets[:, :2], *p[:8], [True, True, False])
 
 
+def test_native_backward_without_pool_checks_grad_size():
+    """Without pooling the output is the conv output: a smaller grad_output is rejected (the
+    kernel would read past it)."""
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    p = conv_block_params((3, 3), pool_kernel_size=None)
+    out, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
+    g = torch.randn_like(out)
+    with pytest.raises(RuntimeError, match="grad_output's spatial size"):
+        torch.ops.fusedops.native_conv_block_backward(
+            g[:, :, :-1], x, w, offsets[:, :, :-1], *p[:8], [True, True, False]
+        )
+
+
+def test_native_jvp_checks_its_arguments():
+    x, w = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3)
+    p = conv_block_params((3, 3))
+    _, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
+    jvp = torch.ops.fusedops.native_conv_block_jvp
+    with pytest.raises(RuntimeError, match="input_tangent must have shape"):
+        jvp(x, w, offsets, x[:1], None, None, *p[:8])
+    with pytest.raises(RuntimeError, match="weight_tangent must have shape"):
+        jvp(x, w, offsets, None, w[:, :2], None, *p[:8])
+    with pytest.raises(RuntimeError, match="bias_tangent must have shape"):
+        jvp(x, w, offsets, None, None, torch.randn(3), *p[:8])
+    with pytest.raises(RuntimeError, match="bias_tangent has dtype"):
+        jvp(x, w, offsets, None, None, torch.randn(4).double(), *p[:8])
+    with pytest.raises(RuntimeError, match="offsets must have dtype"):
+        jvp(x, w, offsets.int(), x, None, None, *p[:8])
+    with pytest.raises(RuntimeError, match="offsets must have shape"):
+        jvp(x, w, offsets[:, :2], x, None, None, *p[:8])
+
+
 def test_poisoned_outputs_are_all_written():
     """Every output element comes from the kernel: freed NaN-filled blocks, which the allocator
     tends to hand back for the outputs, never show through (and the values equal the reference)."""

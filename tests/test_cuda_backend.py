@@ -40,10 +40,12 @@ def test_every_kernel_launch_is_checked():
         for i in launches:
             window = "\n".join(lines[i : i + 4])
             assert "cudaGetLastError" in window, f"{path.name}:{i + 1}: launch without a check"
+    launchers = re.findall(r"^cudaError_t (\w+)\(", (CUDA_DIR / "kernels.h").read_text(), re.M)
+    assert {"conv_block_forward", "conv_block_backward", "conv_block_jvp"} <= set(launchers)
     bindings = (CUDA_DIR / "bindings.cpp").read_text()
-    calls = re.findall(r"cuda::(conv_block_forward|conv_block_backward|linear_forward|linear_backward)\(", bindings)
-    checked = re.findall(r"C10_CUDA_CHECK\(cuda::", bindings)
-    assert len(calls) == 4 and len(checked) == 4
+    calls = re.findall(r"cuda::(" + "|".join(launchers) + r")\(", bindings)
+    checked = re.findall(r"C10_CUDA_CHECK\(cuda::(\w+)\(", bindings)
+    assert sorted(calls) == sorted(launchers) and sorted(checked) == sorted(launchers)
 
 
 def test_cuda_backend_says_why_it_cannot_run_here():

@@ -37,6 +37,7 @@
 #include <torch/library.h>
 
 #include "../conv_checks.h"
+#include "cpu_checks.h"
 #include "vectorize.h"
 #include "winograd.h"
 
@@ -565,29 +566,6 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
       for (int64_t c = 0; c < g.Cout; ++c) db[c] += db_parts[t * g.Cout + c];
   }
 }
-
-// float32 and float64 run natively; bfloat16 (CPU autocast's dtype) runs the float32 kernels
-// on float32 copies and rounds the results back, like an fp32-accumulating bf16 kernel.
-void check_cpu_dtype(const at::Tensor& input) {
-  const auto t = input.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
-              "the cpp backend supports float32, float64 and bfloat16 input, got ", t);
-}
-
-at::Tensor to_float(const at::Tensor& t) { return t.to(at::kFloat); }
-
-void check_float_cpu(const at::Tensor& t, const char* name, const at::Tensor& input) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
-              " but input has dtype ", input.scalar_type());
-}
-
-#define FUSEDOPS_DISPATCH_OFFSETS(dtype, ...)                        \
-  switch (dtype) {                                                   \
-    case at::kChar: { using OffT = int8_t; __VA_ARGS__(); break; }   \
-    case at::kShort: { using OffT = int16_t; __VA_ARGS__(); break; } \
-    default: { using OffT = int32_t; __VA_ARGS__(); break; }         \
-  }
 
 std::tuple<at::Tensor, at::Tensor> conv_block_forward_cpu(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

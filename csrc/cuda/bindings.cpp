@@ -116,6 +116,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
   return {gi, gw, gb};
 }
 
+std::optional<at::Tensor> checked_tangent(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& input) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  check_like_input(*t, name, input);
+  return t;
+}
+
+at::Tensor conv_block_jvp_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+                               const std::optional<at::Tensor>& input_tangent,
+                               const std::optional<at::Tensor>& weight_tangent,
+                               const std::optional<at::Tensor>& bias_tangent, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                               at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
+  const cuda::DType dtype = dtype_of(input);
+  check_like_input(input, "input", input);
+  check_like_input(weight, "weight", input);
+  TORCH_CHECK(offsets.device() == input.device(), "offsets is on ", offsets.device(), " but input is on ",
+              input.device());
+  const Geometry g = make_jvp_geometry(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, stride,
+                                       padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
+                                       pool_dilation);
+  const auto tx = checked_tangent(input_tangent, "input_tangent", input);
+  auto tw = checked_tangent(weight_tangent, "weight_tangent", input);
+  auto tb = checked_tangent(bias_tangent, "bias_tangent", input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().memory_format(output_format(input)));
+  if (out.numel() == 0) return out;
+  const at::Tensor w = weight.contiguous();
+  if (tw) tw = tw->contiguous();
+  if (tb) tb = tb->contiguous();
+  const cuda::Strides4 none{{0, 0, 0, 0}};
+  C10_CUDA_CHECK(cuda::conv_block_jvp(dtype, static_cast<int>(offsets.element_size()), g, input.const_data_ptr(),
+                                      strides_of(input), w.const_data_ptr(), offsets.const_data_ptr(),
+                                      strides_of(offsets), tx ? tx->const_data_ptr() : nullptr,
+                                      tx ? strides_of(*tx) : none, tw ? tw->const_data_ptr() : nullptr,
+                                      tb ? tb->const_data_ptr() : nullptr, out.mutable_data_ptr(), strides_of(out),
+                                      c10::cuda::getCurrentCUDAStream().stream()));
+  return out;
+}
+
 void check_linear(const at::Tensor& input, const at::Tensor& weight) {
   dtype_of(input);
   check_like_input(input, "input", input);
@@ -191,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
 TORCH_LIBRARY_IMPL(fusedops, CUDA, m) {
   m.impl("native_conv_block_forward", &conv_block_forward_cuda);
   m.impl("native_conv_block_backward", &conv_block_backward_cuda);
+  m.impl("native_conv_block_jvp", &conv_block_jvp_cuda);
   m.impl("native_linear_forward", &linear_forward_cuda);
   m.impl("native_linear_backward", &linear_backward_cuda);
 }

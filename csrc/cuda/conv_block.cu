@@ -22,6 +22,9 @@
 //  - weight gradient: an implicit GEMM per group, M = Cout/groups, N = Cin/groups*KH*KW, over
 //    the reduction N*OH*OW split into chunks whose partial sums are added in a fixed order.
 // Every result is deterministic, for any pool.
+//
+// Tangent (jvp_kernel): the output's tangent at fixed offsets, one dot product per output at
+// the conv position of its window's max (used by forward-mode and double backward).
 
 #include "tile_gemm.cuh"
 
@@ -272,6 +275,46 @@ int64_t weight_grad_splits(const Geometry& g) {
   return splits < most ? splits : most;
 }
 
+// Tangent at fixed offsets: each thread computes whole outputs y[n, c, ph, pw] (a grid-stride
+// loop over (c, n, ph, pw)), a dot product of length K at the conv position of the window's
+// max: tb[c] + sum tx * w + x * tw, or 0 where the ReLU is off.
+template <typename T, typename OffT>
+__global__ void jvp_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
+                           const OffT* __restrict__ off, Strides4 os, const T* __restrict__ tx, Strides4 txs,
+                           const T* __restrict__ tw, const T* __restrict__ tb, T* __restrict__ y, Strides4 ys) {
+  using Acc = typename Num<T>::Acc;
+  const int64_t Q = g.N * g.PH * g.PW, total = Q * g.Cout;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t c = i / Q, grp = c / g.Coutg;
+    const PooledIndex p(g, i % Q);
+    const int64_t o = off[p.n * os.s[0] + c * os.s[1] + p.ph * os.s[2] + p.pw * os.s[3]];
+    Acc acc = Acc(0);
+    int64_t r, cc;
+    if (o >= 0 && p.tap(g, static_cast<int>(o / g.PKW), static_cast<int>(o % g.PKW), r, cc)) {
+      if (tb) acc = Num<T>::to_acc(tb[c]);
+      for (int64_t ci = 0; ci < g.Cg; ++ci) {
+        const int64_t ch = grp * g.Cg + ci;
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t ih = r * g.sh - g.pt + kh * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t iw = cc * g.sw - g.pl + kw * g.dw;
+            if (iw < 0 || iw >= g.W) continue;
+            const int64_t wi = c * g.K + (ci * g.KH + kh) * g.KW + kw;
+            if (tx)
+              acc = fma(Num<T>::to_acc(tx[p.n * txs.s[0] + ch * txs.s[1] + ih * txs.s[2] + iw * txs.s[3]]),
+                        Num<T>::to_acc(w[wi]), acc);
+            if (tw)
+              acc = fma(Num<T>::to_acc(x[p.n * xs.s[0] + ch * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]]),
+                        Num<T>::to_acc(tw[wi]), acc);
+          }
+        }
+      }
+    }
+    y[p.n * ys.s[0] + c * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3]] = Num<T>::from_acc(acc);
+  }
+}
+
 template <typename F>
 cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
   switch (offset_bytes) {
@@ -362,6 +405,21 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       }
       return cudaSuccess;
+    });
+  });
+}
+
+cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
+                           const void* w, const void* offsets, Strides4 os, const void* tx, Strides4 txs,
+                           const void* tw, const void* tb, void* y, Strides4 ys, cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return dispatch_offsets(offset_bytes, [&](auto otag) {
+      using OffT = decltype(otag);
+      jvp_kernel<T, OffT><<<grid_for(g.N * g.Cout * g.PH * g.PW), kThreads, 0, stream>>>(
+          g, static_cast<const T*>(x), xs, static_cast<const T*>(w), static_cast<const OffT*>(offsets), os,
+          static_cast<const T*>(tx), txs, static_cast<const T*>(tw), static_cast<const T*>(tb), static_cast<T*>(y), ys);
+      return cudaGetLastError();
     });
   });
 }

@@ -41,6 +41,13 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
                                 const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
                                 void* dx, void* dw, void* db, void* workspace, cudaStream_t stream);
 
+// Tangent of the fused conv block at fixed offsets (os: the offsets' strides): y (strides ys)
+// is, where the offset is >= 0, tb + conv(tx, w) + conv(x, tw) at the window's max, else 0.
+// tx (strides txs), tw (contiguous) and tb may each be null (a zero tangent); w is contiguous.
+cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
+                           const void* w, const void* offsets, Strides4 os, const void* tx, Strides4 txs,
+                           const void* tw, const void* tb, void* y, Strides4 ys, cudaStream_t stream);
+
 // Linear + bias + activation forward on contiguous x (rows x in_f) and w (out_f x in_f):
 // y = act(x w^T + b) (rows x out_f); saved is a bool mask z > 0 for relu, z for
 // gelu/gelu_tanh/silu, unused (may be null) without activation. b may be null.

@@ -1,4 +1,4 @@
-"""Fused Conv2d + bias + ReLU + MaxPool2d: the math, the registered ops, the autograd Function.
+"""Fused Conv2d + bias + ReLU + MaxPool2d: the math and the registered ops.
 
 Forward, for input ``x (N, Cin, H, W)``, weight ``w (Cout, Cin/groups, KH, KW)``, bias ``b``:
 
@@ -14,8 +14,15 @@ Backward: un-pool ``dy`` through the offsets into the conv-output gradient ``dc`
 where overlapping windows pick the same element), then ``dx = conv_transpose(dc, w)``,
 ``dw = correlate(x, dc)``, ``db = sum(dc)``.
 
+Tangent (``conv_block_jvp``): with the offsets fixed the block is bilinear in ``(x, w)``
+plus ``b``, so the output's tangent along ``(tx, tw, tb)`` is the pick at the offsets of
+``conv(tx, w) + conv(x, tw) + tb`` (0 where the ReLU is off). It is the forward-mode
+derivative and the adjoint of the backward's un-pool: the double backward
+(``fusedops/ops/conv_block_autograd.py``) is built from it and the backward itself.
+
 The reference implementation below composes torch ops (it is the oracle and the fallback);
-kernel backends compute the same outputs and offsets themselves.
+kernel backends compute the same outputs and offsets themselves. The autograd Functions
+built on the registered ops are in ``conv_block_autograd.py``.
 """
 
 from __future__ import annotations
@@ -152,6 +159,39 @@ def unpool_gradient(
     return dconv.view(n, c, conv_hw[0], conv_hw[1])
 
 
+def reference_jvp(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    offsets: torch.Tensor,
+    input_tangent: Optional[torch.Tensor],
+    weight_tangent: Optional[torch.Tensor],
+    bias_tangent: Optional[torch.Tensor],
+    p: ConvBlockParams,
+) -> torch.Tensor:
+    """Pure-torch tangent of the output at fixed offsets (see :func:`conv_block_jvp` below)."""
+    x, conv_pad = _pad_for_conv(input, p.padding)
+    conv_hw = p.conv_output_hw(input.shape[-2:], weight.shape[-2:])
+    dconv = input.new_zeros(input.shape[0], weight.shape[0], *conv_hw)
+    if input_tangent is not None:
+        tx, _ = _pad_for_conv(input_tangent, p.padding)
+        dconv = dconv + F.conv2d(tx, weight, None, p.stride, conv_pad, p.dilation, p.groups)
+    if weight_tangent is not None:
+        dconv = dconv + F.conv2d(x, weight_tangent, None, p.stride, conv_pad, p.dilation, p.groups)
+    if bias_tangent is not None:
+        dconv = dconv + bias_tangent.view(1, -1, 1, 1)
+    active = offsets >= 0
+    if p.has_pool:
+        n, c, ph, pw = offsets.shape
+        offs = offsets.long().clamp_min(0)
+        row0, col0 = _window_origins((ph, pw), p, input.device)
+        rows = row0 + (offs // p.pool_kernel_size[1]) * p.pool_dilation[0]
+        cols = col0 + (offs % p.pool_kernel_size[1]) * p.pool_dilation[1]
+        flat = torch.where(active, rows * conv_hw[1] + cols, 0).reshape(n, c, ph * pw)
+        dconv = dconv.reshape(n, c, -1).gather(2, flat).view(n, c, ph, pw)
+    out = torch.where(active, dconv, 0)
+    return out.contiguous(memory_format=output_memory_format(input))
+
+
 def reference_backward(
     grad_output: torch.Tensor,
     input: torch.Tensor,
@@ -200,8 +240,17 @@ BACKWARD_SCHEMA = (
     "bool[3] output_mask, str backend) -> (Tensor, Tensor, Tensor)"
 )
 
+# The tangent of the output at fixed offsets: the linearisation of the block around the
+# forward's max choices. It is the forward-mode derivative and, as the adjoint of the
+# backward, the gradient of the backward with respect to ``grad_output`` (double backward).
+JVP_SCHEMA = (
+    "(Tensor input, Tensor weight, Tensor offsets, Tensor? input_tangent, Tensor? weight_tangent, "
+    f"Tensor? bias_tangent, {_PARAM_SCHEMA}, str backend) -> Tensor"
+)
+
 torch.library.define("fusedops::conv_block_forward", FORWARD_SCHEMA)
 torch.library.define("fusedops::conv_block_backward", BACKWARD_SCHEMA)
+torch.library.define("fusedops::conv_block_jvp", JVP_SCHEMA)
 
 
 def params_from_op_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride,
@@ -237,32 +286,12 @@ def fake_backward(grad_output, input, weight, offsets, *args):
     return grad_input, grad_weight, grad_bias
 
 
+def fake_jvp(input, weight, offsets, *args):
+    """Shape of the output tangent: the offsets' shape, the input's dtype and layout."""
+    return torch.empty_like(offsets, dtype=input.dtype, memory_format=output_memory_format(input))
+
+
 torch.library.register_fake("fusedops::conv_block_forward", lambda *a: fake_forward(*a[:-1]))
 torch.library.register_fake("fusedops::conv_block_backward", lambda *a: fake_backward(*a[:-1]))
+torch.library.register_fake("fusedops::conv_block_jvp", lambda *a: fake_jvp(*a[:-1]))
 
-
-class ConvReluMaxPool2dFunction(torch.autograd.Function):
-    """Autograd node of the fused block: saves ``input``, ``weight`` and the int offsets.
-
-    ``forward(input, weight, bias, params: ConvBlockParams, backend: str) -> output``
-    with 4-D ``input``; ``backward`` un-pools through the offsets (see module docstring).
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str):
-        out, offsets = torch.ops.fusedops.conv_block_forward(input, weight, bias, *params, backend)
-        ctx.save_for_backward(input, weight, offsets)
-        ctx.params = params
-        ctx.backend = backend
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight, offsets = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-        grads = torch.ops.fusedops.conv_block_backward(
-            grad_output, input, weight, offsets, *ctx.params[:8], mask, ctx.backend
-        )
-        return (*(g if m else None for g, m in zip(grads, mask)), None, None)

@@ -1,4 +1,4 @@
-"""Fused Linear + bias + activation: the math, the registered ops, the autograd Function.
+"""Fused Linear + bias + activation: the math and the registered ops.
 
 Forward, for ``x (..., K)``, ``w (N, K)``, ``b (N,)``:  ``z = x @ w.T + b``, ``y = act(z)``.
 
@@ -14,6 +14,8 @@ flattened), ``db = sum(dz)``. The derivatives, computed in float32 (float64 for 
     gelu_tanh  0.5 (1 + t) + 0.5 z (1 - t^2) k (1 + 3 c z^2),
                t = tanh(k (z + c z^3)), k = sqrt(2 / pi), c = 0.044715
     silu       s (1 + z (1 - s)),  s = sigmoid(z)
+
+The autograd Functions built on the registered ops are in ``linear_autograd.py``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,26 @@ def activation_derivative(z: torch.Tensor, activation: str) -> torch.Tensor:
         s = torch.sigmoid(z)
         return s * (1.0 + z * (1.0 - s))
     raise ValueError(f"no derivative for activation {activation!r}")
+
+
+def activation_second_derivative(z: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act''(z)`` for gelu, gelu_tanh, silu, in float32 (float64 for float64 ``z``).
+
+    gelu: ``phi(z) (2 - z^2)``; gelu_tanh: ``(1 - t^2) (u' - z t u'^2 + z u''/2)`` with
+    ``u = k (z + c z^3)``, ``t = tanh(u)``; silu: ``s (1 - s) (2 + z (1 - 2 s))``.
+    """
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    if activation == "gelu":
+        return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI * (2.0 - z * z)
+    if activation == "gelu_tanh":
+        t = torch.tanh(_SQRT_2_OVER_PI * (z + _GELU_TANH_C * z * z * z))
+        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * z * z)
+        d2u = _SQRT_2_OVER_PI * 6.0 * _GELU_TANH_C * z
+        return (1.0 - t * t) * (du - z * t * du * du + 0.5 * z * d2u)
+    if activation == "silu":
+        s = torch.sigmoid(z)
+        return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+    raise ValueError(f"no second derivative for activation {activation!r}")
 
 
 def reference_forward(
@@ -131,28 +153,3 @@ def fake_backward(grad_output, input, weight, saved, activation, output_mask):
 torch.library.register_fake("fusedops::linear_forward", lambda *a: fake_forward(*a[:-1]))
 torch.library.register_fake("fusedops::linear_backward", lambda *a: fake_backward(*a[:-1]))
 
-
-class LinearFunction(torch.autograd.Function):
-    """Autograd node of the fused linear: saves ``input``, ``weight`` and the activation state.
-
-    ``forward(input, weight, bias, activation: str, backend: str) -> output``.
-    """
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, activation: str, backend: str):
-        out, saved = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)
-        ctx.save_for_backward(input, weight, saved)
-        ctx.activation = activation
-        ctx.backend = backend
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight, saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-        grads = torch.ops.fusedops.linear_backward(
-            grad_output, input, weight, saved, ctx.activation, mask, ctx.backend
-        )
-        return (*(g if m else None for g, m in zip(grads, mask)), None, None)

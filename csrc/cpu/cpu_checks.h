@@ -1,0 +1,36 @@
+// Checks and dispatch shared by the CPU kernels of the fused conv block (conv_block.cpp,
+// conv_block_jvp.cpp).
+
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace fusedops {
+
+// float32 and float64 run natively; bfloat16 (CPU autocast's dtype) runs the float32 kernels
+// on float32 copies and rounds the results back, like an fp32-accumulating bf16 kernel.
+inline void check_cpu_dtype(const at::Tensor& input) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
+              "the cpp backend supports float32, float64 and bfloat16 input, got ", t);
+}
+
+inline at::Tensor to_float(const at::Tensor& t) { return t.to(at::kFloat); }
+
+inline void check_float_cpu(const at::Tensor& t, const char* name, const at::Tensor& input) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", input.scalar_type());
+}
+
+// Runs the lambda __VA_ARGS__ with OffT, the C++ type of an offsets tensor of dtype `dtype`.
+#define FUSEDOPS_DISPATCH_OFFSETS(dtype, ...)                        \
+  switch (dtype) {                                                   \
+    case at::kChar: { using OffT = int8_t; __VA_ARGS__(); break; }   \
+    case at::kShort: { using OffT = int16_t; __VA_ARGS__(); break; } \
+    default: { using OffT = int32_t; __VA_ARGS__(); break; }         \
+  }
+
+}  // namespace fusedops

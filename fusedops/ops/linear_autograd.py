@@ -1,0 +1,144 @@
+"""Autograd of the fused linear: its Function, and a backward that can be differentiated.
+
+First order: :class:`LinearFunction` saves ``input``, ``weight``, ``bias`` and what the
+activation's derivative needs; its backward calls ``fusedops::linear_backward``.
+
+Higher orders (``create_graph=True``). The backward is ``dz = dy * act'(z)``,
+``gi = dz @ w``, ``gw = dz^T x``, ``gb = sum(dz)``. For incoming ``(ggi, ggw, ggb)``, with
+``t = ggi @ w^T + x @ ggw^T + ggb`` (the fused linear without activation):
+
+    d/d dy = t * act'(z)
+    d/d z  = t * dy * act''(z)     gelu, gelu_tanh, silu: z depends on (x, w, b)
+    d/d x  = dz @ ggw              = linear_backward(dy, x, ggw)[grad_input]
+    d/d w  = dz^T ggi              = linear_backward(dy, ggi, w)[grad_weight]
+
+The forward saves ``z`` outside the graph; when the backward is recorded,
+:class:`_PreactivationOf` re-attaches it (no compute) so the ``d/d z`` term reaches
+``(x, w, b)``. The backward op then runs through :class:`LinearBackward`; without a recorded
+backward it is called directly, so the first-order path costs one grad-mode check.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .linear import activation_derivative, activation_second_derivative
+
+_ops = torch.ops.fusedops
+
+SMOOTH_ACTIVATIONS = ("gelu", "gelu_tanh", "silu")  # those whose saved state is z itself
+
+
+def _asked(grads, mask):
+    """The gradients that were asked for (None for the others)."""
+    return [g if m else None for g, m in zip(grads, mask)]
+
+
+def backward_op(grad_output, input, weight, saved, activation: str, output_mask, backend: str):
+    """``fusedops::linear_backward``, recorded as a differentiable node when grad mode is on."""
+    if torch.is_grad_enabled():
+        return LinearBackward.apply(grad_output, input, weight, saved, activation, list(output_mask), backend)
+    return _ops.linear_backward(grad_output, input, weight, saved, activation, list(output_mask), backend)
+
+
+class LinearFunction(torch.autograd.Function):
+    """Autograd node of the fused linear: saves ``input``, ``weight`` and the activation state.
+
+    ``forward(input, weight, bias, activation: str, backend: str) -> output``.
+    """
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, activation: str, backend: str):
+        out, saved = _ops.linear_forward(input, weight, bias, activation, backend)
+        ctx.save_for_backward(input, weight, saved, bias)
+        ctx.activation = activation
+        ctx.backend = backend
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, saved, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+        if torch.is_grad_enabled() and ctx.activation in SMOOTH_ACTIVATIONS:  # a recorded backward
+            saved = _PreactivationOf.apply(saved, input, weight, bias, ctx.backend)
+        grads = backward_op(grad_output, input, weight, saved, ctx.activation, mask, ctx.backend)
+        return (*_asked(grads, mask), None, None)
+
+
+class _PreactivationOf(torch.autograd.Function):
+    """``z`` (the saved pre-activation) as a differentiable function of ``(input, weight, bias)``.
+
+    Returns ``z`` unchanged (no compute); a gradient ``g`` of it goes back through the adjoint
+    of ``z = input @ weight.T + bias``, the linear backward without activation.
+    """
+
+    @staticmethod
+    def forward(ctx, z, input, weight, bias, backend: str):
+        ctx.save_for_backward(input, weight)
+        ctx.backend = backend
+        ctx.has_bias = bias is not None
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mask = [needs[1], needs[2], ctx.has_bias and needs[3]]
+        grads = backward_op(grad, input, weight, input.new_empty(0), "", mask, ctx.backend)
+        return (None, *_asked(grads, mask), None)
+
+
+class LinearBackward(torch.autograd.Function):
+    """``fusedops::linear_backward`` as a node whose own gradient is the formula above.
+
+    ``forward(grad_output, input, weight, saved, activation, output_mask, backend)
+    -> (grad_input, grad_weight, grad_bias)`` (empty where not asked).
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, input, weight, saved, activation, output_mask, backend):
+        grads = _ops.linear_backward(grad_output, input, weight, saved, activation, output_mask, backend)
+        ctx.save_for_backward(grad_output, input, weight, saved)
+        ctx.activation, ctx.output_mask, ctx.backend = activation, output_mask, backend
+        ctx.mark_non_differentiable(*(g for g, m in zip(grads, output_mask) if not m))
+        ctx.set_materialize_grads(False)
+        return grads
+
+    @staticmethod
+    def backward(ctx, ggi, ggw, ggb):
+        dy, x, w, saved = ctx.saved_tensors
+        ggi, ggw, ggb = _asked((ggi, ggw, ggb), ctx.output_mask)
+        needs, act, backend = ctx.needs_input_grad, ctx.activation, ctx.backend
+        g_dy = g_x = g_w = g_saved = None
+        if (needs[0] or needs[3]) and (ggi is not None or ggw is not None or ggb is not None):
+            t = _preactivation_tangent(dy, x, w, ggi, ggw, ggb, backend)
+            if act == "":
+                g_dy = t
+            elif act == "relu":
+                g_dy = torch.where(saved, t, 0)
+            else:
+                g_dy = (t * activation_derivative(saved, act)).to(dy.dtype)
+                if needs[3]:
+                    g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.dtype)
+            g_dy = g_dy if needs[0] else None
+        if needs[1] and ggw is not None:
+            g_x = backward_op(dy, x, ggw, saved, act, [True, False, False], backend)[0]
+        if needs[2] and ggi is not None:
+            g_w = backward_op(dy, ggi, w, saved, act, [False, True, False], backend)[1]
+        return g_dy, g_x, g_w, g_saved, None, None, None
+
+
+def _preactivation_tangent(dy, x, w, ggi, ggw, ggb, backend):
+    """``ggi @ w^T + x @ ggw^T + ggb`` (absent terms are zero), through the fused linear."""
+    t = None
+    if ggi is not None:
+        t = LinearFunction.apply(ggi, w, ggb, "", backend)
+        ggb = None
+    if ggw is not None:
+        term = LinearFunction.apply(x, ggw, ggb, "", backend)
+        t = term if t is None else t + term
+    elif t is None:
+        t = ggb.expand(dy.shape)
+    return t
