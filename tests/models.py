@@ -11,6 +11,113 @@ from benchmarks.workloads import CifarCNN
 TutorialNet = CifarCNN
 
 
+class SharedActivationCNN(nn.Module):
+    """CIFAR-tutorial layout with one shared nn.ReLU and one shared nn.MaxPool2d module, used
+    after every layer (as the PyTorch CIFAR tutorial's variants do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class LeNet(nn.Module):
+    """The 60-minute blitz's LeNet: F.relu and F.max_pool2d in forward(), a num_flat helper."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+    def num_flat_features(self, x):
+        return x[0].numel()
+
+
+def mnist_sequential_cnn():
+    """The PyTorch MNIST example's CNN written as one nn.Sequential (dropout included)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(16 * 12 * 12, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv-BN-ReLU-conv-BN + identity, ReLU (no-bias convs)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+class ResNetStyle(nn.Module):
+    """A torchvision-style ResNet: a Sequential stem (conv, BN, ReLU, pool), a Sequential of
+    basic blocks, global pooling and an ``fc`` head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )
+        self.layer1 = nn.Sequential(BasicBlock(8), BasicBlock(8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.layer1(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class TemperatureClassifier(nn.Module):
+    """Custom nn.Parameters, a buffer, a plain attribute, an extra method and F.dropout that
+    follows self.training."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.proj = nn.Linear(6 * 4 * 4, 16)
+        self.out = nn.Linear(16, num_classes)
+        self.temperature = nn.Parameter(torch.tensor(2.0))
+        self.class_bias = nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        h = F.gelu(self.proj(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1)))
+        h = F.dropout(h, 0.5, training=self.training)
+        return self.out(h) / self.temperature + self.class_bias
+
+    def predict(self, x):
+        return self(x).argmax(-1)
+
+
 def sequential_cnn():
     """A CNN built as one nn.Sequential (in-place ReLUs, a ceil-mode pool)."""
     return nn.Sequential(

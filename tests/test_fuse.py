@@ -1,4 +1,9 @@
-"""fuse(): rewrites tutorial models, keeps their function, parameters and the input model."""
+"""fuse(): rewrites tutorial models in place of their chains and keeps everything else.
+
+Each model family comes back as the same kind of object (class, methods, attributes,
+buffers, hooks, containers), computes the same function (outputs, SGD steps, second
+derivatives), maps its state dict as the README says, and still compiles and exports.
+"""
 
 import copy
 import io
@@ -12,16 +17,31 @@ from torch import nn
 import fusedops
 from fusedops import FusedConvBlock, FusedLinear
 from tests import models
+from tests.test_double_backward import _assert_same_grads, _penalty_grads
 
 # (factory, input shape, fused modules expected in train mode, in eval mode)
 MODELS = {
-    "tutorial_attributes": (models.TutorialNet, (4, 3, 32, 32), 5, 5),
-    "sequential_cnn": (models.sequential_cnn, (4, 3, 32, 32), 4, 4),
-    "functional_relu_free_param": (models.FunctionalCNN, (4, 3, 16, 16), 4, 4),
-    "mlp": (models.TutorialMLP, (4, 1, 28, 28), 3, 3),
-    "residual_bn": (models.ResNetish, (4, 3, 8, 8), 1, 2),
-    "custom_raw_params": (models.CustomLayerNet, (4, 3, 8, 8), 1, 1),
-    "no_fusable": (models.NoFusable, (4, 3, 8, 8), 0, 0),
+    "cifar_tutorial": (models.TutorialNet, (2, 3, 32, 32), 5, 5),
+    "shared_relu_pool": (models.SharedActivationCNN, (2, 3, 32, 32), 4, 4),
+    "mnist_sequential": (models.mnist_sequential_cnn, (2, 1, 28, 28), 4, 4),
+    "lenet_functional": (models.LeNet, (2, 1, 32, 32), 5, 5),
+    "sequential_cnn": (models.sequential_cnn, (2, 3, 32, 32), 4, 4),
+    "functional_relu_free_param": (models.FunctionalCNN, (2, 3, 16, 16), 4, 4),
+    "mlp": (models.TutorialMLP, (2, 1, 28, 28), 3, 3),
+    "residual_bn": (models.ResNetish, (2, 3, 8, 8), 1, 2),
+    "resnet_style": (models.ResNetStyle, (2, 3, 16, 16), 1, 4),
+    "custom_params_methods": (models.TemperatureClassifier, (2, 3, 8, 8), 3, 3),
+    "custom_raw_params": (models.CustomLayerNet, (2, 3, 8, 8), 1, 1),
+    "no_fusable": (models.NoFusable, (2, 3, 8, 8), 0, 0),
+}
+
+# eval mode: (folded BatchNorm prefixes whose keys disappear, conv bias keys that appear)
+FOLDED_KEYS = {
+    "residual_bn": (["block.bn1."], ["block.conv1.bias"]),
+    "resnet_style": (
+        ["stem.1.", "layer1.0.bn1.", "layer1.1.bn1."],
+        ["stem.0.bias", "layer1.0.conv1.bias", "layer1.1.conv1.bias"],
+    ),
 }
 
 
@@ -33,89 +53,166 @@ def _snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()]
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_fuse_tutorial_models(name, mode):
+def _build(name, mode):
     factory, shape, n_train, n_eval = MODELS[name]
     model = factory().double().train(mode == "train")
-    if name == "residual_bn":  # non-trivial running statistics for the fold
-        for bn in (model.block.bn1, model.block.bn2):
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
+    for m in model.modules():  # non-trivial statistics and affine parameters for the folds
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model, shape, (n_train if mode == "train" else n_eval)
+
+
+def _run(model, x, seed=0):
+    torch.manual_seed(seed)  # the same dropout masks for both models
+    return model(x)
+
+
+def _is_structure(m: nn.Module) -> bool:
+    """Containers and user-defined modules: what fuse() must keep at its place and type."""
+    return isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or not type(m).__module__.startswith("torch.")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_fuse_keeps_the_model_and_its_function(name, mode):
+    model, shape, expected = _build(name, mode)
     before_state, before_types = _snapshot(model)
     fused = fusedops.fuse(model)
-    assert _count(fused) == (n_train if mode == "train" else n_eval)
+    assert fused is not model and type(fused) is type(model)
+    assert _count(fused) == expected
     # the input model is untouched
     after_state, after_types = _snapshot(model)
     assert after_types == before_types and after_state.keys() == before_state.keys()
     assert all(torch.equal(after_state[k], before_state[k]) for k in before_state)
     assert _count(model) == 0
-    # same function, outputs and gradients
+    # containers and user modules stay where they were, with their class
+    for path, m in model.named_modules():
+        if _is_structure(m):
+            assert type(fused.get_submodule(path)) is type(m), path
+    assert "def forward" not in str(fused)
+    # same function: outputs, then 5 SGD steps in float64
     x = torch.randn(shape, dtype=torch.float64)
     ref_model = copy.deepcopy(model)
-    torch.testing.assert_close(fused(x), ref_model(x))
+    torch.testing.assert_close(_run(fused, x), _run(ref_model, x))
     if mode == "train":
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert sum(p.numel() for p in fused.parameters() if p.requires_grad) == trainable
         _check_sgd_steps(ref_model, fused, shape)
 
 
-def _check_sgd_steps(ref_model, fused, shape, steps=3):
+def _check_sgd_steps(ref_model, fused, shape, steps=5):
     opt_ref = torch.optim.SGD(ref_model.parameters(), lr=0.05, momentum=0.9)
     opt_fused = torch.optim.SGD(fused.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(steps):
+    for step in range(steps):
         x = torch.randn(shape, dtype=torch.float64)
         losses = []
         for m, opt in ((ref_model, opt_ref), (fused, opt_fused)):
             opt.zero_grad()
-            loss = m(x).square().mean()
+            loss = _run(m, x, seed=step).square().mean()
             loss.backward()
             opt.step()
             losses.append(loss.detach())
         torch.testing.assert_close(losses[1], losses[0])
+    for (key, want), got in zip(ref_model.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=key)
 
 
-def test_sequential_keeps_container_and_names():
-    model = models.sequential_cnn()
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_state_dict_maps_key_by_key(name, mode):
+    """README: every key is kept, except that folding a BatchNorm removes its keys and adds
+    the conv's bias when it had none; kept keys hold the same values."""
+    model, shape, _ = _build(name, mode)
     fused = fusedops.fuse(model)
-    assert type(fused) is nn.Sequential
-    assert list(fused._modules) == ["0", "3", "6", "7", "9"]
-    assert [type(m) for m in fused] == [FusedConvBlock, FusedConvBlock, nn.Flatten, FusedLinear, FusedLinear]
-    second, head = fused._modules["3"], fused._modules["7"]
-    assert second.pool_ceil_mode and second.pool_kernel_size == (3, 3)
-    assert head.activation == "gelu"
-    # state-dict keys: the Conv2d's / Linear's keys are kept
-    assert set(fused.state_dict()) == set(model.state_dict())
-    fused.load_state_dict(model.state_dict())
+    removed, added = FOLDED_KEYS.get(name, ([], [])) if mode == "eval" else ([], [])
+    original = model.state_dict()
+    expected = [k for k in original if not any(k.startswith(p) for p in removed)]
+    assert sorted(fused.state_dict()) == sorted(expected + added)
+    folded_convs = {k.rsplit(".", 1)[0] for k in added}
+    for key, value in fused.state_dict().items():
+        if key in original and key.rsplit(".", 1)[0] not in folded_convs:
+            assert torch.equal(value, original[key]), key
+    if not removed:  # without a fold the original state dict loads as it is, both ways
+        fused.load_state_dict(original)
+        model.load_state_dict(fused.state_dict())
 
 
-def test_attribute_model_keeps_key_names():
-    model = models.TutorialNet()
+@pytest.mark.parametrize("name", ["cifar_tutorial", "lenet_functional", "resnet_style", "sequential_cnn"])
+def test_inplace_rewrites_the_model_and_shares_its_parameters(name):
+    model, shape, expected = _build(name, "train")
+    params = {id(p) for p in model.parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # built before fuse(): still trains the model
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = _run(model, x)
+    out = fusedops.fuse(model, inplace=True)
+    assert out is model and _count(model) == expected
+    assert {id(p) for p in model.parameters()} == params
+    torch.testing.assert_close(_run(model, x), ref)
+    opt.zero_grad()
+    _run(model, x).square().mean().backward()
+    opt.step()
+    assert not torch.allclose(_run(model, x), ref)
+
+
+def test_shared_relu_and_pool_modules_stay_attributes():
+    model = models.SharedActivationCNN()
     fused = fusedops.fuse(model)
-    assert isinstance(fused, torch.fx.GraphModule)
-    assert set(fused.state_dict()) == set(model.state_dict())
+    assert type(fused.relu) is nn.ReLU and type(fused.pool) is nn.MaxPool2d
     assert isinstance(fused.conv1, FusedConvBlock) and fused.conv1.pool_kernel_size == (2, 2)
     assert isinstance(fused.fc1, FusedLinear) and fused.fc1.activation == "relu"
-    assert fused.fc3.activation is None
-    text = str(fused)
-    assert "FusedConvBlock" in text and "FusedLinear" in text
+    assert fused.fc2.activation is None
 
 
-def test_batchnorm_folded_in_eval_only():
-    model = models.ResNetish().eval()
-    bn = model.block.bn1
-    bn.running_mean.uniform_(-1, 1)
-    bn.running_var.uniform_(0.5, 2)
-    bn.weight.data.uniform_(0.5, 1.5)
-    bn.bias.data.uniform_(-0.5, 0.5)
+def test_methods_attributes_buffers_and_training_switch_are_kept():
+    model = models.TemperatureClassifier().double()
     fused = fusedops.fuse(model)
-    keys = set(fused.state_dict())
-    assert not any(k.startswith("block.bn1.") for k in keys)  # folded into block.conv1
-    assert "block.conv1.bias" in keys and "block.bn2.weight" in keys
-    x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
-    trained = fusedops.fuse(models.ResNetish().train())
-    assert isinstance(trained.block.bn1, nn.BatchNorm2d)
+    assert isinstance(fused, models.TemperatureClassifier) and fused.num_classes == 5
+    assert [n for n, _ in fused.named_buffers()] == ["calls"]
+    assert {n for n, _ in fused.named_parameters()} == {n for n, _ in model.named_parameters()}
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    # fused in train mode, then switched: the forward follows self.training (dropout)
+    fused.eval()
+    model.eval()
+    torch.testing.assert_close(fused(x), model(x))
+    torch.testing.assert_close(fused.predict(x), model.predict(x))
+    fused.train()
+    model.train()
+    torch.testing.assert_close(_run(fused, x), _run(model, x))
+    assert not torch.allclose(_run(fused, x, seed=1), fused.eval()(x))
+
+
+def test_model_hooks_fire_and_hooked_layers_are_left_alone():
+    model = models.TutorialNet()
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append("model"))
+    model.conv2.register_forward_hook(lambda m, i, o: calls.append("conv2"))
+    fused = fusedops.fuse(model)
+    assert type(fused.conv2) is nn.Conv2d and isinstance(fused.conv1, FusedConvBlock)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(fused(x), model(x))
+    assert calls == ["conv2", "model", "conv2", "model"]
+
+
+def test_shared_or_aliased_layers_are_not_fused():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 4)
+            self.heads = nn.ModuleList([self.fc])  # the same Linear under a second name
+
+        def forward(self, x):
+            x = torch.relu(self.conv(torch.relu(self.conv(x))))
+            return torch.relu(self.fc(x.mean((2, 3))))
+
+    model = Twice()
+    fused = fusedops.fuse(model)
+    assert _count(fused) == 0
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fused(x), model(x))
 
 
 def test_intermediate_with_another_user_is_not_fused():
@@ -140,15 +237,47 @@ def test_intermediate_with_another_user_is_not_fused():
     torch.testing.assert_close(fused(x), model(x))
 
 
+def test_sequential_keeps_container_and_names():
+    model = models.sequential_cnn()
+    fused = fusedops.fuse(model)
+    assert type(fused) is nn.Sequential
+    assert list(fused._modules) == ["0", "3", "6", "7", "9"]
+    assert [type(m) for m in fused] == [FusedConvBlock, FusedConvBlock, nn.Flatten, FusedLinear, FusedLinear]
+    second, head = fused._modules["3"], fused._modules["7"]
+    assert second.pool_ceil_mode and second.pool_kernel_size == (3, 3)
+    assert head.activation == "gelu"
+
+
+def test_batchnorm_folded_in_eval_only():
+    model, _, _ = _build("resnet_style", "eval")
+    fused = fusedops.fuse(model)
+    assert type(fused.stem) is nn.Sequential and list(fused.stem._modules) == ["0"]
+    assert isinstance(fused.stem[0], FusedConvBlock) and fused.stem[0].pool_kernel_size == (2, 2)
+    block = fused.layer1[0]
+    assert type(block) is models.BasicBlock and type(block.bn1) is nn.Identity
+    assert type(block.bn2) is nn.BatchNorm2d and isinstance(block.conv1, FusedConvBlock)
+    trained = fusedops.fuse(models.ResNetStyle().train())
+    assert type(trained.stem[1]) is nn.BatchNorm2d and type(trained.layer1[0].bn1) is nn.BatchNorm2d
+    assert isinstance(trained.fc, FusedLinear) and _count(trained) == 1
+
+
 def test_untraceable_model_falls_back_with_warning():
     model = models.Untraceable()
     with pytest.warns(UserWarning, match="cannot trace"):
         fused = fusedops.fuse(model)
-    assert type(fused) is models.Untraceable
+    assert type(fused) is models.Untraceable and "forward" not in fused.__dict__
     assert isinstance(fused.body[0], FusedConvBlock)
     assert _count(fused.net) == 4
     x = torch.randn(2, 3, 16, 16).abs()
     torch.testing.assert_close(fused(x), model(x))
+
+
+def test_fusing_twice_changes_nothing_more():
+    once = fusedops.fuse(models.TutorialNet())
+    twice = fusedops.fuse(once)
+    assert _count(twice) == 5
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(twice(x), once(x))
 
 
 def test_inplace_and_verbose(capsys):
@@ -166,17 +295,45 @@ def test_inplace_and_verbose(capsys):
 def test_fuse_rejects_bad_arguments():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         fusedops.fuse("model")
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        fusedops.fuse(nn.Linear(2, 2), inplace=1)
     with pytest.raises(ValueError, match="known backends"):
         fusedops.fuse(nn.Linear(2, 2), backend="fast")
+
+
+# ---- second derivatives through fused models --------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "no_fusable"])
+def test_gradient_penalty_through_fused_model(name):
+    model, shape, _ = _build(name, "train")
+    fused = fusedops.fuse(model)
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.manual_seed(0)
+    want = _penalty_grads(model, x)
+    torch.manual_seed(0)
+    _assert_same_grads(_penalty_grads(fused, x), want)
+
+
+@pytest.mark.parametrize("name", ["lenet_functional", "functional_relu_free_param", "mlp"])
+def test_gradgradcheck_through_fused_model(name):
+    model, shape, _ = _build(name, "eval")
+    fused = fusedops.fuse(model)
+    x = torch.randn((1, *shape[1:]), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: fused(x).square().sum(), (x,), fast_mode=True)
 
 
 # ---- integration -------------------------------------------------------------------------
 
 
-def test_fused_model_compiles_fullgraph_forward_and_backward():
+@pytest.mark.parametrize("name", ["cifar_tutorial", "lenet_functional", "custom_params_methods", "resnet_style"])
+def test_fused_model_compiles_fullgraph_forward_and_backward(name):
     torch._dynamo.reset()
-    model = fusedops.fuse(models.TutorialNet())
-    x = torch.randn(4, 3, 32, 32)
+    # eval: BN folded (resnet_style), dropout off (compiled dropout draws other masks than eager)
+    mode = "eval" if name in ("resnet_style", "custom_params_methods") else "train"
+    model, shape, _ = _build(name, mode)
+    model = fusedops.fuse(model.float())
+    x = torch.randn(shape)
     out = torch.compile(model, fullgraph=True)(x)
     out.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
@@ -188,10 +345,13 @@ def test_fused_model_compiles_fullgraph_forward_and_backward():
         torch.testing.assert_close(g, p.grad)
 
 
-def test_fused_model_exports_saves_loads_runs():
-    model = fusedops.fuse(models.FunctionalCNN().eval())
-    x = torch.randn(2, 3, 16, 16)
+@pytest.mark.parametrize("name", ["functional_relu_free_param", "lenet_functional", "resnet_style"])
+def test_fused_model_exports_saves_loads_runs(name):
+    model, shape, _ = _build(name, "eval")
+    model = fusedops.fuse(model.float())
+    x = torch.randn(shape)
     exported = torch.export.export(model, (x,))
+    assert "fusedops" in exported.graph_module.code
     buffer = io.BytesIO()
     torch.export.save(exported, buffer)
     buffer.seek(0)
@@ -208,14 +368,25 @@ def test_fused_model_under_autocast():
     torch.testing.assert_close(out.float(), ref.float(), atol=5e-2, rtol=5e-2)
 
 
-def test_torch_save_load_of_fused_model():
-    for model in (fusedops.fuse(models.TutorialNet()), fusedops.fuse(models.sequential_cnn())):
-        buffer = io.BytesIO()
-        torch.save(model, buffer)
-        buffer.seek(0)
-        loaded = torch.load(buffer, weights_only=False)
-        x = torch.randn(2, 3, 32, 32)
-        torch.testing.assert_close(loaded(x), model(x))
+@pytest.mark.parametrize("name", ["cifar_tutorial", "sequential_cnn", "custom_params_methods", "resnet_style"])
+def test_torch_save_load_deepcopy_and_copy_of_fused_model(name):
+    model, shape, _ = _build(name, "eval")
+    fused = fusedops.fuse(model)
+    x = torch.randn(shape, dtype=torch.float64)
+    want = fused(x)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (loaded, copy.deepcopy(fused), copy.copy(fused)):
+        assert type(other) is type(model)
+        torch.testing.assert_close(other(x), want)
+    clone = copy.deepcopy(fused)  # independent: changing the copy leaves the original as it was
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.add_(1.0)
+    assert not torch.allclose(clone(x), want)
+    torch.testing.assert_close(fused(x), want)
 
 
 def _ddp_worker(rank, world, init_file, out_file):
