@@ -15,27 +15,27 @@
 namespace fusedops {
 
 inline void check_pair(at::IntArrayRef v, const char* name, int64_t minimum, size_t len = 2) {
-  TORCH_CHECK(v.size() == len, name, " must have ", len, " elements, got ", v.size());
-  for (auto x : v) TORCH_CHECK(x >= minimum, name, " must be at least ", minimum, ", got ", v);
+  TORCH_CHECK_VALUE(v.size() == len, name, " must have ", len, " elements, got ", v.size());
+  for (auto x : v) TORCH_CHECK_VALUE(x >= minimum, name, " must be at least ", minimum, ", got ", v);
 }
 
 inline Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
                        at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
-  TORCH_CHECK(input.dim() == 4, "input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
-  TORCH_CHECK(weight.dim() == 4, "weight must be 4-D (Cout, Cin/groups, KH, KW), got ", weight.dim(), "-D");
+  TORCH_CHECK_VALUE(input.dim() == 4, "input must be 4-D (N, C, H, W), got ", input.dim(), "-D");
+  TORCH_CHECK_VALUE(weight.dim() == 4, "weight must be 4-D (Cout, Cin/groups, KH, KW), got ", weight.dim(), "-D");
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0, 4);
   check_pair(dilation, "dilation", 1);
-  TORCH_CHECK(groups >= 1, "groups must be positive, got ", groups);
+  TORCH_CHECK_VALUE(groups >= 1, "groups must be positive, got ", groups);
   Geometry g{};
   g.N = input.size(0); g.C = input.size(1); g.H = input.size(2); g.W = input.size(3);
   g.Cout = weight.size(0); g.Cg = weight.size(1); g.KH = weight.size(2); g.KW = weight.size(3);
   g.G = groups;
-  TORCH_CHECK(g.Cout % groups == 0, "weight has ", g.Cout, " output channels, which groups=", groups,
+  TORCH_CHECK_VALUE(g.Cout % groups == 0, "weight has ", g.Cout, " output channels, which groups=", groups,
               " does not divide");
-  TORCH_CHECK(g.C == g.Cg * groups, "input has ", g.C, " channels but weight expects ", g.Cg * groups,
+  TORCH_CHECK_VALUE(g.C == g.Cg * groups, "input has ", g.C, " channels but weight expects ", g.Cg * groups,
               " (groups=", groups, ")");
   g.Coutg = g.Cout / groups;
   g.K = g.Cg * g.KH * g.KW;
@@ -43,7 +43,7 @@ inline Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
   g.dh = dilation[0]; g.dw = dilation[1];
   int64_t ph = g.H + padding[0] + padding[1], pw = g.W + padding[2] + padding[3];
   int64_t kh = g.dh * (g.KH - 1) + 1, kw = g.dw * (g.KW - 1) + 1;
-  TORCH_CHECK(ph >= kh && pw >= kw, "padded input size (", ph, " x ", pw,
+  TORCH_CHECK_VALUE(ph >= kh && pw >= kw, "padded input size (", ph, " x ", pw,
               ") is smaller than the dilated kernel size (", kh, " x ", kw, ")");
   g.OH = (ph - kh) / g.sh + 1;
   g.OW = (pw - kw) / g.sw + 1;
@@ -57,12 +57,12 @@ inline Geometry make_geometry(const at::Tensor& input, const at::Tensor& weight,
     g.psh = pool_stride[0]; g.psw = pool_stride[1];
     g.pph = pool_padding[0]; g.ppw = pool_padding[1];
     g.pdh = pool_dilation[0]; g.pdw = pool_dilation[1];
-    TORCH_CHECK(g.pph <= g.PKH / 2 && g.ppw <= g.PKW / 2,
+    TORCH_CHECK_VALUE(g.pph <= g.PKH / 2 && g.ppw <= g.PKW / 2,
                 "pool_padding must be at most half of pool_kernel_size, got ", pool_padding, " and ",
                 pool_kernel_size);
     g.PH = pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, ceil_mode);
     g.PW = pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, ceil_mode);
-    TORCH_CHECK(g.PH >= 1 && g.PW >= 1, "the conv output (", g.OH, " x ", g.OW,
+    TORCH_CHECK_VALUE(g.PH >= 1 && g.PW >= 1, "the conv output (", g.OH, " x ", g.OW,
                 ") is too small for the pool: pool output size would be (", g.PH, " x ", g.PW, ")");
   } else {  // no pooling: a 1x1 window per conv output
     g.PKH = g.PKW = g.psh = g.psw = g.pdh = g.pdw = 1;
@@ -98,17 +98,17 @@ inline Geometry make_pooled_geometry(const at::Tensor& pooled, const char* poole
                                      at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
   Geometry g = make_geometry(input, weight, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
                              pool_padding, pool_dilation, true);
-  TORCH_CHECK(pooled.dim() == 4 && pooled.size(0) == g.N && pooled.size(1) == g.Cout, pooled_name,
+  TORCH_CHECK_VALUE(pooled.dim() == 4 && pooled.size(0) == g.N && pooled.size(1) == g.Cout, pooled_name,
               " must have shape (", g.N, ", ", g.Cout, ", PH, PW), got ", pooled.sizes());
   if (g.pool) {
     g.PH = pooled.size(2);
     g.PW = pooled.size(3);
   }
-  TORCH_CHECK(offsets.sizes() == pooled.sizes(), "offsets must have the shape of ", pooled_name, " ",
+  TORCH_CHECK_VALUE(offsets.sizes() == pooled.sizes(), "offsets must have the shape of ", pooled_name, " ",
               pooled.sizes(), ", got ", offsets.sizes());
-  TORCH_CHECK(offsets.scalar_type() == offsets_dtype(g), "offsets must have dtype ", offsets_dtype(g), ", got ",
+  TORCH_CHECK_TYPE(offsets.scalar_type() == offsets_dtype(g), "offsets must have dtype ", offsets_dtype(g), ", got ",
               offsets.scalar_type());
-  TORCH_CHECK(pooled.size(2) == g.PH && pooled.size(3) == g.PW &&
+  TORCH_CHECK_VALUE(pooled.size(2) == g.PH && pooled.size(3) == g.PW &&
                   g.PH <= pool_out_size(g.OH, g.PKH, g.psh, g.pph, g.pdh, true) &&
                   g.PW <= pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, true),
               pooled_name, "'s spatial size ", pooled.sizes().slice(2), " does not fit the conv output (", g.OH,
@@ -129,7 +129,7 @@ inline Geometry make_backward_geometry(const at::Tensor& grad_output, const at::
 // A tangent of the block's tangent op, when given, has the shape of its primal.
 inline void check_tangent_shape(const std::optional<at::Tensor>& tangent, const char* name, at::IntArrayRef shape) {
   if (tangent.has_value() && tangent->defined())
-    TORCH_CHECK(tangent->sizes() == shape, name, " must have shape ", shape, ", got ", tangent->sizes());
+    TORCH_CHECK_VALUE(tangent->sizes() == shape, name, " must have shape ", shape, ", got ", tangent->sizes());
 }
 
 // The geometry of a tangent call (native_conv_block_jvp): the output size comes from the
@@ -141,7 +141,7 @@ inline Geometry make_jvp_geometry(const at::Tensor& input, const at::Tensor& wei
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                   at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
                                   at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
-  TORCH_CHECK(offsets.dim() == 4, "offsets must be 4-D (N, Cout, PH, PW), got ", offsets.dim(), "-D");
+  TORCH_CHECK_VALUE(offsets.dim() == 4, "offsets must be 4-D (N, Cout, PH, PW), got ", offsets.dim(), "-D");
   Geometry g = make_pooled_geometry(offsets, "offsets", input, weight, offsets, stride, padding, dilation, groups,
                                     pool_kernel_size, pool_stride, pool_padding, pool_dilation);
   check_tangent_shape(input_tangent, "input_tangent", input.sizes());

@@ -34,3 +34,6 @@ if loaded():
     torch.library.register_fake("fusedops::native_conv_block_jvp", conv_block.fake_jvp)
     torch.library.register_fake("fusedops::native_linear_forward", linear.fake_forward)
     torch.library.register_fake("fusedops::native_linear_backward", linear.fake_backward)
+    # The one-call ops with their autograd in C++ (csrc/conv_block_op.cpp, csrc/linear_op.cpp).
+    torch.library.register_fake("fusedops::native_conv_block", conv_block.fake_native_conv_block)
+    torch.library.register_fake("fusedops::native_linear", linear.fake_native_linear)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
 
@@ -36,6 +36,9 @@ class Backend:
     name = ""
     devices: Sequence[str] = ()
     ops: Sequence[str] = ("conv_relu_maxpool2d", "linear")  # the ops it has kernels for
+    # Its kernels are compiled ops of fusedops._C with their autograd in C++: a fused call runs
+    # as one op (fusedops::native_conv_block / native_linear), no Python in between.
+    native = False
 
     def unavailable_reason(self) -> Optional[str]:
         """Why this backend cannot run on this machine at all (None if it can)."""
@@ -107,6 +110,8 @@ class ReferenceBackend(Backend):
 class NativeBackend(Backend):
     """A backend whose kernels are the compiled ``fusedops::native_*`` ops of ``fusedops._C``;
     the dispatcher picks the CPU or CUDA kernel from the tensors' device."""
+
+    native = True
 
     def conv_block_forward(self, input, weight, bias, params):
         return torch.ops.fusedops.native_conv_block_forward(input, weight, bias, *params)
@@ -262,6 +267,16 @@ _REGISTRY: Dict[str, Backend] = {}
 def register(backend: Backend) -> None:
     """Add (or replace) a backend under ``backend.name``."""
     _REGISTRY[backend.name] = backend
+    clear_choice_cache()
+
+
+# Backend choices already made, keyed by everything they depend on (see select).
+_CHOICES: Dict[tuple, Backend] = {}
+
+
+def clear_choice_cache() -> None:
+    """Forget the choices made so far (after a change to the registry or the auto order)."""
+    _CHOICES.clear()
 
 
 register(ReferenceBackend())
@@ -290,7 +305,11 @@ def check_backend_name(name) -> str:
 
 
 def select(
-    requested: str, tensors: Sequence[torch.Tensor], op: str, facts: Optional[Dict[str, object]] = None
+    requested: str,
+    tensors: Sequence[torch.Tensor],
+    op: str,
+    facts: Union[None, Dict[str, object], Callable[[], Dict[str, object]]] = None,
+    facts_key: Optional[Hashable] = None,
 ) -> Backend:
     """The backend that runs ``op`` on ``tensors``.
 
@@ -298,8 +317,27 @@ def select(
     environment variable ``FUSEDOPS_BACKEND``, when set, names the backend instead, else the
     first backend of the device's order that can run the inputs and is eligible for the
     problem described by ``facts`` (see ``Backend.auto_eligible``).
+
+    A choice depends only on the names, ``op``, the problem's facts and the first tensor's
+    device type and dtype (a mismatch of the others is an error the kernels report), so it is
+    made once per such key and cached; a change of ``FUSEDOPS_BACKEND`` is a new key.
+    Refusals are not cached: they raise every time. ``facts`` may be a callable that builds
+    the dict, called only when the choice is not cached yet; ``facts_key`` then identifies
+    the facts in the cache (by default the dict's values).
     """
-    name = requested or os.environ.get(ENV_VAR, "")
+    first = tensors[0]
+    if facts_key is None and facts is not None and not callable(facts):
+        facts_key = tuple(facts.values())
+    key = (requested, os.environ.get(ENV_VAR, ""), op, first.is_cuda, first.is_cpu, first.dtype, facts_key)
+    chosen = _CHOICES.get(key)
+    if chosen is None:
+        facts = facts() if callable(facts) else facts
+        chosen = _CHOICES[key] = _select(requested or key[1], requested, tensors, op, facts)
+    return chosen
+
+
+def _select(name: str, requested: str, tensors, op: str, facts) -> Backend:
+    """``select`` without the cache; ``name`` is the requested or environment-named backend."""
     if name:
         if name not in _REGISTRY:
             source = "backend" if requested else f"environment variable {ENV_VAR}"
@@ -331,7 +369,7 @@ def _present(*tensors):
 WINOGRAD_MIN_CHANNELS = 8
 
 
-def _conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
+def conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
     winograd = (
         tuple(weight.shape[2:]) == (3, 3)
         and p.stride == (1, 1)
@@ -348,7 +386,7 @@ def _conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
 def _conv_block_forward(input, weight, bias, *args):
     *params, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d", _conv_facts(weight, p))
+    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d", conv_facts(weight, p))
     return chosen.conv_block_forward(input, weight, bias, p)
 
 
@@ -356,7 +394,7 @@ def _conv_block_forward(input, weight, bias, *args):
 def _conv_block_backward(grad_output, input, weight, offsets, *args):
     *params, output_mask, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", _conv_facts(weight, p))
+    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", conv_facts(weight, p))
     return chosen.conv_block_backward(grad_output, input, weight, offsets, p, output_mask)
 
 
@@ -365,7 +403,7 @@ def _conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_
     *params, backend = args
     p = conv_block.params_from_op_args(*params)
     tensors = _present(input, weight, input_tangent, weight_tangent, bias_tangent)
-    chosen = select(backend, tensors, "conv_relu_maxpool2d jvp", _conv_facts(weight, p))
+    chosen = select(backend, tensors, "conv_relu_maxpool2d jvp", conv_facts(weight, p))
     return chosen.conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p)
 
 

@@ -1,7 +1,8 @@
 """Functional ops of fusedops: validate and normalise arguments, then run the autograd Function.
 
-The backend is resolved when the registered op runs (see ``fusedops.backends``); only the
-backend's name is checked here.
+``run_conv_block`` and ``run_linear`` (also called by the modules, whose arguments are
+normalised once) resolve the backend (a cached choice) and run the block: as one compiled op
+with its autograd in C++ for the native backends, else through the autograd Function.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from typing import Optional, Sequence, Union
 import torch
 
 from . import _args
-from .backends import check_backend_name
+from .backends import check_backend_name, conv_facts, select
 from .ops.conv_block import ConvBlockParams
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
 from .ops.linear import ACTIVATIONS
 from .ops.linear_autograd import LinearFunction
 
-__all__ = ["conv_relu_maxpool2d", "linear", "conv_block_params"]
+__all__ = ["conv_relu_maxpool2d", "linear", "conv_block_params", "run_conv_block", "run_linear"]
 
 
 def conv_block_params(
@@ -64,11 +65,19 @@ def conv_block_params(
     )
 
 
-def _autocast(device_type: str, *tensors):
+# Whether autocast is on for any device: one cheap call on the hot path (torch.is_autocast_enabled
+# needs the device type); where this torch lacks it, every call asks for the input's device.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
+
+def _autocast(input, *tensors):
     """Cast eligible tensors to the autocast dtype, as autocast does for conv2d and linear."""
-    if not torch.is_autocast_enabled(device_type):
+    tensors = (input, *tensors)
+    if not _any_autocast() or not isinstance(input, torch.Tensor) or not torch.is_autocast_enabled(
+        input.device.type
+    ):
         return tensors
-    dtype = torch.get_autocast_dtype(device_type)
+    dtype = torch.get_autocast_dtype(input.device.type)
     return tuple(
         t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
         else t
@@ -105,12 +114,27 @@ def conv_relu_maxpool2d(
     Differentiable in ``input``, ``weight`` and ``bias`` through a hand-written backward that
     saves only ``input``, ``weight`` and one small integer per output.
     """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"conv_relu_maxpool2d: weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(
+            f"conv_relu_maxpool2d: expected weight of shape (out_channels, in_channels / groups, "
+            f"kH, kW), got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}"
+        )
+    params = conv_block_params(
+        tuple(weight.shape[-2:]), stride, padding, dilation, groups, pool_kernel_size, pool_stride,
+        pool_padding, pool_dilation, pool_ceil_mode,
+    )
+    return run_conv_block(input, weight, bias, params, check_backend_name(backend))
+
+
+def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument unless the tensors fit ``params``."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"conv_relu_maxpool2d: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"conv_relu_maxpool2d: bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    input, weight, bias = _autocast(input.device.type, input, weight, bias)
     _args.check_float_tensor(input, "input")
     _args.check_float_tensor(weight, "weight", ref=input)
     if bias is not None:
@@ -125,11 +149,7 @@ def conv_relu_maxpool2d(
             f"conv_relu_maxpool2d: expected weight of shape (out_channels, in_channels / groups, "
             f"kH, kW), got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}"
         )
-    params = conv_block_params(
-        tuple(weight.shape[-2:]), stride, padding, dilation, groups, pool_kernel_size, pool_stride,
-        pool_padding, pool_dilation, pool_ceil_mode,
-    )
-    backend = check_backend_name(backend)
+    groups = params.groups
     out_channels, in_per_group = weight.shape[0], weight.shape[1]
     channels = input.shape[-3]
     if out_channels % groups != 0:
@@ -164,6 +184,29 @@ def conv_relu_maxpool2d(
                 f"size would be ({out_hw[0]} x {out_hw[1]})"
             )
 
+
+def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *, check: bool = True):
+    """The block on normalised ``params`` (what ``conv_relu_maxpool2d`` and ``FusedConvBlock``
+    call; ``backend`` is a checked name, '' for automatic).
+
+    Autocast casts the tensors as it casts ``conv2d``'s. When the backend resolves to a
+    compiled one, the block is one call of ``fusedops::native_conv_block``, which runs forward
+    and backward in C++ (and checks the tensors itself, with the same messages: with
+    ``check=False``, as the module passes, they are checked here only for the other
+    backends). Otherwise the autograd Function runs the backend's kernels. Under
+    torch.compile and torch.export the Function and the graph-level ops are traced, and the
+    backend is resolved when the graph runs.
+    """
+    input, weight, bias = _autocast(input, weight, bias)
+    if check or not isinstance(input, torch.Tensor):
+        check_conv_block_tensors(input, weight, bias, params)
+    if not torch.compiler.is_compiling():
+        chosen = select_conv_block_backend(backend, input, weight, bias, params)
+        if chosen.native:
+            return torch.ops.fusedops.native_conv_block(input, weight, bias, *params)
+        backend = chosen.name
+    if not check:
+        check_conv_block_tensors(input, weight, bias, params)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if _needs_graph(x, weight, bias):
@@ -171,6 +214,13 @@ def conv_relu_maxpool2d(
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
     return out.squeeze(0) if unbatched else out
+
+
+def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams):
+    """The backend that runs the block on these tensors (a cached choice, see backends.select:
+    the weight's shape and ``params`` identify the problem)."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    return select(backend, tensors, "conv_relu_maxpool2d", lambda: conv_facts(weight, params), (weight.shape, params))
 
 
 def linear(
@@ -188,14 +238,17 @@ def linear(
     ``activation`` is one of None, "relu", "gelu" (exact), "gelu_tanh", "silu".
     Differentiable in every tensor through a hand-written backward.
     """
+    act = _args.check_activation(activation, ACTIVATIONS)
+    return run_linear(input, weight, bias, act, check_backend_name(backend))
+
+
+def check_linear_tensors(input, weight, bias) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the argument unless the tensors fit a linear."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"linear: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise TypeError(f"linear: bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    act = _args.check_activation(activation, ACTIVATIONS)
-    backend = check_backend_name(backend)
-    input, weight, bias = _autocast(input.device.type, input, weight, bias)
     _args.check_float_tensor(input, "input")
     _args.check_float_tensor(weight, "weight", ref=input)
     if bias is not None:
@@ -213,7 +266,23 @@ def linear(
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def run_linear(input, weight, bias, activation: str, backend: str, *, check: bool = True) -> torch.Tensor:
+    """The fused linear with a checked activation name ('' for none) and backend name ('' for
+    automatic): one call of ``fusedops::native_linear`` when the backend resolves to a
+    compiled one, else the autograd Function (see ``run_conv_block``, also for ``check``)."""
+    input, weight, bias = _autocast(input, weight, bias)
+    if check or not isinstance(input, torch.Tensor):
+        check_linear_tensors(input, weight, bias)
+    if not torch.compiler.is_compiling():
+        chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
+        if chosen.native:
+            return torch.ops.fusedops.native_linear(input, weight, bias, activation)
+        backend = chosen.name
+    if not check:
+        check_linear_tensors(input, weight, bias)
     if _needs_graph(input, weight, bias):
-        return LinearFunction.apply(input, weight, bias, act, backend)
-    out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, act, backend)
+        return LinearFunction.apply(input, weight, bias, activation, backend)
+    out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)
     return out

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import _args
 from .backends import check_backend_name
-from .functional import conv_block_params, conv_relu_maxpool2d, linear
+from .functional import conv_block_params, run_conv_block, run_linear
 from .ops.linear import ACTIVATIONS
 
 __all__ = ["FusedConvBlock", "FusedLinear"]
@@ -79,7 +79,7 @@ class FusedConvBlock(nn.Module):
             raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {list(PADDING_MODES)}, got {padding_mode!r}")
-        # Validates every argument (raises on bad ones); the forward re-derives the rest.
+        # Validates every argument (raises on bad ones).
         params = conv_block_params(
             kernel_size, stride, padding, dilation, groups, pool_kernel_size, pool_stride,
             pool_padding, pool_dilation, pool_ceil_mode,
@@ -92,15 +92,13 @@ class FusedConvBlock(nn.Module):
         self.dilation = params.dilation
         self.groups = groups
         self.padding_mode = padding_mode
-        # Padding of padding modes other than 'zeros', as F.pad wants it: (left, right, top, bottom).
-        top, bottom, left, right = params.padding
-        self._reversed_padding_repeated_twice = (left, right, top, bottom)
         self.pool_kernel_size = params.pool_kernel_size or None
         self.pool_stride = params.pool_stride if params.has_pool else None
         self.pool_padding = params.pool_padding
         self.pool_dilation = params.pool_dilation
         self.pool_ceil_mode = params.pool_ceil_mode
         self.backend = check_backend_name(backend) or None
+        self._normalise()
 
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
@@ -116,17 +114,41 @@ class FusedConvBlock(nn.Module):
         """Re-initialise ``weight`` and ``bias`` as ``nn.Conv2d.reset_parameters`` does."""
         _reset_like_torch(self.weight, self.bias)
 
+    # Attributes the block's normalised arguments are derived from: setting one re-derives them.
+    _GEOMETRY = frozenset((
+        "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "pool_kernel_size",
+        "pool_stride", "pool_padding", "pool_dilation", "pool_ceil_mode", "backend",
+    ))
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self._GEOMETRY and "_block_args" in self.__dict__:
+            self._normalise()
+
+    def _normalise(self) -> None:
+        """Derive, once, what every forward needs: the normalised ConvBlockParams and the
+        backend's checked name; for padding modes other than 'zeros' the padding is applied by
+        F.pad first, as ``nn.Conv2d`` does, with ``_reversed_padding_repeated_twice``."""
+        params = conv_block_params(
+            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.pool_kernel_size,
+            self.pool_stride, self.pool_padding, self.pool_dilation, self.pool_ceil_mode,
+        )
+        top, bottom, left, right = params.padding
+        self.__dict__["_reversed_padding_repeated_twice"] = (left, right, top, bottom)
+        if self.padding_mode != "zeros":
+            params = params._replace(padding=(0, 0, 0, 0))
+        self.__dict__["_block_args"] = (params, check_backend_name(self.backend))
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_block_args" not in self.__dict__:  # pickled by an older fusedops
+            self._normalise()
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        padding = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        return conv_relu_maxpool2d(
-            input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
-            pool_kernel_size=self.pool_kernel_size, pool_stride=self.pool_stride,
-            pool_padding=self.pool_padding, pool_dilation=self.pool_dilation,
-            pool_ceil_mode=self.pool_ceil_mode, backend=self.backend,
-        )
+        params, backend = self._block_args
+        return run_conv_block(input, self.weight, self.bias, params, backend, check=False)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -277,7 +299,7 @@ class FusedLinear(nn.Module):
         _reset_like_torch(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return linear(input, self.weight, self.bias, activation=self.activation, backend=self.backend)
+        return run_linear(input, self.weight, self.bias, self.activation or "", self.backend or "", check=False)
 
     def extra_repr(self) -> str:
         return (

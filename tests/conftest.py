@@ -24,9 +24,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed_and_env(monkeypatch):
-    """Fresh, reproducible random inputs per test; no FUSEDOPS_BACKEND leaking in."""
+    """Fresh, reproducible random inputs per test; no FUSEDOPS_BACKEND leaking in, and no
+    backend choice cached under a registry another test patched."""
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    backends.clear_choice_cache()
     torch.manual_seed(0)
+    yield
+    backends.clear_choice_cache()
 
 
 def cpu_backend_params():

@@ -53,23 +53,25 @@ def _native_args(x, w, b=None, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "args,words",
+    "args,exc,words",
     [
-        (lambda: _native_args(torch.randn(1, 4, 8, 8), torch.randn(2, 3, 3, 3)), "input has 4 channels"),
-        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3), torch.randn(3)),
+        (lambda: _native_args(torch.randn(1, 4, 8, 8), torch.randn(2, 3, 3, 3)), ValueError, "input has 4 channels"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3), torch.randn(3)), ValueError,
          "bias must have shape"),
-        (lambda: _native_args(torch.randn(3, 8, 8), torch.randn(2, 3, 3, 3)), "input must be 4-D"),
-        (lambda: _native_args(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 3, 3)), "smaller than the dilated kernel"),
-        (lambda: _native_args(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), pool_kernel_size=3),
+        (lambda: _native_args(torch.randn(3, 8, 8), torch.randn(2, 3, 3, 3)), ValueError, "input must be 4-D"),
+        (lambda: _native_args(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 3, 3)), ValueError,
+         "smaller than the dilated kernel"),
+        (lambda: _native_args(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), pool_kernel_size=3), ValueError,
          "too small for the pool"),
-        (lambda: _native_args(torch.randn(1, 3, 8, 8).half(), torch.randn(2, 3, 3, 3).half()),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8).half(), torch.randn(2, 3, 3, 3).half()), TypeError,
          "float32, float64 and bfloat16"),
-        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3).double()), "weight has dtype"),
+        (lambda: _native_args(torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3).double()), TypeError,
+         "weight has dtype"),
     ],
     ids=["channels", "bias", "rank", "kernel", "pool", "dtype", "mixed"],
 )
-def test_native_forward_rejects_bad_input_with_clear_error(args, words):
-    with pytest.raises(RuntimeError, match=words):
+def test_native_forward_rejects_bad_input_with_clear_error(args, exc, words):
+    with pytest.raises(exc, match=words):
         torch.ops.fusedops.native_conv_block_forward(*args())
 
 
@@ -78,11 +80,11 @@ def test_native_backward_checks_offsets_and_grad():
     p = conv_block_params((3, 3))
     out, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
     g = torch.randn_like(out)
-    with pytest.raises(RuntimeError, match="offsets must have the shape"):
+    with pytest.raises(ValueError, match="offsets must have the shape"):
         torch.ops.fusedops.native_conv_block_backward(g, x, w, offsets[:1], *p[:8], [True, True, False])
-    with pytest.raises(RuntimeError, match="offsets must have dtype"):
+    with pytest.raises(TypeError, match="offsets must have dtype"):
         torch.ops.fusedops.native_conv_block_backward(g, x, w, offsets.int(), *p[:8], [True, True, False])
-    with pytest.raises(RuntimeError, match="grad_output must have shape"):
+    with pytest.raises(ValueError, match="grad_output must have shape"):
         torch.ops.fusedops.native_conv_block_backward(g[:, :2], x, w, offsets[:, :2], *p[:8], [True, True, False])
 
 
@@ -93,7 +95,7 @@ def test_native_backward_without_pool_checks_grad_size():
     p = conv_block_params((3, 3), pool_kernel_size=None)
     out, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
     g = torch.randn_like(out)
-    with pytest.raises(RuntimeError, match="grad_output's spatial size"):
+    with pytest.raises(ValueError, match="grad_output's spatial size"):
         torch.ops.fusedops.native_conv_block_backward(
             g[:, :, :-1], x, w, offsets[:, :, :-1], *p[:8], [True, True, False]
         )
@@ -104,17 +106,17 @@ def test_native_jvp_checks_its_arguments():
     p = conv_block_params((3, 3))
     _, offsets = torch.ops.fusedops.native_conv_block_forward(x, w, None, *p)
     jvp = torch.ops.fusedops.native_conv_block_jvp
-    with pytest.raises(RuntimeError, match="input_tangent must have shape"):
+    with pytest.raises(ValueError, match="input_tangent must have shape"):
         jvp(x, w, offsets, x[:1], None, None, *p[:8])
-    with pytest.raises(RuntimeError, match="weight_tangent must have shape"):
+    with pytest.raises(ValueError, match="weight_tangent must have shape"):
         jvp(x, w, offsets, None, w[:, :2], None, *p[:8])
-    with pytest.raises(RuntimeError, match="bias_tangent must have shape"):
+    with pytest.raises(ValueError, match="bias_tangent must have shape"):
         jvp(x, w, offsets, None, None, torch.randn(3), *p[:8])
-    with pytest.raises(RuntimeError, match="bias_tangent has dtype"):
+    with pytest.raises(TypeError, match="bias_tangent has dtype"):
         jvp(x, w, offsets, None, None, torch.randn(4).double(), *p[:8])
-    with pytest.raises(RuntimeError, match="offsets must have dtype"):
+    with pytest.raises(TypeError, match="offsets must have dtype"):
         jvp(x, w, offsets.int(), x, None, None, *p[:8])
-    with pytest.raises(RuntimeError, match="offsets must have shape"):
+    with pytest.raises(ValueError, match="offsets must have shape"):
         jvp(x, w, offsets[:, :2], x, None, None, *p[:8])
 
 
@@ -147,11 +149,11 @@ def test_linear_runs_no_torch_activation_op(activation):
 
 
 def test_native_linear_rejects_bad_input_with_clear_error():
-    with pytest.raises(RuntimeError, match="input has 5 features"):
+    with pytest.raises(ValueError, match="input has 5 features"):
         torch.ops.fusedops.native_linear_forward(torch.randn(2, 5), torch.randn(3, 4), None, "")
-    with pytest.raises(RuntimeError, match="activation must be one of"):
+    with pytest.raises(ValueError, match="activation must be one of"):
         torch.ops.fusedops.native_linear_forward(torch.randn(2, 4), torch.randn(3, 4), None, "tanh")
-    with pytest.raises(RuntimeError, match="saved has dtype"):
+    with pytest.raises(TypeError, match="saved has dtype"):
         torch.ops.fusedops.native_linear_backward(torch.randn(2, 3), torch.randn(2, 4), torch.randn(3, 4),
                                                   torch.randn(2, 3), "relu", [True, True, False])
 
@@ -163,18 +165,18 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     pooled, unpooled = conv_block_params((3, 3)), conv_block_params((3, 3), pool_kernel_size=None)
     strided = conv_block_params((3, 3), stride=2)
     op = "conv_relu_maxpool2d"
-    assert backends.select("", small, op, backends._conv_facts(small[1], pooled)).name == "cpp"
-    assert backends.select("", wide, op, backends._conv_facts(wide[1], pooled)).name == "reference"
-    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], pooled)).name == "cpp"
-    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], strided)).name == "reference"
-    assert backends.select("", winograd, op, backends._conv_facts(winograd[1], unpooled)).name == "reference"
-    assert backends.select("", small, op, backends._conv_facts(small[1], unpooled)).name == "reference"
+    assert backends.select("", small, op, backends.conv_facts(small[1], pooled)).name == "cpp"
+    assert backends.select("", wide, op, backends.conv_facts(wide[1], pooled)).name == "reference"
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], strided)).name == "reference"
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "reference"
+    assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
     low = [t.bfloat16() for t in small]
-    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "cpp"
+    assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "cpp"
     low = [t.bfloat16() for t in winograd]
-    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"
+    assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "reference"
     low = [t.half() for t in small]
-    assert backends.select("", low, op, backends._conv_facts(low[1], pooled)).name == "reference"
+    assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "reference"
     assert backends.select("", [torch.randn(2, 3), torch.randn(4, 3)], "linear").name == "reference"
 
 

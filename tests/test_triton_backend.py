@@ -96,7 +96,7 @@ def test_triton_is_not_chosen_automatically_until_timed_on_a_gpu():
     from fusedops import backends
 
     x, w = torch.randn(1, 3, 6, 6), torch.randn(2, 3, 3, 3)
-    facts = backends._conv_facts(w, conv_block_params((3, 3)))
+    facts = backends.conv_facts(w, conv_block_params((3, 3)))
     assert backends.select("", [x, w], "conv_relu_maxpool2d", facts).name != "triton"
     assert not backends._REGISTRY["triton"].auto_eligible("conv_relu_maxpool2d", facts)
     assert not backends._REGISTRY["triton"].auto_eligible("linear", {})

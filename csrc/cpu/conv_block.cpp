@@ -587,7 +587,7 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cpu(
   std::optional<at::Tensor> b;
   if (bias.has_value() && bias->defined()) {
     check_float_cpu(*bias, "bias", input);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.Cout, "bias must have shape (", g.Cout, ",), got ",
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == g.Cout, "bias must have shape (", g.Cout, ",), got ",
                 bias->sizes());
     b = bias->contiguous();
   }

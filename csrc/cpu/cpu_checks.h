@@ -13,7 +13,7 @@ namespace fusedops {
 // on float32 copies and rounds the results back, like an fp32-accumulating bf16 kernel.
 inline void check_cpu_dtype(const at::Tensor& input) {
   const auto t = input.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kBFloat16,
               "the cpp backend supports float32, float64 and bfloat16 input, got ", t);
 }
 
@@ -21,7 +21,7 @@ inline at::Tensor to_float(const at::Tensor& t) { return t.to(at::kFloat); }
 
 inline void check_float_cpu(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
               " but input has dtype ", input.scalar_type());
 }
 

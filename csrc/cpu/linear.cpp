@@ -56,11 +56,11 @@ T activation_grad(T z, Act act) {  // gelu, gelu_tanh, silu
 }
 
 void check_inputs(const at::Tensor& input, const at::Tensor& weight) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
                   input.scalar_type() == at::kBFloat16,
               "the cpp backend supports float32, float64 and bfloat16 input, got ", input.scalar_type());
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(), "input and weight must be CPU tensors");
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), "weight has dtype ", weight.scalar_type(),
+  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight has dtype ", weight.scalar_type(),
               " but input has dtype ", input.scalar_type());
   check_linear_shapes(input, weight);
 }
@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
   const Act act = parse_activation(activation);
   if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
     if (bias.has_value() && bias->defined())
-      TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
+      TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
                   " but input has dtype ", input.scalar_type());
     auto [y, saved] = linear_forward_cpu(
         input.to(at::kFloat), weight.to(at::kFloat),
@@ -83,8 +83,8 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
   const at::Tensor x = input.reshape({-1, weight.size(1)});
   at::Tensor z;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
+    TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), "bias has dtype ", bias->scalar_type(),
                 " but input has dtype ", input.scalar_type());
     z = at::addmm(*bias, x, weight.t());
   } else {

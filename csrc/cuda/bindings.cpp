@@ -27,7 +27,7 @@ cuda::DType dtype_of(const at::Tensor& input) {
     case at::kHalf: return cuda::DType::Half;
     case at::kBFloat16: return cuda::DType::BFloat16;
     default:
-      TORCH_CHECK(false, "the cuda backend supports float32, float64, float16 and bfloat16 input, got ",
+      TORCH_CHECK_TYPE(false, "the cuda backend supports float32, float64, float16 and bfloat16 input, got ",
                   input.scalar_type());
   }
 }
@@ -36,7 +36,7 @@ cuda::DType dtype_of(const at::Tensor& input) {
 void check_like_input(const at::Tensor& t, const char* name, const at::Tensor& input) {
   TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == input.device(), name, " is on ", t.device(), " but input is on ", input.device());
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(), " but input has dtype ",
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(), " but input has dtype ",
               input.scalar_type());
 }
 
@@ -51,12 +51,12 @@ at::Tensor workspace(size_t bytes, const at::Tensor& like) {
 std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, int64_t n, const at::Tensor& input) {
   if (!bias.has_value() || !bias->defined()) return std::nullopt;
   check_like_input(*bias, "bias", input);
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
   return bias->contiguous();
 }
 
 Geometry checked_conv_geometry(Geometry g) {
-  TORCH_CHECK(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
+  TORCH_CHECK_VALUE(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
   return g;
 }
 

@@ -286,6 +286,13 @@ def fake_backward(grad_output, input, weight, offsets, *args):
     return grad_input, grad_weight, grad_bias
 
 
+def fake_native_conv_block(input, weight, bias, *args):
+    """Output of ``fusedops::native_conv_block`` (also for unbatched ``(C, H, W)`` input)."""
+    if input.dim() == 3:
+        return fake_forward(input.unsqueeze(0), weight, bias, *args)[0].squeeze(0)
+    return fake_forward(input, weight, bias, *args)[0]
+
+
 def fake_jvp(input, weight, offsets, *args):
     """Shape of the output tangent: the offsets' shape, the input's dtype and layout."""
     return torch.empty_like(offsets, dtype=input.dtype, memory_format=output_memory_format(input))

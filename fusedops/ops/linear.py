@@ -141,6 +141,11 @@ def fake_forward(input, weight, bias, activation):
     return out, input.new_empty(shape)
 
 
+def fake_native_linear(input, weight, bias, activation):
+    """Output of ``fusedops::native_linear``."""
+    return fake_forward(input, weight, bias, activation)[0]
+
+
 def fake_backward(grad_output, input, weight, saved, activation, output_mask):
     """Shapes of ``(grad_input, grad_weight, grad_bias)`` (empty where not asked)."""
     return (

@@ -1,0 +1,281 @@
+// The fused conv block as one registered op with its autograd in C++, for the native
+// backends ("cpp" on CPU tensors, "cuda" on CUDA tensors): fusedops::native_conv_block.
+//
+// A FusedConvBlock whose backend resolves to a native one calls this op directly, so a
+// forward is one dispatcher call with no Python between the module and the kernel, and a
+// backward runs in C++ too. The kernels are the device-dispatched kernel ops of
+// csrc/fusedops.cpp (native_conv_block_forward / _backward / _jvp), called through the
+// dispatcher, so that torch.compile and torch.export trace them through their fake kernels.
+//
+// Autograd, as in fusedops/ops/conv_block_autograd.py: ConvBlockFn saves input, weight and
+// the int offsets; its backward calls native_conv_block_backward. When the backward is itself
+// recorded (create_graph=True), the backward and the tangent op run as the differentiable
+// nodes ConvBlockBackwardFn and ConvBlockJvpFn, whose gradients are built from the same two
+// ops (see that file for the formulas), so every derivative order runs the native kernels.
+//
+// Unbatched (C, H, W) input is handled here (a batch of one); argument errors come from the
+// kernel ops' checks (csrc/conv_checks.h) and name the argument.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace fusedops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using IntList = std::vector<int64_t>;
+
+// The non-tensor arguments of the block (padding is [top, bottom, left, right]).
+struct ConvArgs {
+  IntList stride, padding, dilation;
+  int64_t groups;
+  IntList pool_kernel_size, pool_stride, pool_padding, pool_dilation;
+  bool ceil_mode;
+};
+
+std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& input, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias, const ConvArgs& a) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedops::native_conv_block_forward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                                                    at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                                    bool)>();
+  return op.call(input, weight, bias, a.stride, a.padding, a.dilation, a.groups, a.pool_kernel_size, a.pool_stride,
+                 a.pool_padding, a.pool_dilation, a.ceil_mode);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                                           const at::Tensor& weight, const at::Tensor& offsets,
+                                                           const ConvArgs& a, std::array<bool, 3> mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedops::native_conv_block_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+              at::IntArrayRef, at::IntArrayRef, int64_t, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+              at::IntArrayRef, std::array<bool, 3>)>();
+  return op.call(grad_output, input, weight, offsets, a.stride, a.padding, a.dilation, a.groups, a.pool_kernel_size,
+                 a.pool_stride, a.pool_padding, a.pool_dilation, mask);
+}
+
+at::Tensor jvp_op(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+                  const std::optional<at::Tensor>& input_tangent, const std::optional<at::Tensor>& weight_tangent,
+                  const std::optional<at::Tensor>& bias_tangent, const ConvArgs& a) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedops::native_conv_block_jvp", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                            at::IntArrayRef, at::IntArrayRef, int64_t, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, at::IntArrayRef)>();
+  return op.call(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, a.stride, a.padding, a.dilation,
+                 a.groups, a.pool_kernel_size, a.pool_stride, a.pool_padding, a.pool_dilation);
+}
+
+// ConvArgs travel through an AutogradContext in one opaque IValue (a capsule): one entry
+// instead of one per argument, on every forward with autograd.
+struct ArgsHolder : torch::CustomClassHolder {
+  explicit ArgsHolder(ConvArgs a) : args(std::move(a)) {}
+  ConvArgs args;
+};
+
+void save_args(AutogradContext* ctx, const ConvArgs& a) {
+  ctx->saved_data["args"] = at::IValue::make_capsule(c10::make_intrusive<ArgsHolder>(a));
+}
+
+ConvArgs load_args(AutogradContext* ctx) {
+  return static_cast<ArgsHolder*>(ctx->saved_data["args"].toCapsule().get())->args;
+}
+
+std::optional<at::Tensor> given(const at::Tensor& t) { return t.defined() ? std::optional(t) : std::nullopt; }
+
+variable_list differentiable_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& offsets, const ConvArgs& a, std::array<bool, 3> mask);
+at::Tensor differentiable_jvp(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+                              const at::Tensor& input_tangent, const at::Tensor& weight_tangent,
+                              const at::Tensor& bias_tangent, const ConvArgs& a);
+
+// The backward op's three gradients; a recorded (differentiable) one when grad mode is on.
+variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& offsets, const ConvArgs& a, std::array<bool, 3> mask) {
+  if (at::GradMode::is_enabled()) return differentiable_backward(grad_output, input, weight, offsets, a, mask);
+  auto [gi, gw, gb] = backward_op(grad_output, input, weight, offsets, a, mask);
+  return {gi, gw, gb};
+}
+
+at::Tensor run_jvp(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets, const at::Tensor& tx,
+                   const at::Tensor& tw, const at::Tensor& tb, const ConvArgs& a) {
+  if (at::GradMode::is_enabled()) return differentiable_jvp(input, weight, offsets, tx, tw, tb, a);
+  return jvp_op(input, weight, offsets, given(tx), given(tw), given(tb), a);
+}
+
+// The block: output = max_pool(relu(conv(input, weight) + bias)); saves input, weight, offsets.
+class ConvBlockFn : public torch::autograd::Function<ConvBlockFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const ConvArgs& a) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, offsets] = forward_op(input, weight, bias, a);
+    ctx->save_for_backward({input, weight, offsets});
+    save_args(ctx, a);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    variable_list g = run_backward(grads[0], saved[0], saved[1], saved[2], load_args(ctx), mask);
+    for (int i = 0; i < 3; ++i)
+      if (!mask[i]) g[i] = at::Tensor();
+    g.emplace_back();  // ConvArgs
+    return g;
+  }
+};
+
+// The backward op as a node: gradients (grad_input, grad_weight, grad_bias) of the block.
+class ConvBlockBackwardFn : public torch::autograd::Function<ConvBlockBackwardFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& weight, const at::Tensor& offsets, const ConvArgs& a,
+                               std::array<bool, 3> mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [gi, gw, gb] = backward_op(grad_output, input, weight, offsets, a, mask);
+    ctx->save_for_backward({grad_output, input, weight, offsets});
+    save_args(ctx, a);
+    ctx->saved_data["mask"] = c10::List<bool>({mask[0], mask[1], mask[2]});
+    variable_list out = {gi, gw, gb};
+    for (int i = 0; i < 3; ++i)
+      if (!mask[i]) ctx->mark_non_differentiable({out[i]});
+    ctx->set_materialize_grads(false);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &dy = s[0], &x = s[1], &w = s[2], &offsets = s[3];
+    const auto asked = ctx->saved_data["mask"].toBoolList();
+    at::Tensor ggi = asked[0] ? grads[0] : at::Tensor(), ggw = asked[1] ? grads[1] : at::Tensor(),
+               ggb = asked[2] ? grads[2] : at::Tensor();
+    const ConvArgs a = load_args(ctx);
+    at::Tensor g_dy, g_x, g_w;
+    if (ctx->needs_input_grad(0) && (ggi.defined() || ggw.defined() || ggb.defined()))
+      g_dy = run_jvp(x, w, offsets, ggi, ggw, ggb, a);
+    if (ctx->needs_input_grad(1) && ggw.defined()) g_x = run_backward(dy, x, ggw, offsets, a, {true, false, false})[0];
+    if (ctx->needs_input_grad(2) && ggi.defined()) g_w = run_backward(dy, ggi, w, offsets, a, {false, true, false})[1];
+    return {g_dy, g_x, g_w, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The tangent op as a node: linear in the tangents, bilinear in (input, weight_tangent) and
+// (input_tangent, weight).
+// The tangents are optional inputs (absent = zero); only present ones are graph inputs.
+class ConvBlockJvpFn : public torch::autograd::Function<ConvBlockJvpFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const at::Tensor& offsets, const std::optional<at::Tensor>& tx,
+                            const std::optional<at::Tensor>& tw, const std::optional<at::Tensor>& tb,
+                            const ConvArgs& a) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, weight, offsets, tx.value_or(at::Tensor()), tw.value_or(at::Tensor())});
+    save_args(ctx, a);
+    ctx->saved_data["has_tangent"] = c10::List<bool>({tx.has_value(), tw.has_value(), tb.has_value()});
+    ctx->set_materialize_grads(false);
+    return jvp_op(input, weight, offsets, tx, tw, tb, a);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(7);
+    if (!grads[0].defined()) return out;
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &x = s[0], &w = s[1], &offsets = s[2], &tx = s[3], &tw = s[4];
+    const ConvArgs a = load_args(ctx);
+    // Graph inputs: input, weight, offsets, then the tangents that are present.
+    const auto present = ctx->saved_data["has_tangent"].toBoolList();
+    std::array<bool, 3> mask{};
+    for (int i = 0, edge = 3; i < 3; ++i)
+      if (present[i]) mask[i] = ctx->needs_input_grad(edge++);
+    if (mask[0] || mask[1] || mask[2]) {
+      const variable_list g = run_backward(grads[0], x, w, offsets, a, mask);
+      for (int i = 0; i < 3; ++i)
+        if (mask[i]) out[3 + i] = g[i];
+    }
+    if (ctx->needs_input_grad(0) && tw.defined())
+      out[0] = run_backward(grads[0], x, tw, offsets, a, {true, false, false})[0];
+    if (ctx->needs_input_grad(1) && tx.defined())
+      out[1] = run_backward(grads[0], tx, w, offsets, a, {false, true, false})[1];
+    return out;
+  }
+};
+
+variable_list differentiable_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                                      const at::Tensor& offsets, const ConvArgs& a, std::array<bool, 3> mask) {
+  return ConvBlockBackwardFn::apply(grad_output, input, weight, offsets, a, mask);
+}
+
+at::Tensor differentiable_jvp(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets,
+                              const at::Tensor& input_tangent, const at::Tensor& weight_tangent,
+                              const at::Tensor& bias_tangent, const ConvArgs& a) {
+  return ConvBlockJvpFn::apply(input, weight, offsets, given(input_tangent), given(weight_tangent), given(bias_tangent),
+                               a);
+}
+
+ConvArgs make_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                   at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
+                   at::IntArrayRef pool_dilation, bool ceil_mode) {
+  return {stride.vec(),       padding.vec(),      dilation.vec(),      groups, pool_kernel_size.vec(),
+          pool_stride.vec(), pool_padding.vec(), pool_dilation.vec(), ceil_mode};
+}
+
+// Runs `block` on a batch of one for unbatched (C, H, W) input.
+template <typename F>
+at::Tensor batched(const at::Tensor& input, F&& block) {
+  if (input.dim() != 3) return block(input);
+  return block(input.unsqueeze(0)).squeeze(0);
+}
+
+at::Tensor conv_block_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               int64_t groups, at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
+  const ConvArgs a = make_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
+                               pool_dilation, ceil_mode);
+  return batched(input, [&](const at::Tensor& x) { return ConvBlockFn::apply(x, weight, bias, a); });
+}
+
+// Below autograd (inference mode, tracing): the forward kernel alone.
+at::Tensor conv_block_plain(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
+                            at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
+  const ConvArgs a = make_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
+                               pool_dilation, ceil_mode);
+  return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fusedops, m) {
+  m.def(
+      "native_conv_block(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+      "int[2] dilation, int groups, int[] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, "
+      "int[2] pool_dilation, bool pool_ceil_mode) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fusedops, Autograd, m) { m.impl("native_conv_block", &conv_block_autograd); }
+
+TORCH_LIBRARY_IMPL(fusedops, CompositeExplicitAutograd, m) { m.impl("native_conv_block", &conv_block_plain); }
+
+}  // namespace fusedops

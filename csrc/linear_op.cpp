@@ -1,0 +1,232 @@
+// The fused linear layer as one registered op with its autograd in C++, for the native
+// backends ("cpp" on CPU tensors, "cuda" on CUDA tensors): fusedops::native_linear.
+//
+// A FusedLinear whose backend resolves to a native one calls this op directly: one
+// dispatcher call per forward, the backward in C++. The kernels are the kernel ops
+// native_linear_forward / _backward (csrc/fusedops.cpp), called through the dispatcher so
+// that torch.compile and torch.export trace them through their fake kernels.
+//
+// Autograd, as in fusedops/ops/linear_autograd.py (the formulas are there): LinearFn saves
+// input, weight, bias and the activation state; its backward calls native_linear_backward.
+// When the backward is recorded (create_graph=True), the saved pre-activation z of
+// gelu/gelu_tanh/silu is re-attached to (input, weight, bias) by PreactivationFn and the
+// backward op runs as LinearBackwardFn, whose own gradient uses the fused linear for
+// t = ggi @ w^T + x @ ggw^T + ggb and act'(z), act''(z) for the elementwise factors.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace fusedops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<at::Tensor, at::Tensor> forward_op(const at::Tensor& input, const at::Tensor& weight,
+                                              const std::optional<at::Tensor>& bias, const std::string& act) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fusedops::native_linear_forward", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       const std::optional<at::Tensor>&,
+                                                                       c10::string_view)>();
+  return op.call(input, weight, bias, act);
+}
+
+variable_list backward_op(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                          const at::Tensor& saved, const std::string& act, std::array<bool, 3> mask) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fusedops::native_linear_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, const at::Tensor&, c10::string_view,
+                                                                std::array<bool, 3>)>();
+  auto [gi, gw, gb] = op.call(grad_output, input, weight, saved, act, mask);
+  return {gi, gw, gb};
+}
+
+bool smooth(const std::string& act) { return act == "gelu" || act == "gelu_tanh" || act == "silu"; }
+
+std::optional<at::Tensor> given(const at::Tensor& t) { return t.defined() ? std::optional(t) : std::nullopt; }
+
+constexpr double kInvSqrt2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;
+constexpr double kGeluTanhC = 0.044715;
+
+at::Tensor promoted(const at::Tensor& z) { return z.to(at::promote_types(z.scalar_type(), at::kFloat)); }
+
+// act'(z) for gelu, gelu_tanh, silu, in float32 (float64 for float64 z).
+at::Tensor activation_derivative(const at::Tensor& z_in, const std::string& act) {
+  const at::Tensor z = promoted(z_in);
+  if (act == "gelu") return 0.5 * (1.0 + at::erf(z * kInvSqrt2)) + z * at::exp(-0.5 * z * z) * kInvSqrt2Pi;
+  if (act == "gelu_tanh") {
+    const at::Tensor t = at::tanh(kSqrt2OverPi * (z + kGeluTanhC * z * z * z));
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * kSqrt2OverPi * (1.0 + 3.0 * kGeluTanhC * z * z);
+  }
+  const at::Tensor s = at::sigmoid(z);  // silu
+  return s * (1.0 + z * (1.0 - s));
+}
+
+// act''(z), likewise.
+at::Tensor activation_second_derivative(const at::Tensor& z_in, const std::string& act) {
+  const at::Tensor z = promoted(z_in);
+  if (act == "gelu") return at::exp(-0.5 * z * z) * kInvSqrt2Pi * (2.0 - z * z);
+  if (act == "gelu_tanh") {
+    const at::Tensor t = at::tanh(kSqrt2OverPi * (z + kGeluTanhC * z * z * z));
+    const at::Tensor du = kSqrt2OverPi * (1.0 + 3.0 * kGeluTanhC * z * z);
+    const at::Tensor d2u = (kSqrt2OverPi * 6.0 * kGeluTanhC) * z;
+    return (1.0 - t * t) * (du - z * t * du * du + 0.5 * z * d2u);
+  }
+  const at::Tensor s = at::sigmoid(z);  // silu
+  return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
+}
+
+variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& saved, const std::string& act, std::array<bool, 3> mask);
+
+// The layer: output = act(input @ weight^T + bias).
+class LinearFn : public torch::autograd::Function<LinearFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const std::string& act) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = forward_op(input, weight, bias, act);
+    ctx->save_for_backward({input, weight, saved, bias.value_or(at::Tensor())});
+    ctx->saved_data["act"] = act;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(4);
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &input = s[0], &weight = s[1], &bias = s[3];
+    at::Tensor saved = s[2];
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      bias.defined() && ctx->needs_input_grad(2)};
+    if (at::GradMode::is_enabled() && smooth(act)) saved = reattach_preactivation(saved, input, weight, bias);
+    variable_list g = run_backward(grads[0], input, weight, saved, act, mask);
+    for (int i = 0; i < 3; ++i)
+      if (!mask[i]) g[i] = at::Tensor();
+    g.emplace_back();  // activation
+    return g;
+  }
+
+  static at::Tensor reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
+                                           const at::Tensor& bias);
+};
+
+// z (the saved pre-activation) as a differentiable function of (input, weight, bias): returns
+// z unchanged; a gradient of it goes back through the adjoint of z = input @ weight^T + bias.
+class PreactivationFn : public torch::autograd::Function<PreactivationFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& input,
+                            const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+    ctx->save_for_backward({input, weight, bias.value_or(at::Tensor())});
+    return z.view_as(z);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(4);
+    const auto s = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(1), ctx->needs_input_grad(2),
+                                      s[2].defined() && ctx->needs_input_grad(3)};
+    variable_list g = run_backward(grads[0], s[0], s[1], at::empty({0}, s[0].options()), "", mask);
+    return {at::Tensor(), mask[0] ? g[0] : at::Tensor(), mask[1] ? g[1] : at::Tensor(), mask[2] ? g[2] : at::Tensor()};
+  }
+};
+
+at::Tensor LinearFn::reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
+                                            const at::Tensor& bias) {
+  return PreactivationFn::apply(z, input, weight, given(bias));
+}
+
+// The backward op as a node: (grad_input, grad_weight, grad_bias) of the layer.
+class LinearBackwardFn : public torch::autograd::Function<LinearBackwardFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& weight, const at::Tensor& saved, const std::string& act,
+                               std::array<bool, 3> mask) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    variable_list out = backward_op(grad_output, input, weight, saved, act, mask);
+    ctx->save_for_backward({grad_output, input, weight, saved});
+    ctx->saved_data["act"] = act;
+    ctx->saved_data["mask"] = c10::List<bool>({mask[0], mask[1], mask[2]});
+    for (int i = 0; i < 3; ++i)
+      if (!mask[i]) ctx->mark_non_differentiable({out[i]});
+    ctx->set_materialize_grads(false);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor &dy = s[0], &x = s[1], &w = s[2], &saved = s[3];
+    const std::string act = ctx->saved_data["act"].toStringRef();
+    const auto asked = ctx->saved_data["mask"].toBoolList();
+    const at::Tensor ggi = asked[0] ? grads[0] : at::Tensor(), ggw = asked[1] ? grads[1] : at::Tensor();
+    at::Tensor ggb = asked[2] ? grads[2] : at::Tensor();
+    at::Tensor g_dy, g_x, g_w, g_saved;
+    if ((ctx->needs_input_grad(0) || ctx->needs_input_grad(3)) && (ggi.defined() || ggw.defined() || ggb.defined())) {
+      at::Tensor t;  // ggi @ w^T + x @ ggw^T + ggb, through the fused linear itself
+      if (ggi.defined()) {
+        t = LinearFn::apply(ggi, w, given(ggb), std::string());
+        ggb = at::Tensor();
+      }
+      if (ggw.defined()) {
+        const at::Tensor term = LinearFn::apply(x, ggw, given(ggb), std::string());
+        t = t.defined() ? t + term : term;
+      } else if (!t.defined()) {
+        t = ggb.expand_as(dy);
+      }
+      if (act.empty()) {
+        g_dy = t;
+      } else if (act == "relu") {
+        g_dy = at::where(saved, t, at::zeros({}, t.options()));
+      } else {
+        g_dy = (t * activation_derivative(saved, act)).to(dy.scalar_type());
+        if (ctx->needs_input_grad(3)) g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.scalar_type());
+      }
+      if (!ctx->needs_input_grad(0)) g_dy = at::Tensor();
+    }
+    if (ctx->needs_input_grad(1) && ggw.defined()) g_x = run_backward(dy, x, ggw, saved, act, {true, false, false})[0];
+    if (ctx->needs_input_grad(2) && ggi.defined()) g_w = run_backward(dy, ggi, w, saved, act, {false, true, false})[1];
+    return {g_dy, g_x, g_w, g_saved, at::Tensor(), at::Tensor()};
+  }
+};
+
+variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+                           const at::Tensor& saved, const std::string& act, std::array<bool, 3> mask) {
+  if (at::GradMode::is_enabled()) return LinearBackwardFn::apply(grad_output, input, weight, saved, act, mask);
+  return backward_op(grad_output, input, weight, saved, act, mask);
+}
+
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           c10::string_view activation) {
+  return LinearFn::apply(input, weight, bias, std::string(activation));
+}
+
+// Below autograd (inference mode, tracing): the forward kernel alone.
+at::Tensor linear_plain(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        c10::string_view activation) {
+  return std::get<0>(forward_op(input, weight, bias, std::string(activation)));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fusedops, m) {
+  m.def("native_linear(Tensor input, Tensor weight, Tensor? bias, str activation) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fusedops, Autograd, m) { m.impl("native_linear", &linear_autograd); }
+
+TORCH_LIBRARY_IMPL(fusedops, CompositeExplicitAutograd, m) { m.impl("native_linear", &linear_plain); }
+
+}  // namespace fusedops

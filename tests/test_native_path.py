@@ -1,0 +1,149 @@
+"""The native path: a fused module whose backend is compiled runs as one registered op.
+
+``fusedops::native_conv_block`` and ``fusedops::native_linear`` carry their autograd in C++
+(csrc/conv_block_op.cpp, csrc/linear_op.cpp): a module's forward is one dispatcher call and
+its backward runs without Python. Checked here with the profiler, opcheck, gradcheck and the
+choices the modules make and cache.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import fusedops
+from fusedops import backends
+from fusedops.functional import conv_block_params
+
+PYTHON_OPS = ("fusedops::conv_block_forward", "fusedops::conv_block_backward", "fusedops::linear_forward",
+              "fusedops::linear_backward", "fusedops::conv_block_jvp")
+
+
+@pytest.fixture(autouse=True)
+def _needs_cpp():
+    if "cpp" not in fusedops.available_backends():
+        pytest.fail(f"the cpp backend must be built here: {backends._REGISTRY['cpp'].unavailable_reason()}")
+
+
+def _op_counts(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key: e.count for e in prof.key_averages()}
+
+
+def _fused_ops(counts):
+    return {k: v for k, v in counts.items() if k.startswith("fusedops::")}
+
+
+@pytest.mark.parametrize("backend", ["cpp", None], ids=["named", "auto"])
+def test_conv_block_module_is_one_native_op_forward_and_backward(backend):
+    block = fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=backend)  # 3 input channels: cpp is chosen
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+
+    def step():
+        for _ in range(3):
+            block(x).sum().backward()
+
+    ops = _fused_ops(_op_counts(step))
+    assert ops == {"fusedops::native_conv_block": 3, "fusedops::native_conv_block_forward": 3,
+                   "fusedops::native_conv_block_backward": 3}, ops
+    with torch.no_grad():
+        ops = _fused_ops(_op_counts(lambda: block(x)))
+    assert ops == {"fusedops::native_conv_block": 1, "fusedops::native_conv_block_forward": 1}, ops
+
+
+def test_linear_module_is_one_native_op():
+    lin = fusedops.FusedLinear(6, 5, activation="gelu", backend="cpp")
+    x = torch.randn(4, 6, requires_grad=True)
+    ops = _fused_ops(_op_counts(lambda: lin(x).sum().backward()))
+    assert ops == {"fusedops::native_linear": 1, "fusedops::native_linear_forward": 1,
+                   "fusedops::native_linear_backward": 1}, ops
+
+
+def test_python_backends_show_their_python_ops():
+    """The check above can fail: the reference backend runs the Python-implemented ops."""
+    block = fusedops.FusedConvBlock(3, 8, 3, padding=1, backend="reference")
+    ops = _fused_ops(_op_counts(lambda: block(torch.randn(2, 3, 8, 8)).sum().backward()))
+    assert "fusedops::conv_block_forward" in ops and "fusedops::native_conv_block" not in ops
+
+
+def test_native_path_equals_reference_in_every_layout():
+    block = fusedops.FusedConvBlock(3, 5, 3, padding=1, pool_kernel_size=3, pool_stride=2, backend="cpp").double()
+    ref = fusedops.FusedConvBlock(3, 5, 3, padding=1, pool_kernel_size=3, pool_stride=2, backend="reference").double()
+    ref.load_state_dict(block.state_dict())
+    for x in (torch.randn(2, 3, 9, 8), torch.randn(3, 9, 8), torch.randn(0, 3, 9, 8),
+              torch.randn(2, 3, 9, 8).contiguous(memory_format=torch.channels_last), torch.randn(2, 3, 9, 16)[..., ::2]):
+        x = x.double().requires_grad_(True)
+        xr = x.detach().clone().requires_grad_(True)
+        out, want = block(x), ref(xr)
+        torch.testing.assert_close(out, want)
+        assert out.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(
+            memory_format=torch.channels_last)
+        out.square().sum().backward()
+        want.square().sum().backward()
+        torch.testing.assert_close(x.grad, xr.grad)
+    for p, q in zip(block.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_native_ops_pass_opcheck_and_gradcheck():
+    p = conv_block_params((3, 3), padding=1)
+    for channels_last in (False, True):
+        x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        w, b = torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+        args = [t.requires_grad_(True) for t in (x, w, b)]
+        torch.library.opcheck(torch.ops.fusedops.native_conv_block.default, (*args, *p))
+        assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.fusedops.native_conv_block(x, w, b, *p), args)
+    for act in ("", "relu", "gelu", "gelu_tanh", "silu"):
+        args = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 5), (4, 5), (4,))]
+        torch.library.opcheck(torch.ops.fusedops.native_linear.default, (*args, act))
+        assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.fusedops.native_linear(x, w, b, act), args)
+
+
+def test_module_errors_come_from_the_native_checks_with_python_types():
+    block = fusedops.FusedConvBlock(3, 4, 3, backend="cpp")
+    with pytest.raises(ValueError, match="input has 5 channels but weight expects 3"):
+        block(torch.randn(1, 5, 8, 8))
+    with pytest.raises(TypeError, match="weight has dtype"):
+        block(torch.randn(1, 3, 8, 8).double())
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        block([1.0])
+    lin = fusedops.FusedLinear(4, 3, backend="cpp")
+    with pytest.raises(ValueError, match="input has 5 features"):
+        lin(torch.randn(2, 5))
+
+
+def test_changed_attributes_are_used_as_nn_conv2d_uses_them():
+    block = fusedops.FusedConvBlock(3, 4, 3, backend="cpp")
+    conv = nn.Conv2d(3, 4, 3)
+    conv.load_state_dict(block.state_dict())
+    x = torch.randn(1, 3, 16, 16)
+    for name, value in (("stride", (2, 2)), ("padding", (1, 1)), ("padding_mode", "reflect")):
+        setattr(block, name, value)
+        setattr(conv, name, value)
+        if name == "padding_mode":  # nn.Conv2d derives its F.pad padding at construction
+            conv._reversed_padding_repeated_twice = (1, 1, 1, 1)
+        torch.testing.assert_close(block(x), nn.functional.max_pool2d(torch.relu(conv(x)), 2))
+
+
+def test_backend_choice_follows_the_environment_variable(monkeypatch):
+    block = fusedops.FusedConvBlock(3, 4, 3)
+    x = torch.randn(1, 3, 8, 8)
+    assert "fusedops::native_conv_block" in _op_counts(lambda: block(x))
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    ops = _op_counts(lambda: block(x))
+    assert "fusedops::native_conv_block" not in ops and "fusedops::conv_block_forward" in ops
+    monkeypatch.delenv(backends.ENV_VAR)
+    assert "fusedops::native_conv_block" in _op_counts(lambda: block(x))
+
+
+def test_double_backward_on_the_native_path():
+    block = fusedops.FusedConvBlock(2, 3, 3, padding=1, backend="cpp").double()
+    lin = fusedops.FusedLinear(3 * 3 * 3, 2, activation="silu", backend="cpp").double()
+
+    def model(x):
+        return lin(block(x).flatten(1))
+
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(model, (x,))
