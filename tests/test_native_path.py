@@ -70,10 +70,12 @@ def test_native_path_equals_reference_in_every_layout():
     block = fusedops.FusedConvBlock(3, 5, 3, padding=1, pool_kernel_size=3, pool_stride=2, backend="cpp").double()
     ref = fusedops.FusedConvBlock(3, 5, 3, padding=1, pool_kernel_size=3, pool_stride=2, backend="reference").double()
     ref.load_state_dict(block.state_dict())
-    for x in (torch.randn(2, 3, 9, 8), torch.randn(3, 9, 8), torch.randn(0, 3, 9, 8),
-              torch.randn(2, 3, 9, 8).contiguous(memory_format=torch.channels_last), torch.randn(2, 3, 9, 16)[..., ::2]):
-        x = x.double().requires_grad_(True)
-        xr = x.detach().clone().requires_grad_(True)
+    d = torch.float64
+    for x in (torch.randn(2, 3, 9, 8, dtype=d), torch.randn(3, 9, 8, dtype=d), torch.randn(0, 3, 9, 8, dtype=d),
+              torch.randn(2, 3, 9, 8, dtype=d).contiguous(memory_format=torch.channels_last),
+              torch.randn(2, 3, 9, 16, dtype=d)[..., ::2]):
+        x = x.requires_grad_(True)
+        xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_(True)
         out, want = block(x), ref(xr)
         torch.testing.assert_close(out, want)
         assert out.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(
@@ -98,7 +100,7 @@ def test_native_ops_pass_opcheck_and_gradcheck():
     for act in ("", "relu", "gelu", "gelu_tanh", "silu"):
         args = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 5), (4, 5), (4,))]
         torch.library.opcheck(torch.ops.fusedops.native_linear.default, (*args, act))
-        assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.fusedops.native_linear(x, w, b, act), args)
+        assert torch.autograd.gradcheck(lambda x, w, b, a=act: torch.ops.fusedops.native_linear(x, w, b, a), args)
 
 
 def test_module_errors_come_from_the_native_checks_with_python_types():
