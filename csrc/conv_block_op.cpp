@@ -232,11 +232,14 @@ at::Tensor differentiable_jvp(const at::Tensor& input, const at::Tensor& weight,
                                a);
 }
 
-ConvArgs make_args(at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                   at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
-                   at::IntArrayRef pool_dilation, bool ceil_mode) {
-  return {stride.vec(),       padding.vec(),      dilation.vec(),      groups, pool_kernel_size.vec(),
-          pool_stride.vec(), pool_padding.vec(), pool_dilation.vec(), ceil_mode};
+// The flat argument list of native_conv_block (ConvBlockParams.native_args in Python):
+// stride (2), padding (4), dilation (2), groups, pooled (0/1), pool kernel, stride, padding,
+// dilation (2 each), ceil mode.
+ConvArgs unpack_args(at::IntArrayRef v) {
+  TORCH_CHECK_VALUE(v.size() == 19, "native_conv_block: expected 19 geometry values, got ", v.size());
+  const auto pair = [&](size_t i) { return IntList{v[i], v[i + 1]}; };
+  return {pair(0), IntList(v.begin() + 2, v.begin() + 6), pair(6), v[8],
+          v[9] ? pair(10) : IntList{}, pair(12), pair(14), pair(16), v[18] != 0};
 }
 
 // Runs `block` on a batch of one for unbatched (C, H, W) input.
@@ -247,31 +250,30 @@ at::Tensor batched(const at::Tensor& input, F&& block) {
 }
 
 at::Tensor conv_block_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                               int64_t groups, at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
-                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
-  const ConvArgs a = make_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
-                               pool_dilation, ceil_mode);
+                               at::IntArrayRef geometry) {
+  const ConvArgs a = unpack_args(geometry);
+  const bool record = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
+                                                     (bias.has_value() && bias->requires_grad()));
+  if (!record) {  // no graph to build: skip the autograd node's set-up
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
+  }
   return batched(input, [&](const at::Tensor& x) { return ConvBlockFn::apply(x, weight, bias, a); });
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.
 at::Tensor conv_block_plain(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                            at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
-                            at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation, bool ceil_mode) {
-  const ConvArgs a = make_args(stride, padding, dilation, groups, pool_kernel_size, pool_stride, pool_padding,
-                               pool_dilation, ceil_mode);
+                            at::IntArrayRef geometry) {
+  const ConvArgs a = unpack_args(geometry);
   return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fusedops, m) {
-  m.def(
-      "native_conv_block(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
-      "int[2] dilation, int groups, int[] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, "
-      "int[2] pool_dilation, bool pool_ceil_mode) -> Tensor");
+  // geometry: the block's non-tensor arguments as one flat list (see unpack_args): a list
+  // converts faster than nine arguments on every call.
+  m.def("native_conv_block(Tensor input, Tensor weight, Tensor? bias, int[] geometry) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fusedops, Autograd, m) { m.impl("native_conv_block", &conv_block_autograd); }

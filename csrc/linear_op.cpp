@@ -210,6 +210,12 @@ variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& inpu
 
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            c10::string_view activation) {
+  const bool record = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
+                                                     (bias.has_value() && bias->requires_grad()));
+  if (!record) {  // no graph to build: skip the autograd node's set-up
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return std::get<0>(forward_op(input, weight, bias, std::string(activation)));
+  }
   return LinearFn::apply(input, weight, bias, std::string(activation));
 }
 

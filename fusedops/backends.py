@@ -270,13 +270,50 @@ def register(backend: Backend) -> None:
     clear_choice_cache()
 
 
-# Backend choices already made, keyed by everything they depend on (see select).
+# Backend choices already made, keyed by everything they depend on (see select), and how
+# often they were forgotten (ChoiceMemo compares it).
 _CHOICES: Dict[tuple, Backend] = {}
+_GENERATION = [0]
 
 
 def clear_choice_cache() -> None:
     """Forget the choices made so far (after a change to the registry or the auto order)."""
     _CHOICES.clear()
+    _GENERATION[0] += 1
+
+
+class ChoiceMemo:
+    """The backend choices of one fused module, next to the module.
+
+    A module's problem is fixed (its arguments; its weight's shape is part of the key), so its
+    choice depends only on the input's device type and dtype and ``FUSEDOPS_BACKEND``: a
+    lookup here is a few attribute reads, where ``select`` would rebuild the problem's facts.
+    Forgotten with the global cache; copies and pickles of a module start empty.
+    """
+
+    __slots__ = ("generation", "entries")
+
+    def __init__(self):
+        self.generation, self.entries = _GENERATION[0], {}
+
+    @staticmethod
+    def key(input: torch.Tensor, weight: torch.Tensor, requested: str) -> tuple:
+        """What a module's choice depends on (the environment variable only in automatic mode)."""
+        return input.is_cuda, input.is_cpu, input.dtype, weight.shape, requested or os.environ.get(ENV_VAR, "")
+
+    def get(self, key: tuple) -> Optional[Backend]:
+        if self.generation != _GENERATION[0]:
+            self.generation, self.entries = _GENERATION[0], {}
+        return self.entries.get(key)
+
+    def put(self, key: tuple, backend: Backend) -> None:
+        self.entries[key] = backend
+
+    def __reduce__(self):
+        return (ChoiceMemo, ())
+
+    def __deepcopy__(self, memo):
+        return ChoiceMemo()
 
 
 register(ReferenceBackend())

@@ -7,12 +7,12 @@ with its autograd in C++ for the native backends, else through the autograd Func
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
 from . import _args
-from .backends import check_backend_name, conv_facts, select
+from .backends import ChoiceMemo, check_backend_name, conv_facts, select
 from .ops.conv_block import ConvBlockParams
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
 from .ops.linear import ACTIVATIONS
@@ -185,7 +185,8 @@ def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> No
             )
 
 
-def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *, check: bool = True):
+def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *, check: bool = True,
+                   memo: Optional[ChoiceMemo] = None, native_args: Optional[List[int]] = None):
     """The block on normalised ``params`` (what ``conv_relu_maxpool2d`` and ``FusedConvBlock``
     call; ``backend`` is a checked name, '' for automatic).
 
@@ -195,15 +196,22 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     ``check=False``, as the module passes, they are checked here only for the other
     backends). Otherwise the autograd Function runs the backend's kernels. Under
     torch.compile and torch.export the Function and the graph-level ops are traced, and the
-    backend is resolved when the graph runs.
+    backend is resolved when the graph runs. A module passes its ``memo`` of choices and its
+    ``native_args`` (``params.native_args()``), both kept between calls.
     """
     input, weight, bias = _autocast(input, weight, bias)
     if check or not isinstance(input, torch.Tensor):
         check_conv_block_tensors(input, weight, bias, params)
     if not torch.compiler.is_compiling():
-        chosen = select_conv_block_backend(backend, input, weight, bias, params)
+        key = ChoiceMemo.key(input, weight, backend) if memo is not None else None
+        chosen = memo.get(key) if memo is not None else None
+        if chosen is None:
+            chosen = select_conv_block_backend(backend, input, weight, bias, params)
+            if memo is not None:
+                memo.put(key, chosen)
         if chosen.native:
-            return torch.ops.fusedops.native_conv_block(input, weight, bias, *params)
+            args = params.native_args() if native_args is None else native_args
+            return torch.ops.fusedops.native_conv_block(input, weight, bias, args)
         backend = chosen.name
     if not check:
         check_conv_block_tensors(input, weight, bias, params)
@@ -268,15 +276,22 @@ def check_linear_tensors(input, weight, bias) -> None:
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def run_linear(input, weight, bias, activation: str, backend: str, *, check: bool = True) -> torch.Tensor:
+def run_linear(input, weight, bias, activation: str, backend: str, *, check: bool = True,
+               memo: Optional[ChoiceMemo] = None) -> torch.Tensor:
     """The fused linear with a checked activation name ('' for none) and backend name ('' for
     automatic): one call of ``fusedops::native_linear`` when the backend resolves to a
-    compiled one, else the autograd Function (see ``run_conv_block``, also for ``check``)."""
+    compiled one, else the autograd Function (see ``run_conv_block``, also for ``check`` and
+    ``memo``)."""
     input, weight, bias = _autocast(input, weight, bias)
     if check or not isinstance(input, torch.Tensor):
         check_linear_tensors(input, weight, bias)
     if not torch.compiler.is_compiling():
-        chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
+        key = ChoiceMemo.key(input, weight, backend) if memo is not None else None
+        chosen = memo.get(key) if memo is not None else None
+        if chosen is None:
+            chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
+            if memo is not None:
+                memo.put(key, chosen)
         if chosen.native:
             return torch.ops.fusedops.native_linear(input, weight, bias, activation)
         backend = chosen.name

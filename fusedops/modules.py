@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _args
-from .backends import check_backend_name
+from .backends import ChoiceMemo, check_backend_name
 from .functional import conv_block_params, run_conv_block, run_linear
 from .ops.linear import ACTIVATIONS
 
@@ -137,7 +137,8 @@ class FusedConvBlock(nn.Module):
         self.__dict__["_reversed_padding_repeated_twice"] = (left, right, top, bottom)
         if self.padding_mode != "zeros":
             params = params._replace(padding=(0, 0, 0, 0))
-        self.__dict__["_block_args"] = (params, check_backend_name(self.backend))
+        self.__dict__["_block_args"] = (params, check_backend_name(self.backend), params.native_args())
+        self.__dict__["_choices"] = ChoiceMemo()
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -147,8 +148,9 @@ class FusedConvBlock(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-        params, backend = self._block_args
-        return run_conv_block(input, self.weight, self.bias, params, backend, check=False)
+        params, backend, native_args = self._block_args
+        return run_conv_block(input, self.weight, self.bias, params, backend, check=False, memo=self._choices,
+                              native_args=native_args)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -286,6 +288,7 @@ class FusedLinear(nn.Module):
         self.out_features = out_features
         self.activation = _args.check_activation(activation, ACTIVATIONS) or None
         self.backend = check_backend_name(backend) or None
+        self._choices = ChoiceMemo()
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         if bias:
@@ -299,7 +302,17 @@ class FusedLinear(nn.Module):
         _reset_like_torch(self.weight, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return run_linear(input, self.weight, self.bias, self.activation or "", self.backend or "", check=False)
+        return run_linear(input, self.weight, self.bias, self.activation or "", self.backend or "", check=False,
+                          memo=self._choices)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "backend":
+            self.__dict__["_choices"] = ChoiceMemo()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("_choices", ChoiceMemo())  # pickled by an older fusedops
 
     def extra_repr(self) -> str:
         return (

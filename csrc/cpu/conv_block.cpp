@@ -55,9 +55,31 @@ namespace {
 
 // Row-major C (M x N) = op(A) (M x K) @ op(B) (K x N) [+ C when accumulate], on buffers
 // viewed as tensors (no copies). Inside at::parallel_for the BLAS call runs single-threaded.
+//
+// Products of at most kSmallGemm multiply-adds (a tiny layer, or the first bands of one) run as
+// plain loops: wrapping the buffers as tensors and dispatching to BLAS costs more than the
+// arithmetic there, and that host time is what a small layer's call costs.
+constexpr int64_t kSmallGemm = 1 << 15;
+
 template <typename T>
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
             const T* b, int64_t ldb, bool accumulate, T* c, int64_t ldc) {
+  if (m * n * k <= kSmallGemm) {
+    for (int64_t i = 0; i < m; ++i) {
+      T* ci = c + i * ldc;
+      if (!accumulate) std::fill(ci, ci + n, T(0));
+      for (int64_t p = 0; p < k; ++p) {
+        const T aip = trans_a ? a[p * lda + i] : a[i * lda + p];
+        if (trans_b) {
+          for (int64_t j = 0; j < n; ++j) ci[j] += aip * b[j * ldb + p];
+        } else {
+          const T* bp = b + p * ldb;
+          for (int64_t j = 0; j < n; ++j) ci[j] += aip * bp[j];
+        }
+      }
+    }
+    return;
+  }
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
     at::Tensor t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, opts);

@@ -90,9 +90,11 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
   } else {
     z = at::mm(x, weight.t());
   }
+  const bool flat = input.dim() == 2;
   const auto shape = linear_output_shape(input, n);
-  if (act == Act::None) return {z.view(shape), at::empty({0}, input.options())};
-  at::Tensor y = at::empty_like(z);
+  if (act == Act::None) return {flat ? z : z.view(shape), at::empty({0}, input.options())};
+  // relu saves only its mask, so the activation overwrites z; the others keep z as their state.
+  at::Tensor y = act == Act::Relu ? z : at::empty_like(z);
   at::Tensor saved = act == Act::Relu ? at::empty(z.sizes(), input.options().dtype(at::kBool)) : z;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "linear_forward_cpu", [&] {
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
@@ -100,11 +102,12 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
     bool* mp = act == Act::Relu ? saved.mutable_data_ptr<bool>() : nullptr;
     at::parallel_for(0, z.numel(), 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
+        if (mp) mp[i] = !(zp[i] <= scalar_t(0));  // before yp[i]: for relu they share memory
         yp[i] = activate(zp[i], act);
-        if (mp) mp[i] = !(zp[i] <= scalar_t(0));
       }
     });
   });
+  if (flat) return {y, saved};
   return {y.view(shape), saved.view(shape)};
 }
 

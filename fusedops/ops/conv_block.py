@@ -27,7 +27,7 @@ built on the registered ops are in ``conv_block_autograd.py``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,21 @@ class ConvBlockParams(NamedTuple):
                 (oh, ow), self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_dilation
             )
         )
+
+    def native_args(self) -> List[int]:
+        """The arguments as the flat list ``fusedops::native_conv_block`` takes (one list, which
+        the dispatcher converts faster than nine): stride (2), padding (4), dilation (2),
+        groups, pooled (0/1), pool kernel, stride, padding, dilation (2 each), ceil mode."""
+        pool = self.pool_kernel_size if self.has_pool else (1, 1)
+        return [*self.stride, *self.padding, *self.dilation, self.groups, int(self.has_pool), *pool,
+                *self.pool_stride, *self.pool_padding, *self.pool_dilation, int(self.pool_ceil_mode)]
+
+    @classmethod
+    def from_native_args(cls, args: Sequence[int]) -> "ConvBlockParams":
+        """Inverse of :meth:`native_args`."""
+        a = list(args)
+        return cls((a[0], a[1]), tuple(a[2:6]), (a[6], a[7]), a[8], (a[10], a[11]) if a[9] else (),
+                   (a[12], a[13]), (a[14], a[15]), (a[16], a[17]), bool(a[18]))
 
     def offsets_dtype(self) -> torch.dtype:
         """Narrowest integer type holding a window offset and the -1 sentinel."""
@@ -286,11 +301,12 @@ def fake_backward(grad_output, input, weight, offsets, *args):
     return grad_input, grad_weight, grad_bias
 
 
-def fake_native_conv_block(input, weight, bias, *args):
+def fake_native_conv_block(input, weight, bias, native_args):
     """Output of ``fusedops::native_conv_block`` (also for unbatched ``(C, H, W)`` input)."""
+    params = ConvBlockParams.from_native_args(native_args)
     if input.dim() == 3:
-        return fake_forward(input.unsqueeze(0), weight, bias, *args)[0].squeeze(0)
-    return fake_forward(input, weight, bias, *args)[0]
+        return fake_forward(input.unsqueeze(0), weight, bias, *params)[0].squeeze(0)
+    return fake_forward(input, weight, bias, *params)[0]
 
 
 def fake_jvp(input, weight, offsets, *args):
