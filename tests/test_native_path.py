@@ -87,6 +87,10 @@ def test_native_path_equals_reference_in_every_layout():
         torch.testing.assert_close(p.grad, q.grad)
 
 
+def _native_conv_block(geometry):
+    return lambda x, w, b: torch.ops.fusedops.native_conv_block(x, w, b, geometry)
+
+
 def test_native_ops_pass_opcheck_and_gradcheck():
     p = conv_block_params((3, 3), padding=1)
     for channels_last in (False, True):
@@ -96,7 +100,7 @@ def test_native_ops_pass_opcheck_and_gradcheck():
         w, b = torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
         args = [t.requires_grad_(True) for t in (x, w, b)]
         torch.library.opcheck(torch.ops.fusedops.native_conv_block.default, (*args, p.native_args()))
-        assert torch.autograd.gradcheck(lambda x, w, b: torch.ops.fusedops.native_conv_block(x, w, b, p.native_args()), args)
+        assert torch.autograd.gradcheck(_native_conv_block(p.native_args()), args)
     for act in ("", "relu", "gelu", "gelu_tanh", "silu"):
         args = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((3, 5), (4, 5), (4,))]
         torch.library.opcheck(torch.ops.fusedops.native_linear.default, (*args, act))

@@ -87,7 +87,7 @@ class ConvBlockParams(NamedTuple):
                 *self.pool_stride, *self.pool_padding, *self.pool_dilation, int(self.pool_ceil_mode)]
 
     @classmethod
-    def from_native_args(cls, args: Sequence[int]) -> "ConvBlockParams":
+    def from_native_args(cls, args: Sequence[int]) -> ConvBlockParams:
         """Inverse of :meth:`native_args`."""
         a = list(args)
         return cls((a[0], a[1]), tuple(a[2:6]), (a[6], a[7]), a[8], (a[10], a[11]) if a[9] else (),
