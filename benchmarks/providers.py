@@ -1,10 +1,11 @@
 """Providers: the ways of running one workload that the benchmark compares.
 
-``fusedops-<backend>`` (``fusedops.fuse`` of the eager module, one per backend that runs
-on the device), ``eager`` (NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True``
-on CUDA), ``compile`` (``torch.compile`` default), on CUDA ``compile-max-autotune``
+``fusedops-auto`` (``fusedops.fuse`` of the eager module with automatic backend choice: what
+a user gets), ``fusedops-<backend>`` (the same with each backend that runs on the device),
+``eager`` (NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True`` on CUDA), ``compile``
+(``torch.compile`` default), on CUDA ``compile-max-autotune``
 (``mode="max-autotune-no-cudagraphs"``) and ``<provider>-graph`` (CUDA-graph replay of
-``eager`` and of each fusedops backend: small layers are launch-bound).
+``eager`` and of each fusedops provider: small layers are launch-bound).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def fusedops_backends_for(device: str) -> List[str]:
 def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: Optional[List[str]]) -> List[Provider]:
     """Every provider of ``workload`` on ``device`` (filtered by ``wanted`` name prefixes)."""
     base = workload.build().to(device=device, dtype=dtype)
-    out = [Provider("eager", base)]
+    out = [Provider("eager", base), Provider("fusedops-auto", fusedops.fuse(base))]  # automatic choice
     for b in fusedops_backends_for(device):
         fused = fusedops.fuse(base, backend=b)
         out.append(Provider(f"fusedops-{b}", fused))

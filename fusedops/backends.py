@@ -75,6 +75,10 @@ class Backend:
         """The output's tangent at fixed offsets (``fusedops::conv_block_jvp``)."""
         raise NotImplementedError
 
+    def conv_block_output(self, input, weight, bias, params: ConvBlockParams):
+        """The block's output alone, when nothing will be differentiated (no offsets needed)."""
+        return self.conv_block_forward(input, weight, bias, params)[0]
+
     def linear_forward(self, input, weight, bias, activation: str):
         raise NotImplementedError
 
@@ -93,6 +97,9 @@ class ReferenceBackend(Backend):
 
     def conv_block_forward(self, input, weight, bias, params):
         return conv_block.reference_forward(input, weight, bias, params)
+
+    def conv_block_output(self, input, weight, bias, params):
+        return conv_block.reference_output(input, weight, bias, params)
 
     def conv_block_backward(self, grad_output, input, weight, offsets, params, output_mask):
         return conv_block.reference_backward(grad_output, input, weight, offsets, params, output_mask)
@@ -137,8 +144,9 @@ class CppBackend(NativeBackend):
     """C++ CPU kernels in ``fusedops._C`` (csrc/cpu): float32 and float64 CPU tensors, and
     bfloat16 (CPU autocast) through the float32 kernels.
 
-    The linear kernels use the same BLAS as eager (plus a fused activation pass), so
-    automatic choice never takes this backend for linear: it has not been measured faster.
+    The linear kernels use the same BLAS as eager (plus a fused activation pass); through the
+    native op (one C++ autograd node) they cost no more than eager, so automatic choice takes
+    them for linear layers.
     """
 
     name = "cpp"
@@ -155,6 +163,10 @@ class CppBackend(NativeBackend):
     MAX_AUTO_IN_CHANNELS = 4
 
     def auto_eligible(self, op, facts):
+        if op.startswith("linear"):
+            # Same BLAS as eager plus one activation pass, and one C++ autograd node where the
+            # reference runs a Python Function: measured at eager speed (benchmarks/NOTES.md).
+            return True
         if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
             return False
         few_channels = int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS

@@ -213,12 +213,16 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
             args = params.native_args() if native_args is None else native_args
             return torch.ops.fusedops.native_conv_block(input, weight, bias, args)
         backend = chosen.name
+    else:
+        chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
     if not check:
         check_conv_block_tensors(input, weight, bias, params)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if _needs_graph(x, weight, bias):
-        out = ConvReluMaxPool2dFunction.apply(x, weight, bias, params, backend)
+        out = ConvReluMaxPool2dFunction.apply(x, weight, bias, params, backend, chosen)
+    elif chosen is not None:
+        out = chosen.conv_block_output(x, weight, bias, params)
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
     return out.squeeze(0) if unbatched else out
@@ -295,9 +299,13 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
         if chosen.native:
             return torch.ops.fusedops.native_linear(input, weight, bias, activation)
         backend = chosen.name
+    else:
+        chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
     if not check:
         check_linear_tensors(input, weight, bias)
     if _needs_graph(input, weight, bias):
-        return LinearFunction.apply(input, weight, bias, activation, backend)
+        return LinearFunction.apply(input, weight, bias, activation, backend, chosen)
+    if chosen is not None:
+        return chosen.linear_forward(input, weight, bias, activation)[0]
     out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)
     return out

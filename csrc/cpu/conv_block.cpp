@@ -594,6 +594,7 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, bool pool_ceil_mode) {
+  FUSEDOPS_NO_AUTOCAST;
   check_cpu_dtype(input);
   check_float_cpu(input, "input", input);
   check_float_cpu(weight, "weight", input);
@@ -629,6 +630,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cpu(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, std::array<bool, 3> output_mask) {
+  FUSEDOPS_NO_AUTOCAST;
   check_cpu_dtype(input);
   check_float_cpu(input, "input", input);
   check_float_cpu(weight, "weight", input);

@@ -92,6 +92,7 @@ at::Tensor conv_block_jvp_cpu(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                               at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
                               at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
+  FUSEDOPS_NO_AUTOCAST;
   check_cpu_dtype(input);
   check_float_cpu(input, "input", input);
   check_float_cpu(weight, "weight", input);

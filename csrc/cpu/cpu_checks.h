@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdint>
 
@@ -24,6 +25,10 @@ inline void check_float_cpu(const at::Tensor& t, const char* name, const at::Ten
   TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), name, " has dtype ", t.scalar_type(),
               " but input has dtype ", input.scalar_type());
 }
+
+// The kernels call ATen for GEMMs and copies: autocast must not recast those (the op's inputs
+// were cast already by the caller's autocast, and the kernels pick their own precision).
+#define FUSEDOPS_NO_AUTOCAST const c10::impl::ExcludeDispatchKeyGuard no_autocast_(c10::autocast_dispatch_keyset)
 
 // Runs the lambda __VA_ARGS__ with OffT, the C++ type of an offsets tensor of dtype `dtype`.
 #define FUSEDOPS_DISPATCH_OFFSETS(dtype, ...)                        \

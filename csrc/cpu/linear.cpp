@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "../linear_checks.h"
+#include "cpu_checks.h"
 
 #include <array>
 #include <cmath>
@@ -68,6 +69,7 @@ void check_inputs(const at::Tensor& input, const at::Tensor& weight) {
 std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                                       const std::optional<at::Tensor>& bias,
                                                       c10::string_view activation) {
+  FUSEDOPS_NO_AUTOCAST;
   check_inputs(input, weight);
   const Act act = parse_activation(activation);
   if (input.scalar_type() == at::kBFloat16) {  // float32 kernels on float32 copies, rounded back
@@ -100,10 +102,16 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     bool* mp = act == Act::Relu ? saved.mutable_data_ptr<bool>() : nullptr;
-    at::parallel_for(0, z.numel(), 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        if (mp) mp[i] = !(zp[i] <= scalar_t(0));  // before yp[i]: for relu they share memory
-        yp[i] = activate(zp[i], act);
+    at::parallel_for(0, z.numel(), 16384, [&](int64_t begin, int64_t end) {
+      if (mp) {  // relu, in place (yp == zp), as branch-free selects the compiler vectorises
+        for (int64_t i = begin; i < end; ++i) {
+          const scalar_t v = zp[i];
+          const bool on = !(v <= scalar_t(0));  // NaN counts as on
+          mp[i] = on;
+          yp[i] = on ? v : scalar_t(0);
+        }
+      } else {
+        for (int64_t i = begin; i < end; ++i) yp[i] = activate(zp[i], act);
       }
     });
   });
@@ -115,6 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                                                    const at::Tensor& input, const at::Tensor& weight,
                                                                    const at::Tensor& saved, c10::string_view activation,
                                                                    std::array<bool, 3> output_mask) {
+  FUSEDOPS_NO_AUTOCAST;
   check_inputs(input, weight);
   const Act act = parse_activation(activation);
   check_linear_backward_args(grad_output, input, weight, saved, act, activation);
@@ -136,9 +145,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
       scalar_t* dp = dz.mutable_data_ptr<scalar_t>();
       const bool* mp = act == Act::Relu ? s.const_data_ptr<bool>() : nullptr;
       const scalar_t* zp = act == Act::Relu ? nullptr : s.const_data_ptr<scalar_t>();
-      at::parallel_for(0, g.numel(), 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-          dp[i] = mp ? (mp[i] ? gp[i] : scalar_t(0)) : gp[i] * activation_grad(zp[i], act);
+      at::parallel_for(0, g.numel(), 16384, [&](int64_t begin, int64_t end) {
+        if (mp) {  // relu: a branch-free select
+          for (int64_t i = begin; i < end; ++i) dp[i] = mp[i] ? gp[i] : scalar_t(0);
+        } else {
+          for (int64_t i = begin; i < end; ++i) dp[i] = gp[i] * activation_grad(zp[i], act);
+        }
       });
     });
   }

@@ -36,12 +36,15 @@ def _asked(grads, mask):
     return [g if m else None for g, m in zip(grads, mask)]
 
 
-def backward_op(grad_output, input, weight, offsets, params: Sequence, output_mask, backend: str):
+def backward_op(grad_output, input, weight, offsets, params: Sequence, output_mask, backend: str, kernels=None):
     """``fusedops::conv_block_backward`` (``params``: the first 8 of :class:`ConvBlockParams`),
-    recorded as a differentiable node when grad mode is on."""
+    recorded as a differentiable node when grad mode is on; else, given the backend's object
+    (``kernels``, in eager mode), its kernels are called directly."""
     if torch.is_grad_enabled():
         return ConvBlockBackward.apply(grad_output, input, weight, offsets, tuple(params), list(output_mask), backend)
-    return _ops.conv_block_backward(grad_output, input, weight, offsets, *params, list(output_mask), backend)
+    if kernels is not None:
+        return kernels.conv_block_backward(grad_output, input, weight, offsets, params, list(output_mask))
+    return _ops.conv_block_backward(grad_output, input, weight, offsets, *params[:8], list(output_mask), backend)
 
 
 def jvp_op(input, weight, offsets, input_tangent: Optional[torch.Tensor], weight_tangent: Optional[torch.Tensor],
@@ -50,22 +53,30 @@ def jvp_op(input, weight, offsets, input_tangent: Optional[torch.Tensor], weight
     if torch.is_grad_enabled():
         return ConvBlockJvp.apply(input, weight, offsets, input_tangent, weight_tangent, bias_tangent,
                                   tuple(params), backend)
-    return _ops.conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, *params, backend)
+    return _ops.conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, *params[:8],
+                               backend)
 
 
 class ConvReluMaxPool2dFunction(torch.autograd.Function):
     """Autograd node of the fused block: saves ``input``, ``weight`` and the int offsets.
 
-    ``forward(input, weight, bias, params: ConvBlockParams, backend: str) -> output``
+    ``forward(input, weight, bias, params: ConvBlockParams, backend: str, kernels=None) -> output``
     with 4-D ``input``; ``backward`` un-pools through the offsets (see ``conv_block.py``).
+    ``kernels`` is the resolved backend object in eager mode: its kernels are called directly.
+    Without it (under torch.compile / torch.export) the graph-level ops run, which resolve
+    ``backend`` when the graph runs.
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str):
-        out, offsets = _ops.conv_block_forward(input, weight, bias, *params, backend)
+    def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str, kernels=None):
+        if kernels is not None:
+            out, offsets = kernels.conv_block_forward(input, weight, bias, params)
+        else:
+            out, offsets = _ops.conv_block_forward(input, weight, bias, *params, backend)
         ctx.save_for_backward(input, weight, offsets)
         ctx.params = params
         ctx.backend = backend
+        ctx.kernels = kernels
         ctx.has_bias = bias is not None
         return out
 
@@ -74,8 +85,8 @@ class ConvReluMaxPool2dFunction(torch.autograd.Function):
         input, weight, offsets = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-        grads = backward_op(grad_output, input, weight, offsets, ctx.params[:8], mask, ctx.backend)
-        return (*_asked(grads, mask), None, None)
+        grads = backward_op(grad_output, input, weight, offsets, ctx.params, mask, ctx.backend, ctx.kernels)
+        return (*_asked(grads, mask), None, None, None)
 
 
 class ConvBlockBackward(torch.autograd.Function):
@@ -87,6 +98,7 @@ class ConvBlockBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grad_output, input, weight, offsets, params, output_mask, backend):
+        params = tuple(params[:8])
         grads = _ops.conv_block_backward(grad_output, input, weight, offsets, *params, output_mask, backend)
         ctx.save_for_backward(grad_output, input, weight, offsets)
         ctx.params, ctx.output_mask, ctx.backend = params, output_mask, backend
@@ -120,6 +132,7 @@ class ConvBlockJvp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, offsets, input_tangent, weight_tangent, bias_tangent, params, backend):
+        params = tuple(params[:8])
         ctx.save_for_backward(input, weight, offsets, input_tangent, weight_tangent)
         ctx.params, ctx.backend = params, backend
         ctx.set_materialize_grads(False)

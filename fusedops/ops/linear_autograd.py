@@ -34,25 +34,33 @@ def _asked(grads, mask):
     return [g if m else None for g, m in zip(grads, mask)]
 
 
-def backward_op(grad_output, input, weight, saved, activation: str, output_mask, backend: str):
-    """``fusedops::linear_backward``, recorded as a differentiable node when grad mode is on."""
+def backward_op(grad_output, input, weight, saved, activation: str, output_mask, backend: str, kernels=None):
+    """``fusedops::linear_backward``, recorded as a differentiable node when grad mode is on;
+    else, given the backend's object (``kernels``, in eager mode), its kernels directly."""
     if torch.is_grad_enabled():
         return LinearBackward.apply(grad_output, input, weight, saved, activation, list(output_mask), backend)
+    if kernels is not None:
+        return kernels.linear_backward(grad_output, input, weight, saved, activation, list(output_mask))
     return _ops.linear_backward(grad_output, input, weight, saved, activation, list(output_mask), backend)
 
 
 class LinearFunction(torch.autograd.Function):
     """Autograd node of the fused linear: saves ``input``, ``weight`` and the activation state.
 
-    ``forward(input, weight, bias, activation: str, backend: str) -> output``.
+    ``forward(input, weight, bias, activation: str, backend: str, kernels=None) -> output``;
+    ``kernels`` as for ``ConvReluMaxPool2dFunction``.
     """
 
     @staticmethod
-    def forward(ctx, input, weight, bias, activation: str, backend: str):
-        out, saved = _ops.linear_forward(input, weight, bias, activation, backend)
+    def forward(ctx, input, weight, bias, activation: str, backend: str, kernels=None):
+        if kernels is not None:
+            out, saved = kernels.linear_forward(input, weight, bias, activation)
+        else:
+            out, saved = _ops.linear_forward(input, weight, bias, activation, backend)
         ctx.save_for_backward(input, weight, saved, bias)
         ctx.activation = activation
         ctx.backend = backend
+        ctx.kernels = kernels
         ctx.has_bias = bias is not None
         return out
 
@@ -63,8 +71,8 @@ class LinearFunction(torch.autograd.Function):
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
         if torch.is_grad_enabled() and ctx.activation in SMOOTH_ACTIVATIONS:  # a recorded backward
             saved = _PreactivationOf.apply(saved, input, weight, bias, ctx.backend)
-        grads = backward_op(grad_output, input, weight, saved, ctx.activation, mask, ctx.backend)
-        return (*_asked(grads, mask), None, None)
+        grads = backward_op(grad_output, input, weight, saved, ctx.activation, mask, ctx.backend, ctx.kernels)
+        return (*_asked(grads, mask), None, None, None)
 
 
 class _PreactivationOf(torch.autograd.Function):
