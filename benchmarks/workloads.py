@@ -1,5 +1,6 @@
 """The benchmark workloads: layers of the tutorial CNNs, a VGG block, the ResNet stem, MLPs,
-and the tutorial CIFAR CNN's whole training step.
+and whole tutorial models (the CIFAR tutorial CNN, a wider CIFAR CNN, the quickstart MLP):
+their eval forward and their training step.
 
 Each workload builds its eager PyTorch module (the baseline every provider is checked
 against) and counts the FLOPs and the minimum bytes one forward moves (input, weight and
@@ -9,6 +10,7 @@ their bytes (read the input, weight, output gradient; write the input and weight
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -115,22 +117,79 @@ class CifarCNN(nn.Module):
         return self.fc3(x)
 
 
-def _cifar_flops(n: int) -> float:
-    convs = 2.0 * n * (6 * 28 * 28 * 3 * 25 + 16 * 10 * 10 * 6 * 25)
-    fcs = 2.0 * n * (400 * 120 + 120 * 84 + 84 * 10)
-    return convs + fcs
+class CifarWideCNN(nn.Module):
+    """A CIFAR-10 CNN with wider layers (conv 3->32, 32->64 3x3, each ReLU + MaxPool2d(2), fc
+    4096->128->10) and one shared nn.ReLU and one shared nn.MaxPool2d module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(64 * 8 * 8, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.conv1(x)))
+        x = self.pool(self.relu(self.conv2(x)))
+        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
 
 
-CIFAR_STEP = Workload(
-    op="train_step",
-    layer="cifar tutorial CNN (fwd+bwd+SGD)",
-    build=CifarCNN,
-    input_shape=lambda n: (n, 3, 32, 32),
-    fwd_flops=_cifar_flops,
-    fwd_elems=lambda n: n * 3 * 32 * 32 + 62006 + n * 10,
-    input_grad=False,
-    modes=("train",),
-)
+class QuickstartMLP(nn.Module):
+    """The PyTorch quickstart tutorial's NeuralNetwork: Flatten, Linear 784-512-512-10, ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28 * 28, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10),
+        )
+
+    def forward(self, x):
+        return self.linear_relu_stack(self.flatten(x))
+
+
+def _layer_flops(build: Callable[[], nn.Module], shape: Tuple[int, ...]) -> float:
+    """Forward FLOPs of one sample: 2 per multiply-add of every Conv2d and Linear."""
+    total = [0.0]
+
+    def count(m, inputs, out):
+        if isinstance(m, nn.Conv2d):
+            total[0] += 2.0 * out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total[0] += 2.0 * out.numel() * m.in_features
+
+    model = build()
+    for m in model.modules():
+        m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    return total[0]
+
+
+def model_workload(layer: str, build: Callable[[], nn.Module], shape: Tuple[int, ...]) -> Workload:
+    """A whole model: its eval forward and its training step (forward, backward, SGD)."""
+    flops = _layer_flops(build, shape)
+    params = sum(p.numel() for p in build().parameters())
+    return Workload(
+        op="train_step",
+        layer=layer,
+        build=build,
+        input_shape=lambda n: (n, *shape),
+        fwd_flops=lambda n: n * flops,
+        fwd_elems=lambda n: n * math.prod(shape) + params + n * 10,
+        input_grad=False,
+        modes=("fwd", "train"),
+    )
+
+
+CIFAR_STEP = model_workload("cifar tutorial CNN (blitz LeNet)", CifarCNN, (3, 32, 32))
+MODELS = [
+    CIFAR_STEP,
+    model_workload("cifar CNN 3->32->64, shared relu/pool", CifarWideCNN, (3, 32, 32)),
+    model_workload("quickstart MLP 784-512-512-10", QuickstartMLP, (1, 28, 28)),
+]
 
 CONV_LAYERS = [
     conv_block_workload("mnist conv1 1->32 28x28", 1, 32, 28),
@@ -146,7 +205,7 @@ LINEAR_LAYERS = [
     linear_workload("mlp 784-512-512-10 relu", (784, 512, 512, 10), nn.ReLU),
     linear_workload("4096x4096 gelu", (4096, 4096), nn.GELU),
 ]
-ALL = CONV_LAYERS + LINEAR_LAYERS + [CIFAR_STEP]
+ALL = CONV_LAYERS + LINEAR_LAYERS + MODELS
 
 # The default CPU run (`make bench` without a GPU) leaves out the two ImageNet-sized layers,
 # whose eager forward alone takes seconds per batch of 64 on a 2-core machine.
