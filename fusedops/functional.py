@@ -203,12 +203,8 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     if check or not isinstance(input, torch.Tensor):
         check_conv_block_tensors(input, weight, bias, params)
     if not torch.compiler.is_compiling():
-        key = ChoiceMemo.key(input, weight, backend) if memo is not None else None
-        chosen = memo.get(key) if memo is not None else None
-        if chosen is None:
-            chosen = select_conv_block_backend(backend, input, weight, bias, params)
-            if memo is not None:
-                memo.put(key, chosen)
+        chosen = _resolve(memo, input, weight, backend, lambda: select_conv_block_backend(
+            backend, input, weight, bias, params))
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
             return torch.ops.fusedops.native_conv_block(input, weight, bias, args)
@@ -226,6 +222,19 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
     return out.squeeze(0) if unbatched else out
+
+
+def _resolve(memo: Optional[ChoiceMemo], input, weight, backend: str, choose):
+    """The backend of this call: from the module's ``memo`` when it holds the choice, else
+    ``choose()`` (a cached ``select``), remembered in the memo."""
+    if memo is None:
+        return choose()
+    key = ChoiceMemo.key(input, weight, backend)
+    chosen = memo.get(key)
+    if chosen is None:
+        chosen = choose()
+        memo.put(key, chosen)
+    return chosen
 
 
 def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams):
@@ -290,12 +299,8 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
     if check or not isinstance(input, torch.Tensor):
         check_linear_tensors(input, weight, bias)
     if not torch.compiler.is_compiling():
-        key = ChoiceMemo.key(input, weight, backend) if memo is not None else None
-        chosen = memo.get(key) if memo is not None else None
-        if chosen is None:
-            chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
-            if memo is not None:
-                memo.put(key, chosen)
+        tensors = (input, weight) if bias is None else (input, weight, bias)
+        chosen = _resolve(memo, input, weight, backend, lambda: select(backend, tensors, "linear"))
         if chosen.native:
             return torch.ops.fusedops.native_linear(input, weight, bias, activation)
         backend = chosen.name
