@@ -1,12 +1,14 @@
 # make test               install what is missing, build fusedops._C, prove the GPU side builds
-#                         (cuda-build-check: no GPU needed), run the test suite
+#                         (cuda-build-check, triton-check: no GPU needed), run the test suite
 # make bench              install what is missing, build, run the benchmarks on the best device present
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
+# make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
+#                         it (Triton 3.6 in build/venv-triton3.6); writes benchmarks/triton-sm90.md
 #
-# `make test` runs the GPU check when a source it covers changed since it last passed (always on
-# a fresh clone); its virtualenv is made once and reused. `make test GPU_CHECKS=0` skips it (a
-# machine without a CUDA toolkit or without the torch 2.14.1 wheel).
+# `make test` runs the two GPU checks when a source they cover changed since they last passed
+# (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
+# skips them (a machine without a CUDA toolkit or without the torch 2.14.1 / Triton 3.6 wheels).
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
@@ -23,9 +25,13 @@ GPU_CHECKS ?= 1
 CUDA_CHECK_TORCH ?= 2.14.1
 CUDA_CHECK_STAMP := build/cuda-build-check/.passed
 CUDA_CHECK_SOURCES := $(SOURCES) fusedops/_native.py tools/cuda_build_check.sh tools/check_cuda_kernels.py
-GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP))
+TRITON_VENV := build/venv-triton3.6
+TRITON_CHECK_STAMP := build/triton-check/.passed
+TRITON_CHECK_SOURCES := $(wildcard fusedops/triton/*.py) fusedops/ops/conv_block.py fusedops/functional.py \
+	fusedops/_args.py $(wildcard tools/triton_*.py)
+GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test bench lint clean cuda-build-check
+.PHONY: install deps test bench lint clean cuda-build-check triton-check
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
@@ -46,7 +52,7 @@ $(STAMP): $(SOURCES)
 install: deps $(STAMP)
 
 test: install $(GPU_CHECK_STAMPS)
-	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check skipped")
+	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
 	$(PYTHON) -m pytest tests -q
 
 # The extension with its CUDA kernels, built as users build it, against a CUDA build of torch.
@@ -55,6 +61,21 @@ cuda-build-check:
 
 $(CUDA_CHECK_STAMP): $(CUDA_CHECK_SOURCES)
 	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
+	@touch $@
+
+# Every Triton kernel compiled for the GPU machines' Triton (3.6) and GPUs (sm_90, sm_80).
+triton-check: $(TRITON_VENV)/.complete
+	$(TRITON_VENV)/bin/python tools/triton_check.py
+
+$(TRITON_CHECK_STAMP): $(TRITON_VENV)/.complete $(TRITON_CHECK_SOURCES)
+	$(TRITON_VENV)/bin/python tools/triton_check.py
+	@mkdir -p $(dir $@) && touch $@
+
+# torch 2.13 (CPU) is only the host side of the launchers; torch 2.14 pins another Triton.
+$(TRITON_VENV)/.complete:
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q torch==2.13.0 "triton==3.6.*" numpy
 	@touch $@
 
 bench: install

@@ -53,8 +53,8 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def conv_block_configs(rows: int, cols: int) -> dict:
-    """Block sizes from the problem sizes (16 is tl.dot's minimum)."""
+def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
+    """Block sizes from the problem sizes (16 is tl.dot's minimum), for inputs of ``dtype``."""
     block_n = 16 if cols <= 16 else 32 if cols <= 32 else 64
     block_m = 32 if rows <= 4096 else 64
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if rows <= 4096 else 32, "num_warps": 4}
@@ -258,7 +258,7 @@ def forward(input, weight, bias, p: ConvBlockParams):
     w = weight.contiguous()
     sizes, steps, pool = _geometry(input, w, p, out_hw)
     rows, coutg = shape[0] * out_hw[0] * out_hw[1], sizes[4]
-    cfg = conv_block_configs(rows, coutg)
+    cfg = conv_block_configs(rows, coutg, input.dtype)
     grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(coutg, cfg["BLOCK_N"]), p.groups)
     conv_block_fwd_kernel[grid](
         input, w, bias if bias is not None else w, y, offsets, *sizes, *steps, *input.stride(), *y.stride(),
@@ -279,7 +279,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     if output_mask[0]:
         grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
         if grad_input.numel():
-            cfg = conv_block_configs(n * h * wd, cg)
+            cfg = conv_block_configs(n * h * wd, cg, input.dtype)
             grid = (triton.cdiv(n * h * wd, cfg["BLOCK_M"]), triton.cdiv(cg, cfg["BLOCK_N"]), p.groups)
             conv_block_dx_kernel[grid](
                 grad_output, offsets, w, grad_input, *sizes, *steps, *strides, *grad_input.stride(),
@@ -290,7 +290,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
         dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
         db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if output_mask[2] else dw
         k = cg * kh * kw
-        cfg = conv_block_configs(k, coutg)
+        cfg = conv_block_configs(k, coutg, input.dtype)
         grid = (triton.cdiv(k, cfg["BLOCK_M"]), triton.cdiv(coutg, cfg["BLOCK_N"]), p.groups)
         conv_block_dw_kernel[grid](
             grad_output, offsets, input, dw, db, *sizes, *steps, *strides, *input.stride(),

@@ -31,8 +31,8 @@ def _precision(dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def linear_configs(m: int, n: int) -> dict:
-    """Block sizes from the problem sizes (16 is tl.dot's minimum)."""
+def linear_configs(m: int, n: int, dtype: torch.dtype) -> dict:
+    """Block sizes from the problem sizes (16 is tl.dot's minimum), for inputs of ``dtype``."""
     return {
         "BLOCK_M": 16 if m <= 16 else 32 if m <= 256 else 64,
         "BLOCK_N": 16 if n <= 16 else 32 if n <= 256 else 64,
@@ -186,7 +186,7 @@ def forward(input, weight, bias, activation: str):
         (m, n), device=input.device, dtype=torch.bool if act == 1 else input.dtype
     )
     if m and n:
-        cfg = linear_configs(m, n)
+        cfg = linear_configs(m, n, input.dtype)
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
         linear_fwd_kernel[grid](
             x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k, *x.stride(),
@@ -206,7 +206,7 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
     act = ACT_CODES[activation]
     s = saved.reshape(m, n) if act else g
     acc, prec, dot = _acc_dtype(input.dtype), _precision(input.dtype), _dot_dtype(input.dtype)
-    cfg = linear_configs(m, n)
+    cfg = linear_configs(m, n, input.dtype)
     grad_input, grad_weight, grad_bias = input.new_empty(0), input.new_empty(0), input.new_empty(0)
     if output_mask[0]:
         dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
