@@ -43,6 +43,7 @@ class ConvCase:
     dtypes: Tuple[str, ...] = tuple(DTYPES)
 
     def run(self, dtype: torch.dtype) -> None:
+        """The forward launcher, then the backward launcher for every gradient, on meta tensors."""
         from fusedops.functional import conv_block_params
         from fusedops.triton import conv_block
 
@@ -70,6 +71,7 @@ class LinearCase:
     dtypes: Tuple[str, ...] = tuple(DTYPES)
 
     def run(self, dtype: torch.dtype) -> None:
+        """The forward launcher, then the backward launcher for every gradient, on meta tensors."""
         from fusedops.triton import linear
 
         x = torch.empty(self.rows, self.in_features, device="meta", dtype=dtype)

@@ -19,6 +19,7 @@ with torch 2.13 (CPU) and Triton 3.6.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -43,6 +44,7 @@ CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
 
 
 def config_of(launch) -> tuple:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` of a launch."""
     return tuple(launch.options["num_warps"] if k == "num_warps" else launch.meta(k) for k in CONFIG_KEYS)
 
 
@@ -70,6 +72,7 @@ def coverage_gaps(launches, dtypes) -> list:
 
 
 def grid_errors(launches) -> list:
+    """One line per launch whose grid is outside CUDA's limits."""
     from tools.triton_compile import GRID_LIMIT
 
     errors = set()
@@ -80,6 +83,8 @@ def grid_errors(launches) -> list:
 
 
 def resource_errors(launches, results, max_seconds) -> list:
+    """One line per launch whose compile failed, needs more shared memory than its target
+    allows per block, or took over ``max_seconds``."""
     from tools.triton_compile import SHARED_LIMIT
 
     errors = []
@@ -141,6 +146,7 @@ def summary(launches, results, arch) -> list:
 
 
 def write_report(path, launches, results, archs, errors, elapsed, compiles) -> None:
+    """The markdown report: failures, per-kernel maxima for each arch, the sm_90 table."""
     import torch
     import triton
 
@@ -169,6 +175,7 @@ def write_report(path, launches, results, archs, errors, elapsed, compiles) -> N
 
 
 def main(argv=None) -> int:
+    """Run the check; 0 when everything compiled within limits, 1 otherwise."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="90,80", help="compute capabilities (default 90,80)")
     parser.add_argument("--dtypes", default=None, help="comma-separated subset of bf16,fp16,tf32,fp32,fp64")
@@ -192,7 +199,7 @@ def main(argv=None) -> int:
 
     archs = [int(a) for a in args.archs.split(",")]
     dtypes = args.dtypes.split(",") if args.dtypes else list(triton_cases.DTYPES)
-    cases = [dataclass_replace(c, dtypes=tuple(d for d in c.dtypes if d in dtypes)) for c in triton_cases.CASES
+    cases = [dataclasses.replace(c, dtypes=tuple(d for d in c.dtypes if d in dtypes)) for c in triton_cases.CASES
              if args.cases is None or args.cases in c.name]
     if not triton.__version__.startswith("3.6"):
         print(f"triton-check: warning: Triton {triton.__version__}; the GPU machines run 3.6", file=sys.stderr)
@@ -240,12 +247,6 @@ def main(argv=None) -> int:
         return 1
     print(f"triton-check: passed ({compiles} compiles in {elapsed:.0f} s)")
     return 0
-
-
-def dataclass_replace(case, **changes):
-    import dataclasses
-
-    return dataclasses.replace(case, **changes)
 
 
 if __name__ == "__main__":

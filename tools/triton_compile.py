@@ -189,7 +189,7 @@ def _worker(jobs, results, log_path):
 def describe_error(exc: BaseException) -> str:
     """One line: where Triton's frontend stopped (``at line:col`` of the kernel) and the root cause."""
     chain = [exc]
-    while chain[-1].__cause__ is not None or (chain[-1].__context__ is not None and len(chain) < 20):
+    while len(chain) < 20 and (chain[-1].__cause__ or chain[-1].__context__) is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     where = next((str(e).split(":", 1)[0] for e in chain if str(e).startswith("at ")), "")
     root = chain[-1]
