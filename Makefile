@@ -1,11 +1,19 @@
-# make test   install what is missing, build fusedops._C, compile every CUDA kernel file with
-#             nvcc for sm_80 and sm_90 (when nvcc is present), run the test suite
-# make bench  install what is missing, build, run the benchmarks on the best device present
+# make test               install what is missing, build fusedops._C, prove the GPU side builds
+#                         (cuda-build-check, triton-check: no GPU needed), run the test suite
+# make bench              install what is missing, build, run the benchmarks on the best device present
+# make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
+#                         build/venv-torch2.14.1, check every CUDA kernel is registered
+# make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
+#                         it (Triton 3.6 in build/venv-triton3.6); writes benchmarks/triton-sm90.md
+#
+# `make test` runs the two GPU checks when a source they cover changed since they last passed
+# (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
+# skips them (a machine without a CUDA toolkit or without the torch 2.14.1 / Triton 3.6 wheels).
 
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := build/.installed
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/*/*.h)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.h csrc/*/*.h csrc/cuda/*.cuh)
 
 # $(call ensure,module,requirement): pip-install requirement only when module does not import,
 # so a machine that already has it (or has no package registry) is left as it is.
@@ -13,17 +21,17 @@ define ensure
 	@$(PYTHON) -c "import $(1)" 2>/dev/null || $(PIP) install -q "$(2)"
 endef
 
-# nvcc, when installed (on PATH or in /usr/local/cuda); the CUDA kernels compile without a GPU.
-NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CUDA_SOURCES := $(wildcard csrc/cuda/*.cu)
-CUDA_HEADERS := $(wildcard csrc/cuda/*.cuh csrc/cuda/*.h csrc/*.h)
-CUDA_ARCHS := 80 90
-# The defines torch's extension build passes to nvcc, so that this check sees what setup.py builds.
-NVCC_FLAGS := -std=c++17 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
-	-D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ $(foreach a,$(CUDA_ARCHS),-gencode=arch=compute_$(a),code=sm_$(a))
-CUDA_CHECKS := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CUDA_SOURCES))
+GPU_CHECKS ?= 1
+CUDA_CHECK_TORCH ?= 2.14.1
+CUDA_CHECK_STAMP := build/cuda-build-check/.passed
+CUDA_CHECK_SOURCES := $(SOURCES) fusedops/_native.py tools/cuda_build_check.sh tools/check_cuda_kernels.py
+TRITON_VENV := build/venv-triton3.6
+TRITON_CHECK_STAMP := build/triton-check/.passed
+TRITON_CHECK_SOURCES := $(wildcard fusedops/triton/*.py) fusedops/ops/conv_block.py fusedops/functional.py \
+	fusedops/_args.py $(wildcard tools/triton_*.py)
+GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test bench lint clean cuda-check
+.PHONY: install deps test bench lint clean cuda-build-check triton-check
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
@@ -43,17 +51,32 @@ $(STAMP): $(SOURCES)
 
 install: deps $(STAMP)
 
-test: install cuda-check
+test: install $(GPU_CHECK_STAMPS)
+	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
 	$(PYTHON) -m pytest tests -q
 
-# Compiles each csrc/cuda/*.cu for every arch in CUDA_ARCHS, so that a CUDA syntax or type
-# error fails here even on a machine without a GPU (or with a CPU-only torch).
-cuda-check: $(if $(NVCC),$(CUDA_CHECKS),)
-	@$(if $(NVCC),echo "nvcc: $(notdir $(CUDA_SOURCES)) compile for sm_$(subst $(eval) ,/sm_,$(CUDA_ARCHS))",echo "nvcc not found: CUDA kernels not compile-checked")
+# The extension with its CUDA kernels, built as users build it, against a CUDA build of torch.
+cuda-build-check:
+	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
 
-build/cuda-check/%.o: csrc/cuda/%.cu $(CUDA_HEADERS)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+$(CUDA_CHECK_STAMP): $(CUDA_CHECK_SOURCES)
+	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
+	@touch $@
+
+# Every Triton kernel compiled for the GPU machines' Triton (3.6) and GPUs (sm_90, sm_80).
+triton-check: $(TRITON_VENV)/.complete
+	$(TRITON_VENV)/bin/python tools/triton_check.py
+
+$(TRITON_CHECK_STAMP): $(TRITON_VENV)/.complete $(TRITON_CHECK_SOURCES)
+	$(TRITON_VENV)/bin/python tools/triton_check.py
+	@mkdir -p $(dir $@) && touch $@
+
+# torch 2.13 (CPU) is only the host side of the launchers; torch 2.14 pins another Triton.
+$(TRITON_VENV)/.complete:
+	rm -rf $(TRITON_VENV)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q torch==2.13.0 "triton==3.6.*" numpy
+	@touch $@
 
 bench: install
 	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib \

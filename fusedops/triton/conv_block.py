@@ -2,48 +2,43 @@
 
 Notation: input ``x (N, C, H, W)``, weight ``w (Cout, Cg, KH, KW)`` with ``Cg = C / G``,
 conv output ``c (N, Cout, OH, OW)`` (never stored), block output ``y (N, Cout, PH, PW)`` and
-the int window offsets ``o`` (same shape). All tensors are addressed through their strides
-(NCHW, channels_last or any other layout), with int64 offsets.
+the int window offsets ``o`` (same shape), pool window ``PKH x PKW``. All tensors are addressed
+through their strides (NCHW, channels_last or any other layout); index and address arithmetic
+is in ``IDX`` (int32, or int64 once an offset or count reaches 2^31, see ``_launch.py``).
 
 Forward (``conv_block_fwd_kernel``): an implicit GEMM whose rows are pooled outputs
 ``(n, ph, pw)`` and columns output channels of one group. For each pool tap ``(pkh, pkw)``
-(a compile-time loop) it computes the conv value at that tap for every row (reduction over
-``K = Cg * KH * KW`` gathered from ``x``), adds the bias, applies ReLU (NaN kept) and folds
-it into a running max and argmax: a tap replaces the max when larger or NaN, taps in
-row-major order, so ties go to the first and NaN propagates, as ``F.max_pool2d``. For
-non-overlapping pools every conv output is computed exactly once.
+(a runtime loop: code size, registers and compile time do not grow with the window) it
+computes the conv value at that tap for every row (reduction over ``K = Cg * KH * KW``
+gathered from ``x``), adds the bias, applies ReLU (NaN kept) and folds it into a running max
+and argmax: a tap replaces the max when larger or NaN, taps in row-major order, so ties go to
+the first and NaN propagates, as ``F.max_pool2d``. For non-overlapping pools every conv
+output is computed exactly once.
 
 Backward: the conv-output gradient ``dc`` is never stored: the GEMMs' loads rebuild it from
-``dy`` and ``o``:  ``dc[n, c, oh, ow] = sum over pool taps (pkh, pkw) with
-ph = (oh + pph - pkh*pdh) / psh, pw = ... integral and in range and o[n, c, ph, pw] ==
-pkh*PKW + pkw  of  dy[n, c, ph, pw]``.
+``dy`` and ``o`` (``_unpooled_grad``): ``dc[n, c, oh, ow]`` is the sum of ``dy[n, c, ph, pw]``
+over the pool windows ``(ph, pw)`` that contain ``(oh, ow)`` and whose offset ``o`` names it.
+Only the windows that can contain the position are visited: one per dimension for
+non-overlapping pools, ``(PKH - 1) * pdh // psh + 1`` in general.
 ``conv_block_dx_kernel``: rows input pixels ``(n, ih, iw)``, columns input channels of a
 group, reduction over ``(co, kh, kw)``. ``conv_block_dw_kernel``: rows ``(ci, kh, kw)``,
 columns output channels, reduction over all conv positions ``(n, oh, ow)`` in one program
 (deterministic: no atomics); the programs of the first row tile also reduce ``db``.
+
+Grids: ``(row tiles, y, z)`` where ``y * z`` covers ``groups x column tiles`` (``split_grid``);
+each program finds its group and column tile from ``program_id(1) + program_id(2) *
+num_programs(1)``.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ..ops.conv_block import ConvBlockParams, output_memory_format
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _dot_dtype(dtype: torch.dtype):
-    """Operand type of tl.dot: the input's own (tensor cores), except under Triton's CPU
-    interpreter, which misreads 16-bit floats: there float32 (exact for bf16/fp16 products)."""
-    if dtype in (torch.float16, torch.bfloat16) and os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return tl.float32
-    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}.get(dtype, tl.float64)
+from ._device import matmul_tile
+from ._launch import acc_dtype, dot_dtype, extent, index_dtype, on_device, split_grid, use_fma
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -53,47 +48,50 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def conv_block_configs(rows: int, cols: int) -> dict:
-    """Block sizes from the problem sizes (16 is tl.dot's minimum)."""
+def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
+    """Block sizes from the problem sizes (16 is tl.dot's minimum). float64 multiplies on the
+    FMA units (``_launch.use_fma``) in one small tile whose ``BLOCK_M x BLOCK_K x BLOCK_N``
+    product fits in registers."""
+    if use_fma(dtype):
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 8}
     block_n = 16 if cols <= 16 else 32 if cols <= 32 else 64
     block_m = 32 if rows <= 4096 else 64
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if rows <= 4096 else 32, "num_warps": 4}
 
 
 @triton.jit
-def _dot(a, b, PRECISION: tl.constexpr):
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
 def conv_block_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, o_ptr,
-    N, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW,
+    ROWS, PHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, N_TILES, NG,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
-    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    PKH: tl.constexpr, PKW: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-    PRECISION: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw, sb,
+    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
+    IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[n, c, ph, pw] = max over pool taps of relu(conv(x, w)[n, c, oh, ow] + b[c]); o = its tap.
 
-    Grid: (cdiv(N * PH * PW, BLOCK_M), cdiv(Cout / G, BLOCK_N), G). ``w`` is contiguous.
+    ``ROWS = N * PH * PW``, ``PHW = PH * PW``; ``NG = G * N_TILES`` with ``N_TILES =
+    cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is
+    contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides.
     """
-    pid_m, pid_n, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N * PH * PW
-    n = (rows // (PH * PW)).to(tl.int64)
+    j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if j >= NG:
+        return
+    grp = j // N_TILES
+    rows = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < ROWS
+    n = rows // PHW
     ph = (rows // PW) % PH
     pw = rows % PW
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = co < Coutg
-    c = (grp * Coutg + co).to(tl.int64)
+    c = (grp * Coutg + co).to(IDX)
     K = Cg * KH * KW
     if HAS_BIAS:
-        bias = tl.load(b_ptr + c, mask=col_ok, other=0.0).to(ACC)
+        bias = tl.load(b_ptr + c * sb, mask=col_ok, other=0.0).to(ACC)
     best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
     where = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
-    for tap in tl.static_range(PKH * PKW):
+    for tap in range(0, PKH * PKW):
         oh = ph * psh - pph + (tap // PKW) * pdh
         ow = pw * psw - ppw + (tap % PKW) * pdw
         valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
@@ -107,10 +105,10 @@ def conv_block_fwd_kernel(
             ih = oh[:, None] * sh - pt + kh[None, :] * dh
             iw = ow[:, None] * sw - pl + kw[None, :] * dw
             x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_off = n[:, None] * sxn + (grp * Cg + ci)[None, :].to(tl.int64) * sxc + ih * sxh + iw * sxw
+            x_off = n[:, None] * sxn + (grp * Cg + ci)[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
             xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
             wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += _dot(xv.to(DOT), wv.to(DOT), PRECISION).to(ACC)
+            acc += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
         if HAS_BIAS:
             acc += bias[None, :]
         v = tl.where((acc > 0) | (acc != acc), acc, 0.0)
@@ -125,18 +123,32 @@ def conv_block_fwd_kernel(
 
 
 @triton.jit
-def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, psh, psw, pph, ppw, pdh, pdw,
-                   sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH: tl.constexpr, PKW: tl.constexpr, ACC: tl.constexpr):
-    """dc[n, c, oh, ow] (broadcast 2-D index tensors) from dy and the offsets, in ACC."""
-    dc = tl.zeros(oh.shape, dtype=ACC)
-    for tap in tl.static_range(PKH * PKW):
-        ph_num = oh + pph - (tap // PKW) * pdh
-        pw_num = ow + ppw - (tap % PKW) * pdw
-        ph = ph_num // psh
-        pw = pw_num // psw
-        hit = ok & (ph_num >= 0) & (pw_num >= 0) & (ph * psh == ph_num) & (pw * psw == pw_num) & (ph < PH) & (pw < PW)
+def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W, psh, psw, pph, ppw, pdh, pdw,
+                   sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC: tl.constexpr):
+    """dc[n, c, oh, ow] (broadcast 2-D index tensors, ``ok`` masks the valid ones) from dy and the offsets, in ACC.
+
+    Pool window ``ph`` covers conv rows ``ph * psh - pph + kh * pdh`` for ``kh < PKH``, so the
+    windows containing row ``oh`` are ``ph = (oh + pph) // psh - i`` for ``i < WIN_H =
+    (PKH - 1) * pdh // psh + 1``, at tap ``kh = (oh + pph - ph * psh) / pdh`` where that is
+    integral and below ``PKH`` (likewise for columns). A window contributes ``dy`` where its
+    saved offset is that tap, ``kh * PKW + kw``.
+    """
+    num_h = oh + pph
+    num_w = ow + ppw
+    ph_last = num_h // psh
+    pw_last = num_w // psw
+    dc = tl.zeros(ok.shape, dtype=ACC)
+    for i in range(0, WIN_H * WIN_W):
+        ph = ph_last - i // WIN_W
+        pw = pw_last - i % WIN_W
+        kh_num = num_h - ph * psh
+        kw_num = num_w - pw * psw
+        kh = kh_num // pdh
+        kw = kw_num // pdw
+        hit = (ok & (ph >= 0) & (pw >= 0) & (ph < PH) & (pw < PW) & (kh * pdh == kh_num) & (kw * pdw == kw_num)
+               & (kh < PKH) & (kw < PKW))
         o = tl.load(o_ptr + n * son + c * soc + ph * soh + pw * sow, mask=hit, other=-1)
-        hit = hit & (o.to(tl.int32) == tap)
+        hit = hit & (o.to(tl.int32) == kh * PKW + kw)
         dc += tl.load(g_ptr + n * sgn + c * sgc + ph * sgh + pw * sgw, mask=hit, other=0.0).to(ACC)
     return dc
 
@@ -144,22 +156,28 @@ def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, psh, psw, pph, ppw, p
 @triton.jit
 def conv_block_dx_kernel(
     g_ptr, o_ptr, w_ptr, dx_ptr,
-    N, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW,
+    ROWS, HW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sdn, sdc, sdh, sdw,
-    PKH: tl.constexpr, PKW: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[n, g*Cg + ci, ih, iw] = sum_{co, kh, kw} dc[n, g*Coutg + co, oh, ow] * w[g*Coutg + co, ci, kh, kw]
-    with ih = oh*sh - pt + kh*dh (oh integral, in range). Grid: (cdiv(N*H*W, BLOCK_M), cdiv(Cg, BLOCK_N), G).
+    with ih = oh*sh - pt + kh*dh (oh integral, in range).
+
+    ``ROWS = N * H * W``, ``HW = H * W``; ``NG = G * N_TILES``, ``N_TILES = cdiv(Cg, BLOCK_N)``.
+    Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is contiguous.
     """
-    pid_m, pid_n, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < N * H * W
-    n = (rows // (H * W)).to(tl.int64)
+    j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if j >= NG:
+        return
+    grp = j // N_TILES
+    rows = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < ROWS
+    n = rows // HW
     ih = (rows // W) % H
     iw = rows % W
-    ci = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    ci = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_ok = ci < Cg
     R = Coutg * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -175,58 +193,64 @@ def conv_block_dx_kernel(
         ow = ow_num // sw
         ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * sh == oh_num)
               & (ow * sw == ow_num) & (oh < OH) & (ow < OW))
-        c = (grp * Coutg + co)[None, :].to(tl.int64)
-        dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, psh, psw, pph, ppw, pdh, pdw,
-                            sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, ACC)
-        w_row = (grp * Coutg + co)[:, None].to(tl.int64) * (Cg * KH * KW)
+        c = (grp * Coutg + co)[None, :].to(IDX)
+        dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W,
+                            psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
+        w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * KH * KW)
         w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
         wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
-        acc += _dot(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION).to(ACC)
-    dx_off = n[:, None] * sdn + (grp * Cg + ci)[None, :].to(tl.int64) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
+        acc += matmul_tile(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+    dx_off = n[:, None] * sdn + (grp * Cg + ci)[None, :].to(IDX) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & ci_ok[None, :])
 
 
 @triton.jit
 def conv_block_dw_kernel(
     g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
-    N, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW,
+    P, OHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw,
-    PKH: tl.constexpr, PKW: tl.constexpr, HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
+    IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[g*Coutg + co, k] = sum_{n, oh, ow} x[n, g*Cg + ci, ih, iw] * dc[n, g*Coutg + co, oh, ow]
-    for k = (ci, kh, kw); db[c] = sum dc. Grid: (cdiv(Cg*KH*KW, BLOCK_M), cdiv(Coutg, BLOCK_N), G).
-    ``dw`` is contiguous (Cout, Cg*KH*KW); ``db`` (Cout,) is written by the pid 0 row tile.
+    for k = (ci, kh, kw); db[c] = sum dc.
+
+    ``P = N * OH * OW`` conv positions, ``OHW = OH * OW``; ``NG = G * N_TILES``, ``N_TILES =
+    cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(Cg*KH*KW, BLOCK_M), y, z)`` with ``y * z >= NG``.
+    ``dw`` is contiguous (Cout, Cg*KH*KW); ``db`` (Cout,) is written by the programs of row tile 0.
     """
-    pid_m, pid_n, grp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if j >= NG:
+        return
+    grp = j // N_TILES
+    pid_m = tl.program_id(0)
     K = Cg * KH * KW
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = k < K
     ci = k // (KH * KW)
     kh = (k // KW) % KH
     kw = k % KW
-    co = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < Coutg
-    c = (grp * Coutg + co).to(tl.int64)
+    c = (grp * Coutg + co).to(IDX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
-    P = N * OH * OW
     for p0 in range(0, P, BLOCK_K):
-        p = p0 + tl.arange(0, BLOCK_K)
+        p = (p0 + tl.arange(0, BLOCK_K)).to(IDX)
         p_ok = p < P
-        n = (p // (OH * OW)).to(tl.int64)
+        n = p // OHW
         oh = (p // OW) % OH
         ow = p % OW
         dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None],
-                            p_ok[:, None] & co_ok[None, :], PH, PW, psh, psw, pph, ppw, pdh, pdw,
-                            sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, ACC)
+                            p_ok[:, None] & co_ok[None, :], PH, PW, PKH, PKW, WIN_H, WIN_W,
+                            psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
         ih = oh[None, :] * sh - pt + kh[:, None] * dh
         iw = ow[None, :] * sw - pl + kw[:, None] * dw
         x_ok = k_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = n[None, :] * sxn + (grp * Cg + ci)[:, None].to(tl.int64) * sxc + ih * sxh + iw * sxw
+        x_off = n[None, :] * sxn + (grp * Cg + ci)[:, None].to(IDX) * sxc + ih * sxh + iw * sxw
         xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
-        acc += _dot(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION).to(ACC)
+        acc += matmul_tile(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION, FMA).to(ACC)
         if HAS_DB:
             db += tl.sum(dc, axis=0)
     tl.store(dw_ptr + c[None, :] * K + k[:, None], acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & co_ok[None, :])
@@ -236,14 +260,22 @@ def conv_block_dw_kernel(
 
 
 def _geometry(input, weight, p: ConvBlockParams, out_hw):
+    """``(sizes, steps, windows)``: the kernels' size and step arguments, and the pool-window
+    candidates per dimension ``(WIN_H, WIN_W)`` the backward visits."""
     n, cin, h, w = input.shape
     cout, cg, kh, kw = weight.shape
     oh, ow = p.conv_output_hw((h, w), (kh, kw))
     pool = p.pool_kernel_size if p.has_pool else (1, 1)
     ps, pp, pd = (p.pool_stride, p.pool_padding, p.pool_dilation) if p.has_pool else ((1, 1), (0, 0), (1, 1))
-    sizes = (n, h, w, cg, cout // p.groups, kh, kw, oh, ow, out_hw[0], out_hw[1])
+    sizes = (h, w, cg, cout // p.groups, kh, kw, oh, ow, out_hw[0], out_hw[1], *pool)
     steps = (*p.stride, p.padding[0], p.padding[2], *p.dilation, *ps, *pp, *pd)
-    return sizes, steps, pool
+    windows = tuple((k - 1) * d // s + 1 for k, s, d in zip(pool, ps, pd))
+    return sizes, steps, windows
+
+
+def _meta(input: torch.Tensor) -> dict:
+    return {"ACC": acc_dtype(input.dtype), "PRECISION": _precision(input.dtype), "DOT": dot_dtype(input.dtype),
+            "FMA": use_fma(input.dtype)}
 
 
 def forward(input, weight, bias, p: ConvBlockParams):
@@ -256,46 +288,57 @@ def forward(input, weight, bias, p: ConvBlockParams):
     if y.numel() == 0:
         return y, offsets
     w = weight.contiguous()
-    sizes, steps, pool = _geometry(input, w, p, out_hw)
-    rows, coutg = shape[0] * out_hw[0] * out_hw[1], sizes[4]
-    cfg = conv_block_configs(rows, coutg)
-    grid = (triton.cdiv(rows, cfg["BLOCK_M"]), triton.cdiv(coutg, cfg["BLOCK_N"]), p.groups)
-    conv_block_fwd_kernel[grid](
-        input, w, bias if bias is not None else w, y, offsets, *sizes, *steps, *input.stride(), *y.stride(),
-        PKH=pool[0], PKW=pool[1], HAS_BIAS=bias is not None, ACC=_acc_dtype(input.dtype),
-        PRECISION=_precision(input.dtype), DOT=_dot_dtype(input.dtype), **cfg,
-    )
+    sizes, steps, _ = _geometry(input, w, p, out_hw)
+    coutg = sizes[3]
+    n, phw = shape[0], out_hw[0] * out_hw[1]
+    rows = n * phw
+    cfg = conv_block_configs(rows, coutg, input.dtype)
+    n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
+    grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
+    idx = index_dtype(extent(input), extent(y), w.numel(), rows)
+    with on_device(input):
+        conv_block_fwd_kernel[grid](
+            input, w, bias if bias is not None else w, y, offsets, rows, phw, *sizes, n_tiles, n_tiles * p.groups,
+            *steps, *input.stride(), *y.stride(), bias.stride(0) if bias is not None else 0,
+            HAS_BIAS=bias is not None, IDX=idx, **_meta(input), **cfg,
+        )
     return y, offsets
 
 
 def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask):
     """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
     w = weight.contiguous()
-    sizes, steps, pool = _geometry(input, w, p, grad_output.shape[-2:])
-    n, h, wd, cg, coutg, kh, kw = sizes[:7]
-    acc, prec, dot = _acc_dtype(input.dtype), _precision(input.dtype), _dot_dtype(input.dtype)
+    sizes, steps, windows = _geometry(input, w, p, grad_output.shape[-2:])
+    h, wd, cg, coutg, kh, kw, oh, ow = sizes[:8]
+    n = input.shape[0]
     strides = (*grad_output.stride(), *offsets.stride())
+    idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), n * h * wd, n * oh * ow)
     grad_input = input.new_empty(0)
-    if output_mask[0]:
-        grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
-        if grad_input.numel():
-            cfg = conv_block_configs(n * h * wd, cg)
-            grid = (triton.cdiv(n * h * wd, cfg["BLOCK_M"]), triton.cdiv(cg, cfg["BLOCK_N"]), p.groups)
-            conv_block_dx_kernel[grid](
-                grad_output, offsets, w, grad_input, *sizes, *steps, *strides, *grad_input.stride(),
-                PKH=pool[0], PKW=pool[1], ACC=acc, PRECISION=prec, DOT=dot, **cfg,
+    with on_device(input):
+        if output_mask[0]:
+            grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
+            if grad_input.numel():
+                rows = n * h * wd
+                cfg = conv_block_configs(rows, cg, input.dtype)
+                n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
+                grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
+                conv_block_dx_kernel[grid](
+                    grad_output, offsets, w, grad_input, rows, h * wd, *sizes, *windows, n_tiles,
+                    n_tiles * p.groups, *steps, *strides, *grad_input.stride(), IDX=idx, **_meta(input), **cfg,
+                )
+        grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
+        if output_mask[1] or output_mask[2]:
+            dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
+            db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if output_mask[2] else dw
+            k = cg * kh * kw
+            cfg = conv_block_configs(k, coutg, input.dtype)
+            n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
+            grid = split_grid(triton.cdiv(k, cfg["BLOCK_M"]), n_tiles * p.groups)
+            conv_block_dw_kernel[grid](
+                grad_output, offsets, input, dw, db, n * oh * ow, oh * ow, *sizes, *windows, n_tiles,
+                n_tiles * p.groups, *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), IDX=idx,
+                **_meta(input), **cfg,
             )
-    grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
-    if output_mask[1] or output_mask[2]:
-        dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
-        db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if output_mask[2] else dw
-        k = cg * kh * kw
-        cfg = conv_block_configs(k, coutg)
-        grid = (triton.cdiv(k, cfg["BLOCK_M"]), triton.cdiv(coutg, cfg["BLOCK_N"]), p.groups)
-        conv_block_dw_kernel[grid](
-            grad_output, offsets, input, dw, db, *sizes, *steps, *strides, *input.stride(),
-            PKH=pool[0], PKW=pool[1], HAS_DB=bool(output_mask[2]), ACC=acc, PRECISION=prec, DOT=dot, **cfg,
-        )
-        grad_weight = dw if output_mask[1] else grad_weight
-        grad_bias = db if output_mask[2] else grad_bias
+            grad_weight = dw if output_mask[1] else grad_weight
+            grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

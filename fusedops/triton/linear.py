@@ -9,6 +9,10 @@ Backward: ``dz = dy * act'(z)`` is computed on the fly in the loads of both GEMM
 (never stored): ``dx = dz @ w`` (grid over M x K tiles, reduction over N) and
 ``dw = dz.T @ x`` (grid over N x K tiles, reduction over M, one program per tile: no
 atomics, deterministic); the programs of the first K tile also reduce ``db = sum_m dz``.
+
+Index and address arithmetic is in ``IDX`` (int32, or int64 once an offset reaches 2^31);
+the second grid dimension is spread over grid y and z (``_launch.split_grid``), so any
+``out_features`` / ``in_features`` launches.
 """
 
 from __future__ import annotations
@@ -17,13 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv_block import _dot_dtype
+from ._device import matmul_tile
+from ._launch import acc_dtype, dot_dtype, extent, index_dtype, on_device, split_grid, use_fma
 
 ACT_CODES = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
-
-
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _precision(dtype) -> str:
@@ -31,8 +32,11 @@ def _precision(dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def linear_configs(m: int, n: int) -> dict:
-    """Block sizes from the problem sizes (16 is tl.dot's minimum)."""
+def linear_configs(m: int, n: int, dtype: torch.dtype) -> dict:
+    """Block sizes from the problem sizes (16 is tl.dot's minimum). float64 multiplies on the
+    FMA units (``_launch.use_fma``) in one small tile whose product fits in registers."""
+    if use_fma(dtype):
+        return {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 8}
     return {
         "BLOCK_M": 16 if m <= 16 else 32 if m <= 256 else 64,
         "BLOCK_N": 16 if n <= 16 else 32 if n <= 256 else 64,
@@ -75,30 +79,31 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 @triton.jit
 def linear_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, K, sxm, sxk, swn, swk,
+    x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, K, sxm, sxk, swn, swk, sb,
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(x @ w.T + b) (M, N) contiguous; s = saved state (contiguous, see module docstring).
 
-    Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)).
+    ``b`` has stride ``sb``. Grid: ``(cdiv(M, BLOCK_M), y, z)`` with ``y * z >= cdiv(N, BLOCK_N)``.
     """
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_n = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
+    if pid_n * BLOCK_N >= N:
+        return
+    rm = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
+        rk = (k0 + tl.arange(0, BLOCK_K)).to(IDX)
         k_ok = rk < K
-        xv = tl.load(x_ptr + rm[:, None].to(tl.int64) * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
-                     other=0.0)
-        wv = tl.load(w_ptr + rn[None, :].to(tl.int64) * swn + rk[:, None] * swk, mask=n_ok[None, :] & k_ok[:, None],
-                     other=0.0)
-        acc += tl.dot(xv.to(DOT), wv.to(DOT), input_precision=PRECISION).to(ACC)
+        xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        wv = tl.load(w_ptr + rn[None, :] * swn + rk[:, None] * swk, mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
+        acc += tl.load(b_ptr + rn * sb, mask=n_ok, other=0.0).to(ACC)[None, :]
     z = acc.to(y_ptr.dtype.element_ty).to(ACC)  # torch rounds z to the output dtype before act
-    off = rm[:, None].to(tl.int64) * N + rn[None, :]
+    off = rm[:, None] * N + rn[None, :]
     ok = m_ok[:, None] & n_ok[None, :]
     tl.store(y_ptr + off, _activation(z, ACT).to(y_ptr.dtype.element_ty), mask=ok)
     if ACT == 1:
@@ -109,13 +114,13 @@ def linear_fwd_kernel(
 
 @triton.jit
 def _dz(g_ptr, s_ptr, rm, rn, ok, sgm, sgn, N, ACT: tl.constexpr, ACC: tl.constexpr):
-    """dz[rm, rn] = dy * act'(z), from dy and the saved state, in ACC (2-D index tensors)."""
-    g = tl.load(g_ptr + rm.to(tl.int64) * sgm + rn * sgn, mask=ok, other=0.0).to(ACC)
+    """dz[rm, rn] = dy * act'(z), from dy and the saved state, in ACC (2-D index tensors of the index type)."""
+    g = tl.load(g_ptr + rm * sgm + rn * sgn, mask=ok, other=0.0).to(ACC)
     if ACT == 1:
-        on = tl.load(s_ptr + rm.to(tl.int64) * N + rn, mask=ok, other=0)
+        on = tl.load(s_ptr + rm * N + rn, mask=ok, other=0)
         g = tl.where(on != 0, g, 0.0)
     elif ACT >= 2:
-        z = tl.load(s_ptr + rm.to(tl.int64) * N + rn, mask=ok, other=0.0).to(ACC)
+        z = tl.load(s_ptr + rm * N + rn, mask=ok, other=0.0).to(ACC)
         g = g * _activation_grad(z, ACT)
     return g
 
@@ -123,22 +128,27 @@ def _dz(g_ptr, s_ptr, rm, rn, ok, sgm, sgn, N, ACT: tl.constexpr, ACC: tl.conste
 @triton.jit
 def linear_dx_kernel(
     g_ptr, s_ptr, w_ptr, dx_ptr, M, N, K, sgm, sgn, swn, swk,
-    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
+    IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dx[m, k] = sum_n dz[m, n] * w[n, k]; dx (M, K) contiguous. Grid: (cdiv(M, BLOCK_M), cdiv(K, BLOCK_K))."""
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    """dx[m, k] = sum_n dz[m, n] * w[n, k]; dx (M, K) contiguous.
+
+    Grid: ``(cdiv(M, BLOCK_M), y, z)`` with ``y * z >= cdiv(K, BLOCK_K)``.
+    """
+    pid_k = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
+    if pid_k * BLOCK_K >= K:
+        return
+    rm = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     m_ok, k_ok = rm < M, rk < K
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
     for n0 in range(0, N, BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
+        rn = (n0 + tl.arange(0, BLOCK_N)).to(IDX)
         n_ok = rn < N
         dz = _dz(g_ptr, s_ptr, rm[:, None], rn[None, :], m_ok[:, None] & n_ok[None, :], sgm, sgn, N, ACT, ACC)
-        wv = tl.load(w_ptr + rn[:, None].to(tl.int64) * swn + rk[None, :] * swk, mask=n_ok[:, None] & k_ok[None, :],
-                     other=0.0)
-        acc += tl.dot(dz.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), input_precision=PRECISION).to(ACC)
-    tl.store(dx_ptr + rm[:, None].to(tl.int64) * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
+        wv = tl.load(w_ptr + rn[:, None] * swn + rk[None, :] * swk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += matmul_tile(dz.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+    tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=m_ok[:, None] & k_ok[None, :])
 
 
@@ -146,33 +156,44 @@ def linear_dx_kernel(
 def linear_dw_kernel(
     g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, sgm, sgn, sxm, sxk,
     ACT: tl.constexpr, HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """dw[n, k] = sum_m dz[m, n] * x[m, k]; db[n] = sum_m dz[m, n]. Grid: (cdiv(N, BLOCK_N), cdiv(K, BLOCK_K))."""
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    """dw[n, k] = sum_m dz[m, n] * x[m, k]; db[n] = sum_m dz[m, n]; dw (N, K) and db contiguous.
+
+    Grid: ``(cdiv(N, BLOCK_N), y, z)`` with ``y * z >= max(1, cdiv(K, BLOCK_K))``; ``db`` is
+    written by the programs of K tile 0.
+    """
+    pid_k = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
+    if (pid_k > 0) & (pid_k * BLOCK_K >= K):
+        return
+    rn = tl.program_id(0).to(IDX) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     n_ok, k_ok = rn < N, rk < K
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
     for m0 in range(0, M, BLOCK_M):
-        rm = m0 + tl.arange(0, BLOCK_M)
+        rm = (m0 + tl.arange(0, BLOCK_M)).to(IDX)
         m_ok = rm < M
         dz_t = _dz(g_ptr, s_ptr, rm[None, :], rn[:, None], n_ok[:, None] & m_ok[None, :], sgm, sgn, N, ACT, ACC)
-        xv = tl.load(x_ptr + rm[:, None].to(tl.int64) * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
-                     other=0.0)
-        acc += tl.dot(dz_t.to(x_ptr.dtype.element_ty).to(DOT), xv.to(DOT), input_precision=PRECISION).to(ACC)
+        xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        acc += matmul_tile(dz_t.to(x_ptr.dtype.element_ty).to(DOT), xv.to(DOT), PRECISION, FMA).to(ACC)
         if HAS_DB:
             db += tl.sum(dz_t, axis=1)
-    tl.store(dw_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
+    tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
     if HAS_DB:
-        if tl.program_id(1) == 0:
+        if pid_k == 0:
             tl.store(db_ptr + rn, db.to(db_ptr.dtype.element_ty), mask=n_ok)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` as (M, last): a view where the strides allow, else a copy."""
     return t.reshape(-1, t.shape[-1])
+
+
+def _meta(input: torch.Tensor) -> dict:
+    return {"ACC": acc_dtype(input.dtype), "PRECISION": _precision(input.dtype), "DOT": dot_dtype(input.dtype),
+            "FMA": use_fma(input.dtype)}
 
 
 def forward(input, weight, bias, activation: str):
@@ -186,13 +207,15 @@ def forward(input, weight, bias, activation: str):
         (m, n), device=input.device, dtype=torch.bool if act == 1 else input.dtype
     )
     if m and n:
-        cfg = linear_configs(m, n)
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
-        linear_fwd_kernel[grid](
-            x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k, *x.stride(),
-            *weight.stride(), ACT=act, HAS_BIAS=bias is not None, ACC=_acc_dtype(input.dtype),
-            PRECISION=_precision(input.dtype), DOT=_dot_dtype(input.dtype), **cfg,
-        )
+        cfg = linear_configs(m, n, input.dtype)
+        grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+        idx = index_dtype(extent(x), extent(weight), m * n)
+        with on_device(input):
+            linear_fwd_kernel[grid](
+                x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k, *x.stride(),
+                *weight.stride(), bias.stride(0) if bias is not None else 0, ACT=act, HAS_BIAS=bias is not None,
+                IDX=idx, **_meta(input), **cfg,
+            )
     out_shape = (*input.shape[:-1], n)
     return y.view(out_shape), saved.view(out_shape) if act else saved
 
@@ -205,25 +228,27 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
     n = weight.shape[0]
     act = ACT_CODES[activation]
     s = saved.reshape(m, n) if act else g
-    acc, prec, dot = _acc_dtype(input.dtype), _precision(input.dtype), _dot_dtype(input.dtype)
-    cfg = linear_configs(m, n)
+    meta = _meta(input)
+    cfg = linear_configs(m, n, input.dtype)
+    idx = index_dtype(extent(x), extent(g), extent(weight), m * n, m * k)
     grad_input, grad_weight, grad_bias = input.new_empty(0), input.new_empty(0), input.new_empty(0)
-    if output_mask[0]:
-        dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
-        if m and k:
-            grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
-            linear_dx_kernel[grid](g, s, weight, dx, m, n, k, *g.stride(), *weight.stride(), ACT=act, ACC=acc,
-                                   PRECISION=prec, DOT=dot, **cfg)
-        elif m:
-            dx.zero_()
-        grad_input = dx.view(input.shape)
-    if output_mask[1] or output_mask[2]:
-        dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
-        db = torch.empty(n, device=input.device, dtype=input.dtype) if output_mask[2] else dw
-        if n:
-            grid = (triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"])))
-            linear_dw_kernel[grid](g, s, x, dw, db, m, n, k, *g.stride(), *x.stride(), ACT=act,
-                                   HAS_DB=bool(output_mask[2]), ACC=acc, PRECISION=prec, DOT=dot, **cfg)
-        grad_weight = dw if output_mask[1] else grad_weight
-        grad_bias = db if output_mask[2] else grad_bias
+    with on_device(input):
+        if output_mask[0]:
+            dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
+            if m and k:
+                grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
+                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, *g.stride(), *weight.stride(), ACT=act, IDX=idx,
+                                       **meta, **cfg)
+            elif m:
+                dx.zero_()
+            grad_input = dx.view(input.shape)
+        if output_mask[1] or output_mask[2]:
+            dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
+            db = torch.empty(n, device=input.device, dtype=input.dtype) if output_mask[2] else dw
+            if n:
+                grid = split_grid(triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"])))
+                linear_dw_kernel[grid](g, s, x, dw, db, m, n, k, *g.stride(), *x.stride(), ACT=act,
+                                       HAS_DB=bool(output_mask[2]), IDX=idx, **meta, **cfg)
+            grad_weight = dw if output_mask[1] else grad_weight
+            grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

@@ -1,0 +1,221 @@
+"""The Triton launchers' arguments: device guard, strided bias, index width, grid limits.
+
+What a GPU launch would get wrong without these is checked here on CPU tensors: the launch
+arguments themselves (recorded instead of launched, on meta tensors of any size), and the
+kernels' 64-bit and split-grid paths under the interpreter, forced onto small problems.
+"""
+
+import contextlib
+import types
+
+import pytest
+import torch
+import triton.language as tl
+
+import fusedops
+from fusedops.functional import conv_block_params
+from fusedops.triton import _launch
+from fusedops.triton import conv_block as conv_kernels
+from fusedops.triton import linear as linear_kernels
+
+CONV_KERNELS = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel")
+LINEAR_KERNELS = ("linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
+
+
+class _Recorder:
+    """Stands in for a kernel: ``kernel[grid](*args, **kwargs)`` records the launch (and runs
+    the real kernel when ``real`` is given)."""
+
+    def __init__(self, name, launches, real=None, check=None):
+        self.name, self.launches, self.real, self.check = name, launches, real, check
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if self.check is not None:
+                self.check(self.name)
+            self.launches.append(types.SimpleNamespace(name=self.name, grid=tuple(grid), args=args, kwargs=kwargs))
+            if self.real is not None:
+                return self.real[grid](*args, **kwargs)
+            return None
+
+        return launch
+
+
+def _record(monkeypatch, run=False, check=None):
+    launches = []
+    for module, names in ((conv_kernels, CONV_KERNELS), (linear_kernels, LINEAR_KERNELS)):
+        for name in names:
+            real = getattr(module, name)
+            monkeypatch.setattr(module, name, _Recorder(name, launches, real if run else None, check))
+    return launches
+
+
+def _conv_launches(x, w, b, **kwargs):
+    p = conv_block_params(w.shape[-1], **kwargs)
+    y, offsets = conv_kernels.forward(x, w, b, p)
+    conv_kernels.backward(torch.empty_like(y), x, w, offsets, p, [True, True, b is not None])
+
+
+def _linear_launches(x, w, b, activation=""):
+    y, saved = linear_kernels.forward(x, w, b, activation)
+    linear_kernels.backward(torch.empty_like(y), x, w, saved, activation, [True, True, b is not None])
+
+
+# --- device guard -----------------------------------------------------------------------------
+
+
+def test_on_device_enters_the_tensors_cuda_device():
+    guard = _launch.on_device(types.SimpleNamespace(device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(_launch.on_device(torch.empty(1)), contextlib.nullcontext)
+
+
+def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
+    guarded = []
+
+    @contextlib.contextmanager
+    def recording_guard(t):
+        guarded.append(t.device)
+        yield
+        guarded.pop()
+
+    def check(name):
+        assert guarded, f"{name} launched outside on_device(input)"
+
+    for module in (conv_kernels, linear_kernels):
+        monkeypatch.setattr(module, "on_device", recording_guard)
+    launches = _record(monkeypatch, run=True, check=check)
+    _conv_launches(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4), padding=1)
+    _linear_launches(torch.randn(5, 7), torch.randn(6, 7), torch.randn(6), "relu")
+    assert sorted({ln.name for ln in launches}) == sorted(CONV_KERNELS + LINEAR_KERNELS)
+
+
+# --- strided bias -------------------------------------------------------------------------------
+
+
+def test_conv_block_reads_a_strided_bias():
+    x, w = torch.randn(2, 3, 9, 9, dtype=torch.float64), torch.randn(5, 3, 3, 3, dtype=torch.float64)
+    b = torch.randn(10, dtype=torch.float64)[::2]  # stride 2
+    b_ref = b.detach().clone().requires_grad_()
+    b.requires_grad_()
+    y = fusedops.conv_relu_maxpool2d(x, w, b, padding=1, backend="triton")
+    want = fusedops.conv_relu_maxpool2d(x, w, b_ref, padding=1, backend="reference")
+    torch.testing.assert_close(y, want)
+    y.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(b.grad, b_ref.grad)
+
+
+def test_linear_reads_a_strided_bias():
+    x, w = torch.randn(4, 7, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
+    b = torch.randn(6, 3, dtype=torch.float64)[:, 1]  # stride 3
+    torch.testing.assert_close(fusedops.linear(x, w, b, activation="gelu", backend="triton"),
+                               fusedops.linear(x, w, b, activation="gelu", backend="reference"))
+
+
+# --- index width ---------------------------------------------------------------------------------
+
+
+def test_index_dtype_switches_to_int64_at_2_to_the_31():
+    assert _launch.index_dtype(2**31 - 1, 5) == tl.int32
+    assert _launch.index_dtype(3, 2**31) == tl.int64
+    t = torch.empty(300).as_strided((3, 4), (100, 1))
+    assert _launch.extent(t) == 2 * 100 + 3 + 1
+    assert _launch.extent(torch.empty(5, 0)) == 0
+
+
+def test_launchers_pick_64_bit_indices_past_2_to_the_31_elements(monkeypatch):
+    launches = _record(monkeypatch)
+    meta = dict(device="meta", dtype=torch.float32)
+    # 8200 x 1 x 512 x 512 > 2^31 input elements (the input-gradient rows N*H*W as well).
+    _conv_launches(torch.empty(8200, 1, 512, 512, **meta), torch.empty(4, 1, 3, 3, **meta),
+                   torch.empty(4, **meta), padding=1)
+    _linear_launches(torch.empty(40000, 65536, **meta), torch.empty(8, 65536, **meta), torch.empty(8, **meta))
+    assert len(launches) == 6
+    assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches), [(ln.name, ln.kwargs["IDX"]) for ln in launches]
+    launches.clear()
+    _conv_launches(torch.empty(8, 1, 512, 512, **meta), torch.empty(4, 1, 3, 3, **meta), None, padding=1)
+    _linear_launches(torch.empty(400, 655, **meta), torch.empty(8, 655, **meta), None)
+    assert all(ln.kwargs["IDX"] == tl.int32 for ln in launches)
+
+
+# --- grid limits ---------------------------------------------------------------------------------
+
+
+def _assert_grids_within_limits(launches):
+    for ln in launches:
+        x, y, z = ln.grid
+        assert 1 <= x <= 2**31 - 1 and 1 <= y <= 65535 and 1 <= z <= 65535, (ln.name, ln.grid)
+
+
+def test_grids_stay_within_cuda_limits_for_many_groups_and_features(monkeypatch):
+    launches = _record(monkeypatch)
+    meta = dict(device="meta", dtype=torch.float32)
+    _conv_launches(torch.empty(1, 70000, 6, 6, **meta), torch.empty(70000, 1, 3, 3, **meta),
+                   torch.empty(70000, **meta), groups=70000)
+    _linear_launches(torch.empty(64, 2_500_000, **meta), torch.empty(16, 2_500_000, **meta), None)
+    _linear_launches(torch.empty(8, 16, **meta), torch.empty(4_200_000, 16, **meta), None)
+    assert len(launches) == 9
+    _assert_grids_within_limits(launches)
+    assert max(ln.grid[2] for ln in launches) > 1  # the split was needed
+
+
+def test_split_grid_refuses_what_no_grid_holds():
+    assert _launch.split_grid(5, 70000) == (5, 65535, 2)
+    with pytest.raises(RuntimeError, match="grid limits"):
+        _launch.split_grid(5, 65535 * 65535 + 1)
+
+
+# --- the kernels' 64-bit and split-grid paths, computed ----------------------------------------
+
+
+@pytest.fixture(params=["int64 indices", "split grid"])
+def forced_path(request, monkeypatch):
+    """Run small problems through the path large ones take: int64 index math, or grids whose
+    y dimension holds 2 programs (so group and column tiles spill into z)."""
+    if request.param == "int64 indices":
+        monkeypatch.setattr(_launch, "INT32_LIMIT", 1)
+    else:
+        monkeypatch.setattr(_launch, "GRID_YZ_MAX", 2)
+    return request.param
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding=1, groups=3), dict(pool_kernel_size=3, pool_stride=2, pool_padding=1),
+                                    dict(pool_kernel_size=None, stride=2)], ids=["groups", "overlap", "nopool"])
+def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs):
+    launches = _record(monkeypatch, run=True)
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+    w = torch.randn(72, 6 // kwargs.get("groups", 1), 3, 3, dtype=torch.float64)
+    b = torch.randn(72, dtype=torch.float64)
+    p = conv_block_params((3, 3), **kwargs)
+    out, off = conv_kernels.forward(x, w, b, p)
+    ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "reference")
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(off, ref_off)
+    g = torch.randn_like(out)
+    got = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+    want = torch.ops.fusedops.conv_block_backward(g, x, w, ref_off, *p[:8], [True, True, True], "reference")
+    for a, b_ in zip(got, want):
+        torch.testing.assert_close(a, b_)
+    if forced_path == "int64 indices":
+        assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches)
+    else:  # every launch with more than 2 column tiles x groups spread over z
+        assert [ln.grid[2] > 1 for ln in launches] == [True, kwargs.get("groups", 1) > 1, True]
+
+
+def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path):
+    launches = _record(monkeypatch, run=True)
+    x, w, b = (torch.randn(70, 50, dtype=torch.float64), torch.randn(70, 50, dtype=torch.float64),
+               torch.randn(70, dtype=torch.float64))
+    out, saved = linear_kernels.forward(x, w, b, "silu")
+    ref_out, ref_saved = torch.ops.fusedops.linear_forward(x, w, b, "silu", "reference")
+    torch.testing.assert_close(out, ref_out)
+    g = torch.randn_like(out)
+    got = linear_kernels.backward(g, x, w, saved, "silu", [True, True, True])
+    want = torch.ops.fusedops.linear_backward(g, x, w, ref_saved, "silu", [True, True, True], "reference")
+    for a, b_ in zip(got, want):
+        torch.testing.assert_close(a, b_)
+    if forced_path == "split grid":
+        assert all(ln.grid[2] > 1 for ln in launches)
+    else:
+        assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches)

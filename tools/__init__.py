@@ -1,0 +1,1 @@
+"""Build and compile checks run by make (not part of the fusedops package)."""
