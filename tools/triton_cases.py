@@ -43,9 +43,10 @@ class ConvCase:
     dtypes: Tuple[str, ...] = tuple(DTYPES)
 
     def run(self, dtype: torch.dtype) -> None:
-        """The forward launcher, then the backward launcher for every gradient, on meta tensors."""
+        """The forward launcher, then the backward launcher for every gradient and the tangent
+        launcher (double backward) with every tangent, on meta tensors."""
         from fusedops.functional import conv_block_params
-        from fusedops.triton import conv_block
+        from fusedops.triton import conv_block, conv_block_jvp
 
         kwargs = dict(self.kwargs)
         p = conv_block_params(self.kernel_size, **kwargs)
@@ -56,6 +57,7 @@ class ConvCase:
         b = torch.empty(self.out_channels, device="meta", dtype=dtype) if self.bias else None
         y, offsets = conv_block.forward(x, w, b, p)
         conv_block.backward(torch.empty_like(y), x, w, offsets, p, [True, True, self.bias])
+        conv_block_jvp.jvp(x, w, offsets, torch.empty_like(x), torch.empty_like(w), b, p)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,18 +13,18 @@ at the conv position ``(oh, ow)`` of the window's max (``oh = ph*psh - pph + (o 
 and the double backward's gradient with respect to ``grad_output``. Each output is one dot
 product of length ``K = Cg * KH * KW`` at its own conv position (positions differ per
 channel), so the kernel is a gathered reduction, not a GEMM. Every tensor is addressed
-through its strides (any layout), with int64 offsets.
+through its strides (any layout), with int64 offsets (it runs only in double backward and
+forward-mode AD, where the index width is not what bounds it).
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
 from ..ops.conv_block import ConvBlockParams, output_memory_format
+from ._launch import acc_dtype, on_device
 
 BLOCK_M = 32  # outputs per program
 BLOCK_K = 32  # reduction elements per step
@@ -91,10 +91,8 @@ def jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p: 
     ps, pp, pd = (p.pool_stride, p.pool_padding, p.pool_dilation) if p.has_pool else ((1, 1), (0, 0), (1, 1))
     zeros4 = (0, 0, 0, 0)
     tx, tw, tb = input_tangent, weight_tangent, bias_tangent
-    acc = tl.float64 if input.dtype == torch.float64 else tl.float32
     grid = (triton.cdiv(out.numel(), BLOCK_M),)
-    # Launch on the input's device, not the current one.
-    with torch.cuda.device(input.device) if input.device.type == "cuda" else contextlib.nullcontext():
+    with on_device(input):
         conv_block_jvp_kernel[grid](
             input, weight, offsets, tx if tx is not None else input, tw if tw is not None else weight,
             tb if tb is not None else weight, out,
@@ -103,7 +101,7 @@ def jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p: 
             *input.stride(), *weight.stride(), *offsets.stride(),
             *(tx.stride() if tx is not None else zeros4), *(tw.stride() if tw is not None else zeros4),
             tb.stride(0) if tb is not None else 0, *out.stride(),
-            HAS_TX=tx is not None, HAS_TW=tw is not None, HAS_TB=tb is not None, ACC=acc,
+            HAS_TX=tx is not None, HAS_TW=tw is not None, HAS_TB=tb is not None, ACC=acc_dtype(input.dtype),
             BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K,
         )
     return out
