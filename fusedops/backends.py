@@ -15,16 +15,18 @@ choice) and calls it.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
 
 from . import _native
+from ._env import EnvVar
 from .ops import conv_block, linear
 from .ops.conv_block import ConvBlockParams
 
 ENV_VAR = "FUSEDOPS_BACKEND"
+_BACKEND_ENV = EnvVar(ENV_VAR)
+_INTERPRET_ENV = EnvVar("TRITON_INTERPRET")
 
 # Preference order of automatic choice, per device type. "reference" closes every list.
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
@@ -226,7 +228,7 @@ class TritonBackend(Backend):
 
     @staticmethod
     def _interpreting() -> bool:
-        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+        return _INTERPRET_ENV.get() == "1"
 
     def auto_eligible(self, op, facts):
         # Not yet timed on a GPU (benchmarks/NOTES.md): until it is measured faster than the
@@ -311,7 +313,7 @@ class ChoiceMemo:
     @staticmethod
     def key(input: torch.Tensor, weight: torch.Tensor, requested: str) -> tuple:
         """What a module's choice depends on (the environment variable only in automatic mode)."""
-        return input.is_cuda, input.is_cpu, input.dtype, weight.shape, requested or os.environ.get(ENV_VAR, "")
+        return input.is_cuda, input.is_cpu, input.dtype, weight.shape, requested or _BACKEND_ENV.get()
 
     def get(self, key: tuple) -> Optional[Backend]:
         if self.generation != _GENERATION[0]:
@@ -377,7 +379,7 @@ def select(
     first = tensors[0]
     if facts_key is None and facts is not None and not callable(facts):
         facts_key = tuple(facts.values())
-    key = (requested, os.environ.get(ENV_VAR, ""), op, first.is_cuda, first.is_cpu, first.dtype, facts_key)
+    key = (requested, _BACKEND_ENV.get(), op, first.is_cuda, first.is_cpu, first.dtype, facts_key)
     chosen = _CHOICES.get(key)
     if chosen is None:
         facts = facts() if callable(facts) else facts

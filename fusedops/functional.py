@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from . import _args
+from . import _args, _native
 from .backends import ChoiceMemo, check_backend_name, conv_facts, select
 from .ops.conv_block import ConvBlockParams
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
@@ -83,6 +83,17 @@ def _autocast(input, *tensors):
         else t
         for t in tensors
     )
+
+
+def _native_entry(name: str):
+    """The C++ entry of the one-call op ``fusedops::<name>`` (its default overload's bound
+    function: what ``torch.ops.fusedops.<name>(...)`` calls, without two Python frames)."""
+    overload = getattr(torch.ops.fusedops, name).default
+    return getattr(overload, "_op", overload)
+
+
+_native_conv_block = _native_entry("native_conv_block") if _native.loaded() else None
+_native_linear = _native_entry("native_linear") if _native.loaded() else None
 
 
 def _needs_graph(*tensors) -> bool:
@@ -207,7 +218,7 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
             backend, input, weight, bias, params))
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
-            return torch.ops.fusedops.native_conv_block(input, weight, bias, args)
+            return _native_conv_block(input, weight, bias, args)
         backend = chosen.name
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
@@ -302,7 +313,7 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
         tensors = (input, weight) if bias is None else (input, weight, bias)
         chosen = _resolve(memo, input, weight, backend, lambda: select(backend, tensors, "linear"))
         if chosen.native:
-            return torch.ops.fusedops.native_linear(input, weight, bias, activation)
+            return _native_linear(input, weight, bias, activation)
         backend = chosen.name
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs

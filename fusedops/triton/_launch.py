@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .._env import EnvVar
+
+_INTERPRET_ENV = EnvVar("TRITON_INTERPRET")
 
 GRID_X_MAX = 2**31 - 1
 GRID_YZ_MAX = 65535
@@ -63,7 +66,7 @@ def acc_dtype(dtype: torch.dtype):
 def dot_dtype(dtype: torch.dtype):
     """Operand type of the products: the input's own (tensor cores), except under Triton's CPU
     interpreter, which misreads 16-bit floats: there float32 (exact for bf16/fp16 products)."""
-    if dtype in (torch.float16, torch.bfloat16) and os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if dtype in (torch.float16, torch.bfloat16) and _INTERPRET_ENV.get() == "1":
         return tl.float32
     return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}.get(dtype, tl.float64)
 
