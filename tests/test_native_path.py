@@ -151,3 +151,44 @@ def test_double_backward_on_the_native_path():
 
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(model, (x,))
+
+
+class _Doubled(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fusedops.FusedConvBlock(3, 4, 3, padding=1),
+    lambda: fusedops.FusedLinear(5, 4, activation="relu"),
+], ids=["conv_block", "linear"])
+def test_modules_read_parametrised_and_swapped_parameters(make):
+    """The forward reads weight and bias from ``_parameters`` for speed; a parametrised weight
+    (a property, not in ``_parameters``) and ``torch.func.functional_call`` must still be used."""
+    module = make()
+    x = torch.randn(2, 3, 8, 8) if isinstance(module, fusedops.FusedConvBlock) else torch.randn(2, 5)
+    plain = make()
+    plain.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        plain.weight.mul_(2)
+    torch.nn.utils.parametrize.register_parametrization(module, "weight", _Doubled())
+    torch.testing.assert_close(module(x), plain(x))
+    swapped = {"weight": torch.randn_like(plain.weight), "bias": torch.randn_like(plain.bias)}
+    expected = make()
+    expected.load_state_dict(swapped)
+    torch.testing.assert_close(torch.func.functional_call(plain, swapped, (x,)), expected(x))
+
+
+def test_environment_reader_follows_os_environ(monkeypatch):
+    from fusedops._env import EnvVar
+
+    var = EnvVar("FUSEDOPS_TEST_VARIABLE")
+    monkeypatch.delenv(var.name, raising=False)
+    assert var.get() == ""
+    monkeypatch.setenv(var.name, "cpp")
+    assert var.get() == "cpp"
+    os_environ = __import__("os").environ
+    os_environ[var.name] = "reference"
+    assert var.get() == "reference"
+    del os_environ[var.name]
+    assert var.get() == ""
