@@ -109,6 +109,9 @@ at::Tensor differentiable_jvp(const at::Tensor& input, const at::Tensor& weight,
 variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& offsets, const ConvArgs& a, std::array<bool, 3> mask) {
   if (at::GradMode::is_enabled()) return differentiable_backward(grad_output, input, weight, offsets, a, mask);
+  // Nothing to record: straight to the kernel. (Through the Autograd key the op would take
+  // torch's boxed not-implemented fallback, which costs more than a small layer's kernel.)
+  at::AutoDispatchBelowADInplaceOrView guard;
   auto [gi, gw, gb] = backward_op(grad_output, input, weight, offsets, a, mask);
   return {gi, gw, gb};
 }
@@ -116,6 +119,7 @@ variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& inpu
 at::Tensor run_jvp(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets, const at::Tensor& tx,
                    const at::Tensor& tw, const at::Tensor& tb, const ConvArgs& a) {
   if (at::GradMode::is_enabled()) return differentiable_jvp(input, weight, offsets, tx, tw, tb, a);
+  at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record (see run_backward)
   return jvp_op(input, weight, offsets, given(tx), given(tw), given(tb), a);
 }
 

@@ -205,6 +205,9 @@ class LinearBackwardFn : public torch::autograd::Function<LinearBackwardFn> {
 variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& saved, const std::string& act, std::array<bool, 3> mask) {
   if (at::GradMode::is_enabled()) return LinearBackwardFn::apply(grad_output, input, weight, saved, act, mask);
+  // Nothing to record: straight to the kernel. (Through the Autograd key the op would take
+  // torch's boxed not-implemented fallback, which costs more than a small layer's kernel.)
+  at::AutoDispatchBelowADInplaceOrView guard;
   return backward_op(grad_output, input, weight, saved, act, mask);
 }
 
