@@ -210,3 +210,44 @@ def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
     # the saved pre-activation is rounded to bf16, so the gradients agree to bf16 precision
     torch.testing.assert_close(lx.grad, fx.grad.bfloat16(), atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(lw.grad, fw.grad.bfloat16(), atol=1e-2, rtol=1e-2)
+
+
+# Each case takes another path through the forward and backward kernels (csrc/cpu/conv_block.cpp):
+# conv rows shorter or longer than kLongRow (32: padded-copy or span-copy gather), products
+# below or above kSmallGemm (2^15 multiply-adds: register-tiled loops or BLAS), tile edges of
+# the small GEMM (rows not a multiple of 4, columns not a multiple of its vector pair), the
+# MaxPool2d(2) row kernel and the general pool epilogue, strided and channels_last input.
+KERNEL_PATHS = {
+    "short rows, tile edges": ((1, 3, 9, 7), 5, dict(padding=1)),
+    "short rows, stride, dilation": ((2, 2, 13, 11), 6, dict(stride=2, dilation=2, padding=(2, 1))),
+    "short rows, asymmetric pool": ((1, 3, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
+    "long rows, small gemm": ((1, 2, 6, 40), 3, dict(padding=1)),
+    "long rows, blas": ((2, 5, 20, 36), 7, dict(padding=1)),
+    "short rows, blas": ((2, 6, 30, 30), 9, dict(padding=2, groups=3)),
+    "ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
+    "no pool": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(KERNEL_PATHS))
+def test_every_kernel_path_matches_the_reference(case, dtype, layout):
+    shape, out_channels, kwargs = KERNEL_PATHS[case]
+    groups = kwargs.get("groups", 1)
+    x = torch.randn(shape, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    w = torch.randn(out_channels, shape[1] // groups, 3, 3, dtype=dtype)
+    b = torch.randn(out_channels, dtype=dtype)
+    results = {}
+    for backend in ("cpp", "reference"):
+        xs, ws, bs = (t.detach().clone(memory_format=torch.preserve_format).requires_grad_() for t in (x, w, b))
+        out = fusedops.conv_relu_maxpool2d(xs, ws, bs, backend=backend, **kwargs)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out))
+        results[backend] = (out, xs.grad, ws.grad, bs.grad)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(results["cpp"], results["reference"]):
+        torch.testing.assert_close(got, want, **tol)
