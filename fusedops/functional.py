@@ -210,12 +210,16 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     backend is resolved when the graph runs. A module passes its ``memo`` of choices and its
     ``native_args`` (``params.native_args()``), both kept between calls.
     """
-    input, weight, bias = _autocast(input, weight, bias)
+    if _any_autocast():
+        input, weight, bias = _autocast(input, weight, bias)
     if check or not isinstance(input, torch.Tensor):
         check_conv_block_tensors(input, weight, bias, params)
     if not torch.compiler.is_compiling():
-        chosen = _resolve(memo, input, weight, backend, lambda: select_conv_block_backend(
-            backend, input, weight, bias, params))
+        chosen = memo.get(ChoiceMemo.key(input, weight, backend)) if memo is not None else None
+        if chosen is None:
+            chosen = select_conv_block_backend(backend, input, weight, bias, params)
+            if memo is not None:
+                memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
             return _native_conv_block(input, weight, bias, args)
@@ -233,19 +237,6 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
     return out.squeeze(0) if unbatched else out
-
-
-def _resolve(memo: Optional[ChoiceMemo], input, weight, backend: str, choose):
-    """The backend of this call: from the module's ``memo`` when it holds the choice, else
-    ``choose()`` (a cached ``select``), remembered in the memo."""
-    if memo is None:
-        return choose()
-    key = ChoiceMemo.key(input, weight, backend)
-    chosen = memo.get(key)
-    if chosen is None:
-        chosen = choose()
-        memo.put(key, chosen)
-    return chosen
 
 
 def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams):
@@ -306,12 +297,16 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
     automatic): one call of ``fusedops::native_linear`` when the backend resolves to a
     compiled one, else the autograd Function (see ``run_conv_block``, also for ``check`` and
     ``memo``)."""
-    input, weight, bias = _autocast(input, weight, bias)
+    if _any_autocast():
+        input, weight, bias = _autocast(input, weight, bias)
     if check or not isinstance(input, torch.Tensor):
         check_linear_tensors(input, weight, bias)
     if not torch.compiler.is_compiling():
-        tensors = (input, weight) if bias is None else (input, weight, bias)
-        chosen = _resolve(memo, input, weight, backend, lambda: select(backend, tensors, "linear"))
+        chosen = memo.get(ChoiceMemo.key(input, weight, backend)) if memo is not None else None
+        if chosen is None:
+            chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
+            if memo is not None:
+                memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
             return _native_linear(input, weight, bias, activation)
         backend = chosen.name
