@@ -1,25 +1,28 @@
-"""Test configuration: Triton's interpreter without a GPU, the gpu marker, the backend fixture."""
+"""Test configuration: Triton's interpreter without a GPU, the gpu and triton_cpu markers
+(decided by tests/harness.py), the backend fixture."""
 
 import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+from tests import harness
+
+DECISIONS = harness.decide(torch.cuda.is_available(), os.environ)
+if DECISIONS.set_interpret:
     # Must be set before triton is imported: runs Triton kernels on CPU tensors.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ[harness.INTERPRET_VAR] = "1"
 
 import fusedops  # noqa: E402
 from fusedops import backends  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="no CUDA device: gpu-marked test runs on a GPU machine")
+    """Skip, with the reason, what this machine cannot run (see tests/harness.py)."""
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        reason = harness.skip_reason(item, DECISIONS)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +44,11 @@ def cpu_backend_params():
         if "cpu" not in b.devices:
             continue
         reason = b.unavailable_reason()
-        marks = [pytest.mark.skip(reason=f"backend unavailable here: {reason}")] if reason else []
+        if reason:
+            reason = f"backend unavailable here: {reason}"
+        elif name == "triton":
+            reason = DECISIONS.triton_cpu_skip
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(name, id=name, marks=marks))
     return params
 

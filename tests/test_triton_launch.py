@@ -2,7 +2,8 @@
 
 What a GPU launch would get wrong without these is checked here on CPU tensors: the launch
 arguments themselves (recorded instead of launched, on meta tensors of any size), and the
-kernels' 64-bit and split-grid paths under the interpreter, forced onto small problems.
+kernels' 64-bit and split-grid paths under the interpreter, forced onto small problems
+(``triton_cpu``: skipped where Triton compiles for a GPU instead, see tests/harness.py).
 """
 
 import contextlib
@@ -70,6 +71,7 @@ def test_on_device_enters_the_tensors_cuda_device():
     assert isinstance(_launch.on_device(torch.empty(1)), contextlib.nullcontext)
 
 
+@pytest.mark.triton_cpu
 def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
     guarded = []
 
@@ -93,6 +95,7 @@ def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
 # --- strided bias -------------------------------------------------------------------------------
 
 
+@pytest.mark.triton_cpu
 def test_conv_block_reads_a_strided_bias():
     x, w = torch.randn(2, 3, 9, 9, dtype=torch.float64), torch.randn(5, 3, 3, 3, dtype=torch.float64)
     b = torch.randn(10, dtype=torch.float64)[::2]  # stride 2
@@ -106,6 +109,7 @@ def test_conv_block_reads_a_strided_bias():
     torch.testing.assert_close(b.grad, b_ref.grad)
 
 
+@pytest.mark.triton_cpu
 def test_linear_reads_a_strided_bias():
     x, w = torch.randn(4, 7, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
     b = torch.randn(6, 3, dtype=torch.float64)[:, 1]  # stride 3
@@ -180,6 +184,7 @@ def forced_path(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.triton_cpu
 @pytest.mark.parametrize("kwargs", [dict(padding=1, groups=3), dict(pool_kernel_size=3, pool_stride=2, pool_padding=1),
                                     dict(pool_kernel_size=None, stride=2)], ids=["groups", "overlap", "nopool"])
 def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs):
@@ -203,6 +208,7 @@ def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs)
         assert [ln.grid[2] > 1 for ln in launches] == [True, kwargs.get("groups", 1) > 1, True]
 
 
+@pytest.mark.triton_cpu
 def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path):
     launches = _record(monkeypatch, run=True)
     x, w, b = (torch.randn(70, 50, dtype=torch.float64), torch.randn(70, 50, dtype=torch.float64),
