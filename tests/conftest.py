@@ -60,6 +60,13 @@ def backend(request):
     return request.param
 
 
+def require_gpu_backend(name):
+    """Fail (a GPU machine must run both GPU backends) unless backend ``name`` can run CUDA tensors."""
+    reason = backends._REGISTRY[name].unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"a GPU machine must build and run the {name} backend: {reason}")
+
+
 def skip_unless_backend_has(name, op):
     """Skip (saying why) when backend ``name`` has no kernels for ``op``."""
     if op not in backends._REGISTRY[name].ops:
