@@ -25,6 +25,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def pytest_collection_finish(session):
+    """On a GPU, compile the selected gpu tests' Triton kernels in parallel first
+    (tests/triton_prewarm.py): a thousand compiles, one at a time in the tests, would take
+    most of a run."""
+    if session.config.option.collectonly or not torch.cuda.is_available() or DECISIONS.interpreting:
+        return
+    from tests import triton_prewarm
+
+    if triton_prewarm.enabled_reason():
+        return
+    job_list = triton_prewarm.jobs_of_items(session.items)
+    if len(job_list) < triton_prewarm.MIN_JOBS:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    try:
+        major, minor = torch.cuda.get_device_capability()
+        line = triton_prewarm.prewarm(job_list, max(1, (os.cpu_count() or 2) - 1), 10 * major + minor, say)
+    except Exception as exc:  # only time is lost: the tests compile what they launch
+        line = f"triton prewarm failed ({type(exc).__name__}: {exc}); the tests compile their kernels themselves"
+    say(line)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_env(monkeypatch):
     """Fresh, reproducible random inputs per test; no FUSEDOPS_BACKEND leaking in, and no

@@ -1,15 +1,16 @@
 """The gpu-marked suite's machinery, proven here on CPU tensors so that a mistake in it cannot
 waste a rare GPU run: the checks of tests/gpu_checks.py pass correct backends (``reference``,
 ``cpp``) and fail broken ones with the right message; the oracle helpers; the poisoning's
-pure parts; the offsets and sanitize tests' checks."""
+pure parts; the Triton prewarm's selection; the offsets and sanitize tests' checks."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
 
 from fusedops import backends
-from tests import gpu_cases, gpu_checks, gpu_memory, oracle
+from tests import gpu_cases, gpu_checks, gpu_memory, oracle, triton_prewarm
 from tests.test_gpu_offsets import TIE_CASES, check_offsets_exactly, check_rounded_ties
 from tests.test_gpu_sanitize import CONV as SANITIZE_CONV
 from tests.test_gpu_sanitize import LINEAR as SANITIZE_LINEAR
@@ -255,3 +256,26 @@ def test_the_patterns_catch_an_unwritten_element_of_every_dtype():
             v = raw.view(dtype)[0].double()
             assert v.isnan() or v.abs() > 1e30
     assert raw.view(torch.int8)[0] == 127 and raw.view(torch.int16)[0] == 32639
+
+
+# --- the Triton prewarm's selection -------------------------------------------------------------
+
+
+def _item(params, gpu=True, skip=False):
+    marks = {"gpu": gpu, "skip": skip}
+    return types.SimpleNamespace(callspec=types.SimpleNamespace(params=params),
+                                 get_closest_marker=lambda name: object() if marks.get(name) else None)
+
+
+def test_prewarm_takes_the_selected_triton_cases():
+    case = gpu_cases.CONV_GRID[0]
+    items = [_item(dict(backend="triton", precision="bf16", case=case)),
+             _item(dict(backend="cuda", precision="bf16", case=case)),
+             _item(dict(backend="triton", precision="fp32", case=case), skip=True),
+             _item(dict(backend="triton", precision="fp32", case=case), gpu=False),
+             _item(dict(backend="triton", precision="fp32", case="not a case")),
+             types.SimpleNamespace(get_closest_marker=lambda name: None)]
+    assert triton_prewarm.jobs_of_items(items) == [("triton", "bf16", case)]
+    assert triton_prewarm.enabled_reason({"FUSEDOPS_TRITON_PREWARM": "0"})
+    assert triton_prewarm.enabled_reason({"TRITON_INTERPRET": "1"})
+    assert triton_prewarm.enabled_reason({}) is None
