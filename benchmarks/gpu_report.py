@@ -136,6 +136,23 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def trim_log(path: Path, max_bytes: int = 256 * 1024, head: int = 200) -> None:
+    """Keep a log small enough to copy back whole: its first ``head`` lines and as much of
+    its end as fits in ``max_bytes``."""
+    if not path.exists() or path.stat().st_size <= max_bytes:
+        return
+    lines = path.read_text(errors="replace").splitlines()
+    top, tail, size = lines[:head], [], sum(len(ln) + 1 for ln in lines[:head])
+    for line in reversed(lines[head:]):
+        if size + len(line) + 1 > max_bytes - 200:
+            break
+        tail.append(line)
+        size += len(line) + 1
+    cut = len(lines) - head - len(tail)
+    path.write_text("\n".join(top + [f"[... {cut} lines cut to keep the log under {max_bytes // 1024} KB ...]"]
+                              + tail[::-1]) + "\n")
+
+
 def _quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
@@ -753,6 +770,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # a broken stage must not lose the others' results
             result = dict(status="failed", detail=f"gpu-report itself failed: {type(exc).__name__}: {exc}")
         report.stages[name] = _jsonable(result)
+        trim_log(out / f"{name}.log")
         report.save()
         print(f"gpu-report: {name}: {result['status']}: {result.get('detail', '')}")
     print(f"gpu-report: wrote {report.save()}")

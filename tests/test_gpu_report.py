@@ -73,6 +73,15 @@ def test_a_command_past_its_time_limit_is_stopped(tmp_path):
     assert "stopped by the time limit" in (tmp_path / "log").read_text()
 
 
+def test_long_logs_keep_their_head_and_tail(tmp_path):
+    log = tmp_path / "build.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100000)))
+    gr.trim_log(log, max_bytes=20000, head=10)
+    text = log.read_text()
+    assert len(text) < 20000 and text.startswith("line 0\n") and text.endswith("line 99999\n")
+    assert "lines cut to keep the log under 19 KB" in text
+
+
 def test_tests_are_counted_per_backend_and_precision(tmp_path):
     parts = []
     for name, text in gr.SAMPLE_JUNIT.items():
