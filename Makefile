@@ -1,6 +1,7 @@
 # make test               install what is missing, build fusedops._C, prove the GPU side builds
 #                         (cuda-build-check, triton-check: no GPU needed), run the test suite
 # make bench              install what is missing, build, run the benchmarks on the best device present
+#                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py)
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
 # make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
@@ -85,6 +86,7 @@ bench: install
 	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib \
 		|| echo "matplotlib could not be installed: the benchmark writes no plot"
 	$(PYTHON) benchmarks/run.py
+	$(PYTHON) benchmarks/host_overhead.py
 
 lint:
 	$(call ensure,ruff,ruff)

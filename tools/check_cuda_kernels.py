@@ -16,9 +16,17 @@ def native_ops(torch) -> list:
     return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("fusedops::native_"))
 
 
+def one_call_op(torch, op: str) -> bool:
+    """Whether ``op`` is one of the one-call ops (``native_conv_block``, ``native_linear``):
+    device-generic kernels (autograd in C++, the forward through the kernel ops) rather than a
+    CPU and a CUDA kernel of their own."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeExplicitAutograd")
+
+
 def missing_kernels(torch, ops, keys=("CPU", "CUDA")) -> list:
-    """``"op (KEY)"`` for each op in ``ops`` without a kernel for a dispatch key in ``keys``."""
-    return [f"{op} ({key})" for op in ops for key in keys
+    """``"op (KEY)"`` for each op in ``ops`` without a kernel for a dispatch key in ``keys`` (for
+    a one-call op: without its Autograd kernel)."""
+    return [f"{op} ({key})" for op in ops for key in (("Autograd",) if one_call_op(torch, op) else keys)
             if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key)]
 
 
@@ -51,7 +59,8 @@ def main(argv=None) -> int:
         print(f"check_cuda_kernels: FAILED: no kernel for {', '.join(missing)}", file=sys.stderr)
         return 1
     print(f"check_cuda_kernels: fusedops._C ({_native._C.__file__}) loaded under torch {torch.__version__} "
-          f"(CUDA {torch.version.cuda}); CPU and CUDA kernels registered for {len(ops)} ops: "
+          f"(CUDA {torch.version.cuda}); kernels registered (CPU and CUDA; Autograd for the one-call ops) for "
+          f"{len(ops)} ops: "
           + ", ".join(op.split("::")[1] for op in ops))
     return 0
 
