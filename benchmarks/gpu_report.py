@@ -23,7 +23,8 @@ what it finished; each can run alone, and the summary keeps the other stages' la
 - bench: ``benchmarks/run.py`` on CUDA with every provider (eager NCHW, eager channels_last +
   cudnn.benchmark, torch.compile default and max-autotune-no-cudagraphs, CUDA-graph replays,
   each fusedops backend), bfloat16 then float32, batch 256, the tutorial layers, one layer per
-  run so that a run cut short by the time limit loses one layer, not the table.
+  run so that a run cut short by the time limit loses one layer, not the table; then the host
+  time per call on CUDA (``benchmarks/host_overhead.py``).
 
 Everything goes to ``$FUSEDOPS_REPORT_DIR`` (default ``benchmarks/results/<gpu>/``; a dry
 run defaults to a temporary directory): ``summary.md``, ``build.log``, ``test.log``,
@@ -544,6 +545,17 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         else:
             notes.append(f"{layer} {dtype}: no results ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
                          "bench.log)")
+    host_table: List[str] = []
+    if budget - (time.monotonic() - start) >= 30 or runner.dry_run:
+        # Host time per call on CUDA (benchmarks/host_overhead.py): the tutorial layers are launch-bound.
+        mark = log.stat().st_size
+        result = runner.run([sys.executable, "benchmarks/host_overhead.py", "--device", "cuda"], log,
+                            budget - (time.monotonic() - start), _env(TRITON_INTERPRET=None))
+        text = SAMPLE_HOST_OVERHEAD if result.dry else log.read_text(errors="replace")[mark:]
+        host_table = [ln for ln in text.splitlines() if ln.startswith("|")]
+        if not host_table:
+            notes.append(f"host time per call: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
+                         "bench.log)")
     merged = merge_bench(results)
     (report.out / "bench.json").write_text(json.dumps(merged, indent=1) + "\n")
     if merged["rows"]:
@@ -556,7 +568,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=time.monotonic() - start, detail=f"{done} of {len(chunks)} benchmark runs",
-                notes=notes)
+                notes=notes, host_table=host_table)
 
 
 def _check_bench_args(chunks, tmp: Path) -> List[str]:
@@ -665,6 +677,9 @@ def render_summary(report: Report) -> str:
         rows = json.loads(results.read_text()).get("rows", []) if results.exists() else []
         lines += (bench_table(rows) or ["no benchmark results"]) + [""]
         lines += [f"- {n}" for n in bench.get("notes", [])]
+        if bench.get("host_table"):
+            lines += ["", "Host time per call on CUDA (benchmarks/host_overhead.py: tiny layers, median us per call):",
+                      ""] + bench["host_table"]
     present = [f for f in FILES if (report.out / f).exists() or f == "summary.md"]
     lines += ["", "Files: " + ", ".join(present)]
     return "\n".join(lines) + "\n"
@@ -719,6 +734,14 @@ SAMPLE_SANITIZER = {
                   "28 passed in 120.0s\n========= ERROR SUMMARY: 1 error\n"),
     "synccheck": "== COMPUTE-SANITIZER\n28 passed in 88.0s\n========= ERROR SUMMARY: 0 errors\n",
 }
+
+
+SAMPLE_HOST_OVERHEAD = """host time per call, torch -, 16 threads, median of 15 interleaved blocks of 200 calls
+| device | call | mode | provider | us per call | time vs eager chain |
+| --- | --- | --- | --- | ---: | ---: |
+| cuda | conv block (sample) | no_grad fwd | eager chain | 30.0 | 1.00x |
+| cuda | conv block (sample) | no_grad fwd | fused triton | 45.0 | 1.50x |
+"""
 
 
 def sample_bench(dtype, op, layer) -> dict:

@@ -42,6 +42,7 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "| gpu | cuda |" in summary and "test_conv_block[cuda-fp16-pool_padding]" in summary
     assert "racecheck: FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in summary
     assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 |" in summary
+    assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
 
     # One stage alone: the others' results stay in the summary.
     assert gr.main(["--stage", "build", "--dry-run", "--out", str(tmp_path)]) == 0
