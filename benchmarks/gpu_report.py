@@ -357,8 +357,12 @@ def stage_test(report: Report, runner: Runner) -> dict:
             notes.append(f"{what}: pytest exit {result.rc} (test.log)")
     shutil.rmtree(tmp, ignore_errors=True)
     failed = sum(c.get("failed", 0) + c.get("error", 0) for c in counts["table"].values())
-    status = "dry-run" if runner.dry_run else "failed" if failed or any(
-        r.timed_out or r.rc not in (0, 1, 5) for _, _, r in runs) else "passed"
+    if runner.dry_run:
+        status = "dry-run"
+    elif failed or any(not r.timed_out and r.rc not in (0, 1, 5) for _, _, r in runs):
+        status = "failed"
+    else:  # what the time limit cut off is listed in the notes
+        status = "partial" if any(r.timed_out for _, _, r in runs) else "passed"
     if runner.dry_run and any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=time.monotonic() - start, detail=counts["line"], counts=counts, notes=notes)
@@ -463,7 +467,12 @@ def stage_sanitize(report: Report, runner: Runner) -> dict:
         text = SAMPLE_SANITIZER[tool] if result.dry else log.read_text(errors="replace")[mark:]
         verdicts[tool] = sanitizer_verdict(tool, text, result)
     bad = [v for v in verdicts.values() if ": PASS" not in v]
-    status = "dry-run" if runner.dry_run else ("failed" if bad else "passed")
+    if runner.dry_run:
+        status = "dry-run"
+    elif any(": FAIL" in v or ": NO VERDICT" in v for v in bad):
+        status = "failed"
+    else:
+        status = "partial" if bad else "passed"  # a tool cut off by the time limit
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=time.monotonic() - start, verdicts=verdicts, notes=notes,
