@@ -114,6 +114,8 @@ def test_sanitizer_verdicts():
     assert "TIMEOUT" in gr.sanitizer_verdict("racecheck", "", gr.Result(-2, 99.0, timed_out=True))
     failed_tests = "3 failed, 25 passed in 9.0s\n========= ERROR SUMMARY: 0 errors\n"
     assert "tests failed" in gr.sanitizer_verdict("memcheck", failed_tests, gr.Result(1, 9.0))
+    api = gr.sanitizer_verdict("synccheck", gr.SAMPLE_SANITIZER["synccheck"], ok)
+    assert api.startswith("synccheck: PASS: no errors in any kernel (28 passed") and "1 CUDA API errors" in api
 
 
 def test_the_benchmark_table_shows_speedups_over_eager_and_compile():
