@@ -6,7 +6,8 @@
 2. run the fused op through its public function and autograd (output, every gradient), and
    the graph-level op for the state it saves (window offsets, relu mask, pre-activation);
    the allocator is poisoned before every kernel call (tests/gpu_memory.py), so an element
-   no kernel writes is NaN (or, with ``pattern="big"``, an impossible offset);
+   no kernel writes is NaN (or, with ``pattern="big"``, 0x7F: an impossible offset, a huge
+   float);
 3. run torch itself at the same dtype and TF32 setting, and the float64 oracle on ``low``
    (the same inputs, computed exactly);
 4. check the saved state: every window offset names a pool tap whose exact value is the
@@ -24,7 +25,12 @@
    algorithm for the shape.
 
 float64 has no torch at a lower precision to compare with: there ours must equal the oracle
-(``torch.testing.assert_close``). Every problem of a case is reported in one AssertionError.
+(``torch.testing.assert_close``). ``check_conv_block_jvp`` applies the same rule to the
+tangent op (double backward) at the backend's own offsets. Offsets no window has (an element
+left unwritten) are reported, and replaced by -1 for the oracle's routing, which would index
+out of bounds with them (on a GPU that would end the process's CUDA context). Every problem of
+a case is reported in one AssertionError. On CPU tensors nothing is poisoned; the checks run
+there too (tests/test_gpu_harness.py).
 """
 
 from __future__ import annotations
@@ -223,8 +229,8 @@ def run_conv_block(backend, x, w, b, kwargs, pattern="nan"):
 
 def check_conv_block(backend: str, x64, w64, b64, kwargs, precision: Precision, layout: str = "nchw",
                      pattern: str = "nan") -> None:
-    """Steps 1-5 of the module doc for ``conv_relu_maxpool2d`` (inputs: float64 CUDA tensors;
-    ``b64`` may be None; ``kwargs`` the op's keyword arguments)."""
+    """Steps 1-5 of the module doc for ``conv_relu_maxpool2d`` (inputs: float64 tensors on the
+    device under test; ``b64`` may be None; ``kwargs`` the op's keyword arguments)."""
     dtype = precision.dtype
     x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
     x = LAYOUTS[layout](x)
@@ -395,7 +401,7 @@ def mask_problems(mask, z64, precision: Precision) -> List[str]:
 
 def check_linear(backend: str, x64, w64, b64, activation: Optional[str], precision: Precision,
                  layout: str = "nchw", pattern: str = "nan") -> None:
-    """Steps 1-5 of the module doc for ``linear`` (inputs: float64 CUDA tensors)."""
+    """Steps 1-5 of the module doc for ``linear`` (inputs: float64 tensors on the device under test)."""
     dtype = precision.dtype
     x, w, b = (None if t is None else t.to(dtype) for t in (x64, w64, b64))
     x = LAYOUTS[layout](x) if x.dim() >= 2 else x

@@ -10,12 +10,15 @@ allocator can hand out next hold ``byte``:
    first) and a few small-pool segments are allocated and filled: the reserve the next
    allocations are carved from, so none needs fresh, unpoisoned memory from the driver;
 3. all of them are freed back to the cache, then a probe allocation of each size checks the
-   pattern arrives (a harness that silently failed to poison would prove nothing).
+   pattern arrives (a harness that silently failed to poison would prove nothing); a probe
+   that misses it (a remainder split off an unpoisoned block) is filled and freed, so the
+   next allocation of its size gets it.
 
-Patterns: ``NAN`` (0xFF) is NaN in every floating dtype (and -1 in int8/int16); ``BIG`` (0x7F)
-is 127 in int8 (never a valid pool-window offset below 128 taps), 32639 in int16, a huge
-finite value in fp32/bf16/fp64 and NaN in fp16. A test run once per pattern catches an
-unwritten element of every output dtype.
+Patterns: ``NAN`` (0xFF) is NaN in every floating dtype (and -1 in int8/int16: "ReLU off", a
+valid offset); ``BIG`` (0x7F) is 127 in int8 (never a valid pool-window offset below 128
+taps), 32639 in int16, a huge finite value in fp32/bf16/fp64 and NaN in fp16. Neither is a
+valid bool (the relu mask). A test run once per pattern catches an unwritten element of every
+output dtype.
 
 With ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` (the compute-sanitizer runs) there is no cache to
 poison: ``poison`` does nothing and initcheck reports reads of unwritten memory instead.
