@@ -28,6 +28,11 @@ Triton, linear_configs (BLOCK_M 16/32/64 for <= 16 / <= 256 / more rows, BLOCK_N
 them; the grid reaches 16x16 too. The tangent kernel (32 outputs x 32, fixed): the grid cases
 marked ``jvp`` in every precision.
 
+Not chosen by the config functions but compiled variants too: int64 index math (2^31 elements
+and more) and grids split over y and z (over 65,535 column tiles) run on the GPU forced onto
+small problems (tests/test_triton_launch.py, gpu-marked); HAS_BIAS, HAS_DB and every
+activation code are reached by the grid.
+
 CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp32/fp64):
 
 - forward direct (<= 4 input channels per group, filter <= 2048) and gemm, each for
