@@ -6,6 +6,9 @@
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
 # make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
 #                         it (Triton 3.6 in build/venv-triton3.6); writes benchmarks/triton-sm90.md
+# make gpu-report         on a GPU machine (no package registry needed): build for its GPU, the gpu tests,
+#                         compute-sanitizer, the GPU benchmarks -> benchmarks/results/<gpu>/summary.md and
+#                         its logs; STAGE=build|test|sanitize|bench runs one stage, DRY_RUN=1 only checks
 #
 # `make test` runs the two GPU checks when a source they cover changed since they last passed
 # (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
@@ -91,3 +94,8 @@ lint:
 
 clean:
 	rm -rf build *.egg-info fusedops/_C*.so
+
+# Stages, files and time limits: benchmarks/gpu_report.py. Needs only what the GPU machines have.
+.PHONY: gpu-report
+gpu-report:
+	$(PYTHON) -m benchmarks.gpu_report $(if $(STAGE),--stage $(STAGE)) $(if $(filter 1,$(DRY_RUN)),--dry-run)

@@ -1,25 +1,51 @@
-"""Test configuration: Triton's interpreter without a GPU, the gpu marker, the backend fixture."""
+"""Test configuration: Triton's interpreter without a GPU, the gpu and triton_cpu markers
+(decided by tests/harness.py), the backend fixture."""
 
 import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+from tests import harness
+
+DECISIONS = harness.decide(torch.cuda.is_available(), os.environ)
+if DECISIONS.set_interpret:
     # Must be set before triton is imported: runs Triton kernels on CPU tensors.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ[harness.INTERPRET_VAR] = "1"
 
 import fusedops  # noqa: E402
 from fusedops import backends  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="no CUDA device: gpu-marked test runs on a GPU machine")
+    """Skip, with the reason, what this machine cannot run (see tests/harness.py)."""
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        reason = harness.skip_reason(item, DECISIONS)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def pytest_collection_finish(session):
+    """On a GPU, compile the selected gpu tests' Triton kernels in parallel first
+    (tests/triton_prewarm.py): a thousand compiles, one at a time in the tests, would take
+    most of a run."""
+    if session.config.option.collectonly or not torch.cuda.is_available() or DECISIONS.interpreting:
+        return
+    from tests import triton_prewarm
+
+    if triton_prewarm.enabled_reason():
+        return
+    job_list = triton_prewarm.jobs_of_items(session.items)
+    if len(job_list) < triton_prewarm.MIN_JOBS:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    try:
+        major, minor = torch.cuda.get_device_capability()
+        line = triton_prewarm.prewarm(job_list, max(1, (os.cpu_count() or 2) - 1), 10 * major + minor, say)
+    except Exception as exc:  # only time is lost: the tests compile what they launch
+        line = f"triton prewarm failed ({type(exc).__name__}: {exc}); the tests compile their kernels themselves"
+    say(line)
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +67,11 @@ def cpu_backend_params():
         if "cpu" not in b.devices:
             continue
         reason = b.unavailable_reason()
-        marks = [pytest.mark.skip(reason=f"backend unavailable here: {reason}")] if reason else []
+        if reason:
+            reason = f"backend unavailable here: {reason}"
+        elif name == "triton":
+            reason = DECISIONS.triton_cpu_skip
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(name, id=name, marks=marks))
     return params
 
@@ -51,6 +81,13 @@ def backend(request):
     """Name of a backend that runs CPU tensors on this machine."""
     assert request.param in fusedops.available_backends()
     return request.param
+
+
+def require_gpu_backend(name):
+    """Fail (a GPU machine must run both GPU backends) unless backend ``name`` can run CUDA tensors."""
+    reason = backends._REGISTRY[name].unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"a GPU machine must build and run the {name} backend: {reason}")
 
 
 def skip_unless_backend_has(name, op):

@@ -1,5 +1,6 @@
 """The "cuda" backend (CUDA kernels in fusedops._C): source rules checked everywhere, the
-kernels themselves on a GPU (gpu-marked)."""
+kernels themselves on a GPU (gpu-marked; the correctness grid of both GPU backends is in
+tests/test_gpu_*.py)."""
 
 import functools
 import pathlib
@@ -9,8 +10,7 @@ import pytest
 import torch
 
 import fusedops
-from tests import oracle
-from tests.test_conv_block import CASES, _check, _make
+from tests.conftest import require_gpu_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -56,51 +56,7 @@ def test_cuda_backend_says_why_it_cannot_run_here():
 
 
 def _needs_cuda_backend():
-    reason = fusedops.backends._REGISTRY["cuda"].unavailable_reason()
-    if reason is not None:
-        pytest.fail(f"a GPU machine must build and run the cuda backend: {reason}")
-
-
-def _cuda(*tensors):
-    return [None if t is None else t.cuda() for t in tensors]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("name,shape,cout,kernel,kwargs", CASES, ids=[c[0] for c in CASES])
-def test_gpu_conv_block_matches_torch(name, shape, cout, kernel, kwargs):
-    _needs_cuda_backend()
-    x, w, b, kwargs = _make(shape, cout, kernel, kwargs)
-    _check(*_cuda(x, w, b), kwargs, "cuda")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("view", ["channels_last", "transposed"])
-@pytest.mark.parametrize("channels", [3, 16])  # direct kernel, implicit-GEMM kernel
-def test_gpu_conv_block_strided_inputs(view, channels):
-    _needs_cuda_backend()
-    x, w, b, kwargs = _make((2, channels, 9, 11), 8, 3, dict(padding=1))
-    if view == "channels_last":
-        _check(*_cuda(x, w, b), kwargs, "cuda", lambda t: t.contiguous(memory_format=torch.channels_last))
-    else:
-        _check(*_cuda(x.transpose(2, 3).contiguous(), w, b), kwargs, "cuda", lambda t: t.transpose(2, 3))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"], ids=str)
-@pytest.mark.parametrize("shape", [(5, 7), (3, 4, 7), (7,), (0, 7), (130, 70)], ids=str)
-def test_gpu_linear_matches_torch(activation, shape):
-    _needs_cuda_backend()
-    x = torch.randn(shape, dtype=torch.float64, device="cuda")
-    w = torch.randn(9, shape[-1], dtype=torch.float64, device="cuda")
-    b = torch.randn(9, dtype=torch.float64, device="cuda")
-    ours = [oracle.leaf(t) for t in (x, w, b)]
-    ref = [oracle.leaf(t) for t in (x, w, b)]
-    out = fusedops.linear(*ours, activation=activation, backend="cuda")
-    want = oracle.linear(*ref, activation=activation)
-    torch.testing.assert_close(out, want)
-    g = torch.randn_like(want)
-    for got, exp in zip(oracle.grads(out, ours, g), oracle.grads(want, ref, g)):
-        torch.testing.assert_close(got, exp)
+    require_gpu_backend("cuda")
 
 
 @pytest.mark.gpu
@@ -118,17 +74,9 @@ def test_gpu_gradcheck_both_ops():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("channels", [3, 32])
-def test_gpu_low_precision_within_twice_torch_error(dtype, channels):
-    """DESIGN.md's rule: error vs the float64 oracle at most 2x torch's own at that precision
-    (the kernels compute float32 in IEEE, so torch's TF32 is off for the comparison)."""
-    _needs_cuda_backend()
-    oracle.assert_gpu_error_at_most_twice_torch("cuda", dtype, in_channels=channels, tf32=False)
-
-
-@pytest.mark.gpu
-def test_gpu_kernels_do_the_work_and_are_deterministic():
+def test_gpu_kernels_do_the_work():
+    """The fused ops run fusedops' CUDA kernels, not torch's conv/pool/activation/GEMM ops.
+    (Correctness, determinism and devices: tests/test_gpu_*.py.)"""
     _needs_cuda_backend()
     x = torch.randn(4, 16, 12, 12, device="cuda", requires_grad=True)
     w = torch.randn(32, 16, 3, 3, device="cuda", requires_grad=True)
@@ -144,8 +92,7 @@ def test_gpu_kernels_do_the_work_and_are_deterministic():
     ops = {e.key for e in prof.key_averages()}
     assert "fusedops::native_conv_block_forward" in ops and "fusedops::native_linear_backward" in ops
     assert [op for op in ops if op.startswith("aten::") and any(f in op for f in FORBIDDEN_OPS)] == []
-    for a, b in zip(first, step()):
-        assert torch.equal(a, b)
+    assert all(g.isfinite().all() for g in first)
 
 
 @pytest.mark.gpu

@@ -2,7 +2,9 @@
 
 What a GPU launch would get wrong without these is checked here on CPU tensors: the launch
 arguments themselves (recorded instead of launched, on meta tensors of any size), and the
-kernels' 64-bit and split-grid paths under the interpreter, forced onto small problems.
+kernels' 64-bit and split-grid paths under the interpreter, forced onto small problems
+(``triton_cpu``: skipped where Triton compiles for a GPU instead, see tests/harness.py; the
+same compiled for the GPU there, gpu-marked).
 """
 
 import contextlib
@@ -61,6 +63,11 @@ def _linear_launches(x, w, b, activation=""):
     linear_kernels.backward(torch.empty_like(y), x, w, saved, activation, [True, True, b is not None])
 
 
+# Under the interpreter here; compiled on a GPU (gpu-marked).
+ON_DEVICES = pytest.mark.parametrize("backend,device", [pytest.param("triton", "cpu", marks=pytest.mark.triton_cpu),
+                                                        pytest.param("triton", "cuda", marks=pytest.mark.gpu)])
+
+
 # --- device guard -----------------------------------------------------------------------------
 
 
@@ -70,6 +77,7 @@ def test_on_device_enters_the_tensors_cuda_device():
     assert isinstance(_launch.on_device(torch.empty(1)), contextlib.nullcontext)
 
 
+@pytest.mark.triton_cpu
 def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
     guarded = []
 
@@ -93,12 +101,14 @@ def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
 # --- strided bias -------------------------------------------------------------------------------
 
 
-def test_conv_block_reads_a_strided_bias():
-    x, w = torch.randn(2, 3, 9, 9, dtype=torch.float64), torch.randn(5, 3, 3, 3, dtype=torch.float64)
-    b = torch.randn(10, dtype=torch.float64)[::2]  # stride 2
+@ON_DEVICES
+def test_conv_block_reads_a_strided_bias(backend, device):
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w = torch.randn(2, 3, 9, 9, **f64), torch.randn(5, 3, 3, 3, **f64)
+    b = torch.randn(10, **f64)[::2]  # stride 2
     b_ref = b.detach().clone().requires_grad_()
     b.requires_grad_()
-    y = fusedops.conv_relu_maxpool2d(x, w, b, padding=1, backend="triton")
+    y = fusedops.conv_relu_maxpool2d(x, w, b, padding=1, backend=backend)
     want = fusedops.conv_relu_maxpool2d(x, w, b_ref, padding=1, backend="reference")
     torch.testing.assert_close(y, want)
     y.sum().backward()
@@ -106,10 +116,12 @@ def test_conv_block_reads_a_strided_bias():
     torch.testing.assert_close(b.grad, b_ref.grad)
 
 
-def test_linear_reads_a_strided_bias():
-    x, w = torch.randn(4, 7, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
-    b = torch.randn(6, 3, dtype=torch.float64)[:, 1]  # stride 3
-    torch.testing.assert_close(fusedops.linear(x, w, b, activation="gelu", backend="triton"),
+@ON_DEVICES
+def test_linear_reads_a_strided_bias(backend, device):
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w = torch.randn(4, 7, **f64), torch.randn(6, 7, **f64)
+    b = torch.randn(6, 3, **f64)[:, 1]  # stride 3
+    torch.testing.assert_close(fusedops.linear(x, w, b, activation="gelu", backend=backend),
                                fusedops.linear(x, w, b, activation="gelu", backend="reference"))
 
 
@@ -180,13 +192,15 @@ def forced_path(request, monkeypatch):
     return request.param
 
 
+@ON_DEVICES
 @pytest.mark.parametrize("kwargs", [dict(padding=1, groups=3), dict(pool_kernel_size=3, pool_stride=2, pool_padding=1),
                                     dict(pool_kernel_size=None, stride=2)], ids=["groups", "overlap", "nopool"])
-def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs):
+def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs, backend, device):
     launches = _record(monkeypatch, run=True)
-    x = torch.randn(2, 6, 9, 8, dtype=torch.float64)
-    w = torch.randn(72, 6 // kwargs.get("groups", 1), 3, 3, dtype=torch.float64)
-    b = torch.randn(72, dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.randn(2, 6, 9, 8, **f64)
+    w = torch.randn(72, 6 // kwargs.get("groups", 1), 3, 3, **f64)
+    b = torch.randn(72, **f64)
     p = conv_block_params((3, 3), **kwargs)
     out, off = conv_kernels.forward(x, w, b, p)
     ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "reference")
@@ -203,10 +217,11 @@ def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs)
         assert [ln.grid[2] > 1 for ln in launches] == [True, kwargs.get("groups", 1) > 1, True]
 
 
-def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path):
+@ON_DEVICES
+def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path, backend, device):
     launches = _record(monkeypatch, run=True)
-    x, w, b = (torch.randn(70, 50, dtype=torch.float64), torch.randn(70, 50, dtype=torch.float64),
-               torch.randn(70, dtype=torch.float64))
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w, b = torch.randn(70, 50, **f64), torch.randn(70, 50, **f64), torch.randn(70, **f64)
     out, saved = linear_kernels.forward(x, w, b, "silu")
     ref_out, ref_saved = torch.ops.fusedops.linear_forward(x, w, b, "silu", "reference")
     torch.testing.assert_close(out, ref_out)

@@ -1,0 +1,557 @@
+"""The cases of the gpu-marked suite, and which launcher configurations they reach.
+
+Cases (each runs through ``tests/gpu_checks.py`` for a backend and a precision):
+
+- ``CONV_GRID`` / ``LINEAR_GRID``: the CPU tests' argument grid (``tests/test_conv_block.py``
+  ``CASES``; ``tests/test_linear.py`` shapes x activations x bias), in every precision;
+- ``CONV_LAYOUTS`` / ``LINEAR_LAYOUTS``: channels_last, sliced (non-contiguous) and
+  transposed inputs;
+- ``CONV_CONFIGS`` / ``LINEAR_CONFIGS``: one case per configuration the launchers can choose
+  (listed with each case), large ones included: multi-wave grids, second M tiles, several and
+  empty split-K slices, grid-stride loops that run more than once, int16/int32 offsets.
+
+What a case reaches is computed, not claimed:
+
+- Triton: ``triton_required()`` lists every ``(kernel, precision, config)`` the launchers'
+  config functions (``conv_block_configs``, ``linear_configs``, the tangent kernel's fixed
+  blocks) can return, probed as ``make triton-check`` probes them; ``triton_reached(jobs)``
+  runs each case's launching part on meta tensors with the kernels replaced by recorders
+  (nothing is computed, so it runs anywhere) and collects the configs the launchers picked.
+- CUDA: ``cuda_required()`` lists the choices of the launchers in ``csrc/cuda`` (which kernel,
+  which template instance ``<element type, offset type>``, tiles, split-K slices, grid-stride
+  loops); ``cuda_reached(case, precision)`` mirrors the launchers' arithmetic in Python, with
+  the constants of ``CUDA_CONSTANTS`` (tests/test_gpu_configs.py checks them against the
+  sources).
+
+``coverage_gaps()`` is what no case reaches; tests/test_gpu_configs.py fails on any (on every
+machine: the computation needs no GPU) and holds the review of the list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import types
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+
+from tests import gpu_checks
+
+PRECISIONS: Tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp64")
+GPU_BACKENDS: Tuple[str, ...] = ("triton", "cuda")
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
+
+
+def _pair(k) -> Tuple[int, int]:
+    return (k, k) if isinstance(k, int) else tuple(k)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    """``conv_relu_maxpool2d`` of a random ``input`` (N, C, H, W) or (C, H, W) with
+    ``out_channels`` filters of size ``kernel``; ``kwargs``: the op's keyword arguments
+    (``bias=False`` for none) as sorted pairs."""
+
+    name: str
+    input: Tuple[int, ...]
+    out_channels: int
+    kernel: Union[int, Tuple[int, int]]
+    kwargs: Tuple[Tuple[str, object], ...] = ()
+    layout: str = "nchw"
+    precisions: Tuple[str, ...] = PRECISIONS
+    backends: Tuple[str, ...] = GPU_BACKENDS
+    scale_weight: bool = False  # weight / sqrt(fan-in): deep reductions stay in every dtype's range
+    jvp: bool = False  # also check the tangent op (double backward)
+    purpose: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.name if self.layout == "nchw" else f"{self.name}-{self.layout}"
+
+    def inputs(self, device="cuda"):
+        """float64 ``(x, w, b, op kwargs)``, fresh random values."""
+        return gpu_checks.random_conv_inputs(self.input, self.out_channels, self.kernel, dict(self.kwargs), device,
+                                             self.scale_weight)
+
+    def check(self, backend: str, precision: str, pattern: str = "nan", device="cuda") -> None:
+        """The whole check of tests/gpu_checks.py (and of the tangent op when ``jvp``)."""
+        x, w, b, kwargs = self.inputs(device)
+        prec = gpu_checks.PRECISIONS[precision]
+        gpu_checks.check_conv_block(backend, x, w, b, kwargs, prec, self.layout, pattern)
+        if self.jvp:
+            gpu_checks.check_conv_block_jvp(backend, x, w, b, kwargs, prec, self.layout, pattern)
+
+    def run(self, backend: str, precision: str, pattern: str = "nan", device="cuda", inputs=None):
+        """``(torch's Run, the backend's Run)`` of the check (tests/gpu_checks.py), on
+        ``inputs`` (float64 ``(x, w, b, kwargs)``) or fresh ones; the tangent too when ``jvp``
+        (its output is returned as the backend's Run's ``tangent``)."""
+        x, w, b, kwargs = inputs or self.inputs(device)
+        prec = gpu_checks.PRECISIONS[precision]
+        x, w, b = (None if t is None else t.to(prec.dtype) for t in (x, w, b))
+        x = gpu_checks.LAYOUTS[self.layout](x)
+        with gpu_checks.tf32_flags(prec.tf32):
+            theirs, ours, _, _ = gpu_checks.run_conv_block(backend, x, w, b, kwargs, pattern)
+            if self.jvp:
+                ours.tangent = gpu_checks.run_conv_block_jvp(backend, x, w, b, kwargs, pattern)[0]
+        return theirs, ours
+
+    def launch(self, backend: str, precision: str, device="meta") -> None:
+        """Only what launches the backend's kernels (the check's runs), e.g. on meta tensors."""
+        self.run(backend, precision, device=device)
+
+    def params(self):
+        """The normalised ConvBlockParams."""
+        return gpu_checks.params_of(self.input, self.kernel, dict(self.kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCase:
+    """``linear`` of a random ``input`` (any leading dims) to ``out_features``."""
+
+    name: str
+    input: Tuple[int, ...]
+    out_features: int
+    activation: Optional[str] = None
+    bias: bool = True
+    layout: str = "nchw"
+    precisions: Tuple[str, ...] = PRECISIONS
+    backends: Tuple[str, ...] = GPU_BACKENDS
+    scale_weight: bool = False
+    purpose: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.name if self.layout == "nchw" else f"{self.name}-{self.layout}"
+
+    def inputs(self, device="cuda"):
+        x = torch.randn(self.input, dtype=torch.float64, device=device)
+        w = torch.randn(self.out_features, self.input[-1], dtype=torch.float64, device=device)
+        if self.scale_weight:
+            w /= max(1, self.input[-1]) ** 0.5
+        b = torch.randn(self.out_features, dtype=torch.float64, device=device) if self.bias else None
+        return x, w, b
+
+    def check(self, backend: str, precision: str, pattern: str = "nan", device="cuda") -> None:
+        x, w, b = self.inputs(device)
+        gpu_checks.check_linear(backend, x, w, b, self.activation, gpu_checks.PRECISIONS[precision], self.layout,
+                                pattern)
+
+    def run(self, backend: str, precision: str, pattern: str = "nan", device="cuda", inputs=None):
+        """``(torch's Run, the backend's Run)`` of the check, on ``inputs`` or fresh ones."""
+        x, w, b = inputs or self.inputs(device)
+        prec = gpu_checks.PRECISIONS[precision]
+        x, w, b = (None if t is None else t.to(prec.dtype) for t in (x, w, b))
+        x = gpu_checks.LAYOUTS[self.layout](x) if x.dim() >= 2 else x
+        with gpu_checks.tf32_flags(prec.tf32):
+            theirs, ours, _ = gpu_checks.run_linear(backend, x, w, b, self.activation, pattern)
+        return theirs, ours
+
+    def launch(self, backend: str, precision: str, device="meta") -> None:
+        """Only what launches the backend's kernels (the check's runs), e.g. on meta tensors."""
+        self.run(backend, precision, device=device)
+
+
+def _conv(name, input, out_channels, kernel, layout="nchw", precisions=PRECISIONS, backends=GPU_BACKENDS,
+          scale_weight=False, jvp=False, purpose="", **kwargs) -> ConvCase:
+    return ConvCase(name, tuple(input), out_channels, kernel, tuple(sorted(kwargs.items())), layout,
+                    tuple(precisions), tuple(backends), scale_weight, jvp, purpose)
+
+
+def _grid() -> List[ConvCase]:
+    from tests.test_conv_block import CASES
+
+    # The tangent op on the three offset widths' first cases (int8, int16) runs here; int32 in CONV_CONFIGS.
+    jvp = {"basic_2x2_pool", "pool_padding", "pool_large_window_int16", "groups2"}
+    return [_conv(name, shape, cout, kernel, jvp=name in jvp, **kwargs) for name, shape, cout, kernel, kwargs in CASES]
+
+
+CONV_GRID: List[ConvCase] = _grid()
+
+CONV_LAYOUTS: List[ConvCase] = [
+    dataclasses.replace(case, layout=layout, jvp=False)
+    for case in CONV_GRID if case.name in ("odd_sizes_pad1", "groups2", "pool_padding")
+    for layout in ("channels_last", "sliced", "transposed")
+]
+
+# One case per launcher configuration. fwd: rows N*PH*PW, columns Cout/groups; dx: rows
+# N*H*W, columns Cin/groups; dw: rows Cin/groups*KH*KW, columns Cout/groups (Triton,
+# conv_block_configs: BLOCK_M 32 up to 4096 rows, else 64; BLOCK_N 16/32/64 up to 16/32/more
+# columns). CUDA: see cuda_conv_variants.
+CONV_CONFIGS: List[ConvCase] = [
+    _conv("deep 512->16 6x6", (2, 512, 6, 6), 16, 3, padding=1, scale_weight=True,
+          purpose="Triton fwd 32x16, dx 32x64, dw 64x16 (4608 rows); CUDA: gemm, second M tile of dx, "
+                  "one split-K slice"),
+    _conv("deep 512->32 6x6", (2, 512, 6, 6), 32, 3, padding=1, scale_weight=True,
+          purpose="Triton fwd 32x32, dw 64x32"),
+    _conv("deep 512->96 6x6", (2, 512, 6, 6), 96, 3, padding=1, scale_weight=True,
+          purpose="Triton fwd 32x64, dw 64x64 (two column tiles); CUDA: second M tile of forward and dw"),
+    _conv("wide 16->16 58x58 b5", (5, 16, 58, 58), 16, 3, padding=1,
+          purpose="Triton fwd 64x16 (4205 rows), dx 64x16"),
+    _conv("wide 24->24 58x58 b5", (5, 24, 58, 58), 24, 3, padding=1, purpose="Triton fwd 64x32, dx 64x32, dw 32x32"),
+    _conv("wide 40->40 58x58 b5", (5, 40, 58, 58), 40, 3, padding=1, scale_weight=True,
+          purpose="Triton fwd 64x64, dx 64x64, dw 32x64"),
+    _conv("small 24->24 10x10", (2, 24, 10, 10), 24, 3, padding=1, purpose="Triton dx 32x32"),
+    _conv("multi-wave 32->64 56x56 b96", (96, 32, 56, 56), 64, 3, padding=1, precisions=("bf16", "fp32"),
+          scale_weight=True,
+          purpose="grids of 1176 programs/blocks (several waves); CUDA: 55 split-K slices"),
+    _conv("empty split-K slices 3->16 99x171 b8", (8, 3, 99, 171), 16, 3, padding=1, jvp=True,
+          purpose="CUDA: 264 split-K slices of 528 positions over 135432: the last ones empty; direct forward"),
+    _conv("int16 offsets, gemm 8->4 pool 12x12/2", (1, 8, 16, 16), 4, 3, padding=1, pool_kernel_size=12,
+          pool_stride=2, jvp=True, purpose="144-tap windows: int16 offsets through the CUDA gemm forward"),
+    _conv("int32 offsets, direct 2->2 pool 182", (1, 2, 184, 184), 2, 3, pool_kernel_size=182, jvp=True,
+          purpose="33124-tap window: int32 offsets, CUDA direct forward"),
+    _conv("int32 offsets, gemm 8->4 pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
+          scale_weight=True, purpose="int32 offsets through the CUDA gemm forward"),
+    _conv("grid-stride 1->2 1024x1024 b17 no pool", (17, 1, 1024, 1024), 2, 3, padding=1, pool_kernel_size=None,
+          precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
+          purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
+                  "grid-stride loops run twice and more (65536 blocks of 256 threads per pass)"),
+    _conv("grid-stride 1024->2048 3x3 no pool", (1, 1024, 3, 3), 2048, 3, padding=1, pool_kernel_size=None,
+          precisions=("bf16", "fp32"), scale_weight=True,
+          purpose="CUDA: 18.9M weight elements: the split-K sum's grid-stride loop runs twice; 32 M tiles"),
+]
+
+LINEAR_GRID: List[LinearCase] = [
+    LinearCase(f"{'x'.join(map(str, shape))}-{activation}-{'bias' if bias else 'nobias'}", shape, 9, activation, bias)
+    for shape in ((5, 7), (3, 4, 7), (2, 3, 2, 7), (7,), (0, 7), (2, 0, 7))  # tests/test_linear.py SHAPES
+    for activation in ACTIVATIONS
+    for bias in (True, False)
+]
+
+LINEAR_LAYOUTS: List[LinearCase] = [
+    LinearCase(f"6x7-{activation}", (6, 7), 5, activation, layout=layout)
+    for activation in ("relu", "gelu") for layout in ("sliced", "transposed")
+]
+
+# Triton linear_configs: BLOCK_M 16/32/64 up to 16/256/more rows, BLOCK_N 16/32/64 up to
+# 16/256/more out_features. CUDA: 64x64 tiles, split-K over the rows for dw.
+LINEAR_CONFIGS: List[LinearCase] = [
+    LinearCase(f"{m}x40->{n} {act}", (m, 40), n, act, purpose=f"Triton {bm}x{bn}")
+    for (m, bm), (n, bn), act in [
+        ((10, 16), (12, 16), "relu"), ((10, 16), (100, 32), "gelu"), ((10, 16), (300, 64), "silu"),
+        ((200, 32), (12, 16), "gelu_tanh"), ((200, 32), (100, 32), None), ((200, 32), (300, 64), "relu"),
+        ((1000, 64), (12, 16), "silu"), ((1000, 64), (100, 32), "gelu"), ((1000, 64), (300, 64), "relu"),
+    ]
+] + [
+    LinearCase("empty split-K slices 135432x48->40 relu", (135432, 48), 40, "relu",
+               purpose="CUDA: 264 split-K slices of 528 rows: the last ones empty"),
+    LinearCase("grid-stride 16400x64->1024 gelu", (16400, 64), 1024, "gelu", precisions=("bf16", "fp32"),
+               scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice"),
+    LinearCase("grid-stride 64x4096->4100 silu", (64, 4096), 4100, "silu", precisions=("bf16", "fp32"),
+               scale_weight=True, purpose="CUDA: 16.8M weight elements: the split-K sum's grid-stride loop runs twice"),
+]
+
+ALL_CASES: List[Union[ConvCase, LinearCase]] = (CONV_GRID + CONV_LAYOUTS + CONV_CONFIGS + LINEAR_GRID
+                                                + LINEAR_LAYOUTS + LINEAR_CONFIGS)
+
+
+def jobs(cases: Iterable, backend: Optional[str] = None) -> List[Tuple[str, str, object]]:
+    """``(backend, precision, case)`` of every run of ``cases`` (of one backend, or both)."""
+    return [(b, p, c) for c in cases for b in c.backends if backend in (None, b) for p in c.precisions]
+
+
+# --- Triton: configs the launchers can pick, and those the cases reach ------------------------
+
+TRITON_KERNELS = {
+    # kernel -> (module, config function); the tangent kernel has fixed blocks (module constants)
+    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
+    "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
+    "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
+    "linear_fwd_kernel": ("fusedops.triton.linear", "linear_configs"),
+    "linear_dx_kernel": ("fusedops.triton.linear", "linear_configs"),
+    "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
+    "conv_block_jvp_kernel": ("fusedops.triton.conv_block_jvp", None),
+}
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
+
+
+def _config(kwargs) -> Tuple:
+    return tuple(kwargs.get(k, 4 if k == "num_warps" else None) for k in CONFIG_KEYS)
+
+
+def triton_required() -> Set[Tuple[str, str, Tuple]]:
+    """Every ``(kernel, precision, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps))`` the launchers can
+    pick: the config functions probed at and around every power of two (as ``make
+    triton-check`` does), the tangent kernel's fixed blocks."""
+    import importlib
+
+    from tools.triton_check import reachable_configs
+
+    required = set()
+    for kernel, (module, function) in TRITON_KERNELS.items():
+        mod = importlib.import_module(module)
+        for precision in PRECISIONS:
+            dtype = gpu_checks.PRECISIONS[precision].dtype
+            if function is None:
+                configs = {_config({"BLOCK_M": mod.BLOCK_M, "BLOCK_K": mod.BLOCK_K})}
+            else:
+                configs = reachable_configs(getattr(mod, function), dtype)
+            required |= {(kernel, precision, config) for config in configs}
+    return required
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **kwargs)`` records and returns."""
+
+    def __init__(self, name, sink, current):
+        self.name, self.sink, self.current = name, sink, current
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.sink.append(types.SimpleNamespace(kernel=self.name, grid=tuple(grid), kwargs=kwargs,
+                                                   job=self.current[0]))
+
+        return launch
+
+
+@contextlib.contextmanager
+def meta_backend(name: str):
+    """The backend ``name`` accepts meta tensors (its launchers allocate and pick configs as
+    on a GPU; what runs the kernels must be replaced, e.g. by ``recording_triton_launches``)."""
+    from fusedops import backends
+
+    b = backends._REGISTRY[name]
+    saved = b.__dict__.copy()
+    b.devices = (*type(b).devices, "meta")
+    b.unavailable_reason = lambda: None
+    backends.clear_choice_cache()
+    try:
+        yield
+    finally:
+        for attr in ("devices", "unavailable_reason"):
+            if attr in saved:
+                setattr(b, attr, saved[attr])
+            else:
+                delattr(b, attr)
+        backends.clear_choice_cache()
+
+
+@contextlib.contextmanager
+def recording_triton_launches(sink: List, current: List):
+    """Within this context the Triton launchers record ``(kernel, grid, kwargs, current[0])``
+    in ``sink`` instead of launching."""
+    import importlib
+
+    saved = []
+    for kernel, (module, _) in TRITON_KERNELS.items():
+        mod = importlib.import_module(module)
+        saved.append((mod, kernel, getattr(mod, kernel)))
+        setattr(mod, kernel, _Recorder(kernel, sink, current))
+    try:
+        yield
+    finally:
+        for mod, kernel, real in saved:
+            setattr(mod, kernel, real)
+
+
+def triton_launches(job_list: Sequence[Tuple[str, str, object]]) -> List:
+    """The launches of the triton jobs of ``job_list``, recorded on meta tensors."""
+    sink: List = []
+    current = [None]
+    with meta_backend("triton"), recording_triton_launches(sink, current):
+        for backend, precision, case in job_list:
+            if backend != "triton":
+                continue
+            current[0] = (precision, case)
+            case.launch("triton", precision, "meta")
+    return sink
+
+
+def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
+    """``(kernel, precision, config) -> [case ids]`` over the triton jobs of ``job_list``."""
+    reached: Dict[Tuple[str, str, Tuple], List[str]] = {}
+    for ln in triton_launches(job_list):
+        precision, case = ln.job
+        reached.setdefault((ln.kernel, precision, _config(ln.kwargs)), []).append(case.id)
+    return reached
+
+
+# --- CUDA: the launchers' choices, mirrored ---------------------------------------------------
+
+# Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
+# the sources): tile sizes and threads (tile_gemm.cuh), the direct kernel's limits
+# (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices
+# of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
+CUDA_CONSTANTS = {
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectMaxFilter": 2048,
+    "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535,
+}
+CUDA_TYPES = {"fp32": "float", "tf32": "float", "fp64": "double", "fp16": "half", "bf16": "bfloat16"}
+OFFSET_TYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32"}
+# Blocks of one wave: 132 SMs (H100 SXM) x 8 resident 256-thread blocks.
+ONE_WAVE = 132 * 8
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _splits(reduction: int, tiles: int, most: int) -> int:
+    c = CUDA_CONSTANTS
+    splits = min(_cdiv(c["split_blocks"], max(tiles, 1)), _cdiv(reduction, c["min_chunk"]))
+    return max(1, min(max(splits, 1), most))
+
+
+def _split_labels(kernel: str, reduction: int, splits: int) -> Set[str]:
+    chunk = _cdiv(_cdiv(reduction, splits), CUDA_CONSTANTS["kBK"]) * CUDA_CONSTANTS["kBK"]
+    labels = {f"{kernel}: {'one split-K slice' if splits == 1 else 'several split-K slices'}"}
+    if (splits - 1) * chunk >= reduction:
+        labels.add(f"{kernel}: an empty split-K slice")
+    return labels
+
+
+def _grid_stride(kernel: str, count: int) -> Set[str]:
+    passes = _cdiv(count, CUDA_CONSTANTS["grid_stride_blocks"] * CUDA_CONSTANTS["kThreads"])
+    return {f"{kernel}: grid-stride loop runs twice or more"} if passes >= 2 else set()
+
+
+def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
+    """What the CUDA launchers launch for ``case`` (forward, every gradient, and the tangent
+    when ``case.jvp``), as labels of ``cuda_required()``."""
+    c = CUDA_CONSTANTS
+    p = case.params()
+    shape = case.input if len(case.input) == 4 else (1, *case.input)
+    n, cin, h, w = shape
+    kh, kw = _pair(case.kernel)
+    groups = p.groups
+    cout, cg = case.out_channels, cin // groups
+    coutg, k = cout // groups, cg * kh * kw
+    oh, ow = p.conv_output_hw((h, w), (kh, kw))
+    ph, pw = p.output_hw((h, w), (kh, kw))
+    if n * cout * ph * pw == 0:
+        return set()
+    t, off = CUDA_TYPES[precision], OFFSET_TYPES[p.offsets_dtype()]
+    q = n * ph * pw
+    out = set()
+    if cg <= c["kDirectMaxChannels"] and k <= c["kDirectMaxFilter"] and cout <= 65535:
+        out.add(f"conv forward direct<{t},{off}>")
+        out |= _grid_stride("conv forward direct", q)
+    else:
+        out.add(f"conv forward gemm<{t},{off}>")
+        blocks = _cdiv(q, c["kBN"]) * _cdiv(coutg, c["kBM"]) * groups
+        if coutg > c["kBM"]:
+            out.add("conv forward gemm: second M tile")
+        if groups > 1:
+            out.add("conv forward gemm: groups")
+        if blocks > ONE_WAVE:
+            out.add("conv forward gemm: several waves")
+    if dict(case.kwargs).get("bias", True):
+        out.add(f"conv bias grad<{t},{off}>")
+    out.add(f"conv unpool<{t},{off}>")
+    out |= _grid_stride("conv unpool", n * cout * oh * ow)
+    out.add(f"conv input grad<{t}>")
+    if cg > c["kBM"]:
+        out.add("conv input grad: second M tile")
+    out.add(f"conv weight grad<{t}>")
+    if coutg > c["kBM"]:
+        out.add("conv weight grad: second M tile")
+    tiles = _cdiv(coutg, c["kBM"]) * _cdiv(k, c["kBN"]) * groups
+    positions = n * oh * ow
+    out |= _split_labels("conv weight grad", positions, _splits(positions, tiles, c["grid_z"] // groups))
+    out.add(f"conv sum partials<{t}>")
+    out |= _grid_stride("conv sum partials", cout * k)
+    if case.jvp:
+        out.add(f"conv jvp<{t},{off}>")
+        out |= _grid_stride("conv jvp", n * cout * ph * pw)
+    return out
+
+
+def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
+    """What the CUDA launchers launch for ``case`` (forward and every gradient)."""
+    c = CUDA_CONSTANTS
+    rows, in_f, out_f = math.prod(case.input[:-1]), case.input[-1], case.out_features
+    if rows * out_f == 0:
+        return set()
+    t = CUDA_TYPES[precision]
+    out = {f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>", f"linear sum partials<{t}>"}
+    if rows > c["kBM"] and out_f > c["kBN"]:
+        out.add("linear forward: second M and N tiles")
+    if case.activation is not None:
+        out.add(f"linear activation grad<{t}> {'relu' if case.activation == 'relu' else 'smooth'}")
+        out |= _grid_stride("linear activation grad", rows * out_f)
+    if case.bias:
+        out.add(f"linear column sum<{t}>")
+    tiles = _cdiv(out_f, c["kBM"]) * _cdiv(in_f, c["kBN"])
+    out |= _split_labels("linear weight grad", rows, _splits(rows, tiles, 1 << 62))
+    out |= _grid_stride("linear sum partials", out_f * in_f)
+    return out
+
+
+def cuda_reached(job_list) -> Dict[str, List[str]]:
+    """``label -> [case ids]`` over the cuda jobs of ``job_list``."""
+    reached: Dict[str, List[str]] = {}
+    for backend, precision, case in job_list:
+        if backend != "cuda":
+            continue
+        labels = cuda_conv_variants(case, precision) if isinstance(case, ConvCase) else \
+            cuda_linear_variants(case, precision)
+        for label in labels:
+            reached.setdefault(label, []).append(f"{case.id} [{precision}]")
+    return reached
+
+
+def cuda_required() -> Set[str]:
+    """Every choice of the CUDA launchers: each kernel's template instances (element type x
+    offset type), and the tiles, split-K and grid-stride paths named in csrc/cuda."""
+    types_ = sorted(set(CUDA_TYPES.values()))
+    offs = sorted(OFFSET_TYPES.values())
+    out = set()
+    for t in types_:
+        for off in offs:
+            out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv bias grad<{t},{off}>",
+                    f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
+        out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv sum partials<{t}>",
+                f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
+                f"linear sum partials<{t}>", f"linear column sum<{t}>", f"linear activation grad<{t}> relu",
+                f"linear activation grad<{t}> smooth"}
+    out |= {
+        "conv forward direct: grid-stride loop runs twice or more", "conv forward gemm: second M tile",
+        "conv forward gemm: groups", "conv forward gemm: several waves",
+        "conv unpool: grid-stride loop runs twice or more", "conv input grad: second M tile",
+        "conv weight grad: second M tile", "conv weight grad: one split-K slice",
+        "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",
+        "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
+        "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
+        "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",
+        "linear weight grad: an empty split-K slice", "linear sum partials: grid-stride loop runs twice or more",
+    }
+    return out
+
+
+def coverage_gaps(job_list=None) -> List[str]:
+    """Every launcher configuration (Triton) or choice (CUDA) no job of ``job_list`` (default:
+    every case of the suite) reaches."""
+    job_list = jobs(ALL_CASES) if job_list is None else job_list
+    reached = triton_reached(job_list)
+    gaps = [f"triton {kernel} {precision} {dict(zip(CONFIG_KEYS, config))}"
+            for kernel, precision, config in sorted(triton_required(), key=repr) if (kernel, precision, config)
+            not in reached]
+    cuda = cuda_reached(job_list)
+    gaps += [f"cuda {label}" for label in sorted(cuda_required()) if label not in cuda]
+    return gaps
+
+
+def coverage_table(job_list=None) -> List[str]:
+    """Markdown lines: every required config/choice and the first cases that reach it."""
+    job_list = jobs(ALL_CASES) if job_list is None else job_list
+    reached = triton_reached(job_list)
+    lines = ["| backend | kernel / choice | config | precisions | first cases |", "| --- | --- | --- | --- | --- |"]
+    by_config: Dict[Tuple[str, Tuple], Dict[str, List[str]]] = {}
+    for kernel, precision, config in triton_required():
+        by_config.setdefault((kernel, config), {})[precision] = reached.get((kernel, precision, config), [])
+    for (kernel, config), per in sorted(by_config.items(), key=repr):
+        cfg = "x".join(str(v) for v in config[:3] if v is not None) + f" w{config[3]}"
+        done = [p for p in PRECISIONS if per.get(p)]
+        cases = sorted({c for p in done for c in per[p]}, key=lambda c: (len(c), c))[:2]
+        lines.append(f"| triton | {kernel} | {cfg} | {','.join(done) or 'NONE'} | {'; '.join(cases)} |")
+    cuda = cuda_reached(job_list)
+    for label in sorted(cuda_required()):
+        cases = sorted({c.split(' [')[0] for c in cuda.get(label, [])}, key=lambda c: (len(c), c))[:2]
+        lines.append(f"| cuda | {label} | | | {'; '.join(cases) or 'NONE'} |")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(coverage_table()))

@@ -1,0 +1,124 @@
+"""One case per launcher configuration, large shapes included, and the proof that no
+configuration is left without a case.
+
+``test_every_launcher_config_has_a_case`` runs on every machine (it needs no GPU): it lists
+what the launchers can choose (tests/gpu_cases.py: the Triton config functions, the CUDA
+launchers' arithmetic mirrored with constants read from csrc/cuda) and fails on any choice
+that no case of the gpu-marked suite reaches. ``python -m tests.gpu_cases`` prints the whole
+table. The gpu-marked ``test_config_case`` runs the cases made for the configurations.
+
+Review of the configurations against the cases (2026-11, fusedops/triton/*.py and csrc/cuda):
+
+Triton, conv_block_configs (fwd: rows N*PH*PW, columns Cout/g; dx: rows N*H*W, columns
+Cin/g; dw: rows Cin/g*KH*KW, columns Cout/g; BLOCK_M x BLOCK_N x BLOCK_K, 4 warps), each in
+fp32, tf32, bf16, fp16 (fp64: one 32x32x16 config with 8 warps, reached by every grid case):
+
+| config | fwd | dx | dw |
+| --- | --- | --- | --- |
+| 32x16x16 | grid (<= 16 out channels) | grid | grid |
+| 32x32x16 | deep 512->32, small 24->24 | small 24->24 10x10 | small 24->24, wide 24->24 |
+| 32x64x16 | deep 512->96 (2 column tiles) | deep 512->16 / 512->32 (Cin/g 512) | wide 40->40, multi-wave |
+| 64x16x32 | wide 16->16 58x58 (4205 rows), empty split-K | wide 16->16, empty split-K | deep 512->16 (4608 rows) |
+| 64x32x32 | wide 24->24 58x58 | wide 24->24, multi-wave | deep 512->32 |
+| 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 512->96, 1024->2048 |
+
+Triton, linear_configs (BLOCK_M 16/32/64 for <= 16 / <= 256 / more rows, BLOCK_N 16/32/64 for
+<= 16 / <= 256 / more out_features, BLOCK_K 32; the same config for fwd, dx, dw): the nine
+``{10, 200, 1000}x40->{12, 100, 300}`` cases, one per config, with every activation among
+them; the grid reaches 16x16 too. The tangent kernel (32 outputs x 32, fixed): the grid cases
+marked ``jvp`` in every precision.
+
+Not chosen by the config functions but compiled variants too: int64 index math (2^31 elements
+and more) and grids split over y and z (over 65,535 column tiles) run on the GPU forced onto
+small problems (tests/test_triton_launch.py, gpu-marked); HAS_BIAS, HAS_DB and every
+activation code are reached by the grid.
+
+CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp32/fp64):
+
+- forward direct (<= 4 input channels per group, filter <= 2048) and gemm, each for
+  float/double/half/bfloat16 x int8/int16/int32 offsets: grid cases (int8; direct int16:
+  pool_large_window_int16), ``int16 offsets, gemm 8->4 pool 12x12/2``, ``int32 offsets, direct
+  2->2 pool 182`` and ``int32 offsets, gemm 8->4 pool 182`` (33124-tap windows), all precisions.
+  The same cases reach bias grad, un-pool and (``jvp``) the tangent kernel in every instance.
+- gemm: second M tile (Cout/g > 64: ``deep 512->96``), groups (``winograd_groups_same_ceil``),
+  several waves (``multi-wave 32->64 56x56 b96``: 1176 blocks).
+- input grad: second M tile (Cin/g > 64: ``deep 512->16``); weight grad: second M tile
+  (``deep 512->96``), one split-K slice (grid), several (``wide 16->16``: 33), an empty slice
+  (``empty split-K slices 3->16 99x171 b8``: 264 slices of 528 over 135432 positions).
+- grid-stride loops (65536 blocks of 256 threads per pass) running twice or more: direct
+  forward, un-pool and tangent (``grid-stride 1->2 1024x1024 b17``, 17.8M outputs per
+  channel), split-K sum (``grid-stride 1024->2048 3x3``: 18.9M weights).
+- linear: forward/input grad/weight grad/split-K sum/column sum/activation grad (relu, smooth)
+  per element type: grid; second M and N tiles (``200x40->100``); split-K one / several / empty
+  (``135432x48->40``); grid-stride twice: activation grad (``16400x64->1024``), split-K sum
+  (``64x4096->4100``).
+"""
+
+import pathlib
+import re
+
+import pytest
+
+from tests import gpu_cases
+from tests.conftest import require_gpu_backend
+
+CUDA_DIR = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+
+
+def test_every_launcher_config_has_a_case():
+    gaps = gpu_cases.coverage_gaps()
+    assert gaps == [], "launcher configurations no gpu case reaches (add a case to tests/gpu_cases.py):\n" + \
+        "\n".join(gaps)
+
+
+def test_a_missing_case_is_a_gap():
+    """The coverage check can fail: without the cases made for them, their configs are gaps."""
+    dropped = ("deep 512->16 6x6", "empty split-K slices 3->16 99x171 b8")
+    without = [c for c in gpu_cases.ALL_CASES if c.name not in dropped]
+    gaps = gpu_cases.coverage_gaps(gpu_cases.jobs(without))
+    assert "triton conv_block_dw_kernel bf16 {'BLOCK_M': 64, 'BLOCK_N': 16, 'BLOCK_K': 32, 'num_warps': 4}" in gaps
+    assert "cuda conv weight grad: an empty split-K slice" in gaps
+
+
+def test_the_cuda_mirror_uses_the_sources_constants():
+    """tests/gpu_cases.py decides as csrc/cuda does, with the same constants."""
+    c = gpu_cases.CUDA_CONSTANTS
+    sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_gemm.cuh", "common.cuh", "conv_block.cu",
+                                                                "linear.cu")}
+    expected = {
+        "tile_gemm.cuh": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
+                          rf"kThreads = {c['kThreads']};",
+                          rf"blocks < {c['grid_stride_blocks']} \? blocks : {c['grid_stride_blocks']}"],
+        "common.cuh": [rf"ceil_div\({c['split_blocks']}, tiles", rf"int64_t min_chunk = {c['min_chunk']}\)"],
+        "conv_block.cu": [rf"constexpr int kDirectMaxChannels = {c['kDirectMaxChannels']};",
+                          rf"constexpr int64_t kDirectMaxFilter = {c['kDirectMaxFilter']};",
+                          r"g\.Cg <= kDirectMaxChannels && g\.K <= kDirectMaxFilter && g\.Cout <= 65535",
+                          rf"const int64_t most = {c['grid_z']} / g\.G;",
+                          r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
+                          r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, splits\), kBK\) \* kBK",
+                          r"grid_for\(conv_elems\)", r"grid_for\(g\.Cout \* g\.K\)",
+                          r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)"],
+        "linear.cu": [r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
+                      r"ceil_div\(ceil_div\(rows, splits\), kBK\) \* kBK", r"grid_for\(rows \* out_f\)",
+                      r"grid_for\(out_f \* in_f\)"],
+    }
+    missing = [f"{name}: {pattern}" for name, patterns in expected.items() for pattern in patterns
+               if not re.search(pattern, sources[name])]
+    assert missing == [], "csrc/cuda changed: update the mirror of its launchers in tests/gpu_cases.py:\n" + \
+        "\n".join(missing)
+
+
+def test_case_ids_are_unique():
+    for cases in (gpu_cases.CONV_GRID + gpu_cases.CONV_LAYOUTS + gpu_cases.CONV_CONFIGS,
+                  gpu_cases.LINEAR_GRID + gpu_cases.LINEAR_LAYOUTS + gpu_cases.LINEAR_CONFIGS):
+        ids = [c.id for c in cases]
+        assert len(ids) == len(set(ids))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,precision,case", [
+    pytest.param(b, p, c, id=f"{b}-{p}-{c.id}")
+    for b, p, c in gpu_cases.jobs(gpu_cases.CONV_CONFIGS + gpu_cases.LINEAR_CONFIGS)])
+def test_config_case(backend, precision, case):
+    require_gpu_backend(backend)
+    case.check(backend, precision)

@@ -1,0 +1,131 @@
+"""make gpu-report (benchmarks/gpu_report.py) without a GPU: the dry run goes through every
+stage's commands and files, so that a typo cannot waste a rare GPU run; each stage says why
+it skips without a CUDA device; the parsing of pytest's, compute-sanitizer's and the
+benchmark's outputs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_report as gr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("STAGE", "DRY_RUN", "FUSEDOPS_REPORT_DIR")}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_report", "--dry-run", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "-m pip install --no-build-isolation --no-deps -v -e ." in out
+    assert "-m pytest tests -m gpu" in out and "-m pytest tests -m 'not gpu'" in out
+    for tool in gr.SANITIZER_TOOLS:
+        assert f"compute-sanitizer --tool {tool} " in out
+    assert out.count("benchmarks/run.py --device cuda") == len(gr.bench_chunks()) == 12
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert set(files) <= set(gr.FILES) and len(gr.FILES) <= 8
+    assert {"summary.md", "build.log", "test.log", "junit.xml", "sanitize.log", "bench.log", "bench.json"} <= set(files)
+    assert all((tmp_path / f).stat().st_size < 64 * 1024 for f in files)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "DRY RUN" in summary
+    for stage in gr.STAGES:
+        assert f"| {stage} | dry-run |" in summary
+    # The checks the dry run makes: the pytest selections collect tests, every benchmark run selects a layer.
+    assert "pytest -m 'gpu' collects" in summary and "pytest -m 'sanitize' collects" in summary
+    assert "12 benchmark runs, each selects its layers" in summary
+    # The sample outputs went through the parsers into the summary.
+    assert "| gpu | cuda |" in summary and "test_conv_block[cuda-fp16-pool_padding]" in summary
+    assert "racecheck: FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in summary
+    assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 |" in summary
+    assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
+
+    # One stage alone: the others' results stay in the summary.
+    assert gr.main(["--stage", "build", "--dry-run", "--out", str(tmp_path)]) == 0
+    again = (tmp_path / "summary.md").read_text()
+    assert "| test | dry-run |" in again and "racecheck: FAIL" in again and (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs these stages")
+@pytest.mark.parametrize("stage", ["sanitize", "bench"])
+def test_without_a_cuda_device_the_gpu_stages_say_why_they_skip(tmp_path, stage):
+    assert gr.main(["--stage", stage, "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"| {stage} | skipped |" in summary and "no CUDA device (torch.cuda.is_available() is False)" in summary
+
+
+def test_the_state_in_the_summary_survives_what_a_comment_cannot_hold(tmp_path):
+    machine = gr.Machine(False, "no CUDA device", "", "2.13", "3.9", "no nvcc", "-", 2, "abc")
+    report = gr.Report(tmp_path, machine, False, {"test": dict(status="failed", detail="a --> b -- c")})
+    report.save()
+    again = gr.Report(tmp_path, machine, False)
+    again.load()
+    assert again.stages == report.stages
+
+
+def test_a_command_past_its_time_limit_is_stopped(tmp_path):
+    result = gr.Runner(False, echo=lambda s: None).run(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "log", timeout=1)
+    assert result.timed_out and result.seconds < 30
+    assert "stopped by the time limit" in (tmp_path / "log").read_text()
+
+
+def test_long_logs_keep_their_head_and_tail(tmp_path):
+    log = tmp_path / "build.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100000)))
+    gr.trim_log(log, max_bytes=20000, head=10)
+    text = log.read_text()
+    assert len(text) < 20000 and text.startswith("line 0\n") and text.endswith("line 99999\n")
+    assert "lines cut to keep the log under 19 KB" in text
+
+
+def test_tests_are_counted_per_backend_and_precision(tmp_path):
+    parts = []
+    for name, text in gr.SAMPLE_JUNIT.items():
+        (tmp_path / f"{name}.xml").write_text(text)
+        parts.append((name, tmp_path / f"{name}.xml"))
+    gr.merge_junit(parts + [("missing", tmp_path / "none.xml")], tmp_path / "junit.xml")
+    counts = gr.test_counts(tmp_path / "junit.xml")
+    assert counts["table"]["gpu|triton|bf16"] == {"passed": 1}
+    assert counts["table"]["gpu|cuda|fp16"] == {"failed": 1}
+    assert counts["table"]["gpu|cuda|-"] == {"passed": 1}  # test_cuda_backend: backend from the module
+    assert counts["table"]["cpu|triton|-"] == {"skipped": 1}
+    assert counts["line"] == "cpu: 1 passed, 0 failed, 1 skipped; gpu: 3 passed, 1 failed, 0 skipped"
+    assert len(counts["failures"]) == 1 and "grad weight" in counts["failures"][0]
+    assert gr.classify("tests.test_linear", "test_low_precision_error_at_most_twice_torch[relu-bfloat16-cpp]") == (
+        "cpp", "bf16")
+
+
+def test_sanitizer_verdicts():
+    ok = gr.Result(0, 12.0)
+    assert gr.sanitizer_verdict("memcheck", gr.SAMPLE_SANITIZER["memcheck"], ok).startswith("memcheck: PASS")
+    race = gr.sanitizer_verdict("racecheck", gr.SAMPLE_SANITIZER["racecheck"], gr.Result(1, 5.0))
+    assert "FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in race
+    other = gr.sanitizer_verdict("initcheck", gr.SAMPLE_SANITIZER["initcheck"], gr.Result(1, 5.0))
+    assert "none in fusedops kernels; 1 in other kernels" in other
+    triton = ("========= Invalid __global__ read of size 2 bytes\n=========     at linear_input_grad_kernel+0x10\n"
+              "1 failed, 27 passed in 9.0s\n========= ERROR SUMMARY: 1 error\n")
+    assert "1 in linear_input_grad_kernel (1 failed, 27 passed)" in gr.sanitizer_verdict("memcheck", triton, ok)
+    assert "NO VERDICT" in gr.sanitizer_verdict("synccheck", "Segmentation fault\n", gr.Result(-11, 1.0))
+    assert "TIMEOUT" in gr.sanitizer_verdict("racecheck", "", gr.Result(-2, 99.0, timed_out=True))
+    failed_tests = "3 failed, 25 passed in 9.0s\n========= ERROR SUMMARY: 0 errors\n"
+    assert "tests failed" in gr.sanitizer_verdict("memcheck", failed_tests, gr.Result(1, 9.0))
+    api = gr.sanitizer_verdict("synccheck", gr.SAMPLE_SANITIZER["synccheck"], ok)
+    assert api.startswith("synccheck: PASS: no errors in any kernel (28 passed") and "1 CUDA API errors" in api
+
+
+def test_the_benchmark_table_shows_speedups_over_eager_and_compile():
+    rows = gr.sample_bench("bfloat16", "conv_block", "mnist conv1")["rows"]
+    rows.append(dict(rows[0], provider="fusedops-reference", median_ms=1.0))
+    rows.append(dict(rows[0], provider="eager-graph", speedup_vs_compile=None))
+    table = gr.bench_table(rows)
+    assert table[0] == "| layer | dtype | mode | eager ms | compile | fusedops-triton | fusedops-cuda | eager-graph |"
+    assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 | 0.040 (1.25x / 1.00x) | 0.030 (1.67x / 1.33x) |" in table[2]
+    assert table[2].endswith("| 0.050 (1.00x) |")
+    merged = gr.merge_bench([{"device": "d", "ceilings": {"a": 1}, "rows": rows[:2]},
+                             {"ceilings": {"b": 2}, "rows": rows[2:3]}])
+    assert merged["ceilings"] == {"a": 1, "b": 2} and len(merged["rows"]) == 3 and gr.merge_bench([]) == {"rows": []}
