@@ -133,9 +133,10 @@ class Progress:
         return getattr(self.stream, name)
 
     def __enter__(self):
-        handlers = [h for logger in [logging.getLogger()] + [
-            logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)] for h in logger.handlers
-            if isinstance(h, logging.StreamHandler) and h.stream is self.stream]
+        loggers = [logging.getLogger()] + [
+            lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)]
+        handlers = [h for lg in loggers for h in lg.handlers
+                    if isinstance(h, logging.StreamHandler) and h.stream is self.stream]
         self._saved = (sys.stderr, handlers)
         sys.stderr = self
         for h in handlers:  # torch's loggers hold the stream itself
