@@ -1,7 +1,9 @@
 # make test               install what is missing, build fusedops._C, prove the GPU side builds
 #                         (cuda-build-check, triton-check: no GPU needed), run the test suite
 # make bench              install what is missing, build, run the benchmarks on the best device present
-#                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py)
+#                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py);
+#                         writes only to benchmarks/results/local/ (git-ignored) and says what it wrote
+# make bench-save         the same benchmarks, written to benchmarks/results/: the committed results
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
 # make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
@@ -14,6 +16,7 @@
 # (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
 # skips them (a machine without a CUDA toolkit or without the torch 2.14.1 / Triton 3.6 wheels).
 
+SHELL := /bin/bash
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := build/.installed
@@ -22,7 +25,21 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cud
 # $(call ensure,module,requirement): pip-install requirement only when module does not import,
 # so a machine that already has it (or has no package registry) is left as it is.
 define ensure
-	@$(PYTHON) -c "import $(1)" 2>/dev/null || $(PIP) install -q "$(2)"
+	@$(PYTHON) -c "import $(1)" 2>/dev/null || { echo "make: installing $(2)"; $(PIP) install -q "$(2)"; }
+endef
+
+# The build, showing the compiler steps (ninja's [n/N] lines) and setup.py's choices.
+define build
+	@echo "make: building fusedops._C against torch $$($(PYTHON) -c 'import torch; print(torch.__version__)')" \
+		"(pip install --no-build-isolation -e .; a few minutes on 2 cores; log in build/install.log)"
+	@mkdir -p build
+	@set -o pipefail; start=$$(date +%s); \
+	$(PIP) install -v --no-build-isolation -e . 2>&1 | tee build/install.log \
+		| sed -un -e 's/^ *\(\[[0-9]*\/[0-9]*\]\) .* -c [^ ]*\/\(csrc\/[^ ]*\) .*/  \1 compiling \2/p' \
+			-e 's/^ *\(fusedops setup:\)/  \1/p' -e '/^Successfully installed/p' \
+		| awk '!seen[$$0]++ { print; fflush() }' \
+		|| { tail -n 40 build/install.log; echo "make: the build failed (log: build/install.log)" >&2; exit 1; }; \
+	echo "make: built in $$(( $$(date +%s) - start )) s"
 endef
 
 GPU_CHECKS ?= 1
@@ -35,28 +52,32 @@ TRITON_CHECK_SOURCES := $(wildcard fusedops/triton/*.py) fusedops/ops/conv_block
 	fusedops/_args.py $(wildcard tools/triton_*.py)
 GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test bench lint clean cuda-build-check triton-check
+.PHONY: install deps test bench bench-save lint clean cuda-build-check triton-check
 
 deps:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	@echo "make: checking the tools and packages (installs only what is missing)"
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "make: installing torch==2.13.0 (CPU build)"; \
+		$(PIP) install -q torch==2.13.0; }
 	@$(PYTHON) -c "import setuptools, sys; v = int(setuptools.__version__.split('.')[0]); sys.exit(v < 64)" 2>/dev/null \
-		|| $(PIP) install -q "setuptools>=64"
+		|| { echo "make: installing setuptools>=64"; $(PIP) install -q "setuptools>=64"; }
 	$(call ensure,wheel,wheel)
 	$(call ensure,ninja,ninja)
 	$(call ensure,numpy,numpy)
 	$(call ensure,triton,triton)
 	$(call ensure,pytest,pytest)
 	$(call ensure,pytest_benchmark,pytest-benchmark)
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || { echo "make: installing matplotlib (the benchmark plot)"; \
+		$(PIP) install -q matplotlib || echo "make: matplotlib could not be installed: no benchmark plot"; }
 
-$(STAMP): $(SOURCES)
-	$(MAKE) deps
-	$(PIP) install -q --no-build-isolation -e .
+$(STAMP): $(SOURCES) | deps
+	$(call build)
 	@mkdir -p build && touch $(STAMP)
 
 install: deps $(STAMP)
 
 test: install $(GPU_CHECK_STAMPS)
 	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
+	@echo "make: running the test suite (pytest tests; about 3-9 minutes on 2 cores)"
 	$(PYTHON) -m pytest tests -q
 
 # The extension with its CUDA kernels, built as users build it, against a CUDA build of torch.
@@ -64,6 +85,7 @@ cuda-build-check:
 	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
 
 $(CUDA_CHECK_STAMP): $(CUDA_CHECK_SOURCES)
+	@echo "make: cuda-build-check (a source it covers changed since it last passed; about 2-3 minutes)"
 	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
 	@touch $@
 
@@ -72,20 +94,25 @@ triton-check: $(TRITON_VENV)/.complete
 	$(TRITON_VENV)/bin/python tools/triton_check.py
 
 $(TRITON_CHECK_STAMP): $(TRITON_VENV)/.complete $(TRITON_CHECK_SOURCES)
+	@echo "make: triton-check (a source it covers changed since it last passed; about 4 minutes)"
 	$(TRITON_VENV)/bin/python tools/triton_check.py
 	@mkdir -p $(dir $@) && touch $@
 
 # torch 2.13 (CPU) is only the host side of the launchers; torch 2.14 pins another Triton.
 $(TRITON_VENV)/.complete:
+	@echo "make: creating $(TRITON_VENV) (torch 2.13 CPU + Triton 3.6) for triton-check"
 	rm -rf $(TRITON_VENV)
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q torch==2.13.0 "triton==3.6.*" numpy
 	@touch $@
 
+# Results go to benchmarks/results/local/ (git-ignored); bench-save writes the committed ones.
 bench: install
-	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PIP) install -q matplotlib \
-		|| echo "matplotlib could not be installed: the benchmark writes no plot"
 	$(PYTHON) benchmarks/run.py
+	$(PYTHON) benchmarks/host_overhead.py
+
+bench-save: install
+	$(PYTHON) benchmarks/run.py --save
 	$(PYTHON) benchmarks/host_overhead.py
 
 lint:

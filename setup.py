@@ -1,5 +1,12 @@
 """Build the compiled extension ``fusedops._C`` from ``csrc/``.
 
+A torch extension must be built against the torch it will run with (same version, same
+C++ ABI, CUDA or not), so it builds against the torch installed in the environment:
+``pip install --no-build-isolation .`` (or ``-e .``). pyproject.toml does not list torch as
+a build requirement, so that pip's default isolated build (which would download the newest
+torch, often a multi-GB CUDA build, into a throwaway environment) stops at once with a
+one-line message saying this, before anything is downloaded or compiled.
+
 The C++ sources (schemas and CPU kernels) are always built. The CUDA sources are built
 when torch has CUDA and a CUDA toolkit is found, unless ``FUSEDOPS_SKIP_CUDA_BUILD=1``.
 
@@ -133,8 +140,32 @@ def _gencode_flags():
     return flags
 
 
+def _isolated_build() -> bool:
+    """Whether this runs in a build frontend's isolated environment (pip's ``pip-build-env-*``,
+    ``python -m build``'s ``build-env-*``), which does not see the installed packages."""
+    return any(re.search(r"(^|[/\\])(pip-)?build-env-", p) for p in sys.path + [sys.prefix])
+
+
+def _torch():
+    """The installed torch, or stop with one line saying how to build against it."""
+    try:
+        import torch
+    except ImportError:
+        if _isolated_build():
+            raise SystemExit(
+                "fusedops setup: use `pip install --no-build-isolation .` (or -e .): a torch extension must be "
+                "built against the torch it runs with, and this isolated build environment has no torch "
+                "(installing one here would download another torch, e.g. a multi-GB CUDA build)"
+            ) from None
+        raise SystemExit(
+            "fusedops setup: torch is not installed: install torch>=2.11 first, then "
+            "`pip install --no-build-isolation .` (a torch extension is built against the torch it runs with)"
+        ) from None
+    return torch
+
+
 def _extensions():
-    import torch
+    torch = _torch()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     debug = os.environ.get("DEBUG", "0") == "1"

@@ -2,7 +2,9 @@
 
 Every helper takes the user's value and the argument's name, returns a normalised value
 (ints, tuples) and raises ``TypeError``/``ValueError`` naming the argument and what was
-expected. Shape arithmetic follows torch's own conv and pooling formulas exactly.
+expected: ``errors.InputTypeError``/``errors.InputValueError``, which are also
+``RuntimeError``, as torch's own layers raise for the same values. Shape arithmetic follows torch's own
+conv and pooling formulas exactly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 from typing import Optional, Tuple, Union
 
 import torch
+
+from .errors import InputTypeError, InputValueError
 
 IntPair = Tuple[int, int]
 Padding4 = Tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -31,13 +35,13 @@ def pair(value, name: str, *, minimum: int) -> IntPair:
         out = (value, value)
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (1, 2):
         if not all(_is_int(v) for v in value):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+            raise InputTypeError(f"{name} must be an int or a pair of ints, got {value!r}")
         out = (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
     else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise InputTypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if out[0] < minimum or out[1] < minimum:
         expected = "positive" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise InputValueError(f"{name} must be {expected}, got {value!r}")
     return (int(out[0]), int(out[1])) if all(isinstance(v, int) for v in out) else out
 
 
@@ -54,11 +58,11 @@ def conv_padding(
             return (0, 0, 0, 0)
         if padding == "same":
             if stride != (1, 1):
-                raise ValueError("padding='same' is not supported for strided convolutions")
+                raise InputValueError("padding='same' is not supported for strided convolutions")
             total_h = dilation[0] * (kernel[0] - 1)
             total_w = dilation[1] * (kernel[1] - 1)
             return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
-        raise ValueError(f"padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}")
+        raise InputValueError(f"padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}")
     ph, pw = pair(padding, "padding", minimum=0)
     return (ph, ph, pw, pw)
 
@@ -85,15 +89,15 @@ def pool_output_size(
 def check_float_tensor(t, name: str, *, ref: Optional[torch.Tensor] = None) -> None:
     """Check that ``t`` is a floating-point tensor (and matches ``ref``'s dtype and device)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise InputTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
+        raise InputTypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
             f"got dtype {t.dtype}"
         )
     if ref is not None:
         if t.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has dtype {ref.dtype}")
+            raise InputTypeError(f"{name} has dtype {t.dtype} but input has dtype {ref.dtype}")
         if t.device != ref.device:
             raise RuntimeError(f"{name} is on {t.device} but input is on {ref.device}")
 

@@ -355,6 +355,20 @@ def check_backend_name(name) -> str:
     return name
 
 
+def check_backend_available(name) -> str:
+    """``check_backend_name``, and for a named backend that this machine's build can run it at
+    all (what module construction and ``fuse`` check, so that a backend that cannot run here
+    fails there, not at the first forward): ``RuntimeError`` with the reason otherwise."""
+    name = check_backend_name(name)
+    if name:
+        reason = _REGISTRY[name].unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(
+                f"backend {name!r} is not available here: {reason}; available backends are {available_backends()}"
+            )
+    return name
+
+
 def select(
     requested: str,
     tensors: Sequence[torch.Tensor],

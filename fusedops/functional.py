@@ -13,6 +13,7 @@ import torch
 
 from . import _args, _native
 from .backends import ChoiceMemo, check_backend_name, conv_facts, select
+from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
 from .ops.linear import ACTIVATIONS
@@ -44,9 +45,9 @@ def conv_block_params(
     dilation = _args.pair(dilation, "dilation", minimum=1)
     padding4 = _args.conv_padding(padding, kernel, stride, dilation)
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+        raise InputValueError(f"groups must be a positive int, got {groups!r}")
     if not isinstance(pool_ceil_mode, bool):
-        raise TypeError(f"pool_ceil_mode must be a bool, got {pool_ceil_mode!r}")
+        raise InputTypeError(f"pool_ceil_mode must be a bool, got {pool_ceil_mode!r}")
     if pool_kernel_size is None:
         return ConvBlockParams(stride, padding4, dilation, groups, (), (1, 1), (0, 0), (1, 1), False)
     pool_kernel = _args.pair(pool_kernel_size, "pool_kernel_size", minimum=1)
@@ -55,7 +56,7 @@ def conv_block_params(
     pool_dilation = _args.pair(pool_dilation, "pool_dilation", minimum=1)
     for pad, k in zip(pool_padding, pool_kernel):
         if pad > k // 2:
-            raise ValueError(
+            raise InputValueError(
                 f"pool_padding must be at most half of pool_kernel_size, got "
                 f"pool_padding={pool_padding} and pool_kernel_size={pool_kernel}"
             )
@@ -126,9 +127,9 @@ def conv_relu_maxpool2d(
     saves only ``input``, ``weight`` and one small integer per output.
     """
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"conv_relu_maxpool2d: weight must be a torch.Tensor, got {type(weight).__name__}")
+        raise InputTypeError(f"conv_relu_maxpool2d: weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 4:
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: expected weight of shape (out_channels, in_channels / groups, "
             f"kH, kW), got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}"
         )
@@ -143,20 +144,20 @@ def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> No
     """Raise ``TypeError``/``ValueError`` naming the argument unless the tensors fit ``params``."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"conv_relu_maxpool2d: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InputTypeError(f"conv_relu_maxpool2d: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"conv_relu_maxpool2d: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        raise InputTypeError(f"conv_relu_maxpool2d: bias must be a torch.Tensor or None, got {type(bias).__name__}")
     _args.check_float_tensor(input, "input")
     _args.check_float_tensor(weight, "weight", ref=input)
     if bias is not None:
         _args.check_float_tensor(bias, "bias", ref=input)
     if input.dim() not in (3, 4):
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: expected input of shape (N, C, H, W) or (C, H, W), "
             f"got a {input.dim()}-D tensor of shape {tuple(input.shape)}"
         )
     if weight.dim() != 4:
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: expected weight of shape (out_channels, in_channels / groups, "
             f"kH, kW), got a {weight.dim()}-D tensor of shape {tuple(weight.shape)}"
         )
@@ -164,23 +165,23 @@ def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> No
     out_channels, in_per_group = weight.shape[0], weight.shape[1]
     channels = input.shape[-3]
     if out_channels % groups != 0:
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: weight has {out_channels} output channels, which groups={groups} does not divide"
         )
     if channels != in_per_group * groups:
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: input has {channels} channels but weight expects "
             f"{in_per_group * groups} (groups={groups})"
         )
     if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: bias must have shape ({out_channels},), got {tuple(bias.shape)}"
         )
     top, bottom, left, right = params.padding
     padded = (input.shape[-2] + top + bottom, input.shape[-1] + left + right)
     kernel = tuple((k - 1) * d + 1 for k, d in zip(weight.shape[-2:], params.dilation))
     if padded[0] < kernel[0] or padded[1] < kernel[1]:
-        raise ValueError(
+        raise InputValueError(
             f"conv_relu_maxpool2d: padded input size ({padded[0]} x {padded[1]}) is smaller "
             f"than the dilated kernel size ({kernel[0]} x {kernel[1]})"
         )
@@ -188,7 +189,7 @@ def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> No
         conv_hw = params.conv_output_hw(input.shape[-2:], weight.shape[-2:])
         out_hw = params.output_hw(input.shape[-2:], weight.shape[-2:])
         if out_hw[0] < 1 or out_hw[1] < 1:
-            raise ValueError(
+            raise InputValueError(
                 f"conv_relu_maxpool2d: the conv output ({conv_hw[0]} x {conv_hw[1]}) is too small "
                 f"for pool_kernel_size={params.pool_kernel_size} with pool_padding="
                 f"{params.pool_padding} and pool_dilation={params.pool_dilation}: pool output "
@@ -222,7 +223,10 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
                 memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
-            return _native_conv_block(input, weight, bias, args)
+            try:
+                return _native_conv_block(input, weight, bias, args)
+            except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
+                raise from_native(exc) from None
         backend = chosen.name
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
@@ -269,26 +273,26 @@ def check_linear_tensors(input, weight, bias) -> None:
     """Raise ``TypeError``/``ValueError`` naming the argument unless the tensors fit a linear."""
     for name, t in (("input", input), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"linear: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise InputTypeError(f"linear: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(f"linear: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        raise InputTypeError(f"linear: bias must be a torch.Tensor or None, got {type(bias).__name__}")
     _args.check_float_tensor(input, "input")
     _args.check_float_tensor(weight, "weight", ref=input)
     if bias is not None:
         _args.check_float_tensor(bias, "bias", ref=input)
     if input.dim() < 1:
-        raise ValueError("linear: input must have at least 1 dimension (..., in_features), got a 0-D tensor")
+        raise InputValueError("linear: input must have at least 1 dimension (..., in_features), got a 0-D tensor")
     if weight.dim() != 2:
-        raise ValueError(
+        raise InputValueError(
             f"linear: expected weight of shape (out_features, in_features), got a {weight.dim()}-D "
             f"tensor of shape {tuple(weight.shape)}"
         )
     if input.shape[-1] != weight.shape[1]:
-        raise ValueError(
+        raise InputValueError(
             f"linear: input has {input.shape[-1]} features (last dim) but weight expects {weight.shape[1]}"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+        raise InputValueError(f"linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
 def run_linear(input, weight, bias, activation: str, backend: str, *, check: bool = True,
@@ -308,7 +312,10 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
             if memo is not None:
                 memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
-            return _native_linear(input, weight, bias, activation)
+            try:
+                return _native_linear(input, weight, bias, activation)
+            except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
+                raise from_native(exc) from None
         backend = chosen.name
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs

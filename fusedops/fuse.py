@@ -49,7 +49,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .backends import check_backend_name
+from .backends import check_backend_available
 from .modules import FusedConvBlock, FusedLinear
 
 __all__ = ["fuse"]
@@ -513,7 +513,7 @@ def fuse(model: nn.Module, *, inplace: bool = False, backend: Optional[str] = No
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    backend = check_backend_name(backend) or None
+    backend = check_backend_available(backend) or None
     target = model if inplace else copy.deepcopy(model)
     places = collections.Counter(id(m) for _, m in target.named_modules(remove_duplicate=False))
 

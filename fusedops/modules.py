@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _args
-from .backends import ChoiceMemo, check_backend_name
+from .backends import ChoiceMemo, check_backend_available, check_backend_name
 from .functional import conv_block_params, run_conv_block, run_linear
 from .ops.linear import ACTIVATIONS
 
@@ -107,7 +107,7 @@ class FusedConvBlock(nn.Module):
         self.pool_padding = params.pool_padding
         self.pool_dilation = params.pool_dilation
         self.pool_ceil_mode = params.pool_ceil_mode
-        self.backend = check_backend_name(backend) or None
+        self.backend = check_backend_available(backend) or None
         self._normalise()
 
         factory = {"device": device, "dtype": dtype}
@@ -131,6 +131,8 @@ class FusedConvBlock(nn.Module):
     ))
 
     def __setattr__(self, name, value):
+        if name == "backend" and "_block_args" in self.__dict__:
+            check_backend_available(value)  # a backend set later is checked as at construction
         super().__setattr__(name, value)
         if name in self._GEOMETRY and "_block_args" in self.__dict__:
             self._normalise()
@@ -298,7 +300,7 @@ class FusedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.activation = _args.check_activation(activation, ACTIVATIONS) or None
-        self.backend = check_backend_name(backend) or None
+        self.backend = check_backend_available(backend) or None
         self._choices = ChoiceMemo()
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -318,6 +320,8 @@ class FusedLinear(nn.Module):
                           memo=self._choices)
 
     def __setattr__(self, name, value):
+        if name == "backend" and "_choices" in self.__dict__:
+            check_backend_available(value)  # a backend set later is checked as at construction
         super().__setattr__(name, value)
         if name == "backend":
             self.__dict__["_choices"] = ChoiceMemo()

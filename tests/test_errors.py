@@ -127,3 +127,126 @@ def test_module_forward_wrong_channels():
     block = fusedops.FusedConvBlock(3, 4, 3)
     with pytest.raises(ValueError, match="input has 5 channels but weight expects 3"):
         block(torch.randn(1, 5, 8, 8))
+
+
+# ---- catchable as torch's errors: what torch rejects with RuntimeError, fusedops does too ----
+
+
+def _torch_error(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - any error torch raises is the point of comparison
+        return exc
+    raise AssertionError("torch accepted the input")
+
+
+@pytest.mark.parametrize("args,kwargs", [c[1:3] for c in TORCH_REJECTS], ids=[c[0] for c in TORCH_REJECTS])
+def test_conv_block_error_is_a_runtime_error_where_torchs_is(args, kwargs):
+    expected = _torch_error(lambda: oracle.conv_block(*args, **kwargs))
+    with pytest.raises((ValueError, TypeError)) as info:
+        fusedops.conv_relu_maxpool2d(*args, **kwargs)
+    if isinstance(expected, RuntimeError):
+        assert isinstance(info.value, RuntimeError), f"torch raises {expected!r}, fusedops {info.value!r}"
+    assert isinstance(info.value, (fusedops.errors.InputValueError, fusedops.errors.InputTypeError))
+
+
+@pytest.mark.parametrize("args,kwargs", [c[1:3] for c in LINEAR_BAD if "unknown" not in c[0]],
+                         ids=[c[0] for c in LINEAR_BAD if "unknown" not in c[0]])
+def test_linear_error_is_a_runtime_error_as_torchs_is(args, kwargs):
+    assert isinstance(_torch_error(lambda: oracle.linear(*args, **kwargs)), RuntimeError)
+    with pytest.raises(RuntimeError) as info:
+        fusedops.linear(*args, **kwargs)
+    assert isinstance(info.value, (ValueError, TypeError))
+
+
+# Inputs a module's forward rejects: (id, input, words of the message).
+CONV_FORWARD_BAD = [
+    ("channels", torch.randn(1, 5, 8, 8), ["input has 5 channels but weight expects 3"]),
+    ("rank2", torch.randn(3, 8), ["input", "2-D"]),
+    ("rank5", torch.randn(1, 1, 3, 8, 8), ["input", "5-D"]),
+    ("dtype", torch.randn(1, 3, 8, 8, dtype=torch.float64), ["dtype", "input"]),
+    ("int", torch.ones(1, 3, 8, 8, dtype=torch.long), ["input"]),
+    ("smaller_than_kernel", torch.randn(1, 3, 2, 2), ["padded input size (2 x 2)", "(3 x 3)"]),
+    ("pool_output_empty", torch.randn(1, 3, 3, 3), ["too small"]),
+]
+LINEAR_FORWARD_BAD = [
+    ("features", torch.randn(2, 5), ["input has 5 features", "weight expects 3"]),
+    ("scalar", torch.tensor(1.0), ["input", "1 dimension"]),
+    ("dtype", torch.randn(2, 3, dtype=torch.float64), ["dtype", "input"]),
+    ("int", torch.ones(2, 3, dtype=torch.int32), ["input"]),
+]
+
+
+@pytest.mark.parametrize("name,x,words", CONV_FORWARD_BAD, ids=[c[0] for c in CONV_FORWARD_BAD])
+@pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
+def test_module_forward_errors_are_caught_as_nn_conv2ds_are(choice, name, x, words):
+    """Code written for nn.Conv2d (``except RuntimeError``) catches the fused block's errors, on
+    the native one-call path (C++ checks) as on the Python one."""
+    if choice != "auto" and choice not in fusedops.available_backends():
+        pytest.skip(f"backend {choice!r} unavailable here")
+    eager = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+    assert isinstance(_torch_error(lambda: eager(x)), RuntimeError)
+    block = fusedops.FusedConvBlock.from_modules(*eager, backend=None if choice == "auto" else choice)
+    with pytest.raises(RuntimeError) as info:
+        block(x)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("name,x,words", LINEAR_FORWARD_BAD, ids=[c[0] for c in LINEAR_FORWARD_BAD])
+@pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
+def test_module_forward_errors_are_caught_as_nn_linears_are(choice, name, x, words):
+    if choice != "auto" and choice not in fusedops.available_backends():
+        pytest.skip(f"backend {choice!r} unavailable here")
+    eager = nn.Linear(3, 4)
+    assert isinstance(_torch_error(lambda: eager(x)), RuntimeError)
+    lin = fusedops.FusedLinear.from_modules(eager, nn.ReLU(), backend=None if choice == "auto" else choice)
+    with pytest.raises(RuntimeError) as info:
+        lin(x)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_error_classes_are_value_or_type_and_runtime_errors():
+    errors = fusedops.errors
+    assert issubclass(errors.InputValueError, ValueError) and issubclass(errors.InputValueError, RuntimeError)
+    assert issubclass(errors.InputTypeError, TypeError) and issubclass(errors.InputTypeError, RuntimeError)
+    converted = errors.from_native(ValueError("input has 5 channels"))
+    assert type(converted) is errors.InputValueError and str(converted) == "input has 5 channels"
+    assert type(errors.from_native(TypeError("dtype"))) is errors.InputTypeError
+    already = RuntimeError("device")
+    assert errors.from_native(already) is already
+
+
+def _unavailable_backends():
+    names = [n for n in fusedops.backends.known_backends() if n not in fusedops.available_backends()]
+    return names or [pytest.param("cuda", marks=pytest.mark.skip(reason="every backend is available here"))]
+
+
+@pytest.mark.parametrize("name", _unavailable_backends())
+@pytest.mark.parametrize("make", [
+    lambda b: fusedops.FusedConvBlock(3, 4, 3, backend=b),
+    lambda b: fusedops.FusedLinear(3, 4, backend=b),
+    lambda b: fusedops.FusedConvBlock.from_modules(nn.Conv2d(3, 4, 3), backend=b),
+    lambda b: fusedops.FusedLinear.from_modules(nn.Linear(3, 4), backend=b),
+    lambda b: fusedops.fuse(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), backend=b),
+], ids=["FusedConvBlock", "FusedLinear", "FusedConvBlock.from_modules", "FusedLinear.from_modules", "fuse"])
+def test_backend_unavailable_here_is_refused_at_construction(make, name):
+    reason = fusedops.backends._REGISTRY[name].unavailable_reason()
+    with pytest.raises(RuntimeError, match=f"backend '{name}' is not available here") as info:
+        make(name)
+    assert reason in str(info.value) and str(fusedops.available_backends()) in str(info.value)
+
+
+def test_backend_set_later_is_checked_as_at_construction():
+    block, lin = fusedops.FusedConvBlock(3, 4, 3), fusedops.FusedLinear(3, 4)
+    for module in (block, lin):
+        with pytest.raises(ValueError, match="unknown backend 'nope'"):
+            module.backend = "nope"
+        module.backend = "reference"
+        assert module.backend == "reference"
+        missing = [n for n in fusedops.backends.known_backends() if n not in fusedops.available_backends()]
+        for name in missing:
+            with pytest.raises(RuntimeError, match=f"backend '{name}' is not available here"):
+                module.backend = name
+            assert module.backend == "reference"

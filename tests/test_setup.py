@@ -84,3 +84,60 @@ def test_explicit_cuda_home_without_headers_is_an_error(setup_py, tmp_path, monk
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     with pytest.raises(SystemExit, match="FUSEDOPS_SKIP_CUDA_BUILD"):
         setup_py._find_cuda_home(None)
+
+
+# ---- pip install . : built against the installed torch, never an isolated download ----
+
+
+def test_torch_is_not_a_build_requirement():
+    """An isolated build must not download a torch of its own (pyproject.toml's [build-system])."""
+    import re
+
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        section = f.read().split("[build-system]", 1)[1].split("\n[", 1)[0]
+    requires = re.search(r"^requires\s*=\s*\[(.*?)\]", section, re.M | re.S).group(1)
+    names = [re.split(r"[<>=!~ ;\[]", r.strip().strip("\"'"))[0] for r in requires.split(",") if r.strip()]
+    assert "setuptools" in names and "torch" not in names, names
+
+
+def test_isolated_build_is_detected(setup_py, monkeypatch):
+    monkeypatch.setattr(setup_py.sys, "path", ["/tmp/pip-build-env-k2x_9/overlay/lib/python3.11/site-packages"])
+    assert setup_py._isolated_build()
+    monkeypatch.setattr(setup_py.sys, "path", ["/usr/lib/python3.11", "/home/me/rebuild-env-x"])
+    monkeypatch.setattr(setup_py.sys, "prefix", "/usr")
+    assert not setup_py._isolated_build()
+
+
+def _fresh_venv(tmp_path):
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    return venv / "bin" / "pip"
+
+
+@pytest.mark.slow
+def test_isolated_pip_install_refuses_at_once_with_one_line(tmp_path):
+    """`pip install .` (build isolation) in a fresh virtualenv: one line saying to use
+    --no-build-isolation, before anything is compiled and without downloading a torch (a few
+    seconds: a virtualenv, then pip fetching setuptools, wheel and ninja)."""
+    import shutil
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    pip = _fresh_venv(tmp_path)
+    result = subprocess.run([str(pip), "install", "--disable-pip-version-check", str(src)], capture_output=True,
+                            text=True, timeout=300)
+    out = result.stdout + result.stderr
+    if "Getting requirements to build wheel" not in out:
+        pytest.skip(f"pip could not install the build requirements (setuptools, wheel, ninja) here: {out[-500:]}")
+    assert result.returncode != 0
+    lines = [line.strip() for line in out.splitlines() if "fusedops setup:" in line]
+    assert len(lines) == 1, out
+    assert "pip install --no-build-isolation ." in lines[0] and "built against the torch it runs with" in lines[0]
+    assert "torch-" not in out and "Collecting torch" not in out  # no torch fetched
+    assert "compiling" not in out.lower() and not (src / "build").exists()

@@ -1,0 +1,151 @@
+"""benchmarks/run.py, the CLI `make bench` runs: it checks its options, writes where it says,
+prints tables that fit 120 columns, keeps warnings out of the progress bar, draws a plot."""
+
+import io
+import json
+import logging
+import pathlib
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from benchmarks import run, summarize, workloads
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+BAD = [
+    (["--ops", "foo"], ["--ops", "'foo'", "train_step, conv_block, linear"]),
+    (["--modes", "bogus"], ["--modes", "'bogus'", "fwd, train"]),
+    (["--layers", "nosuchlayer"], ["--layers", "'nosuchlayer'", "mnist conv1 1->32 28x28"]),
+    (["--dtypes", "float17"], ["--dtypes", "'float17'", "float32, bfloat16, float16, float64"]),
+    (["--dtypes", "float32,"], ["--dtypes", "''"]),
+    (["--providers", "nosuch"], ["--providers", "'nosuch'", "eager", "compile"]),
+    (["--ops", "linear", "--layers", "mnist"], ["nothing to run", "--ops linear", "--layers mnist"]),
+    (["--rounds", "0"], ["--rounds", "positive"]),
+    (["--device", "tpu"], ["--device", "'tpu'"]),
+    (["--save", "--no-save"], ["not allowed"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_unknown_values_exit_2_with_a_message(argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        run.parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    for word in words:
+        assert word in err
+
+
+def test_help_lists_the_allowed_values(capsys):
+    with pytest.raises(SystemExit) as info:
+        run.parse_args(["--help"])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for value in [*run.OPS, *run.MODES, *run.DTYPES, "cpu", "cuda", "eager-channels_last", "fusedops-auto"]:
+        assert value in out, value
+    for w in workloads.ALL:
+        assert w.layer in out
+
+
+def test_results_go_to_an_ignored_place_unless_saved(tmp_path):
+    assert run.parse_args([]).out == run.LOCAL_RESULTS == ROOT / "benchmarks" / "results" / "local"
+    assert run.parse_args(["--save"]).out == run.RESULTS == ROOT / "benchmarks" / "results"
+    assert run.parse_args(["--no-save"]).out is None
+    assert run.parse_args(["--out", str(tmp_path)]).out == tmp_path
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/local/cpu.json"], cwd=ROOT)
+    assert ignored.returncode == 0, "benchmarks/results/local/ must be git-ignored"
+    committed = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/cpu.json"], cwd=ROOT)
+    assert committed.returncode == 1
+
+
+def test_a_run_prints_every_file_it_wrote_and_skips_what_a_provider_cannot_run(tmp_path, capsys):
+    argv = ["--device", "cpu", "--ops", "linear", "--layers", "mlp", "--modes", "fwd", "--rounds", "1", "--batch",
+            "2", "--dtypes", "float16,float32", "--providers", "fusedops-auto,fusedops-cpp", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    out, err = capsys.readouterr()
+    written = sorted(p.name for p in tmp_path.iterdir())
+    for name in written:
+        assert f"wrote {tmp_path / name}" in out
+    result = json.loads((tmp_path / f"{run.device_slug('cpu')}.json").read_text())
+    assert {r["provider"] for r in result["rows"] if r["dtype"] == "float32"} >= {"eager", "fusedops-auto"}
+    if "cpp" in run.fusedops.available_backends():  # cpp runs float32 but not float16: skipped, saying why
+        assert "fusedops-cpp" in {r["provider"] for r in result["rows"] if r["dtype"] == "float32"}
+        assert "fusedops-cpp" not in {r["provider"] for r in result["rows"] if r["dtype"] == "float16"}
+        assert [s["provider"] for s in result["skipped"]] == ["fusedops-cpp"]
+        assert "skipped fusedops-cpp (float16): 'cpp' supports float32, float64 and bfloat16" in err
+        assert "fusedops-cpp (float16) on 1 job" in out
+
+
+def _row(op, layer, provider, mode="train", peak=None, saved=None, compile_ratio=1.1):
+    return {"op": op, "layer": layer, "shape": [256, 3, 32, 32], "dtype": "bfloat16", "mode": mode,
+            "provider": provider, "median_ms": 12345.678, "speedup_vs_eager": 12.345,
+            "speedup_vs_compile": compile_ratio, "tflops": 123.456, "gbps": 12345.6, "roofline_pct": 100.0,
+            "peak_mem_mb": peak, "saved_bytes": saved}
+
+
+def test_table_fits_120_columns_and_drops_empty_columns():
+    long = "cifar CNN 3->32->64, shared relu/pool and a long name"
+    gpu = [_row(op, long, p, peak=12345.6, saved=123456789) for op in run.OPS
+           for p in ("eager", "fusedops-reference-graph", "compile-max-autotune")]
+    for op in run.OPS:
+        text = summarize.table(gpu, op, rounds=15)
+        assert max(len(line) for line in text.splitlines() if not line.startswith(long)) <= 120, text
+        assert "peak" in text and "median over 15 rounds" in text
+    cpu = [_row("conv_block", "mnist conv1", p, compile_ratio=None) for p in ("eager", "fusedops-cpp")]
+    text = summarize.table(cpu, "conv_block")
+    assert "peak" not in text and "img/s" not in text and "vs compile" not in text and "saved" not in text
+    assert "vs eager" in text and "paired" in text and "not exactly the ratio of the median ms" in text
+
+
+def test_whole_models_come_first_in_tables_and_plot_order():
+    rows = [_row("linear", "lin", "eager"), _row("conv_block", "conv", "eager"), _row("train_step", "model", "eager")]
+    assert [g[1] for g in summarize.groups(rows)] == ["model", "conv", "lin"]
+    args = run.parse_args(["--device", "cpu"])
+    assert [w.op for w in run.select_workloads(args)][0] == "train_step"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_warnings_and_log_messages_do_not_break_the_progress_bar():
+    screen = _Terminal()
+    logger = logging.getLogger("torch._dynamo.fusedops_test")
+    handler = logging.StreamHandler(screen)
+    logger.addHandler(handler)
+    try:
+        with run.Progress(2, stream=screen) as progress:
+            progress.step("job one")
+            # what Python's warnings module writes to sys.stderr (pytest records warnings instead)
+            sys.stderr.write(warnings.formatwarning("a warning from the middle of a job", UserWarning, __file__, 1))
+            logger.warning("torch._dynamo hit config.recompile_limit (8)")
+            print("a note on stderr", file=sys.stderr)
+            progress.step("job two")
+    finally:
+        logger.removeHandler(handler)
+    # What a terminal shows: each line as left by its last carriage return.
+    shown = [line.split("\r")[-1] for line in screen.getvalue().split("\n")]
+    for message in ("a warning from the middle", "recompile_limit (8)", "a note on stderr"):
+        line = next(line for line in shown if message in line)
+        assert "job one" not in line and "[#" not in line, f"{message!r} printed into the bar: {line!r}"
+    assert shown[-1] == "" and shown[-2].startswith("[") and "2/2 job two" in shown[-2]
+    assert not any("1/2 job one" in line for line in shown[:-2])  # the bar was cleared, then redrawn
+
+
+def test_plot_is_one_readable_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    result = json.loads((ROOT / "benchmarks" / "results" / "cpu-amd-epyc.json").read_text())
+    path = tmp_path / "plot.png"
+    assert summarize.plot(result["rows"], str(path), summarize.plot_title(result))
+    width, height = Image.open(path).size
+    assert 800 <= width <= 2000 and 500 <= height <= 1600, (width, height)
