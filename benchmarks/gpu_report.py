@@ -574,10 +574,10 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     merged = merge_bench(results)
     (report.out / "bench.json").write_text(json.dumps(merged, indent=1) + "\n")
     if merged["rows"]:
-        from benchmarks.run import plot
+        from benchmarks.summarize import plot
 
-        plot(merged["rows"], report.out / "bench.png",
-             f"fusedops speed-ups on {merged.get('device', m.gpu)} (batch {BENCH_BATCH})")
+        plot(merged["rows"], str(report.out / "bench.png"),  # 60 dpi: a file small enough to copy back
+             f"fusedops speed-ups on {merged.get('device', m.gpu)} (batch {BENCH_BATCH})", dpi=60)
     shutil.rmtree(tmp, ignore_errors=True)
     status = "dry-run" if runner.dry_run else ("passed" if done == len(chunks) else "failed" if not done else "partial")
     if any(n.startswith("dry run:") for n in notes):

@@ -119,10 +119,10 @@ def _plotted(provider: str) -> bool:
             and not any(provider.endswith(s) for s in PLOT_EXCLUDED_SUFFIXES))
 
 
-def plot(rows: Sequence[dict], path: str, title: str) -> bool:
+def plot(rows: Sequence[dict], path: str, title: str, dpi: int = 100) -> bool:
     """One figure: a panel per mode (forward, training), a row per layer in table order (whole
     models first), a bar per provider from 1x to its speed-up over eager, the value printed
-    on it. Returns False (saying why) when matplotlib is missing."""
+    on it, at ``dpi`` dots per inch. Returns False (saying why) when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -193,7 +193,7 @@ def plot(rows: Sequence[dict], path: str, title: str) -> bool:
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / height),
                ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return True
 
