@@ -1,4 +1,4 @@
-"""make gpu-report: one command that turns a lent GPU into results a person reads in a minute.
+"""make gpu-report: one command that turns a GPU machine into results a person reads in a minute.
 
     make gpu-report                       # every stage, in order
     make gpu-report STAGE=test            # one stage: build | test | sanitize | bench
