@@ -24,7 +24,8 @@ Environment:
   CUDA_HOME=/path/to/cuda      the CUDA toolkit to build with
   DEBUG=1                      -O0 -g (and -lineinfo for CUDA)
   SANITIZE=1                   the CPU part only, with AddressSanitizer and UndefinedBehaviorSanitizer
-                               (-fsanitize=address,undefined -fno-sanitize-recover=all -O1 -g):
+                               (-fsanitize=address,undefined -fno-sanitize-recover=all -fno-wrapv
+                               -O1 -g):
                                what `make sanitize` builds into build/sanitize/ and tests
   MAX_JOBS=N                   parallel compile jobs (ninja)
 """
@@ -180,7 +181,9 @@ def _extensions():
     link = ["-fopenmp"]
     if sanitize:
         flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
-        cxx += flags + ["-O1", "-g"]  # the last -O wins
+        # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which makes signed overflow
+        # defined and so hides it from UBSan; the last -O wins.
+        cxx += flags + ["-fno-wrapv", "-O1", "-g"]
         link += flags
         _say("building the CPU part with AddressSanitizer and UndefinedBehaviorSanitizer: SANITIZE=1")
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
