@@ -8,6 +8,9 @@
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
 # make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
 #                         it (Triton 3.6 in build/venv-triton3.6); writes benchmarks/triton-sm90.md
+# make sanitize           build fusedops._C with -fsanitize=address,undefined into build/sanitize/ (the
+#                         normal build is left as it is) and run the cpp kernels' tests against it with
+#                         the ASan runtime preloaded (tools/sanitize.sh); any sanitizer report fails it
 # make gpu-report         on a GPU machine (no package registry needed): build for its GPU, the gpu tests,
 #                         compute-sanitizer, the GPU benchmarks -> benchmarks/results/<gpu>/summary.md and
 #                         its logs; STAGE=build|test|sanitize|bench runs one stage, DRY_RUN=1 only checks
@@ -15,6 +18,7 @@
 # `make test` runs the two GPU checks when a source they cover changed since they last passed
 # (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
 # skips them (a machine without a CUDA toolkit or without the torch 2.14.1 / Triton 3.6 wheels).
+# It runs `make sanitize` the same way: when a C++ source changed since it last passed.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -50,9 +54,11 @@ TRITON_VENV := build/venv-triton3.6
 TRITON_CHECK_STAMP := build/triton-check/.passed
 TRITON_CHECK_SOURCES := $(wildcard fusedops/triton/*.py) fusedops/ops/conv_block.py fusedops/functional.py \
 	fusedops/_args.py $(wildcard tools/triton_*.py)
+SANITIZE_STAMP := build/sanitize/.passed
+SANITIZE_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h csrc/cpu/*.h) tools/sanitize.sh
 GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test bench bench-save lint clean cuda-build-check triton-check
+.PHONY: install deps test bench bench-save lint clean cuda-build-check triton-check sanitize
 
 deps:
 	@echo "make: checking the tools and packages (installs only what is missing)"
@@ -75,10 +81,22 @@ $(STAMP): $(SOURCES) | deps
 
 install: deps $(STAMP)
 
-test: install $(GPU_CHECK_STAMPS)
+test: install $(SANITIZE_STAMP) $(GPU_CHECK_STAMPS)
 	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
 	@echo "make: running the test suite (pytest tests; about 3-9 minutes on 2 cores)"
 	$(PYTHON) -m pytest tests -q
+
+# The C++ CPU kernels under AddressSanitizer and UndefinedBehaviorSanitizer (tools/sanitize.sh).
+# Measured on 2 cores: the sanitized build 4 minutes on a fresh clone (only the changed sources
+# later), the 280 cpp tests under ASan 22 s idle, up to 4 minutes on a loaded machine.
+sanitize: | deps
+	PYTHON=$(PYTHON) tools/sanitize.sh
+	@touch $(SANITIZE_STAMP)
+
+$(SANITIZE_STAMP): $(SANITIZE_SOURCES) | deps
+	@echo "make: sanitize (a C++ source changed since it last passed; about 1-5 minutes)"
+	PYTHON=$(PYTHON) tools/sanitize.sh
+	@touch $@
 
 # The extension with its CUDA kernels, built as users build it, against a CUDA build of torch.
 cuda-build-check:

@@ -23,6 +23,10 @@ Environment:
   FUSEDOPS_CUDA_ARCHS="80;90"  compute capabilities to build SASS for (PTX for the newest)
   CUDA_HOME=/path/to/cuda      the CUDA toolkit to build with
   DEBUG=1                      -O0 -g (and -lineinfo for CUDA)
+  SANITIZE=1                   the CPU part only, with AddressSanitizer and UndefinedBehaviorSanitizer
+                               (-fsanitize=address,undefined -fno-sanitize-recover=all -fno-wrapv
+                               -O1 -g):
+                               what `make sanitize` builds into build/sanitize/ and tests
   MAX_JOBS=N                   parallel compile jobs (ninja)
 """
 
@@ -171,12 +175,21 @@ def _extensions():
     debug = os.environ.get("DEBUG", "0") == "1"
     std = _cxx_standard(torch)
     _say(f"torch {torch.__version__}: -std={std}")
+    sanitize = os.environ.get("SANITIZE", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += [f"-std={std}", "-fopenmp"] if os.name != "nt" else []
+    link = ["-fopenmp"]
+    if sanitize:
+        flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which makes signed overflow
+        # defined and so hides it from UBSan; the last -O wins.
+        cxx += flags + ["-fno-wrapv", "-O1", "-g"]
+        link += flags
+        _say("building the CPU part with AddressSanitizer and UndefinedBehaviorSanitizer: SANITIZE=1")
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     define_macros = []
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-    if cuda_sources and _cuda_home(torch):
+    if cuda_sources and not sanitize and _cuda_home(torch):
         nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
         nvcc += [f"-std={std}", "--expt-relaxed-constexpr"] + _gencode_flags()
         define_macros.append(("FUSEDOPS_WITH_CUDA", "1"))
@@ -195,7 +208,7 @@ def _extensions():
             sources,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     ]
 
