@@ -38,6 +38,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 import torch
 
 from tests import gpu_checks
+from tools.triton_check import KERNEL_CONFIGS, reachable_configs
 
 PRECISIONS: Tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp64")
 GPU_BACKENDS: Tuple[str, ...] = ("triton", "cuda")
@@ -254,14 +255,10 @@ def jobs(cases: Iterable, backend: Optional[str] = None) -> List[Tuple[str, str,
 
 # --- Triton: configs the launchers can pick, and those the cases reach ------------------------
 
+# kernel -> (module, config function): make triton-check's list (tools/triton_check.py), and
+# the tangent kernel, whose blocks are fixed (module constants).
 TRITON_KERNELS = {
-    # kernel -> (module, config function); the tangent kernel has fixed blocks (module constants)
-    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
-    "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
-    "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
-    "linear_fwd_kernel": ("fusedops.triton.linear", "linear_configs"),
-    "linear_dx_kernel": ("fusedops.triton.linear", "linear_configs"),
-    "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
+    **KERNEL_CONFIGS,
     "conv_block_jvp_kernel": ("fusedops.triton.conv_block_jvp", None),
 }
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
@@ -277,7 +274,6 @@ def triton_required() -> Set[Tuple[str, str, Tuple]]:
     triton-check`` does), the tangent kernel's fixed blocks."""
     import importlib
 
-    from tools.triton_check import reachable_configs
 
     required = set()
     for kernel, (module, function) in TRITON_KERNELS.items():
