@@ -102,7 +102,7 @@ def test_gpu_bad_inputs_get_clear_errors():
     x = torch.randn(1, 3, 8, 8, device="cuda")
     with pytest.raises(RuntimeError, match="weight must be a CUDA tensor"):
         torch.ops.fusedops.native_conv_block_forward(x, torch.randn(2, 3, 3, 3), None, *args)
-    with pytest.raises(RuntimeError, match="supports float32, float64, float16 and bfloat16"):
+    with pytest.raises(TypeError, match="supports float32, float64, float16 and bfloat16"):
         torch.ops.fusedops.native_conv_block_forward(x.int(), torch.randn(2, 3, 3, 3, device="cuda").int(), None, *args)
     with pytest.raises(RuntimeError, match="bias must have shape"):
         torch.ops.fusedops.native_conv_block_forward(x, torch.randn(2, 3, 3, 3, device="cuda"),
