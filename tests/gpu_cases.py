@@ -262,6 +262,9 @@ TRITON_KERNELS = {
     "conv_block_jvp_kernel": ("fusedops.triton.conv_block_jvp", None),
 }
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
+# kernel -> module: kernels with one fixed config that the launchers above call after theirs
+# (the fixed-order sum of a split weight gradient's slices).
+TRITON_HELPER_KERNELS = {"sum_slices_kernel": "fusedops.triton.reduce"}
 
 
 def _config(kwargs) -> Tuple:
@@ -331,7 +334,8 @@ def recording_triton_launches(sink: List, current: List):
     import importlib
 
     saved = []
-    for kernel, (module, _) in TRITON_KERNELS.items():
+    modules = {**{k: m for k, (m, _) in TRITON_KERNELS.items()}, **TRITON_HELPER_KERNELS}
+    for kernel, module in modules.items():
         mod = importlib.import_module(module)
         saved.append((mod, kernel, getattr(mod, kernel)))
         setattr(mod, kernel, _Recorder(kernel, sink, current))

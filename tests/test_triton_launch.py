@@ -19,9 +19,11 @@ from fusedops.functional import conv_block_params
 from fusedops.triton import _launch
 from fusedops.triton import conv_block as conv_kernels
 from fusedops.triton import linear as linear_kernels
+from fusedops.triton import reduce as reduce_kernels
 
 CONV_KERNELS = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel")
 LINEAR_KERNELS = ("linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
+REDUCE_KERNELS = ("sum_slices_kernel",)
 
 
 class _Recorder:
@@ -45,7 +47,8 @@ class _Recorder:
 
 def _record(monkeypatch, run=False, check=None):
     launches = []
-    for module, names in ((conv_kernels, CONV_KERNELS), (linear_kernels, LINEAR_KERNELS)):
+    for module, names in ((conv_kernels, CONV_KERNELS), (linear_kernels, LINEAR_KERNELS),
+                          (reduce_kernels, REDUCE_KERNELS)):
         for name in names:
             real = getattr(module, name)
             monkeypatch.setattr(module, name, _Recorder(name, launches, real if run else None, check))
@@ -90,12 +93,13 @@ def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
     def check(name):
         assert guarded, f"{name} launched outside on_device(input)"
 
-    for module in (conv_kernels, linear_kernels):
+    for module in (conv_kernels, linear_kernels, reduce_kernels):
         monkeypatch.setattr(module, "on_device", recording_guard)
     launches = _record(monkeypatch, run=True, check=check)
+    monkeypatch.setattr(_launch, "MIN_SLICE_STEPS", 1)  # split the weight gradients' reductions
     _conv_launches(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4), padding=1)
-    _linear_launches(torch.randn(5, 7), torch.randn(6, 7), torch.randn(6), "relu")
-    assert sorted({ln.name for ln in launches}) == sorted(CONV_KERNELS + LINEAR_KERNELS)
+    _linear_launches(torch.randn(50, 7), torch.randn(6, 7), torch.randn(6), "relu")
+    assert sorted({ln.name for ln in launches}) == sorted(CONV_KERNELS + LINEAR_KERNELS + REDUCE_KERNELS)
 
 
 # --- strided bias -------------------------------------------------------------------------------
@@ -143,12 +147,13 @@ def test_launchers_pick_64_bit_indices_past_2_to_the_31_elements(monkeypatch):
     _conv_launches(torch.empty(8200, 1, 512, 512, **meta), torch.empty(4, 1, 3, 3, **meta),
                    torch.empty(4, **meta), padding=1)
     _linear_launches(torch.empty(40000, 65536, **meta), torch.empty(8, 65536, **meta), torch.empty(8, **meta))
+    launches[:] = [ln for ln in launches if ln.name in CONV_KERNELS + LINEAR_KERNELS]
     assert len(launches) == 6
     assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches), [(ln.name, ln.kwargs["IDX"]) for ln in launches]
     launches.clear()
     _conv_launches(torch.empty(8, 1, 512, 512, **meta), torch.empty(4, 1, 3, 3, **meta), None, padding=1)
     _linear_launches(torch.empty(400, 655, **meta), torch.empty(8, 655, **meta), None)
-    assert all(ln.kwargs["IDX"] == tl.int32 for ln in launches)
+    assert all(ln.kwargs["IDX"] == tl.int32 for ln in launches if ln.name in CONV_KERNELS + LINEAR_KERNELS)
 
 
 # --- grid limits ---------------------------------------------------------------------------------
@@ -167,7 +172,7 @@ def test_grids_stay_within_cuda_limits_for_many_groups_and_features(monkeypatch)
                    torch.empty(70000, **meta), groups=70000)
     _linear_launches(torch.empty(64, 2_500_000, **meta), torch.empty(16, 2_500_000, **meta), None)
     _linear_launches(torch.empty(8, 16, **meta), torch.empty(4_200_000, 16, **meta), None)
-    assert len(launches) == 9
+    assert len([ln for ln in launches if ln.name in CONV_KERNELS + LINEAR_KERNELS]) == 9
     _assert_grids_within_limits(launches)
     assert max(ln.grid[2] for ln in launches) > 1  # the split was needed
 
@@ -181,15 +186,31 @@ def test_split_grid_refuses_what_no_grid_holds():
 # --- the kernels' 64-bit and split-grid paths, computed ----------------------------------------
 
 
-@pytest.fixture(params=["int64 indices", "split grid"])
+@pytest.fixture(params=["int64 indices", "split grid", "split reduction"])
 def forced_path(request, monkeypatch):
-    """Run small problems through the path large ones take: int64 index math, or grids whose
-    y dimension holds 2 programs (so group and column tiles spill into z)."""
+    """Run small problems through the path large ones take: int64 index math, grids whose
+    y dimension holds 2 programs (so group and column tiles spill into z), or weight
+    gradients whose reduction is split into slices (one BLOCK step each, as many as fit)."""
     if request.param == "int64 indices":
         monkeypatch.setattr(_launch, "INT32_LIMIT", 1)
-    else:
+    elif request.param == "split grid":
         monkeypatch.setattr(_launch, "GRID_YZ_MAX", 2)
+    else:
+        monkeypatch.setattr(_launch, "MIN_SLICE_STEPS", 1)
+        monkeypatch.setattr(_launch, "INTERPRETER_SMS", 1000)
     return request.param
+
+
+def _check_forced_path(forced_path, launches, split_z):
+    """The launches took the forced path: ``split_z`` says which main launches must spill into z."""
+    main = [ln for ln in launches if ln.name in CONV_KERNELS + LINEAR_KERNELS]
+    if forced_path == "int64 indices":
+        assert all(ln.kwargs["IDX"] == tl.int64 for ln in main)
+    elif forced_path == "split grid":
+        assert [ln.grid[2] > 1 for ln in main] == split_z
+    else:  # each weight gradient split, its partial sums (weight, bias) added by sum_slices
+        assert [ln.kwargs.get("SPLIT") for ln in main] == [None, None, True]
+        assert [ln.name for ln in launches[len(main):]] == ["sum_slices_kernel"] * 2
 
 
 @ON_DEVICES
@@ -211,10 +232,8 @@ def test_conv_block_kernels_on_the_forced_path(monkeypatch, forced_path, kwargs,
     want = torch.ops.fusedops.conv_block_backward(g, x, w, ref_off, *p[:8], [True, True, True], "reference")
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a, b_)
-    if forced_path == "int64 indices":
-        assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches)
-    else:  # every launch with more than 2 column tiles x groups spread over z
-        assert [ln.grid[2] > 1 for ln in launches] == [True, kwargs.get("groups", 1) > 1, True]
+    # split grid: every launch with more than 2 column tiles x groups spreads over z
+    _check_forced_path(forced_path, launches, [True, kwargs.get("groups", 1) > 1, True])
 
 
 @ON_DEVICES
@@ -230,7 +249,4 @@ def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path, backend, de
     want = torch.ops.fusedops.linear_backward(g, x, w, ref_saved, "silu", [True, True, True], "reference")
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a, b_)
-    if forced_path == "split grid":
-        assert all(ln.grid[2] > 1 for ln in launches)
-    else:
-        assert all(ln.kwargs["IDX"] == tl.int64 for ln in launches)
+    _check_forced_path(forced_path, launches, [True, True, True])

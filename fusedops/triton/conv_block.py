@@ -22,8 +22,10 @@ Only the windows that can contain the position are visited: one per dimension fo
 non-overlapping pools, ``(PKH - 1) * pdh // psh + 1`` in general.
 ``conv_block_dx_kernel``: rows input pixels ``(n, ih, iw)``, columns input channels of a
 group, reduction over ``(co, kh, kw)``. ``conv_block_dw_kernel``: rows ``(ci, kh, kw)``,
-columns output channels, reduction over all conv positions ``(n, oh, ow)`` in one program
-(deterministic: no atomics); the programs of the first row tile also reduce ``db``.
+columns output channels, reduction over all conv positions ``(n, oh, ow)``, split into slices
+that fill the GPU, whose float32 partial sums ``reduce.sum_slices`` adds in a fixed order
+(deterministic: no atomics); the programs of the first row tile also reduce ``db``. Every
+reduction is summed in chunks (``_launch`` "Summation order").
 
 Grids: ``(row tiles, y, z)`` where ``y * z`` covers ``groups x column tiles`` (``split_grid``);
 each program finds its group and column tile from ``program_id(1) + program_id(2) *
@@ -38,7 +40,18 @@ import triton.language as tl
 
 from ..ops.conv_block import ConvBlockParams, output_memory_format
 from ._device import matmul_tile
-from ._launch import acc_dtype, dot_dtype, extent, index_dtype, on_device, split_grid, use_fma
+from ._launch import (
+    acc_dtype,
+    chunk_length,
+    dot_dtype,
+    extent,
+    index_dtype,
+    on_device,
+    reduction_slices,
+    split_grid,
+    use_fma,
+)
+from .reduce import sum_slices
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -62,7 +75,7 @@ def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
 @triton.jit
 def conv_block_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, o_ptr,
-    ROWS, PHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, N_TILES, NG,
+    ROWS, PHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, N_TILES, NG, CHUNK,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw, sb,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
@@ -72,7 +85,8 @@ def conv_block_fwd_kernel(
 
     ``ROWS = N * PH * PW``, ``PHW = PH * PW``; ``NG = G * N_TILES`` with ``N_TILES =
     cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is
-    contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides.
+    contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides. The reduction is
+    summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation order").
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -96,19 +110,22 @@ def conv_block_fwd_kernel(
         ow = pw * psw - ppw + (tap % PKW) * pdw
         valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = k < K
-            ci = k // (KH * KW)
-            kh = (k // KW) % KH
-            kw = k % KW
-            ih = oh[:, None] * sh - pt + kh[None, :] * dh
-            iw = ow[:, None] * sw - pl + kw[None, :] * dw
-            x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_off = n[:, None] * sxn + (grp * Cg + ci)[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
-            xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
-            wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+        for c0 in range(0, K, CHUNK):
+            part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+            for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BLOCK_K):
+                k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = k < K
+                ci = k // (KH * KW)
+                kh = (k // KW) % KH
+                kw = k % KW
+                ih = oh[:, None] * sh - pt + kh[None, :] * dh
+                iw = ow[:, None] * sw - pl + kw[None, :] * dw
+                x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_off = n[:, None] * sxn + (grp * Cg + ci)[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
+                xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
+                wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+            acc += part
         if HAS_BIAS:
             acc += bias[None, :]
         v = tl.where((acc > 0) | (acc != acc), acc, 0.0)
@@ -156,7 +173,7 @@ def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_
 @triton.jit
 def conv_block_dx_kernel(
     g_ptr, o_ptr, w_ptr, dx_ptr,
-    ROWS, HW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG,
+    ROWS, HW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG, CHUNK,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sdn, sdc, sdh, sdw,
     ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
@@ -166,7 +183,8 @@ def conv_block_dx_kernel(
     with ih = oh*sh - pt + kh*dh (oh integral, in range).
 
     ``ROWS = N * H * W``, ``HW = H * W``; ``NG = G * N_TILES``, ``N_TILES = cdiv(Cg, BLOCK_N)``.
-    Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is contiguous.
+    Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is contiguous. Partial
+    sums of ``CHUNK`` terms, as the forward.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -181,25 +199,28 @@ def conv_block_dx_kernel(
     ci_ok = ci < Cg
     R = Coutg * KH * KW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for r0 in range(0, R, BLOCK_K):
-        r = r0 + tl.arange(0, BLOCK_K)
-        r_ok = r < R
-        co = r // (KH * KW)
-        kh = (r // KW) % KH
-        kw = r % KW
-        oh_num = ih[:, None] + pt - kh[None, :] * dh
-        ow_num = iw[:, None] + pl - kw[None, :] * dw
-        oh = oh_num // sh
-        ow = ow_num // sw
-        ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * sh == oh_num)
-              & (ow * sw == ow_num) & (oh < OH) & (ow < OW))
-        c = (grp * Coutg + co)[None, :].to(IDX)
-        dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W,
-                            psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
-        w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * KH * KW)
-        w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
-        wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
-        acc += matmul_tile(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+    for c0 in range(0, R, CHUNK):
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        for r0 in range(c0, tl.minimum(c0 + CHUNK, R), BLOCK_K):
+            r = r0 + tl.arange(0, BLOCK_K)
+            r_ok = r < R
+            co = r // (KH * KW)
+            kh = (r // KW) % KH
+            kw = r % KW
+            oh_num = ih[:, None] + pt - kh[None, :] * dh
+            ow_num = iw[:, None] + pl - kw[None, :] * dw
+            oh = oh_num // sh
+            ow = ow_num // sw
+            ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * sh == oh_num)
+                  & (ow * sw == ow_num) & (oh < OH) & (ow < OW))
+            c = (grp * Coutg + co)[None, :].to(IDX)
+            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W,
+                                psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
+            w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * KH * KW)
+            w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
+            wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
+            part += matmul_tile(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+        acc += part
     dx_off = n[:, None] * sdn + (grp * Cg + ci)[None, :].to(IDX) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & ci_ok[None, :])
 
@@ -207,24 +228,31 @@ def conv_block_dx_kernel(
 @triton.jit
 def conv_block_dw_kernel(
     g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
-    P, OHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG,
+    P, OHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG, M_TILES, SLICE, CHUNK,
     sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw,
-    HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
-    IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_DB: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dw[g*Coutg + co, k] = sum_{n, oh, ow} x[n, g*Cg + ci, ih, iw] * dc[n, g*Coutg + co, oh, ow]
     for k = (ci, kh, kw); db[c] = sum dc.
 
     ``P = N * OH * OW`` conv positions, ``OHW = OH * OW``; ``NG = G * N_TILES``, ``N_TILES =
-    cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(Cg*KH*KW, BLOCK_M), y, z)`` with ``y * z >= NG``.
-    ``dw`` is contiguous (Cout, Cg*KH*KW); ``db`` (Cout,) is written by the programs of row tile 0.
+    cdiv(Coutg, BLOCK_N)``, ``M_TILES = cdiv(Cg*KH*KW, BLOCK_M)``. The positions are split into
+    slices of ``SLICE`` (a multiple of BLOCK_K), summed in partial sums of ``CHUNK`` terms
+    (``_launch`` "Summation order"). Grid: ``(M_TILES * slices, y, z)`` with ``y * z >= NG``;
+    program ``(i, j)`` computes row tile ``i % M_TILES`` of slice ``i // M_TILES``; ``db`` is
+    reduced by the programs of row tile 0. Without ``SPLIT`` (one slice) ``dw`` (Cout,
+    Cg*KH*KW) and ``db`` (Cout,) are written in their dtype, contiguous; with it each slice
+    writes ACC partial sums, ``dw_ptr`` (slices, Cout, Cg*KH*KW) and ``db_ptr`` (slices, Cout),
+    which ``reduce.sum_slices`` adds.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
         return
     grp = j // N_TILES
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) % M_TILES
+    piece = tl.program_id(0) // M_TILES
     K = Cg * KH * KW
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = k < K
@@ -236,23 +264,34 @@ def conv_block_dw_kernel(
     c = (grp * Coutg + co).to(IDX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
-    for p0 in range(0, P, BLOCK_K):
-        p = (p0 + tl.arange(0, BLOCK_K)).to(IDX)
-        p_ok = p < P
-        n = p // OHW
-        oh = (p // OW) % OH
-        ow = p % OW
-        dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None],
-                            p_ok[:, None] & co_ok[None, :], PH, PW, PKH, PKW, WIN_H, WIN_W,
-                            psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
-        ih = oh[None, :] * sh - pt + kh[:, None] * dh
-        iw = ow[None, :] * sw - pl + kw[:, None] * dw
-        x_ok = k_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_off = n[None, :] * sxn + (grp * Cg + ci)[:, None].to(IDX) * sxc + ih * sxh + iw * sxw
-        xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
-        acc += matmul_tile(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION, FMA).to(ACC)
-        if HAS_DB:
-            db += tl.sum(dc, axis=0)
+    start = piece.to(IDX) * SLICE
+    end = tl.minimum(start + SLICE, P)
+    for c0 in range(start, end, CHUNK):
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        part_db = tl.zeros((BLOCK_N,), dtype=ACC)
+        for p0 in range(c0, tl.minimum(c0 + CHUNK, end), BLOCK_K):
+            p = (p0 + tl.arange(0, BLOCK_K)).to(IDX)
+            p_ok = p < end
+            n = p // OHW
+            oh = (p // OW) % OH
+            ow = p % OW
+            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None],
+                                p_ok[:, None] & co_ok[None, :], PH, PW, PKH, PKW, WIN_H, WIN_W,
+                                psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
+            ih = oh[None, :] * sh - pt + kh[:, None] * dh
+            iw = ow[None, :] * sw - pl + kw[:, None] * dw
+            x_ok = k_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_off = n[None, :] * sxn + (grp * Cg + ci)[:, None].to(IDX) * sxc + ih * sxh + iw * sxw
+            xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
+            part += matmul_tile(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION, FMA).to(ACC)
+            if HAS_DB:
+                part_db += tl.sum(dc, axis=0)
+        acc += part
+        db += part_db
+    cout = NG // N_TILES * Coutg
+    if SPLIT:  # this slice's partial sums, in ACC
+        dw_ptr += piece.to(IDX) * cout * K
+        db_ptr += piece.to(IDX) * cout
     tl.store(dw_ptr + c[None, :] * K + k[:, None], acc.to(dw_ptr.dtype.element_ty), mask=k_ok[:, None] & co_ok[None, :])
     if HAS_DB:
         if pid_m == 0:
@@ -299,7 +338,8 @@ def forward(input, weight, bias, p: ConvBlockParams):
     with on_device(input):
         conv_block_fwd_kernel[grid](
             input, w, bias if bias is not None else w, y, offsets, rows, phw, *sizes, n_tiles, n_tiles * p.groups,
-            *steps, *input.stride(), *y.stride(), bias.stride(0) if bias is not None else 0,
+            chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype), *steps, *input.stride(), *y.stride(),
+            bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, IDX=idx, **_meta(input), **cfg,
         )
     return y, offsets
@@ -312,33 +352,46 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     h, wd, cg, coutg, kh, kw, oh, ow = sizes[:8]
     n = input.shape[0]
     strides = (*grad_output.stride(), *offsets.stride())
-    idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), n * h * wd, n * oh * ow)
     grad_input = input.new_empty(0)
     with on_device(input):
         if output_mask[0]:
             grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
             if grad_input.numel():
                 rows = n * h * wd
+                idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), rows)
                 cfg = conv_block_configs(rows, cg, input.dtype)
                 n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
                 grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
                 conv_block_dx_kernel[grid](
                     grad_output, offsets, w, grad_input, rows, h * wd, *sizes, *windows, n_tiles,
-                    n_tiles * p.groups, *steps, *strides, *grad_input.stride(), IDX=idx, **_meta(input), **cfg,
+                    n_tiles * p.groups, chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype), *steps, *strides,
+                    *grad_input.stride(), IDX=idx, **_meta(input), **cfg,
                 )
         grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
         if output_mask[1] or output_mask[2]:
             dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
             db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if output_mask[2] else dw
             k = cg * kh * kw
+            positions = n * oh * ow
             cfg = conv_block_configs(k, coutg, input.dtype)
-            n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
-            grid = split_grid(triton.cdiv(k, cfg["BLOCK_M"]), n_tiles * p.groups)
+            n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
+            slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], w.device)
+            acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+            part_dw = torch.empty((slices, *dw.shape), device=w.device, dtype=acc) if slices > 1 else dw
+            split_db = slices > 1 and output_mask[2]
+            part_db = torch.empty((slices, w.shape[0]), device=w.device, dtype=acc) if split_db else db
+            grid = split_grid(m_tiles * slices, n_tiles * p.groups)
+            idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
             conv_block_dw_kernel[grid](
-                grad_output, offsets, input, dw, db, n * oh * ow, oh * ow, *sizes, *windows, n_tiles,
-                n_tiles * p.groups, *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), IDX=idx,
+                grad_output, offsets, input, part_dw, part_db, positions, oh * ow, *sizes, *windows, n_tiles,
+                n_tiles * p.groups, m_tiles, slice_len, chunk_length(slice_len, cfg["BLOCK_K"], input.dtype),
+                *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx,
                 **_meta(input), **cfg,
             )
+            if slices > 1:
+                sum_slices(part_dw.view(slices, -1), dw)
+            if split_db:
+                sum_slices(part_db, db)
             grad_weight = dw if output_mask[1] else grad_weight
             grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

@@ -7,8 +7,10 @@ Saved for backward (written by the forward): the bool mask ``z > 0`` (NaN on) fo
 
 Backward: ``dz = dy * act'(z)`` is computed on the fly in the loads of both GEMMs
 (never stored): ``dx = dz @ w`` (grid over M x K tiles, reduction over N) and
-``dw = dz.T @ x`` (grid over N x K tiles, reduction over M, one program per tile: no
-atomics, deterministic); the programs of the first K tile also reduce ``db = sum_m dz``.
+``dw = dz.T @ x`` (grid over N x K tiles, reduction over M split into slices that fill the
+GPU, whose float32 partial sums ``reduce.sum_slices`` adds in a fixed order: no atomics,
+deterministic); the programs of the first K tile also reduce ``db = sum_m dz``. Every
+reduction is summed in chunks (``_launch`` "Summation order").
 
 Index and address arithmetic is in ``IDX`` (int32, or int64 once an offset reaches 2^31);
 the second grid dimension is spread over grid y and z (``_launch.split_grid``), so any
@@ -22,7 +24,18 @@ import triton
 import triton.language as tl
 
 from ._device import matmul_tile
-from ._launch import acc_dtype, dot_dtype, extent, index_dtype, on_device, split_grid, use_fma
+from ._launch import (
+    acc_dtype,
+    chunk_length,
+    dot_dtype,
+    extent,
+    index_dtype,
+    on_device,
+    reduction_slices,
+    split_grid,
+    use_fma,
+)
+from .reduce import sum_slices
 
 ACT_CODES = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 
@@ -79,13 +92,15 @@ def _activation_grad(z, ACT: tl.constexpr):
 
 @triton.jit
 def linear_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, K, sxm, sxk, swn, swk, sb,
+    x_ptr, w_ptr, b_ptr, y_ptr, s_ptr, M, N, K, CHUNK, sxm, sxk, swn, swk, sb,
     ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
     FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y = act(x @ w.T + b) (M, N) contiguous; s = saved state (contiguous, see module docstring).
 
     ``b`` has stride ``sb``. Grid: ``(cdiv(M, BLOCK_M), y, z)`` with ``y * z >= cdiv(N, BLOCK_N)``.
+    The reduction is summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch``
+    "Summation order").
     """
     pid_n = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
     if pid_n * BLOCK_N >= N:
@@ -94,12 +109,17 @@ def linear_fwd_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        rk = (k0 + tl.arange(0, BLOCK_K)).to(IDX)
-        k_ok = rk < K
-        xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        wv = tl.load(w_ptr + rn[None, :] * swn + rk[:, None] * swk, mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        acc += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+    for c0 in range(0, K, CHUNK):
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BLOCK_K):
+            rk = (k0 + tl.arange(0, BLOCK_K)).to(IDX)
+            k_ok = rk < K
+            xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            wv = tl.load(w_ptr + rn[None, :] * swn + rk[:, None] * swk, mask=n_ok[None, :] & k_ok[:, None],
+                         other=0.0)
+            part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+        acc += part
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn * sb, mask=n_ok, other=0.0).to(ACC)[None, :]
     z = acc.to(y_ptr.dtype.element_ty).to(ACC)  # torch rounds z to the output dtype before act
@@ -127,13 +147,14 @@ def _dz(g_ptr, s_ptr, rm, rn, ok, sgm, sgn, N, ACT: tl.constexpr, ACC: tl.conste
 
 @triton.jit
 def linear_dx_kernel(
-    g_ptr, s_ptr, w_ptr, dx_ptr, M, N, K, sgm, sgn, swn, swk,
+    g_ptr, s_ptr, w_ptr, dx_ptr, M, N, K, CHUNK, sgm, sgn, swn, swk,
     ACT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
     IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[m, k] = sum_n dz[m, n] * w[n, k]; dx (M, K) contiguous.
 
-    Grid: ``(cdiv(M, BLOCK_M), y, z)`` with ``y * z >= cdiv(K, BLOCK_K)``.
+    Grid: ``(cdiv(M, BLOCK_M), y, z)`` with ``y * z >= cdiv(K, BLOCK_K)``. Partial sums of
+    ``CHUNK`` terms (a multiple of BLOCK_N), as the forward.
     """
     pid_k = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
     if pid_k * BLOCK_K >= K:
@@ -142,43 +163,65 @@ def linear_dx_kernel(
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     m_ok, k_ok = rm < M, rk < K
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
-    for n0 in range(0, N, BLOCK_N):
-        rn = (n0 + tl.arange(0, BLOCK_N)).to(IDX)
-        n_ok = rn < N
-        dz = _dz(g_ptr, s_ptr, rm[:, None], rn[None, :], m_ok[:, None] & n_ok[None, :], sgm, sgn, N, ACT, ACC)
-        wv = tl.load(w_ptr + rn[:, None] * swn + rk[None, :] * swk, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += matmul_tile(dz.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+    for c0 in range(0, N, CHUNK):
+        part = tl.zeros((BLOCK_M, BLOCK_K), dtype=ACC)
+        for n0 in range(c0, tl.minimum(c0 + CHUNK, N), BLOCK_N):
+            rn = (n0 + tl.arange(0, BLOCK_N)).to(IDX)
+            n_ok = rn < N
+            dz = _dz(g_ptr, s_ptr, rm[:, None], rn[None, :], m_ok[:, None] & n_ok[None, :], sgm, sgn, N, ACT, ACC)
+            wv = tl.load(w_ptr + rn[:, None] * swn + rk[None, :] * swk, mask=n_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            part += matmul_tile(dz.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+        acc += part
     tl.store(dx_ptr + rm[:, None] * K + rk[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=m_ok[:, None] & k_ok[None, :])
 
 
 @triton.jit
 def linear_dw_kernel(
-    g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, sgm, sgn, sxm, sxk,
-    ACT: tl.constexpr, HAS_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
-    FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    g_ptr, s_ptr, x_ptr, dw_ptr, db_ptr, M, N, K, N_TILES, SLICE, CHUNK, sgm, sgn, sxm, sxk,
+    ACT: tl.constexpr, HAS_DB: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """dw[n, k] = sum_m dz[m, n] * x[m, k]; db[n] = sum_m dz[m, n]; dw (N, K) and db contiguous.
+    """dw[n, k] = sum_m dz[m, n] * x[m, k]; db[n] = sum_m dz[m, n].
 
-    Grid: ``(cdiv(N, BLOCK_N), y, z)`` with ``y * z >= max(1, cdiv(K, BLOCK_K))``; ``db`` is
-    written by the programs of K tile 0.
+    ``N_TILES = cdiv(N, BLOCK_N)``. The rows ``m`` are split into slices of ``SLICE`` (a
+    multiple of BLOCK_M), summed in partial sums of ``CHUNK`` terms (``_launch`` "Summation
+    order"). Grid: ``(N_TILES * slices, y, z)`` with ``y * z >= max(1, cdiv(K, BLOCK_K))``;
+    program ``(i, j)`` computes feature tile ``i % N_TILES`` of slice ``i // N_TILES``; ``db``
+    is reduced by the programs of K tile 0. Without ``SPLIT`` (one slice) ``dw`` (N, K) and
+    ``db`` (N,) are written in their dtype, contiguous; with it each slice writes ACC partial
+    sums, ``dw_ptr`` (slices, N, K) and ``db_ptr`` (slices, N), which ``reduce.sum_slices`` adds.
     """
     pid_k = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
     if (pid_k > 0) & (pid_k * BLOCK_K >= K):
         return
-    rn = tl.program_id(0).to(IDX) * BLOCK_N + tl.arange(0, BLOCK_N)
+    piece = tl.program_id(0) // N_TILES
+    rn = (tl.program_id(0) % N_TILES).to(IDX) * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     n_ok, k_ok = rn < N, rk < K
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
-    for m0 in range(0, M, BLOCK_M):
-        rm = (m0 + tl.arange(0, BLOCK_M)).to(IDX)
-        m_ok = rm < M
-        dz_t = _dz(g_ptr, s_ptr, rm[None, :], rn[:, None], n_ok[:, None] & m_ok[None, :], sgm, sgn, N, ACT, ACC)
-        xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += matmul_tile(dz_t.to(x_ptr.dtype.element_ty).to(DOT), xv.to(DOT), PRECISION, FMA).to(ACC)
-        if HAS_DB:
-            db += tl.sum(dz_t, axis=1)
+    start = piece.to(IDX) * SLICE
+    end = tl.minimum(start + SLICE, M)
+    for c0 in range(start, end, CHUNK):
+        part = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC)
+        part_db = tl.zeros((BLOCK_N,), dtype=ACC)
+        for m0 in range(c0, tl.minimum(c0 + CHUNK, end), BLOCK_M):
+            rm = (m0 + tl.arange(0, BLOCK_M)).to(IDX)
+            m_ok = rm < end
+            dz_t = _dz(g_ptr, s_ptr, rm[None, :], rn[:, None], n_ok[:, None] & m_ok[None, :], sgm, sgn, N, ACT, ACC)
+            xv = tl.load(x_ptr + rm[:, None] * sxm + rk[None, :] * sxk, mask=m_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            part += matmul_tile(dz_t.to(x_ptr.dtype.element_ty).to(DOT), xv.to(DOT), PRECISION, FMA).to(ACC)
+            if HAS_DB:
+                part_db += tl.sum(dz_t, axis=1)
+        acc += part
+        db += part_db
+    if SPLIT:  # this slice's partial sums, in ACC
+        dw_ptr += piece.to(IDX) * N * K
+        db_ptr += piece.to(IDX) * N
     tl.store(dw_ptr + rn[:, None] * K + rk[None, :], acc.to(dw_ptr.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
     if HAS_DB:
@@ -212,7 +255,8 @@ def forward(input, weight, bias, activation: str):
         idx = index_dtype(extent(x), extent(weight), m * n)
         with on_device(input):
             linear_fwd_kernel[grid](
-                x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k, *x.stride(),
+                x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k,
+                chunk_length(k, cfg["BLOCK_K"], input.dtype), *x.stride(),
                 *weight.stride(), bias.stride(0) if bias is not None else 0, ACT=act, HAS_BIAS=bias is not None,
                 IDX=idx, **_meta(input), **cfg,
             )
@@ -237,8 +281,8 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
             dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
             if m and k:
                 grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
-                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, *g.stride(), *weight.stride(), ACT=act, IDX=idx,
-                                       **meta, **cfg)
+                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, chunk_length(n, cfg["BLOCK_N"], input.dtype),
+                                       *g.stride(), *weight.stride(), ACT=act, IDX=idx, **meta, **cfg)
             elif m:
                 dx.zero_()
             grad_input = dx.view(input.shape)
@@ -246,9 +290,21 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
             dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
             db = torch.empty(n, device=input.device, dtype=input.dtype) if output_mask[2] else dw
             if n:
-                grid = split_grid(triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"])))
-                linear_dw_kernel[grid](g, s, x, dw, db, m, n, k, *g.stride(), *x.stride(), ACT=act,
-                                       HAS_DB=bool(output_mask[2]), IDX=idx, **meta, **cfg)
+                n_tiles, k_tiles = triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"]))
+                slices, slice_len = reduction_slices(m, n_tiles * k_tiles, cfg["BLOCK_M"], weight.device)
+                acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+                part_dw = torch.empty((slices, n, k), device=input.device, dtype=acc) if slices > 1 else dw
+                split_db = slices > 1 and output_mask[2]
+                part_db = torch.empty((slices, n), device=input.device, dtype=acc) if split_db else db
+                grid = split_grid(n_tiles * slices, k_tiles)
+                idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
+                linear_dw_kernel[grid](g, s, x, part_dw, part_db, m, n, k, n_tiles, slice_len,
+                                       chunk_length(slice_len, cfg["BLOCK_M"], input.dtype), *g.stride(), *x.stride(),
+                                       ACT=act, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg)
+                if slices > 1:
+                    sum_slices(part_dw.view(slices, -1), dw)
+                if split_db:
+                    sum_slices(part_db, db)
             grad_weight = dw if output_mask[1] else grad_weight
             grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias
