@@ -305,7 +305,7 @@ def check_conv_block_jvp(backend: str, x64, w64, b64, kwargs, precision: Precisi
                                                                  offsets, tx, tw, tangents[2], *p[:8], "reference")
                 torch_error = max(torch_error, oracle.max_error(emulated, exact))
             problems = oracle.twice_torch_violations(
-                {"tangent": (oracle.max_error(ours, exact), torch_error, oracle.scale_of(exact))})
+                {"tangent": (oracle.max_error(ours, exact), torch_error, oracle.scale_of(exact), ours.dtype)})
         if invalid:
             problems.append(f"offsets: {invalid} invalid values (unwritten?)")
     assert not problems, f"{backend} {precision.label} {layout}: " + "; ".join(problems)
@@ -322,19 +322,19 @@ def _check_like(out, expected, device) -> None:
 
 
 def _errors(ours: Run, theirs: Run, exact_out, exact_ours, exact_theirs) -> Dict[str, tuple]:
-    """``name: (our error, torch's error, scale)`` for the output and every gradient."""
+    """``name: (our error, torch's error, scale, dtype)`` for the output and every gradient."""
     errors = {"output": (oracle.max_error(ours.out, exact_out), oracle.max_error(theirs.out, exact_out),
-                         oracle.scale_of(exact_out))}
+                         oracle.scale_of(exact_out), ours.out.dtype)}
     for name, o, t, eo, et in zip(NAMES, ours.grads, theirs.grads, exact_ours, exact_theirs):
         if eo is None:
             assert o is None, f"{name}: a gradient where none was asked for"
             continue
-        errors[name] = (oracle.max_error(o, eo), oracle.max_error(t, et), oracle.scale_of(eo))
+        errors[name] = (oracle.max_error(o, eo), oracle.max_error(t, et), oracle.scale_of(eo), o.dtype)
     return errors
 
 
 def _max_torch_error(errors, other) -> Dict[str, tuple]:
-    return {name: (e[0], max(e[1], other[name][1]), e[2]) for name, e in errors.items()}
+    return {name: (e[0], max(e[1], other[name][1]), *e[2:]) for name, e in errors.items()}
 
 
 def _close_problems(ours: Run, exact_out, exact_grads) -> List[str]:

@@ -58,13 +58,16 @@ def scale_of(t) -> float:
     return max(finite.abs().max().item(), 1e-30) if finite.numel() else 1.0
 
 
-def twice_torch_violation(name, our_error, torch_error, scale):
+def twice_torch_violation(name, our_error, torch_error, scale, dtype=torch.float32):
     """DESIGN.md's rule for one output or gradient: the error of ours against the
-    float64 oracle is at most 2x torch's own error at the same precision, plus a floor of 8
-    float32 ulps of the largest value: below that, errors are the accumulation-order noise
-    of a float32 reduction (every dtype accumulates in float32), which torch's own order may
-    happen to avoid on a small tensor. Returns the violation's description, or None."""
-    floor = 8 * torch.finfo(torch.float32).eps * scale
+    float64 oracle is at most 2x torch's own error at the same precision, plus a floor: 8
+    float32 ulps of the largest value (below that, errors are the accumulation-order noise
+    of a float32 reduction, which every dtype accumulates in, and which torch's own order may
+    happen to avoid on a small tensor), plus half an ulp of ``dtype`` at the largest value
+    (the rounding of a correctly rounded result: on a tensor of a few elements torch's own
+    rounding may happen to land closer). Returns the violation's description, or None."""
+    magnitude = 2.0 ** math.floor(math.log2(scale)) if scale > 0 else 0.0
+    floor = 8 * torch.finfo(torch.float32).eps * scale + 0.5 * torch.finfo(dtype).eps * magnitude
     if our_error <= 2 * torch_error + floor:
         return None
     if math.isinf(our_error) or math.isnan(our_error):

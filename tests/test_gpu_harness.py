@@ -186,6 +186,10 @@ def test_scale_and_the_twice_torch_rule():
     assert oracle.twice_torch_violation("y", 2e-3, 1e-3, 1.0) is None
     assert "2.1x torch" in oracle.twice_torch_violation("y", 2.1e-3, 1e-3, 1.0)
     assert oracle.twice_torch_violation("y", 5e-7, 0.0, 1.0) is None  # below the float32 floor
+    # A bf16 result correctly rounded at 6260 (bf16 values 32 apart there) passes whatever
+    # torch's luck on a 2-element gradient; a whole ulp off does not.
+    assert oracle.twice_torch_violation("db", 15.7, 5.92, 6260.0, torch.bfloat16) is None
+    assert "5.4x torch" in oracle.twice_torch_violation("db", 32.0, 5.92, 6260.0, torch.bfloat16)
     assert "non-finite" in oracle.twice_torch_violation("y", float("inf"), 1e-3, 1.0)
     assert oracle.twice_torch_violations({"a": (1.0, 1.0, 1.0), "b": (3.0, 1.0, 1.0)}) == [
         oracle.twice_torch_violation("b", 3.0, 1.0, 1.0)]
