@@ -50,6 +50,16 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "| test | dry-run |" in again and "racecheck: FAIL" in again and (tmp_path / "bench.json").exists()
 
 
+def test_with_pytest_xdist_the_gpu_tests_run_in_parallel_after_one_prewarm(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FUSEDOPS_XDIST_WORKERS", "4")
+    assert gr.main(["--stage", "test", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "-m tests.triton_prewarm --jobs" in out
+    assert "-m pytest tests -m gpu" in out and " -n 4" in out
+    assert "tests/test_gpu_conv_block.py" not in out  # not one process per file
+    assert out.index("tests.triton_prewarm") < out.index("-m pytest tests -m gpu")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine runs these stages")
 @pytest.mark.parametrize("stage", ["sanitize", "bench"])
 def test_without_a_cuda_device_the_gpu_stages_say_why_they_skip(tmp_path, stage):
