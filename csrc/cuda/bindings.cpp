@@ -105,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
   std::tie(gi, gw, gb, flows) = allocate_conv_block_grads(g, input.options(), output_mask, false);
   if (flows) {
     const at::Tensor w = weight.contiguous();
-    const at::Tensor ws = workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[1]), input);
+    const at::Tensor ws =
+        workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
         dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
         offsets.const_data_ptr(), strides_of(offsets), input.const_data_ptr(), strides_of(input), w.const_data_ptr(),
@@ -214,7 +215,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
     gb.zero_();
   } else {
     const cuda::DType dtype = dtype_of(input);
-    const at::Tensor ws = workspace(cuda::linear_backward_workspace(dtype, act, rows, in_f, out_f, output_mask[1]), input);
+    const at::Tensor ws = workspace(
+        cuda::linear_backward_workspace(dtype, act, rows, in_f, out_f, output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::linear_backward(dtype, act, rows, in_f, out_f, g.const_data_ptr(), x.const_data_ptr(),
                                          w.const_data_ptr(), act == Act::None ? nullptr : s.const_data_ptr(),
                                          output_mask[0] ? gi.mutable_data_ptr() : nullptr,

@@ -15,7 +15,8 @@
 // Backward, in the order of the launcher:
 //  - unpool_kernel rebuilds the conv-output gradient into scratch memory: each conv position
 //    gathers the pooled gradients whose window max was there (no atomics).
-//  - bias_grad_kernel: one block per channel sums the pooled gradients whose ReLU was on.
+//  - bias_grad_kernel: the sum of the pooled gradients whose ReLU was on, per channel, split
+//    over blocks (channel_sum_splits) whose partial sums are added in a fixed order.
 //  - input gradient: an implicit GEMM per group, M = Cin/groups, N = input positions,
 //    K = Cout/groups*KH*KW, whose B operand reads the conv-output gradient at the conv position
 //    each (input position, kernel tap) pair maps to (a gather, so no col2im atomics).
@@ -188,23 +189,28 @@ __global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs,
   }
 }
 
-// db[c] = sum over (n, ph, pw) of the pooled gradients whose ReLU was on; one block per channel,
-// a fixed-order tree reduction.
+// db[c] = sum over (n, ph, pw) of the pooled gradients whose ReLU was on. Block (c, split) sums
+// split's chunk of the positions (each thread a strided serial sum, then a fixed-order tree):
+// into db[c] when there is one split, else into part[split * Cout + c], which
+// sum_partials_kernel adds in split order. Splits: channel_sum_splits (short serial sums).
 template <typename T, typename OffT>
 __global__ void __launch_bounds__(kThreads)
     bias_grad_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off, Strides4 os,
-                     T* __restrict__ db) {
+                     int64_t chunk, typename Num<T>::Acc* __restrict__ part, T* __restrict__ db) {
   using Acc = typename Num<T>::Acc;
-  __shared__ Acc part[kThreads];
+  __shared__ Acc scratch[kThreads];
   const int64_t c = blockIdx.x, per_image = g.PH * g.PW;
+  const int64_t i0 = blockIdx.y * chunk, i1 = min(g.N * per_image, i0 + chunk);
   Acc sum = Acc(0);
-  for (int64_t i = threadIdx.x; i < g.N * per_image; i += kThreads) {
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
     const int64_t n = i / per_image, ph = (i % per_image) / g.PW, pw = i % g.PW;
     if (off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]] >= 0)
       sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
   }
-  const Acc total = block_sum<kThreads>(sum, part);
-  if (threadIdx.x == 0) db[c] = Num<T>::from_acc(total);
+  const Acc total = block_sum<kThreads>(sum, scratch);
+  if (threadIdx.x != 0) return;
+  if (gridDim.y == 1) db[c] = Num<T>::from_acc(total);
+  else part[blockIdx.y * g.Cout + c] = total;
 }
 
 // dx[n][grp*Cg + ci][ih][iw] = sum_{co, kh, kw} w[grp*Coutg + co][ci][kh][kw] * dconv[n][grp*Coutg + co][oh][ow]
@@ -354,13 +360,17 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
   });
 }
 
-size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw) {
+// Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias
+// gradient's (need_db, more than one split), each start 256-byte aligned.
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw, bool need_db) {
   size_t bytes = static_cast<size_t>(g.N * g.Cout * g.OH * g.OW) * elem_bytes(dtype);  // dconv
   bytes = (bytes + 255) / 256 * 256;
   if (need_dw) {
     const int64_t splits = dtype == DType::Double ? weight_grad_splits<double>(g) : weight_grad_splits<float>(g);
-    bytes += static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype);
+    bytes += (static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype) + 255) / 256 * 256;
   }
+  const int64_t bias_splits = channel_sum_splits(g.N * g.PH * g.PW, g.Cout);
+  if (need_db && bias_splits > 1) bytes += static_cast<size_t>(bias_splits * g.Cout) * acc_bytes(dtype);
   return bytes;
 }
 
@@ -376,13 +386,25 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       const OffT* op = static_cast<const OffT*>(offsets);
       const T* xp = static_cast<const T*>(x);
       const T* wp = static_cast<const T*>(w);
+      const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
+      const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
+      const int64_t splits = dw ? weight_grad_splits<T>(g) : 0;
       if (db) {
-        bias_grad_kernel<T, OffT><<<static_cast<unsigned>(g.Cout), kThreads, 0, stream>>>(g, gp, gs, op, os, static_cast<T*>(db));
+        const size_t part_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
+        Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dconv_bytes + part_bytes);
+        const int64_t positions = g.N * g.PH * g.PW, bias_splits = channel_sum_splits(positions, g.Cout);
+        const dim3 grid(static_cast<unsigned>(g.Cout), static_cast<unsigned>(bias_splits));
+        bias_grad_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, gp, gs, op, os, ceil_div(positions, bias_splits),
+                                                                 part, static_cast<T*>(db));
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        if (bias_splits > 1) {
+          sum_partials_kernel<T><<<grid_for(g.Cout), kThreads, 0, stream>>>(part, bias_splits, g.Cout,
+                                                                            static_cast<T*>(db));
+          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        }
       }
       if (!dx && !dw) return cudaSuccess;
       T* dconv = static_cast<T*>(workspace);
-      const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       unpool_kernel<T, OffT><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, gp, gs, op, os, dconv);
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       if (dx) {
@@ -392,9 +414,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       }
       if (dw) {
-        const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
         Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dconv_bytes);
-        const int64_t splits = weight_grad_splits<T>(g);
         const int64_t chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, splits), kBK) * kBK;
         const dim3 grid(static_cast<unsigned>(ceil_div(g.K, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
                         static_cast<unsigned>(g.G * splits));

@@ -32,8 +32,8 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                                const void* w, const void* b, void* y, void* offsets, Strides4 ys,
                                cudaStream_t stream);
 
-// Bytes of scratch memory conv_block_backward needs.
-size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw);
+// Bytes of scratch memory conv_block_backward needs (need_dw / need_db: dw / db will be asked for).
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw, bool need_db);
 
 // Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
 // null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os.
@@ -54,8 +54,9 @@ cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, con
 cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
                            const void* w, const void* b, void* y, void* saved, cudaStream_t stream);
 
-// Bytes of scratch memory linear_backward needs.
-size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw);
+// Bytes of scratch memory linear_backward needs (need_dw / need_db: dw / db will be asked for).
+size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw,
+                                 bool need_db);
 
 // Gradients of the linear layer; dx (rows x in_f), dw (out_f x in_f) and db (out_f) may each be null.
 cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,

@@ -5,7 +5,8 @@
 // writes the state the derivative needs (a bool mask z > 0 for relu, z for gelu / gelu_tanh /
 // silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
 // dx = dz @ w (a GEMM), dw = dz^T @ x (a GEMM over the rows, split in chunks whose partial sums
-// are added in a fixed order) and db = column sums of dz (one block per column). Deterministic.
+// are added in a fixed order) and db = column sums of dz (split over blocks whose partial sums
+// are added in a fixed order). Deterministic.
 // The activation formulas are those of fusedops/ops/linear.py.
 
 #include "tile_gemm.cuh"
@@ -111,17 +112,23 @@ __global__ void __launch_bounds__(kThreads)
   store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
 }
 
-// db[o] = sum over rows of dz[r][o]; one block per column, a fixed-order tree reduction.
+// db[o] = sum over rows of dz[r][o]. Block (o, split) sums split's chunk of rows (each thread a
+// strided serial sum, then a fixed-order tree): into db[o] when there is one split, else into
+// part[split * cols + o], which sum_partials_kernel adds in split order. Splits:
+// channel_sum_splits (short serial sums).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    column_sum_kernel(int64_t rows, int64_t cols, const T* __restrict__ dz, T* __restrict__ db) {
+    column_sum_kernel(int64_t rows, int64_t cols, const T* __restrict__ dz, int64_t chunk,
+                      typename Num<T>::Acc* __restrict__ part, T* __restrict__ db) {
   using Acc = typename Num<T>::Acc;
-  __shared__ Acc part[kThreads];
-  const int64_t o = blockIdx.x;
+  __shared__ Acc scratch[kThreads];
+  const int64_t o = blockIdx.x, r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
   Acc sum = Acc(0);
-  for (int64_t r = threadIdx.x; r < rows; r += kThreads) sum += Num<T>::to_acc(dz[r * cols + o]);
-  const Acc total = block_sum<kThreads>(sum, part);
-  if (threadIdx.x == 0) db[o] = Num<T>::from_acc(total);
+  for (int64_t r = r0 + threadIdx.x; r < r1; r += kThreads) sum += Num<T>::to_acc(dz[r * cols + o]);
+  const Acc total = block_sum<kThreads>(sum, scratch);
+  if (threadIdx.x != 0) return;
+  if (gridDim.y == 1) db[o] = Num<T>::from_acc(total);
+  else part[blockIdx.y * cols + o] = total;
 }
 
 int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
@@ -142,9 +149,16 @@ cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int
   });
 }
 
-size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw) {
+// Workspace layout: dz (with an activation), the weight gradient's split partial sums (need_dw),
+// the bias gradient's (need_db, more than one split), each start 256-byte aligned.
+size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw,
+                                 bool need_db) {
   size_t bytes = act == Act::None ? 0 : (static_cast<size_t>(rows * out_f) * elem_bytes(dtype) + 255) / 256 * 256;
-  if (need_dw) bytes += static_cast<size_t>(weight_grad_splits(rows, in_f, out_f) * out_f * in_f) * acc_bytes(dtype);
+  if (need_dw)
+    bytes += (static_cast<size_t>(weight_grad_splits(rows, in_f, out_f) * out_f * in_f) * acc_bytes(dtype) + 255) /
+             256 * 256;
+  const int64_t bias_splits = channel_sum_splits(rows, out_f);
+  if (need_db && bias_splits > 1) bytes += static_cast<size_t>(bias_splits * out_f) * acc_bytes(dtype);
   return bytes;
 }
 
@@ -172,6 +186,7 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
     if (dw) {
       Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
       const int64_t splits = weight_grad_splits(rows, in_f, out_f);
+      used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
       const int64_t chunk = ceil_div(ceil_div(rows, splits), kBK) * kBK;
       const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
                       static_cast<unsigned>(splits));
@@ -183,8 +198,16 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
     }
     if (db) {
-      column_sum_kernel<T><<<static_cast<unsigned>(out_f), kThreads, 0, stream>>>(rows, out_f, dz, static_cast<T*>(db));
+      Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
+      const int64_t splits = channel_sum_splits(rows, out_f);
+      const dim3 grid(static_cast<unsigned>(out_f), static_cast<unsigned>(splits));
+      column_sum_kernel<T><<<grid, kThreads, 0, stream>>>(rows, out_f, dz, ceil_div(rows, splits), part,
+                                                          static_cast<T*>(db));
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      if (splits > 1) {
+        sum_partials_kernel<T><<<grid_for(out_f), kThreads, 0, stream>>>(part, splits, out_f, static_cast<T*>(db));
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
     }
     return cudaSuccess;
   });

@@ -9,6 +9,16 @@
 // register micro-tile per thread). The finished tile lands in shared memory (TileSmem::c), from
 // where the caller's epilogue reads the elements it owns: element e = threadIdx.x + j * kThreads.
 // The k loop runs in a fixed order, so results are deterministic.
+//
+// The float summation is blocked: each kBK-long k tile is summed on its own (an FMA chain, or
+// one mma from zero), and the tile sums are added into the running sum by the FP32 units, with
+// compensated (Kahan) addition on the FMA path. A serial float sum of K products gains a
+// rounding error ~K (the running sum, as large as the result, is rounded at every step);
+// blocked, the serial chains are kBK long and the error grows like sqrt(K / kBK) tile errors:
+// in a float32 simulation of random products with K = 4100..18432, 14-30x less than the serial
+// sum (RMS; 23-65x the largest error). double keeps the plain serial FMA chain: its error is
+// far below any float result's, and blocking would cost it 64 more registers (its conv forward
+// kernel uses 236 of the 255 already).
 
 #pragma once
 
@@ -35,6 +45,15 @@ struct __align__(32) TileSmem {
     Acc c[kBM][kBN + 4];  // the result tile
   };
 };
+
+// sum += v with Kahan compensation: comp carries the low-order part that sum lost (its final
+// value is sum - comp). A non-finite step (an infinite or NaN v or sum) resets comp to 0 so
+// that sums with infinities end like the plain sum (inf, not the NaN of inf - inf).
+__device__ __forceinline__ void compensated_add(float& sum, float& comp, float v) {
+  const float y = v - comp, t = sum + y, c = (t - sum) - y;
+  comp = isfinite(c) ? c : 0.0f;
+  sum = t;
+}
 
 // Computes the tile at (m0, n0) of an M x N product into s.c (zero outside M x N). la(m, k)
 // and lb(k, n) are called only for m < M, n < N and k0 <= k < k1. All threads of the block
@@ -65,7 +84,13 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
   if constexpr (tensor_cores) {
     namespace wmma = nvcuda::wmma;
     const int warp = tid / 32, wm = warp % 4, wn = warp / 4;  // warp tile: rows wm*16, columns wn*32 (+32)
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+    // Blocked: each k tile's product is one mma from zero, added into acc by the FP32 units
+    // (element by element: the fragments share one layout), so the long running sum never
+    // goes through the tensor cores' accumulation. (Not compensated: its 16 more registers
+    // made ptxas spill in the 16-bit input-gradient and linear-forward kernels, and the 16-bit
+    // cases passed with the serial sum already.)
+    using Frag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+    Frag acc[2];
     wmma::fill_fragment(acc[0], 0.0f);
     wmma::fill_fragment(acc[1], 0.0f);
     for (int64_t k = k0; k < k1; k += kBK) {
@@ -76,20 +101,29 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
       for (int j = 0; j < 2; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
         wmma::load_matrix_sync(fb, &s.ab.b[0][wn * 32 + j * 16], kBN + 8);
-        wmma::mma_sync(acc[j], fa, fb, acc[j]);
+        Frag part;
+        wmma::fill_fragment(part, 0.0f);
+        wmma::mma_sync(part, fa, fb, part);
+        for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] += part.x[e];
       }
       __syncthreads();
     }
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(&s.c[wm * 16][wn * 32 + j * 16], acc[j], kBN + 4, wmma::mem_row_major);
   } else {
+    // float: blocked, each k tile summed into part (a kBK-long FMA chain), part added into acc
+    // with compensation comp. double: one serial FMA chain into acc (part and comp unused).
+    constexpr bool blocked = std::is_same<Acc, float>::value;
     const int tm = tid / 16, tn = tid % 16;  // this thread's micro-tile: rows tm*4.., columns tn*4..
-    Acc acc[4][4];
+    Acc acc[4][4], comp[4][4];
     for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+      for (int j = 0; j < 4; ++j) acc[i][j] = comp[i][j] = Acc(0);
     for (int64_t k = k0; k < k1; k += kBK) {
       load_tiles(k);
       __syncthreads();
+      Acc part[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) part[i][j] = blocked ? Acc(0) : acc[i][j];
 #pragma unroll
       for (int kk = 0; kk < kBK; ++kk) {
         Acc av[4], bv[4];
@@ -98,12 +132,17 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
           bv[i] = Num<T>::to_acc(s.ab.b[kk][tn * 4 + i]);
         }
         for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+          for (int j = 0; j < 4; ++j) part[i][j] = fma(av[i], bv[j], part[i][j]);
       }
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          if constexpr (blocked) compensated_add(acc[i][j], comp[i][j], part[i][j]);
+          else acc[i][j] = part[i][j];
+        }
       __syncthreads();
     }
     for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) s.c[tm * 4 + i][tn * 4 + j] = acc[i][j];
+      for (int j = 0; j < 4; ++j) s.c[tm * 4 + i][tn * 4 + j] = acc[i][j] - comp[i][j];
   }
   __syncthreads();
 }
@@ -134,6 +173,20 @@ __global__ void __launch_bounds__(kThreads) sum_partials_kernel(const typename N
     for (int64_t s = 0; s < splits; ++s) sum += part[s * count + i];
     out[i] = Num<T>::from_acc(sum);
   }
+}
+
+// Blocks per channel of a per-channel sum over `count` elements (bias gradients): enough blocks
+// to fill the GPU, each block's threads summing at least 16 elements, and at most
+// kMaxSerialSum elements per thread. A thread's serial float sum gains a rounding error ~ its
+// length (the running sum is rounded at each step), so one block per channel over a large
+// tensor (17.8M elements: 70k per thread) is far less accurate than torch's split reduction.
+// Depends on the sizes alone, so the summation order and the result are deterministic.
+constexpr int64_t kMaxSerialSum = 1024;
+inline int64_t channel_sum_splits(int64_t count, int64_t channels) {
+  int64_t splits = reduction_splits(count, channels, int64_t(kThreads) * 16);
+  const int64_t chain = ceil_div(count, int64_t(kThreads) * kMaxSerialSum);
+  if (splits < chain) splits = chain;
+  return splits < 65535 ? splits : 65535;  // grid.y
 }
 
 // Grid for a grid-stride loop over `count` elements.
