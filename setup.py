@@ -178,7 +178,12 @@ def _extensions():
     sanitize = os.environ.get("SANITIZE", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += [f"-std={std}", "-fopenmp"] if os.name != "nt" else []
-    link = ["-fopenmp"]
+    # libstdc++ shared with torch, named explicitly: a compiler wrapper that links it statically
+    # (-static-libstdc++, seen on a GPU machine's g++) gives the extension its own copy, whose
+    # streams then fail with torch's (error messages lost their numbers, or the process
+    # crashed formatting them). An explicit -lstdc++ comes before the driver's own, so the
+    # shared library satisfies every reference and the static archive adds nothing.
+    link = ["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else [])
     if sanitize:
         flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
         # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which makes signed overflow
@@ -199,7 +204,7 @@ def _extensions():
                 sources + cuda_sources,
                 define_macros=define_macros,
                 extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-                extra_link_args=["-fopenmp"],
+                extra_link_args=link,
             )
         ]
     return [

@@ -1,5 +1,10 @@
 """The compiled extension fusedops._C: built by `make test`'s install, loads, defines the schemas."""
 
+import shutil
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from fusedops import _native
@@ -22,3 +27,15 @@ def test_native_schemas_match_graph_level_ops():
         assert g.arguments[-1].name == "backend"
         assert [str(a.type) for a in n.arguments] == [str(a.type) for a in g.arguments][:-1]
         assert len(n.returns) == len(g.returns)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ldd") is None, reason="ldd reads ELF (Linux)")
+def test_extension_shares_libstdcxx_with_torch():
+    """The extension loads the shared libstdc++ (torch's), not a copy of its own: built by a
+    g++ that links it statically (a wrapper with -static-libstdc++, as on one GPU machine),
+    its error messages lost their numbers, or the process crashed formatting them
+    (setup.py names -lstdc++ to prevent it)."""
+    import fusedops._C as ext
+
+    needed = subprocess.run(["ldd", ext.__file__], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so" in needed, needed
