@@ -77,6 +77,8 @@ def make_inputs(workload: Workload, batch: int, device: str, dtype: torch.dtype,
 
 
 def _flag_context(provider: Provider):
+    """A fresh context (a generator-based one cannot be entered twice) that sets the
+    provider's backend flags for one step."""
     if provider.cudnn_benchmark:
         return _cudnn_benchmark()
     return contextlib.nullcontext()
@@ -99,18 +101,17 @@ def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Call
         inputs = [x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
                   for x in inputs]
     n = len(inputs)
-    ctx = _flag_context(provider)
 
     if mode == "fwd":
         def step(i):
-            with torch.no_grad(), ctx:
+            with torch.no_grad(), _flag_context(provider):
                 return m(inputs[i % n])
     elif workload.op == "train_step":
         opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9)
         target = torch.randint(0, 10, (inputs[0].shape[0],), device=inputs[0].device)
 
         def step(i):
-            with ctx:
+            with _flag_context(provider):
                 opt.zero_grad(set_to_none=False)
                 loss = F.cross_entropy(m(inputs[i % n]).float(), target)
                 loss.backward()
@@ -121,7 +122,7 @@ def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Call
             grad_output = torch.randn_like(m(inputs[0]))
 
         def step(i):
-            with ctx:
+            with _flag_context(provider):
                 out = m(inputs[i % n])
                 out.backward(grad_output)
             return out

@@ -149,3 +149,22 @@ def test_plot_is_one_readable_figure(tmp_path):
     assert summarize.plot(result["rows"], str(path), summarize.plot_title(result))
     width, height = Image.open(path).size
     assert 800 <= width <= 2000 and 500 <= height <= 1600, (width, height)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "train"])
+def test_a_provider_with_backend_flags_steps_more_than_once(mode):
+    """cudnn.benchmark is set for each step of the channels_last provider (on CUDA): a step
+    reused one generator-based context, so the second step raised (seen on an H200); the
+    flag is restored after each step."""
+    import torch
+
+    from benchmarks import providers
+
+    w = workloads.CONV_LAYERS[0]
+    provider = providers.Provider("eager-channels_last", w.build(), channels_last=True, cudnn_benchmark=True)
+    inputs = providers.make_inputs(w, 2, "cpu", torch.float32, 2, mode)
+    step = providers.make_step(provider, w, inputs, mode)
+    before = torch.backends.cudnn.benchmark
+    for i in range(3):
+        step(i)
+    assert torch.backends.cudnn.benchmark == before
