@@ -250,3 +250,44 @@ def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path, backend, de
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a, b_)
     _check_forced_path(forced_path, launches, [True, True, True])
+
+
+# --- blocked summation ---------------------------------------------------------------------------
+
+
+def test_only_ieee_float32_reductions_are_chunked():
+    assert _launch.chunk_length(4608, 32, torch.float32, "ieee") == 64  # ~sqrt(4608), whole blocks
+    assert _launch.chunk_length(20, 32, torch.float32, "ieee") == 32  # at least one block
+    assert _launch.chunk_length(4608, 32, torch.float32, "tf32") == 4608  # one chunk
+    assert _launch.chunk_length(4600, 32, torch.bfloat16, "ieee") == 4608
+    assert _launch.chunk_length(4600, 16, torch.float64, "ieee") == 4608
+
+
+@ON_DEVICES
+def test_chunked_float32_reductions_compute_the_op(monkeypatch, backend, device):
+    """IEEE float32 (TF32 off): every K loop runs in several chunks, the weight gradient in
+    several slices; the results are the op's."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert conv_kernels._chunk(40 * 9, 16, torch.float32) < 40 * 9
+    f32 = dict(dtype=torch.float32, device=device)
+    x, w, b = torch.randn(3, 40, 7, 7, **f32), torch.randn(24, 40, 3, 3, **f32), torch.randn(24, **f32)
+    p = conv_block_params((3, 3), padding=1)
+    out, off = conv_kernels.forward(x, w, b, p)
+    ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b.double(), *p, "reference")
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(out)
+    got = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+    want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), off, *p[:8], [True] * 3,
+                                                  "reference")
+    for a, b_ in zip(got, want):
+        torch.testing.assert_close(a.double(), b_, rtol=1e-5, atol=1e-4)
+    x, w = torch.randn(300, 200, **f32), torch.randn(50, 200, **f32)
+    assert linear_kernels._chunk(200, 32, torch.float32) < 200
+    y, saved = linear_kernels.forward(x, w, None, "relu")
+    torch.testing.assert_close(y.double(), torch.relu(x.double() @ w.double().T), rtol=1e-5, atol=1e-4)
+    g = torch.randn_like(y)
+    dx, dw, _ = linear_kernels.backward(g, x, w, saved, "relu", [True, True, False])
+    dz = g.double() * (saved.double())
+    torch.testing.assert_close(dx.double(), dz @ w.double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dw.double(), dz.T @ x.double(), rtol=1e-5, atol=1e-4)

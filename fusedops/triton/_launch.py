@@ -22,8 +22,8 @@ accumulator per chunk) are added into the total, an error of order ``L^(3/4)``; 
 weight-gradient reductions over all positions (``N x OH x OW``, or a linear's rows) are also
 split over ``S`` programs whose float32 partial sums a second kernel adds in slice order
 (``reduce.sum_slices``), which also gives those kernels enough programs to fill the GPU. Both
-orders are fixed, so results stay deterministic. 16-bit inputs keep one chunk: their operand
-rounding is far above the accumulation error.
+orders are fixed, so results stay deterministic. Only IEEE float32 is chunked (see
+``chunk_length``).
 """
 
 from __future__ import annotations
@@ -98,12 +98,15 @@ def use_fma(dtype: torch.dtype) -> bool:
     return dtype == torch.float64
 
 
-def chunk_length(length: int, block: int, dtype: torch.dtype) -> int:
+def chunk_length(length: int, block: int, dtype: torch.dtype, precision: str) -> int:
     """Terms per partial sum of a blocked reduction of ``length`` terms taken ``block`` at a
-    time: about ``sqrt(length)``, a multiple of ``block`` (at least one block); for 16-bit
-    inputs the whole reduction (one chunk). See "Summation order" above."""
+    time: for IEEE float32 products (``precision`` "ieee") about ``sqrt(length)``, a multiple
+    of ``block`` (at least one block); otherwise the whole reduction, one chunk: TF32 and
+    16-bit operands round far above the accumulation error, float64 accumulates far below
+    any tolerance, and one chunk keeps the K loop one software-pipelined loop (TF32 32->64
+    layers ran 3x slower in one-block chunks on the H200). See "Summation order" above."""
     steps = triton.cdiv(max(length, 1), block)
-    if dtype in (torch.float16, torch.bfloat16):
+    if dtype != torch.float32 or precision != "ieee":
         return steps * block
     return max(1, round(math.sqrt(length) / block)) * block
 

@@ -61,6 +61,11 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _chunk(length: int, block: int, dtype: torch.dtype) -> int:
+    """Terms per partial sum of a reduction (``_launch.chunk_length`` at this dtype's precision)."""
+    return chunk_length(length, block, dtype, _precision(dtype))
+
+
 def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
     """Block sizes from the problem sizes (16 is tl.dot's minimum). float64 multiplies on the
     FMA units (``_launch.use_fma``) in one small tile whose ``BLOCK_M x BLOCK_K x BLOCK_N``
@@ -338,7 +343,7 @@ def forward(input, weight, bias, p: ConvBlockParams):
     with on_device(input):
         conv_block_fwd_kernel[grid](
             input, w, bias if bias is not None else w, y, offsets, rows, phw, *sizes, n_tiles, n_tiles * p.groups,
-            chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype), *steps, *input.stride(), *y.stride(),
+            _chunk(w[0].numel(), cfg["BLOCK_K"], input.dtype), *steps, *input.stride(), *y.stride(),
             bias.stride(0) if bias is not None else 0,
             HAS_BIAS=bias is not None, IDX=idx, **_meta(input), **cfg,
         )
@@ -364,7 +369,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
                 grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
                 conv_block_dx_kernel[grid](
                     grad_output, offsets, w, grad_input, rows, h * wd, *sizes, *windows, n_tiles,
-                    n_tiles * p.groups, chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype), *steps, *strides,
+                    n_tiles * p.groups, _chunk(coutg * kh * kw, cfg["BLOCK_K"], input.dtype), *steps, *strides,
                     *grad_input.stride(), IDX=idx, **_meta(input), **cfg,
                 )
         grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
@@ -384,7 +389,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
             idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
             conv_block_dw_kernel[grid](
                 grad_output, offsets, input, part_dw, part_db, positions, oh * ow, *sizes, *windows, n_tiles,
-                n_tiles * p.groups, m_tiles, slice_len, chunk_length(slice_len, cfg["BLOCK_K"], input.dtype),
+                n_tiles * p.groups, m_tiles, slice_len, _chunk(slice_len, cfg["BLOCK_K"], input.dtype),
                 *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx,
                 **_meta(input), **cfg,
             )

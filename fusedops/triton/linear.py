@@ -45,6 +45,11 @@ def _precision(dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
+def _chunk(length: int, block: int, dtype: torch.dtype) -> int:
+    """Terms per partial sum of a reduction (``_launch.chunk_length`` at this dtype's precision)."""
+    return chunk_length(length, block, dtype, _precision(dtype))
+
+
 def linear_configs(m: int, n: int, dtype: torch.dtype) -> dict:
     """Block sizes from the problem sizes (16 is tl.dot's minimum). float64 multiplies on the
     FMA units (``_launch.use_fma``) in one small tile whose product fits in registers."""
@@ -256,7 +261,7 @@ def forward(input, weight, bias, activation: str):
         with on_device(input):
             linear_fwd_kernel[grid](
                 x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k,
-                chunk_length(k, cfg["BLOCK_K"], input.dtype), *x.stride(),
+                _chunk(k, cfg["BLOCK_K"], input.dtype), *x.stride(),
                 *weight.stride(), bias.stride(0) if bias is not None else 0, ACT=act, HAS_BIAS=bias is not None,
                 IDX=idx, **_meta(input), **cfg,
             )
@@ -281,7 +286,7 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
             dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
             if m and k:
                 grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
-                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, chunk_length(n, cfg["BLOCK_N"], input.dtype),
+                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, _chunk(n, cfg["BLOCK_N"], input.dtype),
                                        *g.stride(), *weight.stride(), ACT=act, IDX=idx, **meta, **cfg)
             elif m:
                 dx.zero_()
@@ -299,7 +304,7 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
                 grid = split_grid(n_tiles * slices, k_tiles)
                 idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
                 linear_dw_kernel[grid](g, s, x, part_dw, part_db, m, n, k, n_tiles, slice_len,
-                                       chunk_length(slice_len, cfg["BLOCK_M"], input.dtype), *g.stride(), *x.stride(),
+                                       _chunk(slice_len, cfg["BLOCK_M"], input.dtype), *g.stride(), *x.stride(),
                                        ACT=act, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg)
                 if slices > 1:
                     sum_slices(part_dw.view(slices, -1), dw)
