@@ -25,7 +25,8 @@ what it finished; each can run alone, and the summary keeps the other stages' la
   cudnn.benchmark, torch.compile default and max-autotune-no-cudagraphs, CUDA-graph replays,
   each fusedops backend), bfloat16 then float32, batch 256, the tutorial layers, one layer per
   run so that a run cut short by the time limit loses one layer, not the table; then the host
-  time per call on CUDA (``benchmarks/host_overhead.py``).
+  time per call on CUDA (``benchmarks/host_overhead.py``) and where each backend's training
+  step spends GPU time (``benchmarks/kernel_profile.py``).
 
 Everything goes to ``$FUSEDOPS_REPORT_DIR`` (default ``benchmarks/results/<gpu>/``; a dry
 run defaults to a temporary directory): ``summary.md``, ``build.log``, ``test.log``,
@@ -597,6 +598,17 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         if not host_table:
             notes.append(f"host time per call: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
                          "bench.log)")
+    profile_table: List[str] = []
+    if budget - (time.monotonic() - start) >= 30 or runner.dry_run:
+        # Where each backend's training step spends GPU time (benchmarks/kernel_profile.py).
+        mark = log.stat().st_size
+        result = runner.run([sys.executable, "benchmarks/kernel_profile.py"], log, budget - (time.monotonic() - start),
+                            _env(TRITON_INTERPRET=None))
+        text = SAMPLE_KERNEL_PROFILE if result.dry else log.read_text(errors="replace")[mark:]
+        profile_table = [ln for ln in text.splitlines() if ln.startswith("|")]
+        if not profile_table:
+            notes.append(f"kernel profile: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
+                         "bench.log)")
     merged = merge_bench(results)
     (report.out / "bench.json").write_text(json.dumps(merged, indent=1) + "\n")
     if merged["rows"]:
@@ -609,7 +621,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=time.monotonic() - start, detail=f"{done} of {len(chunks)} benchmark runs",
-                notes=notes, host_table=host_table)
+                notes=notes, host_table=host_table, profile_table=profile_table)
 
 
 def _check_bench_args(chunks, tmp: Path) -> List[str]:
@@ -721,6 +733,9 @@ def render_summary(report: Report) -> str:
         if bench.get("host_table"):
             lines += ["", "Host time per call on CUDA (benchmarks/host_overhead.py: tiny layers, median us per call):",
                       ""] + bench["host_table"]
+        if bench.get("profile_table"):
+            lines += ["", "Training step of each tutorial layer, batch 256 (benchmarks/kernel_profile.py: wall time "
+                      "and CUDA time summed over its kernels):", ""] + bench["profile_table"]
     present = [f for f in FILES if (report.out / f).exists() or f == "summary.md"]
     lines += ["", "Files: " + ", ".join(present)]
     return "\n".join(lines) + "\n"
@@ -784,6 +799,13 @@ SAMPLE_HOST_OVERHEAD = """host time per call, torch -, 16 threads, median of 15 
 | --- | --- | --- | --- | ---: | ---: |
 | cuda | conv block (sample) | no_grad fwd | eager chain | 30.0 | 1.00x |
 | cuda | conv block (sample) | no_grad fwd | fused triton | 45.0 | 1.50x |
+"""
+
+
+SAMPLE_KERNEL_PROFILE = """bfloat16 1->32@28 eager: wall 0.500 ms, kernels 0.240 ms | max_pool 0.066ms x1
+| dtype | layer | backend | wall ms | kernels ms | largest kernels |
+| --- | --- | --- | ---: | ---: | --- |
+| bfloat16 | 1->32 @28 (sample) | eager | 0.500 | 0.240 | max_pool 0.066ms |
 """
 
 

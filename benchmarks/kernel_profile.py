@@ -6,7 +6,8 @@ For each tutorial layer (3x3 pad 1, ReLU, MaxPool2d(2)) and dtype, runs ``y = m(
 y.float().sum().backward()`` for eager (Conv2d + ReLU + MaxPool2d, cudnn.benchmark on) and
 each fusedops GPU backend, and prints one line per run: the wall time per step (mean of 10
 after 3 warm-ups, synchronised), the CUDA time summed over its kernels
-(``torch.profiler``, 5 steps), and the five most expensive kernels. It says where a
+(``torch.profiler``, 5 steps), and the five most expensive kernels; then a markdown table of
+the same (``make gpu-report``'s bench stage puts it in its summary). It says where a
 backend's time goes; ``benchmarks/run.py`` is the benchmark.
 """
 
@@ -32,7 +33,8 @@ def make(backend: str, cin: int, cout: int, dtype: torch.dtype) -> torch.nn.Modu
     return m.cuda().to(dtype)
 
 
-def profile_step(m: torch.nn.Module, x: torch.Tensor) -> str:
+def profile_step(m: torch.nn.Module, x: torch.Tensor):
+    """``(wall ms, kernel ms, the five largest kernels as "name ms xcount; ...")`` of one step."""
     def step():
         m(x).float().sum().backward()
 
@@ -52,7 +54,13 @@ def profile_step(m: torch.nn.Module, x: torch.Tensor) -> str:
     total = sum(e.device_time_total for e in events) / 5 / 1e3
     top = sorted(events, key=lambda e: -e.device_time_total)[:5]
     kernels = "; ".join(f"{e.key[:60]} {e.device_time_total / 5 / 1e3:.3f}ms x{e.count // 5}" for e in top)
-    return f"wall {wall:.3f} ms, kernels {total:.3f} ms | {kernels}"
+    return wall, total, kernels
+
+
+def _short(kernel: str) -> str:
+    """``"void ns::(anonymous namespace)::name<T> 0.25ms x1"`` -> ``"name<T> 0.25ms"``."""
+    name, ms, _ = kernel.rsplit(" ", 2)
+    return f"{name.split('::')[-1][:40]} {ms}"
 
 
 def main(argv=None) -> int:
@@ -63,6 +71,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
     torch.backends.cudnn.benchmark = True
+    table = ["| dtype | layer | backend | wall ms | kernels ms | largest kernels |",
+             "| --- | --- | --- | ---: | ---: | --- |"]
     for name in args.dtypes.split(","):
         dtype = getattr(torch, name)
         for cin, cout, hw in LAYERS:
@@ -71,9 +81,15 @@ def main(argv=None) -> int:
                 label = f"{name} {cin}->{cout}@{hw} {backend}"
                 try:
                     x = x0.clone().requires_grad_(cin > 3)
-                    print(f"{label}: {profile_step(make(backend, cin, cout, dtype), x)}", flush=True)
+                    wall, total, kernels = profile_step(make(backend, cin, cout, dtype), x)
                 except Exception as exc:  # one backend failing must not hide the others' numbers
                     print(f"{label}: ERROR {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    table.append(f"| {name} | {cin}->{cout} @{hw} | {backend} | error | | {type(exc).__name__} |")
+                    continue
+                print(f"{label}: wall {wall:.3f} ms, kernels {total:.3f} ms | {kernels}", flush=True)
+                short = "; ".join(_short(k) for k in kernels.split("; ")[:3])
+                table.append(f"| {name} | {cin}->{cout} @{hw} | {backend} | {wall:.3f} | {total:.3f} | {short} |")
+    print("\n".join(table))
     return 0
 
 

@@ -43,6 +43,7 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "racecheck: FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in summary
     assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 |" in summary
     assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
+    assert "benchmarks/kernel_profile.py" in out and "| bfloat16 | 1->32 @28 (sample) | eager |" in summary
 
     # One stage alone: the others' results stay in the summary.
     assert gr.main(["--stage", "build", "--dry-run", "--out", str(tmp_path)]) == 0
