@@ -226,6 +226,8 @@ KERNEL_PATHS = {
     "short rows, blas": ((2, 6, 30, 30), 9, dict(padding=2, groups=3)),
     "ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
     "no pool": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
+    # one pooled row per band, 16 bands summed into one weight and bias gradient
+    "many bands": ((1, 64, 66, 66), 4, dict(stride=2, padding=1)),
 }
 
 
