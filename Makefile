@@ -1,5 +1,8 @@
 # make test               install what is missing, build fusedops._C, prove the GPU side builds
 #                         (cuda-build-check, triton-check: no GPU needed), run the test suite
+# make fuzz               the property tests (tests/test_properties.py, hypothesis) with the long
+#                         profile: about 25 times the examples of make test's (~20-30 minutes on 2
+#                         cores), random seeds, failures kept in .hypothesis/ (git-ignored)
 # make bench              install what is missing, build, run the benchmarks on the best device present
 #                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py);
 #                         writes only to benchmarks/results/local/ (git-ignored) and says what it wrote
@@ -59,7 +62,7 @@ SANITIZE_STAMP := build/sanitize/.passed
 SANITIZE_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h csrc/cpu/*.h) tools/sanitize.sh
 GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test bench bench-save lint clean cuda-build-check triton-check sanitize
+.PHONY: install deps test fuzz bench bench-save lint clean cuda-build-check triton-check sanitize
 
 deps:
 	@echo "make: checking the tools and packages (installs only what is missing)"
@@ -72,6 +75,7 @@ deps:
 	$(call ensure,numpy,numpy)
 	$(call ensure,triton,triton)
 	$(call ensure,pytest,pytest)
+	$(call ensure,hypothesis,hypothesis)
 	$(call ensure,pytest_benchmark,pytest-benchmark)
 	@$(PYTHON) -c "import matplotlib" 2>/dev/null || { echo "make: installing matplotlib (the benchmark plot)"; \
 		$(PIP) install -q matplotlib || echo "make: matplotlib could not be installed: no benchmark plot"; }
@@ -86,6 +90,11 @@ test: install $(SANITIZE_STAMP) $(GPU_CHECK_STAMPS)
 	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
 	@echo "make: running the test suite (pytest tests; about 3-9 minutes on 2 cores)"
 	$(PYTHON) -m pytest tests -q
+
+# Property tests with the long hypothesis profile (tests/strategies.py): add what it finds to
+# tests/test_properties.py as @example cases or regression tests.
+fuzz: install
+	FUSEDOPS_HYPOTHESIS_PROFILE=fuzz $(PYTHON) -m pytest tests/test_properties.py -q --hypothesis-show-statistics
 
 # The C++ CPU kernels under AddressSanitizer and UndefinedBehaviorSanitizer (tools/sanitize.sh).
 # Measured on 2 cores: the sanitized build 4 minutes on a fresh clone (only the changed sources
