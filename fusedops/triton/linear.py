@@ -64,8 +64,11 @@ def linear_configs(m: int, n: int, dtype: torch.dtype) -> dict:
 
 
 @triton.jit
-def _tanh(a):
-    return 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)
+def _sigmoid_2u(z):
+    """sigmoid(2 u) = (1 + tanh(u)) / 2 for gelu_tanh's u = sqrt(2/pi) (z + 0.044715 z^3): no
+    cancellation for negative z, where 1 + tanh(u) computed as 1 - 2 / (exp(2u) + 1) lost
+    the digits (8x torch's float32 error at z = -2)."""
+    return 1.0 / (1.0 + tl.exp(-1.5957691216057308 * (z + 0.044715 * z * z * z)))
 
 
 @triton.jit
@@ -75,7 +78,7 @@ def _activation(z, ACT: tl.constexpr):
     elif ACT == 2:
         return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
     elif ACT == 3:
-        return 0.5 * z * (1.0 + _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+        return z * _sigmoid_2u(z)
     elif ACT == 4:
         return z / (1.0 + tl.exp(-z))
     else:
@@ -88,8 +91,8 @@ def _activation_grad(z, ACT: tl.constexpr):
     if ACT == 2:
         return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
     elif ACT == 3:
-        t = _tanh(0.7978845608028654 * (z + 0.044715 * z * z * z))
-        return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
+        s = _sigmoid_2u(z)  # (1 + t) / 2 with t = tanh(u); 1 - t^2 = 4 s (1 - s)
+        return s + 2.0 * z * s * (1.0 - s) * 0.7978845608028654 * (1.0 + 0.134145 * z * z)
     else:
         s = 1.0 / (1.0 + tl.exp(-z))
         return s * (1.0 + z * (1.0 - s))
