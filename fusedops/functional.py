@@ -164,6 +164,11 @@ def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> No
     groups = params.groups
     out_channels, in_per_group = weight.shape[0], weight.shape[1]
     channels = input.shape[-3]
+    if out_channels == 0 or in_per_group == 0:  # torch's conv / max_pool2d reject these too
+        raise InputValueError(
+            f"conv_relu_maxpool2d: weight must have at least one output and one input channel, got weight of "
+            f"shape {tuple(weight.shape)}"
+        )
     if out_channels % groups != 0:
         raise InputValueError(
             f"conv_relu_maxpool2d: weight has {out_channels} output channels, which groups={groups} does not divide"
