@@ -375,9 +375,8 @@ def linear_cases(draw, dtypes=("float64", "float32", "bfloat16"), apis=("functio
     dtype = draw(st.sampled_from(dtypes))
     return LinearCase(
         lead=tuple(draw(st.lists(st.integers(0, 5), max_size=3))),
-        # 0 features: a known bug, tests/test_properties.py::test_linear_zero_features
-        in_features=draw(st.integers(1, 12) | st.integers(1, 40)),
-        out_features=draw(st.integers(1, 12) | st.integers(1, 40)),
+        in_features=draw(st.integers(0, 12) | st.integers(1, 40)),
+        out_features=draw(st.integers(0, 12) | st.integers(1, 40)),
         bias=draw(st.booleans()),
         activation=draw(st.sampled_from(ACTIVATIONS)),
         dtype=dtype,

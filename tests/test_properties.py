@@ -483,9 +483,8 @@ def test_reference_winograd_shapes_with_inf_input_match_torch():
     torch.testing.assert_close(out, oracle.conv_block(x, w, pool_kernel_size=None), equal_nan=True)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: linear with in_features == 0 or out_features == 0 (which "
-                   "F.linear and nn.Linear accept) fails: reshape(-1, 0) of an empty tensor in the "
-                   "reference backward, the cpp and triton forward (in_features == 0) and backward")
+# Found by the property tests: 0 in or out features (F.linear and nn.Linear accept them) failed
+# in reshape(-1, 0) of an empty tensor (the reference backward, the cpp and triton launchers).
 @pytest.mark.parametrize("features", [(0, 2), (3, 0)], ids=["in0", "out0"])
 @pytest.mark.parametrize("backend", [p.values[0] for p in cpu_backend_params() if not p.marks] )
 def test_linear_zero_features(backend, features):

@@ -23,6 +23,14 @@
 namespace fusedops {
 namespace {
 
+// Rows of t as a (rows, last) matrix: the product of its leading sizes (reshape's -1 cannot
+// infer it when the last size is 0).
+int64_t rows_of(const at::Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return rows;
+}
+
 constexpr double kInvSqrt2 = 0.70710678118654752440;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
@@ -82,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
     return {y.to(at::kBFloat16), saved.scalar_type() == at::kBool ? saved : saved.to(at::kBFloat16)};
   }
   const int64_t n = weight.size(0);
-  const at::Tensor x = input.reshape({-1, weight.size(1)});
+  const at::Tensor x = input.reshape({rows_of(input), weight.size(1)});
   at::Tensor z;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
@@ -135,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
             std::get<2>(grads).to(at::kBFloat16)};
   }
   const int64_t n = weight.size(0), k = weight.size(1);
-  at::Tensor dz = grad_output.reshape({-1, n});
+  at::Tensor dz = grad_output.reshape({rows_of(grad_output), n});
   if (act != Act::None) {
     const at::Tensor g = dz.contiguous();
     const at::Tensor s = saved.contiguous();
@@ -156,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   }
   const auto empty = [&] { return at::empty({0}, input.options()); };
   at::Tensor gi = output_mask[0] ? at::mm(dz, weight).view(input.sizes()) : empty();
-  at::Tensor gw = output_mask[1] ? at::mm(dz.t(), input.reshape({-1, k})) : empty();
+  at::Tensor gw = output_mask[1] ? at::mm(dz.t(), input.reshape({rows_of(input), k})) : empty();
   at::Tensor gb = output_mask[2] ? dz.sum(0) : empty();
   return {gi, gw, gb};
 }

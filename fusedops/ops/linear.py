@@ -111,9 +111,10 @@ def reference_backward(
         dz = torch.where(saved, grad_output, 0)
     else:
         dz = (grad_output * activation_derivative(saved, activation)).to(grad_output.dtype)
-    dz2 = dz.reshape(-1, weight.shape[0])
+    dz2 = dz.reshape(dz.shape[:-1].numel(), weight.shape[0])  # not -1: 0 features would make it ambiguous
     grad_input = (dz @ weight) if output_mask[0] else input.new_empty(0)
-    grad_weight = (dz2.t() @ input.reshape(-1, weight.shape[1])) if output_mask[1] else input.new_empty(0)
+    rows = input.reshape(input.shape[:-1].numel(), weight.shape[1])
+    grad_weight = (dz2.t() @ rows) if output_mask[1] else input.new_empty(0)
     grad_bias = dz2.sum(0) if output_mask[2] else input.new_empty(0)
     return grad_input, grad_weight, grad_bias
 

@@ -239,7 +239,7 @@ def linear_dw_kernel(
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` as (M, last): a view where the strides allow, else a copy."""
-    return t.reshape(-1, t.shape[-1])
+    return t.reshape(t.shape[:-1].numel(), t.shape[-1])  # not -1: a last dim of 0 makes -1 ambiguous
 
 
 def _meta(input: torch.Tensor) -> dict:
