@@ -269,7 +269,8 @@ def test_chunked_float32_reductions_compute_the_op(monkeypatch, backend, device)
     several slices; the results are the op's."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert conv_kernels._chunk(40 * 9, 16, torch.float32) < 40 * 9
+    assert conv_kernels._precision(torch.float32) == "ieee"
+    assert _launch.chunk_length(40 * 9, 16, torch.float32, "ieee") < 40 * 9
     f32 = dict(dtype=torch.float32, device=device)
     x, w, b = torch.randn(3, 40, 7, 7, **f32), torch.randn(24, 40, 3, 3, **f32), torch.randn(24, **f32)
     p = conv_block_params((3, 3), padding=1)
@@ -283,7 +284,8 @@ def test_chunked_float32_reductions_compute_the_op(monkeypatch, backend, device)
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a.double(), b_, rtol=1e-5, atol=1e-4)
     x, w = torch.randn(300, 200, **f32), torch.randn(50, 200, **f32)
-    assert linear_kernels._chunk(200, 32, torch.float32) < 200
+    assert linear_kernels._precision(torch.float32) == "ieee"
+    assert _launch.chunk_length(200, 32, torch.float32, "ieee") < 200
     y, saved = linear_kernels.forward(x, w, None, "relu")
     torch.testing.assert_close(y.double(), torch.relu(x.double() @ w.double().T), rtol=1e-5, atol=1e-4)
     g = torch.randn_like(y)

@@ -51,7 +51,7 @@ from ._launch import (
     split_grid,
     use_fma,
 )
-from .reduce import sum_slices
+from .reduce import SplitGradients
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -59,11 +59,6 @@ def _precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
         return "tf32"
     return "ieee"
-
-
-def _chunk(length: int, block: int, dtype: torch.dtype) -> int:
-    """Terms per partial sum of a reduction (``_launch.chunk_length`` at this dtype's precision)."""
-    return chunk_length(length, block, dtype, _precision(dtype))
 
 
 def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
@@ -340,12 +335,14 @@ def forward(input, weight, bias, p: ConvBlockParams):
     n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
     grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
+    meta = _meta(input)
+    chunk = chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
     with on_device(input):
         conv_block_fwd_kernel[grid](
             input, w, bias if bias is not None else w, y, offsets, rows, phw, *sizes, n_tiles, n_tiles * p.groups,
-            _chunk(w[0].numel(), cfg["BLOCK_K"], input.dtype), *steps, *input.stride(), *y.stride(),
+            chunk, *steps, *input.stride(), *y.stride(),
             bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, IDX=idx, **_meta(input), **cfg,
+            HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg,
         )
     return y, offsets
 
@@ -355,6 +352,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     w = weight.contiguous()
     sizes, steps, windows = _geometry(input, w, p, grad_output.shape[-2:])
     h, wd, cg, coutg, kh, kw, oh, ow = sizes[:8]
+    meta = _meta(input)
     n = input.shape[0]
     strides = (*grad_output.stride(), *offsets.stride())
     grad_input = input.new_empty(0)
@@ -369,8 +367,8 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
                 grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
                 conv_block_dx_kernel[grid](
                     grad_output, offsets, w, grad_input, rows, h * wd, *sizes, *windows, n_tiles,
-                    n_tiles * p.groups, _chunk(coutg * kh * kw, cfg["BLOCK_K"], input.dtype), *steps, *strides,
-                    *grad_input.stride(), IDX=idx, **_meta(input), **cfg,
+                    n_tiles * p.groups, chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
+                    *steps, *strides, *grad_input.stride(), IDX=idx, **meta, **cfg,
                 )
         grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
         if output_mask[1] or output_mask[2]:
@@ -381,22 +379,17 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
             cfg = conv_block_configs(k, coutg, input.dtype)
             n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
             slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], w.device)
-            acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-            part_dw = torch.empty((slices, *dw.shape), device=w.device, dtype=acc) if slices > 1 else dw
-            split_db = slices > 1 and output_mask[2]
-            part_db = torch.empty((slices, w.shape[0]), device=w.device, dtype=acc) if split_db else db
+            parts = SplitGradients(dw, db, slices, output_mask[2])
             grid = split_grid(m_tiles * slices, n_tiles * p.groups)
             idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
             conv_block_dw_kernel[grid](
-                grad_output, offsets, input, part_dw, part_db, positions, oh * ow, *sizes, *windows, n_tiles,
-                n_tiles * p.groups, m_tiles, slice_len, _chunk(slice_len, cfg["BLOCK_K"], input.dtype),
+                grad_output, offsets, input, parts.dw, parts.db, positions, oh * ow, *sizes, *windows, n_tiles,
+                n_tiles * p.groups, m_tiles, slice_len,
+                chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
                 *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx,
-                **_meta(input), **cfg,
+                **meta, **cfg,
             )
-            if slices > 1:
-                sum_slices(part_dw.view(slices, -1), dw)
-            if split_db:
-                sum_slices(part_db, db)
+            parts.finish()
             grad_weight = dw if output_mask[1] else grad_weight
             grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

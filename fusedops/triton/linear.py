@@ -35,7 +35,7 @@ from ._launch import (
     split_grid,
     use_fma,
 )
-from .reduce import sum_slices
+from .reduce import SplitGradients
 
 ACT_CODES = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 
@@ -43,11 +43,6 @@ ACT_CODES = {"": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
 def _precision(dtype) -> str:
     """TF32 exactly when torch's matmul would use it (cuda.matmul.allow_tf32, float32)."""
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
-
-
-def _chunk(length: int, block: int, dtype: torch.dtype) -> int:
-    """Terms per partial sum of a reduction (``_launch.chunk_length`` at this dtype's precision)."""
-    return chunk_length(length, block, dtype, _precision(dtype))
 
 
 def linear_configs(m: int, n: int, dtype: torch.dtype) -> dict:
@@ -261,12 +256,13 @@ def forward(input, weight, bias, activation: str):
         cfg = linear_configs(m, n, input.dtype)
         grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
         idx = index_dtype(extent(x), extent(weight), m * n)
+        meta = _meta(input)
         with on_device(input):
             linear_fwd_kernel[grid](
                 x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k,
-                _chunk(k, cfg["BLOCK_K"], input.dtype), *x.stride(),
+                chunk_length(k, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]), *x.stride(),
                 *weight.stride(), bias.stride(0) if bias is not None else 0, ACT=act, HAS_BIAS=bias is not None,
-                IDX=idx, **_meta(input), **cfg,
+                IDX=idx, **meta, **cfg,
             )
     out_shape = (*input.shape[:-1], n)
     return y.view(out_shape), saved.view(out_shape) if act else saved
@@ -289,8 +285,9 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
             dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
             if m and k:
                 grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
-                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, _chunk(n, cfg["BLOCK_N"], input.dtype),
-                                       *g.stride(), *weight.stride(), ACT=act, IDX=idx, **meta, **cfg)
+                chunk = chunk_length(n, cfg["BLOCK_N"], input.dtype, meta["PRECISION"])
+                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, chunk, *g.stride(), *weight.stride(), ACT=act,
+                                       IDX=idx, **meta, **cfg)
             elif m:
                 dx.zero_()
             grad_input = dx.view(input.shape)
@@ -300,19 +297,14 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
             if n:
                 n_tiles, k_tiles = triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"]))
                 slices, slice_len = reduction_slices(m, n_tiles * k_tiles, cfg["BLOCK_M"], weight.device)
-                acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-                part_dw = torch.empty((slices, n, k), device=input.device, dtype=acc) if slices > 1 else dw
-                split_db = slices > 1 and output_mask[2]
-                part_db = torch.empty((slices, n), device=input.device, dtype=acc) if split_db else db
+                parts = SplitGradients(dw, db, slices, output_mask[2])
                 grid = split_grid(n_tiles * slices, k_tiles)
                 idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
-                linear_dw_kernel[grid](g, s, x, part_dw, part_db, m, n, k, n_tiles, slice_len,
-                                       _chunk(slice_len, cfg["BLOCK_M"], input.dtype), *g.stride(), *x.stride(),
+                linear_dw_kernel[grid](g, s, x, parts.dw, parts.db, m, n, k, n_tiles, slice_len,
+                                       chunk_length(slice_len, cfg["BLOCK_M"], input.dtype, meta["PRECISION"]),
+                                       *g.stride(), *x.stride(),
                                        ACT=act, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg)
-                if slices > 1:
-                    sum_slices(part_dw.view(slices, -1), dw)
-                if split_db:
-                    sum_slices(part_db, db)
+                parts.finish()
             grad_weight = dw if output_mask[1] else grad_weight
             grad_bias = db if output_mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias
