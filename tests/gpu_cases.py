@@ -35,6 +35,7 @@ import math
 import types
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
+import pytest
 import torch
 
 from tests import gpu_checks
@@ -251,6 +252,13 @@ ALL_CASES: List[Union[ConvCase, LinearCase]] = (CONV_GRID + CONV_LAYOUTS + CONV_
 def jobs(cases: Iterable, backend: Optional[str] = None) -> List[Tuple[str, str, object]]:
     """``(backend, precision, case)`` of every run of ``cases`` (of one backend, or both)."""
     return [(b, p, c) for c in cases for b in c.backends if backend in (None, b) for p in c.precisions]
+
+
+def job_params(cases: Iterable, precisions: Optional[Iterable[str]] = None) -> list:
+    """``jobs(cases)`` (those in ``precisions``, if given) as the ``backend,precision,case``
+    parameters of a gpu test, each with the id ``backend-precision-case``."""
+    return [pytest.param(b, p, c, id=f"{b}-{p}-{c.id}") for b, p, c in jobs(cases)
+            if precisions is None or p in precisions]
 
 
 # --- Triton: configs the launchers can pick, and those the cases reach ------------------------

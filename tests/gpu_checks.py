@@ -35,7 +35,6 @@ there too (tests/test_gpu_harness.py).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -46,6 +45,7 @@ import fusedops
 from fusedops import backends
 from fusedops.functional import conv_block_params
 from tests import gpu_memory, oracle
+from tools.triton_cases import precision as tf32_flags  # torch's TF32 switches for conv and matmul
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,16 +68,6 @@ PRECISIONS: Dict[str, Precision] = {p.label: p for p in (
     Precision("fp64", torch.float64, False, 1e-10),
 )}
 
-
-@contextlib.contextmanager
-def tf32_flags(on: bool):
-    """torch's TF32 switches for conv and matmul, which the triton backend follows too."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _sliced(t):

@@ -116,9 +116,8 @@ def test_case_ids_are_unique():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", [
-    pytest.param(b, p, c, id=f"{b}-{p}-{c.id}")
-    for b, p, c in gpu_cases.jobs(gpu_cases.CONV_CONFIGS + gpu_cases.LINEAR_CONFIGS)])
+@pytest.mark.parametrize("backend,precision,case",
+                         gpu_cases.job_params(gpu_cases.CONV_CONFIGS + gpu_cases.LINEAR_CONFIGS))
 def test_config_case(backend, precision, case):
     require_gpu_backend(backend)
     case.check(backend, precision)

@@ -10,19 +10,15 @@ from tests import gpu_cases
 from tests.conftest import require_gpu_backend
 
 
-def _params(cases):
-    return [pytest.param(b, p, c, id=f"{b}-{p}-{c.id}") for b, p, c in gpu_cases.jobs(cases)]
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(gpu_cases.CONV_GRID))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(gpu_cases.CONV_GRID))
 def test_conv_block(backend, precision, case):
     require_gpu_backend(backend)
     case.check(backend, precision)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(gpu_cases.CONV_LAYOUTS))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(gpu_cases.CONV_LAYOUTS))
 def test_conv_block_input_layouts(backend, precision, case):
     """channels_last, sliced and transposed inputs; poisoned with 0x7F (an impossible window
     offset, a huge finite float) instead of NaN, which is -1 ("ReLU off") in int8 offsets."""

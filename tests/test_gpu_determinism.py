@@ -23,17 +23,12 @@ DETERMINISM_CASES = [_BY_NAME[name] for name in (
 DEVICE_CASES = [_BY_NAME[name] for name in ("basic_2x2_pool", "odd_sizes_pad1", "1000x40->300 relu")]
 
 
-def _params(cases, precisions):
-    return [pytest.param(b, p, c, id=f"{b}-{p}-{c.id}")
-            for b, p, c in gpu_cases.jobs(cases) if p in precisions]
-
-
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous().view(-1).view(torch.uint8)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(DETERMINISM_CASES, ("bf16", "fp32")))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(DETERMINISM_CASES, ("bf16", "fp32")))
 def test_two_runs_are_bitwise_equal_and_right(backend, precision, case):
     require_gpu_backend(backend)
     inputs = case.inputs()
@@ -49,7 +44,7 @@ def test_two_runs_are_bitwise_equal_and_right(backend, precision, case):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(DEVICE_CASES, ("bf16", "fp32")))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(DEVICE_CASES, ("bf16", "fp32")))
 def test_inputs_on_the_second_gpu_while_the_first_is_current(backend, precision, case):
     require_gpu_backend(backend)
     if torch.cuda.device_count() < 2:

@@ -10,19 +10,15 @@ from tests import gpu_cases
 from tests.conftest import require_gpu_backend
 
 
-def _params(cases):
-    return [pytest.param(b, p, c, id=f"{b}-{p}-{c.id}") for b, p, c in gpu_cases.jobs(cases)]
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(gpu_cases.LINEAR_GRID))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(gpu_cases.LINEAR_GRID))
 def test_linear(backend, precision, case):
     require_gpu_backend(backend)
     case.check(backend, precision)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", _params(gpu_cases.LINEAR_LAYOUTS))
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(gpu_cases.LINEAR_LAYOUTS))
 def test_linear_input_layouts(backend, precision, case):
     require_gpu_backend(backend)
     case.check(backend, precision, pattern="big")

@@ -65,8 +65,7 @@ TIE_CASES = [
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,precision,case", [
-    pytest.param(b, p, c, id=f"{b}-{p}-{c.id}") for b, p, c in gpu_cases.jobs(TIE_CASES)])
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(TIE_CASES))
 def test_offsets_equal_the_float64_reference_exactly(backend, precision, case):
     require_gpu_backend(backend)
     check_offsets_exactly(backend, precision, case, "cuda")

@@ -41,8 +41,7 @@ def _close(name, got, want, rtol):
 
 @pytest.mark.gpu
 @pytest.mark.sanitize
-@pytest.mark.parametrize("backend,precision,case", [
-    pytest.param(b, p, c, id=f"{b}-{p}-{c.id}") for b, p, c in gpu_cases.jobs(CONV + LINEAR) if p in TOLERANCE])
+@pytest.mark.parametrize("backend,precision,case", gpu_cases.job_params(CONV + LINEAR, TOLERANCE))
 def test_small_case_against_the_cpu_reference(backend, precision, case):
     require_gpu_backend(backend)
     check_small_case(backend, precision, case, "cuda")
