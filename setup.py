@@ -51,6 +51,22 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _shared_libstdcxx() -> list:
+    """The link argument for the shared libstdc++ this process (torch) loaded: its path from
+    /proc/self/maps on Linux, ``-lstdc++`` where that is not found, nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith("libstdc++.so") and os.path.isfile(path):
+                    return [path]
+    except OSError:
+        pass
+    return ["-lstdc++"]
+
+
 def _cxx_standard(torch):
     """The standard the installed torch's headers demand: ATen.h stops the build with
     ``#error`` below it (``__cplusplus < 202002L`` from torch 2.14, ``201703L`` before)."""
@@ -178,12 +194,13 @@ def _extensions():
     sanitize = os.environ.get("SANITIZE", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += [f"-std={std}", "-fopenmp"] if os.name != "nt" else []
-    # libstdc++ shared with torch, named explicitly: a compiler wrapper that links it statically
-    # (-static-libstdc++, seen on a GPU machine's g++) gives the extension its own copy, whose
-    # streams then fail with torch's (error messages lost their numbers, or the process
-    # crashed formatting them). An explicit -lstdc++ comes before the driver's own, so the
-    # shared library satisfies every reference and the static archive adds nothing.
-    link = ["-fopenmp"] + (["-lstdc++"] if sys.platform.startswith("linux") else [])
+    # libstdc++ shared with torch, named by the path torch loaded it from: a g++ whose library
+    # path holds only the static archive (a wrapper with -B<dir of libstdc++.a>, seen on a GPU
+    # machine) resolves -lstdc++ to libstdc++.a and gives the extension its own copy, whose
+    # streams then fail with torch's (error messages lost their numbers, or the process crashed
+    # formatting them). Named before the driver's own -lstdc++, the shared library satisfies
+    # every reference and the archive adds nothing.
+    link = ["-fopenmp"] + _shared_libstdcxx()
     if sanitize:
         flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
         # -fno-wrapv undoes the -fwrapv of Python's own CFLAGS, which makes signed overflow

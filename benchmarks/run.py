@@ -204,6 +204,8 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
 
     provs = []
     for p in providers.make_providers(w, device, dtype, args.providers):
+        if args.skip_providers and any(p.name.startswith(s) for s in args.skip_providers):
+            continue
         reason = cannot_run(p.name, device, dtype)
         if reason is None:
             provs.append(p)
@@ -339,6 +341,8 @@ def parse_args(argv=None):
                         f"runs. Here, on {default_device}: {', '.join(provider_names(default_device))}"
                         + ("" if default_device == "cuda" else "; on CUDA also compile-max-autotune and "
                            "<provider>-graph (CUDA-graph replays)"))
+    parser.add_argument("--skip-providers", default=None,
+                        help="comma list of provider name prefixes to leave out (e.g. compile-max-autotune)")
     parser.add_argument("--rounds", type=_positive_int, default=None,
                         help="timed rounds per provider (default 15 CUDA, 7 CPU, 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="3 rounds and the tutorial layers only")
@@ -368,6 +372,10 @@ def parse_args(argv=None):
         if bad:
             parser.error(f"--providers: no provider on {args.device} starts with {', '.join(map(repr, bad))}; "
                          f"providers: {', '.join(names)}")
+    if args.skip_providers is not None:
+        args.skip_providers = _split(args.skip_providers)
+        if any("eager".startswith(s) for s in args.skip_providers):
+            parser.error("--skip-providers: eager is the baseline of every ratio; it always runs")
     args.batch = args.batch or (256 if args.device == "cuda" else 64)
     args.rounds = args.rounds or (3 if args.quick else 15 if args.device == "cuda" else 7)
     args.out = None if args.no_save else Path(args.out) if args.out else RESULTS if args.save else LOCAL_RESULTS

@@ -32,9 +32,9 @@ def test_native_schemas_match_graph_level_ops():
 @pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ldd") is None, reason="ldd reads ELF (Linux)")
 def test_extension_shares_libstdcxx_with_torch():
     """The extension loads the shared libstdc++ (torch's), not a copy of its own: built by a
-    g++ that links it statically (a wrapper with -static-libstdc++, as on one GPU machine),
-    its error messages lost their numbers, or the process crashed formatting them
-    (setup.py names -lstdc++ to prevent it)."""
+    g++ whose library path holds only libstdc++.a (a wrapper with -B<that dir>, as on one GPU
+    machine), its error messages lost their numbers, or the process crashed formatting them
+    (setup.py links the libstdc++.so torch loaded to prevent it)."""
     import fusedops._C as ext
 
     needed = subprocess.run(["ldd", ext.__file__], capture_output=True, text=True, check=True).stdout
