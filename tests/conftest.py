@@ -2,6 +2,7 @@
 (decided by tests/harness.py), the backend fixture."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -51,12 +52,22 @@ def pytest_collection_finish(session):
 @pytest.fixture(autouse=True)
 def _seed_and_env(monkeypatch):
     """Fresh, reproducible random inputs per test; no FUSEDOPS_BACKEND leaking in, and no
-    backend choice cached under a registry another test patched."""
+    backend choice or Triton launch plan cached under a registry, limit or kernel another
+    test patched."""
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     backends.clear_choice_cache()
+    _clear_triton_plans()
     torch.manual_seed(0)
     yield
     backends.clear_choice_cache()
+    _clear_triton_plans()
+
+
+def _clear_triton_plans():
+    """No Triton launch plan cached under limits or kernels another test patched."""
+    launch = sys.modules.get("fusedops.triton._launch")
+    if launch is not None:
+        launch.clear_plans()
 
 
 def cpu_backend_params():

@@ -12,6 +12,7 @@ import types
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 
 import fusedops
@@ -93,13 +94,147 @@ def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
     def check(name):
         assert guarded, f"{name} launched outside on_device(input)"
 
-    for module in (conv_kernels, linear_kernels, reduce_kernels):
-        monkeypatch.setattr(module, "on_device", recording_guard)
+    monkeypatch.setattr(_launch, "on_device", recording_guard)
     launches = _record(monkeypatch, run=True, check=check)
     monkeypatch.setattr(_launch, "MIN_SLICE_STEPS", 1)  # split the weight gradients' reductions
     _conv_launches(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4), padding=1)
     _linear_launches(torch.randn(50, 7), torch.randn(6, 7), torch.randn(6), "relu")
     assert sorted({ln.name for ln in launches}) == sorted(CONV_KERNELS + LINEAR_KERNELS + REDUCE_KERNELS)
+
+
+# --- launch path: plans and direct launches of the compiled handle -------------------------------
+
+
+class _FakeParam:
+    def __init__(self, name, constexpr=False, default=None):
+        self.name, self.is_constexpr, self.default = name, constexpr, default
+
+
+class _FakeCompiled:
+    """Stands in for Triton's CompiledKernel: records ``run`` calls."""
+
+    def __init__(self, calls, alignment):
+        self.calls, self.function, self.packed_metadata = calls, f"function{alignment}", "metadata"
+
+    @property
+    def run(self):
+        return lambda *args: self.calls.append(args)
+
+
+class _FakeKernel:
+    """Stands in for a ``JITFunction`` ``k(a_ptr, b_ptr, n, s, A: constexpr, B: constexpr = 4)``."""
+
+    __name__ = "fake_kernel"
+
+    def __init__(self):
+        self.params = [_FakeParam("a_ptr"), _FakeParam("b_ptr"), _FakeParam("n"), _FakeParam("s"),
+                       _FakeParam("A", True), _FakeParam("B", True, 4)]
+        self.warmups, self.runs, self.jit_launches = [], [], []
+
+    def warmup(self, *args, grid, **kwargs):
+        self.warmups.append((args, grid, kwargs))
+        return _FakeCompiled(self.runs, args[0].data_ptr() % 16 == 0)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.jit_launches.append((grid, args, kwargs))
+
+
+class _FakeCudaTensor:
+    def __init__(self, ptr, index=0):
+        self.device, self._ptr = torch.device("cuda", index), ptr
+
+    def data_ptr(self):
+        return self._ptr
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 1000 + index, raising=False)
+    monkeypatch.setattr(_launch, "on_device", lambda t: contextlib.nullcontext())
+
+
+def test_direct_launch_passes_tensors_scalars_and_constexprs_in_signature_order(fake_cuda):
+    kernel = _FakeKernel()
+    launch = _launch.KernelLaunch(kernel, (3, 2, 1), (10, 7), {"A": 5, "num_warps": 4})
+    a, b = _FakeCudaTensor(4096), _FakeCudaTensor(8192)
+    launch.launch(a, b)
+    launch.launch(a, b)
+    assert len(kernel.warmups) == 1 and kernel.warmups[0] == ((a, b, 10, 7), (3, 2, 1), {"A": 5, "num_warps": 4})
+    assert kernel.runs == [(3, 2, 1, 1000, "functionTrue", "metadata", None, None, None, a, b, 10, 7, 5, 4)] * 2
+    assert kernel.jit_launches == []
+
+
+def test_direct_launch_fetches_a_handle_per_pointer_alignment(fake_cuda):
+    """Triton specialises a kernel on 16-byte pointer alignment: a misaligned view must not
+    reuse the handle compiled for aligned pointers."""
+    kernel = _FakeKernel()
+    launch = _launch.KernelLaunch(kernel, (1, 1, 1), (10, 7), {"A": 5})
+    launch.launch(_FakeCudaTensor(4096), _FakeCudaTensor(8192))
+    launch.launch(_FakeCudaTensor(4100), _FakeCudaTensor(8192))
+    launch.launch(_FakeCudaTensor(4112), _FakeCudaTensor(8192))
+    assert len(kernel.warmups) == 2
+    assert [r[4] for r in kernel.runs] == ["functionTrue", "functionFalse", "functionTrue"]
+
+
+@pytest.mark.parametrize("reason", ["environment", "hook", "cpu"])
+def test_launches_go_through_the_jit_where_the_direct_path_does_not_apply(fake_cuda, monkeypatch, reason):
+    kernel = _FakeKernel()
+    launch = _launch.KernelLaunch(kernel, (2, 1, 1), (10, 7), {"A": 5})
+    tensors = (_FakeCudaTensor(4096), _FakeCudaTensor(8192))
+    if reason == "environment":
+        monkeypatch.setenv("FUSEDOPS_TRITON_FAST_LAUNCH", "0")
+    elif reason == "hook":
+        hooks = triton.knobs.runtime.launch_enter_hook
+        hooks.add(print)
+        monkeypatch.setattr(hooks, "calls", [print])
+    else:
+        tensors = (torch.zeros(1), torch.zeros(1))
+    launch.launch(*tensors)
+    assert kernel.jit_launches == [((2, 1, 1), (*tensors, 10, 7), {"A": 5})]
+    assert kernel.warmups == [] and kernel.runs == []
+
+
+def test_plans_are_reused_per_problem_and_rebuilt_for_a_new_one(monkeypatch):
+    builds = []
+    real = conv_kernels._forward_plan
+    monkeypatch.setattr(conv_kernels, "_forward_plan", lambda *a: builds.append(a) or real(*a))
+    monkeypatch.setattr(_launch.KernelLaunch, "launch", lambda self, *tensors: None)
+    x, w = torch.randn(2, 3, 8, 8, device="meta"), torch.randn(4, 3, 3, 3, device="meta")
+    p = conv_block_params((3, 3), padding=1)
+    for _ in range(3):
+        conv_kernels.forward(x, w, None, p)
+    assert len(builds) == 1
+    conv_kernels.forward(x.contiguous(memory_format=torch.channels_last), w, None, p)  # new strides
+    conv_kernels.forward(x, w, torch.randn(4, device="meta"), p)  # a bias
+    conv_kernels.forward(x, w, None, conv_block_params((3, 3), padding=0))  # new parameters
+    assert len(builds) == 4
+
+
+@pytest.mark.gpu
+def test_direct_launches_match_jit_launches_for_aligned_and_misaligned_inputs(monkeypatch):
+    """On a GPU: the same problem through the compiled handle and through ``JITFunction.run``,
+    with 16-byte aligned inputs and then a misaligned view of the same shape and strides
+    (a handle specialised for aligned pointers must not be reused for it)."""
+    f32 = dict(device="cuda", dtype=torch.float32)
+    w, b = torch.randn(8, 4, 3, 3, **f32), torch.randn(8, **f32)
+    aligned = torch.randn(2, 4, 10, 10, **f32)
+    misaligned = torch.randn(aligned.numel() + 1, **f32)[1:].view(aligned.shape)
+    misaligned.copy_(aligned)
+    assert misaligned.data_ptr() % 16 and not aligned.data_ptr() % 16
+    p = conv_block_params((3, 3), padding=1)
+    g = torch.randn(2, 8, 5, 5, **f32)
+    results = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("FUSEDOPS_TRITON_FAST_LAUNCH", mode)
+        for name, x in (("aligned", aligned), ("misaligned", misaligned)):
+            y, off = conv_kernels.forward(x, w, b, p)
+            results[mode, name] = (y, off, *conv_kernels.backward(g, x, w, off, p, [True, True, True]))
+    for (mode, name), got in results.items():  # the same kernel for the same specialisation: equal bits
+        for a, e in zip(got, results["0", name]):
+            assert torch.equal(a, e), (mode, name)
+    for a, e in zip(results["1", "misaligned"], results["1", "aligned"]):
+        torch.testing.assert_close(a, e)
 
 
 # --- strided bias -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
   num_programs(1)``, returning early past the end.
 - ``chunk_length(...)`` and ``reduction_slices(...)``: how a long float32 reduction is summed
   (see "Summation order" below).
+- ``KernelLaunch`` and ``PlanCache``: the launch path (see "Launch path" below).
 
 Summation order. A float32 sum of ``L`` terms added one after another (what a K loop of
 ``tl.dot`` does: it accumulates into one register tile) has a rounding error growing like
@@ -21,15 +22,31 @@ So every K loop is blocked: partial sums over chunks of about ``sqrt(L)`` terms 
 accumulator per chunk) are added into the total, an error of order ``L^(3/4)``; and the
 weight-gradient reductions over all positions (``N x OH x OW``, or a linear's rows) are also
 split over ``S`` programs whose float32 partial sums a second kernel adds in slice order
-(``reduce.sum_slices``), which also gives those kernels enough programs to fill the GPU. Both
+(``reduce.sum_slices_kernel``), which also gives those kernels enough programs to fill the GPU. Both
 orders are fixed, so results stay deterministic. Only IEEE float32 is chunked (see
 ``chunk_length``).
+
+Launch path. The tutorial layers run a few microseconds of GPU work per kernel, so a call's
+host time is what a user feels. Each launcher therefore works out everything that depends
+only on the problem (shapes, strides, dtypes, parameters, device, TF32 flags) once, as a
+*plan* cached in a ``PlanCache``: output shapes, grids, block sizes, the kernels' scalar
+arguments, as ``KernelLaunch`` objects whose only per-call arguments are the tensors. A
+``KernelLaunch`` on a CUDA tensor launches the kernel's compiled handle directly (Triton's
+``CompiledKernel.run``, as ``CompiledKernel.__getitem__`` does) instead of going through
+``JITFunction.run``, which re-binds and re-specialises some 40 arguments on every launch.
+The handle is fetched once per device and pointer alignment (``kernel.warmup`` on the real
+arguments), the only things besides the cached scalars that Triton specialises a kernel on.
+Where that path does not apply it calls ``kernel[grid](...)`` as before: CPU tensors (the
+interpreter), meta tensors (the compile checks record launches through ``JITFunction.run``),
+launch hooks installed (profilers), a Triton without ``knobs``, or
+``FUSEDOPS_TRITON_FAST_LAUNCH=0``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import List, Optional
 
 import torch
 import triton
@@ -38,6 +55,7 @@ import triton.language as tl
 from .._env import EnvVar
 
 _INTERPRET_ENV = EnvVar("TRITON_INTERPRET")
+_FAST_LAUNCH_ENV = EnvVar("FUSEDOPS_TRITON_FAST_LAUNCH")
 
 GRID_X_MAX = 2**31 - 1
 PROGRAMS_PER_SM = 4  # weight-gradient programs wanted per multiprocessor
@@ -138,3 +156,110 @@ def reduction_slices(length: int, tiles: int, block: int, device: torch.device):
     slices = max(1, min(want, most))
     slice_length = triton.cdiv(triton.cdiv(max(length, 1), slices), block) * block
     return triton.cdiv(max(length, 1), slice_length), slice_length
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels under its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return _INTERPRET_ENV.get() == "1"
+
+
+def _hooks_installed() -> bool:
+    """Whether launch hooks are set (a profiler's): then launches go through ``JITFunction.run``,
+    which calls them. ``None`` when this Triton has no ``knobs`` (no direct launches)."""
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None:
+        return True
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):  # a HookChain is set when it has calls
+            return True
+    return False
+
+
+class KernelLaunch:
+    """One launch of a ``@triton.jit`` kernel with everything but its leading tensor arguments
+    fixed: the grid, the scalar arguments that follow the tensors, and the keyword arguments
+    (constexpr parameters and launch options such as ``num_warps``).
+
+    ``launch(*tensors)`` runs ``kernel[grid](*tensors, *scalars, **kwargs)`` on the tensors'
+    device; on CUDA it launches the compiled handle directly (see "Launch path" above)."""
+
+    __slots__ = ("kernel", "grid", "scalars", "kwargs", "_constexprs", "_handles")
+
+    def __init__(self, kernel, grid, scalars, kwargs):
+        self.kernel, self.grid, self.scalars, self.kwargs = kernel, tuple(grid), tuple(scalars), dict(kwargs)
+        self._constexprs = None  # the constexpr parameters' values in signature order, on first direct launch
+        self._handles = {}  # (device index, pointer alignments) -> (run, function, packed metadata)
+
+    def launch(self, *tensors) -> None:
+        device = tensors[0].device
+        if device.type != "cuda" or _FAST_LAUNCH_ENV.get() == "0" or _hooks_installed():
+            with on_device(tensors[0]):
+                self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
+            return
+        index = device.index
+        if index != torch.cuda.current_device():
+            with torch.cuda.device(index):
+                self._launch_direct(index, tensors)
+        else:
+            self._launch_direct(index, tensors)
+
+    def _launch_direct(self, index: int, tensors) -> None:
+        key = (index, *[t.data_ptr() % 16 == 0 for t in tensors])
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = self._handles[key] = self._compile(tensors)
+        run, function, metadata = handle
+        g0, g1, g2 = self.grid
+        run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(index), function, metadata, None, None, None,
+            *tensors, *self.scalars, *self._constexprs)
+
+    def _compile(self, tensors):
+        """The compiled kernel for these arguments (compiled now if Triton's cache lacks it)."""
+        compiled = self.kernel.warmup(*tensors, *self.scalars, grid=self.grid, **self.kwargs)
+        if hasattr(compiled, "result"):  # an asynchronous compile
+            compiled = compiled.result()
+        if self._constexprs is None:
+            params = self.kernel.params
+            rest = params[len(tensors) + len(self.scalars):]
+            missing = [p.name for p in rest if not p.is_constexpr]
+            if missing:
+                raise RuntimeError(f"KernelLaunch of {self.kernel.__name__}: parameters {missing} are neither "
+                                   "tensors, scalars nor constexprs")
+            self._constexprs = tuple(self.kwargs[p.name] if p.name in self.kwargs else p.default for p in rest)
+        run = compiled.run  # loads the module on this device (``_init_handles``) on first access
+        return run, compiled.function, compiled.packed_metadata
+
+
+def described(t: Optional[torch.Tensor]):
+    """What a launch plan depends on of a tensor: shape, strides, dtype (None when absent)."""
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+_PLAN_CACHES: List[PlanCache] = []
+
+
+class PlanCache:
+    """Launch plans keyed by what they depend on; ``get(key, build)`` builds a missing one.
+    Cleared when it reaches ``size`` plans (a workload uses a handful), and by ``clear_plans``."""
+
+    def __init__(self, size: int = 512):
+        self.size = size
+        self._plans: dict = {}
+        _PLAN_CACHES.append(self)
+
+    def get(self, key, build):
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= self.size:
+                self._plans.clear()
+            plan = self._plans[key] = build()
+        return plan
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+
+def clear_plans() -> None:
+    """Forget every cached launch plan (after a change to this module's limits, or to a kernel)."""
+    for cache in _PLAN_CACHES:
+        cache.clear()

@@ -23,7 +23,7 @@ non-overlapping pools, ``(PKH - 1) * pdh // psh + 1`` in general.
 ``conv_block_dx_kernel``: rows input pixels ``(n, ih, iw)``, columns input channels of a
 group, reduction over ``(co, kh, kw)``. ``conv_block_dw_kernel``: rows ``(ci, kh, kw)``,
 columns output channels, reduction over all conv positions ``(n, oh, ow)``, split into slices
-that fill the GPU, whose float32 partial sums ``reduce.sum_slices`` adds in a fixed order
+that fill the GPU, whose float32 partial sums ``reduce.sum_slices_kernel`` adds in a fixed order
 (deterministic: no atomics); the programs of the first row tile also reduce ``db``. Every
 reduction is summed in chunks (``_launch`` "Summation order").
 
@@ -34,6 +34,8 @@ num_programs(1)``.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
@@ -41,12 +43,15 @@ import triton.language as tl
 from ..ops.conv_block import ConvBlockParams, output_memory_format
 from ._device import matmul_tile
 from ._launch import (
+    KernelLaunch,
+    PlanCache,
     acc_dtype,
     chunk_length,
+    described,
     dot_dtype,
     extent,
     index_dtype,
-    on_device,
+    interpreting,
     reduction_slices,
     split_grid,
     use_fma,
@@ -245,7 +250,7 @@ def conv_block_dw_kernel(
     reduced by the programs of row tile 0. Without ``SPLIT`` (one slice) ``dw`` (Cout,
     Cg*KH*KW) and ``db`` (Cout,) are written in their dtype, contiguous; with it each slice
     writes ACC partial sums, ``dw_ptr`` (slices, Cout, Cg*KH*KW) and ``db_ptr`` (slices, Cout),
-    which ``reduce.sum_slices`` adds.
+    which ``reduce.sum_slices_kernel`` adds.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -317,16 +322,24 @@ def _meta(input: torch.Tensor) -> dict:
             "FMA": use_fma(input.dtype)}
 
 
-def forward(input, weight, bias, p: ConvBlockParams):
-    """Launch the fused forward: returns ``(y, offsets)`` like the reference."""
+_PLANS = PlanCache()
+
+
+class _ForwardPlan(NamedTuple):
+    shape: Tuple[int, ...]
+    memory_format: torch.memory_format
+    offsets_dtype: torch.dtype
+    launch: Optional[KernelLaunch]  # None for an empty output
+
+
+def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     out_hw = p.output_hw(input.shape[-2:], weight.shape[-2:])
     fmt = output_memory_format(input)
     shape = (input.shape[0], weight.shape[0], *out_hw)
-    y = torch.empty(shape, device=input.device, dtype=input.dtype, memory_format=fmt)
-    offsets = torch.empty(shape, device=input.device, dtype=p.offsets_dtype(), memory_format=fmt)
+    y = torch.empty(shape, device="meta", dtype=input.dtype, memory_format=fmt)  # its strides
     if y.numel() == 0:
-        return y, offsets
-    w = weight.contiguous()
+        return _ForwardPlan(shape, fmt, p.offsets_dtype(), None)
+    w = torch.empty(weight.shape, device="meta", dtype=weight.dtype)  # weight.contiguous()
     sizes, steps, _ = _geometry(input, w, p, out_hw)
     coutg = sizes[3]
     n, phw = shape[0], out_hw[0] * out_hw[1]
@@ -337,59 +350,88 @@ def forward(input, weight, bias, p: ConvBlockParams):
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
     meta = _meta(input)
     chunk = chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
-    with on_device(input):
-        conv_block_fwd_kernel[grid](
-            input, w, bias if bias is not None else w, y, offsets, rows, phw, *sizes, n_tiles, n_tiles * p.groups,
-            chunk, *steps, *input.stride(), *y.stride(),
-            bias.stride(0) if bias is not None else 0,
-            HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg,
-        )
+    scalars = (rows, phw, *sizes, n_tiles, n_tiles * p.groups, chunk, *steps, *input.stride(), *y.stride(),
+               bias.stride(0) if bias is not None else 0)
+    launch = KernelLaunch(conv_block_fwd_kernel, grid, scalars,
+                          dict(HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg))
+    return _ForwardPlan(shape, fmt, p.offsets_dtype(), launch)
+
+
+def forward(input, weight, bias, p: ConvBlockParams):
+    """Launch the fused forward: returns ``(y, offsets)`` like the reference."""
+    key = ("fwd", described(input), input.device, described(weight), described(bias), p,
+           _precision(input.dtype), interpreting())
+    plan = _PLANS.get(key, lambda: _forward_plan(input, weight, bias, p))
+    y = torch.empty(plan.shape, device=input.device, dtype=input.dtype, memory_format=plan.memory_format)
+    offsets = torch.empty(plan.shape, device=input.device, dtype=plan.offsets_dtype, memory_format=plan.memory_format)
+    if plan.launch is not None:
+        w = weight.contiguous()
+        plan.launch.launch(input, w, bias if bias is not None else w, y, offsets)
     return y, offsets
 
 
-def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask):
-    """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
-    w = weight.contiguous()
+class _BackwardPlan(NamedTuple):
+    grad_input_format: torch.memory_format
+    dx: Optional[KernelLaunch]  # None when grad_input is not asked or empty
+    dw: Optional[KernelLaunch]  # None when neither grad_weight nor grad_bias is asked
+    split: Optional[SplitGradients]
+
+
+def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask) -> _BackwardPlan:
+    w = torch.empty(weight.shape, device="meta", dtype=weight.dtype)  # weight.contiguous()
     sizes, steps, windows = _geometry(input, w, p, grad_output.shape[-2:])
     h, wd, cg, coutg, kh, kw, oh, ow = sizes[:8]
     meta = _meta(input)
     n = input.shape[0]
     strides = (*grad_output.stride(), *offsets.stride())
-    grad_input = input.new_empty(0)
-    with on_device(input):
-        if output_mask[0]:
-            grad_input = torch.empty_like(input, memory_format=output_memory_format(input))
-            if grad_input.numel():
-                rows = n * h * wd
-                idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), rows)
-                cfg = conv_block_configs(rows, cg, input.dtype)
-                n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
-                grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
-                conv_block_dx_kernel[grid](
-                    grad_output, offsets, w, grad_input, rows, h * wd, *sizes, *windows, n_tiles,
-                    n_tiles * p.groups, chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
-                    *steps, *strides, *grad_input.stride(), IDX=idx, **meta, **cfg,
-                )
-        grad_weight, grad_bias = input.new_empty(0), input.new_empty(0)
-        if output_mask[1] or output_mask[2]:
-            dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
-            db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if output_mask[2] else dw
-            k = cg * kh * kw
-            positions = n * oh * ow
-            cfg = conv_block_configs(k, coutg, input.dtype)
-            n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
-            slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], w.device)
-            parts = SplitGradients(dw, db, slices, output_mask[2])
-            grid = split_grid(m_tiles * slices, n_tiles * p.groups)
-            idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
-            conv_block_dw_kernel[grid](
-                grad_output, offsets, input, parts.dw, parts.db, positions, oh * ow, *sizes, *windows, n_tiles,
-                n_tiles * p.groups, m_tiles, slice_len,
-                chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
-                *steps, *strides, *input.stride(), HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx,
-                **meta, **cfg,
-            )
-            parts.finish()
-            grad_weight = dw if output_mask[1] else grad_weight
-            grad_bias = db if output_mask[2] else grad_bias
+    fmt = output_memory_format(input)
+    dx = dw = split = None
+    if output_mask[0] and input.numel():
+        grad_input = torch.empty_like(input, device="meta", memory_format=fmt)
+        rows = n * h * wd
+        idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), rows)
+        cfg = conv_block_configs(rows, cg, input.dtype)
+        n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
+        grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
+        scalars = (rows, h * wd, *sizes, *windows, n_tiles, n_tiles * p.groups,
+                   chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
+                   *steps, *strides, *grad_input.stride())
+        dx = KernelLaunch(conv_block_dx_kernel, grid, scalars, dict(IDX=idx, **meta, **cfg))
+    if output_mask[1] or output_mask[2]:
+        k = cg * kh * kw
+        positions = n * oh * ow
+        cfg = conv_block_configs(k, coutg, input.dtype)
+        n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
+        slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], input.device)
+        split = SplitGradients(tuple(w.shape), w.shape[0], w.dtype, slices, output_mask[2])
+        grid = split_grid(m_tiles * slices, n_tiles * p.groups)
+        idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
+        scalars = (positions, oh * ow, *sizes, *windows, n_tiles, n_tiles * p.groups, m_tiles, slice_len,
+                   chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
+                   *steps, *strides, *input.stride())
+        dw = KernelLaunch(conv_block_dw_kernel, grid, scalars,
+                          dict(HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg))
+    return _BackwardPlan(fmt, dx, dw, split)
+
+
+def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask):
+    """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
+    mask = (bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]))
+    key = ("bwd", described(grad_output), described(input), input.device, described(weight),
+           described(offsets), p, mask, _precision(input.dtype), interpreting())
+    plan = _PLANS.get(key, lambda: _backward_plan(grad_output, input, weight, offsets, p, mask))
+    w = weight.contiguous()
+    grad_input = grad_weight = grad_bias = input.new_empty(0)
+    if mask[0]:
+        grad_input = torch.empty_like(input, memory_format=plan.grad_input_format)
+        if plan.dx is not None:
+            plan.dx.launch(grad_output, offsets, w, grad_input)
+    if plan.dw is not None:
+        dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
+        db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if mask[2] else dw
+        part_dw, part_db = plan.split.targets(dw, db)
+        plan.dw.launch(grad_output, offsets, input, part_dw, part_db)
+        plan.split.finish(part_dw, part_db, dw, db)
+        grad_weight = dw if mask[1] else grad_weight
+        grad_bias = db if mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

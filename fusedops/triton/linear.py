@@ -8,7 +8,7 @@ Saved for backward (written by the forward): the bool mask ``z > 0`` (NaN on) fo
 Backward: ``dz = dy * act'(z)`` is computed on the fly in the loads of both GEMMs
 (never stored): ``dx = dz @ w`` (grid over M x K tiles, reduction over N) and
 ``dw = dz.T @ x`` (grid over N x K tiles, reduction over M split into slices that fill the
-GPU, whose float32 partial sums ``reduce.sum_slices`` adds in a fixed order: no atomics,
+GPU, whose float32 partial sums ``reduce.sum_slices_kernel`` adds in a fixed order: no atomics,
 deterministic); the programs of the first K tile also reduce ``db = sum_m dz``. Every
 reduction is summed in chunks (``_launch`` "Summation order").
 
@@ -19,18 +19,23 @@ the second grid dimension is spread over grid y and z (``_launch.split_grid``), 
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from ._device import matmul_tile
 from ._launch import (
+    KernelLaunch,
+    PlanCache,
     acc_dtype,
     chunk_length,
+    described,
     dot_dtype,
     extent,
     index_dtype,
-    on_device,
+    interpreting,
     reduction_slices,
     split_grid,
     use_fma,
@@ -195,7 +200,7 @@ def linear_dw_kernel(
     program ``(i, j)`` computes feature tile ``i % N_TILES`` of slice ``i // N_TILES``; ``db``
     is reduced by the programs of K tile 0. Without ``SPLIT`` (one slice) ``dw`` (N, K) and
     ``db`` (N,) are written in their dtype, contiguous; with it each slice writes ACC partial
-    sums, ``dw_ptr`` (slices, N, K) and ``db_ptr`` (slices, N), which ``reduce.sum_slices`` adds.
+    sums, ``dw_ptr`` (slices, N, K) and ``db_ptr`` (slices, N), which ``reduce.sum_slices_kernel`` adds.
     """
     pid_k = (tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)).to(IDX)
     if (pid_k > 0) & (pid_k * BLOCK_K >= K):
@@ -242,30 +247,72 @@ def _meta(input: torch.Tensor) -> dict:
             "FMA": use_fma(input.dtype)}
 
 
+_PLANS = PlanCache()
+
+
+def _forward_plan(x, weight, bias, act: int) -> Optional[KernelLaunch]:
+    m, k = x.shape
+    n = weight.shape[0]
+    if not (m and n):
+        return None
+    cfg = linear_configs(m, n, x.dtype)
+    grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    idx = index_dtype(extent(x), extent(weight), m * n)
+    meta = _meta(x)
+    scalars = (m, n, k, chunk_length(k, cfg["BLOCK_K"], x.dtype, meta["PRECISION"]), *x.stride(), *weight.stride(),
+               bias.stride(0) if bias is not None else 0)
+    return KernelLaunch(linear_fwd_kernel, grid, scalars,
+                        dict(ACT=act, HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg))
+
+
 def forward(input, weight, bias, activation: str):
     """Launch the fused forward: ``(y, saved)`` like the reference."""
     x = _rows(input)
-    m, k = x.shape
-    n = weight.shape[0]
-    y = torch.empty((m, n), device=input.device, dtype=input.dtype)
+    m, n = x.shape[0], weight.shape[0]
     act = ACT_CODES[activation]
+    key = ("fwd", described(x), x.device, described(weight), described(bias), act, _precision(x.dtype),
+           interpreting())
+    launch = _PLANS.get(key, lambda: _forward_plan(x, weight, bias, act))
+    y = torch.empty((m, n), device=input.device, dtype=input.dtype)
     saved = input.new_empty(0) if act == 0 else torch.empty(
         (m, n), device=input.device, dtype=torch.bool if act == 1 else input.dtype
     )
-    if m and n:
-        cfg = linear_configs(m, n, input.dtype)
-        grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
-        idx = index_dtype(extent(x), extent(weight), m * n)
-        meta = _meta(input)
-        with on_device(input):
-            linear_fwd_kernel[grid](
-                x, weight, bias if bias is not None else weight, y, saved if act else y, m, n, k,
-                chunk_length(k, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]), *x.stride(),
-                *weight.stride(), bias.stride(0) if bias is not None else 0, ACT=act, HAS_BIAS=bias is not None,
-                IDX=idx, **meta, **cfg,
-            )
+    if launch is not None:
+        launch.launch(x, weight, bias if bias is not None else weight, y, saved if act else y)
     out_shape = (*input.shape[:-1], n)
     return y.view(out_shape), saved.view(out_shape) if act else saved
+
+
+class _BackwardPlan(NamedTuple):
+    dx: Optional[KernelLaunch]  # None when grad_input is not asked or has no elements to compute
+    zero_dx: bool  # grad_input is zeros (no input features to reduce over: n == 0 with rows)
+    dw: Optional[KernelLaunch]  # None when neither grad_weight nor grad_bias is asked, or n == 0
+    split: Optional[SplitGradients]
+
+
+def _backward_plan(g, x, weight, s, act: int, output_mask) -> _BackwardPlan:
+    m, k = x.shape
+    n = weight.shape[0]
+    meta = _meta(x)
+    cfg = linear_configs(m, n, x.dtype)
+    dx = dw = split = None
+    if output_mask[0] and m and k:
+        idx = index_dtype(extent(x), extent(g), extent(weight), m * n, m * k)
+        grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
+        chunk = chunk_length(n, cfg["BLOCK_N"], x.dtype, meta["PRECISION"])
+        dx = KernelLaunch(linear_dx_kernel, grid, (m, n, k, chunk, *g.stride(), *weight.stride()),
+                          dict(ACT=act, IDX=idx, **meta, **cfg))
+    if (output_mask[1] or output_mask[2]) and n:
+        n_tiles, k_tiles = triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"]))
+        slices, slice_len = reduction_slices(m, n_tiles * k_tiles, cfg["BLOCK_M"], x.device)
+        split = SplitGradients((n, k), n, x.dtype, slices, output_mask[2])
+        grid = split_grid(n_tiles * slices, k_tiles)
+        idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
+        scalars = (m, n, k, n_tiles, slice_len, chunk_length(slice_len, cfg["BLOCK_M"], x.dtype, meta["PRECISION"]),
+                   *g.stride(), *x.stride())
+        dw = KernelLaunch(linear_dw_kernel, grid, scalars,
+                          dict(ACT=act, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg))
+    return _BackwardPlan(dx, bool(output_mask[0] and m and not k), dw, split)
 
 
 def backward(grad_output, input, weight, saved, activation: str, output_mask):
@@ -276,35 +323,25 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
     n = weight.shape[0]
     act = ACT_CODES[activation]
     s = saved.reshape(m, n) if act else g
-    meta = _meta(input)
-    cfg = linear_configs(m, n, input.dtype)
-    idx = index_dtype(extent(x), extent(g), extent(weight), m * n, m * k)
+    mask = (bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]))
+    key = ("bwd", described(g), described(x), x.device, described(weight), described(s) if act else None, act,
+           mask, _precision(x.dtype), interpreting())
+    plan = _PLANS.get(key, lambda: _backward_plan(g, x, weight, s, act, mask))
     grad_input, grad_weight, grad_bias = input.new_empty(0), input.new_empty(0), input.new_empty(0)
-    with on_device(input):
-        if output_mask[0]:
-            dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
-            if m and k:
-                grid = split_grid(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(k, cfg["BLOCK_K"]))
-                chunk = chunk_length(n, cfg["BLOCK_N"], input.dtype, meta["PRECISION"])
-                linear_dx_kernel[grid](g, s, weight, dx, m, n, k, chunk, *g.stride(), *weight.stride(), ACT=act,
-                                       IDX=idx, **meta, **cfg)
-            elif m:
-                dx.zero_()
-            grad_input = dx.view(input.shape)
-        if output_mask[1] or output_mask[2]:
-            dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
-            db = torch.empty(n, device=input.device, dtype=input.dtype) if output_mask[2] else dw
-            if n:
-                n_tiles, k_tiles = triton.cdiv(n, cfg["BLOCK_N"]), max(1, triton.cdiv(k, cfg["BLOCK_K"]))
-                slices, slice_len = reduction_slices(m, n_tiles * k_tiles, cfg["BLOCK_M"], weight.device)
-                parts = SplitGradients(dw, db, slices, output_mask[2])
-                grid = split_grid(n_tiles * slices, k_tiles)
-                idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
-                linear_dw_kernel[grid](g, s, x, parts.dw, parts.db, m, n, k, n_tiles, slice_len,
-                                       chunk_length(slice_len, cfg["BLOCK_M"], input.dtype, meta["PRECISION"]),
-                                       *g.stride(), *x.stride(),
-                                       ACT=act, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg)
-                parts.finish()
-            grad_weight = dw if output_mask[1] else grad_weight
-            grad_bias = db if output_mask[2] else grad_bias
+    if mask[0]:
+        dx = torch.empty((m, k), device=input.device, dtype=input.dtype)
+        if plan.dx is not None:
+            plan.dx.launch(g, s, weight, dx)
+        elif plan.zero_dx:
+            dx.zero_()
+        grad_input = dx.view(input.shape)
+    if mask[1] or mask[2]:
+        dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
+        db = torch.empty(n, device=input.device, dtype=input.dtype) if mask[2] else dw
+        if plan.dw is not None:
+            part_dw, part_db = plan.split.targets(dw, db)
+            plan.dw.launch(g, s, x, part_dw, part_db)
+            plan.split.finish(part_dw, part_db, dw, db)
+        grad_weight = dw if mask[1] else grad_weight
+        grad_bias = db if mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

@@ -3,17 +3,20 @@
 A weight-gradient kernel split over ``S`` slices of its reduction (``_launch.reduction_slices``)
 writes float32 (float64 for float64 inputs) partial sums ``part (S, COUNT)``;
 ``sum_slices_kernel`` adds them in slice order and casts: ``out[i] = sum_s part[s, i]``.
-The order is fixed, so the result is deterministic (no atomics). ``SplitGradients`` holds
-both sides for a weight gradient and its bias gradient.
+The order is fixed, so the result is deterministic (no atomics). ``SplitGradients`` is the
+plan of both sides for a weight gradient and its bias gradient.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import on_device
+from ._launch import KernelLaunch
 
 BLOCK = 256
 
@@ -30,34 +33,39 @@ def sum_slices_kernel(part_ptr, out_ptr, S, COUNT, ACC: tl.constexpr, BLOCK: tl.
     tl.store(out_ptr + i, total.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def sum_slices(part: torch.Tensor, out: torch.Tensor) -> None:
-    """``out.view(-1)[i] = part[:, i].sum()`` in slice order; ``part (S, out.numel())`` and
-    ``out`` contiguous."""
-    count = out.numel()
+def sum_slices_launch(slices: int, count: int, acc: torch.dtype) -> Optional[KernelLaunch]:
+    """The launch adding ``part (slices, count)`` into ``out (count,)`` (both contiguous, ``part``
+    of dtype ``acc``), or None when there is nothing to add."""
     if count == 0:
-        return
-    with on_device(out):
-        sum_slices_kernel[(triton.cdiv(count, BLOCK),)](
-            part, out, part.shape[0], count, ACC=tl.float64 if part.dtype == torch.float64 else tl.float32,
-            BLOCK=BLOCK,
-        )
+        return None
+    return KernelLaunch(sum_slices_kernel, (triton.cdiv(count, BLOCK), 1, 1), (slices, count),
+                        {"ACC": tl.float64 if acc == torch.float64 else tl.float32, "BLOCK": BLOCK})
 
 
 class SplitGradients:
-    """Where a weight-gradient kernel split into ``slices`` writes ``dw`` and ``db``: with one
-    slice ``dw`` and ``db`` themselves (``split`` False), else float32 (float64) partial-sum
-    buffers ``(slices, *dw.shape)`` and, when ``db`` is wanted, ``(slices, *db.shape)``;
-    ``finish()`` adds the slices into ``dw`` and ``db``."""
+    """Where a weight-gradient kernel split into ``slices`` writes ``dw (dw_shape)`` and ``db
+    (channels,)``, and how the slices are added: with one slice into ``dw`` and ``db``
+    themselves, else into float32 (float64) partial-sum buffers ``(slices, *dw_shape)`` and,
+    when ``db`` is wanted, ``(slices, channels)``, which ``finish`` adds in slice order."""
 
-    def __init__(self, dw: torch.Tensor, db: torch.Tensor, slices: int, need_db: bool):
-        self.dw_out, self.db_out, self.split = dw, db, slices > 1
-        acc = torch.float64 if dw.dtype == torch.float64 else torch.float32
-        self.dw = torch.empty((slices, *dw.shape), device=dw.device, dtype=acc) if self.split else dw
+    def __init__(self, dw_shape: Tuple[int, ...], channels: int, dtype: torch.dtype, slices: int, need_db: bool):
+        self.split = slices > 1
         self.split_db = self.split and need_db
-        self.db = torch.empty((slices, *db.shape), device=db.device, dtype=acc) if self.split_db else db
+        self.acc = torch.float64 if dtype == torch.float64 else torch.float32
+        self.dw_shape, self.db_shape = (slices, *dw_shape), (slices, channels)
+        self.sum_dw = sum_slices_launch(slices, math.prod(dw_shape), self.acc) if self.split else None
+        self.sum_db = sum_slices_launch(slices, channels, self.acc) if self.split_db else None
 
-    def finish(self) -> None:
-        if self.split:
-            sum_slices(self.dw.view(self.dw.shape[0], -1), self.dw_out)
-        if self.split_db:
-            sum_slices(self.db, self.db_out)
+    def targets(self, dw: torch.Tensor, db: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """What the kernel writes to: ``(dw, db)`` themselves or fresh partial-sum buffers."""
+        if not self.split:
+            return dw, db
+        part_dw = torch.empty(self.dw_shape, device=dw.device, dtype=self.acc)
+        return part_dw, torch.empty(self.db_shape, device=dw.device, dtype=self.acc) if self.split_db else db
+
+    def finish(self, part_dw: torch.Tensor, part_db: torch.Tensor, dw: torch.Tensor, db: torch.Tensor) -> None:
+        """Add the partial sums into ``dw`` and ``db`` (nothing to do with one slice)."""
+        if self.sum_dw is not None:
+            self.sum_dw.launch(part_dw, dw)
+        if self.sum_db is not None:
+            self.sum_db.launch(part_db, db)
