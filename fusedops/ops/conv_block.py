@@ -27,6 +27,7 @@ built on the registered ops are in ``conv_block_autograd.py``.
 
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -118,11 +119,44 @@ def _pad_for_conv(x: torch.Tensor, padding: Sequence[int]) -> Tuple[torch.Tensor
     return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
-def _window_origins(out_hw: Sequence[int], p: ConvBlockParams, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Conv-output coordinates of each pool window's top-left element: (PH, 1) and (1, PW)."""
-    rows = torch.arange(out_hw[0], device=device) * p.pool_stride[0] - p.pool_padding[0]
-    cols = torch.arange(out_hw[1], device=device) * p.pool_stride[1] - p.pool_padding[1]
-    return rows.view(-1, 1), cols.view(1, -1)
+class _PoolTables(NamedTuple):
+    """Index tables between max_pool2d's flat indices and the int window offsets, for one
+    geometry (see :func:`_pool_tables`)."""
+
+    origins: torch.Tensor  # (PH, PW) long: flat conv-plane index of each window's top-left tap
+    offset_of_delta: torch.Tensor  # (D,) offsets dtype: offset of a tap ``delta`` past the origin
+    delta_of_offset: torch.Tensor  # (PKH * PKW + 1,) long: ``delta`` of an offset; [-1] (off) is 0
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_tables(out_hw: Tuple[int, int], conv_w: int, p: ConvBlockParams, device: torch.device) -> _PoolTables:
+    """The tables of one geometry, built once per device (by device ops: no host copy, so a
+    first call inside a CUDA-graph capture is fine). A tap ``(kh, kw)`` of the window at
+    ``(ph, pw)`` is the conv-plane element ``origins[ph, pw] + delta`` with ``delta = kh * DH
+    * conv_w + kw * DW``; its offset is ``kh * PKW + kw``. With them the reference turns indices
+    into offsets and back in one or two tensor ops instead of a dozen (host time per call)."""
+    (pkh, pkw), (sh, sw), (pt, pl), (dh, dw) = p.pool_kernel_size, p.pool_stride, p.pool_padding, p.pool_dilation
+    rows = torch.arange(out_hw[0], device=device) * sh - pt
+    cols = torch.arange(out_hw[1], device=device) * sw - pl
+    origins = rows.view(-1, 1) * conv_w + cols.view(1, -1)
+    kh = torch.arange(pkh, device=device).view(-1, 1)
+    kw = torch.arange(pkw, device=device).view(1, -1)
+    deltas = (kh * (dh * conv_w) + kw * dw).flatten()
+    offset_of_delta = torch.zeros(int((pkh - 1) * dh * conv_w + (pkw - 1) * dw + 1), device=device,
+                                  dtype=p.offsets_dtype())
+    offset_of_delta[deltas] = torch.arange(pkh * pkw, device=device, dtype=p.offsets_dtype())
+    delta_of_offset = torch.cat([deltas, deltas.new_zeros(1)])
+    return _PoolTables(origins, offset_of_delta, delta_of_offset)
+
+
+def _conv_plane_indices(offsets: torch.Tensor, conv_hw: Sequence[int], p: ConvBlockParams) -> torch.Tensor:
+    """Flat conv-plane index ``(N, C, PH * PW)`` long of the tap each pooled output's offset
+    names; where the ReLU is off (offset -1) some index inside the plane."""
+    n, c, ph, pw = offsets.shape
+    tables = _pool_tables((ph, pw), conv_hw[1], p, offsets.device)
+    # An offset of -1 indexes the table's last entry (0): the window's origin, clamped into the plane.
+    flat = tables.delta_of_offset[offsets.long()] + tables.origins
+    return flat.clamp_(0, conv_hw[0] * conv_hw[1] - 1).reshape(n, c, ph * pw)
 
 
 def reference_forward(
@@ -140,15 +174,14 @@ def reference_forward(
         act, p.pool_kernel_size, p.pool_stride, p.pool_padding, p.pool_dilation,
         p.pool_ceil_mode, return_indices=True,
     )
-    row0, col0 = _window_origins(out.shape[-2:], p, input.device)
-    conv_w = conv.shape[-1]
-    kh = (indices // conv_w - row0) // p.pool_dilation[0]
-    kw = (indices % conv_w - col0) // p.pool_dilation[1]
-    # `out <= 0` covers a max of 0 (ReLU off), negative values and the -inf of windows
-    # that lie wholly in padding (whose torch index points outside the plane); a NaN max is on.
-    # (Arithmetic with the bool rather than torch.where, which is several times slower on CPU.)
-    on = ~(out <= 0)
-    offsets = ((kh * p.pool_kernel_size[1] + kw + 1) * on + RELU_OFF).to(p.offsets_dtype())
+    tables = _pool_tables(tuple(out.shape[-2:]), conv.shape[-1], p, input.device)
+    # Where a window lies wholly in padding torch's index points outside it (and its max is
+    # -inf, ReLU off below): clamped into the table, any offset does.
+    delta = (indices - tables.origins).clamp_(0, tables.offset_of_delta.numel() - 1)
+    offsets = tables.offset_of_delta[delta]
+    # `out <= 0` covers a max of 0 (ReLU off), negative values and the -inf of windows that
+    # lie wholly in padding; a NaN max is on.
+    offsets.masked_fill_(out <= 0, RELU_OFF)
     return out.contiguous(memory_format=fmt), offsets.contiguous(memory_format=fmt)
 
 
@@ -177,12 +210,7 @@ def unpool_gradient(
     if not p.has_pool:
         return grad
     n, c, ph, pw = grad_output.shape
-    offs = offsets.long().clamp_min(0)
-    row0, col0 = _window_origins((ph, pw), p, grad_output.device)
-    rows = row0 + (offs // p.pool_kernel_size[1]) * p.pool_dilation[0]
-    cols = col0 + (offs % p.pool_kernel_size[1]) * p.pool_dilation[1]
-    # Where the ReLU is off the gradient is 0: any index in the plane does (clamped into it).
-    flat = (rows * conv_hw[1] + cols).clamp_min_(0)
+    flat = _conv_plane_indices(offsets, conv_hw, p)
     dconv = grad.new_zeros(n, c, conv_hw[0] * conv_hw[1])
     dconv.scatter_add_(2, flat.reshape(n, c, ph * pw), grad.reshape(n, c, ph * pw))
     return dconv.view(n, c, conv_hw[0], conv_hw[1])
@@ -211,11 +239,7 @@ def reference_jvp(
     active = offsets >= 0
     if p.has_pool:
         n, c, ph, pw = offsets.shape
-        offs = offsets.long().clamp_min(0)
-        row0, col0 = _window_origins((ph, pw), p, input.device)
-        rows = row0 + (offs // p.pool_kernel_size[1]) * p.pool_dilation[0]
-        cols = col0 + (offs % p.pool_kernel_size[1]) * p.pool_dilation[1]
-        flat = torch.where(active, rows * conv_hw[1] + cols, 0).reshape(n, c, ph * pw)
+        flat = _conv_plane_indices(offsets, conv_hw, p)
         dconv = dconv.reshape(n, c, -1).gather(2, flat).view(n, c, ph, pw)
     out = torch.where(active, dconv, 0)
     return out.contiguous(memory_format=output_memory_format(input))
