@@ -149,6 +149,7 @@ class _FakeCudaTensor:
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # compiled kernels, as on a GPU machine
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 1000 + index, raising=False)
     monkeypatch.setattr(_launch, "on_device", lambda t: contextlib.nullcontext())
@@ -177,13 +178,15 @@ def test_direct_launch_fetches_a_handle_per_pointer_alignment(fake_cuda):
     assert [r[4] for r in kernel.runs] == ["functionTrue", "functionFalse", "functionTrue"]
 
 
-@pytest.mark.parametrize("reason", ["environment", "hook", "cpu"])
+@pytest.mark.parametrize("reason", ["environment", "hook", "cpu", "interpreter"])
 def test_launches_go_through_the_jit_where_the_direct_path_does_not_apply(fake_cuda, monkeypatch, reason):
     kernel = _FakeKernel()
     launch = _launch.KernelLaunch(kernel, (2, 1, 1), (10, 7), {"A": 5})
     tensors = (_FakeCudaTensor(4096), _FakeCudaTensor(8192))
     if reason == "environment":
         monkeypatch.setenv("FUSEDOPS_TRITON_FAST_LAUNCH", "0")
+    elif reason == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     elif reason == "hook":
         hooks = triton.knobs.runtime.launch_enter_hook
         hooks.add(print)

@@ -123,30 +123,46 @@ class _PoolTables(NamedTuple):
     """Index tables between max_pool2d's flat indices and the int window offsets, for one
     geometry (see :func:`_pool_tables`)."""
 
-    origins: torch.Tensor  # (PH, PW) long: flat conv-plane index of each window's top-left tap
-    offset_of_delta: torch.Tensor  # (D,) offsets dtype: offset of a tap ``delta`` past the origin
+    rows: torch.Tensor  # (PH, 1) long: conv-output row of each window's top-left tap
+    cols: torch.Tensor  # (1, PW) long: its column
+    origins: torch.Tensor  # (PH, PW) long: its flat conv-plane index, rows * conv_w + cols
+    offset_of_delta: Optional[torch.Tensor]  # (D,) offsets dtype: the offset of the tap ``delta``
+    # past the origin; None where two taps share a delta (see _pool_tables)
     delta_of_offset: torch.Tensor  # (PKH * PKW + 1,) long: ``delta`` of an offset; [-1] (off) is 0
 
 
-@functools.lru_cache(maxsize=64)
-def _pool_tables(out_hw: Tuple[int, int], conv_w: int, p: ConvBlockParams, device: torch.device) -> _PoolTables:
-    """The tables of one geometry, built once per device (by device ops: no host copy, so a
-    first call inside a CUDA-graph capture is fine). A tap ``(kh, kw)`` of the window at
-    ``(ph, pw)`` is the conv-plane element ``origins[ph, pw] + delta`` with ``delta = kh * DH
-    * conv_w + kw * DW``; its offset is ``kh * PKW + kw``. With them the reference turns indices
-    into offsets and back in one or two tensor ops instead of a dozen (host time per call)."""
+def _build_pool_tables(out_hw: Tuple[int, int], conv_w: int, p: ConvBlockParams, device) -> _PoolTables:
     (pkh, pkw), (sh, sw), (pt, pl), (dh, dw) = p.pool_kernel_size, p.pool_stride, p.pool_padding, p.pool_dilation
-    rows = torch.arange(out_hw[0], device=device) * sh - pt
-    cols = torch.arange(out_hw[1], device=device) * sw - pl
-    origins = rows.view(-1, 1) * conv_w + cols.view(1, -1)
+    rows = (torch.arange(out_hw[0], device=device) * sh - pt).view(-1, 1)
+    cols = (torch.arange(out_hw[1], device=device) * sw - pl).view(1, -1)
     kh = torch.arange(pkh, device=device).view(-1, 1)
     kw = torch.arange(pkw, device=device).view(1, -1)
     deltas = (kh * (dh * conv_w) + kw * dw).flatten()
-    offset_of_delta = torch.zeros(int((pkh - 1) * dh * conv_w + (pkw - 1) * dw + 1), device=device,
-                                  dtype=p.offsets_dtype())
-    offset_of_delta[deltas] = torch.arange(pkh * pkw, device=device, dtype=p.offsets_dtype())
-    delta_of_offset = torch.cat([deltas, deltas.new_zeros(1)])
-    return _PoolTables(origins, offset_of_delta, delta_of_offset)
+    offset_of_delta = None
+    if (pkw - 1) * dw < dh * conv_w:  # a window row fits in a plane row: every tap has its own delta
+        offset_of_delta = torch.zeros(int((pkh - 1) * dh * conv_w + (pkw - 1) * dw + 1), device=device,
+                                      dtype=p.offsets_dtype())
+        offset_of_delta[deltas] = torch.arange(pkh * pkw, device=device, dtype=p.offsets_dtype())
+    return _PoolTables(rows, cols, rows * conv_w + cols, offset_of_delta, torch.cat([deltas, deltas.new_zeros(1)]))
+
+
+_cached_pool_tables = functools.lru_cache(maxsize=64)(_build_pool_tables)
+
+
+def _pool_tables(out_hw: Tuple[int, int], conv_w: int, p: ConvBlockParams, device: torch.device) -> _PoolTables:
+    """The tables of one geometry, built once per device and kept (a few small tensors for each
+    of up to 64 geometries). A tap ``(kh, kw)`` of the window at ``(ph, pw)`` is the conv-plane
+    element ``origins[ph, pw] + delta`` with ``delta = kh * DH * conv_w + kw * DW``; its offset
+    is ``kh * PKW + kw``. With them the reference turns indices into offsets and back in one or
+    two tensor ops instead of a dozen (host time per call). ``delta`` names one tap only while
+    a window row fits in a plane row (``(PKW - 1) * DW < DH * conv_w``); on narrower planes
+    ``offset_of_delta`` is None and the forward computes rows and columns apart.
+
+    Inside a CUDA-graph capture the tables are built fresh and not cached: the capture only
+    records the ops that fill them, so a cached copy would hold memory no op has written yet."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _build_pool_tables(out_hw, conv_w, p, device)
+    return _cached_pool_tables(out_hw, conv_w, p, device)
 
 
 def _conv_plane_indices(offsets: torch.Tensor, conv_hw: Sequence[int], p: ConvBlockParams) -> torch.Tensor:
@@ -174,11 +190,17 @@ def reference_forward(
         act, p.pool_kernel_size, p.pool_stride, p.pool_padding, p.pool_dilation,
         p.pool_ceil_mode, return_indices=True,
     )
-    tables = _pool_tables(tuple(out.shape[-2:]), conv.shape[-1], p, input.device)
-    # Where a window lies wholly in padding torch's index points outside it (and its max is
-    # -inf, ReLU off below): clamped into the table, any offset does.
-    delta = (indices - tables.origins).clamp_(0, tables.offset_of_delta.numel() - 1)
-    offsets = tables.offset_of_delta[delta]
+    conv_w = conv.shape[-1]
+    tables = _pool_tables(tuple(out.shape[-2:]), conv_w, p, input.device)
+    if tables.offset_of_delta is not None:
+        # Where a window lies wholly in padding torch's index points outside it (and its max is
+        # -inf, ReLU off below): clamped into the table, any offset does.
+        delta = (indices - tables.origins).clamp_(0, tables.offset_of_delta.numel() - 1)
+        offsets = tables.offset_of_delta[delta]
+    else:  # a plane narrower than a window row: its row and column apart
+        kh = (indices // conv_w - tables.rows) // p.pool_dilation[0]
+        kw = (indices % conv_w - tables.cols) // p.pool_dilation[1]
+        offsets = (kh * p.pool_kernel_size[1] + kw).to(p.offsets_dtype())
     # `out <= 0` covers a max of 0 (ReLU off), negative values and the -inf of windows that
     # lie wholly in padding; a NaN max is on.
     offsets.masked_fill_(out <= 0, RELU_OFF)

@@ -36,10 +36,11 @@ arguments, as ``KernelLaunch`` objects whose only per-call arguments are the ten
 ``JITFunction.run``, which re-binds and re-specialises some 40 arguments on every launch.
 The handle is fetched once per device and pointer alignment (``kernel.warmup`` on the real
 arguments), the only things besides the cached scalars that Triton specialises a kernel on.
-Where that path does not apply it calls ``kernel[grid](...)`` as before: CPU tensors (the
-interpreter), meta tensors (the compile checks record launches through ``JITFunction.run``),
-launch hooks installed (profilers), a Triton without ``knobs``, or
-``FUSEDOPS_TRITON_FAST_LAUNCH=0``.
+Where that path does not apply it calls ``kernel[grid](...)`` as before: CPU tensors, meta
+tensors (the compile checks record launches through ``JITFunction.run``), Triton's
+interpreter (``TRITON_INTERPRET=1``, also for CUDA tensors), launch hooks installed
+(profilers), a Triton without ``knobs``, or ``FUSEDOPS_TRITON_FAST_LAUNCH=0``. A handle, once
+fetched, does not see later changes of Triton's debug or instrumentation settings.
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class KernelLaunch:
 
     def launch(self, *tensors) -> None:
         device = tensors[0].device
-        if device.type != "cuda" or _FAST_LAUNCH_ENV.get() == "0" or _hooks_installed():
+        if device.type != "cuda" or _FAST_LAUNCH_ENV.get() == "0" or interpreting() or _hooks_installed():
             with on_device(tensors[0]):
                 self.kernel[self.grid](*tensors, *self.scalars, **self.kwargs)
             return
