@@ -12,7 +12,8 @@ what it finished; each can run alone, and the summary keeps the other stages' la
 
 - build: ``pip install --no-build-isolation --no-deps -e .`` with ``FUSEDOPS_CUDA_ARCHS`` set
   to this GPU's architecture only; then checks that ``fusedops._C`` loads with CUDA kernels.
-- test: ``pytest -m gpu`` (both GPU backends; Triton kernels compiled in parallel first,
+- test: the smoke tests first (``SMOKE_TESTS``, in one process, so their results survive a
+  stage cut short), then ``pytest -m gpu`` (both GPU backends; Triton kernels compiled in parallel first,
   tests/triton_prewarm.py): with pytest-xdist, in ``xdist_workers`` processes; without it one
   process per test file, so that a kernel fault, which leaves the CUDA context unusable, costs
   one file; then the CPU suite without the Triton interpreter tests (``-m "not gpu"``,
@@ -306,12 +307,18 @@ def pytest_cmd(selection: str, junit: Path, paths: Sequence[str] = ("tests",), e
             "-o", "junit_family=xunit1", f"--junitxml={junit}", "--durations=5", *extra]
 
 
+# Run first, in a process of their own, so that their results survive a stage cut short: the
+# checks of the code paths newest to a GPU (Triton's direct launches, the reference's offset
+# tables, the build's libstdc++ link), gpu-marked or not. The later runs leave them out.
+SMOKE_TESTS = ("tests/test_triton_launch.py", "tests/test_reference_offsets.py", "tests/test_build.py")
+SKIP_SMOKE = tuple(f"--ignore={path}" for path in SMOKE_TESTS)
+
 # The gpu-marked tests in separate processes, quickest first: a kernel that faults leaves the
 # CUDA context unusable for the rest of its process only.
 GPU_TEST_RUNS = (
     ("tests/test_gpu_sanitize.py",), ("tests/test_gpu_conv_block.py",), ("tests/test_gpu_linear.py",),
     ("tests/test_gpu_offsets.py",), ("tests/test_gpu_configs.py",), ("tests/test_gpu_determinism.py",),
-    ("tests", "--ignore-glob=tests/test_gpu_*.py"),
+    ("tests", "--ignore-glob=tests/test_gpu_*.py", *SKIP_SMOKE),
 )
 
 
@@ -339,6 +346,11 @@ def stage_test(report: Report, runner: Runner) -> dict:
         notes += _check_selection("gpu", 1000)
         missing = [p for paths in GPU_TEST_RUNS for p in paths if not p.startswith("-") and not (ROOT / p).exists()]
         notes += [f"dry run: {p} does not exist" for p in missing]
+    if m.cuda or runner.dry_run:
+        path = tmp / "smoke.xml"
+        left = budget - 60 - (time.monotonic() - start)
+        runs.append(("smoke", path, runner.run(pytest_cmd("gpu or not gpu", path, SMOKE_TESTS), log,
+                                                min(left / 4, 120), _env(TRITON_INTERPRET=None))))
     workers = xdist_workers(m.cpus)
     if (m.cuda or runner.dry_run) and workers:
         # The Triton kernels compiled once, in parallel; then every gpu test in `workers`
@@ -348,7 +360,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
         runner.run([sys.executable, "-m", "tests.triton_prewarm", "--jobs", str(m.cpus)], log, min(left / 3, 180),
                    _env(TRITON_INTERPRET=None))
         path = tmp / "gpu0.xml"
-        cmd = pytest_cmd("gpu", path, ("tests",), ("-n", str(workers)))
+        cmd = pytest_cmd("gpu", path, ("tests",), ("-n", str(workers), *SKIP_SMOKE))
         left = budget - 60 - (time.monotonic() - start)
         runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None, FUSEDOPS_TRITON_PREWARM="0"))))
     elif m.cuda or runner.dry_run:
@@ -367,13 +379,15 @@ def stage_test(report: Report, runner: Runner) -> dict:
     left = budget - (time.monotonic() - start)
     if left > 30 or runner.dry_run:
         # The CPU suite without the Triton interpreter tests (make test runs those everywhere).
-        result = runner.run(pytest_cmd("not gpu", cpu_junit), log, left, _env(TRITON_INTERPRET="0"))
+        result = runner.run(pytest_cmd("not gpu", cpu_junit, ("tests",), SKIP_SMOKE), log, left,
+                            _env(TRITON_INTERPRET="0"))
         runs.append(("cpu", cpu_junit, result))
     else:
         notes.append(f"CPU suite not run: {budget:.0f} s stage limit reached")
     if runner.dry_run:
+        samples = {0: "smoke", 1: "gpu", len(runs) - 1: "cpu"}  # one sample each; the other runs empty
         for k, (name, path, _) in enumerate(runs):
-            path.write_text(SAMPLE_JUNIT[name] if k in (0, len(runs) - 1) else "<testsuites/>")
+            path.write_text(SAMPLE_JUNIT[name] if samples.get(k) == name else "<testsuites/>")
     merge_junit([(name, path) for name, path, _ in runs], junit)
     counts = test_counts(junit)
     for name, path, result in runs:
@@ -763,6 +777,9 @@ def _count_table(table: Dict[str, dict]) -> List[str]:
 # --- samples for the dry run ----------------------------------------------------------------------
 
 SAMPLE_JUNIT = {
+    "smoke": """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="1">
+<testcase classname="tests.test_triton_launch" name="test_direct_launches_match_jit_launches" time="0.1"/>
+</testsuite></testsuites>""",
     "gpu": """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="4">
 <testcase classname="tests.test_gpu_conv_block" name="test_conv_block[triton-bf16-basic_2x2_pool]" time="0.1"/>
 <testcase classname="tests.test_gpu_conv_block" name="test_conv_block[cuda-fp16-pool_padding]" time="0.1">

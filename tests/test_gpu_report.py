@@ -57,6 +57,11 @@ def test_with_pytest_xdist_the_gpu_tests_run_in_parallel_after_one_prewarm(tmp_p
     out = capsys.readouterr().out
     assert "-m tests.triton_prewarm --jobs" in out
     assert "-m pytest tests -m gpu" in out and " -n 4" in out
+    # the smoke tests first, on their own, then left out of the later runs
+    smoke = out.index("-m pytest tests/test_triton_launch.py tests/test_reference_offsets.py tests/test_build.py "
+                      "-m 'gpu or not gpu'")
+    assert smoke < out.index("tests.triton_prewarm")
+    assert out.count("--ignore=tests/test_triton_launch.py") == 2  # the gpu run and the CPU suite
     assert "tests/test_gpu_conv_block.py" not in out  # not one process per file
     assert out.index("tests.triton_prewarm") < out.index("-m pytest tests -m gpu")
 
@@ -105,7 +110,9 @@ def test_tests_are_counted_per_backend_and_precision(tmp_path):
     assert counts["table"]["gpu|cuda|fp16"] == {"failed": 1}
     assert counts["table"]["gpu|cuda|-"] == {"passed": 1}  # test_cuda_backend: backend from the module
     assert counts["table"]["cpu|triton|-"] == {"skipped": 1}
-    assert counts["line"] == "cpu: 1 passed, 0 failed, 1 skipped; gpu: 3 passed, 1 failed, 0 skipped"
+    assert counts["table"]["smoke|triton|-"] == {"passed": 1}  # backend from the module: test_triton_launch
+    assert counts["line"] == ("cpu: 1 passed, 0 failed, 1 skipped; gpu: 3 passed, 1 failed, 0 skipped; "
+                              "smoke: 1 passed, 0 failed, 0 skipped")
     assert len(counts["failures"]) == 1 and "grad weight" in counts["failures"][0]
     assert gr.classify("tests.test_linear", "test_low_precision_error_at_most_twice_torch[relu-bfloat16-cpp]") == (
         "cpp", "bf16")
