@@ -166,7 +166,7 @@ def interpreting() -> bool:
 
 def _hooks_installed() -> bool:
     """Whether launch hooks are set (a profiler's): then launches go through ``JITFunction.run``,
-    which calls them. ``None`` when this Triton has no ``knobs`` (no direct launches)."""
+    which calls them. Also True when this Triton has no ``knobs`` (no direct launches there)."""
     runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
     if runtime is None:
         return True
