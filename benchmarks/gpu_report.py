@@ -22,12 +22,13 @@ what it finished; each can run alone, and the summary keeps the other stages' la
   ``sanitize``-marked tests (tests/test_gpu_sanitize.py: small shapes, both backends, the
   reference on the CPU), with torch's caching allocator off; a one-line verdict per tool that
   counts the errors in fusedops' kernels apart from any elsewhere.
-- bench: ``benchmarks/run.py`` on CUDA with every provider (eager NCHW, eager channels_last +
-  cudnn.benchmark, torch.compile default and max-autotune-no-cudagraphs, CUDA-graph replays,
-  each fusedops backend), bfloat16 then float32, batch 256, the tutorial layers, one layer per
-  run so that a run cut short by the time limit loses one layer, not the table; then the host
-  time per call on CUDA (``benchmarks/host_overhead.py``) and where each backend's training
-  step spends GPU time (``benchmarks/kernel_profile.py``).
+- bench: ``benchmarks/run.py`` on CUDA with every provider but max-autotune (eager NCHW, eager
+  channels_last + cudnn.benchmark, torch.compile, CUDA-graph replays, each fusedops backend),
+  bfloat16 then float32, batch 256, the tutorial layers, one layer per run so that a run cut
+  short by the time limit loses one layer, not the table; then the host time per call on CUDA
+  (``benchmarks/host_overhead.py``), where each backend's training step spends GPU time
+  (``benchmarks/kernel_profile.py``), and with the time left torch.compile
+  max-autotune-no-cudagraphs on the bf16 tutorial layers (minutes of compiling per layer).
 
 Everything goes to ``$FUSEDOPS_REPORT_DIR`` (default ``benchmarks/results/<gpu>/``; a dry
 run defaults to a temporary directory): ``summary.md``, ``build.log``, ``test.log``,
@@ -565,9 +566,15 @@ def bench_chunks():
     return [(dtype, op, layer) for dtype in BENCH_DTYPES for op, layer in BENCH_LAYERS]
 
 
-def bench_argv(dtype, op, layer, out: Path, device="cuda") -> List[str]:
+# max-autotune compiles take minutes per layer: the main runs leave it out, and one run after
+# the host-time and profile tables adds it for the bf16 tutorial layers, time permitting.
+WITHOUT_AUTOTUNE = ("--skip-providers", "compile-max-autotune")
+AUTOTUNE_RUN = ("bfloat16", "conv_block,linear", "mnist conv1,mnist conv2,cifar conv1,cifar conv2,mlp")
+
+
+def bench_argv(dtype, op, layer, out: Path, device="cuda", providers=WITHOUT_AUTOTUNE) -> List[str]:
     return ["--device", device, "--dtypes", dtype, "--batch", str(BENCH_BATCH), "--ops", op, "--layers", layer,
-            "--modes", "fwd,train", "--out", str(out)]
+            "--modes", "fwd,train", *providers, "--out", str(out)]
 
 
 def stage_bench(report: Report, runner: Runner) -> dict:
@@ -623,6 +630,19 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         if not profile_table:
             notes.append(f"kernel profile: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
                          "bench.log)")
+    if budget - (time.monotonic() - start) >= 60 or runner.dry_run:
+        out = tmp / "autotune"
+        result = runner.run([sys.executable, "benchmarks/run.py",
+                             *bench_argv(*AUTOTUNE_RUN, out, providers=("--providers", "compile-max-autotune"))],
+                            log, budget - (time.monotonic() - start), _env(TRITON_INTERPRET=None))
+        found = sorted(out.glob("*.json"))
+        if found:
+            results.append(json.loads(found[0].read_text()))
+        elif not result.dry:
+            why = "time limit" if result.timed_out else f"exit {result.rc}"
+            notes.append(f"compile-max-autotune: no results ({why}; bench.log)")
+    else:
+        notes.append(f"compile-max-autotune not run ({budget:.0f} s stage limit)")
     merged = merge_bench(results)
     (report.out / "bench.json").write_text(json.dumps(merged, indent=1) + "\n")
     if merged["rows"]:
@@ -664,9 +684,14 @@ def merge_bench(results: List[dict]) -> dict:
     merged = {k: v for k, v in results[0].items() if k != "rows"}
     merged["ceilings"] = {}
     merged["rows"] = []
+    seen = set()
     for r in results:
         merged["ceilings"].update(r.get("ceilings", {}))
-        merged["rows"] += r.get("rows", [])
+        for row in r.get("rows", []):  # eager runs in every run: its first measurement stays
+            key = (row.get("layer"), row.get("dtype"), row.get("mode"), row.get("provider"))
+            if key not in seen:
+                seen.add(key)
+                merged["rows"].append(row)
     return merged
 
 

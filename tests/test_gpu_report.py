@@ -26,7 +26,9 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "-m pytest tests -m gpu" in out and "-m pytest tests -m 'not gpu'" in out
     for tool in gr.SANITIZER_TOOLS:
         assert f"compute-sanitizer --tool {tool} " in out
-    assert out.count("benchmarks/run.py --device cuda") == len(gr.bench_chunks()) == 12
+    assert out.count("benchmarks/run.py --device cuda") == len(gr.bench_chunks()) + 1 == 13
+    assert out.count("--skip-providers compile-max-autotune") == 12  # max-autotune only in the last run
+    assert out.rindex("--providers compile-max-autotune") > out.index("benchmarks/kernel_profile.py")
     files = sorted(p.name for p in tmp_path.iterdir())
     assert set(files) <= set(gr.FILES) and len(gr.FILES) <= 8
     assert {"summary.md", "build.log", "test.log", "junit.xml", "sanitize.log", "bench.log", "bench.json"} <= set(files)
