@@ -101,10 +101,15 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def interpreting() -> bool:
+    """Whether Triton runs kernels under its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return _INTERPRET_ENV.get() == "1"
+
+
 def dot_dtype(dtype: torch.dtype):
     """Operand type of the products: the input's own (tensor cores), except under Triton's CPU
     interpreter, which misreads 16-bit floats: there float32 (exact for bf16/fp16 products)."""
-    if dtype in (torch.float16, torch.bfloat16) and _INTERPRET_ENV.get() == "1":
+    if dtype in (torch.float16, torch.bfloat16) and interpreting():
         return tl.float32
     return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}.get(dtype, tl.float64)
 
@@ -157,11 +162,6 @@ def reduction_slices(length: int, tiles: int, block: int, device: torch.device):
     slices = max(1, min(want, most))
     slice_length = triton.cdiv(triton.cdiv(max(length, 1), slices), block) * block
     return triton.cdiv(max(length, 1), slice_length), slice_length
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels under its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return _INTERPRET_ENV.get() == "1"
 
 
 def _hooks_installed() -> bool:

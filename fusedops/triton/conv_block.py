@@ -429,9 +429,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     if plan.dw is not None:
         dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
         db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if mask[2] else dw
-        part_dw, part_db = plan.split.targets(dw, db)
-        plan.dw.launch(grad_output, offsets, input, part_dw, part_db)
-        plan.split.finish(part_dw, part_db, dw, db)
+        plan.split.launch(plan.dw, grad_output, offsets, input, dw=dw, db=db)
         grad_weight = dw if mask[1] else grad_weight
         grad_bias = db if mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

@@ -339,9 +339,7 @@ def backward(grad_output, input, weight, saved, activation: str, output_mask):
         dw = torch.empty((n, k), device=input.device, dtype=input.dtype)
         db = torch.empty(n, device=input.device, dtype=input.dtype) if mask[2] else dw
         if plan.dw is not None:
-            part_dw, part_db = plan.split.targets(dw, db)
-            plan.dw.launch(g, s, x, part_dw, part_db)
-            plan.split.finish(part_dw, part_db, dw, db)
+            plan.split.launch(plan.dw, g, s, x, dw=dw, db=db)
         grad_weight = dw if mask[1] else grad_weight
         grad_bias = db if mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias

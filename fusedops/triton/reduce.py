@@ -46,7 +46,7 @@ class SplitGradients:
     """Where a weight-gradient kernel split into ``slices`` writes ``dw (dw_shape)`` and ``db
     (channels,)``, and how the slices are added: with one slice into ``dw`` and ``db``
     themselves, else into float32 (float64) partial-sum buffers ``(slices, *dw_shape)`` and,
-    when ``db`` is wanted, ``(slices, channels)``, which ``finish`` adds in slice order."""
+    when ``db`` is wanted, ``(slices, channels)``, which ``launch`` then adds in slice order."""
 
     def __init__(self, dw_shape: Tuple[int, ...], channels: int, dtype: torch.dtype, slices: int, need_db: bool):
         self.split = slices > 1
@@ -56,16 +56,17 @@ class SplitGradients:
         self.sum_dw = sum_slices_launch(slices, math.prod(dw_shape), self.acc) if self.split else None
         self.sum_db = sum_slices_launch(slices, channels, self.acc) if self.split_db else None
 
-    def targets(self, dw: torch.Tensor, db: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """What the kernel writes to: ``(dw, db)`` themselves or fresh partial-sum buffers."""
+    def launch(self, kernel: KernelLaunch, *inputs: torch.Tensor, dw: torch.Tensor, db: torch.Tensor) -> None:
+        """Run the weight-gradient ``kernel`` on ``inputs`` followed by its two outputs (``dw``
+        and ``db`` themselves, or the partial-sum buffers), then add the slices into ``dw``
+        and ``db``."""
         if not self.split:
-            return dw, db
+            kernel.launch(*inputs, dw, db)
+            return
         part_dw = torch.empty(self.dw_shape, device=dw.device, dtype=self.acc)
-        return part_dw, torch.empty(self.db_shape, device=dw.device, dtype=self.acc) if self.split_db else db
-
-    def finish(self, part_dw: torch.Tensor, part_db: torch.Tensor, dw: torch.Tensor, db: torch.Tensor) -> None:
-        """Add the partial sums into ``dw`` and ``db`` (nothing to do with one slice)."""
-        if self.sum_dw is not None:
+        part_db = torch.empty(self.db_shape, device=dw.device, dtype=self.acc) if self.split_db else db
+        kernel.launch(*inputs, part_dw, part_db)
+        if self.sum_dw is not None:  # None for an empty dw
             self.sum_dw.launch(part_dw, dw)
         if self.sum_db is not None:
             self.sum_db.launch(part_db, db)
