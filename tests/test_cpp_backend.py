@@ -253,3 +253,26 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
     for got, want in zip(results["cpp"], results["reference"]):
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype):
+    """The MaxPool2d(2) row kernel runs 8 (float) or 4 (double) windows per vector step, then a
+    scalar tail. Small integers through a 1x1 identity conv put ties, all-negative windows
+    (ReLU off) and NaN in both; eager's conv, ReLU and max_pool2d are the oracle, forward and
+    gradient (ties to the first tap in row-major order, NaN taken)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (2, 1, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
+    x[0, 0, 1, 7] = float("nan")  # a vector lane
+    x[1, 0, 4, 30] = float("nan")  # a vector lane of the second step (float) / the tail (double)
+    x[0, 0, 2, 36] = float("nan")  # the tail
+    w = torch.ones(1, 1, 1, 1, dtype=dtype)
+    xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = fusedops.conv_relu_maxpool2d(xs, w, backend="cpp")
+    ref = torch.max_pool2d(torch.relu(torch.nn.functional.conv2d(xe, w)), 2)
+    torch.testing.assert_close(out, ref, equal_nan=True, atol=0, rtol=0)
+    assert out.isnan().sum() == 3 and (out == 0).any()
+    g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)  # distinct, so a wrong tap shows
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(xs.grad, xe.grad, atol=0, rtol=0)
