@@ -419,51 +419,52 @@ FUSEDOPS_VECTORIZE void pool2x2_tile(const T* const* v, const T* bias, int64_t c
 //
 // GCC does not auto-vectorise this loop (the window's taps are interleaved pairs; it reports "no
 // vectype" for the loads and compiles branches, which mispredict on real data: ~20 cycles per
-// window). With contiguous outputs it runs on explicit vectors instead: L windows at a time,
-// even and odd columns split by shuffles, the same selects as the scalar loop lane-wise.
+// window), so it is written on explicit vectors: L windows at a time, even and odd columns
+// split by shuffles, the selects lane-wise; the last (fewer than L) windows from a zero-padded
+// copy of their columns, so no window takes a branch.
 template <typename T, typename OffT>
 FUSEDOPS_VECTORIZE void pool2x2_row(const T* __restrict a0, const T* __restrict a1, int64_t windows, T* __restrict y,
                                     OffT* __restrict o, int64_t ys) {
   using V = typename Vec32<T>::type;
   using I = typename Vec32<T>::mask;  // lane-wise compare results: 0 or -1
   constexpr int64_t L = sizeof(V) / sizeof(T);
-  int64_t pw = 0;
-  if (ys == 1) {
-    for (; pw + L <= windows; pw += L) {
-      V r0a, r0b, r1a, r1b;  // 2L columns of each conv row
-      std::memcpy(&r0a, a0 + 2 * pw, sizeof(V));
-      std::memcpy(&r0b, a0 + 2 * pw + L, sizeof(V));
-      std::memcpy(&r1a, a1 + 2 * pw, sizeof(V));
-      std::memcpy(&r1b, a1 + 2 * pw + L, sizeof(V));
-      const V v0 = Vec32<T>::even(r0a, r0b), v1 = Vec32<T>::odd(r0a, r0b);
-      const V v2 = Vec32<T>::even(r1a, r1b), v3 = Vec32<T>::odd(r1a, r1b);
-      const I t1 = (v1 > v0) | (v1 != v1);
-      V m = t1 ? v1 : v0;
-      I k = t1 & 1;
-      const I t2 = (v2 > m) | (v2 != v2);
-      m = t2 ? v2 : m;
-      k = t2 ? 2 : k;
-      const I t3 = (v3 > m) | (v3 != v3);
-      m = t3 ? v3 : m;
-      k = t3 ? 3 : k;
-      k = ((m > T(0)) | (m != m)) ? k : -1;
-      std::memcpy(y + pw, &m, sizeof(V));
-      for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);
-    }
-  }
-  for (; pw < windows; ++pw) {
-    const T v0 = a0[2 * pw], v1 = a0[2 * pw + 1], v2 = a1[2 * pw], v3 = a1[2 * pw + 1];
-    const bool t1 = (v1 > v0) | is_nan(v1);
-    T m = t1 ? v1 : v0;
-    OffT k = t1 ? 1 : 0;
-    const bool t2 = (v2 > m) | is_nan(v2);
+  // Windows [pw, pw + n) with n <= L; their columns start at r0 and r1.
+  const auto step = [&](const T* r0, const T* r1, int64_t pw, int64_t n) {
+    V r0a, r0b, r1a, r1b;  // 2L columns of each conv row
+    std::memcpy(&r0a, r0, sizeof(V));
+    std::memcpy(&r0b, r0 + L, sizeof(V));
+    std::memcpy(&r1a, r1, sizeof(V));
+    std::memcpy(&r1b, r1 + L, sizeof(V));
+    const V v0 = Vec32<T>::even(r0a, r0b), v1 = Vec32<T>::odd(r0a, r0b);
+    const V v2 = Vec32<T>::even(r1a, r1b), v3 = Vec32<T>::odd(r1a, r1b);
+    const I t1 = (v1 > v0) | (v1 != v1);
+    V m = t1 ? v1 : v0;
+    I k = t1 & 1;
+    const I t2 = (v2 > m) | (v2 != v2);
     m = t2 ? v2 : m;
     k = t2 ? 2 : k;
-    const bool t3 = (v3 > m) | is_nan(v3);
+    const I t3 = (v3 > m) | (v3 != v3);
     m = t3 ? v3 : m;
     k = t3 ? 3 : k;
-    y[pw * ys] = m;
-    o[pw * ys] = (m > T(0)) | is_nan(m) ? k : OffT(-1);
+    k = ((m > T(0)) | (m != m)) ? k : -1;
+    if (ys == 1 && n == L) {
+      std::memcpy(y + pw, &m, sizeof(V));
+      for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        y[(pw + i) * ys] = m[i];
+        o[(pw + i) * ys] = static_cast<OffT>(k[i]);
+      }
+    }
+  };
+  int64_t pw = 0;
+  for (; pw + L <= windows; pw += L) step(a0 + 2 * pw, a1 + 2 * pw, pw, L);
+  if (pw < windows) {
+    const int64_t n = windows - pw;
+    T c0[2 * L] = {}, c1[2 * L] = {};
+    std::memcpy(c0, a0 + 2 * pw, 2 * n * sizeof(T));
+    std::memcpy(c1, a1 + 2 * pw, 2 * n * sizeof(T));
+    step(c0, c1, pw, n);
   }
 }
 
