@@ -196,6 +196,8 @@ CONV_LAYERS = [
     conv_block_workload("mnist conv2 32->64 14x14", 32, 64, 14),
     conv_block_workload("cifar conv1 3->32 32x32", 3, 32, 32),
     conv_block_workload("cifar conv2 32->64 16x16", 32, 64, 16),
+    conv_block_workload("lenet conv1 3->6 5x5 32x32", 3, 6, 32, kernel=5, padding=0),
+    conv_block_workload("lenet conv2 6->16 5x5 14x14", 6, 16, 14, kernel=5, padding=0),
     conv_block_workload("vgg block 64->128 112x112", 64, 128, 112),
     conv_block_workload("resnet stem 3->64 7x7/2 224", 3, 64, 224, kernel=7, stride=2, padding=3, pool=(3, 2, 1)),
     conv_block_workload("mnist conv2 32->64 14x14 no-pool", 32, 64, 14, pool=None),

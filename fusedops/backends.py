@@ -160,9 +160,13 @@ class CppBackend(NativeBackend):
     # Measured on a 2-core CPU (benchmarks/NOTES.md): the fused kernel beats eager on pooled
     # layers with few input channels (the first layer of a CNN) and, in float32/float64, on
     # pooled 3x3 stride-1 layers with enough channels for its Winograd path
-    # (csrc/cpu/winograd.h), forward and backward. Without pooling, or on other wide layers
-    # (im2col GEMMs), oneDNN is faster.
+    # (csrc/cpu/winograd.h), forward and backward. Other pooled layers run im2col + GEMM per
+    # band: faster than the reference (what automatic choice would run instead) while the GEMM's
+    # reduction K = in_channels/groups * KH * KW is short (K 144-288 measured, forward and
+    # training step, benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without pooling
+    # oneDNN is faster.
     MAX_AUTO_IN_CHANNELS = 4
+    MAX_AUTO_IM2COL_K = 300
 
     def auto_eligible(self, op, facts):
         if op.startswith("linear"):
@@ -171,10 +175,14 @@ class CppBackend(NativeBackend):
             return True
         if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
             return False
-        few_channels = int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS
+        if int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS:
+            return True
         # bfloat16 runs the float32 kernels on copies: on the Winograd layers that lost to
-        # oneDNN's native bf16 conv in forward+backward, on the first layers it still won.
-        return few_channels or (bool(facts.get("winograd")) and facts.get("dtype") != torch.bfloat16)
+        # oneDNN's native bf16 conv in forward+backward (the im2col layers are not measured in
+        # bf16); on the first layers it still won.
+        if facts.get("dtype") == torch.bfloat16:
+            return False
+        return bool(facts.get("winograd")) or int(facts.get("gemm_k", 1 << 30)) <= self.MAX_AUTO_IM2COL_K
 
     def unsupported_reasons(self, tensors):
         reasons = super().unsupported_reasons(tensors)
@@ -441,7 +449,13 @@ def conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
         and p.dilation == (1, 1)
         and min(weight.shape[0] // p.groups, weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
     )
-    return {"in_channels_per_group": weight.shape[1], "pooled": p.has_pool, "winograd": winograd, "dtype": weight.dtype}
+    return {
+        "in_channels_per_group": weight.shape[1],
+        "gemm_k": weight.shape[1] * weight.shape[2] * weight.shape[3],  # im2col's reduction length
+        "pooled": p.has_pool,
+        "winograd": winograd,
+        "dtype": weight.dtype,
+    }
 
 
 # ---- implementations of the graph-level ops: resolve the backend, run it ----------------

@@ -160,7 +160,8 @@ def test_native_linear_rejects_bad_input_with_clear_error():
 
 def test_automatic_choice_takes_cpp_only_where_it_wins():
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
-    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))  # 4 output channels: no Winograd
+    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 5, 5))  # 4 output channels: no Winograd; K = 800
+    short_k = (torch.randn(2, 6, 14, 14), torch.randn(16, 6, 5, 5))  # the CIFAR tutorial's conv2: K = 150
     winograd = (torch.randn(2, 32, 8, 8), torch.randn(64, 32, 3, 3))
     pooled, unpooled = conv_block_params((3, 3)), conv_block_params((3, 3), pool_kernel_size=None)
     strided = conv_block_params((3, 3), stride=2)
@@ -168,7 +169,12 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     assert backends.select("", small, op, backends.conv_facts(small[1], pooled)).name == "cpp"
     assert backends.select("", wide, op, backends.conv_facts(wide[1], pooled)).name == "reference"
     assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
-    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], strided)).name == "reference"
+    assert backends.select("", short_k, op, backends.conv_facts(short_k[1], pooled)).name == "cpp"
+    # strided: the im2col path, K = 288
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], strided)).name == "cpp"
+    assert backends.select("", wide, op, backends.conv_facts(wide[1], strided)).name == "reference"
+    low = [t.bfloat16() for t in short_k]
+    assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "reference"
     assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "reference"
     assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
     low = [t.bfloat16() for t in small]
