@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"speed-up over eager NCHW (paired medians, {args.rounds} rounds, batch {args.batch}, {args.threads} threads)")
+    setting = f"{args.rounds} rounds, batch {args.batch}, {args.threads} threads"
+    print(f"speed-up over eager NCHW (paired medians, {setting})")
     print("| layer | K | fwd: channels_last | cpp | reference | train: channels_last | cpp | reference |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for shape in SHAPES:
