@@ -5,8 +5,8 @@
     python benchmarks/run.py --quick              # fewer rounds, smallest layers only
     python benchmarks/run.py --save               # update the committed results (make bench-save)
 
-Prints one table per op (median ms, paired speed-up over eager and over torch.compile,
-TFLOP/s, GB/s, % of the roofline floor, peak memory, saved-for-backward bytes) and writes
+Prints one table per op (median ms, paired speed-up over eager, over torch.compile and over
+the best baseline (the fastest of eager NCHW, eager channels_last and torch.compile), TFLOP/s, GB/s, % of the roofline floor, peak memory, saved-for-backward bytes) and writes
 ``<device-slug>.json`` and a PNG plot of the speed-ups to ``benchmarks/results/local/``
 (git-ignored), or with ``--save`` to ``benchmarks/results/``, where the committed results
 are. Every provider's output is checked against eager before it is timed: a wrong result
@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -250,6 +250,7 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
     times = measure.interleaved(steps, device, args.rounds, calls)
     flops, nbytes = w.flops(args.batch, mode), w.bytes(args.batch, mode, itemsize)
     floor_ms = max(nbytes / (ceilings["copy_gbps"] * 1e9), flops / (ceilings["matmul_tflops"] * 1e12)) * 1e3
+    best = best_baseline(times)
     rows = []
     for p in provs:
         if p.name not in steps:
@@ -266,11 +267,20 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
             "speedup_vs_eager": round(measure.median_ratio(times["eager"], times[p.name]), 3),
             "speedup_vs_compile": (round(measure.median_ratio(times["compile"], times[p.name]), 3)
                                    if "compile" in times else None),
+            "best_baseline": best, "speedup_vs_best": round(measure.median_ratio(times[best], times[p.name]), 3),
             "tflops": round(flops / (med * 1e-3) / 1e12, 4), "gbps": round(nbytes / (med * 1e-3) / 1e9, 2),
             "roofline_pct": round(100 * floor_ms / med, 1),
             "peak_mem_mb": None if math.isnan(peak) else round(peak, 1), "saved_bytes": saved,
         })
     return rows
+
+
+def best_baseline(times: Dict[str, List[float]]) -> str:
+    """The strongest thing a user could run instead: of the providers that are not fusedops and
+    not CUDA-graph replays (eager NCHW, eager channels_last, torch.compile, ...), the one with
+    the lowest median time in this job."""
+    baselines = [n for n in times if not n.startswith("fusedops") and not n.endswith("-graph")]
+    return min(baselines, key=lambda n: statistics.median(times[n]))
 
 
 def print_table(op: str, rows, rounds: Optional[int] = None) -> None:

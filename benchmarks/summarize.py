@@ -24,8 +24,12 @@ from typing import Dict, List, Optional, Sequence
 OP_ORDER = ("train_step", "conv_block", "linear")
 OP_TITLES = {"train_step": "whole model", "conv_block": "conv block", "linear": "linear"}
 SPEEDUP_NOTE = (
-    "paired {columns}: the median over {rounds} rounds of ({baselines} time / this provider's\n"
-    "time) in the same round, so not exactly the ratio of the median ms"
+    "paired {columns}: the median over {rounds} rounds of (baseline's time / this provider's time)\n"
+    "in the same round (baseline: {baselines}), so not exactly the ratio of the median ms"
+)
+BEST_NOTE = (
+    "best baseline: of eager NCHW, eager channels_last and torch.compile (every provider that is not\n"
+    "fusedops nor a CUDA-graph replay), the one with the lowest median time in that job"
 )
 PLOT_AXIS_LABEL = "speed-up over eager PyTorch (median of per-round time ratios; > 1 is faster)"
 # Left out of the plot (they stay in the table and the JSON): the reference backend is the
@@ -74,6 +78,7 @@ COLUMNS = [
     ("median", "ms", 9, lambda r: f"{r['median_ms']:.3f}"),
     ("paired", "vs eager", 9, lambda r: _speedup(r.get("speedup_vs_eager"))),
     ("paired", "vs compile", 11, lambda r: _speedup(r.get("speedup_vs_compile"))),
+    ("paired", "vs best", 8, lambda r: _speedup(r.get("speedup_vs_best"))),
     ("", "TFLOP/s", 7, lambda r: f"{r['tflops']:.3f}"),
     ("", "GB/s", 6, lambda r: f"{r['gbps']:.1f}"),
     ("", "roof%", 5, lambda r: f"{r['roofline_pct']:.1f}"),
@@ -99,16 +104,25 @@ def table(rows: Sequence[dict], op: str, rounds: Optional[int] = None) -> str:
     header = "  " + " ".join(_cell(c[1], c[2]) for c in columns)
     lines = [f"== {OP_TITLES.get(op, op)} ({op}) ==", top.rstrip(), header, "  " + "-" * (len(header) - 2)]
     for _, layer, dtype in groups(rows):
-        lines.append(f"{layer} | {dtype}")
+        lines.append(f"{layer} | {dtype}" + _best_baselines(rows, layer, dtype))
         for r in rows:
             if (r["layer"], r["dtype"]) == (layer, dtype):
                 lines.append("  " + " ".join(_cell(c[3](r), c[2]) for c in columns))
     paired = [c[1] for c in columns if c[1].startswith("vs ")]
     if paired:
-        baselines = " or ".join(f"{name[3:]}'s" for name in paired)
+        baselines = ", ".join(name[3:] for name in paired)
         lines.append(SPEEDUP_NOTE.format(columns=", ".join(paired), rounds=rounds or "the timed",
                                          baselines=baselines))
+        if "vs best" in paired:
+            lines.append(BEST_NOTE)
     return "\n".join(lines)
+
+
+def _best_baselines(rows: Sequence[dict], layer: str, dtype: str) -> str:
+    """' | best baseline: fwd eager-channels_last, train compile' for a group's heading line."""
+    best = {r["mode"]: r["best_baseline"] for r in rows
+            if (r["layer"], r["dtype"]) == (layer, dtype) and r.get("best_baseline")}
+    return " | best baseline: " + ", ".join(f"{m} {b}" for m, b in best.items()) if best else ""
 
 
 # ---- the plot --------------------------------------------------------------------------
@@ -211,18 +225,29 @@ def summarize(path: str) -> str:
         table_rows.setdefault((r["layer"], r["dtype"], r["mode"]), {})[r["provider"]] = r
         if r["provider"] not in providers:
             providers.append(r["provider"])
+    # Runs from before the best-baseline column have no "best_baseline" in their rows.
+    with_best = any(r.get("best_baseline") for r in result["rows"])
+    extra = " | best baseline | fusedops vs best" if with_best else ""
+    extra_align = " | --- | ---" if with_best else ""
     lines = [
         f"{result['device']}, torch {result['torch']}, batch {result['batch']}, commit {result['commit']}, "
-        f"{result['date'][:10]}: median ms (speed-up over eager: median of per-round ratios).",
+        f"{result['date'][:10]}: median ms (speed-up over eager: median of per-round ratios)"
+        + ("; the best baseline is the fastest of eager NCHW, eager channels_last and torch.compile, "
+           "and fusedops' speed-up over it is paired the same way." if with_best else "."),
         "",
-        "| layer | dtype | mode | " + " | ".join(providers) + " |",
-        "| --- | --- | --- | " + " | ".join("---:" for _ in providers) + " |",
+        "| layer | dtype | mode | " + " | ".join(providers) + extra + " |",
+        "| --- | --- | --- | " + " | ".join("---:" for _ in providers) + extra_align + " |",
     ]
     for (layer, dtype, mode), by_provider in table_rows.items():
         cells = []
         for p in providers:
             r = by_provider.get(p)
             cells.append("-" if r is None else f"{r['median_ms']:.2f} ({r['speedup_vs_eager']:.2f}x)")
+        fused = [by_provider[p] for p in providers if p.startswith("fusedops") and p in by_provider]
+        best = next((r for r in by_provider.values() if r.get("best_baseline")), None)
+        if best is not None:
+            cells.append(best["best_baseline"])
+            cells.append(", ".join(f"{r['provider'][len('fusedops-'):]} {r['speedup_vs_best']:.2f}x" for r in fused))
         lines.append(f"| {layer} | {dtype} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -86,8 +86,19 @@ def test_a_run_prints_every_file_it_wrote_and_skips_what_a_provider_cannot_run(t
 def _row(op, layer, provider, mode="train", peak=None, saved=None, compile_ratio=1.1):
     return {"op": op, "layer": layer, "shape": [256, 3, 32, 32], "dtype": "bfloat16", "mode": mode,
             "provider": provider, "median_ms": 12345.678, "speedup_vs_eager": 12.345,
-            "speedup_vs_compile": compile_ratio, "tflops": 123.456, "gbps": 12345.6, "roofline_pct": 100.0,
-            "peak_mem_mb": peak, "saved_bytes": saved}
+            "speedup_vs_compile": compile_ratio, "best_baseline": "eager-channels_last", "speedup_vs_best": 12.345,
+            "tflops": 123.456, "gbps": 12345.6, "roofline_pct": 100.0, "peak_mem_mb": peak, "saved_bytes": saved}
+
+
+def test_best_baseline_is_the_fastest_provider_that_is_not_fusedops_nor_a_graph_replay():
+    times = {"eager": [3.0, 3.2, 2.9], "eager-channels_last": [2.0, 2.4, 2.2], "compile": [2.5, 2.1, 2.6],
+             "fusedops-cpp": [1.0, 1.0, 1.0], "eager-graph": [0.5, 0.5, 0.5]}
+    assert run.best_baseline(times) == "eager-channels_last"  # medians 3.0, 2.2, 2.5
+    rows = [dict(_row("conv_block", "mnist conv1", p, mode=m), best_baseline=b)
+            for m, b in (("fwd", "compile"), ("train", "eager-channels_last")) for p in ("eager", "fusedops-cpp")]
+    text = summarize.table(rows, "conv_block")
+    assert "mnist conv1 | bfloat16 | best baseline: fwd compile, train eager-channels_last" in text
+    assert "vs best" in text and "(baseline: eager, compile, best)" in text and "eager channels_last and torch.compile" in text
 
 
 def test_table_fits_120_columns_and_drops_empty_columns():
