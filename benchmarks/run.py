@@ -6,7 +6,8 @@
     python benchmarks/run.py --save               # update the committed results (make bench-save)
 
 Prints one table per op (median ms, paired speed-up over eager, over torch.compile and over
-the best baseline (the fastest of eager NCHW, eager channels_last and torch.compile), TFLOP/s, GB/s, % of the roofline floor, peak memory, saved-for-backward bytes) and writes
+the best baseline (the fastest of eager NCHW, eager channels_last and torch.compile), TFLOP/s,
+GB/s, % of the roofline floor, peak memory, saved-for-backward bytes) and writes
 ``<device-slug>.json`` and a PNG plot of the speed-ups to ``benchmarks/results/local/``
 (git-ignored), or with ``--save`` to ``benchmarks/results/``, where the committed results
 are. Every provider's output is checked against eager before it is timed: a wrong result
