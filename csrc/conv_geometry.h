@@ -32,6 +32,13 @@ struct Geometry {
     int64_t last = (p1 - 1) * psh - pph + (PKH - 1) * pdh + 1;
     return {std::max<int64_t>(first, 0), std::min<int64_t>(last, OH)};
   }
+
+  // MaxPool2d(2) (2x2 windows, stride 2, no padding or dilation) with every window inside
+  // the conv output: each conv-output element is in at most one window.
+  bool whole_pool2x2() const {
+    return pool && PKH == 2 && PKW == 2 && psh == 2 && psw == 2 && pph == 0 && ppw == 0 && pdh == 1 && pdw == 1 &&
+           2 * PH <= OH && 2 * PW <= OW;
+  }
 };
 
 // Output size of a pool (or conv) along one dimension, as torch computes it.

@@ -263,10 +263,11 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype):
-    """The MaxPool2d(2) row kernel runs 8 (float) or 4 (double) windows per vector step, then a
-    scalar tail. Small integers through a 1x1 identity conv put ties, all-negative windows
-    (ReLU off) and NaN in both; eager's conv, ReLU and max_pool2d are the oracle, forward and
-    gradient (ties to the first tap in row-major order, NaN taken)."""
+    """The MaxPool2d(2) row kernels (forward: pool2x2_row; backward: unpool2x2_row) run 8 (float)
+    or 4 (double) windows per vector step, then the last ones from a padded copy. Small integers
+    through a 1x1 identity conv put ties, all-negative windows (ReLU off) and NaN in both; eager's
+    conv, ReLU and max_pool2d are the oracle, forward and gradient (ties to the first tap in
+    row-major order, NaN taken; distinct pooled gradients, so a wrong tap shows)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2, 1, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
     x[0, 0, 1, 7] = float("nan")  # a vector lane
@@ -278,7 +279,7 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype):
     ref = torch.max_pool2d(torch.relu(torch.nn.functional.conv2d(xe, w)), 2)
     torch.testing.assert_close(out, ref, equal_nan=True, atol=0, rtol=0)
     assert out.isnan().sum() == 3 and (out == 0).any()
-    g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)  # distinct, so a wrong tap shows
+    g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)
     out.backward(g)
     ref.backward(g)
     torch.testing.assert_close(xs.grad, xe.grad, atol=0, rtol=0)

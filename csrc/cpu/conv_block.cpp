@@ -71,6 +71,9 @@ struct Vec32<float> {
   // Even / odd elements of the 16 in (a, b).
   static type even(type a, type b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
   static type odd(type a, type b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
+  // The first / last 8 of a0 b0 a1 b1 a2 b2 ... (inverse of even/odd).
+  static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
+  static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
 };
 template <>
 struct Vec32<double> {
@@ -78,6 +81,8 @@ struct Vec32<double> {
   typedef int64_t mask __attribute__((vector_size(32)));
   static type even(type a, type b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6); }
   static type odd(type a, type b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7); }
+  static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 4, 1, 5); }
+  static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
 };
 
 // C (m x n) = A (m x k) @ B (k x n) [+ C], B and C row-major, A's element (i, p) at
@@ -505,8 +510,7 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
                                       const std::array<int64_t, 4>& ys, const std::vector<int64_t>& tap_delta,
                                       std::vector<T>& best_row, std::vector<int32_t>& where_row) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  if (g.PKH == 2 && g.PKW == 2 && g.psh == 2 && g.psw == 2 && g.pph == 0 && g.ppw == 0 && g.pdh == 1 &&
-      g.pdw == 1 && 2 * g.PH <= g.OH && 2 * g.PW <= g.OW) {  // MaxPool2d(2), every window whole
+  if (g.whole_pool2x2()) {
     for (int64_t ph = p0; ph < p1; ++ph) {
       const T* a0 = t + (2 * ph - r0) * g.OW;
       pool2x2_row<T, OffT>(a0, a0 + g.OW, g.PW, y + ph * ys[2], o + ph * ys[2], ys[3]);
@@ -669,9 +673,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
   // MaxPool2d(2) over whole windows: its windows are exactly the Winograd output tiles (the
   // bands start at even conv rows), so the pool runs in the output transform.
-  const bool pool_on_tiles = g.winograd && g.pool && g.PKH == 2 && g.PKW == 2 && g.psh == 2 && g.psw == 2 &&
-                             g.pph == 0 && g.ppw == 0 && g.pdh == 1 && g.pdw == 1 && 2 * g.PH <= g.OH &&
-                             2 * g.PW <= g.OW;
+  const bool pool_on_tiles = g.winograd && g.whole_pool2x2();
   const std::vector<T> zeros(pool_on_tiles && !b ? g.Cout : 0, T(0));
   const T* bias_or_zero = b ? b : zeros.data();
 
@@ -725,16 +727,80 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   });
 }
 
+// unpool (below) for one pooled row of MaxPool2d(2) windows that cover conv rows d0 and
+// d1 (contiguous), written rather than added (the windows do not overlap): each window's four
+// conv-output gradients at once, the tap its offset names getting the pooled gradient, the
+// others 0; L windows per vector step (a scalar loop with a branch per window mispredicts on
+// real offsets), the last ones from padded copies. g[pw * gstride] and off[pw * ostride] are the
+// row's pooled gradients and offsets. Adds the gradients that passed into bsum (lane-wise partial
+// sums, then the lanes in order) and returns whether any did.
+template <typename T, typename OffT>
+FUSEDOPS_VECTORIZE bool unpool2x2_row(const T* __restrict g, int64_t gstride, const OffT* __restrict off,
+                                      int64_t ostride, int64_t windows, T* __restrict d0, T* __restrict d1, T& bsum) {
+  using V = typename Vec32<T>::type;
+  using I = typename Vec32<T>::mask;
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  V passed = {};
+  I on_any = {};
+  // Windows [pw, pw + n), n <= L: the 2n columns of both rows go to e0 and e1.
+  const auto step = [&](int64_t pw, int64_t n, T* e0, T* e1) {
+    V gv = {};
+    I k;
+    for (int64_t i = 0; i < L; ++i) {
+      gv[i] = i < n ? g[(pw + i) * gstride] : T(0);
+      k[i] = i < n ? off[(pw + i) * ostride] : -1;
+    }
+    const V zero = {};
+    const V s0 = k == 0 ? gv : zero, s1 = k == 1 ? gv : zero, s2 = k == 2 ? gv : zero, s3 = k == 3 ? gv : zero;
+    const I on = k >= 0;
+    passed += on ? gv : zero;
+    on_any |= on;
+    const V r0a = Vec32<T>::zip_lo(s0, s1), r0b = Vec32<T>::zip_hi(s0, s1);
+    const V r1a = Vec32<T>::zip_lo(s2, s3), r1b = Vec32<T>::zip_hi(s2, s3);
+    std::memcpy(e0, &r0a, sizeof(V));
+    std::memcpy(e0 + L, &r0b, sizeof(V));
+    std::memcpy(e1, &r1a, sizeof(V));
+    std::memcpy(e1 + L, &r1b, sizeof(V));
+  };
+  int64_t pw = 0;
+  for (; pw + L <= windows; pw += L) step(pw, L, d0 + 2 * pw, d1 + 2 * pw);
+  if (pw < windows) {
+    const int64_t n = windows - pw;
+    T e0[2 * L], e1[2 * L];
+    step(pw, n, e0, e1);
+    std::memcpy(d0 + 2 * pw, e0, 2 * n * sizeof(T));
+    std::memcpy(d1 + 2 * pw, e1, 2 * n * sizeof(T));
+  }
+  for (int64_t i = 0; i < L; ++i) bsum += passed[i];
+  bool any = false;
+  for (int64_t i = 0; i < L; ++i) any |= on_any[i] != 0;
+  return any;
+}
+
 // Adds the pooled gradient of pooled rows [p0, p1) of image n, group grp into `dtile`, the
 // conv-output gradient of conv rows [r0, r0 + M / OW) (element (cg, position) at
 // cg * cs + position * ps: Coutg x M with cs = M, ps = 1, or M x Coutg), through the offsets
-// (overlapping windows add; a window whose ReLU was off adds nothing); adds the bias gradient
-// into db (when not null). Returns whether any window passed a gradient.
+// (overlapping windows add; a window whose ReLU was off adds nothing; whole MaxPool2d(2) windows
+// in a Coutg x M tile are written by unpool2x2_row); adds the bias gradient into db (when not
+// null). Returns whether any window passed a gradient.
 template <typename T, typename OffT>
 bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, const OffT* o,
             const std::array<int64_t, 4>& os, int64_t n, int64_t grp, int64_t p0, int64_t p1, int64_t r0, int64_t M,
             const std::vector<int64_t>& tap_delta, T* dtile, int64_t cs, int64_t ps, T* db) {
   bool any = false;
+  if (ps == 1 && g.whole_pool2x2()) {  // rows of the tile are conv rows: write whole windows
+    for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+      const int64_t c = grp * g.Coutg + cg;
+      T bsum = T(0);
+      for (int64_t ph = p0; ph < p1; ++ph) {
+        T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
+        any |= unpool2x2_row(go + n * gs[0] + c * gs[1] + ph * gs[2], gs[3], o + n * os[0] + c * os[1] + ph * os[2],
+                             os[3], g.PW, d0, d0 + g.OW, bsum);
+      }
+      if (db) db[c] += bsum;
+    }
+    return any;
+  }
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
     T bsum = T(0);
