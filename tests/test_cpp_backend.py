@@ -271,8 +271,8 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype):
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2, 1, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
     x[0, 0, 1, 7] = float("nan")  # a vector lane
-    x[1, 0, 4, 30] = float("nan")  # a vector lane of the second step (float) / the tail (double)
-    x[0, 0, 2, 36] = float("nan")  # the tail
+    x[1, 0, 4, 30] = float("nan")  # window 15: a vector lane of the second (float) / fourth (double) step
+    x[0, 0, 2, 36] = float("nan")  # window 18: the last windows (padded copy)
     w = torch.ones(1, 1, 1, 1, dtype=dtype)
     xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = fusedops.conv_relu_maxpool2d(xs, w, backend="cpp")

@@ -38,6 +38,7 @@
 
 #include "../conv_checks.h"
 #include "cpu_checks.h"
+#include "pool_rows.h"
 #include "vectorize.h"
 #include "winograd.h"
 
@@ -63,26 +64,8 @@ constexpr int64_t kSmallGemm = 1 << 15;
 
 // 32-byte vectors (GCC/Clang vector extensions): one AVX2 register, two SSE2 ones.
 template <typename T>
-struct Vec32;
-template <>
-struct Vec32<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef int32_t mask __attribute__((vector_size(32)));
-  // Even / odd elements of the 16 in (a, b).
-  static type even(type a, type b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
-  static type odd(type a, type b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
-  // The first / last 8 of a0 b0 a1 b1 a2 b2 ... (inverse of even/odd).
-  static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
-  static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
-};
-template <>
-struct Vec32<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef int64_t mask __attribute__((vector_size(32)));
-  static type even(type a, type b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6); }
-  static type odd(type a, type b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7); }
-  static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 4, 1, 5); }
-  static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
+struct Vec32 {
+  typedef T type __attribute__((vector_size(32)));
 };
 
 // C (m x n) = A (m x k) @ B (k x n) [+ C], B and C row-major, A's element (i, p) at
@@ -418,61 +401,6 @@ FUSEDOPS_VECTORIZE void pool2x2_tile(const T* const* v, const T* bias, int64_t c
   }
 }
 
-// MaxPool2d(2) (2x2 windows, stride 2, no padding or dilation) over one pooled row whose
-// windows read conv rows a0 and a1 (ReLU'd: >= 0 or NaN): y[pw * ys] = the max of window pw
-// (larger or NaN replaces, in window order), o[pw * ys] its offset, or -1 when the ReLU is off.
-//
-// GCC does not auto-vectorise this loop (the window's taps are interleaved pairs; it reports "no
-// vectype" for the loads and compiles branches, which mispredict on real data: ~20 cycles per
-// window), so it is written on explicit vectors: L windows at a time, even and odd columns
-// split by shuffles, the selects lane-wise; the last (fewer than L) windows from a zero-padded
-// copy of their columns, so no window takes a branch.
-template <typename T, typename OffT>
-FUSEDOPS_VECTORIZE void pool2x2_row(const T* __restrict a0, const T* __restrict a1, int64_t windows, T* __restrict y,
-                                    OffT* __restrict o, int64_t ys) {
-  using V = typename Vec32<T>::type;
-  using I = typename Vec32<T>::mask;  // lane-wise compare results: 0 or -1
-  constexpr int64_t L = sizeof(V) / sizeof(T);
-  // Windows [pw, pw + n) with n <= L; their columns start at r0 and r1.
-  const auto step = [&](const T* r0, const T* r1, int64_t pw, int64_t n) {
-    V r0a, r0b, r1a, r1b;  // 2L columns of each conv row
-    std::memcpy(&r0a, r0, sizeof(V));
-    std::memcpy(&r0b, r0 + L, sizeof(V));
-    std::memcpy(&r1a, r1, sizeof(V));
-    std::memcpy(&r1b, r1 + L, sizeof(V));
-    const V v0 = Vec32<T>::even(r0a, r0b), v1 = Vec32<T>::odd(r0a, r0b);
-    const V v2 = Vec32<T>::even(r1a, r1b), v3 = Vec32<T>::odd(r1a, r1b);
-    const I t1 = (v1 > v0) | (v1 != v1);
-    V m = t1 ? v1 : v0;
-    I k = t1 & 1;
-    const I t2 = (v2 > m) | (v2 != v2);
-    m = t2 ? v2 : m;
-    k = t2 ? 2 : k;
-    const I t3 = (v3 > m) | (v3 != v3);
-    m = t3 ? v3 : m;
-    k = t3 ? 3 : k;
-    k = ((m > T(0)) | (m != m)) ? k : -1;
-    if (ys == 1 && n == L) {
-      std::memcpy(y + pw, &m, sizeof(V));
-      for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        y[(pw + i) * ys] = m[i];
-        o[(pw + i) * ys] = static_cast<OffT>(k[i]);
-      }
-    }
-  };
-  int64_t pw = 0;
-  for (; pw + L <= windows; pw += L) step(a0 + 2 * pw, a1 + 2 * pw, pw, L);
-  if (pw < windows) {
-    const int64_t n = windows - pw;
-    T c0[2 * L] = {}, c1[2 * L] = {};
-    std::memcpy(c0, a0 + 2 * pw, 2 * n * sizeof(T));
-    std::memcpy(c1, a1 + 2 * pw, 2 * n * sizeof(T));
-    step(c0, c1, pw, n);
-  }
-}
-
 // Offsets of the pool taps in a band tile with rows of OW elements, in window order.
 std::vector<int64_t> pool_tap_deltas(const Geometry& g) {
   std::vector<int64_t> delta;
@@ -513,7 +441,7 @@ FUSEDOPS_VECTORIZE void pool_epilogue(const Geometry& g, const T* t, int64_t r0,
   if (g.whole_pool2x2()) {
     for (int64_t ph = p0; ph < p1; ++ph) {
       const T* a0 = t + (2 * ph - r0) * g.OW;
-      pool2x2_row<T, OffT>(a0, a0 + g.OW, g.PW, y + ph * ys[2], o + ph * ys[2], ys[3]);
+      pool_rows::pool2x2_row<T, OffT>(a0, a0 + g.OW, g.PW, y + ph * ys[2], o + ph * ys[2], ys[3]);
     }
     return;
   }
@@ -727,61 +655,11 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   });
 }
 
-// unpool (below) for one pooled row of MaxPool2d(2) windows that cover conv rows d0 and
-// d1 (contiguous), written rather than added (the windows do not overlap): each window's four
-// conv-output gradients at once, the tap its offset names getting the pooled gradient, the
-// others 0; L windows per vector step (a scalar loop with a branch per window mispredicts on
-// real offsets), the last ones from padded copies. g[pw * gstride] and off[pw * ostride] are the
-// row's pooled gradients and offsets. Adds the gradients that passed into bsum (lane-wise partial
-// sums, then the lanes in order) and returns whether any did.
-template <typename T, typename OffT>
-FUSEDOPS_VECTORIZE bool unpool2x2_row(const T* __restrict g, int64_t gstride, const OffT* __restrict off,
-                                      int64_t ostride, int64_t windows, T* __restrict d0, T* __restrict d1, T& bsum) {
-  using V = typename Vec32<T>::type;
-  using I = typename Vec32<T>::mask;
-  constexpr int64_t L = sizeof(V) / sizeof(T);
-  V passed = {};
-  I on_any = {};
-  // Windows [pw, pw + n), n <= L: the 2n columns of both rows go to e0 and e1.
-  const auto step = [&](int64_t pw, int64_t n, T* e0, T* e1) {
-    V gv = {};
-    I k;
-    for (int64_t i = 0; i < L; ++i) {
-      gv[i] = i < n ? g[(pw + i) * gstride] : T(0);
-      k[i] = i < n ? off[(pw + i) * ostride] : -1;
-    }
-    const V zero = {};
-    const V s0 = k == 0 ? gv : zero, s1 = k == 1 ? gv : zero, s2 = k == 2 ? gv : zero, s3 = k == 3 ? gv : zero;
-    const I on = k >= 0;
-    passed += on ? gv : zero;
-    on_any |= on;
-    const V r0a = Vec32<T>::zip_lo(s0, s1), r0b = Vec32<T>::zip_hi(s0, s1);
-    const V r1a = Vec32<T>::zip_lo(s2, s3), r1b = Vec32<T>::zip_hi(s2, s3);
-    std::memcpy(e0, &r0a, sizeof(V));
-    std::memcpy(e0 + L, &r0b, sizeof(V));
-    std::memcpy(e1, &r1a, sizeof(V));
-    std::memcpy(e1 + L, &r1b, sizeof(V));
-  };
-  int64_t pw = 0;
-  for (; pw + L <= windows; pw += L) step(pw, L, d0 + 2 * pw, d1 + 2 * pw);
-  if (pw < windows) {
-    const int64_t n = windows - pw;
-    T e0[2 * L], e1[2 * L];
-    step(pw, n, e0, e1);
-    std::memcpy(d0 + 2 * pw, e0, 2 * n * sizeof(T));
-    std::memcpy(d1 + 2 * pw, e1, 2 * n * sizeof(T));
-  }
-  for (int64_t i = 0; i < L; ++i) bsum += passed[i];
-  bool any = false;
-  for (int64_t i = 0; i < L; ++i) any |= on_any[i] != 0;
-  return any;
-}
-
 // Adds the pooled gradient of pooled rows [p0, p1) of image n, group grp into `dtile`, the
 // conv-output gradient of conv rows [r0, r0 + M / OW) (element (cg, position) at
 // cg * cs + position * ps: Coutg x M with cs = M, ps = 1, or M x Coutg), through the offsets
 // (overlapping windows add; a window whose ReLU was off adds nothing; whole MaxPool2d(2) windows
-// in a Coutg x M tile are written by unpool2x2_row); adds the bias gradient into db (when not
+// in a Coutg x M tile are written by pool_rows::unpool2x2_row); adds the bias gradient into db (when not
 // null). Returns whether any window passed a gradient.
 template <typename T, typename OffT>
 bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, const OffT* o,
@@ -794,7 +672,7 @@ bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, co
       T bsum = T(0);
       for (int64_t ph = p0; ph < p1; ++ph) {
         T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
-        any |= unpool2x2_row(go + n * gs[0] + c * gs[1] + ph * gs[2], gs[3], o + n * os[0] + c * os[1] + ph * os[2],
+        any |= pool_rows::unpool2x2_row(go + n * gs[0] + c * gs[1] + ph * gs[2], gs[3], o + n * os[0] + c * os[1] + ph * os[2],
                              os[3], g.PW, d0, d0 + g.OW, bsum);
       }
       if (db) db[c] += bsum;

@@ -1,12 +1,13 @@
 // FUSEDOPS_VECTORIZE: compile a hot loop function for AVX-512 and AVX2 as well as the baseline
-// ISA, picking the best one the CPU has when the library loads (GCC/Clang function
+// ISA, picking the best one the CPU has when the library loads (GCC function
 // multi-versioning). The package is built once for every x86-64 machine, so -march=native is
 // not an option; without this the auto-vectorised loops would be limited to SSE2.
 
 #pragma once
 
-#if defined(__x86_64__) && defined(__linux__) && \
-    ((defined(__clang__) && __clang_major__ >= 14) || (!defined(__clang__) && __GNUC__ >= 11))
+// GCC 11 has no dispatcher for the arch=x86-64-v* levels, and Clang (14) does not multiversion
+// function templates, so both build the baseline only.
+#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12
 #define FUSEDOPS_VECTORIZE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FUSEDOPS_VECTORIZE
