@@ -158,13 +158,13 @@ class CppBackend(NativeBackend):
         return _native.LOAD_ERROR
 
     # Measured on a 2-core CPU (benchmarks/NOTES.md): the fused kernel beats eager on pooled
-    # layers with few input channels (the first layer of a CNN) and, in float32/float64, on
-    # pooled 3x3 stride-1 layers with enough channels for its Winograd path
-    # (csrc/cpu/winograd.h), forward and backward. Other pooled layers run im2col + GEMM per
-    # band: faster than the reference (what automatic choice would run instead) while the GEMM's
-    # reduction K = in_channels/groups * KH * KW is short (K 144-288 measured, forward and
-    # training step, benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without pooling
-    # oneDNN is faster.
+    # layers with few input channels (the first layer of a CNN) and on pooled 3x3 stride-1
+    # layers with enough channels for its Winograd path (csrc/cpu/winograd.h), forward and
+    # backward (in bfloat16 it beats the reference there, not oneDNN's native bf16 conv).
+    # Other pooled layers run im2col + GEMM per band: faster than the reference (what
+    # automatic choice would run instead) while the GEMM's reduction K = in_channels/groups *
+    # KH * KW is short (K 144-288 measured, forward and training step,
+    # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without pooling oneDNN is faster.
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -177,12 +177,11 @@ class CppBackend(NativeBackend):
             return False
         if int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS:
             return True
-        # bfloat16 runs the float32 kernels on copies: on the Winograd layers that lost to
-        # oneDNN's native bf16 conv in forward+backward (the im2col layers are not measured in
-        # bf16); on the first layers it still won.
-        if facts.get("dtype") == torch.bfloat16:
-            return False
-        return bool(facts.get("winograd")) or int(facts.get("gemm_k", 1 << 30)) <= self.MAX_AUTO_IM2COL_K
+        if facts.get("winograd"):
+            return True
+        # bfloat16 runs the float32 kernels on copies: on LeNet's 6->16 5x5 layer that tied with
+        # the reference (forward and training step), so the im2col clause is float32/float64 only.
+        return facts.get("dtype") != torch.bfloat16 and int(facts.get("gemm_k", 1 << 30)) <= self.MAX_AUTO_IM2COL_K
 
     def unsupported_reasons(self, tensors):
         reasons = super().unsupported_reasons(tensors)
