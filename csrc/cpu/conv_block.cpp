@@ -658,9 +658,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
 // Adds the pooled gradient of pooled rows [p0, p1) of image n, group grp into `dtile`, the
 // conv-output gradient of conv rows [r0, r0 + M / OW) (element (cg, position) at
 // cg * cs + position * ps: Coutg x M with cs = M, ps = 1, or M x Coutg), through the offsets
-// (overlapping windows add; a window whose ReLU was off adds nothing; whole MaxPool2d(2) windows
-// in a Coutg x M tile are written by pool_rows::unpool2x2_row); adds the bias gradient into db (when not
-// null). Returns whether any window passed a gradient.
+// (overlapping windows add; a window whose ReLU was off adds nothing; whole MaxPool2d(2)
+// windows in a Coutg x M tile are written by pool_rows::unpool2x2_row); adds the bias gradient
+// into db (when not null). Returns whether any window passed a gradient.
 template <typename T, typename OffT>
 bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, const OffT* o,
             const std::array<int64_t, 4>& os, int64_t n, int64_t grp, int64_t p0, int64_t p1, int64_t r0, int64_t M,
@@ -671,9 +671,10 @@ bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, co
       const int64_t c = grp * g.Coutg + cg;
       T bsum = T(0);
       for (int64_t ph = p0; ph < p1; ++ph) {
+        const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
+        const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
         T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
-        any |= pool_rows::unpool2x2_row(go + n * gs[0] + c * gs[1] + ph * gs[2], gs[3], o + n * os[0] + c * os[1] + ph * os[2],
-                             os[3], g.PW, d0, d0 + g.OW, bsum);
+        any |= pool_rows::unpool2x2_row(grow, gs[3], orow, os[3], g.PW, d0, d0 + g.OW, bsum);
       }
       if (db) db[c] += bsum;
     }
