@@ -2,13 +2,14 @@
 
 GPU: CUDA events around a run of calls that rotate through enough input copies to exceed
 the L2 cache, after warm-up; medians over rounds. CPU: ``time.perf_counter`` around one call.
-Providers are always timed interleaved (round r of every provider before round r+1), so
-a slow drift of the machine hits all of them alike; speed-ups are medians of per-round
-ratios.
+Providers are always timed interleaved (round r of every provider before round r+1, in a
+shuffled order), so a slow drift of the machine hits all of them alike; speed-ups are medians
+of per-round ratios.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence
@@ -40,12 +41,23 @@ def time_call(fn: Callable[[int], object], device: str, calls: int) -> float:
 def interleaved(
     fns: Dict[str, Callable[[int], object]], device: str, rounds: int, calls: int
 ) -> Dict[str, List[float]]:
-    """Per-round ms/call of every function, timed A, B, C, A, B, C, ..."""
+    """Per-round ms/call of every function; every function once per round, in an order
+    shuffled anew each round (seeded, so a run is repeatable).
+
+    A call pays for what the one before it did: on CPU the large buffers a step frees go back
+    to the system and come back as page faults in the next step's allocations. In a fixed
+    order that cost fell on the same provider every round: whichever fusedops provider ran
+    right after eager took 15-60% longer than the same kernels later in the round (mnist conv1
+    training step). Shuffled, each provider follows each other one in a share of the rounds,
+    which the median over rounds leaves out."""
     times: Dict[str, List[float]] = {name: [] for name in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, fn in fns.items():
+        shuffle(order)
+        for name in order:
             sync(device)
-            times[name].append(time_call(fn, device, calls))
+            times[name].append(time_call(fns[name], device, calls))
     return times
 
 

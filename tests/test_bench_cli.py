@@ -180,3 +180,17 @@ def test_a_provider_with_backend_flags_steps_more_than_once(mode):
     for i in range(3):
         step(i)
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_interleaved_rounds_time_every_provider_once_in_changing_orders():
+    from benchmarks import measure
+
+    calls = []
+    fns = {name: (lambda i, name=name: calls.append(name)) for name in ("eager", "auto", "cpp", "compile")}
+    times = measure.interleaved(fns, "cpu", rounds=12, calls=1)
+    assert all(len(t) == 12 for t in times.values())
+    rounds = [calls[i : i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == sorted(fns) for r in rounds)
+    # the provider timed right after eager is not always the same one
+    followers = {r[r.index("eager") + 1] for r in rounds if r.index("eager") < 3}
+    assert len(followers) > 1
