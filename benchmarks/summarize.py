@@ -243,9 +243,9 @@ def summarize(path: str) -> str:
         for p in providers:
             r = by_provider.get(p)
             cells.append("-" if r is None else f"{r['median_ms']:.2f} ({r['speedup_vs_eager']:.2f}x)")
-        fused = [by_provider[p] for p in providers if p.startswith("fusedops") and p in by_provider]
         best = next((r for r in by_provider.values() if r.get("best_baseline")), None)
         if best is not None:
+            fused = [by_provider[p] for p in providers if p.startswith("fusedops") and p in by_provider]
             cells.append(best["best_baseline"])
             cells.append(", ".join(f"{r['provider'][len('fusedops-'):]} {r['speedup_vs_best']:.2f}x" for r in fused))
         lines.append(f"| {layer} | {dtype} | {mode} | " + " | ".join(cells) + " |")

@@ -666,26 +666,18 @@ bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, co
             const std::array<int64_t, 4>& os, int64_t n, int64_t grp, int64_t p0, int64_t p1, int64_t r0, int64_t M,
             const std::vector<int64_t>& tap_delta, T* dtile, int64_t cs, int64_t ps, T* db) {
   bool any = false;
-  if (ps == 1 && g.whole_pool2x2()) {  // rows of the tile are conv rows: write whole windows
-    for (int64_t cg = 0; cg < g.Coutg; ++cg) {
-      const int64_t c = grp * g.Coutg + cg;
-      T bsum = T(0);
-      for (int64_t ph = p0; ph < p1; ++ph) {
-        const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
-        const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
-        T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
-        any |= pool_rows::unpool2x2_row(grow, gs[3], orow, os[3], g.PW, d0, d0 + g.OW, bsum);
-      }
-      if (db) db[c] += bsum;
-    }
-    return any;
-  }
+  const bool whole_windows = ps == 1 && g.whole_pool2x2();  // tile rows are conv rows
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
     T bsum = T(0);
     for (int64_t ph = p0; ph < p1; ++ph) {
       const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
       const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
+      if (whole_windows) {
+        T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
+        any |= pool_rows::unpool2x2_row(grow, gs[3], orow, os[3], g.PW, d0, d0 + g.OW, bsum);
+        continue;
+      }
       // tile index of tap 0 of window (ph, pw) is base + pw * psw (it may lie outside the
       // tile for windows in the padding, but the max's tap never does)
       const int64_t base = (ph * g.psh - g.pph - r0) * g.OW - g.ppw;
