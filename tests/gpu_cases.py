@@ -179,7 +179,8 @@ CONV_LAYOUTS: List[ConvCase] = [
 
 # One case per launcher configuration. fwd: rows N*PH*PW, columns Cout/groups; dx: rows
 # N*H*W, columns Cin/groups; dw: rows Cin/groups*KH*KW, columns Cout/groups (Triton,
-# conv_block_configs: BLOCK_M 32 up to 4096 rows, else 64; BLOCK_N 16/32/64 up to 16/32/more
+# conv_block_configs: BLOCK_M 32 up to 4096 rows, else 64 (dw in bf16/fp16: always 64,
+# conv_block_dw_configs); BLOCK_N 16/32/64 up to 16/32/more
 # columns). CUDA: see cuda_conv_variants.
 CONV_CONFIGS: List[ConvCase] = [
     _conv("deep 512->16 6x6", (2, 512, 6, 6), 16, 3, padding=1, scale_weight=True,

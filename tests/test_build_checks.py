@@ -36,6 +36,41 @@ def test_res_usage_and_tensor_core_counts_are_parsed():
     assert triton_compile.count_tensor_core_ops(ptx) == (1, 1)
 
 
+# PTX blocks as LLVM prints them: a block before a loop, the loop's header and latch (marked in
+# the comments after their labels), and the loop's exit, laid out after the loop.
+_PTX = """\
+$L__BB0_1:                              // %.lr.ph
+{before}\tbra.uni \t$L__BB0_2;
+$L__BB0_3:                              // %._crit_edge
+{after}\tret;
+$L__BB0_2:                              // =>This Loop Header: Depth=1
+                                        //     Child Loop BB0_4 Depth 2
+{header}\t@%p1 bra \t$L__BB0_4;
+$L__BB0_4:                              //   in Loop: Header=BB0_2 Depth=1
+{latch}\t@%p2 bra \t$L__BB0_2;
+\tbra.uni \t$L__BB0_3;
+"""
+_DIVS = "\tdiv.s32 \t%r6, %r5, %r4;\n\t@%p3 rem.s64 \t%rd6, %rd5, %rd4;\n"
+
+
+def test_integer_divisions_are_counted_inside_loops_only():
+    count = triton_compile.count_loop_divisions
+    blocks = dict(before="", after="", header="", latch="")
+    assert count(_PTX.format(**{**blocks, "before": _DIVS, "after": _DIVS})) == 0  # outside the loop
+    assert count(_PTX.format(**{**blocks, "header": "\tmul.hi.s32 \t%r6, %r5, 954437177;\n"})) == 0
+    assert count(_PTX.format(**{**blocks, "latch": "\tdiv.rn.f32 \t%f1, %f2, %f3;\n"})) == 0  # a float division
+    assert count(_PTX.format(**{**blocks, "header": _DIVS, "latch": "\tdiv.u32 \t%r7, %r5, %r4;\n"})) == 3
+
+
+def test_a_division_in_a_gemm_kernels_loop_fails_the_triton_check():
+    gemm, other = _launch(90), _launch(90, kernel="conv_block_jvp_kernel")
+    results = {gemm.key(): triton_compile.Compiled(1.0), other.key(): triton_compile.Compiled(1.0, loop_divisions=4)}
+    assert triton_check.loop_division_errors([gemm, other], results) == []
+    results[gemm.key()] = triton_compile.Compiled(1.0, loop_divisions=2)
+    errors = triton_check.loop_division_errors([gemm, other], results)
+    assert len(errors) == 1 and "conv_block_dx_kernel" in errors[0] and "2 integer divisions" in errors[0]
+
+
 def _launch(arch, kernel="conv_block_dx_kernel", grid=(1, 1, 1)):
     return triton_compile.Launch("fusedops.triton.conv_block", kernel, arch, "case", "fp32", grid,
                                  {"BLOCK_M": "constexpr"}, {(0,): 64}, {}, {"num_warps": 4})
@@ -70,3 +105,9 @@ def test_every_config_the_launchers_pick_is_known_to_the_triton_check():
         assert configs and all(len(c) == 4 for c in configs)
         assert triton_check.reachable_configs(linear.linear_configs, dtype)
     assert len(triton_check.reachable_configs(conv_block.conv_block_configs, torch.float32)) == 6
+    # The weight gradient takes 64-row tiles (wgmma on Hopper) for 16-bit inputs only, and steps
+    # 16 positions at a time in float32.
+    for dtype, rows, steps in ((torch.bfloat16, {64}, {16, 32}), (torch.float16, {64}, {16, 32}),
+                               (torch.float32, {32, 64}, {16})):
+        configs = triton_check.reachable_configs(conv_block.conv_block_dw_configs, dtype)
+        assert {c[0] for c in configs} == rows and {c[2] for c in configs} == steps

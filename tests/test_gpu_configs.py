@@ -22,6 +22,11 @@ fp32, tf32, bf16, fp16 (fp64: one 32x32x16 config with 8 warps, reached by every
 | 64x32x32 | wide 24->24 58x58 | wide 24->24, multi-wave | deep 512->32 |
 | 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 512->96, 1024->2048 |
 
+The weight gradient's rows (conv_block_dw_configs) are 64 for bf16 and fp16 whatever the
+row count (wgmma on Hopper): its 32-row configs above are fp32/tf32 only, and in bf16/fp16
+it runs 64x16x16 (grid), 64x32x16 (small 24->24, wide 24->24), 64x64x16 (wide 40->40,
+multi-wave) and the 64-row configs above.
+
 Triton, linear_configs (BLOCK_M 16/32/64 for <= 16 / <= 256 / more rows, BLOCK_N 16/32/64 for
 <= 16 / <= 256 / more out_features, BLOCK_K 32; the same config for fwd, dx, dw): the nine
 ``{10, 200, 1000}x40->{12, 100, 300}`` cases, one per config, with every activation among

@@ -35,7 +35,7 @@ KERNEL_CONFIGS = {
     # its launcher can pick, for every dtype.
     "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
     "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
-    "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
+    "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_dw_configs"),
     "linear_fwd_kernel": ("fusedops.triton.linear", "linear_configs"),
     "linear_dx_kernel": ("fusedops.triton.linear", "linear_configs"),
     "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
@@ -100,6 +100,23 @@ def resource_errors(launches, results, max_seconds) -> list:
     return list(dict.fromkeys(errors))
 
 
+# The implicit-GEMM kernels, whose loops must not divide (the conv geometry is constexpr, a
+# weight gradient steps through its positions by carries; a linear layer has no geometry).
+NO_LOOP_DIVISION = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel",
+                    "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
+
+
+def loop_division_errors(launches, results) -> list:
+    """One line per compiled GEMM kernel with an integer division or remainder in a loop."""
+    errors = []
+    for ln in launches:
+        r = results[ln.key()]
+        if ln.kernel in NO_LOOP_DIVISION and not r.error and r.loop_divisions:
+            errors.append(f"sm_{ln.arch} {ln.kernel} [{ln.case}, {ln.dtype}]: {r.loop_divisions} integer "
+                          "divisions/remainders inside its loops")
+    return list(dict.fromkeys(errors))
+
+
 def _cfg(ln) -> str:
     bm, bn, bk, warps = config_of(ln)
     return f"{bm}x{bn}x{bk} w{warps}"
@@ -107,8 +124,9 @@ def _cfg(ln) -> str:
 
 def table(launches, results, arch) -> list:
     """Markdown rows, one per (kernel, case, dtype) on ``arch``."""
-    rows = ["| kernel | case | dtype | BMxBNxBK warps | grid | shared KB | regs | stack B | wgmma | mma | compile s |",
-            "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| kernel | case | dtype | BMxBNxBK warps | grid | shared KB | regs | stack B | wgmma | mma | "
+            "loop div | compile s |",
+            "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     seen = set()
     for ln in launches:
         if ln.arch != arch or (ln.kernel, ln.case, ln.dtype) in seen:
@@ -118,10 +136,10 @@ def table(launches, results, arch) -> list:
         grid = "x".join(str(g) for g in ln.grid)
         if r.error:
             rows.append(f"| {ln.kernel} | {ln.case} | {ln.dtype} | {_cfg(ln)} | {grid} | FAILED: {r.error} |"
-                        " | | | | |")
+                        " | | | | | |")
             continue
         rows.append(f"| {ln.kernel} | {ln.case} | {ln.dtype} | {_cfg(ln)} | {grid} | {r.shared / 1024:.1f} | "
-                    f"{r.registers} | {r.stack} | {r.wgmma} | {r.mma} | {r.seconds:.1f} |")
+                    f"{r.registers} | {r.stack} | {r.wgmma} | {r.mma} | {r.loop_divisions} | {r.seconds:.1f} |")
     return rows
 
 
@@ -129,19 +147,19 @@ def summary(launches, results, arch) -> list:
     """Markdown rows: per kernel, the maxima over every case and dtype on ``arch``."""
     from tools.triton_compile import SHARED_LIMIT
 
-    worst = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
+    worst = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0, 0])
     for ln in launches:
         r = results[ln.key()]
         if ln.arch != arch or r.error:
             continue
         w = worst[ln.kernel]
         w[:] = [max(w[0], r.shared), max(w[1], r.registers), max(w[2], r.stack), max(w[3], r.seconds),
-                max(w[4], r.wgmma), max(w[5], r.mma)]
+                max(w[4], r.wgmma), max(w[5], r.mma), max(w[6], r.loop_divisions)]
     rows = [f"| kernel | max shared KB (limit {SHARED_LIMIT[arch] // 1024}) | max regs | max stack B | "
-            "max compile s | max wgmma | max mma |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for kernel, (shared, regs, stack, secs, wgmma, mma) in sorted(worst.items()):
-        rows.append(f"| {kernel} | {shared / 1024:.1f} | {regs} | {stack} | {secs:.1f} | {wgmma} | {mma} |")
+            "max compile s | max wgmma | max mma | max loop div |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kernel, (shared, regs, stack, secs, wgmma, mma, divs) in sorted(worst.items()):
+        rows.append(f"| {kernel} | {shared / 1024:.1f} | {regs} | {stack} | {secs:.1f} | {wgmma} | {mma} | {divs} |")
     return rows
 
 
@@ -158,8 +176,10 @@ def write_report(path, launches, results, archs, errors, elapsed, compiles) -> N
         f"Triton {triton.__version__} (torch {torch.__version__.split('+')[0]} on the host) for "
         + ", ".join(f"sm_{a}" for a in archs) + " without a GPU. Shared memory is",
         "the compiled kernel's (dynamic, per block); registers and stack per thread from",
-        "`cuobjdump -res-usage`; wgmma/mma count the tensor-core instructions in the PTX; compile",
-        f"seconds are wall time with {compiles} compiles shared by parallel workers on this machine.",
+        "`cuobjdump -res-usage`; wgmma/mma count the tensor-core instructions in the PTX; loop div",
+        "counts the integer divisions and remainders inside the PTX's loops (the implicit-GEMM",
+        "kernels must have none: a failure); compile seconds are wall time with",
+        f"{compiles} compiles shared by parallel workers on this machine.",
         "",
         f"{datetime.date.today().isoformat()}: {len(set(ln.key() for ln in launches))} compiles, "
         f"{elapsed:.0f} s, " + (f"**{len(errors)} failures**" if errors else "no failures") + ".",
@@ -234,6 +254,7 @@ def main(argv=None) -> int:
 
     results = compile_all(launches, args.jobs, args.max_compile_seconds, progress)
     errors += resource_errors(launches, results, args.max_compile_seconds)
+    errors += loop_division_errors(launches, results)
     elapsed = time.monotonic() - start
     for arch in archs:
         print(f"\nsm_{arch}: maxima per kernel\n" + "\n".join(summary(launches, results, arch)))

@@ -78,6 +78,7 @@ class Compiled:
     stack: int = 0
     wgmma: int = 0
     mma: int = 0
+    loop_divisions: int = 0
     error: Optional[str] = None
 
 
@@ -145,6 +146,34 @@ def count_tensor_core_ops(ptx: str) -> Tuple[int, int]:
     return len(re.findall(r"^\s*wgmma\.mma_async", ptx, re.M)), len(re.findall(r"^\s*mma\.sync", ptx, re.M))
 
 
+_LABEL = re.compile(r"^(\$L__\w+):")
+_LOOP_NOTE = re.compile(r"//.*(Loop Header|in Loop:)")
+_INT_DIVISION = re.compile(r"^\s*(?:@!?%p\d+\s+)?(?:div|rem)\.[su](?:16|32|64)\b")
+
+
+def count_loop_divisions(ptx: str) -> int:
+    """Integer divisions and remainders (``div``/``rem`` on s/u 16-64 bit operands; float
+    divisions are ``div.rn.f32`` and the like) in the basic blocks of the kernel's loops, in
+    the PTX. LLVM marks each block of a loop in the comments after its label (``=>This Loop
+    Header``, ``in Loop: Header=...``); the layout alone does not tell, since blocks before a
+    loop may be placed after it. ptxas turns each such instruction into a ~20-instruction
+    sequence (a 64-bit one into a call), while a division by a compile-time constant never
+    reaches the PTX as one (LLVM makes it a multiply)."""
+    count = 0
+    in_loop = False
+    lines = ptx.splitlines()
+    for i, line in enumerate(lines):
+        if _LABEL.match(line):  # a block starts: is it in a loop?
+            in_loop = bool(_LOOP_NOTE.search(line))
+            for note in lines[i + 1:]:
+                if not note.strip().startswith("//"):
+                    break
+                in_loop = in_loop or bool(_LOOP_NOTE.search(note))
+        elif in_loop and _INT_DIVISION.match(line):
+            count += 1
+    return count
+
+
 def _compile_one(launch: Launch) -> Compiled:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -162,7 +191,8 @@ def _compile_one(launch: Launch) -> Compiled:
                                                capture_output=True, text=True).stdout)
     wgmma, mma = count_tensor_core_ops(kernel.asm["ptx"])
     return Compiled(seconds, shared=int(kernel.metadata.shared), registers=usage.get("REG", 0),
-                    stack=usage.get("STACK", 0), wgmma=wgmma, mma=mma)
+                    stack=usage.get("STACK", 0), wgmma=wgmma, mma=mma,
+                    loop_divisions=count_loop_divisions(kernel.asm["ptx"]))
 
 
 def _worker(jobs, results, log_path):

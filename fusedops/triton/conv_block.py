@@ -8,7 +8,7 @@ is in ``IDX`` (int32, or int64 once an offset or count reaches 2^31, see ``_laun
 
 Forward (``conv_block_fwd_kernel``): an implicit GEMM whose rows are pooled outputs
 ``(n, ph, pw)`` and columns output channels of one group. For each pool tap ``(pkh, pkw)``
-(a runtime loop: code size, registers and compile time do not grow with the window) it
+(a loop, not unrolled: code size, registers and compile time do not grow with the window) it
 computes the conv value at that tap for every row (reduction over ``K = Cg * KH * KW``
 gathered from ``x``), adds the bias, applies ReLU (NaN kept) and folds it into a running max
 and argmax: a tap replaces the max when larger or NaN, taps in row-major order, so ties go to
@@ -19,13 +19,18 @@ Backward: the conv-output gradient ``dc`` is never stored: the GEMMs' loads rebu
 ``dy`` and ``o`` (``_unpooled_grad``): ``dc[n, c, oh, ow]`` is the sum of ``dy[n, c, ph, pw]``
 over the pool windows ``(ph, pw)`` that contain ``(oh, ow)`` and whose offset ``o`` names it.
 Only the windows that can contain the position are visited: one per dimension for
-non-overlapping pools, ``(PKH - 1) * pdh // psh + 1`` in general.
+non-overlapping pools, ``(PKH - 1) * PDH // PSH + 1`` in general.
 ``conv_block_dx_kernel``: rows input pixels ``(n, ih, iw)``, columns input channels of a
 group, reduction over ``(co, kh, kw)``. ``conv_block_dw_kernel``: rows ``(ci, kh, kw)``,
 columns output channels, reduction over all conv positions ``(n, oh, ow)``, split into slices
 that fill the GPU, whose float32 partial sums ``reduce.sum_slices_kernel`` adds in a fixed order
 (deterministic: no atomics); the programs of the first row tile also reduce ``db``. Every
 reduction is summed in chunks (``_launch`` "Summation order").
+
+Specialisation: kernel size, stride, dilation and the pool window are constexpr (``_geometry``),
+so the K loops divide only by constants, which compile to multiplies (``make triton-check``
+counts the integer divisions left in every kernel's loops: none in these three); image sizes,
+paddings, channel counts and strides stay runtime arguments.
 
 Grids: ``(row tiles, y, z)`` where ``y * z`` covers ``groups x column tiles`` (``split_grid``);
 each program finds its group and column tile from ``program_id(1) + program_id(2) *
@@ -77,12 +82,30 @@ def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if rows <= 4096 else 32, "num_warps": 4}
 
 
+def conv_block_dw_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
+    """Block sizes of the weight gradient (rows ``Cg*KH*KW``, columns ``Coutg``): as
+    :func:`conv_block_configs`, except 64 rows for 16-bit inputs, and 16 positions per step
+    for float32. A 64-row tile is what Hopper's warpgroup MMA (wgmma) needs with 4 warps (32
+    rows compile to mma.sync), and each row tile re-gathers the un-pooled gradient ``dc`` of
+    its positions, so fewer, taller tiles also gather it fewer times (5 instead of 9 times for
+    a 32->64 3x3 layer's 288 rows). In float32 a 64 x 64 tile stepping 32 positions spilled 4 KB
+    per thread (IEEE products on the FMA units; sm_90, ``make triton-check``)."""
+    cfg = conv_block_configs(rows, cols, dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        cfg["BLOCK_M"] = 64
+    elif dtype == torch.float32:
+        cfg["BLOCK_K"] = 16
+    return cfg
+
+
 @triton.jit
 def conv_block_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, o_ptr,
-    ROWS, PHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, N_TILES, NG, CHUNK,
-    sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
+    ROWS, PHW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, CHUNK, pt, pl, pph, ppw,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw, sb,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
     IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -91,7 +114,9 @@ def conv_block_fwd_kernel(
     ``ROWS = N * PH * PW``, ``PHW = PH * PW``; ``NG = G * N_TILES`` with ``N_TILES =
     cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is
     contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides. The reduction is
-    summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation order").
+    summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation
+    order"). The geometry (``_GEOMETRY``: kernel, stride, dilation, pool window) is constexpr,
+    so the K loop's index arithmetic divides by constants only (no division instruction).
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -105,15 +130,18 @@ def conv_block_fwd_kernel(
     co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = co < Coutg
     c = (grp * Coutg + co).to(IDX)
-    K = Cg * KH * KW
+    K = Cg * (KH * KW)
+    x_base = n * sxn + (grp * Cg).to(IDX) * sxc
     if HAS_BIAS:
         bias = tl.load(b_ptr + c * sb, mask=col_ok, other=0.0).to(ACC)
     best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
     where = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
     for tap in range(0, PKH * PKW):
-        oh = ph * psh - pph + (tap // PKW) * pdh
-        ow = pw * psw - ppw + (tap % PKW) * pdw
+        oh = ph * PSH - pph + (tap // PKW) * PDH
+        ow = pw * PSW - ppw + (tap % PKW) * PDW
         valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+        ih0 = oh * SH - pt
+        iw0 = ow * SW - pl
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         for c0 in range(0, K, CHUNK):
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -123,10 +151,10 @@ def conv_block_fwd_kernel(
                 ci = k // (KH * KW)
                 kh = (k // KW) % KH
                 kw = k % KW
-                ih = oh[:, None] * sh - pt + kh[None, :] * dh
-                iw = ow[:, None] * sw - pl + kw[None, :] * dw
+                ih = ih0[:, None] + kh[None, :] * DH
+                iw = iw0[:, None] + kw[None, :] * DW
                 x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                x_off = n[:, None] * sxn + (grp * Cg + ci)[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
+                x_off = x_base[:, None] + ci[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
                 xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
                 wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
                 part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
@@ -145,29 +173,31 @@ def conv_block_fwd_kernel(
 
 
 @triton.jit
-def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W, psh, psw, pph, ppw, pdh, pdw,
-                   sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC: tl.constexpr):
+def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, pph, ppw, sgn, sgc, sgh, sgw, son, soc, soh, sow,
+                   PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr, PDH: tl.constexpr,
+                   PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr, ACC: tl.constexpr):
     """dc[n, c, oh, ow] (broadcast 2-D index tensors, ``ok`` masks the valid ones) from dy and the offsets, in ACC.
 
-    Pool window ``ph`` covers conv rows ``ph * psh - pph + kh * pdh`` for ``kh < PKH``, so the
-    windows containing row ``oh`` are ``ph = (oh + pph) // psh - i`` for ``i < WIN_H =
-    (PKH - 1) * pdh // psh + 1``, at tap ``kh = (oh + pph - ph * psh) / pdh`` where that is
+    Pool window ``ph`` covers conv rows ``ph * PSH - pph + kh * PDH`` for ``kh < PKH``, so the
+    windows containing row ``oh`` are ``ph = (oh + pph) // PSH - i`` for ``i < WIN_H =
+    (PKH - 1) * PDH // PSH + 1``, at tap ``kh = (oh + pph - ph * PSH) / PDH`` where that is
     integral and below ``PKH`` (likewise for columns). A window contributes ``dy`` where its
-    saved offset is that tap, ``kh * PKW + kw``.
+    saved offset is that tap, ``kh * PKW + kw``. The pool geometry is constexpr: every division
+    here is by a constant (a multiply, or nothing for a non-overlapping pool's unit steps).
     """
     num_h = oh + pph
     num_w = ow + ppw
-    ph_last = num_h // psh
-    pw_last = num_w // psw
+    ph_last = num_h // PSH
+    pw_last = num_w // PSW
     dc = tl.zeros(ok.shape, dtype=ACC)
     for i in range(0, WIN_H * WIN_W):
         ph = ph_last - i // WIN_W
         pw = pw_last - i % WIN_W
-        kh_num = num_h - ph * psh
-        kw_num = num_w - pw * psw
-        kh = kh_num // pdh
-        kw = kw_num // pdw
-        hit = (ok & (ph >= 0) & (pw >= 0) & (ph < PH) & (pw < PW) & (kh * pdh == kh_num) & (kw * pdw == kw_num)
+        kh_num = num_h - ph * PSH
+        kw_num = num_w - pw * PSW
+        kh = kh_num // PDH
+        kw = kw_num // PDW
+        hit = (ok & (ph >= 0) & (pw >= 0) & (ph < PH) & (pw < PW) & (kh * PDH == kh_num) & (kw * PDW == kw_num)
                & (kh < PKH) & (kw < PKW))
         o = tl.load(o_ptr + n * son + c * soc + ph * soh + pw * sow, mask=hit, other=-1)
         hit = hit & (o.to(tl.int32) == kh * PKW + kw)
@@ -178,18 +208,21 @@ def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_
 @triton.jit
 def conv_block_dx_kernel(
     g_ptr, o_ptr, w_ptr, dx_ptr,
-    ROWS, HW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG, CHUNK,
-    sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
+    ROWS, HW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, CHUNK, pt, pl, pph, ppw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sdn, sdc, sdh, sdw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """dx[n, g*Cg + ci, ih, iw] = sum_{co, kh, kw} dc[n, g*Coutg + co, oh, ow] * w[g*Coutg + co, ci, kh, kw]
-    with ih = oh*sh - pt + kh*dh (oh integral, in range).
+    with ih = oh*SH - pt + kh*DH (oh integral, in range).
 
     ``ROWS = N * H * W``, ``HW = H * W``; ``NG = G * N_TILES``, ``N_TILES = cdiv(Cg, BLOCK_N)``.
     Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is contiguous. Partial
-    sums of ``CHUNK`` terms, as the forward.
+    sums of ``CHUNK`` terms, as the forward; constexpr geometry, as the forward (for stride 1
+    the divisions by the stride and their integrality tests compile to nothing).
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -202,7 +235,7 @@ def conv_block_dx_kernel(
     iw = rows % W
     ci = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_ok = ci < Cg
-    R = Coutg * KH * KW
+    R = Coutg * (KH * KW)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for c0 in range(0, R, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -212,16 +245,17 @@ def conv_block_dx_kernel(
             co = r // (KH * KW)
             kh = (r // KW) % KH
             kw = r % KW
-            oh_num = ih[:, None] + pt - kh[None, :] * dh
-            ow_num = iw[:, None] + pl - kw[None, :] * dw
-            oh = oh_num // sh
-            ow = ow_num // sw
-            ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * sh == oh_num)
-                  & (ow * sw == ow_num) & (oh < OH) & (ow < OW))
+            oh_num = ih[:, None] + pt - kh[None, :] * DH
+            ow_num = iw[:, None] + pl - kw[None, :] * DW
+            oh = oh_num // SH
+            ow = ow_num // SW
+            ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * SH == oh_num)
+                  & (ow * SW == ow_num) & (oh < OH) & (ow < OW))
             c = (grp * Coutg + co)[None, :].to(IDX)
-            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, PKH, PKW, WIN_H, WIN_W,
-                                psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
-            w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * KH * KW)
+            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, pph, ppw,
+                                sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W,
+                                ACC)
+            w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * (KH * KW))
             w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
             wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
             part += matmul_tile(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
@@ -233,9 +267,11 @@ def conv_block_dx_kernel(
 @triton.jit
 def conv_block_dw_kernel(
     g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
-    P, OHW, H, W, Cg, Coutg, KH, KW, OH, OW, PH, PW, PKH, PKW, WIN_H, WIN_W, N_TILES, NG, M_TILES, SLICE, CHUNK,
-    sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
+    P, OHW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, M_TILES, SLICE, CHUNK, pt, pl, pph, ppw,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     HAS_DB: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
     FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -251,6 +287,10 @@ def conv_block_dw_kernel(
     Cg*KH*KW) and ``db`` (Cout,) are written in their dtype, contiguous; with it each slice
     writes ACC partial sums, ``dw_ptr`` (slices, Cout, Cg*KH*KW) and ``db_ptr`` (slices, Cout),
     which ``reduce.sum_slices_kernel`` adds.
+
+    The positions ``p`` of a step are decomposed into ``(n, oh, ow)`` once, before the loop;
+    each step then adds ``BLOCK_K`` as a mixed-radix sum with one carry per digit, so the loop
+    divides by nothing while the image size stays a runtime argument.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -258,7 +298,7 @@ def conv_block_dw_kernel(
     grp = j // N_TILES
     pid_m = tl.program_id(0) % M_TILES
     piece = tl.program_id(0) // M_TILES
-    K = Cg * KH * KW
+    K = Cg * (KH * KW)
     k = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     k_ok = k < K
     ci = k // (KH * KW)
@@ -267,30 +307,45 @@ def conv_block_dw_kernel(
     co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < Coutg
     c = (grp * Coutg + co).to(IDX)
+    x_chan = (grp * Cg + ci).to(IDX) * sxc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
     start = piece.to(IDX) * SLICE
     end = tl.minimum(start + SLICE, P)
+    # (n, oh, ow) of the step's positions, and BLOCK_K in the same digits: step_n images,
+    # step_h rows (< OH), step_w columns (< OW).
+    p = start + tl.arange(0, BLOCK_K).to(IDX)
+    n = p // OHW
+    oh = (p // OW) % OH
+    ow = p % OW
+    step_n = BLOCK_K // OHW
+    step_h = (BLOCK_K // OW) % OH
+    step_w = BLOCK_K % OW
     for c0 in range(start, end, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         part_db = tl.zeros((BLOCK_N,), dtype=ACC)
         for p0 in range(c0, tl.minimum(c0 + CHUNK, end), BLOCK_K):
-            p = (p0 + tl.arange(0, BLOCK_K)).to(IDX)
-            p_ok = p < end
-            n = p // OHW
-            oh = (p // OW) % OH
-            ow = p % OW
+            p_ok = (p0 + tl.arange(0, BLOCK_K)) < end
             dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None],
-                                p_ok[:, None] & co_ok[None, :], PH, PW, PKH, PKW, WIN_H, WIN_W,
-                                psh, psw, pph, ppw, pdh, pdw, sgn, sgc, sgh, sgw, son, soc, soh, sow, ACC)
-            ih = oh[None, :] * sh - pt + kh[:, None] * dh
-            iw = ow[None, :] * sw - pl + kw[:, None] * dw
+                                p_ok[:, None] & co_ok[None, :], PH, PW, pph, ppw,
+                                sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W,
+                                ACC)
+            ih = oh[None, :] * SH - pt + kh[:, None] * DH
+            iw = ow[None, :] * SW - pl + kw[:, None] * DW
             x_ok = k_ok[:, None] & p_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            x_off = n[None, :] * sxn + (grp * Cg + ci)[:, None].to(IDX) * sxc + ih * sxh + iw * sxw
+            x_off = n[None, :] * sxn + x_chan[:, None] + ih * sxh + iw * sxw
             xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
             part += matmul_tile(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION, FMA).to(ACC)
             if HAS_DB:
                 part_db += tl.sum(dc, axis=0)
+            # p += BLOCK_K, digit by digit (each digit below its radix: one carry each).
+            ow += step_w
+            carry = ow >= OW
+            ow = tl.where(carry, ow - OW, ow)
+            oh += step_h + carry.to(oh.dtype)
+            carry = oh >= OH
+            oh = tl.where(carry, oh - OH, oh)
+            n += step_n + carry.to(n.dtype)
         acc += part
         db += part_db
     cout = NG // N_TILES * Coutg
@@ -303,18 +358,30 @@ def conv_block_dw_kernel(
             tl.store(db_ptr + c, db.to(db_ptr.dtype.element_ty), mask=co_ok)
 
 
-def _geometry(input, weight, p: ConvBlockParams, out_hw):
-    """``(sizes, steps, windows)``: the kernels' size and step arguments, and the pool-window
-    candidates per dimension ``(WIN_H, WIN_W)`` the backward visits."""
+class _Geometry(NamedTuple):
+    """The kernels' geometry arguments: runtime sizes and paddings, and the constexpr rest."""
+
+    sizes: Tuple[int, ...]  # H, W, Cg, Coutg, OH, OW, PH, PW
+    pads: Tuple[int, ...]  # pt, pl, pph, ppw
+    constexprs: dict  # KH, KW, SH, SW, DH, DW, PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W
+
+
+def _geometry(input, weight, p: ConvBlockParams, out_hw) -> _Geometry:
+    """The kernels' geometry arguments. Kernel size, stride, dilation and the pool window are
+    compile-time constants (a network has a handful of them; the K loops then divide by
+    constants only); image sizes and paddings stay runtime values. ``WIN_H x WIN_W`` are the
+    pool-window candidates per conv position that the backward visits."""
     n, cin, h, w = input.shape
     cout, cg, kh, kw = weight.shape
     oh, ow = p.conv_output_hw((h, w), (kh, kw))
     pool = p.pool_kernel_size if p.has_pool else (1, 1)
     ps, pp, pd = (p.pool_stride, p.pool_padding, p.pool_dilation) if p.has_pool else ((1, 1), (0, 0), (1, 1))
-    sizes = (h, w, cg, cout // p.groups, kh, kw, oh, ow, out_hw[0], out_hw[1], *pool)
-    steps = (*p.stride, p.padding[0], p.padding[2], *p.dilation, *ps, *pp, *pd)
     windows = tuple((k - 1) * d // s + 1 for k, s, d in zip(pool, ps, pd))
-    return sizes, steps, windows
+    constexprs = dict(KH=kh, KW=kw, SH=p.stride[0], SW=p.stride[1], DH=p.dilation[0], DW=p.dilation[1],
+                      PKH=pool[0], PKW=pool[1], PSH=ps[0], PSW=ps[1], PDH=pd[0], PDW=pd[1],
+                      WIN_H=windows[0], WIN_W=windows[1])
+    return _Geometry((h, w, cg, cout // p.groups, oh, ow, out_hw[0], out_hw[1]),
+                     (p.padding[0], p.padding[2], *pp), constexprs)
 
 
 def _meta(input: torch.Tensor) -> dict:
@@ -340,8 +407,8 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     if y.numel() == 0:
         return _ForwardPlan(shape, fmt, p.offsets_dtype(), None)
     w = torch.empty(weight.shape, device="meta", dtype=weight.dtype)  # weight.contiguous()
-    sizes, steps, _ = _geometry(input, w, p, out_hw)
-    coutg = sizes[3]
+    geo = _geometry(input, w, p, out_hw)
+    coutg = geo.sizes[3]
     n, phw = shape[0], out_hw[0] * out_hw[1]
     rows = n * phw
     cfg = conv_block_configs(rows, coutg, input.dtype)
@@ -350,10 +417,10 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
     meta = _meta(input)
     chunk = chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
-    scalars = (rows, phw, *sizes, n_tiles, n_tiles * p.groups, chunk, *steps, *input.stride(), *y.stride(),
+    scalars = (rows, phw, *geo.sizes, n_tiles, n_tiles * p.groups, chunk, *geo.pads, *input.stride(), *y.stride(),
                bias.stride(0) if bias is not None else 0)
     launch = KernelLaunch(conv_block_fwd_kernel, grid, scalars,
-                          dict(HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg))
+                          dict(**geo.constexprs, HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg))
     return _ForwardPlan(shape, fmt, p.offsets_dtype(), launch)
 
 
@@ -379,8 +446,9 @@ class _BackwardPlan(NamedTuple):
 
 def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask) -> _BackwardPlan:
     w = torch.empty(weight.shape, device="meta", dtype=weight.dtype)  # weight.contiguous()
-    sizes, steps, windows = _geometry(input, w, p, grad_output.shape[-2:])
-    h, wd, cg, coutg, kh, kw, oh, ow = sizes[:8]
+    geo = _geometry(input, w, p, grad_output.shape[-2:])
+    h, wd, cg, coutg, oh, ow = geo.sizes[:6]
+    kh, kw = w.shape[-2:]
     meta = _meta(input)
     n = input.shape[0]
     strides = (*grad_output.stride(), *offsets.stride())
@@ -393,24 +461,25 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
         cfg = conv_block_configs(rows, cg, input.dtype)
         n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
         grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
-        scalars = (rows, h * wd, *sizes, *windows, n_tiles, n_tiles * p.groups,
+        scalars = (rows, h * wd, *geo.sizes, n_tiles, n_tiles * p.groups,
                    chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
-                   *steps, *strides, *grad_input.stride())
-        dx = KernelLaunch(conv_block_dx_kernel, grid, scalars, dict(IDX=idx, **meta, **cfg))
+                   *geo.pads, *strides, *grad_input.stride())
+        dx = KernelLaunch(conv_block_dx_kernel, grid, scalars, dict(**geo.constexprs, IDX=idx, **meta, **cfg))
     if output_mask[1] or output_mask[2]:
         k = cg * kh * kw
         positions = n * oh * ow
-        cfg = conv_block_configs(k, coutg, input.dtype)
+        cfg = conv_block_dw_configs(k, coutg, input.dtype)
         n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
         slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], input.device)
         split = SplitGradients(tuple(w.shape), w.shape[0], w.dtype, slices, output_mask[2])
         grid = split_grid(m_tiles * slices, n_tiles * p.groups)
         idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
-        scalars = (positions, oh * ow, *sizes, *windows, n_tiles, n_tiles * p.groups, m_tiles, slice_len,
+        scalars = (positions, oh * ow, *geo.sizes, n_tiles, n_tiles * p.groups, m_tiles, slice_len,
                    chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
-                   *steps, *strides, *input.stride())
+                   *geo.pads, *strides, *input.stride())
         dw = KernelLaunch(conv_block_dw_kernel, grid, scalars,
-                          dict(HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta, **cfg))
+                          dict(**geo.constexprs, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta,
+                               **cfg))
     return _BackwardPlan(fmt, dx, dw, split)
 
 
