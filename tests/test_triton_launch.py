@@ -293,6 +293,24 @@ def test_launchers_pick_64_bit_indices_past_2_to_the_31_elements(monkeypatch):
     assert all(ln.kwargs["IDX"] == tl.int32 for ln in launches if ln.name in CONV_KERNELS + LINEAR_KERNELS)
 
 
+def test_weight_gradient_slice_ends_past_2_to_the_31_take_64_bit_indices(monkeypatch):
+    # 2^31 - 64 conv positions, every tensor under 2^31 elements: the last reduction slice's end
+    # (its start + the slice length) passes 2^31, and would wrap in int32 (its slice skipped).
+    launches = _record(monkeypatch)
+    meta = dict(device="meta", dtype=torch.float32)
+    x = torch.empty(64, 1, 18631, 1801, **meta)
+    assert x.numel() == 2**31 - 64
+    _conv_launches(x, torch.empty(1, 1, 3, 3, **meta), torch.empty(1, **meta), padding=1, pool_kernel_size=None)
+    (dw,) = [ln for ln in launches if ln.name == "conv_block_dw_kernel"]
+    assert dw.kwargs["IDX"] == tl.int64
+    # The same with 8x fewer images stays in int32.
+    launches.clear()
+    _conv_launches(torch.empty(8, 1, 18631, 1801, **meta), torch.empty(1, 1, 3, 3, **meta), torch.empty(1, **meta),
+                   padding=1, pool_kernel_size=None)
+    (dw,) = [ln for ln in launches if ln.name == "conv_block_dw_kernel"]
+    assert dw.kwargs["IDX"] == tl.int32
+
+
 # --- grid limits ---------------------------------------------------------------------------------
 
 

@@ -473,9 +473,14 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
         slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], input.device)
         split = SplitGradients(tuple(w.shape), w.shape[0], w.dtype, slices, output_mask[2])
         grid = split_grid(m_tiles * slices, n_tiles * p.groups)
-        idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(), positions)
-        scalars = (positions, oh * ow, *geo.sizes, n_tiles, n_tiles * p.groups, m_tiles, slice_len,
-                   chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
+        # (slices + 1) * slice_len bounds the kernel's slice ends (start + SLICE) and chunk ends.
+        idx = index_dtype(extent(input), extent(grad_output), extent(offsets), slices * w.numel(),
+                          (slices + 1) * slice_len)
+        chunk = chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
+        if chunk % cfg["BLOCK_K"] or slice_len % cfg["BLOCK_K"]:  # the kernel's position stepping needs both
+            raise RuntimeError(f"conv_block_dw_kernel: chunk {chunk} and slice {slice_len} must be multiples of "
+                               f"BLOCK_K {cfg['BLOCK_K']}")
+        scalars = (positions, oh * ow, *geo.sizes, n_tiles, n_tiles * p.groups, m_tiles, slice_len, chunk,
                    *geo.pads, *strides, *input.stride())
         dw = KernelLaunch(conv_block_dw_kernel, grid, scalars,
                           dict(**geo.constexprs, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta,

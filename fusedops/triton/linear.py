@@ -307,7 +307,8 @@ def _backward_plan(g, x, weight, s, act: int, output_mask) -> _BackwardPlan:
         slices, slice_len = reduction_slices(m, n_tiles * k_tiles, cfg["BLOCK_M"], x.device)
         split = SplitGradients((n, k), n, x.dtype, slices, output_mask[2])
         grid = split_grid(n_tiles * slices, k_tiles)
-        idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k)
+        # (slices + 1) * slice_len bounds the kernel's slice ends (start + SLICE) and chunk ends.
+        idx = index_dtype(extent(x), extent(g), extent(weight), m * n, slices * n * k, (slices + 1) * slice_len)
         scalars = (m, n, k, n_tiles, slice_len, chunk_length(slice_len, cfg["BLOCK_M"], x.dtype, meta["PRECISION"]),
                    *g.stride(), *x.stride())
         dw = KernelLaunch(linear_dw_kernel, grid, scalars,
