@@ -2,7 +2,9 @@
 
 ``fusedops-auto`` (``fusedops.fuse`` of the eager module with automatic backend choice: what
 a user gets), ``fusedops-<backend>`` (the same with each backend that runs on the device),
-``eager`` (NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True`` on CUDA), ``compile``
+``fusedops-auto-channels_last`` (the fused model and its inputs in channels_last: automatic
+choice sees the layout), ``eager`` (NCHW), ``eager-channels_last`` (with
+``cudnn.benchmark=True`` on CUDA), ``compile``
 (``torch.compile`` default), on CUDA ``compile-max-autotune``
 (``mode="max-autotune-no-cudagraphs"``) and ``<provider>-graph`` (CUDA-graph replay of
 ``eager`` and of each fusedops provider: small layers are launch-bound).
@@ -53,6 +55,9 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
     if workload.op != "linear":
         cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
         out.append(Provider("eager-channels_last", cl, channels_last=True, cudnn_benchmark=device == "cuda"))
+        # The fused model fed channels_last inputs too (automatic choice sees the layout).
+        out.append(Provider("fusedops-auto-channels_last", fusedops.fuse(copy.deepcopy(cl)), channels_last=True,
+                            cudnn_benchmark=device == "cuda"))
     out.append(Provider("compile", torch.compile(copy.deepcopy(base)), eager_autograd=False))
     if device == "cuda":
         out.append(
@@ -63,7 +68,8 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
             )
         )
         if workload.op != "train_step":
-            for p in [p for p in out if p.name == "eager" or p.name.startswith("fusedops-")]:
+            graphed = [p for p in out if p.name == "eager" or (p.name.startswith("fusedops-") and not p.channels_last)]
+            for p in graphed:
                 out.append(Provider(f"{p.name}-graph", copy.deepcopy(p.module), graph_of=p.name, eager_autograd=False))
     if wanted:
         out = [p for p in out if p.name == "eager" or any(p.name.startswith(w) for w in wanted)]

@@ -165,6 +165,10 @@ class CppBackend(NativeBackend):
     # automatic choice would run instead) while the GEMM's reduction K = in_channels/groups *
     # KH * KW is short (K 144-288 measured, forward and training step,
     # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without pooling oneDNN is faster.
+    # A channels_last input is where oneDNN's conv (what the reference runs) is fastest: there
+    # the reference's forward beat the cpp kernel's on every pooled layer measured, first layers
+    # included, and its training step did in bfloat16 on the Winograd layers; the cpp kernel
+    # kept the float32 training steps and the first layers' (benchmarks/NOTES.md).
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -175,6 +179,11 @@ class CppBackend(NativeBackend):
             return True
         if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
             return False
+        if facts.get("channels_last"):
+            if not facts.get("graph", True):
+                return False
+            if facts.get("dtype") == torch.bfloat16 and facts.get("winograd"):
+                return False
         if int(facts.get("in_channels_per_group", 1 << 30)) <= self.MAX_AUTO_IN_CHANNELS:
             return True
         if facts.get("winograd"):
@@ -318,9 +327,10 @@ class ChoiceMemo:
         self.generation, self.entries = _GENERATION[0], {}
 
     @staticmethod
-    def key(input: torch.Tensor, weight: torch.Tensor, requested: str) -> tuple:
-        """What a module's choice depends on (the environment variable only in automatic mode)."""
-        return input.is_cuda, input.is_cpu, input.dtype, weight.shape, requested or _BACKEND_ENV.get()
+    def key(input: torch.Tensor, weight: torch.Tensor, requested: str, extra: tuple = ()) -> tuple:
+        """What a module's choice depends on (the environment variable only in automatic mode),
+        and ``extra`` facts of the call (a conv block's input layout and graph)."""
+        return input.is_cuda, input.is_cpu, input.dtype, weight.shape, requested or _BACKEND_ENV.get(), extra
 
     def get(self, key: tuple) -> Optional[Backend]:
         if self.generation != _GENERATION[0]:
@@ -441,7 +451,17 @@ def _present(*tensors):
 WINOGRAD_MIN_CHANNELS = 8
 
 
-def conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
+def strictly_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a 4-D channels_last tensor that is not also NCHW-contiguous (a tensor
+    with one channel, or 1x1 planes, is both)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None, graph: bool = True
+               ) -> Dict[str, object]:
+    """What automatic choice knows of a conv block problem: the weight's shape and dtype, the
+    parameters, the input's layout (``channels_last``) and whether the call records a graph
+    for backward (``graph``; the graph-level ops assume it does)."""
     winograd = (
         tuple(weight.shape[2:]) == (3, 3)
         and p.stride == (1, 1)
@@ -454,6 +474,8 @@ def conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
         "pooled": p.has_pool,
         "winograd": winograd,
         "dtype": weight.dtype,
+        "channels_last": input is not None and strictly_channels_last(input),
+        "graph": graph,
     }
 
 
@@ -464,7 +486,7 @@ def conv_facts(weight, p: ConvBlockParams) -> Dict[str, object]:
 def _conv_block_forward(input, weight, bias, *args):
     *params, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d", conv_facts(weight, p))
+    chosen = select(backend, _present(input, weight, bias), "conv_relu_maxpool2d", conv_facts(weight, p, input))
     return chosen.conv_block_forward(input, weight, bias, p)
 
 
@@ -472,7 +494,7 @@ def _conv_block_forward(input, weight, bias, *args):
 def _conv_block_backward(grad_output, input, weight, offsets, *args):
     *params, output_mask, backend = args
     p = conv_block.params_from_op_args(*params)
-    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", conv_facts(weight, p))
+    chosen = select(backend, [grad_output, input, weight], "conv_relu_maxpool2d backward", conv_facts(weight, p, input))
     return chosen.conv_block_backward(grad_output, input, weight, offsets, p, output_mask)
 
 
@@ -481,7 +503,7 @@ def _conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_
     *params, backend = args
     p = conv_block.params_from_op_args(*params)
     tensors = _present(input, weight, input_tangent, weight_tangent, bias_tangent)
-    chosen = select(backend, tensors, "conv_relu_maxpool2d jvp", conv_facts(weight, p))
+    chosen = select(backend, tensors, "conv_relu_maxpool2d jvp", conv_facts(weight, p, input))
     return chosen.conv_block_jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p)
 
 

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import _args, _native
-from .backends import ChoiceMemo, check_backend_name, conv_facts, select
+from .backends import ChoiceMemo, check_backend_name, conv_facts, select, strictly_channels_last
 from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
@@ -220,12 +220,14 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         input, weight, bias = _autocast(input, weight, bias)
     if check or not isinstance(input, torch.Tensor):
         check_conv_block_tensors(input, weight, bias, params)
+    graph = _needs_graph(input, weight, bias)
     if not torch.compiler.is_compiling():
-        chosen = memo.get(ChoiceMemo.key(input, weight, backend)) if memo is not None else None
+        facts = (strictly_channels_last(input), graph)
+        chosen = memo.get(ChoiceMemo.key(input, weight, backend, facts)) if memo is not None else None
         if chosen is None:
-            chosen = select_conv_block_backend(backend, input, weight, bias, params)
+            chosen = select_conv_block_backend(backend, input, weight, bias, params, graph)
             if memo is not None:
-                memo.put(ChoiceMemo.key(input, weight, backend), chosen)
+                memo.put(ChoiceMemo.key(input, weight, backend, facts), chosen)
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
             try:
@@ -239,7 +241,7 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         check_conv_block_tensors(input, weight, bias, params)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    if _needs_graph(x, weight, bias):
+    if graph:
         out = ConvReluMaxPool2dFunction.apply(x, weight, bias, params, backend, chosen)
     elif chosen is not None:
         out = chosen.conv_block_output(x, weight, bias, params)
@@ -248,11 +250,14 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     return out.squeeze(0) if unbatched else out
 
 
-def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams):
+def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams, graph: bool = True):
     """The backend that runs the block on these tensors (a cached choice, see backends.select:
-    the weight's shape and ``params`` identify the problem)."""
+    the weight's shape, ``params``, the input's layout and ``graph``, whether the call records
+    a graph for backward, identify the problem)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
-    return select(backend, tensors, "conv_relu_maxpool2d", lambda: conv_facts(weight, params), (weight.shape, params))
+    layout = strictly_channels_last(input)
+    return select(backend, tensors, "conv_relu_maxpool2d", lambda: conv_facts(weight, params, input, graph),
+                  (weight.shape, params, layout, graph))
 
 
 def linear(

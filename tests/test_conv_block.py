@@ -93,6 +93,22 @@ def test_channels_last_input(backend):
     _check(x, w, b, dict(padding=1), backend)
 
 
+@pytest.mark.parametrize("pool", [2, None])
+def test_channels_last_input_keeps_its_layout_and_offsets(backend, pool):
+    # The layout in which each backend computes its offsets (the reference: its comparison in
+    # memory order) must not change them: ReLU-off positions and window taps as for NCHW input.
+    x, w, b, _ = _make((2, 5, 10, 11), 6, 3, {})
+    p = fusedops.functional.conv_block_params(3, padding=1, pool_kernel_size=pool)
+    want_y, want_o = torch.ops.fusedops.conv_block_forward(x, w, b, *p, backend)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    y, o = torch.ops.fusedops.conv_block_forward(cl, w, b, *p, backend)
+    assert y.is_contiguous(memory_format=torch.channels_last) and o.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(o, want_o) and (o == -1).any() and (o != -1).any()
+    torch.testing.assert_close(y, want_y)
+    if pool is None:
+        _check(cl, w, b, dict(padding=1, pool_kernel_size=None), backend)
+
+
 def test_non_contiguous_input(backend):
     x, w, b, _ = _make((2, 3, 10, 22), 4, 3, {})
     _check(x, w, b, dict(padding=1), backend, x_view=lambda t: t[..., ::2])

@@ -187,6 +187,44 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     assert backends.select("", [torch.randn(2, 3), torch.randn(4, 3)], "linear").name == "cpp"
 
 
+def test_automatic_choice_leaves_channels_last_forwards_to_onednn():
+    """A strictly channels_last input without a graph to record (no_grad, eval) goes to the
+    reference (oneDNN's channels_last conv); training keeps cpp, except bf16 Winograd layers."""
+    op = "conv_relu_maxpool2d"
+    pooled = conv_block_params((3, 3))
+
+    def choice(x, w, graph):
+        return backends.select("", (x, w), op, backends.conv_facts(w, pooled, x, graph)).name
+
+    cl = torch.channels_last
+    first = (torch.randn(2, 3, 8, 8).contiguous(memory_format=cl), torch.randn(4, 3, 3, 3))
+    winograd = (torch.randn(2, 32, 8, 8).contiguous(memory_format=cl), torch.randn(64, 32, 3, 3))
+    low = [t.bfloat16() for t in winograd]
+    assert [choice(*first, False), choice(*first, True)] == ["reference", "cpp"]
+    assert [choice(*winograd, False), choice(*winograd, True)] == ["reference", "cpp"]
+    assert [choice(*low, False), choice(*low, True)] == ["reference", "reference"]
+    # NCHW inputs, and one-channel inputs (channels_last and NCHW at once), keep cpp.
+    assert choice(winograd[0].contiguous(), winograd[1], False) == "cpp"
+    single = torch.randn(2, 1, 8, 8).contiguous(memory_format=cl)
+    assert backends.strictly_channels_last(winograd[0]) and not backends.strictly_channels_last(single)
+    assert choice(single, torch.randn(4, 1, 3, 3), False) == "cpp"
+
+
+def test_a_module_chooses_per_layout_and_graph():
+    m = fusedops.FusedConvBlock(32, 64, 3, padding=1)
+    x = torch.randn(2, 32, 8, 8)
+    chosen = lambda: sorted({b.name for b in m._choices.entries.values()})  # noqa: E731
+    with torch.no_grad():
+        want = m(x)
+        got = m(x.contiguous(memory_format=torch.channels_last))
+    assert chosen() == ["cpp", "reference"]
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want)
+    m._choices.entries.clear()
+    m(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+    assert chosen() == ["cpp"]
+
+
 @pytest.mark.parametrize("channels", [3, 16])  # im2col path, Winograd path
 def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
     """bf16 (CPU autocast) goes through the float32 kernels: outputs and gradients equal the
