@@ -25,10 +25,31 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
+
+// The Fortran BLAS that libtorch_cpu exports (and calls itself, at::native::cpublas::gemm,
+// which it does not export): column-major, 32-bit sizes as torch declares them.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
 
 namespace fusedops {
 namespace winograd {
+
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
+                      int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
 
 // U[e][i][o] = (G g G^T)[e] for the 3x3 filter g of output channel o and input channel i,
 //   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
@@ -149,6 +170,25 @@ FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, c
   }
 }
 
+// The 16 GEMMs of one batch of tiles, one BLAS call each, on row-major matrices e = 0..15 at
+// a + e * a_step, b + e * b_step, c + e * c_step:  C[e] (m x n) = beta * C[e] + op(A[e]) B[e],
+// op(A) = A (m x k, leading dimension lda) or, with trans_a, A^T (A stored k x m). BLAS is
+// column-major, so each call computes C^T = B^T op(A)^T. (at::bmm on these blobs cost as much
+// again as its GEMMs in dispatcher calls and `select`s of each matrix at these sizes.)
+template <typename T>
+void gemm16(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, int64_t a_step, const T* b,
+            int64_t ldb, int64_t b_step, T beta, T* c, int64_t ldc, int64_t c_step) {
+  // Sizes and leading dimensions are channel counts and a batch's tile count (at most
+  // kTilesPerBatch, or one row of tiles): BLAS takes them as int.
+  constexpr int64_t most = std::numeric_limits<int>::max();
+  TORCH_CHECK(std::max({m, n, k, lda, ldb, ldc}) <= most, "Winograd GEMM sizes over 2^31 - 1 (", m, ", ", n, ", ",
+              k, ")");
+  for (int64_t e = 0; e < 16; ++e)
+    blas_gemm('N', trans_a ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), T(1),
+              b + e * b_step, static_cast<int>(ldb), a + e * a_step, static_cast<int>(lda), beta, c + e * c_step,
+              static_cast<int>(ldc));
+}
+
 // Strides between the 16 transformed positions, padded by one cache line: a multiple of 4 KiB
 // would map all 16 streams of the transforms onto the same L1 cache sets.
 inline int64_t position_stride(int64_t channels, int64_t tiles) { return channels * tiles + 16; }
@@ -187,8 +227,6 @@ FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& in, int64_t images, int64
   const int64_t TR = (out.r1 - out.r0 + 1) / 2, TC = (out.W + 1) / 2;
   const int64_t row_tiles = images * TR;  // (image, tile row) pairs
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor Ut = at::from_blob(const_cast<T*>(U), {16, in_ch, out_ch}, opts);
   std::vector<T> V, M, rows, Y(4 * out_ch);
 
   for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
@@ -198,8 +236,8 @@ FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& in, int64_t images, int64
     V.resize(16 * ves);
     M.resize(16 * mes);
     input_transform(in, in_ch, batch, V.data(), ves, rows);
-    at::Tensor Mt = at::from_blob(M.data(), {16, tiles, out_ch}, {mes, out_ch, 1}, opts);
-    at::bmm_out(Mt, at::from_blob(V.data(), {16, tiles, in_ch}, {ves, in_ch, 1}, opts), Ut);
+    // M[e] (tiles x out_ch) = V[e] (tiles x in_ch) U[e] (in_ch x out_ch)
+    gemm16(false, tiles, out_ch, in_ch, V.data(), in_ch, ves, U, out_ch, in_ch * out_ch, T(0), M.data(), out_ch, mes);
     // Output transform: Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
     for (int64_t L = batch.L0; L < batch.L1; ++L) {
       const int64_t n = L / TR, ty = L % TR, r = out.r0 + 2 * ty;
@@ -250,8 +288,6 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
   const int64_t TR = (grad.H + 1) / 2, TC = (grad.W + 1) / 2;
   const int64_t row_tiles = images * TR;
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor St = at::from_blob(S, {16, out_ch, in_ch}, opts);
   const int64_t rs = 2 * TC * out_ch;  // one gathered gradient row: 2 * TC columns x out_ch
   std::vector<T> V, D, rows, grows(2 * rs);
 
@@ -300,9 +336,8 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
         }
       }
     }
-    const at::Tensor Dt = at::from_blob(D.data(), {16, tiles, out_ch}, {des, out_ch, 1}, opts);
-    const at::Tensor Vt = at::from_blob(V.data(), {16, tiles, in_ch}, {ves, in_ch, 1}, opts);
-    St.baddbmm_(Dt.transpose(1, 2), Vt);
+    // S[e] (out_ch x in_ch) += D[e]^T (D[e]: tiles x out_ch) V[e] (tiles x in_ch)
+    gemm16(true, out_ch, in_ch, tiles, D.data(), out_ch, des, V.data(), in_ch, ves, T(1), S, in_ch, out_ch * in_ch);
   }
 }
 
