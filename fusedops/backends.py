@@ -451,12 +451,6 @@ def _present(*tensors):
 WINOGRAD_MIN_CHANNELS = 8
 
 
-def strictly_channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a 4-D channels_last tensor that is not also NCHW-contiguous (a tensor
-    with one channel, or 1x1 planes, is both)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-
-
 def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None, graph: bool = True
                ) -> Dict[str, object]:
     """What automatic choice knows of a conv block problem: the weight's shape and dtype, the
@@ -474,7 +468,7 @@ def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None,
         "pooled": p.has_pool,
         "winograd": winograd,
         "dtype": weight.dtype,
-        "channels_last": input is not None and strictly_channels_last(input),
+        "channels_last": input is not None and conv_block.strictly_channels_last(input),
         "graph": graph,
     }
 

@@ -12,9 +12,9 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import _args, _native
-from .backends import ChoiceMemo, check_backend_name, conv_facts, select, strictly_channels_last
+from .backends import ChoiceMemo, check_backend_name, conv_facts, select
 from .errors import InputTypeError, InputValueError, from_native
-from .ops.conv_block import ConvBlockParams
+from .ops.conv_block import ConvBlockParams, strictly_channels_last
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
 from .ops.linear import ACTIVATIONS
 from .ops.linear_autograd import LinearFunction
@@ -222,10 +222,11 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         check_conv_block_tensors(input, weight, bias, params)
     graph = _needs_graph(input, weight, bias)
     if not torch.compiler.is_compiling():
-        facts = (strictly_channels_last(input), graph)
+        channels_last = strictly_channels_last(input)
+        facts = (channels_last, graph)
         chosen = memo.get(ChoiceMemo.key(input, weight, backend, facts)) if memo is not None else None
         if chosen is None:
-            chosen = select_conv_block_backend(backend, input, weight, bias, params, graph)
+            chosen = select_conv_block_backend(backend, input, weight, bias, params, graph, channels_last)
             if memo is not None:
                 memo.put(ChoiceMemo.key(input, weight, backend, facts), chosen)
         if chosen.native:
@@ -250,14 +251,17 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     return out.squeeze(0) if unbatched else out
 
 
-def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams, graph: bool = True):
+def select_conv_block_backend(backend: str, input, weight, bias, params: ConvBlockParams, graph: bool = True,
+                              channels_last: Optional[bool] = None):
     """The backend that runs the block on these tensors (a cached choice, see backends.select:
-    the weight's shape, ``params``, the input's layout and ``graph``, whether the call records
-    a graph for backward, identify the problem)."""
+    the weight's shape, ``params``, the input's layout (``channels_last``, derived from
+    ``input`` when not given) and ``graph``, whether the call records a graph for backward,
+    identify the problem)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
-    layout = strictly_channels_last(input)
+    if channels_last is None:
+        channels_last = strictly_channels_last(input)
     return select(backend, tensors, "conv_relu_maxpool2d", lambda: conv_facts(weight, params, input, graph),
-                  (weight.shape, params, layout, graph))
+                  (weight.shape, params, channels_last, graph))
 
 
 def linear(

@@ -6,6 +6,7 @@ import torch
 import fusedops
 from fusedops import backends
 from fusedops.functional import conv_block_params
+from fusedops.ops.conv_block import strictly_channels_last
 
 FORBIDDEN = ("conv", "max_pool", "relu", "threshold", "im2col", "unfold", "col2im", "gelu", "silu", "pool")
 
@@ -206,7 +207,7 @@ def test_automatic_choice_leaves_channels_last_forwards_to_onednn():
     # NCHW inputs, and one-channel inputs (channels_last and NCHW at once), keep cpp.
     assert choice(winograd[0].contiguous(), winograd[1], False) == "cpp"
     single = torch.randn(2, 1, 8, 8).contiguous(memory_format=cl)
-    assert backends.strictly_channels_last(winograd[0]) and not backends.strictly_channels_last(single)
+    assert strictly_channels_last(winograd[0]) and not strictly_channels_last(single)
     assert choice(single, torch.randn(4, 1, 3, 3), False) == "cpp"
 
 

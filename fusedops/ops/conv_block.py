@@ -104,11 +104,15 @@ class ConvBlockParams(NamedTuple):
         return torch.int32
 
 
+def strictly_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a 4-D channels_last tensor that is not also NCHW-contiguous (a tensor
+    with one channel, or 1x1 planes, is both)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def output_memory_format(t: torch.Tensor) -> torch.memory_format:
     """channels_last when ``t`` is channels_last-contiguous but not NCHW-contiguous."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    return torch.channels_last if strictly_channels_last(t) else torch.contiguous_format
 
 
 def _storage_order(t: torch.Tensor) -> torch.Tensor:
@@ -116,9 +120,7 @@ def _storage_order(t: torch.Tensor) -> torch.Tensor:
     itself; channels_last: NHWC), for an elementwise op with an ``out=`` of another dtype:
     given channels_last operands, such an op ran 40x slower than on these views (a temporary
     in NCHW order, and a strided copy into ``out``)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1)
-    return t
+    return t.permute(0, 2, 3, 1) if strictly_channels_last(t) else t
 
 
 def _pad_for_conv(x: torch.Tensor, padding: Sequence[int]) -> Tuple[torch.Tensor, Tuple[int, int]]:
