@@ -149,6 +149,29 @@ def test_linear_runs_no_torch_activation_op(activation):
     assert offending == [], offending
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+@pytest.mark.parametrize("layout", ["expanded", "transposed", "sliced"])
+def test_linear_backward_reads_a_strided_output_gradient(activation, layout):
+    # The gradient of a sum arrives expanded (all strides 0); the activation's pass reads it
+    # through its strides into a contiguous dz. Each layout must give exactly the gradients of
+    # its contiguous copy. (Without an activation dy goes to BLAS as it is, whose summation
+    # order may depend on the strides.)
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 5, 6, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
+    _, saved = torch.ops.fusedops.native_linear_forward(x, w, None, activation)
+    if layout == "expanded":
+        dy = torch.tensor(1.5, dtype=torch.float64).expand(2, 5, 7)
+    elif layout == "transposed":
+        dy = torch.randn(2, 7, 5, dtype=torch.float64).transpose(1, 2)
+    else:
+        dy = torch.randn(2, 5, 14, dtype=torch.float64)[..., ::2]
+    assert not dy.is_contiguous()
+    got = torch.ops.fusedops.native_linear_backward(dy, x, w, saved, activation, [True, True, True])
+    want = torch.ops.fusedops.native_linear_backward(dy.contiguous(), x, w, saved, activation, [True, True, True])
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
 def test_native_linear_rejects_bad_input_with_clear_error():
     with pytest.raises(ValueError, match="input has 5 features"):
         torch.ops.fusedops.native_linear_forward(torch.randn(2, 5), torch.randn(3, 4), None, "")

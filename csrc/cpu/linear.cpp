@@ -16,6 +16,7 @@
 #include "../linear_checks.h"
 #include "cpu_checks.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <tuple>
@@ -145,19 +146,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   const int64_t n = weight.size(0), k = weight.size(1);
   at::Tensor dz = grad_output.reshape({rows_of(grad_output), n});
   if (act != Act::None) {
-    const at::Tensor g = dz.contiguous();
-    const at::Tensor s = saved.contiguous();
-    dz = at::empty_like(g);
+    // dy is read through its strides: the gradient of a sum arrives expanded (all strides 0),
+    // and a contiguous copy of it cost more than this pass on small layers.
+    const at::Tensor g = dz;
+    const at::Tensor s = saved.reshape({g.size(0), n}).contiguous();
+    dz = at::empty({g.size(0), n}, g.options());
+    const int64_t gs0 = g.stride(0), gs1 = g.stride(1);
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "linear_backward_cpu", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dp = dz.mutable_data_ptr<scalar_t>();
       const bool* mp = act == Act::Relu ? s.const_data_ptr<bool>() : nullptr;
       const scalar_t* zp = act == Act::Relu ? nullptr : s.const_data_ptr<scalar_t>();
-      at::parallel_for(0, g.numel(), 16384, [&](int64_t begin, int64_t end) {
-        if (mp) {  // relu: a branch-free select
-          for (int64_t i = begin; i < end; ++i) dp[i] = mp[i] ? gp[i] : scalar_t(0);
-        } else {
-          for (int64_t i = begin; i < end; ++i) dp[i] = gp[i] * activation_grad(zp[i], act);
+      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+      at::parallel_for(0, g.size(0), grain, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t* gr = gp + r * gs0;
+          scalar_t* dr = dp + r * n;
+          if (mp) {  // relu: a branch-free select
+            const bool* mr = mp + r * n;
+            if (gs1 == 1) {
+              for (int64_t j = 0; j < n; ++j) dr[j] = mr[j] ? gr[j] : scalar_t(0);
+            } else {
+              for (int64_t j = 0; j < n; ++j) dr[j] = mr[j] ? gr[j * gs1] : scalar_t(0);
+            }
+          } else {
+            const scalar_t* zr = zp + r * n;
+            for (int64_t j = 0; j < n; ++j) dr[j] = gr[j * gs1] * activation_grad(zr[j], act);
+          }
         }
       });
     });
