@@ -1,0 +1,287 @@
+"""Compile the CUDA kernels for sm_90 (and sm_80) without a GPU and report what each costs.
+
+For every kernel of ``csrc/cuda/*.cu``: registers, stack (spills), static shared memory
+(``cuobjdump -res-usage`` on the cubin), and the integer divisions and remainders inside its
+loops (PTX ``div``/``rem`` on 64-bit and 32-bit operands between a backward branch and its
+target). ptxas turns each 64-bit one into a call of a ~70-instruction routine.
+
+Rules for the implicit-GEMM kernels (conv forward, input and weight gradients, linear forward,
+input and weight gradients) in float32, float16 and bfloat16, checked with ``--check``:
+
+- at most 128 registers per thread, so that two blocks of 256 threads fit an SM;
+- no stack frame (no spills);
+- no 64-bit division or remainder in a loop;
+- one barrier per step of the main loop (double-buffered shared memory: the next stage is
+  stored while the current one is read).
+
+float64 (kept for gradcheck) is reported, held only to the division rule.
+
+Usage: ``python tools/cuda_kernel_report.py [--arch 90 --arch 80] [--out benchmarks/cuda-sm90.md] [--check]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = ("conv_block.cu", "linear.cu")
+# torch's CUDAExtension flags that change what the kernels compile to (no implicit half conversions).
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+              "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+GEMM_KERNELS = ("conv_pool_gemm_kernel", "input_grad_kernel", "weight_grad_kernel", "linear_forward_kernel",
+                "linear_input_grad_kernel", "linear_weight_grad_kernel")
+MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
+DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16"}
+
+
+@dataclass
+class PtxFacts:
+    """What the PTX of one kernel says about its loops."""
+
+    loop_div64: int = 0  # 64-bit integer divisions and remainders inside loops
+    loop_div32: int = 0  # 32-bit ones
+    main_loop_barriers: Optional[int] = None  # barriers in the main loop (None: no such loop)
+
+
+@dataclass
+class Kernel:
+    """One compiled kernel: its demangled name and what it costs."""
+
+    name: str
+    registers: int = 0
+    stack: int = 0
+    shared: int = 0
+    ptx: PtxFacts = None
+
+    @property
+    def template(self) -> str:
+        """The kernel's name without namespaces and arguments (``conv_pool_gemm_kernel``)."""
+        m = re.search(r"(\w+)<", self.name) or re.search(r"(\w+)\(", self.name)
+        return m.group(1) if m else self.name
+
+    @property
+    def dtype(self) -> str:
+        """The element type (first template argument) as torch names it."""
+        m = re.search(r"<([\w:]+)", self.name)
+        return DTYPES.get(m.group(1), m.group(1)) if m else "?"
+
+
+def _cuda_home() -> Optional[str]:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        return None
+    sys.path.insert(0, ROOT)
+    try:
+        from setup import _real_nvcc  # follows symlinks and wrapper scripts to the toolkit's nvcc
+    finally:
+        sys.path.pop(0)
+    return os.path.dirname(os.path.dirname(_real_nvcc(nvcc)))
+
+
+def find_tools():
+    """(nvcc, cuobjdump): the toolkit's, cuobjdump also from PATH or Triton's NVIDIA backend."""
+    home = _cuda_home()
+    if home is None:
+        raise RuntimeError("nvcc not found: set CUDA_HOME or put nvcc on PATH")
+    nvcc = os.path.join(home, "bin", "nvcc")
+    candidates = [os.path.join(home, "bin", "cuobjdump"), shutil.which("cuobjdump") or ""]
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.origin:
+        candidates.append(os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "cuobjdump"))
+    cuobjdump = next((c for c in candidates if c and os.path.exists(c)), None)
+    if cuobjdump is None:
+        raise RuntimeError(f"cuobjdump not found (tried {', '.join(c for c in candidates if c)})")
+    return nvcc, cuobjdump
+
+
+def demangle(names: List[str]) -> Dict[str, str]:
+    """Mangled -> demangled names (c++filt; the mangled name where it is missing)."""
+    filt = shutil.which("c++filt")
+    if not filt or not names:
+        return {n: n for n in names}
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+_ENTRY = re.compile(r"^(?:\.visible\s+)?\.entry\s+([^\s(]+)\(")
+_LABEL = re.compile(r"^(\$\w+):")
+_BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$\w+);")
+_DIV = re.compile(r"\b(?:div|rem)(?:\.full)?\.([su])(32|64)\b")
+_PRODUCT = re.compile(r"\b(?:wmma\.mma|mma\.sync|fma\.rn\.f32|fma\.rn\.f64)\b")
+_BARRIER = re.compile(r"^(?:bar|barrier)\.sync\b")
+
+
+def ptx_facts(ptx: str) -> Dict[str, PtxFacts]:
+    """PtxFacts per kernel (mangled name). A loop is the span from a label to a later branch
+    back to it (PTX keeps the compiler's block order, so every loop has such a back edge); the
+    main loop is the innermost one holding a multiply (mma or fma) and a barrier: a
+    double-buffered main loop has one barrier per step, a single-buffered one two."""
+    result: Dict[str, PtxFacts] = {}
+    name, lines = None, []
+    for line in ptx.splitlines() + [".entry __end__("]:
+        m = _ENTRY.match(line)
+        if m:
+            if name is not None:
+                result[name] = _facts(lines)
+            name, lines = m.group(1), []
+        elif name is not None:
+            lines.append(line.strip())
+    return result
+
+
+def _facts(lines: List[str]) -> PtxFacts:
+    labels = {}
+    for i, line in enumerate(lines):
+        m = _LABEL.match(line)
+        if m:
+            labels[m.group(1)] = i
+    loops = []
+    for i, line in enumerate(lines):
+        m = _BRANCH.search(line)
+        if m and labels.get(m.group(1), len(lines)) < i:
+            loops.append((labels[m.group(1)], i))
+    in_loop = [False] * len(lines)
+    for a, b in loops:
+        for j in range(a, b + 1):
+            in_loop[j] = True
+    facts = PtxFacts()
+    for i, line in enumerate(lines):
+        if in_loop[i] and not line.startswith("//"):
+            for _sign, bits in _DIV.findall(line):
+                if bits == "64":
+                    facts.loop_div64 += 1
+                else:
+                    facts.loop_div32 += 1
+    products = [i for i, line in enumerate(lines) if _PRODUCT.search(line)]
+    barriers = [i for i, line in enumerate(lines) if _BARRIER.match(line)]
+    holding = [(b - a, a, b) for a, b in loops
+               if any(a <= i <= b for i in products) and any(a <= i <= b for i in barriers)]
+    if holding:
+        _, a, b = min(holding)
+        facts.main_loop_barriers = sum(1 for i in barriers if a <= i <= b)
+    return facts
+
+
+_RES = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)")
+
+
+def compile_kernels(arch: int, workdir: str, nvcc: str, cuobjdump: str) -> List[Kernel]:
+    """Every kernel of SOURCES compiled for sm_<arch>."""
+    kernels: Dict[str, Kernel] = {}
+    include = os.path.join(ROOT, "csrc")
+    for source in SOURCES:
+        path = os.path.join(ROOT, "csrc", "cuda", source)
+        stem = os.path.join(workdir, f"{os.path.splitext(source)[0]}.sm{arch}")
+        for kind in ("cubin", "ptx"):
+            cmd = [nvcc, *NVCC_FLAGS, f"-arch=sm_{arch}", f"-{kind}", "-I", include, "-o", f"{stem}.{kind}", path]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"nvcc failed on {source} (sm_{arch}):\n{done.stderr[-4000:]}")
+        res = subprocess.run([cuobjdump, "-res-usage", f"{stem}.cubin"], capture_output=True, text=True,
+                             check=True).stdout
+        with open(f"{stem}.ptx") as f:
+            facts = ptx_facts(f.read())
+        for mangled, reg, stack, shared in _RES.findall(res):
+            kernels[mangled] = Kernel(mangled, int(reg), int(stack), int(shared), facts.get(mangled, PtxFacts()))
+    names = demangle(list(kernels))
+    for mangled, k in kernels.items():
+        k.name = names[mangled]
+    return list(kernels.values())
+
+
+def violations(k: Kernel) -> List[str]:
+    """The rules (module docstring) a kernel breaks."""
+    if k.template not in GEMM_KERNELS:
+        return []
+    out = []
+    if k.ptx.loop_div64:
+        out.append(f"{k.ptx.loop_div64} 64-bit divisions in loops")
+    if k.dtype == "float64":
+        return out
+    if k.registers > MAX_REGISTERS:
+        out.append(f"{k.registers} registers > {MAX_REGISTERS}")
+    if k.stack:
+        out.append(f"{k.stack} bytes of stack")
+    if k.ptx.main_loop_barriers is None:
+        out.append("no main loop found")
+    elif k.ptx.main_loop_barriers > 1:
+        out.append(f"{k.ptx.main_loop_barriers} barriers per main-loop step (single-buffered)")
+    return out
+
+
+def summarize(kernels: List[Kernel]) -> List[tuple]:
+    """One row per (kernel, dtype): the maxima over its other template arguments (offset types)."""
+    rows: Dict[tuple, list] = {}
+    for k in kernels:
+        key = (k.template, k.dtype)
+        r = rows.setdefault(key, [0, 0, 0, 0, 0, -1])
+        barriers = -1 if k.ptx.main_loop_barriers is None else k.ptx.main_loop_barriers
+        for i, v in enumerate((k.registers, k.stack, k.shared, k.ptx.loop_div64, k.ptx.loop_div32, barriers)):
+            r[i] = max(r[i], v)
+    return sorted((key + tuple(v)) for key, v in rows.items())
+
+
+def report(results: Dict[int, List[Kernel]]) -> str:
+    lines = ["# CUDA kernels compiled for sm_90 and sm_80 (no GPU needed)", "",
+             "Generated by `python tools/cuda_kernel_report.py` (`make cuda-kernel-check`): registers, stack",
+             "and static shared memory from `cuobjdump -res-usage`; loop div: integer divisions and",
+             "remainders (64-bit / 32-bit) inside loops of the PTX; barriers per step: `bar.sync` in the",
+             "innermost loop that multiplies (2 when one shared-memory stage is loaded and then read,",
+             "1 when the next stage is stored while the current one is read). Rules for the implicit GEMMs",
+             f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), no",
+             "stack, no 64-bit division in a loop, one barrier per step (float64: the division rule only).",
+             "Maxima over the offset types.", ""]
+    for arch, kernels in sorted(results.items(), reverse=True):
+        lines += [f"## sm_{arch}", "",
+                  "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | rule |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        broken = {(k.template, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
+        for template, dtype, reg, stack, shared, d64, d32, barriers in summarize(kernels):
+            rule = broken.get((template, dtype), "ok" if template in GEMM_KERNELS else "")
+            step = "" if barriers < 0 else str(barriers)
+            lines.append(f"| {template} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {rule} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "cuda-sm90.md"),
+                        help="markdown report ('' for none)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a GEMM kernel breaks a rule")
+    args = parser.parse_args(argv)
+    nvcc, cuobjdump = find_tools()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.arch or [90, 80]:
+            results[arch] = compile_kernels(arch, tmp, nvcc, cuobjdump)
+    text = report(results)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    bad = [f"sm_{arch} {k.name[:120]}: {'; '.join(violations(k))}"
+           for arch, kernels in results.items() for k in kernels if violations(k)]
+    if args.check and bad:
+        print(f"cuda-kernel-check: FAILED: {len(bad)} kernels break a rule:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    if args.check:
+        print(f"cuda-kernel-check: passed ({sum(len(k) for k in results.values())} kernels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
