@@ -1,5 +1,6 @@
 # make test               install what is missing, build fusedops._C, prove the GPU side builds
-#                         (cuda-build-check, triton-check: no GPU needed), run the test suite
+#                         (cuda-build-check, cuda-kernel-check, triton-check: no GPU needed), run
+#                         the test suite
 # make fuzz               the property tests (tests/test_properties.py, hypothesis) with the long
 #                         profile: about 25 times the examples of make test's (~20-30 minutes on 2
 #                         cores), random seeds, failures kept in .hypothesis/ (git-ignored)
@@ -9,6 +10,10 @@
 # make bench-save         the same benchmarks, written to benchmarks/results/: the committed results
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered
+# make cuda-kernel-check  compile the CUDA kernels for sm_90 and sm_80 with nvcc alone and hold the
+#                         implicit GEMMs to their rules (registers for 2 blocks per SM, no 64-bit
+#                         division in a loop, one barrier per main-loop step: tools/cuda_kernel_report.py);
+#                         writes benchmarks/cuda-sm90.md (make test: its report in build/cuda-kernel-check/)
 # make triton-check       compile every Triton kernel for sm_90 and sm_80 as the launchers specialise
 #                         it (Triton 3.6 in build/venv-triton3.6); writes benchmarks/triton-sm90.md
 #                         (make test runs the same check, its report in build/triton-check/)
@@ -19,7 +24,7 @@
 #                         compute-sanitizer, the GPU benchmarks -> benchmarks/results/<gpu>/summary.md and
 #                         its logs; STAGE=build|test|sanitize|bench runs one stage, DRY_RUN=1 only checks
 #
-# `make test` runs the two GPU checks when a source they cover changed since they last passed
+# `make test` runs the three GPU checks when a source they cover changed since they last passed
 # (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
 # skips them (a machine without a CUDA toolkit or without the torch 2.14.1 / Triton 3.6 wheels).
 # It runs `make sanitize` the same way: when a C++ source changed since it last passed.
@@ -60,9 +65,11 @@ TRITON_CHECK_SOURCES := $(wildcard fusedops/triton/*.py) fusedops/ops/conv_block
 	fusedops/_args.py $(wildcard tools/triton_*.py)
 SANITIZE_STAMP := build/sanitize/.passed
 SANITIZE_SOURCES := setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/*.h csrc/cpu/*.h) tools/sanitize.sh
-GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(TRITON_CHECK_STAMP))
+CUDA_KERNEL_STAMP := build/cuda-kernel-check/.passed
+CUDA_KERNEL_SOURCES := $(wildcard csrc/cuda/*.cu csrc/cuda/*.cuh csrc/cuda/*.h csrc/*.h) tools/cuda_kernel_report.py
+GPU_CHECK_STAMPS := $(if $(filter 1,$(GPU_CHECKS)),$(CUDA_CHECK_STAMP) $(CUDA_KERNEL_STAMP) $(TRITON_CHECK_STAMP))
 
-.PHONY: install deps test fuzz bench bench-save lint clean cuda-build-check triton-check sanitize
+.PHONY: install deps test fuzz bench bench-save lint clean cuda-build-check cuda-kernel-check triton-check sanitize
 
 deps:
 	@echo "make: checking the tools and packages (installs only what is missing)"
@@ -87,7 +94,7 @@ $(STAMP): $(SOURCES) | deps
 install: deps $(STAMP)
 
 test: install $(SANITIZE_STAMP) $(GPU_CHECK_STAMPS)
-	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check and triton-check skipped")
+	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check, cuda-kernel-check and triton-check skipped")
 	@echo "make: running the test suite (pytest tests; about 3-9 minutes on 2 cores)"
 	$(PYTHON) -m pytest tests -q
 
@@ -115,6 +122,16 @@ cuda-build-check:
 $(CUDA_CHECK_STAMP): $(CUDA_CHECK_SOURCES)
 	@echo "make: cuda-build-check (a source it covers changed since it last passed; about 2-3 minutes)"
 	PYTHON=$(PYTHON) CUDA_CHECK_TORCH=$(CUDA_CHECK_TORCH) tools/cuda_build_check.sh
+	@touch $@
+
+# The CUDA kernels compiled by nvcc alone (no torch needed), their resources and loops checked.
+cuda-kernel-check:
+	$(PYTHON) tools/cuda_kernel_report.py --check
+
+$(CUDA_KERNEL_STAMP): $(CUDA_KERNEL_SOURCES)
+	@echo "make: cuda-kernel-check (a CUDA source changed since it last passed; about 1 minute)"
+	@mkdir -p $(dir $@)
+	$(PYTHON) tools/cuda_kernel_report.py --check --out $(dir $@)cuda-sm90.md > /dev/null
 	@touch $@
 
 # Every Triton kernel compiled for the GPU machines' Triton (3.6) and GPUs (sm_90, sm_80).

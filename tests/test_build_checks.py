@@ -1,10 +1,10 @@
-"""The verdicts of `make cuda-build-check` and `make triton-check` (tools/) on known inputs:
-each check fails where it should."""
+"""The verdicts of `make cuda-build-check`, `make cuda-kernel-check` and `make triton-check`
+(tools/) on known inputs: each check fails where it should."""
 
 import pytest
 import torch
 
-from tools import check_cuda_kernels, triton_check, triton_compile
+from tools import check_cuda_kernels, cuda_kernel_report, triton_check, triton_compile
 
 # --- make cuda-build-check ----------------------------------------------------------------------
 
@@ -23,6 +23,61 @@ def test_cuda_kernel_check_fails_on_a_build_without_cuda_kernels():
         kernel_ops = [op for op in ops if not check_cuda_kernels.one_call_op(torch, op)]
         assert {"fusedops::native_conv_block", "fusedops::native_linear"} == set(ops) - set(kernel_ops)
         assert missing == [f"{op} (CUDA)" for op in kernel_ops]
+
+
+# --- make cuda-kernel-check -------------------------------------------------------------------
+
+# A kernel as nvcc prints it: a division before the loop, a loop whose rarely taken block the
+# compiler placed after the loop's back edge, and a division after the loop.
+_CUDA_PTX = """\
+.visible .entry _Z6kernelv(
+	.param .u64 _Z6kernelv_param_0
+)
+{{
+	div.s64 	%rd1, %rd2, %rd3;
+$L__BB0_1:
+	@%p1 bra 	$L__BB0_3;
+$L__BB0_2:
+{inner}	wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32 {{%f1}}, {{%r1}}, {{%r2}}, {{%f2}};
+	bar.sync 	0;
+{extra}	@%p2 bra 	$L__BB0_1;
+	bra.uni 	$L__BB0_4;
+$L__BB0_3:
+	rem.u64 	%rd4, %rd5, %rd6;
+	bra.uni 	$L__BB0_2;
+$L__BB0_4:
+	div.u32 	%r3, %r4, %r5;
+	ret;
+
+}}
+"""
+
+
+def test_divisions_and_barriers_are_found_in_loops_wherever_the_compiler_placed_their_blocks():
+    facts = cuda_kernel_report.ptx_facts(_CUDA_PTX.format(inner="", extra=""))["_Z6kernelv"]
+    assert (facts.loop_div64, facts.loop_div32, facts.main_loop_barriers) == (1, 0, 1)
+    single_buffered = cuda_kernel_report.ptx_facts(_CUDA_PTX.format(inner="", extra="\tbar.sync \t0;\n"))
+    assert single_buffered["_Z6kernelv"].main_loop_barriers == 2
+    # An inner loop that multiplies: its barriers count, not the outer loop's.
+    inner = "$L__BB0_5:\n\twmma.mma.sync.aligned {%f1};\n\tbar.sync \t0;\n\t@%p3 bra \t$L__BB0_5;\n"
+    nested = cuda_kernel_report.ptx_facts(_CUDA_PTX.format(inner=inner, extra="\tbar.sync \t0;\n"))
+    assert nested["_Z6kernelv"].main_loop_barriers == 1
+
+
+def test_the_gemm_kernels_rules():
+    def kernel(name, **kw):
+        facts = cuda_kernel_report.PtxFacts(main_loop_barriers=kw.pop("barriers", 1), loop_div64=kw.pop("div64", 0))
+        return cuda_kernel_report.Kernel(name, ptx=facts, **kw)
+
+    gemm = "void fusedops::cuda::(anonymous namespace)::conv_pool_gemm_kernel<__nv_bfloat16, int>(fusedops::Geometry)"
+    assert cuda_kernel_report.violations(kernel(gemm, registers=128, stack=256)) == []
+    broken = cuda_kernel_report.violations(kernel(gemm, registers=129, stack=264, barriers=2, div64=3))
+    assert len(broken) == 4 and "129 registers" in broken[1], broken
+    double = gemm.replace("__nv_bfloat16", "double")
+    assert cuda_kernel_report.violations(kernel(double, registers=220, barriers=2)) == []
+    assert cuda_kernel_report.violations(kernel(double, div64=1)) == ["1 64-bit divisions in loops"]
+    jvp = gemm.replace("conv_pool_gemm_kernel", "jvp_kernel")
+    assert cuda_kernel_report.violations(kernel(jvp, registers=250, div64=5, barriers=None)) == []
 
 
 # --- make triton-check --------------------------------------------------------------------------

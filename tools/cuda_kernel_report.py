@@ -9,7 +9,7 @@ Rules for the implicit-GEMM kernels (conv forward, input and weight gradients, l
 input and weight gradients) in float32, float16 and bfloat16, checked with ``--check``:
 
 - at most 128 registers per thread, so that two blocks of 256 threads fit an SM;
-- no stack frame (no spills);
+- at most 256 bytes of stack (spills);
 - no 64-bit division or remainder in a loop;
 - one barrier per step of the main loop (double-buffered shared memory: the next stage is
   stored while the current one is read).
@@ -40,6 +40,7 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF
 GEMM_KERNELS = ("conv_pool_gemm_kernel", "input_grad_kernel", "weight_grad_kernel", "linear_forward_kernel",
                 "linear_input_grad_kernel", "linear_weight_grad_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
+MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16"}
 
 
@@ -120,57 +121,136 @@ _LABEL = re.compile(r"^(\$\w+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$\w+);")
 _DIV = re.compile(r"\b(?:div|rem)(?:\.full)?\.([su])(32|64)\b")
 _PRODUCT = re.compile(r"\b(?:wmma\.mma|mma\.sync|fma\.rn\.f32|fma\.rn\.f64)\b")
-_BARRIER = re.compile(r"^(?:bar|barrier)\.sync\b")
+_BARRIER = re.compile(r"^(?:@!?%p\w+\s+)?(?:bar|barrier)\.sync\b")
 
 
 def ptx_facts(ptx: str) -> Dict[str, PtxFacts]:
-    """PtxFacts per kernel (mangled name). A loop is the span from a label to a later branch
-    back to it (PTX keeps the compiler's block order, so every loop has such a back edge); the
-    main loop is the innermost one holding a multiply (mma or fma) and a barrier: a
-    double-buffered main loop has one barrier per step, a single-buffered one two."""
+    """PtxFacts per kernel (mangled name), from the control-flow graph of its PTX: basic blocks
+    split at labels and after branches, edges from branches and fall-through. A block is in a
+    loop when it lies on a cycle (a strongly connected component with an edge inside it),
+    wherever the compiler placed it; loops nest as in a loop-nesting forest (a loop's entry
+    blocks removed, the rest searched again). The main loop is the innermost loop holding a
+    multiply (mma or fma) and a barrier: a double-buffered main loop has one barrier per step,
+    a single-buffered one two."""
     result: Dict[str, PtxFacts] = {}
     name, lines = None, []
     for line in ptx.splitlines() + [".entry __end__("]:
         m = _ENTRY.match(line)
         if m:
             if name is not None:
-                result[name] = _facts(lines)
+                result[name] = _facts(_blocks(lines))
             name, lines = m.group(1), []
         elif name is not None:
             lines.append(line.strip())
     return result
 
 
-def _facts(lines: List[str]) -> PtxFacts:
-    labels = {}
-    for i, line in enumerate(lines):
+def _blocks(lines: List[str]):
+    """(instructions, successor indices) per basic block."""
+    blocks, labels, current = [], {}, []
+    for line in lines:
+        if not line or line.startswith("//"):
+            continue
         m = _LABEL.match(line)
         if m:
-            labels[m.group(1)] = i
-    loops = []
-    for i, line in enumerate(lines):
-        m = _BRANCH.search(line)
-        if m and labels.get(m.group(1), len(lines)) < i:
-            loops.append((labels[m.group(1)], i))
-    in_loop = [False] * len(lines)
-    for a, b in loops:
-        for j in range(a, b + 1):
-            in_loop[j] = True
+            if current:
+                blocks.append(current)
+            labels[m.group(1)] = len(blocks) if current else len(blocks)
+            current = []
+            continue
+        current.append(line)
+        if _BRANCH.search(line) or re.match(r"^(?:@!?%p\w+\s+)?(?:ret|exit)\b", line):
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    # labels map to the index of the block that starts after them
+    succ = []
+    for i, block in enumerate(blocks):
+        last = block[-1]
+        out = []
+        m = _BRANCH.search(last)
+        if m and m.group(1) in labels:
+            out.append(labels[m.group(1)])
+        unconditional = (m and not last.startswith("@")) or re.match(r"^(?:ret|exit)\b", last)
+        if not unconditional and i + 1 < len(blocks):
+            out.append(i + 1)
+        succ.append(out)
+    return blocks, succ
+
+
+def _sccs(nodes, succ):
+    """Strongly connected components of the subgraph on `nodes` (iterative Tarjan)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in nodes:
+        if root in index:
+            continue
+        work = [(root, iter([s for s in succ[root] if s in nodes]))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    comp = set()
+                    while True:
+                        x = stack.pop()
+                        on.discard(x)
+                        comp.add(x)
+                        if x == v:
+                            break
+                    out.append(comp)
+            elif w not in index:
+                index[w] = low[w] = counter[0]
+                counter[0] += 1
+                stack.append(w)
+                on.add(w)
+                work.append((w, iter([s for s in succ[w] if s in nodes])))
+            elif w in on:
+                low[v] = min(low[v], index[w])
+    return out
+
+
+def _loops(nodes, succ, preds):
+    """Every loop (set of blocks) of the subgraph on `nodes`, outer loops before inner ones."""
+    found = []
+    for comp in _sccs(nodes, succ):
+        if len(comp) == 1 and next(iter(comp)) not in succ[next(iter(comp))]:
+            continue
+        found.append(comp)
+        entries = {b for b in comp if any(p not in comp for p in preds[b])} or {min(comp)}
+        found += _loops(comp - entries, succ, preds)
+    return found
+
+
+def _facts(graph) -> PtxFacts:
+    blocks, succ = graph
+    preds = [[] for _ in blocks]
+    for i, out in enumerate(succ):
+        for j in out:
+            preds[j].append(i)
+    loops = _loops(set(range(len(blocks))), succ, preds)
     facts = PtxFacts()
-    for i, line in enumerate(lines):
-        if in_loop[i] and not line.startswith("//"):
+    for b in set().union(*loops) if loops else ():
+        for line in blocks[b]:
             for _sign, bits in _DIV.findall(line):
                 if bits == "64":
                     facts.loop_div64 += 1
                 else:
                     facts.loop_div32 += 1
-    products = [i for i, line in enumerate(lines) if _PRODUCT.search(line)]
-    barriers = [i for i, line in enumerate(lines) if _BARRIER.match(line)]
-    holding = [(b - a, a, b) for a, b in loops
-               if any(a <= i <= b for i in products) and any(a <= i <= b for i in barriers)]
-    if holding:
-        _, a, b = min(holding)
-        facts.main_loop_barriers = sum(1 for i in barriers if a <= i <= b)
+
+    def count(loop, pattern):
+        return sum(1 for b in loop for line in blocks[b] if pattern.search(line))
+
+    main = [loop for loop in loops if count(loop, _PRODUCT) and count(loop, _BARRIER)]
+    if main:
+        facts.main_loop_barriers = count(min(main, key=len), _BARRIER)
     return facts
 
 
@@ -212,8 +292,8 @@ def violations(k: Kernel) -> List[str]:
         return out
     if k.registers > MAX_REGISTERS:
         out.append(f"{k.registers} registers > {MAX_REGISTERS}")
-    if k.stack:
-        out.append(f"{k.stack} bytes of stack")
+    if k.stack > MAX_STACK:
+        out.append(f"{k.stack} bytes of stack > {MAX_STACK}")
     if k.ptx.main_loop_barriers is None:
         out.append("no main loop found")
     elif k.ptx.main_loop_barriers > 1:
@@ -240,8 +320,9 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "remainders (64-bit / 32-bit) inside loops of the PTX; barriers per step: `bar.sync` in the",
              "innermost loop that multiplies (2 when one shared-memory stage is loaded and then read,",
              "1 when the next stage is stored while the current one is read). Rules for the implicit GEMMs",
-             f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), no",
-             "stack, no 64-bit division in a loop, one barrier per step (float64: the division rule only).",
+             f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
+             f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
+             "division rule only).",
              "Maxima over the offset types.", ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",

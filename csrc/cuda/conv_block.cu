@@ -107,56 +107,64 @@ __global__ void conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Str
   }
 }
 
+// One block: output channels [m0, m0 + kBM) of group blockIdx.z at pooled outputs
+// [n0, n0 + kBN). Each thread's B elements and epilogue elements share one pooled output
+// (column), decomposed once; the GEMM runs once per pool tap.
 template <typename T, typename OffT>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     conv_pool_gemm_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
                           const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
   using Acc = typename Num<T>::Acc;
   __shared__ TileSmem<T> s;
-  const int64_t grp = blockIdx.z, Q = g.N * g.PH * g.PW;
+  const int64_t grp = blockIdx.z;
   const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
   const T* wg = w + grp * g.Coutg * g.K;
   const T zero = zero_of<T>();
+  const int nn = threadIdx.x % kBN;  // this thread's column
+  const PooledColumn col = pooled_column(g, n0 + nn);
+  const T* xn = col.n >= 0 ? x + col.n * xs.s[0] + grp * g.Cg * xs.s[1] : nullptr;
+  const int64_t steps = ceil_div(g.K, kBK);
   Acc best[kPerThread];
   int where[kPerThread];
   for (int j = 0; j < kPerThread; ++j) {
     best[j] = -std::numeric_limits<Acc>::infinity();
     where[j] = -1;
   }
-  const auto la = [&](int64_t m, int64_t k) { return wg[m * g.K + k]; };
   for (int th = 0; th < g.PKH; ++th) {
     for (int tw = 0; tw < g.PKW; ++tw) {
-      const auto lb = [&](int64_t k, int64_t q) -> T {  // im2col element (k, conv position of q's tap)
-        const PooledIndex p(g, q);
-        int64_t r, c;
-        if (!p.tap(g, th, tw, r, c)) return zero;
-        const int64_t kw = k % g.KW, t = k / g.KW, kh = t % g.KH, ci = t / g.KH;
-        const int64_t ih = r * g.sh - g.pt + kh * g.dh, iw = c * g.sw - g.pl + kw * g.dw;
-        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return zero;
-        return x[p.n * xs.s[0] + (grp * g.Cg + ci) * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]];
-      };
-      tile_gemm<T>(la, lb, g.Coutg, Q, m0, n0, 0, g.K, s);
-      for (int j = 0; j < kPerThread; ++j) {
-        const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
-        const int64_t m = m0 + mm, q = n0 + nn;
-        if (m >= g.Coutg || q >= Q) continue;
-        int64_t r, c;
-        if (!PooledIndex(g, q).tap(g, th, tw, r, c)) continue;  // tap in the pool's padding
-        const Acc v = relu_keep_nan(s.c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
-        if (replaces(v, best[j])) {
-          best[j] = v;
-          where[j] = th * g.PKW + tw;
+      const int r = col.r0 + th * static_cast<int>(g.pdh), c = col.c0 + tw * static_cast<int>(g.pdw);
+      const bool tap = xn && inside(r, g.OH) && inside(c, g.OW);  // false: the tap is in the pool's padding
+      MatrixLoader<T, true> la(wg, g.K, 1, m0, g.Coutg, 0, g.K, threadIdx.x, zero);
+      PooledColumnLoader<T> lb(g, tap ? xn : nullptr, xs.s[1], xs.s[2], xs.s[3], r, c, threadIdx.x, zero);
+      tile_gemm<T, true, false>([&](T(&v)[kLoads]) { la.fetch(v); }, [&](T(&v)[kLoads]) { lb.fetch(g, v); },
+                                [&] {
+                                  la.next();
+                                  lb.next(g);
+                                },
+                                steps, s);
+      if (tap) {
+#pragma unroll
+        for (int j = 0; j < kPerThread; ++j) {
+          const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
+          const int64_t m = m0 + mm;
+          if (m >= g.Coutg) continue;
+          const Acc v = relu_keep_nan(s.c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
+          if (replaces(v, best[j])) {
+            best[j] = v;
+            where[j] = th * g.PKW + tw;
+          }
         }
       }
       __syncthreads();  // s.c is overwritten by the next tap's tile
     }
   }
+  if (col.n < 0) return;
+  const int64_t yq = col.n * ys.s[0] + col.ph * ys.s[2] + col.pw * ys.s[3];
+#pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
-    const int64_t m = m0 + mm, q = n0 + nn;
-    if (m >= g.Coutg || q >= Q) continue;
-    const PooledIndex p(g, q);
-    const int64_t yi = p.n * ys.s[0] + (grp * g.Coutg + m) * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
+    const int64_t m = m0 + threadIdx.x / kBN + j * (kThreads / kBN);
+    if (m >= g.Coutg) continue;
+    const int64_t yi = yq + (grp * g.Coutg + m) * ys.s[1];
     y[yi] = Num<T>::from_acc(best[j]);
     off[yi] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
   }
@@ -216,37 +224,32 @@ __global__ void __launch_bounds__(kThreads)
 // dx[n][grp*Cg + ci][ih][iw] = sum_{co, kh, kw} w[grp*Coutg + co][ci][kh][kw] * dconv[n][grp*Coutg + co][oh][ow]
 // over the (kh, kw) for which ih = oh*sh - pt + kh*dh and iw = ow*sw - pl + kw*dw.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     input_grad_kernel(Geometry g, const T* __restrict__ w, const T* __restrict__ dconv, T* __restrict__ dx) {
   __shared__ TileSmem<T> s;
   const int64_t grp = blockIdx.z, P = g.N * g.H * g.W, taps = g.KH * g.KW;
   const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
   const T zero = zero_of<T>();
-  const auto la = [&](int64_t ci, int64_t k) {  // k = (co, kh, kw)
-    const int64_t co = k / taps;
-    return w[((grp * g.Coutg + co) * g.Cg + ci) * taps + k % taps];
-  };
-  const auto lb = [&](int64_t k, int64_t p) -> T {
-    const int64_t co = k / taps, kh = (k % taps) / g.KW, kw = k % g.KW;
-    const int64_t iw = p % g.W, ih = (p / g.W) % g.H, n = p / (g.W * g.H);
-    const int64_t rh = ih + g.pt - kh * g.dh, rw = iw + g.pl - kw * g.dw;
-    if (rh < 0 || rw < 0 || rh % g.sh != 0 || rw % g.sw != 0) return zero;
-    const int64_t oh = rh / g.sh, ow = rw / g.sw;
-    if (oh >= g.OH || ow >= g.OW) return zero;
-    return dconv[((n * g.Cout + grp * g.Coutg + co) * g.OH + oh) * g.OW + ow];
-  };
-  tile_gemm<T>(la, lb, g.Cg, P, m0, n0, 0, g.Coutg * taps, s);
-  for_owned(s, g.Cg, P, m0, n0, [&](int64_t ci, int64_t p, typename Num<T>::Acc v) {
-    const int64_t n = p / (g.H * g.W), hw = p % (g.H * g.W);
-    dx[(n * g.C + grp * g.Cg + ci) * g.H * g.W + hw] = Num<T>::from_acc(v);
-  });
+  TapWeightLoader<T> la(g, w + grp * g.Coutg * g.Cg * taps, m0, threadIdx.x, zero);
+  DconvGatherLoader<T> lb(g, dconv, grp, n0, threadIdx.x, zero);
+  tile_gemm<T, true, false>([&](T(&v)[kLoads]) { la.fetch(g, v); }, [&](T(&v)[kLoads]) { lb.fetch(g, v); },
+                            [&] {
+                              la.next(g);
+                              lb.next(g);
+                            },
+                            ceil_div(g.Coutg * taps, kBK), s);
+  const int64_t p = n0 + threadIdx.x % kBN, hw = g.H * g.W;  // this thread's column (for_owned)
+  if (p >= P) return;
+  T* dxn = dx + ((p / hw) * g.C + grp * g.Cg) * hw + p % hw;
+  for_owned(s, g.Cg, P, m0, n0,
+            [&](int64_t ci, int64_t, typename Num<T>::Acc v) { dxn[ci * hw] = Num<T>::from_acc(v); });
 }
 
 // Partial weight gradients of reduction split `split` (blockIdx.z = grp * splits + split):
 // part[split][grp*Coutg + co][k] = sum over its chunk of positions p = (n, oh, ow) of
-// dconv[n][grp*Coutg + co][oh][ow] * im2col(x)[k][p].
+// dconv[n][grp*Coutg + co][oh][ow] * im2col(x)[k][p]. An empty chunk writes zeros.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     weight_grad_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ dconv, int64_t splits,
                        int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
   __shared__ TileSmem<T> s;
@@ -254,22 +257,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
   const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
   const T zero = zero_of<T>();
-  const auto la = [&](int64_t co, int64_t p) {
-    const int64_t hw = p % (g.OH * g.OW), n = p / (g.OH * g.OW);
-    return dconv[(n * g.Cout + grp * g.Coutg + co) * g.OH * g.OW + hw];
-  };
-  const auto lb = [&](int64_t p, int64_t k) -> T {
-    const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH, n = p / (g.OW * g.OH);
-    const int64_t kw = k % g.KW, kh = (k / g.KW) % g.KH, ci = k / (g.KW * g.KH);
-    const int64_t ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
-    if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return zero;
-    return x[n * xs.s[0] + (grp * g.Cg + ci) * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]];
-  };
-  if (k0 < k1) tile_gemm<T>(la, lb, g.Coutg, g.K, m0, n0, k0, k1, s);
-  else {  // an empty split contributes zeros
-    for (int i = threadIdx.x; i < kBM * kBN; i += kThreads) s.c[i / kBN][i % kBN] = 0;
-    __syncthreads();
-  }
+  DconvRowLoader<T> la(g, dconv + grp * g.Coutg * g.OH * g.OW, m0, k0, k1, threadIdx.x, zero);
+  Im2colRowLoader<T> lb(g, x + grp * g.Cg * xs.s[1], xs.s[0], xs.s[1], xs.s[2], xs.s[3], n0, k0, k1, threadIdx.x,
+                        zero);
+  tile_gemm<T, true, true>([&](T(&v)[kLoads]) { la.fetch(g, v); }, [&](T(&v)[kLoads]) { lb.fetch(g, v); },
+                           [&] {
+                             la.next(g);
+                             lb.next(g);
+                           },
+                           k0 < k1 ? ceil_div(k1 - k0, kBK) : 0, s);
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
 

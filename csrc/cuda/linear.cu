@@ -46,16 +46,29 @@ __device__ __forceinline__ A activation_grad(A z, Act act) {
   }
 }
 
+// Runs tile_gemm over two strided-matrix loaders (tile_loaders.h's MatrixLoader).
+template <typename T, bool kAlongKA, bool kAlongKB>
+__device__ void matrix_gemm(MatrixLoader<T, kAlongKA>& la, MatrixLoader<T, kAlongKB>& lb, int64_t steps,
+                            TileSmem<T>& s) {
+  tile_gemm<T, kAlongKA, kAlongKB>([&](T(&v)[kLoads]) { la.fetch(v); }, [&](T(&v)[kLoads]) { lb.fetch(v); },
+                                   [&] {
+                                     la.next();
+                                     lb.next();
+                                   },
+                                   steps, s);
+}
+
+// y = act(x @ w^T + b): A = x (rows x in_f), B(k, n) = w[n][k], both read along k (contiguous).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     linear_forward_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
                           const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
   using Acc = typename Num<T>::Acc;
   __shared__ TileSmem<T> s;
   const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
-  const auto la = [&](int64_t m, int64_t k) { return x[m * in_f + k]; };
-  const auto lb = [&](int64_t k, int64_t n) { return w[n * in_f + k]; };
-  tile_gemm<T>(la, lb, rows, out_f, m0, n0, 0, in_f, s);
+  MatrixLoader<T, true> la(x, in_f, 1, m0, rows, 0, in_f, threadIdx.x, zero_of<T>());
+  MatrixLoader<T, true> lb(w, in_f, 1, n0, out_f, 0, in_f, threadIdx.x, zero_of<T>());
+  matrix_gemm(la, lb, ceil_div(in_f, kBK), s);
   for_owned(s, rows, out_f, m0, n0, [&](int64_t m, int64_t n, Acc acc) {
     const Acc z = acc + (b ? Num<T>::to_acc(b[n]) : Acc(0));
     const int64_t i = m * out_f + n;
@@ -80,35 +93,32 @@ __global__ void activation_grad_kernel(Act act, int64_t count, const T* __restri
   }
 }
 
-// dx (rows x in_f) = dz (rows x out_f) @ w (out_f x in_f)
+// dx (rows x in_f) = dz (rows x out_f) @ w (out_f x in_f): A read along k, B along n.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     linear_input_grad_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
                              const T* __restrict__ w, T* __restrict__ dx) {
   __shared__ TileSmem<T> s;
   const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
-  const auto la = [&](int64_t m, int64_t k) { return dz[m * out_f + k]; };
-  const auto lb = [&](int64_t k, int64_t n) { return w[k * in_f + n]; };
-  tile_gemm<T>(la, lb, rows, in_f, m0, n0, 0, out_f, s);
+  MatrixLoader<T, true> la(dz, out_f, 1, m0, rows, 0, out_f, threadIdx.x, zero_of<T>());
+  MatrixLoader<T, false> lb(w, 1, in_f, n0, in_f, 0, out_f, threadIdx.x, zero_of<T>());
+  matrix_gemm(la, lb, ceil_div(out_f, kBK), s);
   for_owned(s, rows, in_f, m0, n0,
             [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
 }
 
-// part[split] (out_f x in_f) = sum over the split's rows r of dz[r][o] * x[r][i]
+// part[split] (out_f x in_f) = sum over the split's rows r of dz[r][o] * x[r][i]: both read
+// along their rows (o, i: contiguous). An empty split writes zeros.
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     linear_weight_grad_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
                               const T* __restrict__ x, int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
   __shared__ TileSmem<T> s;
   const int64_t split = blockIdx.z, k0 = split * chunk, k1 = min(rows, k0 + chunk);
   const int64_t m0 = blockIdx.y * int64_t(kBM), n0 = blockIdx.x * int64_t(kBN);
-  const auto la = [&](int64_t o, int64_t r) { return dz[r * out_f + o]; };
-  const auto lb = [&](int64_t r, int64_t i) { return x[r * in_f + i]; };
-  if (k0 < k1) tile_gemm<T>(la, lb, out_f, in_f, m0, n0, k0, k1, s);
-  else {  // an empty split contributes zeros
-    for (int i = threadIdx.x; i < kBM * kBN; i += kThreads) s.c[i / kBN][i % kBN] = 0;
-    __syncthreads();
-  }
+  MatrixLoader<T, false> la(dz, 1, out_f, m0, out_f, k0, k1, threadIdx.x, zero_of<T>());
+  MatrixLoader<T, false> lb(x, 1, in_f, n0, in_f, k0, k1, threadIdx.x, zero_of<T>());
+  matrix_gemm(la, lb, k0 < k1 ? ceil_div(k1 - k0, kBK) : 0, s);
   store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
 }
 

@@ -2,13 +2,17 @@
 //
 //   C[m0 + i][n0 + j] = sum_{k in [k0, k1)} A(m0 + i, k) * B(k, n0 + j),   0 <= i < kBM, 0 <= j < kBN
 //
-// where A and B are functors that compute an operand element from the tensors (an im2col
-// element, a weight, an un-pooled gradient, ...), so no operand is ever materialised. Tiles of
-// A (kBM x kBK) and B (kBK x kBN) are staged in shared memory; 16-bit types multiply on
-// tensor cores (wmma 16x16x16, float accumulators), float and double on the FMA units (a 4x4
-// register micro-tile per thread). The finished tile lands in shared memory (TileSmem::c), from
-// where the caller's epilogue reads the elements it owns: element e = threadIdx.x + j * kThreads.
-// The k loop runs in a fixed order, so results are deterministic.
+// where A and B are operand loaders (tile_loaders.h) that compute each operand element from
+// the tensors (an im2col element, a weight, an un-pooled gradient, ...), so no operand is ever
+// materialised, and find it without dividing in the main loop. Tiles of A (kBM x kBK) and B
+// (kBK x kBN) are staged in shared memory, two stages deep: while the block multiplies the
+// tiles of step s, each thread holds its elements of step s + 1 in registers (their global
+// loads in flight during the products) and stores them into the other stage; one barrier per
+// step. 16-bit types multiply on tensor cores (wmma 16x16x16, float accumulators), float and
+// double on the FMA units (a 4x4 register micro-tile per thread). The finished tile lands in
+// shared memory (TileSmem::c), from where the caller's epilogue reads the elements it owns:
+// element e = threadIdx.x + j * kThreads. The k loop runs in a fixed order, so results are
+// deterministic.
 //
 // The float summation is blocked: each kBK-long k tile is summed on its own (an FMA chain, or
 // one mma from zero), and the tile sums are added into the running sum by the FP32 units, with
@@ -17,31 +21,38 @@
 // blocked, the serial chains are kBK long and the error grows like sqrt(K / kBK) tile errors:
 // in a float32 simulation of random products with K = 4100..18432, 14-30x less than the serial
 // sum (RMS; 23-65x the largest error). double keeps the plain serial FMA chain: its error is
-// far below any float result's, and blocking would cost it 64 more registers (its conv forward
-// kernel uses 236 of the 255 already).
+// far below any float result's.
 
 #pragma once
 
 #include <mma.h>
 
 #include "common.cuh"
+#include "tile_loaders.h"
 
 namespace fusedops {
 namespace cuda {
 
-constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;
 constexpr int kPerThread = kBM * kBN / kThreads;  // tile elements each thread's epilogue owns
 
-// Shared memory of one tile; the operand tiles and the result share the space. The padded
-// leading dimensions keep wmma's alignment rules (multiples of 8 / 4 elements, 32-byte rows).
+// Blocks per SM the GEMM kernels are compiled for (__launch_bounds__): two for the 16-bit
+// and float kernels (at most 128 registers per thread), one for double, whose 4x4 micro-tile
+// of double accumulators does not fit in 128.
+template <typename T>
+constexpr int kMinBlocks = std::is_same<T, double>::value ? 1 : 2;
+
+// Shared memory of one tile: two operand stages, and the result, which reuses their space.
+// The padded leading dimensions keep wmma's alignment rules (multiples of 8 / 4 elements,
+// 32-byte rows).
 template <typename T>
 struct __align__(32) TileSmem {
   using Acc = typename Num<T>::Acc;
+  struct Stage {
+    T a[kBM][kBK + 8];  // A tile, row-major (m, k)
+    T b[kBK][kBN + 8];  // B tile, row-major (k, n)
+  };
   union {
-    struct {
-      T a[kBM][kBK + 8];  // A tile, row-major (m, k)
-      T b[kBK][kBN + 8];  // B tile, row-major (k, n)
-    } ab;
+    Stage ab[2];
     Acc c[kBM][kBN + 4];  // the result tile
   };
 };
@@ -55,25 +66,54 @@ __device__ __forceinline__ void compensated_add(float& sum, float& comp, float v
   sum = t;
 }
 
-// Computes the tile at (m0, n0) of an M x N product into s.c (zero outside M x N). la(m, k)
-// and lb(k, n) are called only for m < M, n < N and k0 <= k < k1. All threads of the block
-// must call it; it ends with a barrier.
-template <typename T, typename LoadA, typename LoadB>
-__device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N, int64_t m0, int64_t n0, int64_t k0,
-                          int64_t k1, TileSmem<T>& s) {
+// Stores this thread's fetched elements into a stage, where TileMap places them.
+template <typename T, bool kAlongK>
+__device__ __forceinline__ void store_a(typename TileSmem<T>::Stage& st, const T (&v)[kLoads]) {
+  using Map = TileMap<kAlongK>;
+#pragma unroll
+  for (int j = 0; j < kLoads; ++j) st.a[Map::o(threadIdx.x, j)][Map::kk(threadIdx.x, j)] = v[j];
+}
+template <typename T, bool kAlongK>
+__device__ __forceinline__ void store_b(typename TileSmem<T>::Stage& st, const T (&v)[kLoads]) {
+  using Map = TileMap<kAlongK>;
+#pragma unroll
+  for (int j = 0; j < kLoads; ++j) st.b[Map::kk(threadIdx.x, j)][Map::o(threadIdx.x, j)] = v[j];
+}
+
+// Computes the tile into s.c over `steps` k steps (zero for none). fetch_a(v) / fetch_b(v)
+// write this thread's elements of the current step of A / B (zero outside the operands);
+// next() advances both loaders by kBK. kAlongKA / kAlongKB: the loaders' TileMap. All
+// threads of the block must call it; it ends with a barrier.
+template <typename T, bool kAlongKA, bool kAlongKB, typename FetchA, typename FetchB, typename Next>
+__device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Next& next, int64_t steps,
+                          TileSmem<T>& s) {
   using Acc = typename Num<T>::Acc;
   const int tid = threadIdx.x;
-  const T zero = zero_of<T>();
-  const auto load_tiles = [&](int64_t k) {
-    for (int i = tid; i < kBM * kBK; i += kThreads) {
-      const int mm = i / kBK, kk = i % kBK;
-      const int64_t m = m0 + mm, kq = k + kk;
-      s.ab.a[mm][kk] = (m < M && kq < k1) ? la(m, kq) : zero;
-    }
-    for (int i = tid; i < kBK * kBN; i += kThreads) {
-      const int kk = i / kBN, nn = i % kBN;
-      const int64_t n = n0 + nn, kq = k + kk;
-      s.ab.b[kk][nn] = (n < N && kq < k1) ? lb(kq, n) : zero;
+  T ra[kLoads], rb[kLoads];
+  if (steps > 0) {
+    fetch_a(ra);
+    fetch_b(rb);
+    store_a<T, kAlongKA>(s.ab[0], ra);
+    store_b<T, kAlongKB>(s.ab[0], rb);
+  }
+  __syncthreads();
+  // Prefetches step i + 1 into registers, runs `multiply` on stage i % 2, stores the prefetched
+  // elements into the other stage, then one barrier: the stage read in step i is rewritten only
+  // in step i + 1, after every thread passed that barrier.
+  const auto pipeline = [&](const auto& multiply) {
+    for (int64_t i = 0; i < steps; ++i) {
+      const bool more = i + 1 < steps;
+      if (more) {
+        next();
+        fetch_a(ra);
+        fetch_b(rb);
+      }
+      multiply(s.ab[i & 1]);
+      if (more) {
+        store_a<T, kAlongKA>(s.ab[(i + 1) & 1], ra);
+        store_b<T, kAlongKB>(s.ab[(i + 1) & 1], rb);
+      }
+      __syncthreads();
     }
   };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -93,21 +133,19 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
     Frag acc[2];
     wmma::fill_fragment(acc[0], 0.0f);
     wmma::fill_fragment(acc[1], 0.0f);
-    for (int64_t k = k0; k < k1; k += kBK) {
-      load_tiles(k);
-      __syncthreads();
+    pipeline([&](const typename TileSmem<T>::Stage& st) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, &s.ab.a[wm * 16][0], kBK + 8);
+      wmma::load_matrix_sync(fa, &st.a[wm * 16][0], kBK + 8);
+#pragma unroll
       for (int j = 0; j < 2; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, &s.ab.b[0][wn * 32 + j * 16], kBN + 8);
+        wmma::load_matrix_sync(fb, &st.b[0][wn * 32 + j * 16], kBN + 8);
         Frag part;
         wmma::fill_fragment(part, 0.0f);
         wmma::mma_sync(part, fa, fb, part);
         for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] += part.x[e];
       }
-      __syncthreads();
-    }
+    });
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(&s.c[wm * 16][wn * 32 + j * 16], acc[j], kBN + 4, wmma::mem_row_major);
   } else {
@@ -118,9 +156,7 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
     Acc acc[4][4], comp[4][4];
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) acc[i][j] = comp[i][j] = Acc(0);
-    for (int64_t k = k0; k < k1; k += kBK) {
-      load_tiles(k);
-      __syncthreads();
+    pipeline([&](const typename TileSmem<T>::Stage& st) {
       Acc part[4][4];
       for (int i = 0; i < 4; ++i)
         for (int j = 0; j < 4; ++j) part[i][j] = blocked ? Acc(0) : acc[i][j];
@@ -128,8 +164,8 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
       for (int kk = 0; kk < kBK; ++kk) {
         Acc av[4], bv[4];
         for (int i = 0; i < 4; ++i) {
-          av[i] = Num<T>::to_acc(s.ab.a[tm * 4 + i][kk]);
-          bv[i] = Num<T>::to_acc(s.ab.b[kk][tn * 4 + i]);
+          av[i] = Num<T>::to_acc(st.a[tm * 4 + i][kk]);
+          bv[i] = Num<T>::to_acc(st.b[kk][tn * 4 + i]);
         }
         for (int i = 0; i < 4; ++i)
           for (int j = 0; j < 4; ++j) part[i][j] = fma(av[i], bv[j], part[i][j]);
@@ -139,8 +175,7 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
           if constexpr (blocked) compensated_add(acc[i][j], comp[i][j], part[i][j]);
           else acc[i][j] = part[i][j];
         }
-      __syncthreads();
-    }
+    });
     for (int i = 0; i < 4; ++i)
       for (int j = 0; j < 4; ++j) s.c[tm * 4 + i][tn * 4 + j] = acc[i][j] - comp[i][j];
   }
@@ -148,11 +183,17 @@ __device__ void tile_gemm(const LoadA& la, const LoadB& lb, int64_t M, int64_t N
 }
 
 // Epilogue helper: calls f(m, n, value) for the tile elements this thread owns inside M x N.
+// They share one column (kThreads is a multiple of kBN): n = n0 + threadIdx.x % kBN, and
+// rows threadIdx.x / kBN + j * (kThreads / kBN).
 template <typename T, typename F>
 __device__ void for_owned(const TileSmem<T>& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
+  static_assert(kThreads % kBN == 0, "a thread's owned elements share a column");
+  const int nn = threadIdx.x % kBN;
+  if (n0 + nn >= N) return;
+#pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    const int e = threadIdx.x + j * kThreads, mm = e / kBN, nn = e % kBN;
-    if (m0 + mm < M && n0 + nn < N) f(m0 + mm, n0 + nn, s.c[mm][nn]);
+    const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
+    if (m0 + mm < M) f(m0 + mm, n0 + nn, s.c[mm][nn]);
   }
 }
 

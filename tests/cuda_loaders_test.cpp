@@ -1,0 +1,253 @@
+// The implicit GEMMs' operand loaders (csrc/cuda/tile_loaders.h), checked on the CPU: for
+// many geometries and every tile, the elements that all kThreads threads of a block fetch over
+// every k step, at the tile positions tile_gemm stores them to, must be the operand's elements
+// as defined here with plain divisions (the definitions the CUDA kernels had before the
+// loaders), and every tile position must be written exactly once. Built and run by
+// tests/test_cuda_loaders.py; prints the failures and exits 1 when there are any.
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda/tile_loaders.h"
+
+using namespace fusedops;
+using namespace fusedops::cuda;
+using T = double;  // element values are their storage index + 1: exact, and 0 only for "no element"
+
+namespace {
+
+int failures = 0, tiles = 0;
+
+void fail(const std::string& what) {
+  if (failures++ < 30) std::printf("FAIL %s\n", what.c_str());
+}
+
+// One tile of one operand: loaders of every thread, stepped over [k0, k1); want(o, k) is the
+// operand's element at (row or column o, reduction index k), 0 outside the operand.
+template <bool kAlongK, typename Make, typename Fetch, typename Next, typename Want>
+void check_tile(const std::string& what, Make make, Fetch fetch, Next next, Want want, int64_t o0, int64_t k0,
+                int64_t k1) {
+  using Map = TileMap<kAlongK>;
+  using Loader = decltype(make(0));
+  std::vector<Loader> loaders;
+  for (int t = 0; t < kThreads; ++t) loaders.push_back(make(t));
+  const int64_t steps = (k1 - k0 + kBK - 1) / kBK;
+  ++tiles;
+  for (int64_t s = 0; s < steps; ++s) {
+    std::vector<int> written(kBM * kBK, 0);
+    for (int t = 0; t < kThreads; ++t) {
+      T v[kLoads];
+      fetch(loaders[t], v);
+      for (int j = 0; j < kLoads; ++j) {
+        const int kk = Map::kk(t, j), o = Map::o(t, j);
+        ++written[o * kBK + kk];
+        const int64_t k = k0 + s * kBK + kk;
+        const T expect = k < k1 ? want(o0 + o, k) : T(0);
+        if (v[j] != expect)
+          fail(what + ": o=" + std::to_string(o0 + o) + " k=" + std::to_string(k) + " got " +
+               std::to_string(v[j]) + " want " + std::to_string(expect));
+      }
+      next(loaders[t]);
+    }
+    for (int i = 0; i < kBM * kBK; ++i)
+      if (written[i] != 1) fail(what + ": tile position written " + std::to_string(written[i]) + " times");
+  }
+}
+
+struct Tensor4 {
+  std::vector<T> data;
+  int64_t s[4];
+  // (n, c, h, w) with contiguous (NCHW) or channels_last strides; values = storage index + 1.
+  Tensor4(int64_t n, int64_t c, int64_t h, int64_t w, bool channels_last) : data(n * c * h * w) {
+    if (channels_last) {
+      s[1] = 1, s[3] = c, s[2] = w * c, s[0] = h * w * c;
+    } else {
+      s[3] = 1, s[2] = w, s[1] = h * w, s[0] = c * h * w;
+    }
+    for (size_t i = 0; i < data.size(); ++i) data[i] = T(i + 1);
+  }
+  T at(int64_t n, int64_t c, int64_t h, int64_t w) const { return data[n * s[0] + c * s[1] + h * s[2] + w * s[3]]; }
+};
+
+std::vector<T> iota(int64_t count) {
+  std::vector<T> v(count);
+  for (int64_t i = 0; i < count; ++i) v[i] = T(i + 1);
+  return v;
+}
+
+Geometry make_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t G, int64_t KH, int64_t KW,
+                       int64_t stride, int64_t pad, int64_t dil, int64_t pk, int64_t ps, int64_t pp, int64_t pd) {
+  Geometry g{};
+  g.N = N, g.C = C, g.H = H, g.W = W, g.Cout = Cout, g.G = G, g.Cg = C / G, g.Coutg = Cout / G;
+  g.KH = KH, g.KW = KW, g.K = g.Cg * KH * KW;
+  g.sh = stride, g.sw = stride, g.pt = pad, g.pl = pad, g.dh = dil, g.dw = dil;
+  g.OH = pool_out_size(H, KH, g.sh, pad, dil, false), g.OW = pool_out_size(W, KW, g.sw, pad, dil, false);
+  g.pool = pk > 0;
+  g.PKH = g.PKW = pk > 0 ? pk : 1;
+  g.psh = g.psw = pk > 0 ? ps : 1;
+  g.pph = g.ppw = pp;
+  g.pdh = g.pdw = pd;
+  g.PH = pool_out_size(g.OH, g.PKH, g.psh, pp, pd, false), g.PW = pool_out_size(g.OW, g.PKW, g.psw, pp, pd, false);
+  return g;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void check_conv(const Geometry& g, bool channels_last, const std::string& name) {
+  const Tensor4 x(g.N, g.C, g.H, g.W, channels_last);
+  const std::vector<T> w = iota(g.Cout * g.K);
+  const std::vector<T> dconv = iota(g.N * g.Cout * g.OH * g.OW);
+  const int64_t Q = g.N * g.PH * g.PW, P = g.N * g.H * g.W, R = g.N * g.OH * g.OW, taps = g.KH * g.KW;
+  for (int64_t grp = 0; grp < g.G; ++grp) {
+    const std::string at = name + " grp " + std::to_string(grp);
+    // Forward A: the group's weights (Coutg x K), along k.
+    const T* wg = w.data() + grp * g.Coutg * g.K;
+    for (int64_t m0 = 0; m0 < g.Coutg; m0 += kBM)
+      check_tile<true>(
+          at + " forward A", [&](int t) { return MatrixLoader<T, true>(wg, g.K, 1, m0, g.Coutg, 0, g.K, t, T(0)); },
+          [](const auto& l, T(&v)[kLoads]) { l.fetch(v); }, [](auto& l) { l.next(); },
+          [&](int64_t m, int64_t k) { return m < g.Coutg ? wg[m * g.K + k] : T(0); }, m0, 0, g.K);
+    // Forward B: im2col at each pool tap.
+    for (int th = 0; th < g.PKH; ++th)
+      for (int tw = 0; tw < g.PKW; ++tw)
+        for (int64_t n0 = 0; n0 < Q; n0 += kBN) {
+          const auto make = [&](int t) {
+            const PooledColumn col = pooled_column(g, n0 + TileMap<false>::o(t, 0));
+            const int r = col.r0 + th * static_cast<int>(g.pdh), c = col.c0 + tw * static_cast<int>(g.pdw);
+            const bool tap = col.n >= 0 && inside(r, g.OH) && inside(c, g.OW);
+            const T* xn = tap ? x.data.data() + col.n * x.s[0] + grp * g.Cg * x.s[1] : nullptr;
+            return PooledColumnLoader<T>(g, xn, x.s[1], x.s[2], x.s[3], r, c, t, T(0));
+          };
+          const auto want = [&](int64_t q, int64_t k) -> T {
+            if (q >= Q) return 0;
+            const int64_t pw = q % g.PW, ph = (q / g.PW) % g.PH, n = q / (g.PW * g.PH);
+            const int64_t r = ph * g.psh - g.pph + th * g.pdh, c = pw * g.psw - g.ppw + tw * g.pdw;
+            if (r < 0 || r >= g.OH || c < 0 || c >= g.OW) return 0;
+            const int64_t kw = k % g.KW, kh = (k / g.KW) % g.KH, ci = k / (g.KW * g.KH);
+            const int64_t ih = r * g.sh - g.pt + kh * g.dh, iw = c * g.sw - g.pl + kw * g.dw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0;
+            return x.at(n, grp * g.Cg + ci, ih, iw);
+          };
+          check_tile<false>(
+              at + " forward B tap " + std::to_string(th) + "," + std::to_string(tw), make,
+              [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); }, want, n0, 0, g.K);
+        }
+    // Input gradient A: weights as (ci, (co, tap)).
+    const T* wgi = w.data() + grp * g.Coutg * g.Cg * taps;
+    for (int64_t m0 = 0; m0 < g.Cg; m0 += kBM)
+      check_tile<true>(
+          at + " input-gradient A", [&](int t) { return TapWeightLoader<T>(g, wgi, m0, t, T(0)); },
+          [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+          [&](int64_t ci, int64_t k) -> T {
+            if (ci >= g.Cg) return 0;
+            return w[((grp * g.Coutg + k / taps) * g.Cg + ci) * taps + k % taps];
+          },
+          m0, 0, g.Coutg * taps);
+    // Input gradient B: dconv gathered per input position.
+    for (int64_t n0 = 0; n0 < P; n0 += kBN)
+      check_tile<false>(
+          at + " input-gradient B", [&](int t) { return DconvGatherLoader<T>(g, dconv.data(), grp, n0, t, T(0)); },
+          [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+          [&](int64_t p, int64_t k) -> T {
+            if (p >= P) return 0;
+            const int64_t co = k / taps, kh = (k % taps) / g.KW, kw = k % g.KW;
+            const int64_t iw = p % g.W, ih = (p / g.W) % g.H, n = p / (g.W * g.H);
+            const int64_t rh = ih + g.pt - kh * g.dh, rw = iw + g.pl - kw * g.dw;
+            if (rh < 0 || rw < 0 || rh % g.sh != 0 || rw % g.sw != 0) return 0;
+            const int64_t oh = rh / g.sh, ow = rw / g.sw;
+            if (oh >= g.OH || ow >= g.OW) return 0;
+            return dconv[((n * g.Cout + grp * g.Coutg + co) * g.OH + oh) * g.OW + ow];
+          },
+          n0, 0, g.Coutg * taps);
+    // Weight gradient, over splits of the positions (chunks of multiples of kBK, as the launcher makes).
+    for (int64_t chunk : {ceil_div(R, kBK) * kBK, int64_t(kBK), int64_t(3 * kBK)}) {
+      for (int64_t p0 = 0; p0 < R; p0 += chunk) {
+        const int64_t p1 = std::min(R, p0 + chunk);
+        const T* dg = dconv.data() + grp * g.Coutg * g.OH * g.OW;
+        for (int64_t m0 = 0; m0 < g.Coutg; m0 += kBM)
+          check_tile<true>(
+              at + " weight-gradient A p0=" + std::to_string(p0),
+              [&](int t) { return DconvRowLoader<T>(g, dg, m0, p0, p1, t, T(0)); },
+              [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+              [&](int64_t co, int64_t p) -> T {
+                if (co >= g.Coutg || p >= p1) return 0;
+                const int64_t hw = p % (g.OH * g.OW), n = p / (g.OH * g.OW);
+                return dconv[(n * g.Cout + grp * g.Coutg + co) * g.OH * g.OW + hw];
+              },
+              m0, p0, p1);
+        const T* xg = x.data.data() + grp * g.Cg * x.s[1];
+        for (int64_t n0 = 0; n0 < g.K; n0 += kBN)
+          check_tile<true>(
+              at + " weight-gradient B p0=" + std::to_string(p0),
+              [&](int t) { return Im2colRowLoader<T>(g, xg, x.s[0], x.s[1], x.s[2], x.s[3], n0, p0, p1, t, T(0)); },
+              [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+              [&](int64_t k, int64_t p) -> T {
+                if (k >= g.K || p >= p1) return 0;
+                const int64_t ow = p % g.OW, oh = (p / g.OW) % g.OH, n = p / (g.OW * g.OH);
+                const int64_t kw = k % g.KW, kh = (k / g.KW) % g.KH, ci = k / (g.KW * g.KH);
+                const int64_t ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
+                if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0;
+                return x.at(n, grp * g.Cg + ci, ih, iw);
+              },
+              n0, p0, p1);
+      }
+    }
+  }
+}
+
+// A strided matrix, both thread maps: element (o, k) = p[o*so + k*sk].
+template <bool kAlongK>
+void check_matrix(int64_t O, int64_t K, int64_t so, int64_t sk, int64_t k0, int64_t k1) {
+  const std::vector<T> m = iota((O - 1) * so + (K - 1) * sk + 1);
+  const std::string name = "matrix " + std::to_string(O) + "x" + std::to_string(K) + " strides " +
+                           std::to_string(so) + "," + std::to_string(sk) + (kAlongK ? " along k" : " along o");
+  for (int64_t o0 = 0; o0 < O; o0 += kBM)
+    check_tile<kAlongK>(
+        name, [&](int t) { return MatrixLoader<T, kAlongK>(m.data(), so, sk, o0, O, k0, k1, t, T(0)); },
+        [](const auto& l, T(&v)[kLoads]) { l.fetch(v); }, [](auto& l) { l.next(); },
+        [&](int64_t o, int64_t k) { return o < O ? m[o * so + k * sk] : T(0); }, o0, k0, k1);
+}
+
+}  // namespace
+
+int main() {
+  struct Case {
+    const char* name;
+    int64_t N, C, H, W, Cout, G, KH, KW, stride, pad, dil, pk, ps, pp, pd;
+  };
+  const Case cases[] = {
+      {"tutorial 3->32 3x3 pad 1 pool 2", 2, 3, 8, 8, 32, 1, 3, 3, 1, 1, 1, 2, 2, 0, 1},
+      {"32->64 3x3 pad 1 pool 2", 2, 32, 6, 6, 64, 1, 3, 3, 1, 1, 1, 2, 2, 0, 1},
+      {"70->80: several row tiles", 1, 70, 5, 5, 80, 1, 3, 3, 1, 1, 1, 2, 2, 0, 1},
+      {"5x5 no pad, pool 3 stride 2 pad 1", 2, 6, 12, 11, 16, 1, 5, 5, 1, 0, 1, 3, 2, 1, 1},
+      {"stride 2 pad 1, pool dilation 2", 2, 8, 11, 9, 12, 1, 3, 3, 2, 1, 1, 2, 1, 0, 2},
+      {"dilation 2, stride 3", 1, 4, 13, 13, 8, 1, 3, 3, 3, 2, 2, 2, 2, 1, 1},
+      {"groups 2", 2, 8, 7, 7, 12, 2, 3, 3, 1, 1, 1, 2, 2, 0, 1},
+      {"1x1, no pool, tiny images (OH*OW < 16)", 3, 20, 3, 3, 24, 1, 1, 1, 1, 0, 1, 0, 1, 0, 1},
+      {"7x1 kernel", 2, 5, 9, 6, 7, 1, 7, 1, 1, 3, 1, 2, 2, 0, 1},
+      {"1x1 image", 5, 9, 1, 1, 10, 1, 1, 1, 1, 0, 1, 0, 1, 0, 1},
+      {"depthwise 3x3 stride 2", 2, 6, 9, 9, 6, 6, 3, 3, 2, 1, 1, 2, 2, 0, 1},
+  };
+  int convs = 0;
+  for (const Case& c : cases) {
+    const Geometry g = make_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.stride, c.pad, c.dil, c.pk, c.ps,
+                                     c.pp, c.pd);
+    for (bool channels_last : {false, true}) {
+      check_conv(g, channels_last, std::string(c.name) + (channels_last ? " (channels_last)" : ""));
+      ++convs;
+    }
+  }
+  for (auto [O, K] : {std::pair<int64_t, int64_t>{1, 1}, {64, 16}, {65, 17}, {130, 40}, {7, 100}}) {
+    for (auto [so, sk] : {std::pair<int64_t, int64_t>{K, 1}, {1, O}}) {
+      check_matrix<true>(O, K, so, sk, 0, K);
+      check_matrix<false>(O, K, so, sk, 0, K);
+      if (K > 20) {  // a split of the reduction, as the weight gradients take
+        check_matrix<true>(O, K, so, sk, 16, std::min<int64_t>(K, 35));
+        check_matrix<false>(O, K, so, sk, 16, std::min<int64_t>(K, 35));
+      }
+    }
+  }
+  std::printf("%d conv geometries, %d tiles checked, %d failures\n", convs, tiles, failures);
+  return failures ? 1 : 0;
+}
