@@ -89,12 +89,15 @@ def conv_block_dw_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
     rows compile to mma.sync), and each row tile re-gathers the un-pooled gradient ``dc`` of
     its positions, so fewer, taller tiles also gather it fewer times (5 instead of 9 times for
     a 32->64 3x3 layer's 288 rows). In float32 a 64 x 64 tile stepping 32 positions spilled 4 KB
-    per thread (IEEE products on the FMA units; sm_90, ``make triton-check``)."""
+    per thread (IEEE products on the FMA units; sm_90, ``make triton-check``), and 280 bytes
+    stepping 16 with 4 warps: 64 x 64 float32 tiles take 8 warps."""
     cfg = conv_block_configs(rows, cols, dtype)
     if dtype in (torch.float16, torch.bfloat16):
         cfg["BLOCK_M"] = 64
     elif dtype == torch.float32:
         cfg["BLOCK_K"] = 16
+        if cfg["BLOCK_M"] * cfg["BLOCK_N"] >= 64 * 64:
+            cfg["num_warps"] = 8
     return cfg
 
 
