@@ -380,7 +380,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # --- CUDA: the launchers' choices, mirrored ---------------------------------------------------
 
 # Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
-# the sources): tile sizes and threads (tile_gemm.cuh), the direct kernel's limits
+# the sources): tile sizes and threads (tile_loaders.h), the direct kernel's limits
 # (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices
 # of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {

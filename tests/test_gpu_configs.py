@@ -88,12 +88,12 @@ def test_a_missing_case_is_a_gap():
 def test_the_cuda_mirror_uses_the_sources_constants():
     """tests/gpu_cases.py decides as csrc/cuda does, with the same constants."""
     c = gpu_cases.CUDA_CONSTANTS
-    sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_gemm.cuh", "common.cuh", "conv_block.cu",
-                                                                "linear.cu")}
+    sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_loaders.h", "tile_gemm.cuh", "common.cuh",
+                                                                "conv_block.cu", "linear.cu")}
     expected = {
-        "tile_gemm.cuh": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
-                          rf"kThreads = {c['kThreads']};",
-                          rf"blocks < {c['grid_stride_blocks']} \? blocks : {c['grid_stride_blocks']}"],
+        "tile_loaders.h": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
+                           rf"kThreads = {c['kThreads']};"],
+        "tile_gemm.cuh": [rf"blocks < {c['grid_stride_blocks']} \? blocks : {c['grid_stride_blocks']}"],
         "common.cuh": [rf"ceil_div\({c['split_blocks']}, tiles", rf"int64_t min_chunk = {c['min_chunk']}\)"],
         "conv_block.cu": [rf"constexpr int kDirectMaxChannels = {c['kDirectMaxChannels']};",
                           rf"constexpr int64_t kDirectMaxFilter = {c['kDirectMaxFilter']};",
