@@ -5,6 +5,8 @@
 // loaders), and every tile position must be written exactly once. Built and run by
 // tests/test_cuda_loaders.py; prints the failures and exits 1 when there are any.
 
+#include <sys/mman.h>
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -209,6 +211,58 @@ void check_matrix(int64_t O, int64_t K, int64_t so, int64_t sk, int64_t k0, int6
         [&](int64_t o, int64_t k) { return o < O ? m[o * so + k * sk] : T(0); }, o0, k0, k1);
 }
 
+// A tensor too large to allocate, mapped without backing (untouched pages read as zero): only
+// the elements a test expects to be fetched are written, with their index + 1.
+struct SparseBuffer {
+  T* data = nullptr;
+  size_t bytes;
+  explicit SparseBuffer(int64_t count) : bytes(static_cast<size_t>(count) * sizeof(T)) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) fail("mmap of " + std::to_string(bytes) + " bytes without backing failed");
+    else data = static_cast<T*>(p);
+  }
+  ~SparseBuffer() {
+    if (data) munmap(data, bytes);
+  }
+};
+
+// The weight gradient's loaders where one conv-output plane has more than 2^31 positions
+// (1 x 1 x 46341 x 46341, 3x3, padding 1): the position inside an image needs 64 bits.
+void check_large_weight_gradient() {
+  const Geometry g = make_geometry(1, 1, 46341, 46341, 1, 1, 3, 3, 1, 1, 1, 0, 1, 0, 1);
+  const int64_t R = g.N * g.OH * g.OW;  // 2,147,488,281
+  SparseBuffer dconv(R), x(g.N * g.C * g.H * g.W);
+  if (!dconv.data || !x.data) return;
+  const int64_t xs[4] = {g.C * g.H * g.W, g.H * g.W, g.W, 1};
+  for (int64_t p0 : {int64_t(0), (int64_t(1) << 31) - 40, R - 50}) {
+    const int64_t p1 = std::min(R, p0 + 6 * kBK);
+    // The elements these tiles hold, written where the definitions put them.
+    const auto x_index = [&](int64_t k, int64_t p) -> int64_t {  // -1 in the padding
+      const int64_t ow = p % g.OW, oh = p / g.OW, kw = k % g.KW, kh = k / g.KW;
+      const int64_t ih = oh - g.pt + kh, iw = ow - g.pl + kw;
+      return ih < 0 || ih >= g.H || iw < 0 || iw >= g.W ? -1 : ih * xs[2] + iw;
+    };
+    for (int64_t p = p0; p < p1; ++p) {
+      dconv.data[p] = T(p + 1);
+      for (int64_t k = 0; k < g.K; ++k)
+        if (x_index(k, p) >= 0) x.data[x_index(k, p)] = T(x_index(k, p) + 1);
+    }
+    check_tile<true>(
+        "large weight-gradient A p0=" + std::to_string(p0),
+        [&](int t) { return DconvRowLoader<T>(g, dconv.data, 0, p0, p1, t, T(0)); },
+        [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+        [&](int64_t co, int64_t p) { return co == 0 && p < p1 ? T(p + 1) : T(0); }, 0, p0, p1);
+    check_tile<true>(
+        "large weight-gradient B p0=" + std::to_string(p0),
+        [&](int t) { return Im2colRowLoader<T>(g, x.data, xs[0], xs[1], xs[2], xs[3], 0, p0, p1, t, T(0)); },
+        [&](const auto& l, T(&v)[kLoads]) { l.fetch(g, v); }, [&](auto& l) { l.next(g); },
+        [&](int64_t k, int64_t p) {
+          return k < g.K && p < p1 && x_index(k, p) >= 0 ? T(x_index(k, p) + 1) : T(0);
+        },
+        0, p0, p1);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -248,6 +302,7 @@ int main() {
       }
     }
   }
+  check_large_weight_gradient();
   std::printf("%d conv geometries, %d tiles checked, %d failures\n", convs, tiles, failures);
   return failures ? 1 : 0;
 }

@@ -9,7 +9,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -57,6 +59,13 @@ std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, in
 
 Geometry checked_conv_geometry(Geometry g) {
   TORCH_CHECK_VALUE(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
+  // The GEMM loaders (tile_loaders.h) keep coordinates inside an image in 32 bits.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int64_t rows = g.H + 2 * g.pt + g.KH * g.dh, cols = g.W + 2 * g.pl + g.KW * g.dw;
+  const int64_t pooled = std::max(g.OH + 2 * g.pph + g.PKH * g.pdh, g.OW + 2 * g.ppw + g.PKW * g.pdw);
+  TORCH_CHECK_VALUE(rows < kMax && cols < kMax && pooled < kMax && g.KH * g.KW < kMax,
+                    "the cuda backend supports images whose height and width, padded, stay below 2^31, got ",
+                    g.H, " x ", g.W);
   return g;
 }
 

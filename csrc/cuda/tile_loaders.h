@@ -8,7 +8,8 @@
 // that does not depend on k (its rows or columns: image, pooled position, channel, pointer
 // bases) is decomposed once in the constructor; the reduction index is kept as mixed-radix
 // digits (Digits) and stepped by kBK with one carry per digit, so the main loop divides
-// nothing. Pointer bases and strides are 64-bit; digits and in-image coordinates 32-bit.
+// nothing. Pointer bases, strides and image indices are 64-bit; coordinates inside an image
+// (rows, columns, kernel taps) 32-bit: the bindings reject images whose padded sides reach 2^31.
 //
 // Host and device code alike (no CUDA headers): tests/cuda_loaders_test.cpp checks every
 // loader against the operands' definitions on the CPU.
@@ -257,18 +258,18 @@ struct DconvRowLoader {
   const T* dg;
   int64_t co;     // element 0's output channel
   int64_t p, p1;  // element 0's position and the split's end
-  Digits d;       // (n, 0, oh*OW + ow) of p
+  Digits d;       // (n, oh, ow) of p: each image coordinate below 2^31, their product need not be
   Digits step;
   T zero;
 
   FUSEDOPS_HD DconvRowLoader(const Geometry& g, const T* dg_, int64_t m0, int64_t p0, int64_t p1_, int t, T zero_)
       : dg(dg_), co(m0 + Map::o(t, 0)), p(p0 + Map::kk(t, 0)), p1(p1_), zero(zero_) {
-    d = split(p, 1, g.OH * g.OW);
-    step = split(kBK, 1, g.OH * g.OW);
+    d = split(p, g.OH, g.OW);
+    step = split(kBK, g.OH, g.OW);
   }
   FUSEDOPS_HD void fetch(const Geometry& g, T (&v)[kLoads]) const {
     const int64_t ohw = g.OH * g.OW;
-    const T* at = dg + d.hi * g.Cout * ohw + co * ohw + d.lo;
+    const T* at = dg + (d.hi * g.Cout + co) * ohw + d.mid * g.OW + d.lo;
 FUSEDOPS_UNROLL
     for (int j = 0; j < kLoads; ++j) {
       const bool in = co + (kThreads / kBK) * j < g.Coutg && p < p1;
@@ -277,7 +278,7 @@ FUSEDOPS_UNROLL
   }
   FUSEDOPS_HD void next(const Geometry& g) {
     p += kBK;
-    add(d, step, 1, static_cast<int>(g.OH * g.OW));
+    add(d, step, static_cast<int>(g.OH), static_cast<int>(g.OW));
   }
 };
 
