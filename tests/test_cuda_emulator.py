@@ -1,0 +1,90 @@
+"""The CUDA kernels' device code run on the CPU by a block emulator (tests/cuda_emulator/).
+
+No GPU and no CUDA toolkit: the kernels of ``csrc/cuda/conv_block.cu`` and ``linear.cu`` (the
+code above their launchers) are compiled by the host C++ compiler against stand-ins for the
+CUDA runtime, half types and wmma (``tests/cuda_emulator/*.h``), their ``__shared__``
+declarations pointed at the emulator's shared memory. Each block runs as 256 coroutines that
+switch at ``__syncthreads``, in both thread orders (a result that depends on the order is a
+shared-memory race); the outputs are compared with direct computations in double. What the
+emulator cannot see: the GPU's memory model beyond barriers, warp-level timing, the real
+wmma fragment layouts and anything in the launchers (their choices are mirrored in
+tests/gpu_cases.py and run on a GPU by ``pytest -m gpu``).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
+EMULATOR = os.path.join(ROOT, "tests", "cuda_emulator")
+
+
+def kernels_for_the_host(source: str, first_launcher: str) -> str:
+    """The device code of a .cu file, up to its first launcher, with its ``__shared__``
+    declarations turned into references to the emulator's shared memory."""
+    cut = source.index(f"\ncudaError_t {first_launcher}(")
+    code = source[:cut].rstrip()
+    assert code.endswith("}  // namespace"), "the kernels end with the anonymous namespace"
+    code = re.sub(r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
+                  r"unsigned char* \1 = emu::shared_memory;", code)
+    code = re.sub(r"__shared__ ([\w:]+(?:<[\w:, ]+>)?) (\w+);",
+                  r"\1& \2 = *reinterpret_cast<\1*>(emu::shared_memory);", code)
+    code = re.sub(r"__shared__ ([\w:]+) (\w+)\[\w+\];", r"\1* \2 = reinterpret_cast<\1*>(emu::shared_memory);", code)
+    assert "__shared__" not in code and "<<<" not in code, "a declaration the emulator cannot place"
+    return code + "\n}  // namespace cuda\n}  // namespace fusedops\n"
+
+
+def _compiler():
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("no C++ compiler found (CXX, c++, g++, clang++): the extension's build needs one too")
+
+
+def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launcher: str):
+    with open(os.path.join(CUDA_DIR, source)) as f:
+        (tmp_path / generated).write_text(kernels_for_the_host(f.read(), first_launcher))
+    exe = tmp_path / test
+    # The emulator's headers first: they stand in for cuda_runtime.h, cuda_fp16.h, cuda_bf16.h and mma.h.
+    build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", "-I", EMULATOR,
+                            "-I", str(tmp_path), "-I", CUDA_DIR, "-o", str(exe),
+                            os.path.join(EMULATOR, f"{test}.cpp")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-6000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
+    return run.stdout
+
+
+def test_conv_kernels_match_a_direct_convolution(tmp_path):
+    out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
+    assert "11 conv geometries, 0 failures" in out, out
+
+
+def test_linear_kernels_match_products_in_double(tmp_path):
+    out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
+    assert "6 linear shapes, 0 failures" in out, out
+
+
+def test_the_emulator_sees_a_missing_barrier(tmp_path):
+    """Without the barrier that ends each pool tap of the conv forward, the next tap's operand
+    stores overwrite the result tile while other threads still read it."""
+    with open(os.path.join(CUDA_DIR, "conv_block.cu")) as f:
+        source = f.read()
+    barrier = "      __syncthreads();  // s.c is overwritten by the next tap's tile\n"
+    assert barrier in source
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "conv_block.cu").write_text(source.replace(barrier, ""))
+    with open(broken / "conv_block.cu") as f:
+        (tmp_path / "conv_block_kernels.inc").write_text(kernels_for_the_host(f.read(), "conv_block_forward"))
+    exe = tmp_path / "conv_kernels_test"
+    build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wno-unknown-pragmas", "-DFUSEDOPS_EMULATOR_QUICK",
+                            "-I", EMULATOR, "-I", str(tmp_path), "-I", CUDA_DIR, "-o", str(exe),
+                            os.path.join(EMULATOR, "conv_kernels_test.cpp")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-6000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 1 and "forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
