@@ -387,7 +387,8 @@ CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectMaxFilter": 2048,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535,
 }
-CUDA_TYPES = {"fp32": "float", "tf32": "float", "fp64": "double", "fp16": "half", "bf16": "bfloat16"}
+# tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
+CUDA_TYPES = {"fp32": "float", "tf32": "tf32", "fp64": "double", "fp16": "half", "bf16": "bfloat16"}
 OFFSET_TYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32"}
 # Blocks of one wave: 132 SMs (H100 SXM) x 8 resident 256-thread blocks.
 ONE_WAVE = 132 * 8

@@ -6,7 +6,8 @@ loops (PTX ``div``/``rem`` on 64-bit and 32-bit operands between a backward bran
 target). ptxas turns each 64-bit one into a call of a ~70-instruction routine.
 
 Rules for the implicit-GEMM kernels (conv forward, input and weight gradients, linear forward,
-input and weight gradients) in float32, float16 and bfloat16, checked with ``--check``:
+input and weight gradients) in float32 (IEEE and TF32), float16 and bfloat16, checked with
+``--check``:
 
 - at most 128 registers per thread, so that two blocks of 256 threads fit an SM;
 - at most 256 bytes of stack (spills);
@@ -41,7 +42,8 @@ GEMM_KERNELS = ("conv_pool_gemm_kernel", "input_grad_kernel", "weight_grad_kerne
                 "linear_input_grad_kernel", "linear_weight_grad_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
-DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16"}
+DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
+          "fusedops::cuda::Tf32": "tf32"}
 
 
 @dataclass

@@ -22,9 +22,10 @@
 namespace fusedops {
 namespace {
 
-cuda::DType dtype_of(const at::Tensor& input) {
+// The kernels' element type for input; float32 multiplies on TF32 tensor cores when tf32.
+cuda::DType dtype_of(const at::Tensor& input, bool tf32) {
   switch (input.scalar_type()) {
-    case at::kFloat: return cuda::DType::Float;
+    case at::kFloat: return tf32 ? cuda::DType::Tf32 : cuda::DType::Float;
     case at::kDouble: return cuda::DType::Double;
     case at::kHalf: return cuda::DType::Half;
     case at::kBFloat16: return cuda::DType::BFloat16;
@@ -32,6 +33,13 @@ cuda::DType dtype_of(const at::Tensor& input) {
       TORCH_CHECK_TYPE(false, "the cuda backend supports float32, float64, float16 and bfloat16 input, got ",
                   input.scalar_type());
   }
+}
+
+// TF32 exactly when torch's own op would use it: cudnn.allow_tf32 for the conv block,
+// cuda.matmul.allow_tf32 for linear.
+cuda::DType conv_dtype_of(const at::Tensor& input) { return dtype_of(input, at::globalContext().allowTF32CuDNN()); }
+cuda::DType linear_dtype_of(const at::Tensor& input) {
+  return dtype_of(input, at::globalContext().allowTF32CuBLAS());
 }
 
 // `t` is a CUDA tensor on input's device with input's dtype.
@@ -74,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, bool pool_ceil_mode) {
-  const cuda::DType dtype = dtype_of(input);
+  const cuda::DType dtype = conv_dtype_of(input);
   check_like_input(input, "input", input);
   check_like_input(weight, "weight", input);
   const Geometry g = checked_conv_geometry(make_geometry(input, weight, stride, padding, dilation, groups,
@@ -99,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride, at::IntArrayRef pool_padding,
     at::IntArrayRef pool_dilation, std::array<bool, 3> output_mask) {
-  const cuda::DType dtype = dtype_of(input);
+  const cuda::DType dtype = conv_dtype_of(input);
   check_like_input(input, "input", input);
   check_like_input(weight, "weight", input);
   check_like_input(grad_output, "grad_output", input);
@@ -139,7 +147,7 @@ at::Tensor conv_block_jvp_cuda(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                                at::IntArrayRef pool_kernel_size, at::IntArrayRef pool_stride,
                                at::IntArrayRef pool_padding, at::IntArrayRef pool_dilation) {
-  const cuda::DType dtype = dtype_of(input);
+  const cuda::DType dtype = conv_dtype_of(input);
   check_like_input(input, "input", input);
   check_like_input(weight, "weight", input);
   TORCH_CHECK(offsets.device() == input.device(), "offsets is on ", offsets.device(), " but input is on ",
@@ -167,7 +175,7 @@ at::Tensor conv_block_jvp_cuda(const at::Tensor& input, const at::Tensor& weight
 }
 
 void check_linear(const at::Tensor& input, const at::Tensor& weight) {
-  dtype_of(input);
+  linear_dtype_of(input);
   check_like_input(input, "input", input);
   check_like_input(weight, "weight", input);
   check_linear_shapes(input, weight);
@@ -190,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, 
                      : act == Act::Relu ? at::empty({rows, out_f}, input.options().dtype(at::kBool))
                                               : at::empty({rows, out_f}, input.options());
   if (y.numel() > 0) {
-    C10_CUDA_CHECK(cuda::linear_forward(dtype_of(input), act, rows, in_f, out_f, x.const_data_ptr(),
+    C10_CUDA_CHECK(cuda::linear_forward(linear_dtype_of(input), act, rows, in_f, out_f, x.const_data_ptr(),
                                         w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, y.mutable_data_ptr(),
                                         saved.numel() ? saved.mutable_data_ptr() : nullptr,
                                         c10::cuda::getCurrentCUDAStream().stream()));
@@ -223,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
     gw.zero_();
     gb.zero_();
   } else {
-    const cuda::DType dtype = dtype_of(input);
+    const cuda::DType dtype = linear_dtype_of(input);
     const at::Tensor ws = workspace(
         cuda::linear_backward_workspace(dtype, act, rows, in_f, out_f, output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::linear_backward(dtype, act, rows, in_f, out_f, g.const_data_ptr(), x.const_data_ptr(),

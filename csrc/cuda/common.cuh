@@ -44,14 +44,27 @@ struct Num<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
 };
 
+// A float32 element whose GEMMs multiply on TF32 tensor cores (DType::Tf32): the same storage
+// as float, a distinct type so that the kernels compile a TF32 variant.
+struct Tf32 {
+  float v;
+};
+template <>
+struct Num<Tf32> {
+  using Acc = float;
+  static __device__ __forceinline__ float to_acc(Tf32 x) { return x.v; }
+  static __device__ __forceinline__ Tf32 from_acc(float v) { return Tf32{v}; }
+};
+
 template <typename T>
 __device__ __forceinline__ T zero_of() {
   return Num<T>::from_acc(typename Num<T>::Acc(0));
 }
 
-// 16-bit types go through tensor cores (wmma); float and double through FMA units.
+// 16-bit types and Tf32 go through tensor cores (wmma); float and double through FMA units.
 template <typename T>
-constexpr bool kTensorCores = std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
+constexpr bool kTensorCores =
+    std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value || std::is_same<T, Tf32>::value;
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -76,6 +89,7 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
     case DType::Double: return f(double{});
     case DType::Half: return f(__half{});
     case DType::BFloat16: return f(__nv_bfloat16{});
+    case DType::Tf32: return f(Tf32{});
   }
   return cudaErrorInvalidValue;
 }
@@ -83,7 +97,7 @@ cudaError_t dispatch_dtype(DType dtype, F&& f) {
 // Size of an accumulator element for dtype.
 inline size_t acc_bytes(DType dtype) { return dtype == DType::Double ? sizeof(double) : sizeof(float); }
 inline size_t elem_bytes(DType dtype) {
-  return dtype == DType::Double ? 8 : dtype == DType::Float ? 4 : 2;
+  return dtype == DType::Double ? 8 : dtype == DType::Float || dtype == DType::Tf32 ? 4 : 2;
 }
 
 // Number of splits of a long reduction (split-K): enough blocks to fill the GPU, each split at

@@ -2,8 +2,8 @@
 // torch types, so that nvcc compiles the kernels on any machine (csrc/cuda/bindings.cpp turns
 // tensors into these arguments). Every launcher returns the launch's cudaError_t.
 //
-// Element types: DType selects float, double, __half or __nv_bfloat16 for every floating
-// tensor of a call; accumulation is in float (double for double).
+// Element types: DType selects float (Float, Tf32), double, __half or __nv_bfloat16 for every
+// floating tensor of a call; accumulation is in float (double for double).
 
 #pragma once
 
@@ -18,7 +18,11 @@
 namespace fusedops {
 namespace cuda {
 
-enum class DType { Float, Double, Half, BFloat16 };
+// Tf32: float32 tensors whose implicit GEMMs multiply on TF32 tensor cores (sm_80+; operands
+// rounded to 10 mantissa bits, products summed in float32), chosen by the bindings exactly
+// when torch's switches allow TF32 (cudnn.allow_tf32 for the conv block, cuda.matmul.allow_tf32
+// for linear); Float multiplies in IEEE float32 on the FMA units.
+enum class DType { Float, Double, Half, BFloat16, Tf32 };
 using fusedops::Act;  // csrc/activation.h
 
 // Element strides of a 4-D tensor.

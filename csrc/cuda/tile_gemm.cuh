@@ -8,8 +8,9 @@
 // (kBK x kBN) are staged in shared memory, two stages deep: while the block multiplies the
 // tiles of step s, each thread holds its elements of step s + 1 in registers (their global
 // loads in flight during the products) and stores them into the other stage; one barrier per
-// step. 16-bit types multiply on tensor cores (wmma 16x16x16, float accumulators), float and
-// double on the FMA units (a 4x4 register micro-tile per thread). The finished tile lands in
+// step. 16-bit types multiply on tensor cores (wmma 16x16x16, float accumulators), Tf32
+// (float32 when torch allows TF32) on TF32 tensor cores (16x16x8), float and double on the FMA
+// units (a 4x4 register micro-tile per thread). The finished tile lands in
 // shared memory (TileSmem::c), from where the caller's epilogue reads the elements it owns:
 // element e = threadIdx.x + j * kThreads. The k loop runs in a fixed order, so results are
 // deterministic.
@@ -66,6 +67,28 @@ __device__ __forceinline__ void compensated_add(float& sum, float& comp, float v
   sum = t;
 }
 
+// The wmma shape and fragment element of T's tensor-core products: 16x16x16 for the 16-bit
+// types; 16x16x8 TF32 for Tf32, whose fragments load float32 values (Tf32 has float's
+// storage) and round them to TF32 (round to nearest, ties away) before the product.
+template <typename T>
+struct WmmaShape {
+  using Elem = T;
+  static constexpr int kK = 16;
+  static __device__ __forceinline__ const T* ptr(const T* p) { return p; }
+  template <typename Frag>
+  static __device__ __forceinline__ void round(Frag&) {}
+};
+template <>
+struct WmmaShape<Tf32> {
+  using Elem = nvcuda::wmma::precision::tf32;
+  static constexpr int kK = 8;
+  static __device__ __forceinline__ const float* ptr(const Tf32* p) { return reinterpret_cast<const float*>(p); }
+  template <typename Frag>
+  static __device__ __forceinline__ void round(Frag& f) {
+    for (int e = 0; e < f.num_elements; ++e) f.x[e] = nvcuda::wmma::__float_to_tf32(f.x[e]);
+  }
+};
+
 // Stores this thread's fetched elements into a stage, where TileMap places them.
 template <typename T, bool kAlongK>
 __device__ __forceinline__ void store_a(typename TileSmem<T>::Stage& st, const T (&v)[kLoads]) {
@@ -117,34 +140,44 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
     }
   };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  constexpr bool tensor_cores = false;  // bf16 wmma needs sm_80
+  constexpr bool tensor_cores = false;  // bf16 and TF32 wmma need sm_80
 #else
   constexpr bool tensor_cores = kTensorCores<T>;
 #endif
   if constexpr (tensor_cores) {
     namespace wmma = nvcuda::wmma;
+    using Shape = WmmaShape<T>;
+    constexpr int kK = Shape::kK;
     const int warp = tid / 32, wm = warp % 4, wn = warp / 4;  // warp tile: rows wm*16, columns wn*32 (+32)
-    // Blocked: each k tile's product is one mma from zero, added into acc by the FP32 units
-    // (element by element: the fragments share one layout), so the long running sum never
-    // goes through the tensor cores' accumulation. (Not compensated: its 16 more registers
-    // made ptxas spill in the 16-bit input-gradient and linear-forward kernels, and the 16-bit
-    // cases passed with the serial sum already.)
-    using Frag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+    // Blocked: each k tile's product is summed from zero by the tensor cores (one mma, or two
+    // of k = 8 for TF32), then added into acc by the FP32 units (element by element: the
+    // fragments share one layout), so the long running sum never goes through the tensor
+    // cores' accumulation. (Not compensated: its 16 more registers made ptxas spill in the
+    // 16-bit input-gradient and linear-forward kernels, and the 16-bit cases passed with the
+    // serial sum already.)
+    using Frag = wmma::fragment<wmma::accumulator, 16, 16, kK, float>;
     Frag acc[2];
     wmma::fill_fragment(acc[0], 0.0f);
     wmma::fill_fragment(acc[1], 0.0f);
     pipeline([&](const typename TileSmem<T>::Stage& st) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, &st.a[wm * 16][0], kBK + 8);
+      Frag part[2];
+      wmma::fill_fragment(part[0], 0.0f);
+      wmma::fill_fragment(part[1], 0.0f);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, &st.b[0][wn * 32 + j * 16], kBN + 8);
-        Frag part;
-        wmma::fill_fragment(part, 0.0f);
-        wmma::mma_sync(part, fa, fb, part);
-        for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] += part.x[e];
+      for (int k = 0; k < kBK; k += kK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, wmma::row_major> fa;
+        wmma::load_matrix_sync(fa, Shape::ptr(&st.a[wm * 16][k]), kBK + 8);
+        Shape::round(fa);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, wmma::row_major> fb;
+          wmma::load_matrix_sync(fb, Shape::ptr(&st.b[k][wn * 32 + j * 16]), kBN + 8);
+          Shape::round(fb);
+          wmma::mma_sync(part[j], fa, fb, part[j]);
+        }
       }
+      for (int j = 0; j < 2; ++j)
+        for (int e = 0; e < part[j].num_elements; ++e) acc[j].x[e] += part[j].x[e];
     });
     for (int j = 0; j < 2; ++j)
       wmma::store_matrix_sync(&s.c[wm * 16][wn * 32 + j * 16], acc[j], kBN + 4, wmma::mem_row_major);

@@ -1,5 +1,6 @@
 // Shared helpers of the emulated-kernel tests: element conversions, random tensors, failure
 // reporting, and a launch that runs the kernel in both thread orders and compares the results.
+// Included after the generated kernels (it uses their element types).
 
 #pragma once
 
@@ -29,6 +30,7 @@ template <typename T>
 double to_double(T v) {
   if constexpr (std::is_same_v<T, __half>) return __half2float(v);
   else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else if constexpr (std::is_same_v<T, fusedops::cuda::Tf32>) return v.v;
   else return double(v);
 }
 
@@ -36,13 +38,14 @@ template <typename T>
 T from_double(double v) {
   if constexpr (std::is_same_v<T, __half>) return __float2half_rn(float(v));
   else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(float(v));
+  else if constexpr (std::is_same_v<T, fusedops::cuda::Tf32>) return fusedops::cuda::Tf32{float(v)};
   else return T(v);
 }
 
 template <typename T>
 const char* name_of() {
   return std::is_same_v<T, float> ? "float32" : std::is_same_v<T, double> ? "float64"
-       : std::is_same_v<T, __half> ? "float16" : "bfloat16";
+       : std::is_same_v<T, __half> ? "float16" : std::is_same_v<T, fusedops::cuda::Tf32> ? "tf32" : "bfloat16";
 }
 
 template <typename T>
@@ -58,7 +61,7 @@ std::vector<T> random_tensor(size_t count, std::mt19937& gen) {
 template <typename T>
 bool close(double got, double want, double scale) {
   const double eps = std::is_same_v<T, double> ? 1e-15 : std::is_same_v<T, float> ? 1e-6
-                   : std::is_same_v<T, __half> ? 1e-3 : 8e-3;
+                   : std::is_same_v<T, __half> || std::is_same_v<T, fusedops::cuda::Tf32> ? 1e-3 : 8e-3;
   return std::fabs(got - want) <= 4 * eps * (scale + std::fabs(want)) + 1e-30;
 }
 
