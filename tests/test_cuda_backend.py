@@ -14,7 +14,7 @@ from tests.conftest import require_gpu_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
-KERNEL_FILES = sorted(CUDA_DIR.glob("*.cu")) + sorted(CUDA_DIR.glob("*.cuh")) + [CUDA_DIR / "kernels.h"]
+KERNEL_FILES = sorted(CUDA_DIR.glob("*.cu")) + sorted(CUDA_DIR.glob("*.cuh")) + sorted(CUDA_DIR.glob("*.h"))
 FORBIDDEN_OPS = ("conv", "pool", "relu", "threshold", "gelu", "silu", "im2col", "unfold", "col2im",
                  "aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 

@@ -20,8 +20,8 @@ namespace cuda {
 
 // Tf32: float32 tensors whose implicit GEMMs multiply on TF32 tensor cores (sm_80+; operands
 // rounded to 10 mantissa bits, products summed in float32), chosen by the bindings exactly
-// when torch's switches allow TF32 (cudnn.allow_tf32 for the conv block, cuda.matmul.allow_tf32
-// for linear); Float multiplies in IEEE float32 on the FMA units.
+// when torch allows TF32 for its own op (its convolution switch for the conv block, its
+// matmul switch for linear); Float multiplies in IEEE float32 on the FMA units.
 enum class DType { Float, Double, Half, BFloat16, Tf32 };
 using fusedops::Act;  // csrc/activation.h
 
