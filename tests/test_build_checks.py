@@ -64,6 +64,26 @@ def test_divisions_and_barriers_are_found_in_loops_wherever_the_compiler_placed_
     assert nested["_Z6kernelv"].main_loop_barriers == 1
 
 
+_SASS = """
+        Function : _Z6kernelv
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FFMA R2, R3, R4, R2 ;
+        /*0020*/                   IMAD R5, R5, 0x4, RZ ;
+        /*0030*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/              @P0 BRA 0x20 ;
+        /*0060*/                   FFMA R2, R3, R4, R2 ;
+        /*0070*/              @P1 BRA 0x10 ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_the_main_loop_is_the_innermost_sass_loop_that_multiplies_and_synchronises():
+    # Two loops: 0x20-0x50 (HMMA and BAR: the main loop, 4 instructions) inside 0x10-0x70.
+    assert cuda_kernel_report.sass_main_loops(_SASS) == {"_Z6kernelv": 4}
+    assert cuda_kernel_report.sass_main_loops(_SASS.replace("BAR.SYNC.DEFER_BLOCKING 0x0", "NOP")) == {}
+
+
 def test_the_gemm_kernels_rules():
     def kernel(name, **kw):
         facts = cuda_kernel_report.PtxFacts(main_loop_barriers=kw.pop("barriers", 1), loop_div64=kw.pop("div64", 0))

@@ -1,9 +1,10 @@
 """Compile the CUDA kernels for sm_90 (and sm_80) without a GPU and report what each costs.
 
 For every kernel of ``csrc/cuda/*.cu``: registers, stack (spills), static shared memory
-(``cuobjdump -res-usage`` on the cubin), and the integer divisions and remainders inside its
-loops (PTX ``div``/``rem`` on 64-bit and 32-bit operands between a backward branch and its
-target). ptxas turns each 64-bit one into a call of a ~70-instruction routine.
+(``cuobjdump -res-usage`` on the cubin), the instructions of its main loop (``cuobjdump
+-sass``), and the integer divisions and remainders inside its loops (PTX ``div``/``rem`` on
+64-bit and 32-bit operands in blocks on a cycle of the control-flow graph). ptxas turns each
+64-bit one into a call of a ~70-instruction routine.
 
 Rules for the implicit-GEMM kernels (conv forward, input and weight gradients, linear forward,
 input and weight gradients) in float32 (IEEE and TF32), float16 and bfloat16, checked with
@@ -64,6 +65,7 @@ class Kernel:
     stack: int = 0
     shared: int = 0
     ptx: PtxFacts = None
+    main_loop_sass: Optional[int] = None  # SASS instructions in the main loop (None: no main loop)
 
     @property
     def template(self) -> str:
@@ -256,6 +258,35 @@ def _facts(graph) -> PtxFacts:
     return facts
 
 
+_SASS_FUNCTION = re.compile(r"\n\s*Function : (\S+)")
+_SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", re.M)
+_SASS_BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
+
+
+def sass_main_loops(sass: str) -> Dict[str, int]:
+    """Per kernel (mangled name): the instructions of the innermost SASS loop (from a backward
+    BRA's target to the branch) that holds a multiply (HMMA, FFMA or DFMA) and a barrier (BAR):
+    the main loop's cost per k step. Division routines called from it are not counted."""
+    result: Dict[str, int] = {}
+    parts = _SASS_FUNCTION.split(sass)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        code = [(int(a, 16), text) for a, text in _SASS_INSTRUCTION.findall(body)]
+        loops = []
+        for address, text in code:
+            m = _SASS_BRANCH.search(text)
+            if m and int(m.group(1), 16) < address:
+                loops.append((int(m.group(1), 16), address))
+        sizes = []
+        for start, end in loops:
+            inside = [text for address, text in code if start <= address <= end]
+            multiplies = any(re.search(r"\b(?:HMMA|FFMA|DFMA)\b", t) for t in inside)
+            if multiplies and any(t.startswith("BAR") for t in inside):
+                sizes.append(len(inside))
+        if sizes:
+            result[name] = min(sizes)
+    return result
+
+
 _RES = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)")
 
 
@@ -273,10 +304,13 @@ def compile_kernels(arch: int, workdir: str, nvcc: str, cuobjdump: str) -> List[
                 raise RuntimeError(f"nvcc failed on {source} (sm_{arch}):\n{done.stderr[-4000:]}")
         res = subprocess.run([cuobjdump, "-res-usage", f"{stem}.cubin"], capture_output=True, text=True,
                              check=True).stdout
+        sass = sass_main_loops(subprocess.run([cuobjdump, "-sass", f"{stem}.cubin"], capture_output=True, text=True,
+                                              check=True).stdout)
         with open(f"{stem}.ptx") as f:
             facts = ptx_facts(f.read())
         for mangled, reg, stack, shared in _RES.findall(res):
-            kernels[mangled] = Kernel(mangled, int(reg), int(stack), int(shared), facts.get(mangled, PtxFacts()))
+            kernels[mangled] = Kernel(mangled, int(reg), int(stack), int(shared), facts.get(mangled, PtxFacts()),
+                                      sass.get(mangled))
     names = demangle(list(kernels))
     for mangled, k in kernels.items():
         k.name = names[mangled]
@@ -308,9 +342,10 @@ def summarize(kernels: List[Kernel]) -> List[tuple]:
     rows: Dict[tuple, list] = {}
     for k in kernels:
         key = (k.template, k.dtype)
-        r = rows.setdefault(key, [0, 0, 0, 0, 0, -1])
+        r = rows.setdefault(key, [0, 0, 0, 0, 0, -1, -1])
         barriers = -1 if k.ptx.main_loop_barriers is None else k.ptx.main_loop_barriers
-        for i, v in enumerate((k.registers, k.stack, k.shared, k.ptx.loop_div64, k.ptx.loop_div32, barriers)):
+        sass = -1 if k.main_loop_sass is None else k.main_loop_sass
+        for i, v in enumerate((k.registers, k.stack, k.shared, k.ptx.loop_div64, k.ptx.loop_div32, barriers, sass)):
             r[i] = max(r[i], v)
     return sorted((key + tuple(v)) for key, v in rows.items())
 
@@ -321,20 +356,25 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "and static shared memory from `cuobjdump -res-usage`; loop div: integer divisions and",
              "remainders (64-bit / 32-bit) inside loops of the PTX; barriers per step: `bar.sync` in the",
              "innermost loop that multiplies (2 when one shared-memory stage is loaded and then read,",
-             "1 when the next stage is stored while the current one is read). Rules for the implicit GEMMs",
+             "1 when the next stage is stored while the current one is read); main-loop SASS: the",
+             "instructions of the innermost SASS loop with a multiply and a barrier (`cuobjdump -sass`;",
+             "division routines it calls not counted), the cost of one k step. Rules for the implicit GEMMs",
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
              "division rule only).",
              "Maxima over the offset types.", ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",
-                  "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | rule |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | "
+                  "main-loop SASS | rule |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         broken = {(k.template, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
-        for template, dtype, reg, stack, shared, d64, d32, barriers in summarize(kernels):
+        for template, dtype, reg, stack, shared, d64, d32, barriers, sass in summarize(kernels):
             rule = broken.get((template, dtype), "ok" if template in GEMM_KERNELS else "")
             step = "" if barriers < 0 else str(barriers)
-            lines.append(f"| {template} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {rule} |")
+            size = "" if sass < 0 else str(sass)
+            lines.append(f"| {template} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {size} | "
+                         f"{rule} |")
         lines.append("")
     return "\n".join(lines)
 
