@@ -45,16 +45,27 @@ def _compiler():
     pytest.fail("no C++ compiler found (CXX, c++, g++, clang++): the extension's build needs one too")
 
 
-def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launcher: str):
-    with open(os.path.join(CUDA_DIR, source)) as f:
-        (tmp_path / generated).write_text(kernels_for_the_host(f.read(), first_launcher))
+def _build(tmp_path, test: str, generated: str, source: str, first_launcher: str, *flags: str):
+    """The emulated test ``tests/cuda_emulator/<test>.cpp`` built over the kernels of the .cu
+    text ``source`` (written to ``generated``, which the test includes); its executable."""
+    (tmp_path / generated).write_text(kernels_for_the_host(source, first_launcher))
     exe = tmp_path / test
     # The emulator's headers first: they stand in for cuda_runtime.h, cuda_fp16.h, cuda_bf16.h and mma.h.
-    build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", "-I", EMULATOR,
+    build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", *flags, "-I", EMULATOR,
                             "-I", str(tmp_path), "-I", CUDA_DIR, "-o", str(exe),
                             os.path.join(EMULATOR, f"{test}.cpp")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-6000:]
-    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    return exe
+
+
+def _source(name: str) -> str:
+    with open(os.path.join(CUDA_DIR, name)) as f:
+        return f.read()
+
+
+def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launcher: str):
+    run = subprocess.run([str(_build(tmp_path, test, generated, _source(source), first_launcher))],
+                         capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
     return run.stdout
 
@@ -72,19 +83,10 @@ def test_linear_kernels_match_products_in_double(tmp_path):
 def test_the_emulator_sees_a_missing_barrier(tmp_path):
     """Without the barrier that ends each pool tap of the conv forward, the next tap's operand
     stores overwrite the result tile while other threads still read it."""
-    with open(os.path.join(CUDA_DIR, "conv_block.cu")) as f:
-        source = f.read()
+    source = _source("conv_block.cu")
     barrier = "      __syncthreads();  // s.c is overwritten by the next tap's tile\n"
     assert barrier in source
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "conv_block.cu").write_text(source.replace(barrier, ""))
-    with open(broken / "conv_block.cu") as f:
-        (tmp_path / "conv_block_kernels.inc").write_text(kernels_for_the_host(f.read(), "conv_block_forward"))
-    exe = tmp_path / "conv_kernels_test"
-    build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wno-unknown-pragmas", "-DFUSEDOPS_EMULATOR_QUICK",
-                            "-I", EMULATOR, "-I", str(tmp_path), "-I", CUDA_DIR, "-o", str(exe),
-                            os.path.join(EMULATOR, "conv_kernels_test.cpp")], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr[-6000:]
+    exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", source.replace(barrier, ""),
+                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_QUICK")
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 1 and "forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]

@@ -123,6 +123,7 @@ def demangle(names: List[str]) -> Dict[str, str]:
 _ENTRY = re.compile(r"^(?:\.visible\s+)?\.entry\s+([^\s(]+)\(")
 _LABEL = re.compile(r"^(\$\w+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$\w+);")
+_END = re.compile(r"^(?:@!?%p\w+\s+)?(?:ret|exit)\b")
 _DIV = re.compile(r"\b(?:div|rem)(?:\.full)?\.([su])(32|64)\b")
 _PRODUCT = re.compile(r"\b(?:wmma\.mma|mma\.sync|fma\.rn\.f32|fma\.rn\.f64)\b")
 _BARRIER = re.compile(r"^(?:@!?%p\w+\s+)?(?:bar|barrier)\.sync\b")
@@ -159,16 +160,15 @@ def _blocks(lines: List[str]):
         if m:
             if current:
                 blocks.append(current)
-            labels[m.group(1)] = len(blocks) if current else len(blocks)
+            labels[m.group(1)] = len(blocks)  # the block that starts after the label
             current = []
             continue
         current.append(line)
-        if _BRANCH.search(line) or re.match(r"^(?:@!?%p\w+\s+)?(?:ret|exit)\b", line):
+        if _BRANCH.search(line) or _END.match(line):
             blocks.append(current)
             current = []
     if current:
         blocks.append(current)
-    # labels map to the index of the block that starts after them
     succ = []
     for i, block in enumerate(blocks):
         last = block[-1]
@@ -176,7 +176,8 @@ def _blocks(lines: List[str]):
         m = _BRANCH.search(last)
         if m and m.group(1) in labels:
             out.append(labels[m.group(1)])
-        unconditional = (m and not last.startswith("@")) or re.match(r"^(?:ret|exit)\b", last)
+        # No fall-through after an unpredicated branch, ret or exit.
+        unconditional = (m or _END.match(last)) and not last.startswith("@")
         if not unconditional and i + 1 < len(blocks):
             out.append(i + 1)
         succ.append(out)
