@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cuda/tile_loaders.h"
+#include "cuda_test_geometry.h"
 
 using namespace fusedops;
 using namespace fusedops::cuda;
@@ -76,22 +77,6 @@ std::vector<T> iota(int64_t count) {
   std::vector<T> v(count);
   for (int64_t i = 0; i < count; ++i) v[i] = T(i + 1);
   return v;
-}
-
-Geometry make_geometry(int64_t N, int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t G, int64_t KH, int64_t KW,
-                       int64_t stride, int64_t pad, int64_t dil, int64_t pk, int64_t ps, int64_t pp, int64_t pd) {
-  Geometry g{};
-  g.N = N, g.C = C, g.H = H, g.W = W, g.Cout = Cout, g.G = G, g.Cg = C / G, g.Coutg = Cout / G;
-  g.KH = KH, g.KW = KW, g.K = g.Cg * KH * KW;
-  g.sh = stride, g.sw = stride, g.pt = pad, g.pl = pad, g.dh = dil, g.dw = dil;
-  g.OH = pool_out_size(H, KH, g.sh, pad, dil, false), g.OW = pool_out_size(W, KW, g.sw, pad, dil, false);
-  g.pool = pk > 0;
-  g.PKH = g.PKW = pk > 0 ? pk : 1;
-  g.psh = g.psw = pk > 0 ? ps : 1;
-  g.pph = g.ppw = pp;
-  g.pdh = g.pdw = pd;
-  g.PH = pool_out_size(g.OH, g.PKH, g.psh, pp, pd, false), g.PW = pool_out_size(g.OW, g.PKW, g.psw, pp, pd, false);
-  return g;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -229,7 +214,7 @@ struct SparseBuffer {
 // The weight gradient's loaders where one conv-output plane has more than 2^31 positions
 // (1 x 1 x 46341 x 46341, 3x3, padding 1): the position inside an image needs 64 bits.
 void check_large_weight_gradient() {
-  const Geometry g = make_geometry(1, 1, 46341, 46341, 1, 1, 3, 3, 1, 1, 1, 0, 1, 0, 1);
+  const Geometry g = test_geometry(1, 1, 46341, 46341, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1);
   const int64_t R = g.N * g.OH * g.OW;  // 2,147,488,281
   SparseBuffer dconv(R), x(g.N * g.C * g.H * g.W);
   if (!dconv.data || !x.data) return;
@@ -285,8 +270,8 @@ int main() {
   };
   int convs = 0;
   for (const Case& c : cases) {
-    const Geometry g = make_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.stride, c.pad, c.dil, c.pk, c.ps,
-                                     c.pp, c.pd);
+    const Geometry g = test_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.stride, c.stride, c.pad, c.pad,
+                                     c.dil, c.dil, c.pk, c.ps, c.pp, c.pd);
     for (bool channels_last : {false, true}) {
       check_conv(g, channels_last, std::string(c.name) + (channels_last ? " (channels_last)" : ""));
       ++convs;
