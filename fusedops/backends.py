@@ -166,9 +166,11 @@ class CppBackend(NativeBackend):
     # KH * KW is short (K 144-288 measured, forward and training step,
     # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without pooling oneDNN is faster.
     # A channels_last input is where oneDNN's conv (what the reference runs) is fastest: there
-    # the reference's forward beat the cpp kernel's on every pooled layer measured, first layers
-    # included, and its training step did in bfloat16 on the Winograd layers; the cpp kernel
-    # kept the float32 training steps and the first layers' (benchmarks/NOTES.md).
+    # the reference's forward beat the cpp kernel's on every pooled layer measured past the
+    # first, and its training step did in bfloat16 on the Winograd layers; the cpp kernel kept
+    # the float32 training steps and the first layers' (benchmarks/NOTES.md). The first layers'
+    # forward (<= 4 input channels per group, stride-1 columns: the direct convolution,
+    # csrc/cpu/direct_conv.h) beat oneDNN's channels_last conv in float32 and bfloat16.
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -180,7 +182,7 @@ class CppBackend(NativeBackend):
         if not (op.startswith("conv_relu_maxpool2d") and bool(facts.get("pooled"))):
             return False
         if facts.get("channels_last"):
-            if not facts.get("graph", True):
+            if not facts.get("graph", True) and not facts.get("direct"):
                 return False
             if facts.get("dtype") == torch.bfloat16 and facts.get("winograd"):
                 return False
@@ -450,6 +452,10 @@ def _present(*tensors):
 # (kWinogradMinChannels in csrc/conv_geometry.h).
 WINOGRAD_MIN_CHANNELS = 8
 
+# Input channels per group up to which the cpp kernel convolves directly when the column stride
+# is 1 (direct_conv::kMaxChannels in csrc/cpu/direct_conv.h).
+DIRECT_MAX_CHANNELS = 4
+
 
 def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None, graph: bool = True
                ) -> Dict[str, object]:
@@ -467,6 +473,7 @@ def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None,
         "gemm_k": weight.shape[1] * weight.shape[2] * weight.shape[3],  # im2col's reduction length
         "pooled": p.has_pool,
         "winograd": winograd,
+        "direct": not winograd and weight.shape[1] <= DIRECT_MAX_CHANNELS and p.stride[1] == 1,
         "dtype": weight.dtype,
         "channels_last": input is not None and conv_block.strictly_channels_last(input),
         "graph": graph,

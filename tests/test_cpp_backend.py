@@ -213,18 +213,23 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
 
 def test_automatic_choice_leaves_channels_last_forwards_to_onednn():
     """A strictly channels_last input without a graph to record (no_grad, eval) goes to the
-    reference (oneDNN's channels_last conv); training keeps cpp, except bf16 Winograd layers."""
+    reference (oneDNN's channels_last conv), except on the first layers' direct path (<= 4
+    input channels per group, stride-1 columns); training keeps cpp, except bf16 Winograd
+    layers."""
     op = "conv_relu_maxpool2d"
     pooled = conv_block_params((3, 3))
 
-    def choice(x, w, graph):
-        return backends.select("", (x, w), op, backends.conv_facts(w, pooled, x, graph)).name
+    def choice(x, w, graph, params=pooled):
+        return backends.select("", (x, w), op, backends.conv_facts(w, params, x, graph)).name
 
     cl = torch.channels_last
     first = (torch.randn(2, 3, 8, 8).contiguous(memory_format=cl), torch.randn(4, 3, 3, 3))
     winograd = (torch.randn(2, 32, 8, 8).contiguous(memory_format=cl), torch.randn(64, 32, 3, 3))
     low = [t.bfloat16() for t in winograd]
-    assert [choice(*first, False), choice(*first, True)] == ["reference", "cpp"]
+    assert [choice(*first, False), choice(*first, True)] == ["cpp", "cpp"]
+    assert choice(*[t.bfloat16() for t in first], False) == "cpp"
+    strided = conv_block_params((3, 3), stride=(1, 2))  # strided columns: im2col, not the direct path
+    assert [choice(*first, False, strided), choice(*first, True, strided)] == ["reference", "cpp"]
     assert [choice(*winograd, False), choice(*winograd, True)] == ["reference", "cpp"]
     assert [choice(*low, False), choice(*low, True)] == ["reference", "reference"]
     # NCHW inputs, and one-channel inputs (channels_last and NCHW at once), keep cpp.
@@ -281,21 +286,33 @@ def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
 
 
 # Each case takes another path through the forward and backward kernels (csrc/cpu/conv_block.cpp):
-# conv rows shorter or longer than kLongRow (32: padded-copy or span-copy gather), products
-# below or above kSmallGemm (2^15 multiply-adds: register-tiled loops or BLAS), tile edges of
-# the small GEMM (rows not a multiple of 4, columns not a multiple of its vector pair), the
-# MaxPool2d(2) row kernel and the general pool epilogue, strided and channels_last input.
+# im2col (> 4 input channels per group, or strided columns): conv rows shorter or longer than
+# kLongRow (32: padded-copy or span-copy gather), products below or above kSmallGemm (2^15
+# multiply-adds: register-tiled loops or BLAS), tile edges of the small GEMM (rows not a
+# multiple of 4, columns not a multiple of its vector pair), the MaxPool2d(2) row kernel and
+# the general pool epilogue; the direct convolution (csrc/cpu/direct_conv.h: <= 4 input
+# channels per group, stride-1 columns), pooled in registers for MaxPool2d(2) or through a band
+# tile for other pools and no pool, with channel counts that leave part of a register tile,
+# rows shorter than one column tile and rows whose last tile overlaps its neighbour; strided
+# and channels_last input. The backward of every case is the im2col path's.
 KERNEL_PATHS = {
-    "short rows, tile edges": ((1, 3, 9, 7), 5, dict(padding=1)),
+    "short rows, tile edges": ((1, 6, 9, 7), 5, dict(padding=1)),
     "short rows, stride, dilation": ((2, 2, 13, 11), 6, dict(stride=2, dilation=2, padding=(2, 1))),
-    "short rows, asymmetric pool": ((1, 3, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
-    "long rows, small gemm": ((1, 2, 6, 40), 3, dict(padding=1)),
+    "short rows, asymmetric pool": ((1, 6, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
+    "long rows, small gemm": ((1, 5, 6, 40), 3, dict(padding=1)),
     "long rows, blas": ((2, 5, 20, 36), 7, dict(padding=1)),
-    "short rows, blas": ((2, 6, 30, 30), 9, dict(padding=2, groups=3)),
-    "ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
-    "no pool": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
+    "short rows, blas": ((2, 15, 30, 30), 9, dict(padding=2, groups=3)),
+    "ceil mode": ((1, 6, 9, 9), 4, dict(pool_ceil_mode=True)),
+    "no pool": ((1, 5, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
     # one pooled row per band, 16 bands summed into one weight and bias gradient
     "many bands": ((1, 64, 66, 66), 4, dict(stride=2, padding=1)),
+    "direct, pooled, short rows, channel tile edge": ((2, 3, 9, 7), 5, dict(padding=1)),
+    "direct, pooled, overlapping last tile": ((1, 2, 10, 38), 6, dict(padding=1)),
+    "direct, pooled, row stride, dilation, groups": ((2, 4, 13, 21), 6, dict(stride=(2, 1), dilation=2,
+                                                                             padding=(2, 1), groups=2)),
+    "direct, asymmetric pool, short rows": ((1, 3, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
+    "direct, ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
+    "direct, no pool, overlapping last tile": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
 }
 
 
@@ -323,19 +340,23 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
         torch.testing.assert_close(got, want, **tol)
 
 
+@pytest.mark.parametrize("in_channels", [1, 5])  # direct convolution, im2col path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype):
-    """The MaxPool2d(2) row kernels (forward: pool2x2_row; backward: unpool2x2_row) run 8 (float)
-    or 4 (double) windows per vector step, then the last ones from a padded copy. Small integers
-    through a 1x1 identity conv put ties, all-negative windows (ReLU off) and NaN in both; eager's
-    conv, ReLU and max_pool2d are the oracle, forward and gradient (ties to the first tap in
-    row-major order, NaN taken; distinct pooled gradients, so a wrong tap shows)."""
+def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, in_channels):
+    """The MaxPool2d(2) kernels run 8 (float) or 4 (double) windows per vector step: the forward
+    in the direct convolution's registers (1 input channel: the last step overlaps the one before)
+    or in pool2x2_row (5 input channels, im2col: the last windows from a padded copy), the
+    backward in unpool2x2_row. Small integers through a 1x1 conv that picks channel 0 put ties,
+    all-negative windows (ReLU off) and NaN in both; eager's conv, ReLU and max_pool2d are the
+    oracle, forward and gradient (ties to the first tap in row-major order, NaN taken; distinct
+    pooled gradients, so a wrong tap shows)."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-2, 3, (2, 1, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
+    x = torch.randint(-2, 3, (2, in_channels, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
     x[0, 0, 1, 7] = float("nan")  # a vector lane
     x[1, 0, 4, 30] = float("nan")  # window 15: a vector lane of the second (float) / fourth (double) step
-    x[0, 0, 2, 36] = float("nan")  # window 18: the last windows (padded copy)
-    w = torch.ones(1, 1, 1, 1, dtype=dtype)
+    x[0, 0, 2, 36] = float("nan")  # window 18: the last windows (padded copy, or the overlapping step)
+    w = torch.zeros(1, in_channels, 1, 1, dtype=dtype)
+    w[0, 0] = 1
     xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = fusedops.conv_relu_maxpool2d(xs, w, backend="cpp")
     ref = torch.max_pool2d(torch.relu(torch.nn.functional.conv2d(xe, w)), 2)

@@ -8,6 +8,11 @@
 // value and the window offset of its max (or -1 when the ReLU is off). The conv output
 // never exists beyond one band of one image.
 //
+// Direct path (<= 4 input channels per group, stride-1 columns: a CNN's first layer; see
+// direct_conv.h). The band tile comes from a direct convolution on register tiles instead of
+// im2col + GEMM; with MaxPool2d(2) (whole windows) bias + ReLU + max run on the registers and
+// no band tile is stored.
+//
 // Winograd path (3x3 kernel, stride 1, dilation 1, >= 8 input and output channels per group:
 // the bulk of a CNN's layers). The band tile comes from Winograd F(2x2, 3x3) (winograd.h)
 // instead of im2col + GEMM, 2.25x fewer multiply-adds; a task then covers several small
@@ -38,6 +43,7 @@
 
 #include "../conv_checks.h"
 #include "cpu_checks.h"
+#include "direct_conv.h"
 #include "pool_rows.h"
 #include "vectorize.h"
 #include "winograd.h"
@@ -583,7 +589,14 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   T* y = out.mutable_data_ptr<T>();
   OffT* o = offsets.mutable_data_ptr<OffT>();
   const std::array<int64_t, 4> ys{out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
-  const int64_t band = band_rows(g);
+  // First layers (few input channels per group): a direct convolution instead of im2col + GEMM
+  // (direct_conv.h), on the weights of every group transposed to its layout.
+  const bool direct = direct_conv::applies(g);
+  const int64_t co_pad = direct_conv::padded_channels(g);
+  std::vector<T> wt(direct ? g.G * g.K * co_pad : 0);
+  for (int64_t grp = 0; direct && grp < g.G; ++grp)
+    direct_conv::transpose_weights(g, w + grp * g.Coutg * g.K, wt.data() + grp * g.K * co_pad);
+  const int64_t band = direct ? direct_conv::band_rows(g) : band_rows(g);
   const int64_t bands = (g.PH + band - 1) / band;
   // Winograd: the transformed filters of every group, and several small images per task so
   // that the 16 GEMMs have enough columns.
@@ -606,7 +619,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   const T* bias_or_zero = b ? b : zeros.data();
 
   at::parallel_for(0, chunks * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> col, tile, best_row;
+    std::vector<T> col, tile, best_row, padded;
     std::vector<int32_t> where_row;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = task / (g.G * bands) * images, grp = (task / bands) % g.G, p0 = (task % bands) * band;
@@ -636,6 +649,13 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
                                 pool_tile);
         continue;
       }
+      if (M > 0 && direct && g.whole_pool2x2()) {  // pooled in registers: no band tile
+        for (int64_t n = n0; n < n1; ++n)
+          direct_conv::conv_pool2x2_rows<T, OffT>(g, x, xs, n, grp, p0, p1, wt.data() + grp * g.K * co_pad, b,
+                                                  y + n * ys[0] + grp * g.Coutg * ys[1],
+                                                  o + n * ys[0] + grp * g.Coutg * ys[1], ys, padded);
+        continue;
+      }
       tile.resize((n1 - n0) * g.Coutg * M);
       if (M > 0 && g.winograd) {
         const winograd::Sink<T> dst{tile.data(), g.Coutg * M, M, g.OW, r0, r1, g.OW};
@@ -643,7 +663,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       }
       for (int64_t n = n0; n < n1; ++n) {
         T* t = tile.data() + (n - n0) * g.Coutg * M;
-        if (M > 0 && !g.winograd) {
+        if (M > 0 && direct) {
+          direct_conv::conv_rows(g, x, xs, n, grp, r0, r1, wt.data() + grp * g.K * co_pad, t, padded);
+        } else if (M > 0 && !g.winograd) {
           col.resize(g.K * M);
           im2col(g, x, xs, n, grp, r0, r1, col.data());
           matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false, t, M);

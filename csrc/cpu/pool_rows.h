@@ -46,6 +46,31 @@ struct RowVec<double> {
   static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
 };
 
+// The L MaxPool2d(2) windows of 2L columns of two ReLU'd conv rows (r0a r0b: the first row's
+// columns, r1a r1b: the second's): m = each window's max (taps in window order: row 0 even and
+// odd column, row 1 even and odd; a tap replaces the max when larger or NaN, so the first of
+// equal maxima wins and NaN propagates), k = its tap, or -1 when the ReLU is off.
+template <typename T>
+FUSEDOPS_ALWAYS_INLINE inline void window_max(typename RowVec<T>::type r0a, typename RowVec<T>::type r0b,
+                                              typename RowVec<T>::type r1a, typename RowVec<T>::type r1b,
+                                              typename RowVec<T>::type& m,
+                                              decltype(typename RowVec<T>::type{} > typename RowVec<T>::type{})& k) {
+  using V = typename RowVec<T>::type;
+  using I = decltype(V{} > V{});
+  const V v0 = RowVec<T>::even(r0a, r0b), v1 = RowVec<T>::odd(r0a, r0b);
+  const V v2 = RowVec<T>::even(r1a, r1b), v3 = RowVec<T>::odd(r1a, r1b);
+  const I t1 = (v1 > v0) | (v1 != v1);
+  m = t1 ? v1 : v0;
+  k = t1 & 1;
+  const I t2 = (v2 > m) | (v2 != v2);
+  m = t2 ? v2 : m;
+  k = t2 ? 2 : k;
+  const I t3 = (v3 > m) | (v3 != v3);
+  m = t3 ? v3 : m;
+  k = t3 ? 3 : k;
+  k = ((m > T(0)) | (m != m)) ? k : -1;
+}
+
 // MaxPool2d(2) over one pooled row whose windows read conv rows a0 and a1 (ReLU'd: >= 0 or NaN,
 // at least 2 * windows elements each): y[pw * ys] = the max of window pw (taps in window order
 // a0[2pw], a0[2pw+1], a1[2pw], a1[2pw+1]; a tap replaces the max when larger or NaN, so the first
@@ -63,18 +88,9 @@ FUSEDOPS_VECTORIZE void pool2x2_row(const T* __restrict a0, const T* __restrict 
     std::memcpy(&r0b, r0 + L, sizeof(V));
     std::memcpy(&r1a, r1, sizeof(V));
     std::memcpy(&r1b, r1 + L, sizeof(V));
-    const V v0 = RowVec<T>::even(r0a, r0b), v1 = RowVec<T>::odd(r0a, r0b);
-    const V v2 = RowVec<T>::even(r1a, r1b), v3 = RowVec<T>::odd(r1a, r1b);
-    const I t1 = (v1 > v0) | (v1 != v1);
-    V m = t1 ? v1 : v0;
-    I k = t1 & 1;
-    const I t2 = (v2 > m) | (v2 != v2);
-    m = t2 ? v2 : m;
-    k = t2 ? 2 : k;
-    const I t3 = (v3 > m) | (v3 != v3);
-    m = t3 ? v3 : m;
-    k = t3 ? 3 : k;
-    k = ((m > T(0)) | (m != m)) ? k : -1;
+    V m;
+    I k;
+    window_max<T>(r0a, r0b, r1a, r1b, m, k);
     if (ys == 1 && n == L) {
       std::memcpy(y + pw, &m, sizeof(V));
       for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);

@@ -13,6 +13,14 @@
 #define FUSEDOPS_VECTORIZE
 #endif
 
+// Inlined into each caller, so that a helper of a FUSEDOPS_VECTORIZE function is compiled for
+// each of the caller's clones (a plain inline helper may be emitted once, for the baseline).
+#if defined(__GNUC__) || defined(__clang__)
+#define FUSEDOPS_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define FUSEDOPS_ALWAYS_INLINE
+#endif
+
 // NaN test that the auto-vectoriser accepts: GCC 12 does not vectorise loops that test NaN
 // as `v != v` ("no vectype"), but does with the unordered-compare builtin.
 template <typename T>
