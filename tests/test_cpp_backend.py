@@ -340,6 +340,42 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
         torch.testing.assert_close(got, want, **tol)
 
 
+# First layers (direct path, MaxPool2d(2)) whose input needs no gradient take the weight gradient
+# from each pooled gradient at its max's patch (direct_conv::weight_grad_pool2x2): kernel rows
+# copied as vectors (stride-1 taps, KW up to a vector) or tap by tap, K over one or several
+# chunks of 8 vectors, groups, row stride and dilation, channel counts off the vector width.
+FIRST_LAYERS = {
+    "3x3, 32 channels": ((2, 1, 12, 14), (32, 1, 3, 3), dict(padding=1)),
+    "3 channels, odd sizes": ((2, 3, 9, 7), (5, 3, 3, 3), dict(padding=1)),
+    "groups, row stride, dilation": ((2, 4, 13, 21), (6, 2, 3, 3), dict(stride=(2, 1), dilation=2, padding=(2, 1),
+                                                                        groups=2)),
+    "7x7, several chunks of K": ((1, 4, 12, 11), (3, 4, 7, 7), dict(padding=3)),
+    "1x9, rows wider than a vector": ((2, 2, 6, 20), (4, 2, 1, 9), dict(padding=(0, 4))),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(FIRST_LAYERS))
+def test_first_layer_weight_gradient_matches_the_reference(case, dtype, layout):
+    shape, wshape, kwargs = FIRST_LAYERS[case]
+    x = torch.randn(shape, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    w, b = torch.randn(wshape, dtype=dtype), torch.randn(wshape[0], dtype=dtype)
+    results = {}
+    for backend in ("cpp", "reference"):
+        ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
+        out = fusedops.conv_relu_maxpool2d(x, ws, bs, backend=backend, **kwargs)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out))
+        results[backend] = (out, ws.grad, bs.grad)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for got, want in zip(results["cpp"], results["reference"]):
+        torch.testing.assert_close(got, want, **tol)
+
+
 @pytest.mark.parametrize("in_channels", [1, 5])  # direct convolution, im2col path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, in_channels):

@@ -751,6 +751,9 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   }
   const int64_t chunks = (g.N + images - 1) / images;
   const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
+  // First layers (direct path, MaxPool2d(2)) without an input gradient: the weight gradient
+  // from each pooled gradient at its max's conv position (direct_conv.h), no un-pooled tile.
+  const bool direct_dw = direct_conv::applies(g) && g.whole_pool2x2() && mask[1] && !mask[0];
 
   at::parallel_for(0, chunks * g.G, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
@@ -789,6 +792,10 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         continue;
       }
       const int64_t n = n0;
+      if (direct_dw) {
+        direct_conv::weight_grad_pool2x2<T, OffT>(g, x, xs, n, grp, go, gs, o, os, dwg, db, col, dcol);
+        continue;
+      }
       for (int64_t p0 = 0; p0 < g.PH; p0 += band) {
         const int64_t p1 = std::min(p0 + band, g.PH);
         const auto [r0, r1] = g.conv_rows(p0, p1);

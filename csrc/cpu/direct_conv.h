@@ -28,6 +28,12 @@
 namespace fusedops {
 namespace direct_conv {
 
+// 32-byte vectors of T (GCC/Clang vector extensions).
+template <typename T>
+struct RowVecFor {
+  typedef T type __attribute__((vector_size(32)));
+};
+
 // Output channels per register tile (conv_rows's accumulators are written out for 4); the
 // weight layout pads Coutg to a multiple of it.
 constexpr int64_t kCo = 4;
@@ -92,7 +98,7 @@ inline int64_t tile_start(int64_t t, int64_t tiles, int64_t OW, int64_t kCols) {
 template <typename T>
 FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs, int64_t n,
                                   int64_t grp, int64_t r0, int64_t r1, const T* wt, T* tile, std::vector<T>& padded) {
-  typedef T V __attribute__((vector_size(32)));
+  using V = typename RowVecFor<T>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T), kCols = 2 * kLanes;
   const auto load = [](const T* p) {
     V v;
@@ -211,6 +217,115 @@ FUSEDOPS_VECTORIZE void conv_pool2x2_rows(const Geometry& g, const T* x, const s
           }
         }
       }
+    }
+  }
+}
+
+// Vectors of the K-contiguous patches (weight_grad_pool2x2): K rounded up to whole vectors.
+template <typename T>
+constexpr int64_t kPatchLanes = 32 / sizeof(T);
+inline int64_t patch_stride(const Geometry& g, int64_t lanes) { return (g.K + lanes - 1) / lanes * lanes; }
+
+// Vectors of K accumulated at once in weight_grad_pool2x2's registers.
+constexpr int64_t kPatchChunk = 8;
+
+// acc[v] (v < kVecs) += the pooled gradient of each pooled output of one channel (gc, oc: its
+// gradient and offsets) times the patch of its max's conv position (patches of rows of
+// cols_out positions, each ks elements, starting at element k0); the gradients that passed are
+// added into bsum. A pooled output whose ReLU was off adds g * 0 through tap 0 (no branch on
+// random data).
+template <typename T, typename OffT, int64_t kVecs>
+FUSEDOPS_ALWAYS_INLINE inline void accumulate_patches(const Geometry& g, const T* gc, const std::array<int64_t, 4>& gs,
+                                                      const OffT* oc, const std::array<int64_t, 4>& os,
+                                                      const T* patches, int64_t cols_out, int64_t ks,
+                                                      typename RowVecFor<T>::type (&acc)[kPatchChunk], T& bsum) {
+  using V = typename RowVecFor<T>::type;
+  constexpr int64_t kLanes = kPatchLanes<T>;
+  for (int64_t ph = 0; ph < g.PH; ++ph) {
+    const T* row = patches + 2 * ph * cols_out * ks;
+    for (int64_t pw = 0; pw < g.PW; ++pw) {
+      const int64_t t = oc[ph * os[2] + pw * os[3]];
+      const T gv = t >= 0 ? gc[ph * gs[2] + pw * gs[3]] : T(0);
+      const int64_t tap = t >= 0 ? t : 0;
+      bsum += gv;
+      const T* p = row + ((tap >> 1) * cols_out + 2 * pw + (tap & 1)) * ks;
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < kVecs; ++v) {
+        V pv;
+        __builtin_memcpy(&pv, p + v * kLanes, sizeof(V));
+        acc[v] += gv * pv;
+      }
+    }
+  }
+}
+
+// Weight and bias gradients of a MaxPool2d(2) layer on the direct path (g.whole_pool2x2()) when
+// no input gradient is wanted (a first layer), for image n, group grp, added into dw (Coutg x K,
+// the group's rows) and db (indexed by channel; may be null).
+//
+// Each pooled output passes its gradient to one conv position, the tap its offset names (none
+// when the offset is -1: the ReLU was off), so
+//   dw[cg][k] += sum over pooled (ph, pw) of g[cg, ph, pw] * patch(2 ph + t / 2, 2 pw + t % 2)[k]
+// with t the offset and patch(r, c) conv position (r, c)'s K input values (im2col's column).
+// That is a quarter of the multiply-adds of the dense product with the un-pooled gradient
+// (which im2col's GEMM computes). The patches of the image's conv rows [0, 2 PH) are built
+// once, K-contiguous (`patches`, ks = patch_stride elements each; the lanes past K are
+// accumulated but never stored, so they may hold anything), then each
+// channel's row of dw is accumulated in vector registers over its pooled outputs in row-major
+// order, kPatchChunk vectors of K at a time.
+template <typename T, typename OffT>
+FUSEDOPS_VECTORIZE void weight_grad_pool2x2(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs,
+                                            int64_t n, int64_t grp, const T* go, const std::array<int64_t, 4>& gs,
+                                            const OffT* o, const std::array<int64_t, 4>& os, T* dw, T* db,
+                                            std::vector<T>& padded, std::vector<T>& patches) {
+  using V = typename RowVecFor<T>::type;
+  constexpr int64_t kLanes = kPatchLanes<T>;
+  const int64_t ks = patch_stride(g, kLanes), rows_out = 2 * g.PH, cols_out = 2 * g.PW;
+  const int64_t rows = (rows_out - 1) * g.sh + (g.KH - 1) * g.dh + 1, width = cols_out + (g.KW - 1) * g.dw;
+  copy_padded_rows(g, x, xs, n, grp, -g.pt, rows, width, padded);
+  // A kernel row of at most kLanes adjacent taps is copied as one vector: the lanes past KW
+  // land where the next copy goes, or past K. Both buffers get a vector of slack.
+  const bool row_vectors = g.dw == 1 && g.KW <= kLanes;
+  padded.resize(padded.size() + kLanes);
+  patches.resize(rows_out * cols_out * ks + kLanes);
+  for (int64_t r = 0; r < rows_out; ++r) {
+    for (int64_t c = 0; c < cols_out; ++c) {
+      T* dst = patches.data() + (r * cols_out + c) * ks;
+      for (int64_t ci = 0; ci < g.Cg; ++ci)
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const T* src = padded.data() + (ci * rows + r * g.sh + kh * g.dh) * width + c;
+          if (row_vectors) {
+            __builtin_memcpy(dst, src, sizeof(V));
+            dst += g.KW;
+          } else {
+            for (int64_t kw = 0; kw < g.KW; ++kw) *dst++ = src[kw * g.dw];
+          }
+        }
+    }
+  }
+  for (int64_t cg = 0; cg < g.Coutg; ++cg) {
+    const int64_t c = grp * g.Coutg + cg;
+    const T* gc = go + n * gs[0] + c * gs[1];
+    const OffT* oc = o + n * os[0] + c * os[1];
+    T* dwc = dw + cg * g.K;
+    for (int64_t k0 = 0; k0 < ks; k0 += kPatchChunk * kLanes) {
+      const int64_t vecs = std::min(kPatchChunk, (ks - k0) / kLanes);
+      V acc[kPatchChunk] = {};
+      T bsum = T(0);
+      const T* p0 = patches.data() + k0;
+      switch (vecs) {
+        case 1: accumulate_patches<T, OffT, 1>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 2: accumulate_patches<T, OffT, 2>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 3: accumulate_patches<T, OffT, 3>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 4: accumulate_patches<T, OffT, 4>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 5: accumulate_patches<T, OffT, 5>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 6: accumulate_patches<T, OffT, 6>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        case 7: accumulate_patches<T, OffT, 7>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+        default: accumulate_patches<T, OffT, 8>(g, gc, gs, oc, os, p0, cols_out, ks, acc, bsum); break;
+      }
+      for (int64_t v = 0; v < vecs; ++v)
+        for (int64_t l = 0; l < kLanes && k0 + v * kLanes + l < g.K; ++l) dwc[k0 + v * kLanes + l] += acc[v][l];
+      if (db && k0 == 0) db[c] += bsum;
     }
   }
 }
