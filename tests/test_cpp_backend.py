@@ -254,7 +254,7 @@ def test_a_module_chooses_per_layout_and_graph():
     assert chosen() == ["cpp"]
 
 
-@pytest.mark.parametrize("channels", [3, 16])  # im2col path, Winograd path
+@pytest.mark.parametrize("channels", [3, 16])  # direct path, Winograd path
 def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
     """bf16 (CPU autocast) goes through the float32 kernels: outputs and gradients equal the
     float32 results on the same bf16 values, rounded to bf16."""
@@ -351,6 +351,7 @@ FIRST_LAYERS = {
                                                                         groups=2)),
     "7x7, several chunks of K": ((1, 4, 12, 11), (3, 4, 7, 7), dict(padding=3)),
     "1x9, rows wider than a vector": ((2, 2, 6, 20), (4, 2, 1, 9), dict(padding=(0, 4))),
+    "no bias": ((2, 3, 10, 10), (7, 3, 3, 3), dict(padding=1, bias=False)),
 }
 
 
@@ -364,13 +365,14 @@ def test_first_layer_weight_gradient_matches_the_reference(case, dtype, layout):
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "sliced":
         x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
-    w, b = torch.randn(wshape, dtype=dtype), torch.randn(wshape[0], dtype=dtype)
+    kwargs = dict(kwargs)
+    w, b = torch.randn(wshape, dtype=dtype), torch.randn(wshape[0], dtype=dtype) if kwargs.pop("bias", True) else None
     results = {}
     for backend in ("cpp", "reference"):
-        ws, bs = w.clone().requires_grad_(), b.clone().requires_grad_()
+        ws, bs = w.clone().requires_grad_(), None if b is None else b.clone().requires_grad_()
         out = fusedops.conv_relu_maxpool2d(x, ws, bs, backend=backend, **kwargs)
         out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out))
-        results[backend] = (out, ws.grad, bs.grad)
+        results[backend] = (out, ws.grad) + (() if bs is None else (bs.grad,))
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
     for got, want in zip(results["cpp"], results["reference"]):
         torch.testing.assert_close(got, want, **tol)

@@ -23,10 +23,13 @@ THREADS = 4
 ITERATIONS = 6
 
 # (name, module factory, input shape): the cpp conv kernel's paths (im2col on short rows, on
-# long rows, with overlapping pool windows and groups; Winograd) and the linear kernel.
+# long rows, with overlapping pool windows and groups; the direct convolution of first layers,
+# with and without an input gradient; Winograd) and the linear kernel.
 MODULES = [
-    ("conv_im2col", lambda b: fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=b), (3, 3, 14, 14)),
-    ("conv_long_rows", lambda b: fusedops.FusedConvBlock(2, 4, 3, padding=1, backend=b), (2, 2, 6, 40)),
+    ("conv_im2col", lambda b: fusedops.FusedConvBlock(5, 8, 3, padding=1, backend=b), (3, 5, 14, 14)),
+    ("conv_long_rows", lambda b: fusedops.FusedConvBlock(5, 4, 3, padding=1, backend=b), (2, 5, 6, 40)),
+    ("conv_direct", lambda b: fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=b), (3, 3, 14, 14)),
+    ("conv_direct_first_layer", lambda b: fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=b), (3, 3, 14, 14)),
     (
         "conv_overlap_groups",
         lambda b: fusedops.FusedConvBlock(4, 6, 3, stride=2, padding=1, groups=2, pool_kernel_size=3, pool_stride=2,
@@ -37,6 +40,9 @@ MODULES = [
     ("linear", lambda b: fusedops.FusedLinear(24, 16, activation="gelu", backend=b), (12, 24)),
 ]
 IDS = [m[0] for m in MODULES]
+# Modules called without an input gradient, as a network's first layer is (its input is the
+# data): the cpp kernel's weight gradient from the pooled gradients alone.
+NO_INPUT_GRAD = {"conv_direct_first_layer"}
 
 
 @pytest.fixture(autouse=True)
@@ -53,12 +59,12 @@ def _make(factory, backend, dtype):
     return factory(backend).to(dtype)
 
 
-def _step(module, x, grad_out):
-    """Output and the gradients of input, weight and bias of one call."""
-    x = x.detach().requires_grad_()
+def _step(module, x, grad_out, input_grad=True):
+    """Output and the gradients of input (when input_grad), weight and bias of one call."""
+    x = x.detach().requires_grad_(input_grad)
     out = module(x)
     params = [module.weight] + ([module.bias] if module.bias is not None else [])
-    grads = torch.autograd.grad(out, [x] + params, grad_out)
+    grads = torch.autograd.grad(out, ([x] if input_grad else []) + params, grad_out)
     return [out.detach()] + list(grads)
 
 
@@ -76,7 +82,7 @@ def test_concurrent_threads_equal_serial_calls(name, factory, shape, backend):
     torch.set_num_threads(2)  # intra-op parallelism inside every Python thread's calls
     module = _make(factory, backend, torch.float32)
     xs, gos = _inputs(module, shape, THREADS * ITERATIONS, torch.float32)
-    serial = [_step(module, x, go) for x, go in zip(xs, gos)]
+    serial = [_step(module, x, go, name not in NO_INPUT_GRAD) for x, go in zip(xs, gos)]
 
     results = [None] * len(xs)
     errors = []
@@ -87,7 +93,7 @@ def test_concurrent_threads_equal_serial_calls(name, factory, shape, backend):
             start.wait()
             for i in range(ITERATIONS):
                 k = t * ITERATIONS + i
-                results[k] = _step(module, xs[k], gos[k])
+                results[k] = _step(module, xs[k], gos[k], name not in NO_INPUT_GRAD)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
@@ -97,7 +103,7 @@ def test_concurrent_threads_equal_serial_calls(name, factory, shape, backend):
     for w in workers:
         w.join()
     assert not errors, errors
-    labels = ["output", "grad_input", "grad_weight", "grad_bias"]
+    labels = ["output"] + (["grad_input"] if name not in NO_INPUT_GRAD else []) + ["grad_weight", "grad_bias"]
     for k, (got, want) in enumerate(zip(results, serial)):
         for label, g, s in zip(labels, got, want):
             assert torch.equal(g, s), f"{name}: call {k}: {label} differs from the serial call"
@@ -111,12 +117,12 @@ def test_changing_thread_counts_between_calls(name, factory, shape):
     reference = _make(factory, "reference", torch.float64)
     reference.load_state_dict(module.state_dict())
     xs, gos = _inputs(module, shape, 2, torch.float64)
-    expected = [_step(reference, x, go) for x, go in zip(xs, gos)]
+    expected = [_step(reference, x, go, name not in NO_INPUT_GRAD) for x, go in zip(xs, gos)]
     first = {}
     for n in [1, 2, 4, 1, 3, 2, 4, 1]:
         torch.set_num_threads(n)
         for k, (x, go) in enumerate(zip(xs, gos)):
-            got = _step(module, x, go)
+            got = _step(module, x, go, name not in NO_INPUT_GRAD)
             for g, e in zip(got, expected[k]):
                 torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
             if (n, k) in first:

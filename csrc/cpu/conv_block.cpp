@@ -649,12 +649,14 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
                                 pool_tile);
         continue;
       }
-      if (M > 0 && direct && g.whole_pool2x2()) {  // pooled in registers: no band tile
-        for (int64_t n = n0; n < n1; ++n)
-          direct_conv::conv_pool2x2_rows<T, OffT>(g, x, xs, n, grp, p0, p1, wt.data() + grp * g.K * co_pad, b,
-                                                  y + n * ys[0] + grp * g.Coutg * ys[1],
-                                                  o + n * ys[0] + grp * g.Coutg * ys[1], ys, padded);
-        continue;
+      if constexpr (std::is_same_v<OffT, int8_t>) {  // (MaxPool2d(2)'s 4-tap windows have int8 offsets)
+        if (M > 0 && direct && g.whole_pool2x2()) {  // pooled in registers: no band tile
+          for (int64_t n = n0; n < n1; ++n)
+            direct_conv::conv_pool2x2_rows<T, OffT>(g, x, xs, n, grp, p0, p1, wt.data() + grp * g.K * co_pad, b,
+                                                    y + n * ys[0] + grp * g.Coutg * ys[1],
+                                                    o + n * ys[0] + grp * g.Coutg * ys[1], ys, padded);
+          continue;
+        }
       }
       tile.resize((n1 - n0) * g.Coutg * M);
       if (M > 0 && g.winograd) {
@@ -753,7 +755,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
   // First layers (direct path, MaxPool2d(2)) without an input gradient: the weight gradient
   // from each pooled gradient at its max's conv position (direct_conv.h), no un-pooled tile.
-  const bool direct_dw = direct_conv::applies(g) && g.whole_pool2x2() && mask[1] && !mask[0];
+  const bool direct_dw = direct_conv::weight_grad_applies<T>(g) && mask[1] && !mask[0];
 
   at::parallel_for(0, chunks * g.G, 1, [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
@@ -792,9 +794,11 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         continue;
       }
       const int64_t n = n0;
-      if (direct_dw) {
-        direct_conv::weight_grad_pool2x2<T, OffT>(g, x, xs, n, grp, go, gs, o, os, dwg, db, col, dcol);
-        continue;
+      if constexpr (std::is_same_v<OffT, int8_t>) {  // (MaxPool2d(2)'s 4-tap windows have int8 offsets)
+        if (direct_dw) {
+          direct_conv::weight_grad_pool2x2<T, OffT>(g, x, xs, n, grp, go, gs, o, os, dwg, db, col, dcol);
+          continue;
+        }
       }
       for (int64_t p0 = 0; p0 < g.PH; p0 += band) {
         const int64_t p1 = std::min(p0 + band, g.PH);

@@ -42,8 +42,12 @@ constexpr int64_t kCo = 4;
 constexpr int64_t kMaxChannels = 4;
 
 // The direct path's layers: few input channels per group, stride 1 along the columns (the
-// vector loads read consecutive input columns).
-inline bool applies(const Geometry& g) { return g.Cg <= kMaxChannels && g.sw == 1 && !g.winograd; }
+// vector loads read consecutive input columns), on a CPU whose vector clones are the AVX2 or
+// AVX-512 ones (the baseline clone of these loops ran at a twentieth of the AVX-512 one's
+// speed, below im2col + BLAS).
+inline bool applies(const Geometry& g) {
+  return g.Cg <= kMaxChannels && g.sw == 1 && !g.winograd && vector_clones_fast();
+}
 
 // Pooled rows per band: a band tile of about 4K elements (16 KB in float32), which stays in
 // L1 between the convolution that writes it and the epilogue that reads it.
@@ -74,12 +78,12 @@ void copy_padded_rows(const Geometry& g, const T* x, const std::array<int64_t, 4
   for (int64_t ci = 0; ci < g.Cg; ++ci) {
     const T* xc = x + n * xs[0] + (grp * g.Cg + ci) * xs[1];
     for (int64_t i = std::max<int64_t>(0, -ih0); i < std::min<int64_t>(rows, g.H - ih0); ++i) {
-      const T* xr = xc + (ih0 + i) * xs[2] - g.pl * xs[3];
+      const T* xr = xc + (ih0 + i) * xs[2];  // input column q - pl is padded column q
       T* dst = padded.data() + (ci * rows + i) * width;
       if (xs[3] == 1) {
-        std::copy(xr + lo, xr + hi, dst + lo);
+        std::copy(xr + (lo - g.pl), xr + (hi - g.pl), dst + lo);
       } else {
-        for (int64_t q = lo; q < hi; ++q) dst[q] = xr[q * xs[3]];
+        for (int64_t q = lo; q < hi; ++q) dst[q] = xr[(q - g.pl) * xs[3]];
       }
     }
   }
@@ -228,6 +232,17 @@ inline int64_t patch_stride(const Geometry& g, int64_t lanes) { return (g.K + la
 
 // Vectors of K accumulated at once in weight_grad_pool2x2's registers.
 constexpr int64_t kPatchChunk = 8;
+
+// weight_grad_pool2x2 builds an image's patches at once: taken up to this many bytes of them
+// (they stay in L2; on a 512x512 image, 239 MB of patches made it 4x slower than im2col).
+constexpr int64_t kMaxPatchBytes = int64_t(1) << 20;
+
+// Whether weight_grad_pool2x2 takes this layer (MaxPool2d(2), the direct path, patches that fit).
+template <typename T>
+bool weight_grad_applies(const Geometry& g) {
+  return applies(g) && g.whole_pool2x2() &&
+         4 * g.PH * g.PW * patch_stride(g, kPatchLanes<T>) * int64_t(sizeof(T)) <= kMaxPatchBytes;
+}
 
 // acc[v] (v < kVecs) += the pooled gradient of each pooled output of one channel (gc, oc: its
 // gradient and offsets) times the patch of its max's conv position (patches of rows of

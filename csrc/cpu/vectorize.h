@@ -9,9 +9,23 @@
 // function templates, so both build the baseline only.
 #if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && __GNUC__ >= 12
 #define FUSEDOPS_VECTORIZE __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FUSEDOPS_HAS_CLONES 1
 #else
 #define FUSEDOPS_VECTORIZE
+#define FUSEDOPS_HAS_CLONES 0
 #endif
+
+// Whether FUSEDOPS_VECTORIZE functions run an AVX2 (x86-64-v3) or AVX-512 clone on this CPU:
+// built with the clones, and the CPU has AVX2 and FMA. Kernels written for 32-byte vector
+// registers check it before taking a path that only wins there.
+inline bool vector_clones_fast() {
+#if FUSEDOPS_HAS_CLONES
+  static const bool fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return fast;
+#else
+  return false;
+#endif
+}
 
 // Inlined into each caller, so that a helper of a FUSEDOPS_VECTORIZE function is compiled for
 // each of the caller's clones (a plain inline helper may be emitted once, for the baseline).
