@@ -62,6 +62,34 @@ def test_divisions_and_barriers_are_found_in_loops_wherever_the_compiler_placed_
     inner = "$L__BB0_5:\n\twmma.mma.sync.aligned {%f1};\n\tbar.sync \t0;\n\t@%p3 bra \t$L__BB0_5;\n"
     nested = cuda_kernel_report.ptx_facts(_CUDA_PTX.format(inner=inner, extra="\tbar.sync \t0;\n"))
     assert nested["_Z6kernelv"].main_loop_barriers == 1
+    # Two main loops one after the other (a kernel that runs two GEMMs): the single-buffered one
+    # is reported, though the double-buffered one is smaller.
+    two = cuda_kernel_report.ptx_facts(_TWO_GEMMS_PTX)
+    assert two["_Z6kernelv"].main_loop_barriers == 2
+
+
+_TWO_GEMMS_PTX = """\
+.visible .entry _Z6kernelv(
+	.param .u64 _Z6kernelv_param_0
+)
+{
+$L__BB0_1:
+	wmma.mma.sync.aligned.row.row.m16n16k16.f32.bf16.bf16.f32 {%f1}, {%r1}, {%r2}, {%f2};
+	bar.sync 	0;
+	@%p1 bra 	$L__BB0_1;
+$L__BB0_2:
+	fma.rn.f32 	%f3, %f4, %f5, %f3;
+	@%p3 bra 	$L__BB0_3;
+	add.s32 	%r3, %r3, 1;
+$L__BB0_3:
+	add.s32 	%r4, %r4, 1;
+	bar.sync 	0;
+	bar.sync 	0;
+	@%p2 bra 	$L__BB0_2;
+	ret;
+
+}
+"""
 
 
 _SASS = """

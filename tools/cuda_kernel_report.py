@@ -39,8 +39,9 @@ SOURCES = ("conv_block.cu", "linear.cu")
 # torch's CUDAExtension flags that change what the kernels compile to (no implicit half conversions).
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
-GEMM_KERNELS = ("conv_pool_gemm_kernel", "input_grad_kernel", "weight_grad_kernel", "linear_forward_kernel",
-                "linear_input_grad_kernel", "linear_weight_grad_kernel")
+# conv_grads_kernel runs the input and weight gradients' implicit GEMMs (two main loops).
+GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_grads_kernel", "linear_forward_kernel", "linear_input_grad_kernel",
+                "linear_weight_grad_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
@@ -53,7 +54,7 @@ class PtxFacts:
 
     loop_div64: int = 0  # 64-bit integer divisions and remainders inside loops
     loop_div32: int = 0  # 32-bit ones
-    main_loop_barriers: Optional[int] = None  # barriers in the main loop (None: no such loop)
+    main_loop_barriers: Optional[int] = None  # barriers per step of its main loops, the most (None: no such loop)
 
 
 @dataclass
@@ -134,9 +135,9 @@ def ptx_facts(ptx: str) -> Dict[str, PtxFacts]:
     split at labels and after branches, edges from branches and fall-through. A block is in a
     loop when it lies on a cycle (a strongly connected component with an edge inside it),
     wherever the compiler placed it; loops nest as in a loop-nesting forest (a loop's entry
-    blocks removed, the rest searched again). The main loop is the innermost loop holding a
+    blocks removed, the rest searched again). A main loop is an innermost loop holding a
     multiply (mma or fma) and a barrier: a double-buffered main loop has one barrier per step,
-    a single-buffered one two."""
+    a single-buffered one two. A kernel with several (one per GEMM it runs) reports the most."""
     result: Dict[str, PtxFacts] = {}
     name, lines = None, []
     for line in ptx.splitlines() + [".entry __end__("]:
@@ -254,8 +255,9 @@ def _facts(graph) -> PtxFacts:
         return sum(1 for b in loop for line in blocks[b] if pattern.search(line))
 
     main = [loop for loop in loops if count(loop, _PRODUCT) and count(loop, _BARRIER)]
-    if main:
-        facts.main_loop_barriers = count(min(main, key=len), _BARRIER)
+    innermost = [loop for loop in main if not any(other < loop for other in main)]
+    if innermost:
+        facts.main_loop_barriers = max(count(loop, _BARRIER) for loop in innermost)
     return facts
 
 

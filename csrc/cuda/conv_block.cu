@@ -12,16 +12,20 @@
 // Both write the pooled value and the window offset of its max (or -1 where the ReLU is off).
 // Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
 //
-// Backward, in the order of the launcher:
+// Backward, at most three launches (conv_block_backward):
 //  - unpool_kernel rebuilds the conv-output gradient into scratch memory: each conv position
-//    gathers the pooled gradients whose window max was there (no atomics).
-//  - bias_grad_kernel: the sum of the pooled gradients whose ReLU was on, per channel, split
-//    over blocks (channel_sum_splits) whose partial sums are added in a fixed order.
-//  - input gradient: an implicit GEMM per group, M = Cin/groups, N = input positions,
-//    K = Cout/groups*KH*KW, whose B operand reads the conv-output gradient at the conv position
-//    each (input position, kernel tap) pair maps to (a gather, so no col2im atomics).
-//  - weight gradient: an implicit GEMM per group, M = Cout/groups, N = Cin/groups*KH*KW, over
-//    the reduction N*OH*OW split into chunks whose partial sums are added in a fixed order.
+//    gathers the pooled gradients whose window max was there (no atomics). Only when an input
+//    or weight gradient is wanted.
+//  - conv_grads_kernel runs every gradient's blocks side by side (GradBlocks):
+//    - input gradient: an implicit GEMM per group, M = Cin/groups, N = input positions,
+//      K = Cout/groups*KH*KW, whose B operand reads the conv-output gradient at the conv
+//      position each (input position, kernel tap) pair maps to (a gather, so no col2im atomics);
+//    - weight gradient: an implicit GEMM per group, M = Cout/groups, N = Cin/groups*KH*KW, over
+//      the reduction N*OH*OW split into chunks whose partial sums are added in a fixed order;
+//    - bias gradient: the sum of the pooled gradients whose ReLU was on, per channel, split
+//      over blocks (channel_sum_splits).
+//  - sum_grad_partials_kernel adds the weight and bias gradients' split partial sums in split
+//    order.
 // Every result is deterministic, for any pool.
 //
 // Tangent (jvp_kernel): the output's tangent at fixed offsets, one dot product per output at
@@ -199,36 +203,39 @@ __global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs,
 
 // db[c] = sum over (n, ph, pw) of the pooled gradients whose ReLU was on. Block (c, split) sums
 // split's chunk of the positions (each thread a strided serial sum, then a fixed-order tree):
-// into db[c] when there is one split, else into part[split * Cout + c], which
-// sum_partials_kernel adds in split order. Splits: channel_sum_splits (short serial sums).
+// into db[c] when there is one split, else into part[split * Cout + c], which the reduction
+// launch adds in split order. Splits: channel_sum_splits (short serial sums).
 template <typename T, typename OffT>
-__global__ void __launch_bounds__(kThreads)
-    bias_grad_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off, Strides4 os,
-                     int64_t chunk, typename Num<T>::Acc* __restrict__ part, T* __restrict__ db) {
+__device__ void bias_grad_block(const Geometry& g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
+                                Strides4 os, int64_t chunk, int64_t splits, int64_t c, int64_t split_index,
+                                typename Num<T>::Acc* __restrict__ part, T* __restrict__ db) {
   using Acc = typename Num<T>::Acc;
   __shared__ Acc scratch[kThreads];
-  const int64_t c = blockIdx.x, per_image = g.PH * g.PW;
-  const int64_t i0 = blockIdx.y * chunk, i1 = min(g.N * per_image, i0 + chunk);
+  const int64_t per_image = g.PH * g.PW;
+  const int64_t i0 = split_index * chunk, i1 = min(g.N * per_image, i0 + chunk);
   Acc sum = Acc(0);
-  for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads) {
-    const int64_t n = i / per_image, ph = (i % per_image) / g.PW, pw = i % g.PW;
+  // Position i = (n, ph, pw) as digits, stepped by kThreads with carries (no division in the loop).
+  Digits at = split(i0 + threadIdx.x, g.PH, g.PW);
+  const Digits step = split(kThreads, g.PH, g.PW);
+  for (int64_t i = i0 + threadIdx.x; i < i1; i += kThreads, add(at, step, int(g.PH), int(g.PW))) {
+    const int64_t n = at.hi, ph = at.mid, pw = at.lo;
     if (off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]] >= 0)
       sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
   }
   const Acc total = block_sum<kThreads>(sum, scratch);
   if (threadIdx.x != 0) return;
-  if (gridDim.y == 1) db[c] = Num<T>::from_acc(total);
-  else part[blockIdx.y * g.Cout + c] = total;
+  if (splits == 1) db[c] = Num<T>::from_acc(total);
+  else part[split_index * g.Cout + c] = total;
 }
 
 // dx[n][grp*Cg + ci][ih][iw] = sum_{co, kh, kw} w[grp*Coutg + co][ci][kh][kw] * dconv[n][grp*Coutg + co][oh][ow]
 // over the (kh, kw) for which ih = oh*sh - pt + kh*dh and iw = ow*sw - pl + kw*dw.
+// Tile (bx, by) of group grp: input positions [bx * kBN, ...) x channels [by * kBM, ...).
 template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
-    input_grad_kernel(Geometry g, const T* __restrict__ w, const T* __restrict__ dconv, T* __restrict__ dx) {
-  __shared__ TileSmem<T> s;
-  const int64_t grp = blockIdx.z, P = g.N * g.H * g.W, taps = g.KH * g.KW;
-  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+__device__ void input_grad_tile(const Geometry& g, const T* __restrict__ w, const T* __restrict__ dconv,
+                                T* __restrict__ dx, int64_t bx, int64_t by, int64_t grp, TileSmem<T>& s) {
+  const int64_t P = g.N * g.H * g.W, taps = g.KH * g.KW;
+  const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kBM);
   const T zero = zero_of<T>();
   TapWeightLoader<T> la(g, w + grp * g.Coutg * g.Cg * taps, m0, threadIdx.x, zero);
   DconvGatherLoader<T> lb(g, dconv, grp, n0, threadIdx.x, zero);
@@ -245,17 +252,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
             [&](int64_t ci, int64_t, typename Num<T>::Acc v) { dxn[ci * hw] = Num<T>::from_acc(v); });
 }
 
-// Partial weight gradients of reduction split `split` (blockIdx.z = grp * splits + split):
+// Partial weight gradients of reduction split `split`, tile (bx, by) of group grp: columns
+// k in [bx * kBN, ...) x output channels [by * kBM, ...) of
 // part[split][grp*Coutg + co][k] = sum over its chunk of positions p = (n, oh, ow) of
 // dconv[n][grp*Coutg + co][oh][ow] * im2col(x)[k][p]. An empty chunk writes zeros.
 template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
-    weight_grad_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ dconv, int64_t splits,
-                       int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
-  __shared__ TileSmem<T> s;
-  const int64_t grp = blockIdx.z / splits, split = blockIdx.z % splits;
+__device__ void weight_grad_tile(const Geometry& g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ dconv,
+                                 int64_t chunk, int64_t bx, int64_t by, int64_t grp, int64_t split,
+                                 typename Num<T>::Acc* __restrict__ part, TileSmem<T>& s) {
   const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
-  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kBM);
   const T zero = zero_of<T>();
   DconvRowLoader<T> la(g, dconv + grp * g.Coutg * g.OH * g.OW, m0, k0, k1, threadIdx.x, zero);
   Im2colRowLoader<T> lb(g, x + grp * g.Cg * xs.s[1], xs.s[0], xs.s[1], xs.s[2], xs.s[3], n0, k0, k1, threadIdx.x,
@@ -275,6 +281,84 @@ int64_t weight_grad_splits(const Geometry& g) {
   const int64_t splits = reduction_splits(g.N * g.OH * g.OW, tiles);
   const int64_t most = 65535 / g.G;  // grid.z = groups * splits
   return splits < most ? splits : most;
+}
+
+// The blocks of the backward's one gradient launch (conv_grads_kernel), in block order: the
+// input gradient's tiles (dx_x x dx_y per group, none when it is not wanted), the weight
+// gradient's (dw_x x dw_y per group and reduction split), the bias gradient's (channel, split).
+// They all read only the conv-output gradient (built by unpool_kernel before) or the pooled
+// gradient, so one launch runs them side by side.
+struct GradBlocks {
+  int64_t dx_x = 0, dx_y = 0, dx = 0;
+  int64_t dw_x = 0, dw_y = 0, dw = 0, splits = 0, chunk = 0;
+  int64_t db_splits = 0, db_chunk = 0, db = 0;
+  int64_t total() const { return dx + dw + db; }
+};
+
+// The gradient launch's blocks for the gradients wanted; `dw_splits` is weight_grad_splits.
+inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits) {
+  GradBlocks b;
+  if (want_dx) {
+    b.dx_x = ceil_div(g.N * g.H * g.W, kBN), b.dx_y = ceil_div(g.Cg, kBM);
+    b.dx = b.dx_x * b.dx_y * g.G;
+  }
+  if (want_dw) {
+    b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, kBM), b.splits = dw_splits;
+    b.chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, dw_splits), kBK) * kBK;
+    b.dw = b.dw_x * b.dw_y * g.G * dw_splits;
+  }
+  if (want_db) {
+    const int64_t positions = g.N * g.PH * g.PW;
+    b.db_splits = channel_sum_splits(positions, g.Cout), b.db_chunk = ceil_div(positions, b.db_splits);
+    b.db = g.Cout * b.db_splits;
+  }
+  return b;
+}
+
+// Every gradient of the backward in one launch: block blockIdx.x runs the tile or channel sum
+// that GradBlocks assigns it. dw_part / db_part: the weight / bias gradients' split partial sums
+// (db_part only with more than one bias split; one split writes db).
+template <typename T, typename OffT>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
+    conv_grads_kernel(Geometry g, GradBlocks plan, const T* __restrict__ go, Strides4 gs,
+                      const OffT* __restrict__ off, Strides4 os, const T* __restrict__ x, Strides4 xs,
+                      const T* __restrict__ w, const T* __restrict__ dconv, T* __restrict__ dx,
+                      typename Num<T>::Acc* __restrict__ dw_part, typename Num<T>::Acc* __restrict__ db_part,
+                      T* __restrict__ db) {
+  __shared__ TileSmem<T> s;
+  int64_t b = blockIdx.x;
+  if (b < plan.dx) {
+    input_grad_tile<T>(g, w, dconv, dx, b % plan.dx_x, b / plan.dx_x % plan.dx_y, b / (plan.dx_x * plan.dx_y), s);
+    return;
+  }
+  b -= plan.dx;
+  if (b < plan.dw) {
+    const int64_t z = b / (plan.dw_x * plan.dw_y);  // grp * splits + split
+    weight_grad_tile<T>(g, x, xs, dconv, plan.chunk, b % plan.dw_x, b / plan.dw_x % plan.dw_y, z / plan.splits,
+                        z % plan.splits, dw_part, s);
+    return;
+  }
+  b -= plan.dw;
+  bias_grad_block<T, OffT>(g, go, gs, off, os, plan.db_chunk, plan.db_splits, b % g.Cout, b / g.Cout, db_part, db);
+}
+
+// The backward's reduction launch: dw[i] = sum over splits of dw_part (dw_count elements, none
+// when dw is null), then db[c] = sum over db_splits of db_part (none when db_splits is 1: the
+// bias blocks wrote db), each in split order (deterministic).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    sum_grad_partials_kernel(const typename Num<T>::Acc* dw_part, int64_t splits, int64_t dw_count, T* dw,
+                             const typename Num<T>::Acc* db_part, int64_t db_splits, int64_t db_count, T* db) {
+  using Acc = typename Num<T>::Acc;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < dw_count + db_count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const bool weight = i < dw_count;
+    const Acc* part = weight ? dw_part + i : db_part + (i - dw_count);
+    const int64_t n = weight ? splits : db_splits, count = weight ? dw_count : db_count;
+    Acc sum = Acc(0);
+    for (int64_t k = 0; k < n; ++k) sum += part[k * count];
+    (weight ? dw[i] : db[i - dw_count]) = Num<T>::from_acc(sum);
+  }
 }
 
 // Tangent at fixed offsets: each thread computes whole outputs y[n, c, ph, pw] (a grid-stride
@@ -378,49 +462,31 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
     using Acc = typename Num<T>::Acc;
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
-      const T* gp = static_cast<const T*>(grad_out);
-      const OffT* op = static_cast<const OffT*>(offsets);
-      const T* xp = static_cast<const T*>(x);
-      const T* wp = static_cast<const T*>(w);
+      if (!dx && !dw && !db) return cudaSuccess;
+      const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr, dw ? weight_grad_splits<T>(g) : 0);
+      if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
-      const int64_t splits = dw ? weight_grad_splits<T>(g) : 0;
-      if (db) {
-        const size_t part_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
-        Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dconv_bytes + part_bytes);
-        const int64_t positions = g.N * g.PH * g.PW, bias_splits = channel_sum_splits(positions, g.Cout);
-        const dim3 grid(static_cast<unsigned>(g.Cout), static_cast<unsigned>(bias_splits));
-        bias_grad_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, gp, gs, op, os, ceil_div(positions, bias_splits),
-                                                                 part, static_cast<T*>(db));
+      const size_t dw_part_bytes = (static_cast<size_t>(plan.splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
+      unsigned char* ws = static_cast<unsigned char*>(workspace);
+      T* dconv = reinterpret_cast<T*>(ws);
+      Acc* dw_part = reinterpret_cast<Acc*>(ws + dconv_bytes);
+      Acc* db_part = reinterpret_cast<Acc*>(ws + dconv_bytes + dw_part_bytes);
+      const OffT* op = static_cast<const OffT*>(offsets);
+      if (dx || dw) {
+        unpool_kernel<T, OffT><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, static_cast<const T*>(grad_out), gs,
+                                                                               op, os, dconv);
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        if (bias_splits > 1) {
-          sum_partials_kernel<T><<<grid_for(g.Cout), kThreads, 0, stream>>>(part, bias_splits, g.Cout,
-                                                                            static_cast<T*>(db));
-          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        }
       }
-      if (!dx && !dw) return cudaSuccess;
-      T* dconv = static_cast<T*>(workspace);
-      unpool_kernel<T, OffT><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, gp, gs, op, os, dconv);
+      conv_grads_kernel<T, OffT><<<static_cast<unsigned>(plan.total()), kThreads, 0, stream>>>(
+          g, plan, static_cast<const T*>(grad_out), gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w),
+          dconv, static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-      if (dx) {
-        const dim3 grid(static_cast<unsigned>(ceil_div(g.N * g.H * g.W, kBN)), static_cast<unsigned>(ceil_div(g.Cg, kBM)),
-                        static_cast<unsigned>(g.G));
-        input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(g, wp, dconv, static_cast<T*>(dx));
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-      }
-      if (dw) {
-        Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dconv_bytes);
-        const int64_t chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, splits), kBK) * kBK;
-        const dim3 grid(static_cast<unsigned>(ceil_div(g.K, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
-                        static_cast<unsigned>(g.G * splits));
-        weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(g, xp, xs, dconv, splits, chunk, part);
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        sum_partials_kernel<T><<<grid_for(g.Cout * g.K), kThreads, 0, stream>>>(part, splits, g.Cout * g.K,
-                                                                                static_cast<T*>(dw));
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-      }
-      return cudaSuccess;
+      const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db && plan.db_splits > 1 ? g.Cout : 0;
+      if (dw_count + db_count == 0) return cudaSuccess;
+      sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
+          dw_part, plan.splits, dw_count, static_cast<T*>(dw), db_part, plan.db_splits, db_count, static_cast<T*>(db));
+      return cudaGetLastError();
     });
   });
 }

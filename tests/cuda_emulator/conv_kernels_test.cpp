@@ -1,7 +1,8 @@
 // The CUDA conv-block kernels (csrc/cuda/conv_block.cu, up to its launchers) run on the CPU by
 // the block emulator, against a direct convolution in double: the implicit-GEMM forward
-// (output and window offsets), the input gradient and the weight gradient over several
-// split-K counts, for every element type, over geometries that reach every loader path
+// (output and window offsets), and the backward's gradient launch (conv_grads_kernel: input,
+// weight and bias gradients, the weight gradient over several split-K counts, the bias
+// gradient over one and several splits), for every element type, over geometries that reach every loader path
 // (several row and column tiles, K not a multiple of 16, strides, dilations, pool padding and
 // dilation, groups, depthwise, 1-wide kernels, images smaller than a k step) with NCHW and
 // channels_last strides. Built and run by tests/test_cuda_emulator.py; exit status 1 on failure.
@@ -107,58 +108,92 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
           }
   }
 
-  {  // input gradient (dconv contiguous)
-    std::vector<T> dx(g.N * g.C * g.H * g.W, from_double<T>(12345.0));
-    std::vector<double> want(dx.size(), 0), scale(dx.size(), 0);
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t co = 0; co < g.Cout; ++co)
-        for (int64_t oh = 0; oh < g.OH; ++oh)
-          for (int64_t ow = 0; ow < g.OW; ++ow)
-            taps(oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
-              const int64_t i = ((n * g.C + (co / g.Coutg) * g.Cg + ci) * g.H + ih) * g.W + iw;
-              const double t = Wt(co, ci, kh, kw) * D(n, co, oh, ow);
-              want[i] += t, scale[i] += std::fabs(t);
-            });
-    const dim3 grid(unsigned(ceil_div(g.N * g.H * g.W, kBN)), unsigned(ceil_div(g.Cg, kBM)), unsigned(g.G));
-    launch_both_orders(what + " input gradient", grid, [&] {
-      input_grad_kernel<T>(g, w.data(), dconv.data(), dx.data());
-    }, dx);
+  // The gradients: conv_grads_kernel's blocks for the input, weight and bias gradients (dconv
+  // contiguous), all three in one launch as the launcher runs them, then the weight gradient
+  // alone over more split counts and the bias gradient alone over 3 splits.
+  using Acc = typename Num<T>::Acc;
+  const std::vector<T> go = random_tensor<T>(g.N * g.Cout * g.PH * g.PW, gen);
+  std::vector<int32_t> off(go.size());
+  for (int32_t& o : off) o = int32_t(gen() % (g.PKH * g.PKW + 1)) - 1;  // -1: the ReLU was off
+  const Strides4 ps = strides_of(g.Cout, g.PH, g.PW, false);
+  std::vector<double> want_dx(g.N * g.C * g.H * g.W, 0), dx_scale(want_dx.size(), 0);
+  std::vector<double> want_dw(g.Cout * g.K, 0), dw_scale(want_dw.size(), 0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t co = 0; co < g.Cout; ++co)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow)
+          taps(oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
+            const int64_t i = ((n * g.C + (co / g.Coutg) * g.Cg + ci) * g.H + ih) * g.W + iw;
+            const double t = Wt(co, ci, kh, kw) * D(n, co, oh, ow);
+            want_dx[i] += t, dx_scale[i] += std::fabs(t);
+            const int64_t j = co * g.K + (ci * g.KH + kh) * g.KW + kw;
+            const double u = D(n, co, oh, ow) * X(n, (co / g.Coutg) * g.Cg + ci, ih, iw);
+            want_dw[j] += u, dw_scale[j] += std::fabs(u);
+          });
+  std::vector<double> want_db(g.Cout, 0), db_scale(g.Cout, 0);
+  for (size_t i = 0; i < go.size(); ++i)
+    if (off[i] >= 0) {
+      const int64_t co = int64_t(i) / (g.PH * g.PW) % g.Cout;
+      want_db[co] += to_double(go[i]), db_scale[co] += std::fabs(to_double(go[i]));
+    }
+  const auto run = [&](const std::string& which, const GradBlocks& plan, std::vector<T>& dx, std::vector<Acc>& dw_part,
+                       std::vector<Acc>& db_part, std::vector<T>& db) {
+    launch_both_orders(what + which, dim3(unsigned(plan.total()), 1, 1), [&] {
+      conv_grads_kernel<T, int32_t>(g, plan, go.data(), ps, off.data(), ps, x.data(), xs, w.data(), dconv.data(),
+                                    dx.data(), dw_part.data(), db_part.data(), db.data());
+    }, dx, dw_part, db_part, db);
+  };
+  const auto check_dx = [&](const std::string& which, const std::vector<T>& dx) {
     int bad = 0;
     for (size_t i = 0; i < dx.size(); ++i)
-      if (!close<T>(to_double(dx[i]), want[i], scale[i]) && bad++ < 5)
-        fail(what + " input gradient [" + std::to_string(i) + "] " + std::to_string(to_double(dx[i])) + ", want " +
-             std::to_string(want[i]));
-  }
-
-  {  // weight gradient: split-K partial sums, added here
-    using Acc = typename Num<T>::Acc;
-    std::vector<double> want(g.Cout * g.K, 0), scale(want.size(), 0);
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t co = 0; co < g.Cout; ++co)
-        for (int64_t oh = 0; oh < g.OH; ++oh)
-          for (int64_t ow = 0; ow < g.OW; ++ow)
-            taps(oh, ow, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
-              const int64_t i = co * g.K + (ci * g.KH + kh) * g.KW + kw;
-              const double t = D(n, co, oh, ow) * X(n, (co / g.Coutg) * g.Cg + ci, ih, iw);
-              want[i] += t, scale[i] += std::fabs(t);
-            });
-    splits_list.push_back(weight_grad_splits<T>(g));  // the launcher's choice
-    for (int64_t splits : splits_list) {
-      const int64_t chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, splits), kBK) * kBK;
-      std::vector<Acc> part(splits * g.Cout * g.K, Acc(NAN));
-      const dim3 grid(unsigned(ceil_div(g.K, kBN)), unsigned(ceil_div(g.Coutg, kBM)), unsigned(g.G * splits));
-      launch_both_orders(what + " weight gradient", grid, [&] {
-        weight_grad_kernel<T>(g, x.data(), xs, dconv.data(), splits, chunk, part.data());
-      }, part);
-      int bad = 0;
-      for (int64_t i = 0; i < g.Cout * g.K; ++i) {
-        double got = 0;
-        for (int64_t s = 0; s < splits; ++s) got += double(part[s * g.Cout * g.K + i]);
-        if (!close<T>(got, want[i], scale[i]) && bad++ < 5)
-          fail(what + " weight gradient, " + std::to_string(splits) + " splits [" + std::to_string(i) + "] " +
-               std::to_string(got) + ", want " + std::to_string(want[i]));
-      }
+      if (!close<T>(to_double(dx[i]), want_dx[i], dx_scale[i]) && bad++ < 5)
+        fail(what + which + " input gradient [" + std::to_string(i) + "] " + std::to_string(to_double(dx[i])) +
+             ", want " + std::to_string(want_dx[i]));
+  };
+  const auto check_dw = [&](const std::string& which, const std::vector<Acc>& part, int64_t splits) {
+    int bad = 0;
+    for (int64_t i = 0; i < g.Cout * g.K; ++i) {
+      double got = 0;
+      for (int64_t s = 0; s < splits; ++s) got += double(part[s * g.Cout * g.K + i]);
+      if (!close<T>(got, want_dw[i], dw_scale[i]) && bad++ < 5)
+        fail(what + which + " weight gradient, " + std::to_string(splits) + " splits [" + std::to_string(i) + "] " +
+             std::to_string(got) + ", want " + std::to_string(want_dw[i]));
     }
+  };
+  const auto check_db = [&](const std::string& which, const std::vector<Acc>& part, const std::vector<T>& db,
+                            int64_t splits) {
+    int bad = 0;
+    for (int64_t c = 0; c < g.Cout; ++c) {
+      double got = splits == 1 ? to_double(db[c]) : 0;
+      for (int64_t s = 0; splits > 1 && s < splits; ++s) got += double(part[s * g.Cout + c]);
+      if (!close<T>(got, want_db[c], db_scale[c]) && bad++ < 5)
+        fail(what + which + " bias gradient, " + std::to_string(splits) + " splits [" + std::to_string(c) + "] " +
+             std::to_string(got) + ", want " + std::to_string(want_db[c]));
+    }
+  };
+  {  // all three in one launch, with the launcher's split counts
+    const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g));
+    std::vector<T> dx(want_dx.size(), from_double<T>(12345.0)), db(g.Cout, from_double<T>(12345.0));
+    std::vector<Acc> dw_part(plan.splits * g.Cout * g.K, Acc(NAN)), db_part(plan.db_splits * g.Cout, Acc(NAN));
+    run(" gradients", plan, dx, dw_part, db_part, db);
+    check_dx(" gradients", dx);
+    check_dw(" gradients", dw_part, plan.splits);
+    check_db(" gradients", db_part, db, plan.db_splits);
+  }
+  for (int64_t splits : splits_list) {  // the weight gradient alone
+    const GradBlocks plan = grad_blocks(g, false, true, false, splits);
+    std::vector<T> none;
+    std::vector<Acc> dw_part(splits * g.Cout * g.K, Acc(NAN)), no_part;
+    run(" weight gradient", plan, none, dw_part, no_part, none);
+    check_dw(" weight gradient", dw_part, splits);
+  }
+  {  // the bias gradient alone, over 3 splits (partial sums)
+    GradBlocks plan = grad_blocks(g, false, false, true, 0);
+    plan.db_splits = 3, plan.db_chunk = ceil_div(g.N * g.PH * g.PW, 3), plan.db = 3 * g.Cout;
+    std::vector<T> none, db(g.Cout, from_double<T>(12345.0));
+    std::vector<Acc> no_part, db_part(3 * g.Cout, Acc(NAN));
+    run(" bias gradient", plan, none, no_part, db_part, db);
+    check_db(" bias gradient", db_part, db, 3);
   }
 }
 
