@@ -70,8 +70,8 @@ DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float
 # Kernels of fusedops (Triton and CUDA): a sanitizer finding in one of them is ours.
 OUR_KERNELS = ("fusedops", "conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel",
                "conv_block_jvp_kernel", "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel",
-               "conv_pool_direct_kernel", "conv_pool_gemm_kernel", "unpool_kernel", "bias_grad_kernel",
-               "input_grad_kernel", "weight_grad_kernel", "sum_partials_kernel", "jvp_kernel",
+               "conv_pool_direct_kernel", "conv_pool_gemm_kernel", "unpool_kernel", "conv_grads_kernel",
+               "sum_grad_partials_kernel", "sum_partials_kernel", "jvp_kernel",
                "linear_forward_kernel", "activation_grad_kernel", "linear_input_grad_kernel",
                "linear_weight_grad_kernel", "column_sum_kernel")
 # The benchmark runs, most wanted first: (dtype, op, layer name part).
