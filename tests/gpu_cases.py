@@ -385,7 +385,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectMaxFilter": 2048,
-    "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535,
+    "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
 CUDA_TYPES = {"fp32": "float", "tf32": "tf32", "fp64": "double", "fp16": "half", "bf16": "bfloat16"}
@@ -410,6 +410,14 @@ def _split_labels(kernel: str, reduction: int, splits: int) -> Set[str]:
     if (splits - 1) * chunk >= reduction:
         labels.add(f"{kernel}: an empty split-K slice")
     return labels
+
+
+def _channel_sum_splits(count: int, channels: int) -> int:
+    """tile_gemm.cuh channel_sum_splits: blocks per channel of the conv bias gradient."""
+    c = CUDA_CONSTANTS
+    splits = max(1, min(_cdiv(c["split_blocks"], max(channels, 1)), _cdiv(count, c["kThreads"] * 16)))
+    splits = max(splits, _cdiv(count, c["kThreads"] * c["max_serial_sum"]))
+    return min(splits, c["grid_z"])
 
 
 def _grid_stride(kernel: str, count: int) -> Set[str]:
@@ -447,7 +455,11 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
             out.add("conv forward gemm: groups")
         if blocks > ONE_WAVE:
             out.add("conv forward gemm: several waves")
-    if dict(case.kwargs).get("bias", True):
+    # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
+    # blocks), the sum of the weight and bias gradients' split partial sums.
+    bias = dict(case.kwargs).get("bias", True)
+    out.add(f"conv grads<{t},{off}>")
+    if bias:
         out.add(f"conv bias grad<{t},{off}>")
     out.add(f"conv unpool<{t},{off}>")
     out |= _grid_stride("conv unpool", n * cout * oh * ow)
@@ -461,7 +473,8 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     positions = n * oh * ow
     out |= _split_labels("conv weight grad", positions, _splits(positions, tiles, c["grid_z"] // groups))
     out.add(f"conv sum partials<{t}>")
-    out |= _grid_stride("conv sum partials", cout * k)
+    bias_parts = cout if bias and _channel_sum_splits(n * ph * pw, cout) > 1 else 0
+    out |= _grid_stride("conv sum partials", cout * k + bias_parts)
     if case.jvp:
         out.add(f"conv jvp<{t},{off}>")
         out |= _grid_stride("conv jvp", n * cout * ph * pw)
@@ -510,7 +523,8 @@ def cuda_required() -> Set[str]:
     out = set()
     for t in types_:
         for off in offs:
-            out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv bias grad<{t},{off}>",
+            out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
+                    f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
