@@ -9,6 +9,11 @@
 // band reads are first copied with their zero padding (a few KB), so that the loops have no
 // bounds checks and every column tile, the last one included, is whole.
 //
+// Three entry points: conv_rows (the band tile, for any pool or none), conv_pool2x2_rows
+// (MaxPool2d(2): bias, ReLU and the window max on the registers, no band tile) and
+// weight_grad_pool2x2 (a first layer's weight and bias gradients from the pooled gradient at
+// each window's max, no un-pooled tile).
+//
 // Layouts: the band tile is Coutg x M with M = (r1 - r0) * OW (conv rows of OW elements, as
 // the im2col path's GEMM writes it, so the same epilogue follows); the weights are given
 // transposed and padded, wt[k * co_pad + co] for k = (ci * KH + kh) * KW + kw (zero for
