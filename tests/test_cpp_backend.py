@@ -316,17 +316,21 @@ KERNEL_PATHS = {
 }
 
 
+def _input_in_layout(shape, dtype, layout):
+    """A random input of `shape`: contiguous, channels_last, or every other column of a wider one."""
+    if layout == "sliced":
+        return torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    x = torch.randn(shape, dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", list(KERNEL_PATHS))
 def test_every_kernel_path_matches_the_reference(case, dtype, layout):
     shape, out_channels, kwargs = KERNEL_PATHS[case]
     groups = kwargs.get("groups", 1)
-    x = torch.randn(shape, dtype=dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "sliced":
-        x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    x = _input_in_layout(shape, dtype, layout)
     w = torch.randn(out_channels, shape[1] // groups, 3, 3, dtype=dtype)
     b = torch.randn(out_channels, dtype=dtype)
     results = {}
@@ -360,11 +364,7 @@ FIRST_LAYERS = {
 @pytest.mark.parametrize("case", list(FIRST_LAYERS))
 def test_first_layer_weight_gradient_matches_the_reference(case, dtype, layout):
     shape, wshape, kwargs = FIRST_LAYERS[case]
-    x = torch.randn(shape, dtype=dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "sliced":
-        x = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)[..., ::2]
+    x = _input_in_layout(shape, dtype, layout)
     kwargs = dict(kwargs)
     w, b = torch.randn(wshape, dtype=dtype), torch.randn(wshape[0], dtype=dtype) if kwargs.pop("bias", True) else None
     results = {}

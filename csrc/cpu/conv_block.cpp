@@ -243,16 +243,7 @@ FUSEDOPS_VECTORIZE void im2col_short(const Geometry& g, const T* x, std::array<i
   const int64_t M = (r1 - r0) * g.OW;
   const int64_t ih0 = r0 * g.sh - g.pt, rows = (r1 - 1 - r0) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t width = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;  // input columns -pl .. width - pl - 1
-  padded.assign(g.Cg * rows * width, T(0));
-  const int64_t lo = std::max<int64_t>(0, g.pl), hi = std::min<int64_t>(width, g.W + g.pl);  // in-bounds columns
-  for (int64_t ci = 0; ci < g.Cg; ++ci) {
-    const T* xc = x + n * xs[0] + (grp * g.Cg + ci) * xs[1];
-    for (int64_t i = std::max<int64_t>(0, -ih0); i < std::min<int64_t>(rows, g.H - ih0); ++i) {
-      const T* xr = xc + (ih0 + i) * xs[2] - g.pl * xs[3];
-      T* dst = padded.data() + (ci * rows + i) * width;
-      for (int64_t q = lo; q < hi; ++q) dst[q] = xr[q * xs[3]];
-    }
-  }
+  direct_conv::copy_padded_rows(g, x, xs, n, grp, ih0, rows, width, padded);
   for (int64_t ci = 0; ci < g.Cg; ++ci) {
     for (int64_t kh = 0; kh < g.KH; ++kh) {
       for (int64_t kw = 0; kw < g.KW; ++kw) {

@@ -33,12 +33,6 @@
 namespace fusedops {
 namespace direct_conv {
 
-// 32-byte vectors of T (GCC/Clang vector extensions).
-template <typename T>
-struct RowVecFor {
-  typedef T type __attribute__((vector_size(32)));
-};
-
 // Output channels per register tile (conv_rows's accumulators are written out for 4); the
 // weight layout pads Coutg to a multiple of it.
 constexpr int64_t kCo = 4;
@@ -74,7 +68,8 @@ void transpose_weights(const Geometry& g, const T* w, T* wt) {
 }
 
 // The input rows [ih0, ih0 + rows) of image n, group grp, copied with their zero padding into
-// `padded` (Cg x rows x width; column q is input column q - pl, zero outside the input).
+// `padded` (Cg x rows x width; column q is input column q - pl, zero outside the input). Also
+// the im2col path's gather for short rows (conv_block.cpp im2col_short).
 template <typename T>
 void copy_padded_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs, int64_t n, int64_t grp,
                       int64_t ih0, int64_t rows, int64_t width, std::vector<T>& padded) {
@@ -107,7 +102,7 @@ inline int64_t tile_start(int64_t t, int64_t tiles, int64_t OW, int64_t kCols) {
 template <typename T>
 FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs, int64_t n,
                                   int64_t grp, int64_t r0, int64_t r1, const T* wt, T* tile, std::vector<T>& padded) {
-  using V = typename RowVecFor<T>::type;
+  using V = typename pool_rows::RowVec<T>::type;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T), kCols = 2 * kLanes;
   const auto load = [](const T* p) {
     V v;
@@ -258,8 +253,8 @@ template <typename T, typename OffT, int64_t kVecs>
 FUSEDOPS_ALWAYS_INLINE inline void accumulate_patches(const Geometry& g, const T* gc, const std::array<int64_t, 4>& gs,
                                                       const OffT* oc, const std::array<int64_t, 4>& os,
                                                       const T* patches, int64_t cols_out, int64_t ks,
-                                                      typename RowVecFor<T>::type (&acc)[kPatchChunk], T& bsum) {
-  using V = typename RowVecFor<T>::type;
+                                                      typename pool_rows::RowVec<T>::type (&acc)[kPatchChunk], T& bsum) {
+  using V = typename pool_rows::RowVec<T>::type;
   constexpr int64_t kLanes = kPatchLanes<T>;
   for (int64_t ph = 0; ph < g.PH; ++ph) {
     const T* row = patches + 2 * ph * cols_out * ks;
@@ -298,7 +293,7 @@ FUSEDOPS_VECTORIZE void weight_grad_pool2x2(const Geometry& g, const T* x, const
                                             int64_t n, int64_t grp, const T* go, const std::array<int64_t, 4>& gs,
                                             const OffT* o, const std::array<int64_t, 4>& os, T* dw, T* db,
                                             std::vector<T>& padded, std::vector<T>& patches) {
-  using V = typename RowVecFor<T>::type;
+  using V = typename pool_rows::RowVec<T>::type;
   constexpr int64_t kLanes = kPatchLanes<T>;
   const int64_t ks = patch_stride(g, kLanes), rows_out = 2 * g.PH, cols_out = 2 * g.PW;
   const int64_t rows = (rows_out - 1) * g.sh + (g.KH - 1) * g.dh + 1, width = cols_out + (g.KW - 1) * g.dw;
