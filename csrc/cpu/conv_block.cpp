@@ -46,6 +46,7 @@
 #include "direct_conv.h"
 #include "pool_rows.h"
 #include "vectorize.h"
+#include "transpose.h"
 #include "winograd.h"
 
 #include <algorithm>
@@ -398,6 +399,32 @@ FUSEDOPS_VECTORIZE void pool2x2_tile(const T* const* v, const T* bias, int64_t c
   }
 }
 
+// Writes the pooled outputs of `images` images staged channels innermost, mx[(n * rows * cols
+// + q) * channels + c] for the pooled position q (row-major over rows x cols) of image n, and
+// their offsets `at` (the same layout), to y[n * ys[0] + c * ys[1] + row * ys[2] + col * ys[3]]
+// and to o at the same index: block transposes where the rows of each channel are one run
+// (NCHW), element by element otherwise.
+template <typename T, typename OffT>
+FUSEDOPS_VECTORIZE void write_pooled(const T* mx, const int32_t* at, int64_t images, int64_t rows, int64_t cols,
+                                     int64_t channels, T* y, OffT* o, const std::array<int64_t, 4>& ys) {
+  const int64_t count = rows * cols;
+  for (int64_t n = 0; n < images; ++n) {
+    const T* m = mx + n * count * channels;
+    const int32_t* a = at + n * count * channels;
+    if (ys[3] == 1 && ys[2] == cols) {
+      transpose::matrix(m, channels, count, channels, y + n * ys[0], ys[1]);
+      transpose::matrix(a, channels, count, channels, o + n * ys[0], ys[1]);
+      continue;
+    }
+    for (int64_t q = 0; q < count; ++q)
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t to = n * ys[0] + c * ys[1] + (q / cols) * ys[2] + (q % cols) * ys[3];
+        y[to] = m[q * channels + c];
+        o[to] = static_cast<OffT>(a[q * channels + c]);
+      }
+  }
+}
+
 // Offsets of the pool taps in a band tile with rows of OW elements, in window order.
 std::vector<int64_t> pool_tap_deltas(const Geometry& g) {
   std::vector<int64_t> delta;
@@ -612,6 +639,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   at::parallel_for(0, chunks * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> col, tile, best_row, padded;
     std::vector<int32_t> where_row;
+    winograd::Workspace<T> ws;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = task / (g.G * bands) * images, grp = (task / bands) % g.G, p0 = (task % bands) * band;
       const int64_t n1 = std::min(n0 + images, g.N), p1 = std::min(p0 + band, g.PH);
@@ -621,23 +649,23 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
                                     g.H, g.W, g.pt, g.pl};
       const T* Ug = U.data() + grp * 16 * g.Coutg * g.Cg;
       if (M > 0 && pool_on_tiles) {  // each 2x2 Winograd tile is one pool window: no band tile at all
+        // The task's pooled outputs are staged channels innermost, (image, pooled row, column,
+        // channel), then written out one channel's run at a time: stored straight from each tile,
+        // every element would start a new cache line of an NCHW output.
+        const int64_t prows = p1 - p0, outputs = (n1 - n0) * prows * g.PW;
+        best_row.resize(outputs * g.Coutg);
+        where_row.resize(outputs * g.Coutg);
         const auto pool_tile = [&](int64_t n, int64_t r, int64_t col, int64_t channels, const T* const* v, bool,
                                    bool) {
           const int64_t pw = col / 2;
           if (pw >= g.PW) return;  // the odd last column, outside every window
-          pool2x2_tile(v, bias_or_zero + grp * g.Coutg, channels, best_row.data(), where_row.data());
-          const T* mx = best_row.data();
-          const int32_t* at = where_row.data();
-          const int64_t base = (n0 + n) * ys[0] + grp * g.Coutg * ys[1] + (r / 2) * ys[2] + pw * ys[3];
-          for (int64_t cg = 0; cg < channels; ++cg) {
-            y[base + cg * ys[1]] = mx[cg];
-            o[base + cg * ys[1]] = static_cast<OffT>(at[cg]);
-          }
+          const int64_t at = ((n * prows + r / 2 - p0) * g.PW + pw) * channels;
+          pool2x2_tile(v, bias_or_zero + grp * g.Coutg, channels, best_row.data() + at, where_row.data() + at);
         };
-        best_row.resize(g.Coutg);
-        where_row.resize(g.Coutg);
         winograd::conv3x3_tiles(src, n1 - n0, g.Cg, Ug, g.Coutg, winograd::Sink<T>{nullptr, 0, 0, 0, r0, r1, g.OW},
-                                pool_tile);
+                                pool_tile, ws);
+        const int64_t to = n0 * ys[0] + grp * g.Coutg * ys[1] + p0 * ys[2];
+        write_pooled(best_row.data(), where_row.data(), n1 - n0, prows, g.PW, g.Coutg, y + to, o + to, ys);
         continue;
       }
       if constexpr (std::is_same_v<OffT, int8_t>) {  // (MaxPool2d(2)'s 4-tap windows have int8 offsets)
@@ -652,7 +680,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       tile.resize((n1 - n0) * g.Coutg * M);
       if (M > 0 && g.winograd) {
         const winograd::Sink<T> dst{tile.data(), g.Coutg * M, M, g.OW, r0, r1, g.OW};
-        winograd::conv3x3(src, n1 - n0, g.Cg, Ug, g.Coutg, dst);
+        winograd::conv3x3(src, n1 - n0, g.Cg, Ug, g.Coutg, dst, ws);
       }
       for (int64_t n = n0; n < n1; ++n) {
         T* t = tile.data() + (n - n0) * g.Coutg * M;
@@ -753,6 +781,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     T* db = mask[2] ? db_parts.data() + tid * g.Cout : nullptr;
     T* dwg_all = mask[1] ? dw_parts.data() + tid * dw_size : nullptr;
     std::vector<T> col, dtile, dcol;
+    winograd::Workspace<T> ws;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = task / g.G * images, grp = task % g.G, n1 = std::min(n0 + images, g.N);
       T* dwg = dwg_all ? dwg_all + grp * (dw_size / g.G) : nullptr;
@@ -773,14 +802,14 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
           const winograd::Source<T> xsrc{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
                                          g.H, g.W, g.pt, g.pl};
           const winograd::Source<T> gsrc{dtile.data(), per_image, 1, g.OW * g.Coutg, g.Coutg, g.OH, g.OW, 0, 0};
-          winograd::weight_grad3x3(xsrc, gsrc, n1 - n0, g.Cg, g.Coutg, dwg);
+          winograd::weight_grad3x3(xsrc, gsrc, n1 - n0, g.Cg, g.Coutg, dwg, ws);
         }
         if (wino_dx) {
           const winograd::Source<T> src{dtile.data(), per_image, 1, g.OW * g.Coutg, g.Coutg, g.OH, g.OW, 2 - g.pt,
                                         2 - g.pl};
           const winograd::Sink<T> dst{dx + (n0 * g.C + grp * g.Cg) * g.H * g.W, g.C * g.H * g.W, g.H * g.W, g.W,
                                       0, g.H, g.W};
-          winograd::conv3x3(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst);
+          winograd::conv3x3(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst, ws);
         }
         continue;
       }

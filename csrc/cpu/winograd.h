@@ -21,11 +21,13 @@
 
 #include <ATen/ATen.h>
 
+#include "transpose.h"
 #include "vectorize.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 // The Fortran BLAS that libtorch_cpu exports (and calls itself, at::native::cpublas::gemm,
@@ -99,6 +101,58 @@ struct Sink {
   int64_t r0, r1, W;
 };
 
+// Memory a thread reuses from call to call: grows, never shrinks, and is not initialised
+// (every user writes what it reads; zeroing and re-faulting a fresh buffer per task cost
+// several percent of a forward).
+template <typename T>
+class Scratch {
+ public:
+  T* get(int64_t n) {
+    if (n > size_) {
+      data_.reset(new T[n]);  // default-initialised: no fill
+      size_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  int64_t size_ = 0;
+};
+
+// The buffers of conv3x3_tiles and weight_grad3x3: a caller keeps one per thread.
+template <typename T>
+struct Workspace {
+  Scratch<T> V, M, rows, out, staged;
+};
+
+// The input rows of `images` images that tiles of output rows [r0, r0 + 2 * tile_rows) read,
+// copied channels innermost into `buf` (element (n, h, w, c) at ((n * rows + h) * W + w) * C + c)
+// when `in` is not channels innermost already; returns the Source to read instead (the same
+// rows and zero padding). Each channel's rows are read as one run (the prefetcher follows it),
+// where a tile row's gather would read a short piece of every channel's plane per input row.
+template <typename T>
+FUSEDOPS_VECTORIZE Source<T> channels_innermost(const Source<T>& in, int64_t images, int64_t channels, int64_t r0,
+                                                int64_t tile_rows, Scratch<T>& buf) {
+  if (in.sc == 1) return in;
+  const int64_t h0 = std::clamp<int64_t>(r0 - in.pt, 0, in.H);
+  const int64_t h1 = std::clamp<int64_t>(r0 + 2 * tile_rows + 2 - in.pt, h0, in.H);
+  const int64_t rows = h1 - h0, C = channels, W = in.W;
+  T* out = buf.get(std::max<int64_t>(images * rows * W * C, 1));
+  const bool planes = in.sw == 1 && in.sh == W;  // each channel's rows are one run (NCHW)
+  for (int64_t n = 0; n < images && planes; ++n)
+    transpose::matrix(in.p + n * in.sn + h0 * in.sh, in.sc, C, rows * W, out + n * rows * W * C, C);
+  for (int64_t n = 0; n < images && !planes; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < rows; ++h) {
+        const T* s = in.p + n * in.sn + c * in.sc + (h0 + h) * in.sh;
+        T* d = out + (n * rows + h) * W * C + c;
+        for (int64_t w = 0; w < W; ++w) d[w * C] = s[w * in.sw];
+      }
+  // Staged row h is input row h0 + h: the top padding grows by h0.
+  return Source<T>{out, rows * W * C, 1, W * C, C, rows, W, in.pt + h0, in.pl};
+}
+
 // Tiles per GEMM batch: keeps V and M (16 x tiles x channels each) within the L2 cache
 // (measured on mnist conv2: 64 and 256 were slower).
 constexpr int64_t kTilesPerBatch = 128;
@@ -116,19 +170,19 @@ struct Batch {
 // The four input rows of a tile row are first gathered channels-innermost into `rows`.
 template <typename T>
 FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, const Batch& b, T* V, int64_t ves,
-                                        std::vector<T>& rows) {
+                                        Scratch<T>& row_buf) {
   const int64_t span = 2 * b.TC + 2;  // input columns read by one tile row
   const int64_t C = channels, rs = span * C;
-  rows.resize(4 * rs);
+  T* const rows = row_buf.get(4 * rs);
   // Columns j in [lo, hi) read input column j - pl; the rest is padding.
   const int64_t lo = std::clamp<int64_t>(in.pl, 0, span), hi = std::clamp<int64_t>(in.W + in.pl, lo, span);
   for (int64_t L = b.L0; L < b.L1; ++L) {
     const int64_t n = L / b.TR, ty = L % b.TR;
     // The next tile row of the same image starts two input rows lower: keep the two it shares.
     const bool shares = L > b.L0 && ty > 0;
-    if (shares) std::copy(rows.data() + 2 * rs, rows.data() + 4 * rs, rows.data());
+    if (shares) std::copy(rows + 2 * rs, rows + 4 * rs, rows);
     for (int64_t i = shares ? 2 : 0; i < 4; ++i) {
-      T* row = rows.data() + i * rs;
+      T* row = rows + i * rs;
       const int64_t ih = b.r0 + 2 * ty - in.pt + i;
       if (ih < 0 || ih >= in.H) {
         std::fill(row, row + rs, T(0));
@@ -137,7 +191,9 @@ FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, c
       std::fill(row, row + lo * C, T(0));
       std::fill(row + hi * C, row + rs, T(0));
       const T* src = in.p + n * in.sn + ih * in.sh;
-      if (in.sc == 1) {  // channels innermost already: one copy per column
+      if (in.sc == 1 && in.sw == C) {  // channels-innermost rows: one copy
+        std::copy(src + (lo - in.pl) * C, src + (hi - in.pl) * C, row + lo * C);
+      } else if (in.sc == 1) {  // channels innermost, columns apart: one copy per column
         for (int64_t j = lo; j < hi; ++j) std::copy(src + (j - in.pl) * in.sw, src + (j - in.pl) * in.sw + C, row + j * C);
       } else {
         for (int64_t c = 0; c < C; ++c) {
@@ -147,7 +203,7 @@ FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, c
       }
     }
     for (int64_t tx = 0; tx < b.TC; ++tx) {
-      const T* __restrict d = rows.data() + 2 * tx * C;  // d[i][j][c] = d[i * rs + j * C + c]
+      const T* __restrict d = rows + 2 * tx * C;  // d[i][j][c] = d[i * rs + j * C + c]
       T* __restrict v = V + ((L - b.L0) * b.TC + tx) * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
@@ -222,31 +278,32 @@ struct SinkWriter {
 // the tiles (not accumulated) to `out` (conv3x3 below). Single-threaded: callers parallelise
 // over images and groups. `out.p` is not used by this function itself.
 template <typename T, typename Epilogue>
-FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch,
-                                      const Sink<T>& out, const Epilogue& epi) {
+FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& input, int64_t images, int64_t in_ch, const T* U,
+                                      int64_t out_ch, const Sink<T>& out, const Epilogue& epi, Workspace<T>& ws) {
   const int64_t TR = (out.r1 - out.r0 + 1) / 2, TC = (out.W + 1) / 2;
   const int64_t row_tiles = images * TR;  // (image, tile row) pairs
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
-  std::vector<T> V, M, rows, Y(4 * out_ch);
+  const Source<T> in = channels_innermost(input, images, in_ch, out.r0, TR, ws.staged);
+  T* const Y = ws.out.get(4 * out_ch);
 
   for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
     const Batch batch{out.r0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
     const int64_t tiles = batch.tiles();
     const int64_t ves = position_stride(in_ch, tiles), mes = position_stride(out_ch, tiles);
-    V.resize(16 * ves);
-    M.resize(16 * mes);
-    input_transform(in, in_ch, batch, V.data(), ves, rows);
+    T* const V = ws.V.get(16 * ves);
+    T* const M = ws.M.get(16 * mes);
+    input_transform(in, in_ch, batch, V, ves, ws.rows);
     // M[e] (tiles x out_ch) = V[e] (tiles x in_ch) U[e] (in_ch x out_ch)
-    gemm16(false, tiles, out_ch, in_ch, V.data(), in_ch, ves, U, out_ch, in_ch * out_ch, T(0), M.data(), out_ch, mes);
+    gemm16(false, tiles, out_ch, in_ch, V, in_ch, ves, U, out_ch, in_ch * out_ch, T(0), M, out_ch, mes);
     // Output transform: Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
     for (int64_t L = batch.L0; L < batch.L1; ++L) {
       const int64_t n = L / TR, ty = L % TR, r = out.r0 + 2 * ty;
       const bool second_row = r + 1 < out.r1;
       for (int64_t tx = 0; tx < TC; ++tx) {
-        const T* __restrict m = M.data() + ((L - batch.L0) * TC + tx) * out_ch;
+        const T* __restrict m = M + ((L - batch.L0) * TC + tx) * out_ch;
         const int64_t col = 2 * tx;
         const bool second_col = col + 1 < out.W;
-        T* __restrict y00 = Y.data();
+        T* __restrict y00 = Y;
         T* __restrict y01 = y00 + out_ch;
         T* __restrict y10 = y01 + out_ch;
         T* __restrict y11 = y10 + out_ch;
@@ -272,8 +329,9 @@ FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& in, int64_t images, int64
 }
 
 template <typename T>
-void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch, const Sink<T>& out) {
-  conv3x3_tiles(in, images, in_ch, U, out_ch, out, SinkWriter<T>{out});
+void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int64_t out_ch, const Sink<T>& out,
+             Workspace<T>& ws) {
+  conv3x3_tiles(in, images, in_ch, U, out_ch, out, SinkWriter<T>{out}, ws);
 }
 
 // The weight gradient of the correlation above. With Y = A^T [U . V] A per tile and
@@ -283,27 +341,28 @@ void conv3x3(const Source<T>& in, int64_t images, int64_t in_ch, const T* U, int
 // `grad` is the output gradient (rows [0, H) x columns [0, W) of `out_ch` channels, pt = pl = 0);
 // S (16 x out_ch x in_ch) is accumulated into.
 template <typename T>
-FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& grad, int64_t images, int64_t in_ch,
-                                       int64_t out_ch, T* S) {
+FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& input, const Source<T>& grad, int64_t images, int64_t in_ch,
+                                       int64_t out_ch, T* S, Workspace<T>& ws) {
   const int64_t TR = (grad.H + 1) / 2, TC = (grad.W + 1) / 2;
   const int64_t row_tiles = images * TR;
   const int64_t rows_per_batch = std::max<int64_t>(1, kTilesPerBatch / TC);
   const int64_t rs = 2 * TC * out_ch;  // one gathered gradient row: 2 * TC columns x out_ch
-  std::vector<T> V, D, rows, grows(2 * rs);
+  const Source<T> in = channels_innermost(input, images, in_ch, 0, TR, ws.staged);
+  T* const grows = ws.out.get(2 * rs);
 
   for (int64_t L0 = 0; L0 < row_tiles; L0 += rows_per_batch) {
     const Batch batch{0, TR, TC, L0, std::min(L0 + rows_per_batch, row_tiles)};
     const int64_t tiles = batch.tiles();
     const int64_t ves = position_stride(in_ch, tiles), des = position_stride(out_ch, tiles);
-    V.resize(16 * ves);
-    D.resize(16 * des);
-    input_transform(in, in_ch, batch, V.data(), ves, rows);
+    T* const V = ws.V.get(16 * ves);
+    T* const D = ws.M.get(16 * des);
+    input_transform(in, in_ch, batch, V, ves, ws.rows);
     // D[e][t][co] = (A d A^T)[e], d the 2x2 gradient block (zero outside),
     // A = [[1, 0], [1, 1], [1, -1], [0, -1]]. The block's two rows are gathered first.
     for (int64_t L = batch.L0; L < batch.L1; ++L) {
       const int64_t n = L / TR, ty = L % TR;
       for (int64_t i = 0; i < 2; ++i) {
-        T* row = grows.data() + i * rs;
+        T* row = grows + i * rs;
         const int64_t r = 2 * ty + i;
         if (r >= grad.H) {
           std::fill(row, row + rs, T(0));
@@ -321,8 +380,8 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
         }
       }
       for (int64_t tx = 0; tx < TC; ++tx) {
-        const T* __restrict g = grows.data() + 2 * tx * out_ch;
-        T* __restrict d = D.data() + ((L - batch.L0) * TC + tx) * out_ch;
+        const T* __restrict g = grows + 2 * tx * out_ch;
+        T* __restrict d = D + ((L - batch.L0) * TC + tx) * out_ch;
 #pragma omp simd
         for (int64_t co = 0; co < out_ch; ++co) {
           const T a = g[co], bb = g[out_ch + co], cc = g[rs + co], dd = g[rs + out_ch + co];
@@ -337,7 +396,7 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& in, const Source<T>& gra
       }
     }
     // S[e] (out_ch x in_ch) += D[e]^T (D[e]: tiles x out_ch) V[e] (tiles x in_ch)
-    gemm16(true, out_ch, in_ch, tiles, D.data(), out_ch, des, V.data(), in_ch, ves, T(1), S, in_ch, out_ch * in_ch);
+    gemm16(true, out_ch, in_ch, tiles, D, out_ch, des, V, in_ch, ves, T(1), S, in_ch, out_ch * in_ch);
   }
 }
 
