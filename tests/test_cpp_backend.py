@@ -199,7 +199,12 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     assert backends.select("", wide, op, backends.conv_facts(wide[1], strided)).name == "reference"
     low = [t.bfloat16() for t in short_k]
     assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "reference"
-    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "reference"
+    # no pool: the Winograd layers on NCHW float inputs only
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "cpp"
+    cl = [winograd[0].contiguous(memory_format=torch.channels_last), winograd[1]]
+    assert backends.select("", cl, op, backends.conv_facts(cl[1], unpooled, cl[0])).name == "reference"
+    low = [t.bfloat16() for t in winograd]
+    assert backends.select("", low, op, backends.conv_facts(low[1], unpooled)).name == "reference"
     assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
     low = [t.bfloat16() for t in small]
     assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "cpp"
