@@ -318,12 +318,13 @@ KERNEL_PATHS = {
     "direct, asymmetric pool, short rows": ((1, 3, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
     "direct, ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
     "direct, no pool, overlapping last tile": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
-    # Winograd (3x3, stride 1, >= 8 channels): the input staged channels innermost and the pooled
-    # outputs written back by 8 x 8 block transposes (float), with channel and position counts
-    # off the block size, whole blocks, groups, and bands that start below the first row.
+    # Winograd (3x3, stride 1, >= 8 channels): the input, the un-pooled gradient and the input
+    # gradient staged channels innermost and the pooled outputs written back, by 8 x 8 block
+    # transposes (float), with channel and position counts off the block size, whole blocks,
+    # groups, conv outputs that pooling leaves uncovered, and bands that start below the first row.
     "winograd, pooled, block remainders": ((2, 13, 14, 14), 11, dict(padding=1)),
     "winograd, pooled, whole blocks": ((3, 16, 16, 16), 24, dict(padding=1)),
-    "winograd, pooled, groups": ((2, 32, 10, 12), 16, dict(padding=1, groups=2)),
+    "winograd, pooled, groups, odd sizes": ((2, 32, 11, 13), 16, dict(padding=1, groups=2)),
     "winograd, pooled, several bands": ((1, 16, 70, 70), 9, dict(padding=1)),
     "winograd, no pool": ((1, 9, 11, 13), 10, dict(pool_kernel_size=None, padding=1)),
 }

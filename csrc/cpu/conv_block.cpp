@@ -780,18 +780,31 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     const int64_t tid = at::get_thread_num();
     T* db = mask[2] ? db_parts.data() + tid * g.Cout : nullptr;
     T* dwg_all = mask[1] ? dw_parts.data() + tid * dw_size : nullptr;
-    std::vector<T> col, dtile, dcol;
+    std::vector<T> col, dtile, dcol, planes, staged_dx;
     winograd::Workspace<T> ws;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n0 = task / g.G * images, grp = task % g.G, n1 = std::min(n0 + images, g.N);
       T* dwg = dwg_all ? dwg_all + grp * (dw_size / g.G) : nullptr;
       if (g.winograd) {
         const int64_t M = g.OH * g.OW, per_image = g.Coutg * M;
-        dtile.assign((n1 - n0) * per_image, T(0));
         bool any = false;
-        for (int64_t n = n0; n < n1; ++n)
-          any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, tap_delta, dtile.data() + (n - n0) * per_image, 1,
-                        g.Coutg, db);
+        if (g.whole_pool2x2()) {
+          // Un-pooled a row of windows at a time into a Coutg x M tile (pool_rows::unpool2x2_row,
+          // vectorised over windows), then block-transposed channels innermost: scattering each
+          // pooled gradient straight into the channels-innermost tile ran one element at a time.
+          dtile.resize((n1 - n0) * per_image);
+          planes.resize(per_image);
+          if (g.OH != 2 * g.PH || g.OW != 2 * g.PW) std::fill(planes.begin(), planes.end(), T(0));  // uncovered edges
+          for (int64_t n = n0; n < n1; ++n) {
+            any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, tap_delta, planes.data(), M, 1, db);
+            transpose::matrix_vectorized(planes.data(), M, g.Coutg, M, dtile.data() + (n - n0) * per_image, g.Coutg);
+          }
+        } else {
+          dtile.assign((n1 - n0) * per_image, T(0));
+          for (int64_t n = n0; n < n1; ++n)
+            any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, tap_delta, dtile.data() + (n - n0) * per_image, 1,
+                          g.Coutg, db);
+        }
         if (!any) {  // no gradient reaches these images: their grad_input is zero
           for (int64_t n = n0; n < n1 && dx; ++n)
             for (int64_t c = grp * g.Cg; c < (grp + 1) * g.Cg; ++c)
@@ -807,9 +820,16 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         if (wino_dx) {
           const winograd::Source<T> src{dtile.data(), per_image, 1, g.OW * g.Coutg, g.Coutg, g.OH, g.OW, 2 - g.pt,
                                         2 - g.pl};
-          const winograd::Sink<T> dst{dx + (n0 * g.C + grp * g.Cg) * g.H * g.W, g.C * g.H * g.W, g.H * g.W, g.W,
-                                      0, g.H, g.W};
-          winograd::conv3x3(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst, ws);
+          // Written channels innermost, then block-transposed into dx (NCHW): stored straight
+          // from each tile, every element would start a new cache line of dx.
+          const int64_t HW = g.H * g.W;
+          staged_dx.resize((n1 - n0) * HW * g.Cg);
+          const winograd::Sink<T> dst{nullptr, 0, 0, 0, 0, g.H, g.W};
+          winograd::conv3x3_tiles(src, n1 - n0, g.Coutg, U.data() + grp * 16 * g.Cg * g.Coutg, g.Cg, dst,
+                                  winograd::ChannelsInnermostWriter<T>{staged_dx.data(), 0, g.H, g.W, g.Cg}, ws);
+          for (int64_t n = n0; n < n1; ++n)
+            transpose::matrix_vectorized(staged_dx.data() + (n - n0) * HW * g.Cg, g.Cg, HW, g.Cg,
+                                         dx + (n * g.C + grp * g.Cg) * HW, HW);
         }
         continue;
       }

@@ -85,5 +85,13 @@ FUSEDOPS_ALWAYS_INLINE inline void matrix(const S* src, int64_t src_stride, int6
     for (int64_t j = i < i0 ? j0 : 0; j < cols; ++j) dst[j * dst_stride + i] = static_cast<D>(src[i * src_stride + j]);
 }
 
+// matrix() as a function of its own, compiled for each vector ISA: for callers that are not
+// FUSEDOPS_VECTORIZE themselves.
+template <typename S, typename D>
+FUSEDOPS_VECTORIZE void matrix_vectorized(const S* src, int64_t src_stride, int64_t rows, int64_t cols, D* dst,
+                                          int64_t dst_stride) {
+  matrix(src, src_stride, rows, cols, dst, dst_stride);
+}
+
 }  // namespace transpose
 }  // namespace fusedops
