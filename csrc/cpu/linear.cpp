@@ -91,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
     return {y.to(at::kBFloat16), saved.scalar_type() == at::kBool ? saved : saved.to(at::kBFloat16)};
   }
   const int64_t n = weight.size(0);
-  const at::Tensor x = input.reshape({rows_of(input), weight.size(1)});
+  // (2-D tensors as they are: a reshape is a dispatcher call, ~1 us a call on small layers)
+  const at::Tensor x = input.dim() == 2 ? input : input.reshape({rows_of(input), weight.size(1)});
   at::Tensor z;
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n, "bias must have shape (", n, ",), got ", bias->sizes());
@@ -144,12 +145,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
             std::get<2>(grads).to(at::kBFloat16)};
   }
   const int64_t n = weight.size(0), k = weight.size(1);
-  at::Tensor dz = grad_output.reshape({rows_of(grad_output), n});
+  at::Tensor dz = grad_output.dim() == 2 ? grad_output : grad_output.reshape({rows_of(grad_output), n});
   if (act != Act::None) {
     // dy is read through its strides: the gradient of a sum arrives expanded (all strides 0),
     // and a contiguous copy of it cost more than this pass on small layers.
     const at::Tensor g = dz;
-    const at::Tensor s = saved.reshape({g.size(0), n}).contiguous();
+    const at::Tensor s = (saved.dim() == 2 ? saved : saved.reshape({g.size(0), n})).contiguous();
     dz = at::empty({g.size(0), n}, g.options());
     const int64_t gs0 = g.stride(0), gs1 = g.stride(1);
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "linear_backward_cpu", [&] {
@@ -178,8 +179,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
     });
   }
   const auto empty = [&] { return at::empty({0}, input.options()); };
-  at::Tensor gi = output_mask[0] ? at::mm(dz, weight).view(input.sizes()) : empty();
-  at::Tensor gw = output_mask[1] ? at::mm(dz.t(), input.reshape({rows_of(input), k})) : empty();
+  at::Tensor gi = output_mask[0] ? (input.dim() == 2 ? at::mm(dz, weight) : at::mm(dz, weight).view(input.sizes()))
+                                  : empty();
+  at::Tensor gw =
+      output_mask[1] ? at::mm(dz.t(), input.dim() == 2 ? input : input.reshape({rows_of(input), k})) : empty();
   at::Tensor gb = output_mask[2] ? dz.sum(0) : empty();
   return {gi, gw, gb};
 }
