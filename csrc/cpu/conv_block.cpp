@@ -416,12 +416,22 @@ FUSEDOPS_VECTORIZE void write_pooled(const T* mx, const int32_t* at, int64_t ima
       transpose::matrix(a, channels, count, channels, o + n * ys[0], ys[1]);
       continue;
     }
-    for (int64_t q = 0; q < count; ++q)
-      for (int64_t c = 0; c < channels; ++c) {
-        const int64_t to = n * ys[0] + c * ys[1] + (q / cols) * ys[2] + (q % cols) * ys[3];
-        y[to] = m[q * channels + c];
-        o[to] = static_cast<OffT>(a[q * channels + c]);
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t to = n * ys[0] + (q / cols) * ys[2] + (q % cols) * ys[3];
+      if (ys[1] == 1) {  // channels innermost (channels_last): a run per position
+        T* __restrict yq = y + to;
+        OffT* __restrict oq = o + to;
+        for (int64_t c = 0; c < channels; ++c) {
+          yq[c] = m[q * channels + c];
+          oq[c] = static_cast<OffT>(a[q * channels + c]);
+        }
+        continue;
       }
+      for (int64_t c = 0; c < channels; ++c) {
+        y[to + c * ys[1]] = m[q * channels + c];
+        o[to + c * ys[1]] = static_cast<OffT>(a[q * channels + c]);
+      }
+    }
   }
 }
 
