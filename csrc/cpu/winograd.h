@@ -20,6 +20,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include "transpose.h"
 #include "vectorize.h"
@@ -61,26 +62,30 @@ inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const
 template <typename T>
 void transform_weights(const T* w, int64_t out_ch, int64_t in_ch, bool flip_transpose, T* U) {
   const T half = T(0.5);
-  for (int64_t o = 0; o < out_ch; ++o) {
-    for (int64_t i = 0; i < in_ch; ++i) {
-      T g[3][3];
-      for (int kh = 0; kh < 3; ++kh)
-        for (int kw = 0; kw < 3; ++kw)
-          g[kh][kw] = flip_transpose ? w[((i * out_ch + o) * 3 + 2 - kh) * 3 + 2 - kw] : w[((o * in_ch + i) * 3 + kh) * 3 + kw];
-      T gg[4][3];  // G g
-      for (int c = 0; c < 3; ++c) {
-        gg[0][c] = g[0][c];
-        gg[1][c] = half * (g[0][c] + g[1][c] + g[2][c]);
-        gg[2][c] = half * (g[0][c] - g[1][c] + g[2][c]);
-        gg[3][c] = g[2][c];
-      }
-      for (int r = 0; r < 4; ++r) {  // (G g) G^T
-        const T u[4] = {gg[r][0], half * (gg[r][0] + gg[r][1] + gg[r][2]), half * (gg[r][0] - gg[r][1] + gg[r][2]),
-                        gg[r][2]};
-        for (int c = 0; c < 4; ++c) U[((r * 4 + c) * in_ch + i) * out_ch + o] = u[c];
+  // In parallel over output channels: it runs before the convolution's own parallel loop.
+  at::parallel_for(0, out_ch, std::max<int64_t>(1, 4096 / std::max<int64_t>(in_ch, 1)), [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      for (int64_t i = 0; i < in_ch; ++i) {
+        T g[3][3];
+        for (int kh = 0; kh < 3; ++kh)
+          for (int kw = 0; kw < 3; ++kw)
+            g[kh][kw] = flip_transpose ? w[((i * out_ch + o) * 3 + 2 - kh) * 3 + 2 - kw]
+                                       : w[((o * in_ch + i) * 3 + kh) * 3 + kw];
+        T gg[4][3];  // G g
+        for (int c = 0; c < 3; ++c) {
+          gg[0][c] = g[0][c];
+          gg[1][c] = half * (g[0][c] + g[1][c] + g[2][c]);
+          gg[2][c] = half * (g[0][c] - g[1][c] + g[2][c]);
+          gg[3][c] = g[2][c];
+        }
+        for (int r = 0; r < 4; ++r) {  // (G g) G^T
+          const T u[4] = {gg[r][0], half * (gg[r][0] + gg[r][1] + gg[r][2]), half * (gg[r][0] - gg[r][1] + gg[r][2]),
+                          gg[r][2]};
+          for (int c = 0; c < 4; ++c) U[((r * 4 + c) * in_ch + i) * out_ch + o] = u[c];
+        }
       }
     }
-  }
+  });
 }
 
 // A stack of input images: element (n, c, h, w) at p[n*sn + c*sc + h*sh + w*sw], H x W of
