@@ -364,40 +364,56 @@ FUSEDOPS_VECTORIZE void col2im_add(const Geometry& g, const T* dcol, int64_t n, 
   }
 }
 
-// Max pool 2x2 of a Winograd output tile, for every channel at once: v[i][c] is the tile's
-// output i (row-major, i.e. in window order) of channel c, bias the channels' biases.
-// mx[c] = max of ReLU(v[i][c] + bias[c]) (larger or NaN replaces, so the first max wins and NaN
-// propagates); at[c] = its window offset, or -1 when the ReLU is off.
+// The fused epilogue of a Winograd tile that is one MaxPool2d(2) window: for every channel c
+// at once, the tile's output transform, then mx[c] = max of ReLU(y[i][c] + bias[c]) over its
+// four outputs in window order (larger or NaN replaces, so the first max wins and NaN
+// propagates) and at[c] = its window offset, or -1 when the ReLU is off. Writes the window
+// (n, pooled row r / 2 - p0, pooled column col / 2) of a task's channels-innermost staging
+// buffers (rows x PW windows per image); the odd last column, outside every window, is dropped.
 template <typename T>
-FUSEDOPS_VECTORIZE void pool2x2_tile(const T* const* v, const T* bias, int64_t channels, T* __restrict mx,
-                                     int32_t* __restrict at) {
-  const T* __restrict v0 = v[0];
-  const T* __restrict v1 = v[1];
-  const T* __restrict v2 = v[2];
-  const T* __restrict v3 = v[3];
-  // Written without arrays, inner loops or short-circuit operators: GCC vectorises it then.
+struct PoolTileEpilogue {
+  static constexpr bool kTakesProducts = true;
+  const T* bias;
+  T* mx;
+  int32_t* at;
+  int64_t p0, rows, PW;
+
+  FUSEDOPS_ALWAYS_INLINE void operator()(int64_t n, int64_t r, int64_t col, int64_t channels, const T* __restrict m,
+                                         int64_t mes) const {
+    const int64_t pw = col / 2;
+    if (pw >= PW) return;
+    const int64_t base = ((n * rows + r / 2 - p0) * PW + pw) * channels;
+    T* __restrict best = mx + base;
+    int32_t* __restrict where = at + base;
+    // Written without arrays, inner loops or short-circuit operators: GCC vectorises it then.
 #pragma omp simd
-  for (int64_t c = 0; c < channels; ++c) {
-    const T bc = bias[c];
-    T a0 = v0[c] + bc, a1 = v1[c] + bc, a2 = v2[c] + bc, a3 = v3[c] + bc;
-    const bool n0 = is_nan(a0), n1 = is_nan(a1), n2 = is_nan(a2), n3 = is_nan(a3);
-    a0 = (a0 > T(0)) | n0 ? a0 : T(0);  // ReLU, NaN kept
-    a1 = (a1 > T(0)) | n1 ? a1 : T(0);
-    a2 = (a2 > T(0)) | n2 ? a2 : T(0);
-    a3 = (a3 > T(0)) | n3 ? a3 : T(0);
-    const bool t1 = (a1 > a0) | n1;
-    T m = t1 ? a1 : a0;
-    int32_t k = t1 ? 1 : 0;
-    const bool t2 = (a2 > m) | n2;
-    m = t2 ? a2 : m;
-    k = t2 ? 2 : k;
-    const bool t3 = (a3 > m) | n3;
-    m = t3 ? a3 : m;
-    k = t3 ? 3 : k;
-    mx[c] = m;
-    at[c] = (m > T(0)) | is_nan(m) ? k : -1;
+    for (int64_t c = 0; c < channels; ++c) {
+      T a0, a1, a2, a3;
+      winograd::output_transform(m, mes, c, a0, a1, a2, a3);
+      const T bc = bias[c];
+      a0 += bc;
+      a1 += bc;
+      a2 += bc;
+      a3 += bc;
+      const bool n0 = is_nan(a0), n1 = is_nan(a1), n2 = is_nan(a2), n3 = is_nan(a3);
+      a0 = (a0 > T(0)) | n0 ? a0 : T(0);  // ReLU, NaN kept
+      a1 = (a1 > T(0)) | n1 ? a1 : T(0);
+      a2 = (a2 > T(0)) | n2 ? a2 : T(0);
+      a3 = (a3 > T(0)) | n3 ? a3 : T(0);
+      const bool t1 = (a1 > a0) | n1;
+      T mv = t1 ? a1 : a0;
+      int32_t k = t1 ? 1 : 0;
+      const bool t2 = (a2 > mv) | n2;
+      mv = t2 ? a2 : mv;
+      k = t2 ? 2 : k;
+      const bool t3 = (a3 > mv) | n3;
+      mv = t3 ? a3 : mv;
+      k = t3 ? 3 : k;
+      best[c] = mv;
+      where[c] = (mv > T(0)) | is_nan(mv) ? k : -1;
+    }
   }
-}
+};
 
 // Writes the pooled outputs of `images` images staged channels innermost, mx[(n * rows * cols
 // + q) * channels + c] for the pooled position q (row-major over rows x cols) of image n, and
@@ -665,13 +681,8 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
         const int64_t prows = p1 - p0, outputs = (n1 - n0) * prows * g.PW;
         best_row.resize(outputs * g.Coutg);
         where_row.resize(outputs * g.Coutg);
-        const auto pool_tile = [&](int64_t n, int64_t r, int64_t col, int64_t channels, const T* const* v, bool,
-                                   bool) {
-          const int64_t pw = col / 2;
-          if (pw >= g.PW) return;  // the odd last column, outside every window
-          const int64_t at = ((n * prows + r / 2 - p0) * g.PW + pw) * channels;
-          pool2x2_tile(v, bias_or_zero + grp * g.Coutg, channels, best_row.data() + at, where_row.data() + at);
-        };
+        const PoolTileEpilogue<T> pool_tile{bias_or_zero + grp * g.Coutg, best_row.data(), where_row.data(), p0,
+                                            prows, g.PW};
         winograd::conv3x3_tiles(src, n1 - n0, g.Cg, Ug, g.Coutg, winograd::Sink<T>{nullptr, 0, 0, 0, r0, r1, g.OW},
                                 pool_tile, ws);
         const int64_t to = n0 * ys[0] + grp * g.Coutg * ys[1] + p0 * ys[2];

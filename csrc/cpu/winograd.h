@@ -254,9 +254,28 @@ void gemm16(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t l
 // would map all 16 streams of the transforms onto the same L1 cache sets.
 inline int64_t position_stride(int64_t channels, int64_t tiles) { return channels * tiles + 16; }
 
+// Output transform of one tile and channel: its 2x2 outputs y00, y01, y10, y11 (row-major)
+// from the 16 products m[e * mes + co], Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
+template <typename T>
+FUSEDOPS_ALWAYS_INLINE inline void output_transform(const T* __restrict m, int64_t mes, int64_t co, T& y00, T& y01,
+                                                    T& y10, T& y11) {
+  T s[2][4];  // A^T m
+  for (int64_t j = 0; j < 4; ++j) {
+    const T m0 = m[(0 + j) * mes + co], m1 = m[(4 + j) * mes + co];
+    const T m2 = m[(8 + j) * mes + co], m3 = m[(12 + j) * mes + co];
+    s[0][j] = m0 + m1 + m2;
+    s[1][j] = m1 - m2 - m3;
+  }
+  y00 = s[0][0] + s[0][1] + s[0][2];
+  y01 = s[0][1] - s[0][2] - s[0][3];
+  y10 = s[1][0] + s[1][1] + s[1][2];
+  y11 = s[1][1] - s[1][2] - s[1][3];
+}
+
 // Writes each output tile to a Sink (the epilogue of conv3x3).
 template <typename T>
 struct SinkWriter {
+  static constexpr bool kTakesProducts = false;
   const Sink<T>& out;
   // The 2x2 outputs y[0..3][co] (row-major in the tile) of the out_ch channels at output row r
   // and column col.
@@ -279,6 +298,7 @@ struct SinkWriter {
 // p[((n * rows + r - r0) * W + col) * channels + co], for rows [r0, r0 + rows).
 template <typename T>
 struct ChannelsInnermostWriter {
+  static constexpr bool kTakesProducts = false;
   T* p;
   int64_t r0, rows, W, channels;
   void operator()(int64_t n, int64_t r, int64_t col, int64_t out_ch, const T* const* y, bool second_row,
@@ -303,8 +323,11 @@ struct ChannelsInnermostWriter {
 // each 2x2 output tile goes to epi(n, r, col, out_ch, y, second_row, second_col) with y[i][co]
 // its output i (row-major in the tile) of channel co (the tile's top-left output is (r, col);
 // second_row / second_col say whether its second row / column is inside). SinkWriter writes
-// the tiles (not accumulated) to `out` (conv3x3 below). Single-threaded: callers parallelise
-// over images and groups. `out.p` is not used by this function itself.
+// the tiles (not accumulated) to `out` (conv3x3 below). An Epilogue with kTakesProducts gets
+// epi(n, r, col, out_ch, m, mes) instead, the tile's 16 products m[e * mes + co], and runs
+// output_transform itself (fused with what it does next, with no 2x2 tile stored).
+// Single-threaded: callers parallelise over images and groups. `out.p` is not used by this
+// function itself.
 template <typename T, typename Epilogue>
 FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& input, int64_t images, int64_t in_ch, const T* U,
                                       int64_t out_ch, const Sink<T>& out, const Epilogue& epi, Workspace<T>& ws) {
@@ -335,22 +358,14 @@ FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& input, int64_t images, in
         T* __restrict y01 = y00 + out_ch;
         T* __restrict y10 = y01 + out_ch;
         T* __restrict y11 = y10 + out_ch;
+        if constexpr (Epilogue::kTakesProducts) {  // it runs the output transform itself
+          epi(n, r, col, out_ch, m, mes);
+        } else {
 #pragma omp simd
-        for (int64_t co = 0; co < out_ch; ++co) {
-          T s[2][4];  // A^T m
-          for (int64_t j = 0; j < 4; ++j) {
-            const T m0 = m[(0 + j) * mes + co], m1 = m[(4 + j) * mes + co];
-            const T m2 = m[(8 + j) * mes + co], m3 = m[(12 + j) * mes + co];
-            s[0][j] = m0 + m1 + m2;
-            s[1][j] = m1 - m2 - m3;
-          }
-          y00[co] = s[0][0] + s[0][1] + s[0][2];
-          y01[co] = s[0][1] - s[0][2] - s[0][3];
-          y10[co] = s[1][0] + s[1][1] + s[1][2];
-          y11[co] = s[1][1] - s[1][2] - s[1][3];
+          for (int64_t co = 0; co < out_ch; ++co) output_transform(m, mes, co, y00[co], y01[co], y10[co], y11[co]);
+          const T* const y[4] = {y00, y01, y10, y11};
+          epi(n, r, col, out_ch, y, second_row, second_col);
         }
-        const T* const y[4] = {y00, y01, y10, y11};
-        epi(n, r, col, out_ch, y, second_row, second_col);
       }
     }
   }
