@@ -137,11 +137,12 @@ def test_nan_propagates(backend):
     assert out.isnan().sum() == ref.isnan().sum() > 0
 
 
-def test_ties_and_nan_with_a_3x3_identity_filter(backend):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ties_and_nan_with_a_3x3_identity_filter(backend, dtype):
     """Same rules where the cpp backend pools on its Winograd tiles (3x3, 8 channels, pool 2):
     an identity filter keeps the small integer inputs exact, so windows hold many ties."""
-    x = torch.randint(0, 3, (2, 8, 6, 8), dtype=torch.int64).double()
-    w = torch.zeros(8, 8, 3, 3, dtype=torch.float64)
+    x = torch.randint(0, 3, (2, 8, 6, 8), dtype=torch.int64).to(dtype)
+    w = torch.zeros(8, 8, 3, 3, dtype=dtype)
     w[torch.arange(8), torch.arange(8), 1, 1] = 1.0
     _check(x, w, None, dict(padding=1), backend)
     x[0, 3, 2, 5] = float("nan")
