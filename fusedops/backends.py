@@ -459,8 +459,10 @@ def _present(*tensors):
 # (kWinogradMinChannels in csrc/conv_geometry.h).
 WINOGRAD_MIN_CHANNELS = 8
 
-# Input channels per group up to which the cpp kernel convolves directly when the column stride
-# is 1 (direct_conv::kMaxChannels in csrc/cpu/direct_conv.h).
+# Input channels per group up to which the cpp kernel's direct convolution (stride-1 columns)
+# was measured faster than oneDNN's channels_last conv: the first layers. (The C++ direct path,
+# direct_conv::kMaxChannels in csrc/cpu/direct_conv.h, takes up to 16; from 6 channels on it was
+# level with oneDNN there in float32 and slower in bfloat16, so those stay with the reference.)
 DIRECT_MAX_CHANNELS = 4
 
 

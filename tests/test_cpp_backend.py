@@ -291,24 +291,25 @@ def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
 
 
 # Each case takes another path through the forward and backward kernels (csrc/cpu/conv_block.cpp):
-# im2col (> 4 input channels per group, or strided columns): conv rows shorter or longer than
+# im2col (> 16 input channels per group, or strided columns): conv rows shorter or longer than
 # kLongRow (32: padded-copy or span-copy gather), products below or above kSmallGemm (2^15
 # multiply-adds: register-tiled loops or BLAS), tile edges of the small GEMM (rows not a
 # multiple of 4, columns not a multiple of its vector pair), the MaxPool2d(2) row kernel and
-# the general pool epilogue; the direct convolution (csrc/cpu/direct_conv.h: <= 4 input
+# the general pool epilogue; the direct convolution (csrc/cpu/direct_conv.h: <= 16 input
 # channels per group, stride-1 columns), pooled in registers for MaxPool2d(2) or through a band
 # tile for other pools and no pool, with channel counts that leave part of a register tile,
 # rows shorter than one column tile and rows whose last tile overlaps its neighbour; strided
 # and channels_last input. The backward of every case is the im2col path's.
 KERNEL_PATHS = {
-    "short rows, tile edges": ((1, 6, 9, 7), 5, dict(padding=1)),
+    # im2col: more than 16 input channels per group (direct_conv::kMaxChannels), or strided columns
+    "short rows, tile edges": ((1, 17, 5, 7), 5, dict(padding=1)),  # 5 x 35 x 153: the small GEMM
     "short rows, stride, dilation": ((2, 2, 13, 11), 6, dict(stride=2, dilation=2, padding=(2, 1))),
-    "short rows, asymmetric pool": ((1, 6, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
-    "long rows, small gemm": ((1, 5, 6, 40), 3, dict(padding=1)),
-    "long rows, blas": ((2, 5, 20, 36), 7, dict(padding=1)),
-    "short rows, blas": ((2, 15, 30, 30), 9, dict(padding=2, groups=3)),
-    "ceil mode": ((1, 6, 9, 9), 4, dict(pool_ceil_mode=True)),
-    "no pool": ((1, 5, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
+    "short rows, asymmetric pool": ((1, 17, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
+    "long rows, small gemm": ((1, 17, 2, 40), 2, dict(padding=1)),  # 2 x 80 x 153
+    "long rows, blas": ((2, 17, 20, 36), 7, dict(padding=1)),
+    "short rows, blas": ((2, 51, 30, 30), 9, dict(padding=2, groups=3)),
+    "ceil mode": ((1, 17, 9, 9), 4, dict(pool_ceil_mode=True)),
+    "no pool": ((1, 17, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
     # one pooled row per band, 16 bands summed into one weight and bias gradient
     "many bands": ((1, 64, 66, 66), 4, dict(stride=2, padding=1)),
     "direct, pooled, short rows, channel tile edge": ((2, 3, 9, 7), 5, dict(padding=1)),
@@ -317,6 +318,8 @@ KERNEL_PATHS = {
                                                                              padding=(2, 1), groups=2)),
     "direct, asymmetric pool, short rows": ((1, 3, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
     "direct, ceil mode": ((1, 3, 9, 9), 4, dict(pool_ceil_mode=True)),
+    "direct, 6 channels, pooled": ((2, 6, 9, 7), 5, dict(padding=1)),
+    "direct, 16 channels, asymmetric pool": ((1, 16, 12, 11), 5, dict(padding=1, pool_kernel_size=(3, 2))),
     "direct, no pool, overlapping last tile": ((1, 3, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
     # Winograd (3x3, stride 1, >= 8 channels): the input, the un-pooled gradient and the input
     # gradient staged channels innermost and the pooled outputs written back, by 8 x 8 block
@@ -392,12 +395,12 @@ def test_first_layer_weight_gradient_matches_the_reference(case, dtype, layout):
         torch.testing.assert_close(got, want, **tol)
 
 
-@pytest.mark.parametrize("in_channels", [1, 5])  # direct convolution, im2col path
+@pytest.mark.parametrize("in_channels", [1, 17])  # direct convolution, im2col path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, in_channels):
     """The MaxPool2d(2) kernels run 8 (float) or 4 (double) windows per vector step: the forward
     in the direct convolution's registers (1 input channel: the last step overlaps the one before)
-    or in pool2x2_row (5 input channels, im2col: the last windows from a padded copy), the
+    or in pool2x2_row (17 input channels, im2col: the last windows from a padded copy), the
     backward in unpool2x2_row. Small integers through a 1x1 conv that picks channel 0 put ties,
     all-negative windows (ReLU off) and NaN in both; eager's conv, ReLU and max_pool2d are the
     oracle, forward and gradient (ties to the first tap in row-major order, NaN taken; distinct

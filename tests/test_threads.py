@@ -26,9 +26,10 @@ ITERATIONS = 6
 # long rows, with overlapping pool windows and groups; the direct convolution of first layers,
 # with and without an input gradient; Winograd) and the linear kernel.
 MODULES = [
-    ("conv_im2col", lambda b: fusedops.FusedConvBlock(5, 8, 3, padding=1, backend=b), (3, 5, 14, 14)),
-    ("conv_long_rows", lambda b: fusedops.FusedConvBlock(5, 4, 3, padding=1, backend=b), (2, 5, 6, 40)),
+    ("conv_im2col", lambda b: fusedops.FusedConvBlock(17, 6, 3, padding=1, backend=b), (3, 17, 14, 14)),
+    ("conv_long_rows", lambda b: fusedops.FusedConvBlock(17, 4, 3, padding=1, backend=b), (2, 17, 6, 40)),
     ("conv_direct", lambda b: fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=b), (3, 3, 14, 14)),
+    ("conv_direct_wide", lambda b: fusedops.FusedConvBlock(6, 16, 5, backend=b), (3, 6, 14, 14)),
     ("conv_direct_first_layer", lambda b: fusedops.FusedConvBlock(3, 8, 3, padding=1, backend=b), (3, 3, 14, 14)),
     (
         "conv_overlap_groups",

@@ -8,7 +8,7 @@
 // value and the window offset of its max (or -1 when the ReLU is off). The conv output
 // never exists beyond one band of one image.
 //
-// Direct path (<= 4 input channels per group, stride-1 columns: a CNN's first layer; see
+// Direct path (<= 16 input channels per group, stride-1 columns: a CNN's first layers; see
 // direct_conv.h). The band tile comes from a direct convolution on register tiles instead of
 // im2col + GEMM; with MaxPool2d(2) (whole windows) bias + ReLU + max run on the registers and
 // no band tile is stored.

@@ -1,6 +1,6 @@
 // Direct convolution of the cpp conv block's first layers (few input channels per group).
 //
-// With K = Cin/groups * KH * KW of 9-100, im2col + GEMM spends its time outside the
+// With K = Cin/groups * KH * KW of 9-400, im2col + GEMM spends its time outside the
 // arithmetic: the K x M im2col buffer is written and read once per band, and a GEMM with
 // K = 27 runs far below BLAS's peak. Here a register tile of kCo output channels x kCols conv
 // columns (two 32-byte vectors per channel) accumulates over (ci, kh, kw) straight from the
@@ -38,7 +38,14 @@ namespace direct_conv {
 constexpr int64_t kCo = 4;
 
 // Up to this many input channels per group (and only stride-1 columns) take the direct path.
-constexpr int64_t kMaxChannels = 4;
+// Measured against im2col + GEMM (forward, batch 64, 2 threads, benchmarks/NOTES.md): faster
+// at every width tried from 6 to 32 channels (5x5 and row-strided 3x3 kernels; LeNet's 6->16
+// layer 0.50 -> 0.26 ms); kept to 16, where the im2col GEMM's reduction is still short.
+constexpr int64_t kMaxChannels = 16;
+
+// The weight-gradient shortcut (weight_grad_pool2x2) was measured on first layers only: up to
+// this many input channels per group.
+constexpr int64_t kMaxWeightGradChannels = 4;
 
 // The direct path's layers: few input channels per group, stride 1 along the columns (the
 // vector loads read consecutive input columns), on a CPU whose vector clones are the AVX2 or
@@ -240,7 +247,7 @@ constexpr int64_t kMaxPatchBytes = int64_t(1) << 20;
 // Whether weight_grad_pool2x2 takes this layer (MaxPool2d(2), the direct path, patches that fit).
 template <typename T>
 bool weight_grad_applies(const Geometry& g) {
-  return applies(g) && g.whole_pool2x2() &&
+  return applies(g) && g.Cg <= kMaxWeightGradChannels && g.whole_pool2x2() &&
          4 * g.PH * g.PW * patch_stride(g, kPatchLanes<T>) * int64_t(sizeof(T)) <= kMaxPatchBytes;
 }
 
