@@ -139,7 +139,13 @@ def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Call
 
 
 def _graphed(step: Callable[[int], object]) -> Callable[[int], object]:
-    """Capture ``step(0)`` in a CUDA graph (after warm-up on a side stream); replay it."""
+    """Capture ``step(0)`` in a CUDA graph (after warm-up on a side stream); replay it.
+
+    A graph holds only the memory it allocated while captured: the tensors it reads that
+    ``step`` holds (its inputs, the gradient fed to backward, the optimizer's state) must stay
+    alive as long as it replays, so the replay keeps ``step``. (Without it they were freed when
+    ``make_step`` returned, and a replay read freed memory: an illegal memory access once a
+    later capture's ``empty_cache`` gave the blocks back.)"""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -149,4 +155,9 @@ def _graphed(step: Callable[[int], object]) -> Callable[[int], object]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step(0)
-    return lambda i: graph.replay()
+
+    def replay(i):
+        graph.replay()
+
+    replay.captured_step = step  # keeps alive what the graph reads (see above)
+    return replay

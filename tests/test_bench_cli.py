@@ -1,6 +1,8 @@
 """benchmarks/run.py, the CLI `make bench` runs: it checks its options, writes where it says,
 prints tables that fit 120 columns, keeps warnings out of the progress bar, draws a plot."""
 
+import contextlib
+import gc
 import io
 import json
 import logging
@@ -8,9 +10,12 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 import warnings
+import weakref
 
 import pytest
+import torch
 
 from benchmarks import run, summarize, workloads
 
@@ -194,3 +199,48 @@ def test_interleaved_rounds_time_every_provider_once_in_changing_orders():
     # the provider timed right after eager is not always the same one
     followers = {r[r.index("eager") + 1] for r in rounds if r.index("eager") < 3}
     assert len(followers) > 1
+
+
+class _GraphStandIn:
+    """torch.cuda's graph API on the CPU: a "capture" that records nothing and holds no tensor,
+    as a real CUDAGraph holds none of the memory allocated outside it."""
+
+    def replay(self):
+        pass
+
+
+@pytest.mark.parametrize("mode,kind", [("train", "conv_block"), ("train", "train_step"), ("fwd", "conv_block")])
+def test_graph_replay_keeps_alive_what_the_captured_step_reads(monkeypatch, mode, kind):
+    """A CUDA graph reads the tensors its step holds (the gradient fed to backward, the optimizer
+    state): they must outlive make_step as long as the replay does (freed, a replay read freed
+    memory: the H100's illegal memory access in the first conv-block benchmark)."""
+    from benchmarks import providers
+
+    made = []
+    real_randn_like = torch.randn_like
+
+    def tracked_randn_like(t, *args, **kwargs):
+        out = real_randn_like(t, *args, **kwargs)
+        made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(providers.torch, "randn_like", tracked_randn_like)
+    stream = types.SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _GraphStandIn)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    w = next(w for w in (workloads.MODELS if kind == "train_step" else workloads.CONV_LAYERS))
+    inputs = providers.make_inputs(w, 2, "cpu", torch.float32, 2, mode)
+    provider = providers.Provider("eager-graph", w.build(), graph_of="eager")
+    step = providers.make_step(provider, w, inputs, mode)
+    held = [weakref.ref(x) for x in inputs]
+    del inputs
+    gc.collect()
+    assert all(r() is not None for r in held + made), "a tensor the graph reads was freed"
+    step(1)  # replays
+    del step
+    gc.collect()
+    assert all(r() is None for r in held + made), "nothing is kept once the replay is gone"
+
