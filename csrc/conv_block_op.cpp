@@ -7,11 +7,12 @@
 // csrc/fusedops.cpp (native_conv_block_forward / _backward / _jvp), called through the
 // dispatcher, so that torch.compile and torch.export trace them through their fake kernels.
 //
-// Autograd, as in fusedops/ops/conv_block_autograd.py: ConvBlockFn saves input, weight and
-// the int offsets; its backward calls native_conv_block_backward. When the backward is itself
-// recorded (create_graph=True), the backward and the tangent op run as the differentiable
-// nodes ConvBlockBackwardFn and ConvBlockJvpFn, whose gradients are built from the same two
-// ops (see that file for the formulas), so every derivative order runs the native kernels.
+// Autograd, as in fusedops/ops/conv_block_autograd.py: ConvBlockNode (a hand-written node,
+// autograd_node.h) saves input, weight and the int offsets; its backward calls
+// native_conv_block_backward. When the backward is itself recorded (create_graph=True), the
+// backward and the tangent op run as the differentiable nodes ConvBlockBackwardFn and
+// ConvBlockJvpFn, whose gradients are built from the same two ops (see that file for the
+// formulas), so every derivative order runs the native kernels.
 //
 // Unbatched (C, H, W) input is handled here (a batch of one); argument errors come from the
 // kernel ops' checks (csrc/conv_checks.h) and name the argument.
@@ -20,6 +21,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "autograd_node.h"
 
 #include <array>
 #include <optional>
@@ -123,31 +126,52 @@ at::Tensor run_jvp(const at::Tensor& input, const at::Tensor& weight, const at::
   return jvp_op(input, weight, offsets, given(tx), given(tw), given(tb), a);
 }
 
-// The block: output = max_pool(relu(conv(input, weight) + bias)); saves input, weight, offsets.
-class ConvBlockFn : public torch::autograd::Function<ConvBlockFn> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, const ConvArgs& a) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, offsets] = forward_op(input, weight, bias, a);
-    ctx->save_for_backward({input, weight, offsets});
-    save_args(ctx, a);
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    return out;
+// The block's backward node (the block: output = max_pool(relu(conv(input, weight) + bias)));
+// next edges input, weight, bias; saves input, weight and the offsets.
+struct ConvBlockNode final : torch::autograd::Node {
+  torch::autograd::SavedVariable input, weight, offsets;
+  ConvArgs args;
+  bool has_bias = false;
+
+  std::string name() const override { return "FusedConvBlockBackward"; }
+
+  void release_variables() override {
+    input.reset_data();
+    weight.reset_data();
+    offsets.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)};
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-    variable_list g = run_backward(grads[0], saved[0], saved[1], saved[2], load_args(ctx), mask);
+  variable_list apply(variable_list&& grads) override {
+    // An undefined gradient is a zero one, materialised as torch::autograd::Function does: the
+    // inputs get zero gradients, as eager's do (a gradient penalty reaches the biases so), not None.
+    const at::Tensor grad = grads[0].defined() ? grads[0] : input_metadata(0).zeros_like();
+    const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
+                                      has_bias && task_should_compute_output(2)};
+    variable_list g = run_backward(grad, input.unpack(), weight.unpack(), offsets.unpack(), args, mask);
     for (int i = 0; i < 3; ++i)
       if (!mask[i]) g[i] = at::Tensor();
-    g.emplace_back();  // ConvArgs
     return g;
   }
 };
+
+// The block with a graph: the forward kernel below autograd, then its node.
+at::Tensor conv_block_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               const ConvArgs& a) {
+  at::Tensor out, offsets;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, offsets) = forward_op(input, weight, bias, a);
+  }
+  auto [node, owner] = make_node<ConvBlockNode>();
+  node->has_bias = bias.has_value() && bias->defined();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, node->has_bias ? *bias : at::Tensor()));
+  node->input = torch::autograd::SavedVariable(input, false);
+  node->weight = torch::autograd::SavedVariable(weight, false);
+  node->offsets = torch::autograd::SavedVariable(offsets, false);
+  node->args = a;
+  set_gradient_function(out, owner);
+  return out;
+}
 
 // The backward op as a node: gradients (grad_input, grad_weight, grad_bias) of the block.
 class ConvBlockBackwardFn : public torch::autograd::Function<ConvBlockBackwardFn> {
@@ -262,7 +286,7 @@ at::Tensor conv_block_autograd(const at::Tensor& input, const at::Tensor& weight
     at::AutoDispatchBelowADInplaceOrView guard;
     return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
   }
-  return batched(input, [&](const at::Tensor& x) { return ConvBlockFn::apply(x, weight, bias, a); });
+  return batched(input, [&](const at::Tensor& x) { return conv_block_recorded(x, weight, bias, a); });
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

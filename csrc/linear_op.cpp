@@ -6,8 +6,9 @@
 // native_linear_forward / _backward (csrc/fusedops.cpp), called through the dispatcher so
 // that torch.compile and torch.export trace them through their fake kernels.
 //
-// Autograd, as in fusedops/ops/linear_autograd.py (the formulas are there): LinearFn saves
-// input, weight, bias and the activation state; its backward calls native_linear_backward.
+// Autograd, as in fusedops/ops/linear_autograd.py (the formulas are there): LinearNode (a
+// hand-written node, autograd_node.h) saves input, weight and the activation state (and bias
+// for gelu/gelu_tanh/silu); its backward calls native_linear_backward.
 // When the backward is recorded (create_graph=True), the saved pre-activation z of
 // gelu/gelu_tanh/silu is re-attached to (input, weight, bias) by PreactivationFn and the
 // backward op runs as LinearBackwardFn, whose own gradient uses the fused linear for
@@ -17,6 +18,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "autograd_node.h"
 
 #include <array>
 #include <cmath>
@@ -91,38 +94,65 @@ at::Tensor activation_second_derivative(const at::Tensor& z_in, const std::strin
 
 variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                            const at::Tensor& saved, const std::string& act, std::array<bool, 3> mask);
+at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           c10::string_view activation);
 
-// The layer: output = act(input @ weight^T + bias).
-class LinearFn : public torch::autograd::Function<LinearFn> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, const std::string& act) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, saved] = forward_op(input, weight, bias, act);
-    ctx->save_for_backward({input, weight, saved, bias.value_or(at::Tensor())});
-    ctx->saved_data["act"] = act;
-    return out;
+// The layer's backward node (the layer: output = act(input @ weight^T + bias)); next edges
+// input, weight, bias. A recorded backward (create_graph=True) runs as LinearBackwardFn, with
+// the saved pre-activation of a smooth activation re-attached to (input, weight, bias).
+struct LinearNode final : torch::autograd::Node {
+  torch::autograd::SavedVariable input, weight, saved, bias;  // bias: smooth activations only
+  bool has_bias = false;
+  std::string act;
+
+  std::string name() const override { return "FusedLinearBackward"; }
+
+  void release_variables() override {
+    input.reset_data();
+    weight.reset_data();
+    saved.reset_data();
+    bias.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return variable_list(4);
-    const auto s = ctx->get_saved_variables();
-    const at::Tensor &input = s[0], &weight = s[1], &bias = s[3];
-    at::Tensor saved = s[2];
-    const std::string act = ctx->saved_data["act"].toStringRef();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      bias.defined() && ctx->needs_input_grad(2)};
-    if (at::GradMode::is_enabled() && smooth(act)) saved = reattach_preactivation(saved, input, weight, bias);
-    variable_list g = run_backward(grads[0], input, weight, saved, act, mask);
+  variable_list apply(variable_list&& grads) override {
+    // An undefined gradient is a zero one, materialised as torch::autograd::Function does: the
+    // inputs get zero gradients, as eager's do (a gradient penalty reaches the biases so), not None.
+    const at::Tensor grad = grads[0].defined() ? grads[0] : input_metadata(0).zeros_like();
+    const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
+                                      has_bias && task_should_compute_output(2)};
+    const at::Tensor x = input.unpack(), w = weight.unpack();
+    at::Tensor state = saved.unpack();
+    if (at::GradMode::is_enabled() && smooth(act)) state = reattach_preactivation(state, x, w, bias.unpack());
+    variable_list g = run_backward(grad, x, w, state, act, mask);
     for (int i = 0; i < 3; ++i)
       if (!mask[i]) g[i] = at::Tensor();
-    g.emplace_back();  // activation
     return g;
   }
 
   static at::Tensor reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
                                            const at::Tensor& bias);
 };
+
+// The layer with a graph: the forward kernel below autograd, then its node.
+at::Tensor linear_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const std::string& act) {
+  at::Tensor out, saved;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, saved) = forward_op(input, weight, bias, act);
+  }
+  auto [node, owner] = make_node<LinearNode>();
+  const bool has_bias = bias.has_value() && bias->defined();
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, has_bias ? *bias : at::Tensor()));
+  node->input = torch::autograd::SavedVariable(input, false);
+  node->weight = torch::autograd::SavedVariable(weight, false);
+  node->saved = torch::autograd::SavedVariable(saved, false);
+  if (has_bias && smooth(act)) node->bias = torch::autograd::SavedVariable(*bias, false);
+  node->has_bias = has_bias;
+  node->act = act;
+  set_gradient_function(out, owner);
+  return out;
+}
 
 // z (the saved pre-activation) as a differentiable function of (input, weight, bias): returns
 // z unchanged; a gradient of it goes back through the adjoint of z = input @ weight^T + bias.
@@ -144,7 +174,7 @@ class PreactivationFn : public torch::autograd::Function<PreactivationFn> {
   }
 };
 
-at::Tensor LinearFn::reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
+at::Tensor LinearNode::reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
                                             const at::Tensor& bias) {
   return PreactivationFn::apply(z, input, weight, given(bias));
 }
@@ -177,11 +207,11 @@ class LinearBackwardFn : public torch::autograd::Function<LinearBackwardFn> {
     if ((ctx->needs_input_grad(0) || ctx->needs_input_grad(3)) && (ggi.defined() || ggw.defined() || ggb.defined())) {
       at::Tensor t;  // ggi @ w^T + x @ ggw^T + ggb, through the fused linear itself
       if (ggi.defined()) {
-        t = LinearFn::apply(ggi, w, given(ggb), std::string());
+        t = linear_autograd(ggi, w, given(ggb), "");
         ggb = at::Tensor();
       }
       if (ggw.defined()) {
-        const at::Tensor term = LinearFn::apply(x, ggw, given(ggb), std::string());
+        const at::Tensor term = linear_autograd(x, ggw, given(ggb), "");
         t = t.defined() ? t + term : term;
       } else if (!t.defined()) {
         t = ggb.expand_as(dy);
@@ -219,7 +249,7 @@ at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, co
     at::AutoDispatchBelowADInplaceOrView guard;
     return std::get<0>(forward_op(input, weight, bias, std::string(activation)));
   }
-  return LinearFn::apply(input, weight, bias, std::string(activation));
+  return linear_recorded(input, weight, bias, std::string(activation));
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

@@ -53,16 +53,16 @@ def test_linear_gradcheck(backend, activation):
 
 
 def test_backward_is_hand_written(backend):
-    """The graph holds one fusedops node per fused op (the Python Function, or the C++ one of the
-    native backends), not torch's conv/pool/activation nodes."""
+    """The graph holds one fusedops node per fused op (the Python Function, or the hand-written
+    C++ node of the native backends), not torch's conv/pool/activation nodes."""
     x = torch.randn(1, 2, 6, 6, requires_grad=True)
     w = torch.randn(3, 2, 3, 3, requires_grad=True)
     out = fusedops.conv_relu_maxpool2d(x, w, backend=backend)
     lin = fusedops.linear(torch.randn(2, 3), torch.randn(4, 3, requires_grad=True), activation="gelu", backend=backend)
     native = fusedops.backends._REGISTRY[backend].native
-    for y, function, node in ((out, "ConvReluMaxPool2dFunctionBackward", "ConvBlockFn"),
-                              (lin, "LinearFunctionBackward", "LinearFn")):
+    for y, function, node in ((out, "ConvReluMaxPool2dFunctionBackward", "FusedConvBlockBackward"),
+                              (lin, "LinearFunctionBackward", "FusedLinearBackward")):
         name = y.grad_fn.name()
-        assert (f"::{node}>" in name if native else type(y.grad_fn).__name__ == function), name
+        assert (name == node if native else type(y.grad_fn).__name__ == function), name
         leaves = [type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None]
         assert leaves == ["AccumulateGrad"] * (2 if y is out else 1), leaves

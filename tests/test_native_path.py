@@ -40,9 +40,11 @@ def test_conv_block_module_is_one_native_op_forward_and_backward(backend):
         for _ in range(3):
             block(x).sum().backward()
 
-    ops = _fused_ops(_op_counts(step))
+    counts = _op_counts(step)
+    ops = _fused_ops(counts)
     assert ops == {"fusedops::native_conv_block": 3, "fusedops::native_conv_block_forward": 3,
                    "fusedops::native_conv_block_backward": 3}, ops
+    assert counts.get("FusedConvBlockBackward") == 3, counts  # the one C++ backward node
     with torch.no_grad():
         ops = _fused_ops(_op_counts(lambda: block(x)))
     assert ops == {"fusedops::native_conv_block": 1, "fusedops::native_conv_block_forward": 1}, ops
@@ -51,9 +53,11 @@ def test_conv_block_module_is_one_native_op_forward_and_backward(backend):
 def test_linear_module_is_one_native_op():
     lin = fusedops.FusedLinear(6, 5, activation="gelu", backend="cpp")
     x = torch.randn(4, 6, requires_grad=True)
-    ops = _fused_ops(_op_counts(lambda: lin(x).sum().backward()))
+    counts = _op_counts(lambda: lin(x).sum().backward())
+    ops = _fused_ops(counts)
     assert ops == {"fusedops::native_linear": 1, "fusedops::native_linear_forward": 1,
                    "fusedops::native_linear_backward": 1}, ops
+    assert counts.get("FusedLinearBackward") == 1, counts
 
 
 def test_python_backends_show_up_differently():

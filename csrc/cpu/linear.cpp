@@ -5,8 +5,9 @@
 // (NaN counts as on, as torch's ReLU backward) for relu, z itself for gelu / gelu_tanh /
 // silu, nothing for no activation.
 // Backward: one parallel pass dz = dy * act'(z), then dx = dz @ w, dw = dz^T @ x (BLAS),
-// db = sum over rows of dz. The activations and their derivatives are computed here, not
-// by torch's activation ops; the formulas are those of fusedops/ops/linear.py.
+// db = sum over rows of dz (in the pass itself for a few rows). The activations and their
+// derivatives are computed here, not by torch's activation ops; the formulas are those of
+// fusedops/ops/linear.py.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -146,20 +147,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
   }
   const int64_t n = weight.size(0), k = weight.size(1);
   at::Tensor dz = grad_output.dim() == 2 ? grad_output : grad_output.reshape({rows_of(grad_output), n});
+  at::Tensor gb;
   if (act != Act::None) {
     // dy is read through its strides: the gradient of a sum arrives expanded (all strides 0),
     // and a contiguous copy of it cost more than this pass on small layers.
     const at::Tensor g = dz;
     const at::Tensor s = (saved.dim() == 2 ? saved : saved.reshape({g.size(0), n})).contiguous();
-    dz = at::empty({g.size(0), n}, g.options());
+    const int64_t rows = g.size(0);
+    dz = at::empty({rows, n}, g.options());
     const int64_t gs0 = g.stride(0), gs1 = g.stride(1);
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
+    // A few rows (one task) sum the bias gradient in the same pass, in row order, saving a
+    // reduction op's set-up, which costs more than such a layer's pass. Past kSumRows the sum
+    // is at::sum's (pairwise, so its rounding error does not grow with the batch).
+    constexpr int64_t kSumRows = 32;
+    const bool sum_here = output_mask[2] && rows <= std::min(grain, kSumRows);
+    if (sum_here) gb = at::zeros({n}, g.options());
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "linear_backward_cpu", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dp = dz.mutable_data_ptr<scalar_t>();
+      scalar_t* bp = sum_here ? gb.mutable_data_ptr<scalar_t>() : nullptr;
       const bool* mp = act == Act::Relu ? s.const_data_ptr<bool>() : nullptr;
       const scalar_t* zp = act == Act::Relu ? nullptr : s.const_data_ptr<scalar_t>();
-      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1));
-      at::parallel_for(0, g.size(0), grain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const scalar_t* gr = gp + r * gs0;
           scalar_t* dr = dp + r * n;
@@ -174,6 +184,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
             const scalar_t* zr = zp + r * n;
             for (int64_t j = 0; j < n; ++j) dr[j] = gr[j * gs1] * activation_grad(zr[j], act);
           }
+          if (bp)
+            for (int64_t j = 0; j < n; ++j) bp[j] += dr[j];
         }
       });
     });
@@ -183,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
                                   : empty();
   at::Tensor gw =
       output_mask[1] ? at::mm(dz.t(), input.dim() == 2 ? input : input.reshape({rows_of(input), k})) : empty();
-  at::Tensor gb = output_mask[2] ? dz.sum(0) : empty();
+  if (!gb.defined()) gb = output_mask[2] ? dz.sum(0) : empty();
   return {gi, gw, gb};
 }
 
