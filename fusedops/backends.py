@@ -24,6 +24,10 @@ from ._env import EnvVar
 from .ops import conv_block, linear
 from .ops.conv_block import ConvBlockParams
 
+# Whether autocast is on for any device: one cheap call on the hot path (torch.is_autocast_enabled
+# needs the device type); where this torch lacks it, every call asks for the input's device.
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
 ENV_VAR = "FUSEDOPS_BACKEND"
 _BACKEND_ENV = EnvVar(ENV_VAR)
 _INTERPRET_ENV = EnvVar("TRITON_INTERPRET")
@@ -330,10 +334,28 @@ class ChoiceMemo:
     Forgotten with the global cache; copies and pickles of a module start empty.
     """
 
-    __slots__ = ("generation", "entries")
+    __slots__ = ("generation", "entries", "native_call")
 
     def __init__(self):
         self.generation, self.entries = _GENERATION[0], {}
+        self.native_call: Optional[tuple] = None  # see record_native / native_again
+
+    def record_native(self, input: torch.Tensor, weight: torch.Tensor, facts: tuple = ()) -> None:
+        """Remember that a call on ``input`` (cast, where autocast cast it) ran natively."""
+        self.native_call = (input.dtype, weight, input.is_cpu, input.is_cuda, facts, _GENERATION[0],
+                            _BACKEND_ENV.get())
+
+    def native_again(self, input, weight: torch.Tensor, facts: tuple = ()) -> bool:
+        """Whether this call is one the last native call's choice covers: the same input dtype
+        and device type, the same weight object (so the same shape), the same ``facts``,
+        ``FUSEDOPS_BACKEND`` and choice generation, and no autocast or tracing to apply first.
+        A module's forward asks this before anything else: a hit skips the memo's key and
+        lookup and the functional layer's checks, which cost more than the native op's call."""
+        last = self.native_call
+        return (last is not None and not torch.compiler.is_compiling() and type(input) is torch.Tensor
+                and last[0] is input.dtype and last[1] is weight and last[2] == input.is_cpu
+                and last[3] == input.is_cuda and last[4] == facts and last[5] == _GENERATION[0]
+                and last[6] == _BACKEND_ENV.get() and not _any_autocast())
 
     @staticmethod
     def key(input: torch.Tensor, weight: torch.Tensor, requested: str, extra: tuple = ()) -> tuple:

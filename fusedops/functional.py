@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import _args, _native
-from .backends import ChoiceMemo, check_backend_name, conv_facts, select
+from .backends import ChoiceMemo, _any_autocast, check_backend_name, conv_facts, select
 from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams, strictly_channels_last
 from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
@@ -66,9 +66,6 @@ def conv_block_params(
     )
 
 
-# Whether autocast is on for any device: one cheap call on the hot path (torch.is_autocast_enabled
-# needs the device type); where this torch lacks it, every call asks for the input's device.
-_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 
 def _autocast(input, *tensors):
@@ -231,6 +228,8 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
                 memo.put(ChoiceMemo.key(input, weight, backend, facts), chosen)
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
+            if memo is not None:
+                memo.record_native(input, weight, facts)
             try:
                 return _native_conv_block(input, weight, bias, args)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
@@ -326,6 +325,8 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
             if memo is not None:
                 memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
+            if memo is not None:
+                memo.record_native(input, weight)
             try:
                 return _native_linear(input, weight, bias, activation)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)

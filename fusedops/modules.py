@@ -15,7 +15,9 @@ from torch import nn
 
 from . import _args
 from .backends import ChoiceMemo, check_backend_available, check_backend_name
-from .functional import conv_block_params, run_conv_block, run_linear
+from .errors import from_native
+from .functional import _native_conv_block, _native_linear, conv_block_params, run_conv_block, run_linear
+from .ops.conv_block import strictly_channels_last
 from .ops.linear import ACTIVATIONS
 
 __all__ = ["FusedConvBlock", "FusedLinear"]
@@ -162,8 +164,15 @@ class FusedConvBlock(nn.Module):
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
         params, backend, native_args = self._block_args
         weight, bias = _weight_and_bias(self)
-        return run_conv_block(input, weight, bias, params, backend, check=False, memo=self._choices,
-                              native_args=native_args)
+        memo = self._choices
+        if memo.native_call is not None and type(input) is torch.Tensor and memo.native_again(input, weight, (
+                strictly_channels_last(input), torch.is_grad_enabled() and (
+                    input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))):
+            try:  # straight to the op (see ChoiceMemo.native_again)
+                return _native_conv_block(input, weight, bias, native_args)
+            except (ValueError, TypeError) as exc:
+                raise from_native(exc) from None
+        return run_conv_block(input, weight, bias, params, backend, check=False, memo=memo, native_args=native_args)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -316,8 +325,13 @@ class FusedLinear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
-        return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False,
-                          memo=self._choices)
+        memo = self._choices
+        if memo.native_again(input, weight):
+            try:  # straight to the op (see ChoiceMemo.native_again)
+                return _native_linear(input, weight, bias, self.activation or "")
+            except (ValueError, TypeError) as exc:
+                raise from_native(exc) from None
+        return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False, memo=memo)
 
     def __setattr__(self, name, value):
         if name == "backend" and "_choices" in self.__dict__:

@@ -196,3 +196,43 @@ def test_environment_reader_follows_os_environ(monkeypatch):
     assert var.get() == "reference"
     del os_environ[var.name]
     assert var.get() == ""
+
+
+@pytest.mark.parametrize("kind", ["conv_block", "linear"])
+def test_repeat_calls_skip_the_choice_and_whatever_it_depends_on_brings_it_back(monkeypatch, kind):
+    """A module's call that the last native call's choice covers goes straight to the op
+    (ChoiceMemo.native_again); a change of dtype, autocast, grad need or FUSEDOPS_BACKEND goes
+    through the choice again and gets what that call needs (float16 on the CPU: the reference)."""
+    from fusedops import modules
+
+    slow = []
+    name = "run_conv_block" if kind == "conv_block" else "run_linear"
+    real = getattr(modules, name)
+    monkeypatch.setattr(modules, name, lambda *a, **k: slow.append(1) or real(*a, **k))
+    if kind == "conv_block":
+        module = fusedops.FusedConvBlock(3, 4, 3, padding=1)
+        x = torch.randn(2, 3, 8, 8)
+    else:
+        module = fusedops.FusedLinear(5, 4, activation="relu")
+        x = torch.randn(2, 5)
+    want = module(x)
+    assert len(slow) == 1
+    for _ in range(3):
+        torch.testing.assert_close(module(x), want)
+    assert len(slow) == 1, "repeat calls went through the choice"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(x).dtype == torch.bfloat16
+    assert len(slow) == 2
+    leaf = x.clone().requires_grad_(True)
+    module(leaf).sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    module.double()  # the same Parameter objects, now float64
+    assert module(x.double()).dtype == torch.float64
+    module.half()  # float16: cpp has no kernel, the choice is the reference
+    ops = _op_counts(lambda: module(x.half()))
+    assert not _fused_ops(ops), ops
+    module.double()
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    calls = len(slow)
+    ops = _op_counts(lambda: module(x.double()))
+    assert len(slow) == calls + 1 and not _fused_ops(ops), ops
