@@ -25,6 +25,7 @@
 #include "autograd_node.h"
 
 #include <array>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -135,13 +136,17 @@ struct ConvBlockNode final : torch::autograd::Node {
 
   std::string name() const override { return "FusedConvBlockBackward"; }
 
+  // The lock (Node::mutex_), as torch asks of nodes that release saved variables: a backward
+  // on another thread must not unpack them while they are released.
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     input.reset_data();
     weight.reset_data();
     offsets.reset_data();
   }
 
   variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
     // An undefined gradient is a zero one, materialised as torch::autograd::Function does: the
     // inputs get zero gradients, as eager's do (a gradient penalty reaches the biases so), not None.
     const at::Tensor grad = grads[0].defined() ? grads[0] : input_metadata(0).zeros_like();

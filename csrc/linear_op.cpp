@@ -23,6 +23,7 @@
 
 #include <array>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -107,7 +108,10 @@ struct LinearNode final : torch::autograd::Node {
 
   std::string name() const override { return "FusedLinearBackward"; }
 
+  // The lock (Node::mutex_), as torch asks of nodes that release saved variables: a backward
+  // on another thread must not unpack them while they are released.
   void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
     input.reset_data();
     weight.reset_data();
     saved.reset_data();
@@ -115,6 +119,7 @@ struct LinearNode final : torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
     // An undefined gradient is a zero one, materialised as torch::autograd::Function does: the
     // inputs get zero gradients, as eager's do (a gradient penalty reaches the biases so), not None.
     const at::Tensor grad = grads[0].defined() ? grads[0] : input_metadata(0).zeros_like();
@@ -174,8 +179,8 @@ class PreactivationFn : public torch::autograd::Function<PreactivationFn> {
   }
 };
 
-at::Tensor LinearNode::reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
-                                            const at::Tensor& bias) {
+at::Tensor LinearNode::reattach_preactivation(const at::Tensor& z, const at::Tensor& input,
+                                              const at::Tensor& weight, const at::Tensor& bias) {
   return PreactivationFn::apply(z, input, weight, given(bias));
 }
 
