@@ -342,18 +342,19 @@ class ChoiceMemo:
 
     def record_native(self, input: torch.Tensor, weight: torch.Tensor, facts: tuple = ()) -> None:
         """Remember that a call on ``input`` (cast, where autocast cast it) ran natively."""
-        self.native_call = (input.dtype, weight, input.is_cpu, input.is_cuda, facts, _GENERATION[0],
+        self.native_call = (input.dtype, weight.shape, input.is_cpu, input.is_cuda, facts, _GENERATION[0],
                             _BACKEND_ENV.get())
 
     def native_again(self, input, weight: torch.Tensor, facts: tuple = ()) -> bool:
         """Whether this call is one the last native call's choice covers: the same input dtype
-        and device type, the same weight object (so the same shape), the same ``facts``,
+        and device type, the same weight shape (kept, not the weight: a weight passed by
+        ``functional_call`` is not held past its call), the same ``facts``,
         ``FUSEDOPS_BACKEND`` and choice generation, and no autocast or tracing to apply first.
         A module's forward asks this before anything else: a hit skips the memo's key and
         lookup and the functional layer's checks, which cost more than the native op's call."""
         last = self.native_call
         return (last is not None and not torch.compiler.is_compiling() and type(input) is torch.Tensor
-                and last[0] is input.dtype and last[1] is weight and last[2] == input.is_cpu
+                and last[0] is input.dtype and last[1] == weight.shape and last[2] == input.is_cpu
                 and last[3] == input.is_cuda and last[4] == facts and last[5] == _GENERATION[0]
                 and last[6] == _BACKEND_ENV.get() and not _any_autocast())
 
