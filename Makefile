@@ -9,7 +9,8 @@
 #                         writes only to benchmarks/results/local/ (git-ignored) and says what it wrote
 # make bench-save         the same benchmarks, written to benchmarks/results/: the committed results
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
-#                         build/venv-torch2.14.1, check every CUDA kernel is registered
+#                         build/venv-torch2.14.1, check every CUDA kernel is registered, and compile
+#                         csrc/*.cpp against the headers of the GPU machines' torch (2.11.0)
 # make cuda-kernel-check  compile the CUDA kernels for sm_90 and sm_80 with nvcc alone and hold the
 #                         implicit GEMMs to their rules (registers for 2 blocks per SM, no 64-bit
 #                         division in a loop, one barrier per main-loop step: tools/cuda_kernel_report.py);

@@ -9,13 +9,20 @@
 //
 // Nodes are owned through the pointer type of torch::autograd::Edge: c10::intrusive_ptr in
 // recent torch, std::shared_ptr before; make_node() builds either.
+//
+// Like torch's generated nodes, the native nodes implement compiled_args / apply_with_saved
+// (compiled autograd traces their backward ops through the ops' fake kernels), and the ops'
+// autograd kernels propagate tangents for forward-mode AD with the helpers below.
 
 #pragma once
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 
+#include <initializer_list>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -49,6 +56,33 @@ std::pair<T*, NodePtr> make_node() {
 inline void set_gradient_function(const at::Tensor& out, const NodePtr& node) {
   const auto input_nr = node->add_input_metadata(out);
   torch::autograd::impl::set_gradient_edge(out, {node, input_nr});
+}
+
+// Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp) uses level 0, as torch's own
+// kernels do.
+constexpr uint64_t kForwardLevel = 0;
+
+// The tangent of `t` (undefined when `t` is, or has none).
+inline at::Tensor tangent_of(const at::Tensor& t) { return t.defined() ? t._fw_grad(kForwardLevel) : at::Tensor(); }
+
+inline at::Tensor tangent_of(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? tangent_of(*t) : at::Tensor();
+}
+
+// `t` without its tangent, for computing a tangent: formulas take the primal values, so that
+// the ops they run do not propagate tangents of their own.
+inline at::Tensor primal_of(const at::Tensor& t) {
+  return t.defined() && t._fw_grad(kForwardLevel).defined() ? t._fw_primal(kForwardLevel) : t;
+}
+
+inline std::optional<at::Tensor> primal_of(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? std::optional(primal_of(*t)) : std::nullopt;
+}
+
+inline bool any_requires_grad(std::initializer_list<at::Tensor> ts) {
+  for (const auto& t : ts)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
 }
 
 }  // namespace fusedops

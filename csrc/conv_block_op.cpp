@@ -12,7 +12,9 @@
 // native_conv_block_backward. When the backward is itself recorded (create_graph=True), the
 // backward and the tangent op run as the differentiable nodes ConvBlockBackwardFn and
 // ConvBlockJvpFn, whose gradients are built from the same two ops (see that file for the
-// formulas), so every derivative order runs the native kernels.
+// formulas), so every derivative order runs the native kernels. Forward-mode AD: an input's
+// tangent gives the output the tangent op's result (ConvBlockJvpFn when a backward is recorded
+// through it); the node also implements compiled autograd's interface.
 //
 // Unbatched (C, H, W) input is handled here (a batch of one); argument errors come from the
 // kernel ops' checks (csrc/conv_checks.h) and name the argument.
@@ -122,7 +124,8 @@ variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& inpu
 
 at::Tensor run_jvp(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& offsets, const at::Tensor& tx,
                    const at::Tensor& tw, const at::Tensor& tb, const ConvArgs& a) {
-  if (at::GradMode::is_enabled()) return differentiable_jvp(input, weight, offsets, tx, tw, tb, a);
+  if (at::GradMode::is_enabled() && any_requires_grad({input, weight, tx, tw, tb}))
+    return differentiable_jvp(input, weight, offsets, tx, tw, tb, a);
   at::AutoDispatchBelowADInplaceOrView guard;  // nothing to record (see run_backward)
   return jvp_op(input, weight, offsets, given(tx), given(tw), given(tb), a);
 }
@@ -157,16 +160,55 @@ struct ConvBlockNode final : torch::autograd::Node {
       if (!mask[i]) g[i] = at::Tensor();
     return g;
   }
+
+  // Compiled autograd: the node's key (its saved tensors and arguments), and its backward
+  // traced with the saved tensors swapped for the tracer's proxies (the backward op has a fake
+  // kernel, so the graph holds fusedops::native_conv_block_backward).
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& key) const override {
+    key.collect(input, false);
+    key.collect(weight, false);
+    key.collect(offsets, false);
+    key.collect(args.stride);
+    key.collect(args.padding);
+    key.collect(args.dilation);
+    key.collect(args.groups);
+    key.collect(args.pool_kernel_size);
+    key.collect(args.pool_stride);
+    key.collect(args.pool_padding);
+    key.collect(args.pool_dilation);
+    key.collect(args.ceil_mode);
+    key.collect(has_bias);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads, torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    saved.before(input);
+    saved.before(weight);
+    saved.before(offsets);
+    variable_list result = apply(variable_list(grads));
+    saved.after(input);
+    saved.after(weight);
+    saved.after(offsets);
+    return result;
+  }
 };
 
-// The block with a graph: the forward kernel below autograd, then its node.
+// The block with derivatives: the forward kernel below autograd, then its backward node
+// (when `record`) and its tangent (when an input has one: forward-mode AD).
 at::Tensor conv_block_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                               const ConvArgs& a) {
+                               const ConvArgs& a, bool record) {
   at::Tensor out, offsets;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(out, offsets) = forward_op(input, weight, bias, a);
   }
+  const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
+  if (tx.defined() || tw.defined() || tb.defined()) {
+    // The tangent op at the same offsets (the max positions held fixed, as torch's max_pool2d
+    // tangent does), itself differentiable when a backward is recorded through it.
+    const at::Tensor t = run_jvp(primal_of(input), primal_of(weight), offsets, tx, tw, tb, a);
+    out._set_fw_grad(t, kForwardLevel, /*is_inplace_op=*/false);
+  }
+  if (!record) return out;
   auto [node, owner] = make_node<ConvBlockNode>();
   node->has_bias = bias.has_value() && bias->defined();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, node->has_bias ? *bias : at::Tensor()));
@@ -287,11 +329,12 @@ at::Tensor conv_block_autograd(const at::Tensor& input, const at::Tensor& weight
   const ConvArgs a = unpack_args(geometry);
   const bool record = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
                                                      (bias.has_value() && bias->requires_grad()));
-  if (!record) {  // no graph to build: skip the autograd node's set-up
+  const bool forward_ad = tangent_of(input).defined() || tangent_of(weight).defined() || tangent_of(bias).defined();
+  if (!record && !forward_ad) {  // no derivative to set up
     at::AutoDispatchBelowADInplaceOrView guard;
     return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
   }
-  return batched(input, [&](const at::Tensor& x) { return conv_block_recorded(x, weight, bias, a); });
+  return batched(input, [&](const at::Tensor& x) { return conv_block_recorded(x, weight, bias, a, record); });
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

@@ -13,6 +13,7 @@
 // gelu/gelu_tanh/silu is re-attached to (input, weight, bias) by PreactivationFn and the
 // backward op runs as LinearBackwardFn, whose own gradient uses the fused linear for
 // t = ggi @ w^T + x @ ggw^T + ggb and act'(z), act''(z) for the elementwise factors.
+// Forward-mode AD: the output's tangent is act'(z) * (tx @ w^T + x @ tw^T + tb), built the same way.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -98,6 +99,35 @@ variable_list run_backward(const at::Tensor& grad_output, const at::Tensor& inpu
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            c10::string_view activation);
 
+// The pre-activation's tangent tx @ w^T + x @ tw^T + tb (undefined tangents are zero; at
+// least one is defined), through the fused linear itself, so that it is differentiable.
+// `like` is the output, whose shape a bias tangent alone is expanded to.
+at::Tensor preactivation_tangent(const at::Tensor& x, const at::Tensor& w, const at::Tensor& tx, const at::Tensor& tw,
+                                 at::Tensor tb, const at::Tensor& like) {
+  at::Tensor t;
+  if (tx.defined()) {
+    t = linear_autograd(tx, w, given(tb), "");
+    tb = at::Tensor();
+  }
+  if (tw.defined()) {
+    const at::Tensor term = linear_autograd(x, tw, given(tb), "");
+    t = t.defined() ? t + term : term;
+  } else if (!t.defined()) {
+    t = tb.expand_as(like);
+  }
+  return t;
+}
+
+// The output's tangent act'(z) * t from the pre-activation's tangent t and the saved
+// activation state (the relu mask, or z for gelu/gelu_tanh/silu), in `dtype`.
+at::Tensor activation_tangent(const at::Tensor& t, const at::Tensor& saved, const std::string& act,
+                              at::ScalarType dtype) {
+  if (act.empty()) return t;
+  if (act == "relu") return at::where(saved, t, at::zeros({}, t.options()));
+  return (t * activation_derivative(saved, act)).to(dtype);
+}
+
+
 // The layer's backward node (the layer: output = act(input @ weight^T + bias)); next edges
 // input, weight, bias. A recorded backward (create_graph=True) runs as LinearBackwardFn, with
 // the saved pre-activation of a smooth activation re-attached to (input, weight, bias).
@@ -127,27 +157,70 @@ struct LinearNode final : torch::autograd::Node {
                                       has_bias && task_should_compute_output(2)};
     const at::Tensor x = input.unpack(), w = weight.unpack();
     at::Tensor state = saved.unpack();
-    if (at::GradMode::is_enabled() && smooth(act)) state = reattach_preactivation(state, x, w, bias.unpack());
+    if (reattaches()) state = reattach_preactivation(state, x, w, bias.unpack());
     variable_list g = run_backward(grad, x, w, state, act, mask);
     for (int i = 0; i < 3; ++i)
       if (!mask[i]) g[i] = at::Tensor();
     return g;
   }
 
+  // Compiled autograd: the node's key and its backward traced with the saved tensors swapped
+  // for the tracer's proxies (as ConvBlockNode's, csrc/conv_block_op.cpp).
+  // The saved bias is read only by a recorded backward (apply): collected only then, since
+  // the tracer rejects a saved tensor that the traced backward does not use.
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& key) const override {
+    key.collect(input, false);
+    key.collect(weight, false);
+    key.collect(saved, false);
+    const bool reads_bias = reattaches();
+    key.collect(reads_bias);
+    if (reads_bias) key.collect(bias, false);
+    key.collect(has_bias);
+    key.collect(act);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads, torch::dynamo::autograd::SwapSavedVariables& swap) override {
+    const bool reads_bias = reattaches();
+    swap.before(input);
+    swap.before(weight);
+    swap.before(saved);
+    if (reads_bias) swap.before(bias);
+    variable_list result = apply(variable_list(grads));
+    swap.after(input);
+    swap.after(weight);
+    swap.after(saved);
+    if (reads_bias) swap.after(bias);
+    return result;
+  }
+
+  // Whether apply re-attaches the pre-activation (a recorded backward of a smooth activation).
+  bool reattaches() const { return at::GradMode::is_enabled() && smooth(act); }
+
   static at::Tensor reattach_preactivation(const at::Tensor& z, const at::Tensor& input, const at::Tensor& weight,
                                            const at::Tensor& bias);
 };
 
-// The layer with a graph: the forward kernel below autograd, then its node.
+// The layer with derivatives: the forward kernel below autograd, then its backward node (when
+// `record`) and its tangent (when an input has one: forward-mode AD).
 at::Tensor linear_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           const std::string& act) {
+                           const std::string& act, bool record) {
   at::Tensor out, saved;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(out, saved) = forward_op(input, weight, bias, act);
   }
-  auto [node, owner] = make_node<LinearNode>();
   const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
+  if (tx.defined() || tw.defined() || tb.defined()) {
+    const at::Tensor x = primal_of(input), w = primal_of(weight), b = has_bias ? primal_of(*bias) : at::Tensor();
+    at::Tensor state = saved;
+    if (smooth(act) && at::GradMode::is_enabled() && any_requires_grad({x, w, b}))
+      state = LinearNode::reattach_preactivation(saved, x, w, b);  // act'(z) differentiable too
+    const at::Tensor t = preactivation_tangent(x, w, tx, tw, tb, out);
+    out._set_fw_grad(activation_tangent(t, state, act, out.scalar_type()), kForwardLevel, /*is_inplace_op=*/false);
+  }
+  if (!record) return out;
+  auto [node, owner] = make_node<LinearNode>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, has_bias ? *bias : at::Tensor()));
   node->input = torch::autograd::SavedVariable(input, false);
   node->weight = torch::autograd::SavedVariable(weight, false);
@@ -210,25 +283,10 @@ class LinearBackwardFn : public torch::autograd::Function<LinearBackwardFn> {
     at::Tensor ggb = asked[2] ? grads[2] : at::Tensor();
     at::Tensor g_dy, g_x, g_w, g_saved;
     if ((ctx->needs_input_grad(0) || ctx->needs_input_grad(3)) && (ggi.defined() || ggw.defined() || ggb.defined())) {
-      at::Tensor t;  // ggi @ w^T + x @ ggw^T + ggb, through the fused linear itself
-      if (ggi.defined()) {
-        t = linear_autograd(ggi, w, given(ggb), "");
-        ggb = at::Tensor();
-      }
-      if (ggw.defined()) {
-        const at::Tensor term = linear_autograd(x, ggw, given(ggb), "");
-        t = t.defined() ? t + term : term;
-      } else if (!t.defined()) {
-        t = ggb.expand_as(dy);
-      }
-      if (act.empty()) {
-        g_dy = t;
-      } else if (act == "relu") {
-        g_dy = at::where(saved, t, at::zeros({}, t.options()));
-      } else {
-        g_dy = (t * activation_derivative(saved, act)).to(dy.scalar_type());
-        if (ctx->needs_input_grad(3)) g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.scalar_type());
-      }
+      const at::Tensor t = preactivation_tangent(x, w, ggi, ggw, ggb, dy);
+      g_dy = activation_tangent(t, saved, act, dy.scalar_type());
+      if (smooth(act) && ctx->needs_input_grad(3))
+        g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.scalar_type());
       if (!ctx->needs_input_grad(0)) g_dy = at::Tensor();
     }
     if (ctx->needs_input_grad(1) && ggw.defined()) g_x = run_backward(dy, x, ggw, saved, act, {true, false, false})[0];
@@ -250,11 +308,12 @@ at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, co
                            c10::string_view activation) {
   const bool record = at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
                                                      (bias.has_value() && bias->requires_grad()));
-  if (!record) {  // no graph to build: skip the autograd node's set-up
+  const bool forward_ad = tangent_of(input).defined() || tangent_of(weight).defined() || tangent_of(bias).defined();
+  if (!record && !forward_ad) {  // no derivative to set up
     at::AutoDispatchBelowADInplaceOrView guard;
     return std::get<0>(forward_op(input, weight, bias, std::string(activation)));
   }
-  return linear_recorded(input, weight, bias, std::string(activation));
+  return linear_recorded(input, weight, bias, std::string(activation), record);
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

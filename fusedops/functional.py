@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
+from torch.autograd import forward_ad as _forward_ad
 
 from . import _args, _native
 from .backends import ChoiceMemo, _any_autocast, check_backend_name, conv_facts, select
 from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams, strictly_channels_last
-from .ops.conv_block_autograd import ConvReluMaxPool2dFunction
+from .ops.conv_block_autograd import ConvReluMaxPool2dDualFunction, ConvReluMaxPool2dFunction
 from .ops.linear import ACTIVATIONS
-from .ops.linear_autograd import LinearFunction
+from .ops.linear_autograd import LinearDualFunction, LinearFunction
 
 __all__ = ["conv_relu_maxpool2d", "linear", "conv_block_params", "run_conv_block", "run_linear"]
 
@@ -95,7 +96,15 @@ _native_linear = _native_entry("native_linear") if _native.loaded() else None
 
 
 def _needs_graph(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether a call records derivatives: a backward graph (grad mode on and a tensor that
+    requires grad) or tangents (inside a forward-mode AD dual level, where an input may carry
+    one): then the ops run through their autograd Functions."""
+    return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)) or forward_ad_active()
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD dual level (``torch.autograd.forward_ad.dual_level``) is open."""
+    return _forward_ad._current_level >= 0
 
 
 def conv_relu_maxpool2d(
@@ -242,7 +251,8 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if graph:
-        out = ConvReluMaxPool2dFunction.apply(x, weight, bias, params, backend, chosen)
+        function = ConvReluMaxPool2dDualFunction if forward_ad_active() else ConvReluMaxPool2dFunction
+        out = function.apply(x, weight, bias, params, backend, chosen)
     elif chosen is not None:
         out = chosen.conv_block_output(x, weight, bias, params)
     else:
@@ -337,7 +347,8 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
     if not check:
         check_linear_tensors(input, weight, bias)
     if _needs_graph(input, weight, bias):
-        return LinearFunction.apply(input, weight, bias, activation, backend, chosen)
+        function = LinearDualFunction if forward_ad_active() else LinearFunction
+        return function.apply(input, weight, bias, activation, backend, chosen)
     if chosen is not None:
         return chosen.linear_forward(input, weight, bias, activation)[0]
     out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)

@@ -16,7 +16,14 @@ from torch import nn
 from . import _args
 from .backends import ChoiceMemo, check_backend_available, check_backend_name
 from .errors import from_native
-from .functional import _native_conv_block, _native_linear, conv_block_params, run_conv_block, run_linear
+from .functional import (
+    _native_conv_block,
+    _native_linear,
+    conv_block_params,
+    forward_ad_active,
+    run_conv_block,
+    run_linear,
+)
 from .ops.conv_block import strictly_channels_last
 from .ops.linear import ACTIVATIONS
 
@@ -166,8 +173,9 @@ class FusedConvBlock(nn.Module):
         weight, bias = _weight_and_bias(self)
         memo = self._choices
         if memo.native_call is not None and type(input) is torch.Tensor and memo.native_again(input, weight, (
-                strictly_channels_last(input), torch.is_grad_enabled() and (
-                    input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))):
+                strictly_channels_last(input), (torch.is_grad_enabled() and (
+                    input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))
+                or forward_ad_active())):  # the facts run_conv_block records (its _needs_graph)
             try:  # straight to the op (see ChoiceMemo.native_again)
                 return _native_conv_block(input, weight, bias, native_args)
             except (ValueError, TypeError) as exc:

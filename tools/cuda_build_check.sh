@@ -5,8 +5,12 @@
 # No GPU is needed. The build runs in a copy of the working tree (build/cuda-build-check/src)
 # so that it never touches the in-place CPU build or the environment `make test` tests in.
 #
+# Then the ops' autograd sources are compiled against the headers of the torch the GPU
+# machines run (GPU_MACHINE_TORCH).
+#
 # Environment: PYTHON (creates the virtualenv, default python3), CUDA_CHECK_TORCH (default
-# 2.14.1), FUSEDOPS_CUDA_ARCHS (default "80;90"), MAX_JOBS (default: all cores).
+# 2.14.1), GPU_MACHINE_TORCH (default 2.11.0), FUSEDOPS_CUDA_ARCHS (default "80;90"),
+# MAX_JOBS (default: all cores), CXX (default g++).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,4 +58,29 @@ grep "fusedops setup:" "$log" | awk '!seen[$0]++' || true
 
 # 4. Load it outside the source tree and check the registrations.
 (cd "$WORK" && "$VENV/bin/python" "$ROOT/tools/check_cuda_kernels.py" --expect-package "$SRC/fusedops")
+
+# 5. The ops' autograd sources (hand-written nodes, compiled autograd, forward-mode AD use
+# torch's internal C++ API, which changes between releases) compiled against the headers of
+# the torch the GPU machines run, taken from its wheel (nothing installed; syntax and types only).
+GPU_TORCH=${GPU_MACHINE_TORCH:-2.11.0}
+HEADERS=$ROOT/build/torch$GPU_TORCH-headers
+if [ ! -f "$HEADERS/.complete" ]; then
+    echo "cuda-build-check: extracting torch $GPU_TORCH's headers into $HEADERS"
+    rm -rf "$HEADERS" "$WORK/wheel"
+    "$VENV/bin/pip" download -q --no-deps "torch==$GPU_TORCH" -d "$WORK/wheel"
+    "$VENV/bin/python" -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith('torch/include/')])" "$WORK"/wheel/torch-*.whl "$HEADERS"
+    rm -rf "$WORK/wheel"
+    touch "$HEADERS/.complete"
+fi
+include=$HEADERS/torch/include
+pyinclude=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+for source in csrc/*.cpp; do
+    if ! "${CXX:-g++}" -std=c++17 -fsyntax-only -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C \
+            -I"$include" -I"$include/torch/csrc/api/include" -I"$pyinclude" -Icsrc "$source"; then
+        echo "cuda-build-check: FAILED: $source does not compile against torch $GPU_TORCH's headers" >&2
+        exit 1
+    fi
+done
+echo "cuda-build-check: csrc/*.cpp compile against torch $GPU_TORCH's headers (the GPU machines' torch)"
 echo "cuda-build-check: passed in $(( $(date +%s) - start )) s"

@@ -18,6 +18,10 @@ so every order is closed over the two ops and runs the same backend's kernels. W
 backward is recorded (grad mode on inside it), the two ops run through the Functions
 :class:`ConvBlockBackward` and :class:`ConvBlockJvp`; otherwise they are called directly, so
 the first-order path costs one grad-mode check.
+
+Forward mode (inside a ``torch.autograd.forward_ad`` dual level):
+:class:`ConvReluMaxPool2dDualFunction` adds a ``jvp``, the tangent op at the forward's
+offsets, recorded through :class:`ConvBlockJvp` when grad mode is on (reverse over forward).
 """
 
 from __future__ import annotations
@@ -69,16 +73,7 @@ class ConvReluMaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str, kernels=None):
-        if kernels is not None:
-            out, offsets = kernels.conv_block_forward(input, weight, bias, params)
-        else:
-            out, offsets = _ops.conv_block_forward(input, weight, bias, *params, backend)
-        ctx.save_for_backward(input, weight, offsets)
-        ctx.params = params
-        ctx.backend = backend
-        ctx.kernels = kernels
-        ctx.has_bias = bias is not None
-        return out
+        return _forward(ctx, input, weight, bias, params, backend, kernels)[0]
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -87,6 +82,39 @@ class ConvReluMaxPool2dFunction(torch.autograd.Function):
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
         grads = backward_op(grad_output, input, weight, offsets, ctx.params, mask, ctx.backend, ctx.kernels)
         return (*_asked(grads, mask), None, None, None)
+
+
+class ConvReluMaxPool2dDualFunction(ConvReluMaxPool2dFunction):
+    """:class:`ConvReluMaxPool2dFunction` with forward-mode AD, for calls inside a dual level
+    (``torch.autograd.forward_ad``): torch.compile cannot trace a Function that has a ``jvp``,
+    so the plain one is used everywhere else."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str, kernels=None):
+        out, offsets = _forward(ctx, input, weight, bias, params, backend, kernels)
+        ctx.save_for_forward(input, weight, offsets)
+        return out
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        """The output's tangent: the tangent op at the forward's offsets (the max positions
+        held fixed, as torch's max_pool2d tangent does)."""
+        input, weight, offsets = ctx.saved_tensors
+        return jvp_op(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, ctx.params, ctx.backend)
+
+
+def _forward(ctx, input, weight, bias, params: ConvBlockParams, backend: str, kernels):
+    """The forward kernel and what the backward needs saved in ``ctx``: ``(output, offsets)``."""
+    if kernels is not None:
+        out, offsets = kernels.conv_block_forward(input, weight, bias, params)
+    else:
+        out, offsets = _ops.conv_block_forward(input, weight, bias, *params, backend)
+    ctx.save_for_backward(input, weight, offsets)
+    ctx.params = params
+    ctx.backend = backend
+    ctx.kernels = kernels
+    ctx.has_bias = bias is not None
+    return out, offsets
 
 
 class ConvBlockBackward(torch.autograd.Function):

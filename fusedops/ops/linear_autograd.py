@@ -16,6 +16,9 @@ The forward saves ``z`` outside the graph; when the backward is recorded,
 :class:`_PreactivationOf` re-attaches it (no compute) so the ``d/d z`` term reaches
 ``(x, w, b)``. The backward op then runs through :class:`LinearBackward`; without a recorded
 backward it is called directly, so the first-order path costs one grad-mode check.
+
+Forward mode (inside a ``torch.autograd.forward_ad`` dual level): :class:`LinearDualFunction`
+adds a ``jvp``, ``act'(z) * t`` with the same ``t`` built from the tangents.
 """
 
 from __future__ import annotations
@@ -53,16 +56,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, weight, bias, activation: str, backend: str, kernels=None):
-        if kernels is not None:
-            out, saved = kernels.linear_forward(input, weight, bias, activation)
-        else:
-            out, saved = _ops.linear_forward(input, weight, bias, activation, backend)
-        ctx.save_for_backward(input, weight, saved, bias)
-        ctx.activation = activation
-        ctx.backend = backend
-        ctx.kernels = kernels
-        ctx.has_bias = bias is not None
-        return out
+        return _forward(ctx, input, weight, bias, activation, backend, kernels)[0]
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -73,6 +67,42 @@ class LinearFunction(torch.autograd.Function):
             saved = _PreactivationOf.apply(saved, input, weight, bias, ctx.backend)
         grads = backward_op(grad_output, input, weight, saved, ctx.activation, mask, ctx.backend, ctx.kernels)
         return (*_asked(grads, mask), None, None, None)
+
+
+class LinearDualFunction(LinearFunction):
+    """:class:`LinearFunction` with forward-mode AD, for calls inside a dual level (as
+    ``ConvReluMaxPool2dDualFunction``: torch.compile cannot trace a Function with a ``jvp``)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, activation: str, backend: str, kernels=None):
+        out, saved = _forward(ctx, input, weight, bias, activation, backend, kernels)
+        ctx.save_for_forward(input, weight, saved, bias)
+        return out
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        """The output's tangent ``act'(z) * (tx @ w^T + x @ tw^T + tb)``."""
+        input, weight, saved, bias = ctx.saved_tensors
+        act = ctx.activation
+        if torch.is_grad_enabled() and act in SMOOTH_ACTIVATIONS:  # a backward through the tangent
+            saved = _PreactivationOf.apply(saved, input, weight, bias, ctx.backend)
+        shape = (*input.shape[:-1], weight.shape[0])
+        t = _preactivation_tangent(shape, input, weight, input_tangent, weight_tangent, bias_tangent, ctx.backend)
+        return _activation_tangent(t, saved, act, input.dtype)
+
+
+def _forward(ctx, input, weight, bias, activation: str, backend: str, kernels):
+    """The forward kernel and what the backward needs saved in ``ctx``: ``(output, saved)``."""
+    if kernels is not None:
+        out, saved = kernels.linear_forward(input, weight, bias, activation)
+    else:
+        out, saved = _ops.linear_forward(input, weight, bias, activation, backend)
+    ctx.save_for_backward(input, weight, saved, bias)
+    ctx.activation = activation
+    ctx.backend = backend
+    ctx.kernels = kernels
+    ctx.has_bias = bias is not None
+    return out, saved
 
 
 class _PreactivationOf(torch.autograd.Function):
@@ -121,16 +151,10 @@ class LinearBackward(torch.autograd.Function):
         needs, act, backend = ctx.needs_input_grad, ctx.activation, ctx.backend
         g_dy = g_x = g_w = g_saved = None
         if (needs[0] or needs[3]) and (ggi is not None or ggw is not None or ggb is not None):
-            t = _preactivation_tangent(dy, x, w, ggi, ggw, ggb, backend)
-            if act == "":
-                g_dy = t
-            elif act == "relu":
-                g_dy = torch.where(saved, t, 0)
-            else:
-                g_dy = (t * activation_derivative(saved, act)).to(dy.dtype)
-                if needs[3]:
-                    g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.dtype)
-            g_dy = g_dy if needs[0] else None
+            t = _preactivation_tangent(dy.shape, x, w, ggi, ggw, ggb, backend)
+            g_dy = _activation_tangent(t, saved, act, dy.dtype) if needs[0] else None
+            if act in SMOOTH_ACTIVATIONS and needs[3]:
+                g_saved = (t * dy * activation_second_derivative(saved, act)).to(saved.dtype)
         if needs[1] and ggw is not None:
             g_x = backward_op(dy, x, ggw, saved, act, [True, False, False], backend)[0]
         if needs[2] and ggi is not None:
@@ -138,15 +162,25 @@ class LinearBackward(torch.autograd.Function):
         return g_dy, g_x, g_w, g_saved, None, None, None
 
 
-def _preactivation_tangent(dy, x, w, ggi, ggw, ggb, backend):
-    """``ggi @ w^T + x @ ggw^T + ggb`` (absent terms are zero), through the fused linear."""
+def _preactivation_tangent(shape, x, w, tx, tw, tb, backend):
+    """``tx @ w^T + x @ tw^T + tb`` (absent terms are zero; at least one is given), through the
+    fused linear; ``shape`` is the output's, which a bias term alone is expanded to."""
     t = None
-    if ggi is not None:
-        t = LinearFunction.apply(ggi, w, ggb, "", backend)
-        ggb = None
-    if ggw is not None:
-        term = LinearFunction.apply(x, ggw, ggb, "", backend)
+    if tx is not None:
+        t = LinearFunction.apply(tx, w, tb, "", backend)
+        tb = None
+    if tw is not None:
+        term = LinearFunction.apply(x, tw, tb, "", backend)
         t = term if t is None else t + term
     elif t is None:
-        t = ggb.expand(dy.shape)
+        t = tb.expand(shape)
     return t
+
+
+def _activation_tangent(t, saved, activation: str, dtype):
+    """``act'(z) * t`` from the saved activation state (the relu mask, or ``z``), in ``dtype``."""
+    if activation == "":
+        return t
+    if activation == "relu":
+        return torch.where(saved, t, 0)
+    return (t * activation_derivative(saved, activation)).to(dtype)
