@@ -16,7 +16,6 @@
 //   *_tangent        conv_block_jvp: directions of input, weight and bias (None = zero); the
 //                    result is the output's tangent with the offsets held fixed
 
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedops, m) {
@@ -40,19 +39,4 @@ TORCH_LIBRARY(fusedops, m) {
   m.def(
       "native_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
       "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-}
-
-// `import fusedops._C` loads this library, which runs the registrations above. The module
-// itself carries one attribute: whether the CUDA kernels were compiled in.
-static struct PyModuleDef fusedops_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-
-extern "C" PyObject* PyInit__C(void) {
-  PyObject* module = PyModule_Create(&fusedops_module);
-  if (module == nullptr) return nullptr;
-#ifdef FUSEDOPS_WITH_CUDA
-  PyModule_AddIntConstant(module, "WITH_CUDA", 1);
-#else
-  PyModule_AddIntConstant(module, "WITH_CUDA", 0);
-#endif
-  return module;
 }

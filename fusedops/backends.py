@@ -27,6 +27,7 @@ from .ops.conv_block import ConvBlockParams
 # Whether autocast is on for any device: one cheap call on the hot path (torch.is_autocast_enabled
 # needs the device type); where this torch lacks it, every call asks for the input's device.
 _any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_has_torch_function = torch._C._has_torch_function  # a __torch_function__ override (subclass or mode)
 
 ENV_VAR = "FUSEDOPS_BACKEND"
 _BACKEND_ENV = EnvVar(ENV_VAR)
@@ -345,18 +346,21 @@ class ChoiceMemo:
         self.native_call = (input.dtype, weight.shape, input.is_cpu, input.is_cuda, facts, _GENERATION[0],
                             _BACKEND_ENV.get())
 
-    def native_again(self, input, weight: torch.Tensor, facts: tuple = ()) -> bool:
+    def native_again(self, input, weight: torch.Tensor, bias: Optional[torch.Tensor], facts: tuple = ()) -> bool:
         """Whether this call is one the last native call's choice covers: the same input dtype
         and device type, the same weight shape (kept, not the weight: a weight passed by
         ``functional_call`` is not held past its call), the same ``facts``,
-        ``FUSEDOPS_BACKEND`` and choice generation, and no autocast or tracing to apply first.
-        A module's forward asks this before anything else: a hit skips the memo's key and
-        lookup and the functional layer's checks, which cost more than the native op's call."""
+        ``FUSEDOPS_BACKEND`` and choice generation, and no autocast, tracing or
+        ``__torch_function__`` override (a tensor subclass's or a mode's) to apply first.
+        A module's forward asks this before anything else: a hit calls the op's typed entry
+        (``fusedops._C``), skipping the memo's key and lookup, the functional layer's checks
+        and torch.ops' argument parsing, which cost more than the native op's call."""
         last = self.native_call
         return (last is not None and not torch.compiler.is_compiling() and type(input) is torch.Tensor
                 and last[0] is input.dtype and last[1] == weight.shape and last[2] == input.is_cpu
                 and last[3] == input.is_cuda and last[4] == facts and last[5] == _GENERATION[0]
-                and last[6] == _BACKEND_ENV.get() and not _any_autocast())
+                and last[6] == _BACKEND_ENV.get() and not _any_autocast()
+                and not _has_torch_function((input, weight, bias)))
 
     @staticmethod
     def key(input: torch.Tensor, weight: torch.Tensor, requested: str, extra: tuple = ()) -> tuple:

@@ -93,6 +93,10 @@ def _native_entry(name: str):
 
 _native_conv_block = _native_entry("native_conv_block") if _native.loaded() else None
 _native_linear = _native_entry("native_linear") if _native.loaded() else None
+# The same ops' typed entries (csrc/python_module.cpp), for the calls ChoiceMemo.native_again
+# admits (no __torch_function__ override to honour).
+_typed_conv_block = _native._C.native_conv_block if _native.loaded() else None
+_typed_linear = _native._C.native_linear if _native.loaded() else None
 
 
 def _needs_graph(*tensors) -> bool:

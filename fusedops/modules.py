@@ -17,8 +17,8 @@ from . import _args
 from .backends import ChoiceMemo, check_backend_available, check_backend_name
 from .errors import from_native
 from .functional import (
-    _native_conv_block,
-    _native_linear,
+    _typed_conv_block,
+    _typed_linear,
     conv_block_params,
     forward_ad_active,
     run_conv_block,
@@ -172,12 +172,12 @@ class FusedConvBlock(nn.Module):
         params, backend, native_args = self._block_args
         weight, bias = _weight_and_bias(self)
         memo = self._choices
-        if memo.native_call is not None and type(input) is torch.Tensor and memo.native_again(input, weight, (
+        if memo.native_call is not None and type(input) is torch.Tensor and memo.native_again(input, weight, bias, (
                 strictly_channels_last(input), (torch.is_grad_enabled() and (
                     input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))
                 or forward_ad_active())):  # the facts run_conv_block records (its _needs_graph)
             try:  # straight to the op (see ChoiceMemo.native_again)
-                return _native_conv_block(input, weight, bias, native_args)
+                return _typed_conv_block(input, weight, bias, native_args)
             except (ValueError, TypeError) as exc:
                 raise from_native(exc) from None
         return run_conv_block(input, weight, bias, params, backend, check=False, memo=memo, native_args=native_args)
@@ -334,9 +334,9 @@ class FusedLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
         memo = self._choices
-        if memo.native_again(input, weight):
+        if memo.native_again(input, weight, bias):
             try:  # straight to the op (see ChoiceMemo.native_again)
-                return _native_linear(input, weight, bias, self.activation or "")
+                return _typed_linear(input, weight, bias, self.activation or "")
             except (ValueError, TypeError) as exc:
                 raise from_native(exc) from None
         return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False, memo=memo)

@@ -236,3 +236,53 @@ def test_repeat_calls_skip_the_choice_and_whatever_it_depends_on_brings_it_back(
     calls = len(slow)
     ops = _op_counts(lambda: module(x.double()))
     assert len(slow) == calls + 1 and not _fused_ops(ops), ops
+
+
+@pytest.mark.parametrize("kind", ["conv_block", "linear"])
+def test_repeat_calls_take_the_typed_entry_unless_torch_function_overrides(monkeypatch, kind):
+    """The repeat-call path calls the op's typed entry (fusedops._C), which skips
+    __torch_function__; a TorchFunctionMode or a weight subclass with __torch_function__ must
+    still see the call, so then the module goes through torch.ops."""
+    from torch.overrides import TorchFunctionMode
+
+    from fusedops import modules
+
+    typed = []
+    name = "_typed_conv_block" if kind == "conv_block" else "_typed_linear"
+    real = getattr(modules, name)
+    monkeypatch.setattr(modules, name, lambda *a: typed.append(1) or real(*a))
+    if kind == "conv_block":
+        module, x = fusedops.FusedConvBlock(3, 4, 3, padding=1), torch.randn(2, 3, 8, 8)
+    else:
+        module, x = fusedops.FusedLinear(5, 4, activation="relu"), torch.randn(2, 5)
+    want = module(x)
+    torch.testing.assert_close(module(x), want)
+    assert len(typed) == 1, "a repeat call did not take the typed entry"
+
+    class Recorder(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder() as mode:
+        torch.testing.assert_close(module(x), want)
+    assert len(typed) == 1, "the typed entry ran under a TorchFunctionMode"
+    assert any(f"fusedops.native_{kind}" in f for f in mode.seen), mode.seen
+
+    class Logged(torch.Tensor):
+        calls = 0
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            cls.calls += 1
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    weight = module.weight
+    del module.weight
+    module.weight = weight.detach().as_subclass(Logged)
+    module(x)
+    assert len(typed) == 1 and Logged.calls > 0, "a weight's __torch_function__ was skipped"
