@@ -23,6 +23,7 @@
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -77,6 +78,24 @@ inline at::Tensor primal_of(const at::Tensor& t) {
 
 inline std::optional<at::Tensor> primal_of(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional(primal_of(*t)) : std::nullopt;
+}
+
+// A node's backward with tangents (forward mode over reverse mode, e.g. a Hessian-vector
+// product as the tangent of a gradient): the backward kernels do not propagate them, so this
+// raises rather than return a gradient without its tangent.
+inline void check_no_tangents(const std::string& node, std::initializer_list<at::Tensor> ts) {
+  for (const auto& t : ts)
+    TORCH_CHECK_NOT_IMPLEMENTED(!t.defined() || !t._fw_grad(kForwardLevel).defined(), node,
+                                ": forward-mode AD through the backward (forward over reverse) is not supported; "
+                                "differentiate the gradient in reverse mode (create_graph=True) instead");
+}
+
+// Compiled autograd traces the kernel ops of a backward, which have no derivatives of their
+// own, so a recorded backward (create_graph=True) under it would lose its graph: raise.
+inline void check_not_recorded_under_compiled_autograd(const std::string& node) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!at::GradMode::is_enabled(), node,
+                              ": compiled autograd of a backward with create_graph=True is not supported; "
+                              "run that backward without compiled autograd");
 }
 
 inline bool any_requires_grad(std::initializer_list<at::Tensor> ts) {

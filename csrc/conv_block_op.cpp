@@ -155,7 +155,9 @@ struct ConvBlockNode final : torch::autograd::Node {
     const at::Tensor grad = grads[0].defined() ? grads[0] : input_metadata(0).zeros_like();
     const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
                                       has_bias && task_should_compute_output(2)};
-    variable_list g = run_backward(grad, input.unpack(), weight.unpack(), offsets.unpack(), args, mask);
+    const at::Tensor x = input.unpack(), w = weight.unpack();
+    check_no_tangents(name(), {grad, x, w});
+    variable_list g = run_backward(grad, x, w, offsets.unpack(), args, mask);
     for (int i = 0; i < 3; ++i)
       if (!mask[i]) g[i] = at::Tensor();
     return g;
@@ -181,6 +183,7 @@ struct ConvBlockNode final : torch::autograd::Node {
   }
 
   variable_list apply_with_saved(const variable_list& grads, torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    check_not_recorded_under_compiled_autograd(name());
     saved.before(input);
     saved.before(weight);
     saved.before(offsets);

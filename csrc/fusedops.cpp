@@ -16,6 +16,7 @@
 //   *_tangent        conv_block_jvp: directions of input, weight and bias (None = zero); the
 //                    result is the output's tangent with the offsets held fixed
 
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(fusedops, m) {
@@ -39,4 +40,15 @@ TORCH_LIBRARY(fusedops, m) {
   m.def(
       "native_linear_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor saved, "
       "str activation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+// The kernel ops have no derivatives of their own: the one-call ops (csrc/*_op.cpp) and the
+// Python Functions differentiate them. Their Autograd-key kernel is torch's not-implemented
+// fallback, which raises where one is asked for: a backward through them, or a tangent of
+// their inputs (nested forward mode, e.g. torch.func.jacfwd of jacfwd, reaches them with
+// tangents at the outer level). Without it they would return no derivative silently.
+TORCH_LIBRARY_IMPL(fusedops, Autograd, m) {
+  for (const char* name : {"native_conv_block_forward", "native_conv_block_backward", "native_conv_block_jvp",
+                           "native_linear_forward", "native_linear_backward"})
+    m.impl(name, torch::autograd::autogradNotImplementedFallback());
 }

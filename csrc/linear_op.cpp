@@ -156,6 +156,7 @@ struct LinearNode final : torch::autograd::Node {
     const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
                                       has_bias && task_should_compute_output(2)};
     const at::Tensor x = input.unpack(), w = weight.unpack();
+    check_no_tangents(name(), {grad, x, w});
     at::Tensor state = saved.unpack();
     if (reattaches()) state = reattach_preactivation(state, x, w, bias.unpack());
     variable_list g = run_backward(grad, x, w, state, act, mask);
@@ -180,6 +181,7 @@ struct LinearNode final : torch::autograd::Node {
   }
 
   variable_list apply_with_saved(const variable_list& grads, torch::dynamo::autograd::SwapSavedVariables& swap) override {
+    check_not_recorded_under_compiled_autograd(name());
     const bool reads_bias = reattaches();
     swap.before(input);
     swap.before(weight);

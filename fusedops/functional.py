@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
-from torch.autograd import forward_ad as _forward_ad
 
 from . import _args, _native
 from .backends import ChoiceMemo, _any_autocast, check_backend_name, conv_facts, select
 from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams, strictly_channels_last
 from .ops.conv_block_autograd import ConvReluMaxPool2dDualFunction, ConvReluMaxPool2dFunction
+from .ops.forward_mode import forward_ad_active
 from .ops.linear import ACTIVATIONS
 from .ops.linear_autograd import LinearDualFunction, LinearFunction
 
@@ -105,10 +105,6 @@ def _needs_graph(*tensors) -> bool:
     one): then the ops run through their autograd Functions."""
     return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)) or forward_ad_active()
 
-
-def forward_ad_active() -> bool:
-    """Whether a forward-mode AD dual level (``torch.autograd.forward_ad.dual_level``) is open."""
-    return _forward_ad._current_level >= 0
 
 
 def conv_relu_maxpool2d(

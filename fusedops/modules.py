@@ -20,11 +20,11 @@ from .functional import (
     _typed_conv_block,
     _typed_linear,
     conv_block_params,
-    forward_ad_active,
     run_conv_block,
     run_linear,
 )
 from .ops.conv_block import strictly_channels_last
+from .ops.forward_mode import forward_ad_active
 from .ops.linear import ACTIVATIONS
 
 __all__ = ["FusedConvBlock", "FusedLinear"]

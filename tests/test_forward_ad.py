@@ -243,3 +243,51 @@ class _null:
 
     def __exit__(self, *exc):
         return False
+
+
+def _fused_op(kind, backend):
+    """``(f, x)``: a float64 function of the input through ``kind`` on ``backend``, and an input."""
+    if kind == "conv":
+        w, b = torch.randn(3, 2, 3, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+        return (lambda x: fusedops.conv_relu_maxpool2d(x, w, b, padding=1, backend=backend)), x
+    w, b = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    x = torch.randn(3, 5, dtype=torch.float64)
+    return (lambda x: fusedops.linear(x, w, b, activation="gelu", backend=backend)), x
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_forward_over_reverse_raises(backend, kind):
+    """A tangent of a gradient (a Hessian-vector product by forward over reverse) would come
+    back without the backward's own derivative: the backward raises instead."""
+    if kind == "linear":
+        skip_unless_backend_has(backend, "linear")
+    f, x = _fused_op(kind, backend)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.clone().requires_grad_(True), torch.randn_like(x))
+        loss = f(dual).pow(3).sum()
+        with pytest.raises(NotImplementedError, match="forward over reverse"):
+            torch.autograd.grad(loss, dual)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_nested_forward_mode_on_the_native_path_raises(kind):
+    """jacfwd of jacfwd reaches the kernel ops with tangents of the outer level: an error, not
+    the zero second derivative they would give without derivatives of their own."""
+    f, x = _fused_op(kind, NATIVE_CPU)
+    torch.func.jacfwd(f)(x)  # first order works
+    with pytest.raises(NotImplementedError, match="forward AD"):
+        torch.func.jacfwd(torch.func.jacfwd(f))(x)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_compiled_autograd_of_a_recorded_native_backward_raises(kind):
+    """Compiled autograd traces the native backward's kernel ops, which have no derivatives:
+    with create_graph=True the native nodes raise rather than return a graph-less gradient."""
+    torch._dynamo.reset()
+    f, x = _fused_op(kind, NATIVE_CPU)
+    x.requires_grad_(True)
+    out = f(x)
+    with torch._dynamo.compiled_autograd._enable(lambda gm: gm):
+        with pytest.raises(NotImplementedError, match="create_graph=True"):
+            torch.autograd.grad(out.square().sum(), x, create_graph=True)

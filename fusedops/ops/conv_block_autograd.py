@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import torch
 
 from .conv_block import ConvBlockParams
+from .forward_mode import check_no_tangents
 
 _ops = torch.ops.fusedops
 
@@ -78,6 +79,7 @@ class ConvReluMaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, offsets = ctx.saved_tensors
+        check_no_tangents("FusedConvBlockBackward", grad_output, input, weight)
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
         grads = backward_op(grad_output, input, weight, offsets, ctx.params, mask, ctx.backend, ctx.kernels)

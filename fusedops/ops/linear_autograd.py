@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .forward_mode import check_no_tangents
 from .linear import activation_derivative, activation_second_derivative
 
 _ops = torch.ops.fusedops
@@ -61,6 +62,7 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight, saved, bias = ctx.saved_tensors
+        check_no_tangents("FusedLinearBackward", grad_output, input, weight)
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
         if torch.is_grad_enabled() and ctx.activation in SMOOTH_ACTIVATIONS:  # a recorded backward
