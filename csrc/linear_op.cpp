@@ -127,7 +127,6 @@ at::Tensor activation_tangent(const at::Tensor& t, const at::Tensor& saved, cons
   return (t * activation_derivative(saved, act)).to(dtype);
 }
 
-
 // The layer's backward node (the layer: output = act(input @ weight^T + bias)); next edges
 // input, weight, bias. A recorded backward (create_graph=True) runs as LinearBackwardFn, with
 // the saved pre-activation of a smooth activation re-attached to (input, weight, bias).

@@ -106,7 +106,6 @@ def _needs_graph(*tensors) -> bool:
     return (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)) or forward_ad_active()
 
 
-
 def conv_relu_maxpool2d(
     input: torch.Tensor,
     weight: torch.Tensor,
