@@ -196,16 +196,16 @@ struct ConvBlockNode final : torch::autograd::Node {
 };
 
 // The block with derivatives: the forward kernel below autograd, then its backward node
-// (when `record`) and its tangent (when an input has one: forward-mode AD).
+// (when `record`) and its tangent (when `forward_ad`: an input has one).
 at::Tensor conv_block_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                               const ConvArgs& a, bool record) {
+                               const ConvArgs& a, bool record, bool forward_ad) {
   at::Tensor out, offsets;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(out, offsets) = forward_op(input, weight, bias, a);
   }
-  const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
-  if (tx.defined() || tw.defined() || tb.defined()) {
+  if (forward_ad) {
+    const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
     // The tangent op at the same offsets (the max positions held fixed, as torch's max_pool2d
     // tangent does), itself differentiable when a backward is recorded through it.
     const at::Tensor t = run_jvp(primal_of(input), primal_of(weight), offsets, tx, tw, tb, a);
@@ -337,7 +337,8 @@ at::Tensor conv_block_autograd(const at::Tensor& input, const at::Tensor& weight
     at::AutoDispatchBelowADInplaceOrView guard;
     return batched(input, [&](const at::Tensor& x) { return std::get<0>(forward_op(x, weight, bias, a)); });
   }
-  return batched(input, [&](const at::Tensor& x) { return conv_block_recorded(x, weight, bias, a, record); });
+  return batched(input,
+                 [&](const at::Tensor& x) { return conv_block_recorded(x, weight, bias, a, record, forward_ad); });
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

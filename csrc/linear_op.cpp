@@ -202,17 +202,17 @@ struct LinearNode final : torch::autograd::Node {
 };
 
 // The layer with derivatives: the forward kernel below autograd, then its backward node (when
-// `record`) and its tangent (when an input has one: forward-mode AD).
+// `record`) and its tangent (when `forward_ad`: an input has one).
 at::Tensor linear_recorded(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           const std::string& act, bool record) {
+                           const std::string& act, bool record, bool forward_ad) {
   at::Tensor out, saved;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(out, saved) = forward_op(input, weight, bias, act);
   }
   const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
-  if (tx.defined() || tw.defined() || tb.defined()) {
+  if (forward_ad) {
+    const at::Tensor tx = tangent_of(input), tw = tangent_of(weight), tb = tangent_of(bias);
     const at::Tensor x = primal_of(input), w = primal_of(weight), b = has_bias ? primal_of(*bias) : at::Tensor();
     at::Tensor state = saved;
     if (smooth(act) && at::GradMode::is_enabled() && any_requires_grad({x, w, b}))
@@ -314,7 +314,7 @@ at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight, co
     at::AutoDispatchBelowADInplaceOrView guard;
     return std::get<0>(forward_op(input, weight, bias, std::string(activation)));
   }
-  return linear_recorded(input, weight, bias, std::string(activation), record);
+  return linear_recorded(input, weight, bias, std::string(activation), record, forward_ad);
 }
 
 // Below autograd (inference mode, tracing): the forward kernel alone.

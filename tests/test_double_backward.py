@@ -34,6 +34,12 @@ def _conv_inputs(setting, device="cpu"):
     return (make(2, c, *hw), make(c, c // kwargs.get("groups", 1), kh, 3), make(c)), kwargs
 
 
+def _linear_inputs():
+    """float64 ``(x, w, b)`` of a 3-D input's linear layer, all requiring grad."""
+    make = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    return make(2, 3, 5), make(4, 5), make(4)
+
+
 @pytest.mark.parametrize("setting", list(CONV_SETTINGS), ids=str)
 def test_conv_block_gradgradcheck(backend, setting):
     (x, w, b), kwargs = _conv_inputs(setting)
@@ -49,9 +55,7 @@ def test_conv_block_gradgradcheck(backend, setting):
 @pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"], ids=str)
 def test_linear_gradgradcheck(backend, activation):
     skip_unless_backend_has(backend, "linear")
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x, w, b = _linear_inputs()
 
     def fn(x, w, b):
         return fusedops.linear(x, w, b, activation=activation, backend=backend)

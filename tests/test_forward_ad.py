@@ -8,7 +8,6 @@ replace, also differentiated once more (reverse over forward). Compiled autograd
 native ops' backward nodes and must give eager's gradients.
 """
 
-import os
 import warnings
 
 import pytest
@@ -18,21 +17,10 @@ from torch import nn
 
 import fusedops
 from tests.conftest import skip_unless_backend_has
+from tests.test_double_backward import _conv_inputs, _interpreted, _linear_inputs
 from tests.test_gradcheck import CONV_SETTINGS
 
 NATIVE_CPU = "cpp"  # the native (C++ autograd) backend on CPU tensors
-
-
-def _interpreted(backend):
-    return backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _conv_inputs(setting):
-    kwargs = CONV_SETTINGS[setting]
-    kh = 2 if setting == "same_even" else 3
-    c, hw = (8, (5, 6)) if setting == "winograd" else (4, (6, 7))
-    make = lambda *s: torch.randn(*s, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    return (make(2, c, *hw), make(c, c // kwargs.get("groups", 1), kh, 3), make(c)), kwargs
 
 
 def _torch_block(block: fusedops.FusedConvBlock) -> nn.Sequential:
@@ -83,9 +71,7 @@ def test_conv_block_forward_ad_gradcheck(backend, setting):
 @pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh", "silu"], ids=str)
 def test_linear_forward_ad_gradcheck(backend, activation):
     skip_unless_backend_has(backend, "linear")
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    x, w, b = _linear_inputs()
 
     def fn(x, w, b):
         return fusedops.linear(x, w, b, activation=activation, backend=backend)
