@@ -100,8 +100,29 @@ def _cudnn_benchmark():
         torch.backends.cudnn.benchmark = old
 
 
-def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Callable[[int], object]:
-    """``step(i)``: one forward (no grad), forward+backward, or training step on input ``i``."""
+def make_step(provider: Provider, workload: Workload, inputs, mode: str,
+              autocast: Optional[torch.dtype] = None) -> Callable[[int], object]:
+    """``step(i)``: one forward (no grad), forward+backward, or training step on input ``i``;
+    with ``autocast``, the whole step under ``torch.autocast`` to that dtype (float32 modules
+    and inputs, as mixed-precision training runs them)."""
+    step = _make_step(provider, workload, inputs, mode, autocast)
+    if autocast is not None:
+        plain = step
+
+        def step(i):
+            with _autocast(inputs[0], autocast):
+                return plain(i)
+    if provider.graph_of is None:
+        return step
+    return _graphed(step)
+
+
+def _autocast(like: torch.Tensor, dtype: Optional[torch.dtype]):
+    return torch.autocast(like.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _make_step(provider: Provider, workload: Workload, inputs, mode: str,
+               autocast: Optional[torch.dtype]) -> Callable[[int], object]:
     m = provider.module
     if provider.channels_last:
         inputs = [x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
@@ -124,7 +145,7 @@ def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Call
                 opt.step()
             return loss
     else:
-        with torch.no_grad():
+        with torch.no_grad(), _autocast(inputs[0], autocast):  # the output's dtype under autocast
             grad_output = torch.randn_like(m(inputs[0]))
 
         def step(i):
@@ -132,10 +153,7 @@ def make_step(provider: Provider, workload: Workload, inputs, mode: str) -> Call
                 out = m(inputs[i % n])
                 out.backward(grad_output)
             return out
-
-    if provider.graph_of is None:
-        return step
-    return _graphed(step)
+    return step
 
 
 def _graphed(step: Callable[[int], object]) -> Callable[[int], object]:

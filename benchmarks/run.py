@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -40,11 +41,34 @@ import fusedops  # noqa: E402
 from benchmarks import measure, providers, summarize, workloads  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+# Mixed precision: float32 modules and inputs, each step under torch.autocast to this dtype.
+AUTOCAST_DTYPES = {"bfloat16-autocast": torch.bfloat16, "float16-autocast": torch.float16}
 OPS = summarize.OP_ORDER  # whole models first, as the tables and the plot
 MODES = ("fwd", "train")
 RESULTS = ROOT / "benchmarks" / "results"  # the committed results: written only with --save
 LOCAL_RESULTS = RESULTS / "local"  # git-ignored: where a plain run writes
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a job's tensors are typed: ``name`` as in the results (``float32``,
+    ``bfloat16-autocast``), ``compute`` the dtype the layers compute in, ``autocast`` whether
+    that comes from ``torch.autocast`` over float32 modules and inputs (``storage``)."""
+
+    name: str
+    compute: torch.dtype
+    autocast: bool = False
+
+    @property
+    def storage(self) -> torch.dtype:
+        return torch.float32 if self.autocast else self.compute
+
+    @classmethod
+    def named(cls, name: str) -> Precision:
+        if name in AUTOCAST_DTYPES:
+            return cls(name, AUTOCAST_DTYPES[name], autocast=True)
+        return cls(name, DTYPES[name])
 
 
 def device_slug(device: str) -> str:
@@ -190,13 +214,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
-def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
+def bench_one(w, mode, precision: Precision, args, ceilings, skipped: List[dict]):
     """Time every provider of one workload in one mode; returns result rows. Providers that
-    cannot run ``dtype`` here are left out and listed in ``skipped`` with the reason."""
+    cannot run ``precision``'s dtype here are left out and listed in ``skipped`` with the reason."""
     torch._dynamo.reset()  # each job compiles afresh: no recompile limit reached across jobs
     device = args.device
-    dtype_name = str(dtype).replace("torch.", "")
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    dtype, dtype_name = precision.compute, precision.name
+    autocast = dtype if precision.autocast else None
+    itemsize = torch.empty(0, dtype=precision.storage).element_size()
 
     def skip(provider: str, reason: str) -> None:
         if not any((s["provider"], s["dtype"], s["reason"]) == (provider, dtype_name, reason) for s in skipped):
@@ -204,7 +229,7 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
         skipped.append({"layer": w.layer, "dtype": dtype_name, "mode": mode, "provider": provider, "reason": reason})
 
     provs = []
-    for p in providers.make_providers(w, device, dtype, args.providers):
+    for p in providers.make_providers(w, device, precision.storage, args.providers):
         if args.skip_providers and any(p.name.startswith(s) for s in args.skip_providers):
             continue
         reason = cannot_run(p.name, device, dtype)
@@ -214,8 +239,8 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
             skip(p.name, reason)
     shape = w.input_shape(args.batch)
     count = measure.rotation_count(math.prod(shape) * itemsize, device)
-    inputs = providers.make_inputs(w, args.batch, device, dtype, count, mode)
-    fwd = {p.name: providers.make_step(p, w, inputs, "fwd") for p in provs if p.graph_of is None}
+    inputs = providers.make_inputs(w, args.batch, device, precision.storage, count, mode)
+    fwd = {p.name: providers.make_step(p, w, inputs, "fwd", autocast) for p in provs if p.graph_of is None}
     try:
         with torch.no_grad():
             reference = fwd["eager"](0)
@@ -240,7 +265,7 @@ def bench_one(w, mode, dtype, args, ceilings, skipped: List[dict]):
             steps[p.name] = fwd[p.name]
             continue
         try:
-            steps[p.name] = providers.make_step(p, w, inputs, mode)
+            steps[p.name] = providers.make_step(p, w, inputs, mode, autocast)
         except RuntimeError as exc:  # e.g. a CUDA graph that cannot be captured
             skip(p.name, _first_line(exc))
     for step in steps.values():  # warm-up (compiles, autotunes, allocates)
@@ -338,8 +363,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=["cuda", "cpu"], default=default_device,
                         help=f"default: {default_device} here (cuda when a GPU is present)")
     parser.add_argument("--dtypes", default=None,
-                        help=f"comma list of {', '.join(DTYPES)}; default bfloat16,float32 on CUDA, float32 on CPU. "
-                        "A provider that cannot run a dtype is skipped, saying why")
+                        help=f"comma list of {', '.join([*DTYPES, *AUTOCAST_DTYPES])} (-autocast: float32 modules "
+                        "and inputs, each step under torch.autocast to that dtype); default bfloat16,float32 on "
+                        "CUDA, float32 on CPU. A provider that cannot run a dtype is skipped, saying why")
     parser.add_argument("--batch", type=_positive_int, default=None, help="default 256 on CUDA, 64 on CPU")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma list of {', '.join(OPS)} (default: all)")
     parser.add_argument("--layers", default=None,
@@ -367,8 +393,8 @@ def parse_args(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     dtypes = _check_choices(parser, "--dtypes", args.dtypes or ("bfloat16,float32" if args.device == "cuda"
-                                                                else "float32"), list(DTYPES))
-    args.dtypes = [DTYPES[d] for d in dict.fromkeys(dtypes)]
+                                                                else "float32"), [*DTYPES, *AUTOCAST_DTYPES])
+    args.dtypes = [Precision.named(d) for d in dict.fromkeys(dtypes)]
     args.ops = _check_choices(parser, "--ops", args.ops, OPS)
     args.modes = _check_choices(parser, "--modes", args.modes, MODES)
     if args.layers is not None:
@@ -426,7 +452,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     chosen = select_workloads(args)
     jobs = [(w, m, d) for w in chosen for d in args.dtypes for m in args.modes if m in w.modes]
-    ceilings = {str(d).replace("torch.", ""): measure.measure_ceilings(args.device, d) for d in args.dtypes}
+    ceilings = {d.name: measure.measure_ceilings(args.device, d.compute) for d in args.dtypes}
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU {_cpu_model()}"
     print(f"device: {name} | torch {torch.__version__} | triton {_triton_version()} | batch {args.batch}"
           f" | fusedops backends here: {providers.fusedops_backends_for(args.device)}")
@@ -434,9 +460,9 @@ def main(argv=None) -> int:
     sys.stdout.flush()
     rows, skipped = [], []
     with Progress(len(jobs)) as progress:
-        for w, mode, dtype in jobs:
-            progress.step(f"{w.layer} {mode} {str(dtype).replace('torch.', '')}")
-            rows += bench_one(w, mode, dtype, args, ceilings[str(dtype).replace("torch.", "")], skipped)
+        for w, mode, precision in jobs:
+            progress.step(f"{w.layer} {mode} {precision.name}")
+            rows += bench_one(w, mode, precision, args, ceilings[precision.name], skipped)
     for op in OPS:
         print_table(op, rows, args.rounds)
     if skipped:

@@ -37,6 +37,17 @@ _INTERPRET_ENV = EnvVar("TRITON_INTERPRET")
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference")}
 
 
+@functools.cache
+def onednn_has_bfloat16() -> bool:
+    """Whether oneDNN (eager's CPU convolution) has bfloat16 kernels on this CPU, as torch reports
+    it; where this torch cannot tell, assume it has (the rule measured on such a CPU stands)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else True
+    except RuntimeError:
+        return True
+
+
 class Backend:
     """Base class: a named implementation of both ops' forward and backward."""
 
@@ -178,6 +189,11 @@ class CppBackend(NativeBackend):
     # the float32 training steps and the first layers' (benchmarks/NOTES.md). The first layers'
     # forward (<= 4 input channels per group, stride-1 columns: the direct convolution,
     # csrc/cpu/direct_conv.h) beat oneDNN's channels_last conv in float32 and bfloat16.
+    # All of the above was measured on a CPU where oneDNN has bfloat16 kernels. Where it has none
+    # (torch.ops.mkldnn._is_mkldnn_bf16_supported() false: no AVX-512, e.g. an AVX2-only CPU),
+    # eager's and the reference's bf16 conv is oneDNN's reference implementation, 5-50x slower
+    # than these float32 kernels on bf16 copies on every conv block measured, pooled or not, in
+    # either layout (benchmarks/NOTES.md): there the kernel takes every bf16 conv block.
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -188,6 +204,8 @@ class CppBackend(NativeBackend):
             return True
         if not op.startswith("conv_relu_maxpool2d"):
             return False
+        if facts.get("dtype") == torch.bfloat16 and not onednn_has_bfloat16():
+            return True
         if not facts.get("pooled"):
             # Without a pool only the Winograd layers on NCHW float32/float64 inputs
             # (benchmarks/NOTES.md: 1.15x-1.25x eager NCHW; oneDNN's channels_last conv still wins).

@@ -88,6 +88,28 @@ def test_a_run_prints_every_file_it_wrote_and_skips_what_a_provider_cannot_run(t
         assert "fusedops-cpp (float16) on 1 job" in out
 
 
+@pytest.mark.parametrize("mode", ["fwd", "train"])
+def test_an_autocast_precision_runs_float32_modules_and_inputs_under_autocast(mode):
+    """``--dtypes bfloat16-autocast``: the modules and inputs stay float32, each step runs
+    under torch.autocast, so the conv computes (and returns) bfloat16."""
+    import torch
+
+    from benchmarks import providers
+
+    args = run.parse_args(["--device", "cpu", "--dtypes", "bfloat16-autocast,float32"])
+    assert [(d.name, d.storage, d.compute, d.autocast) for d in args.dtypes] == [
+        ("bfloat16-autocast", torch.float32, torch.bfloat16, True), ("float32", torch.float32, torch.float32, False)]
+    w = workloads.CONV_LAYERS[0]
+    provider = providers.Provider("eager", w.build())
+    inputs = providers.make_inputs(w, 2, "cpu", torch.float32, 2, mode)
+    out = providers.make_step(provider, w, inputs, mode, torch.bfloat16)(0)
+    assert out.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in provider.module.parameters())
+    if mode == "train":
+        assert all(p.grad.dtype == torch.float32 for p in provider.module.parameters())
+    assert providers.make_step(provider, w, inputs, mode)(0).dtype == torch.float32
+
+
 def _row(op, layer, provider, mode="train", peak=None, saved=None, compile_ratio=1.1):
     return {"op": op, "layer": layer, "shape": [256, 3, 32, 32], "dtype": "bfloat16", "mode": mode,
             "provider": provider, "median_ms": 12345.678, "speedup_vs_eager": 12.345,

@@ -182,7 +182,8 @@ def test_native_linear_rejects_bad_input_with_clear_error():
                                                   torch.randn(2, 3), "relu", [True, True, False])
 
 
-def test_automatic_choice_takes_cpp_only_where_it_wins():
+def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
+    monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: True)  # the bf16 rule measured there
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
     wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 5, 5))  # 4 output channels: no Winograd; K = 800
     short_k = (torch.randn(2, 6, 14, 14), torch.randn(16, 6, 5, 5))  # the CIFAR tutorial's conv2: K = 150
@@ -216,11 +217,12 @@ def test_automatic_choice_takes_cpp_only_where_it_wins():
     assert backends.select("", [torch.randn(2, 3), torch.randn(4, 3)], "linear").name == "cpp"
 
 
-def test_automatic_choice_leaves_channels_last_forwards_to_onednn():
+def test_automatic_choice_leaves_channels_last_forwards_to_onednn(monkeypatch):
     """A strictly channels_last input without a graph to record (no_grad, eval) goes to the
     reference (oneDNN's channels_last conv), except on the first layers' direct path (<= 4
     input channels per group, stride-1 columns); training keeps cpp, except bf16 Winograd
-    layers."""
+    layers (on a CPU where oneDNN has bf16 kernels)."""
+    monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: True)
     op = "conv_relu_maxpool2d"
     pooled = conv_block_params((3, 3))
 
@@ -257,6 +259,35 @@ def test_a_module_chooses_per_layout_and_graph():
     m._choices.entries.clear()
     m(x.contiguous(memory_format=torch.channels_last)).sum().backward()
     assert chosen() == ["cpp"]
+
+
+def test_automatic_choice_takes_cpp_for_every_bfloat16_conv_block_where_onednn_has_no_bf16(monkeypatch):
+    """Without oneDNN bf16 kernels (an AVX2-only CPU) the reference's bf16 conv is oneDNN's
+    reference implementation, far slower than the float32 kernels on copies: every bf16 conv
+    block, pooled or not, either layout, graph or not, takes cpp; other dtypes keep their rules."""
+    monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: False)
+    op = "conv_relu_maxpool2d"
+    cl = torch.channels_last
+    shapes = [((2, 32, 8, 8), (4, 32, 5, 5)), ((2, 32, 8, 8), (64, 32, 3, 3)), ((2, 6, 14, 14), (16, 6, 5, 5))]
+    for x_shape, w_shape in shapes:
+        for params in (conv_block_params((3, 3)), conv_block_params((3, 3), pool_kernel_size=None)):
+            for layout in (torch.contiguous_format, cl):
+                x = torch.randn(x_shape).contiguous(memory_format=layout)
+                w = torch.randn(w_shape)
+                for graph in (False, True):
+                    low = [x.bfloat16(), w.bfloat16()]
+                    facts = backends.conv_facts(low[1], params, low[0], graph)
+                    assert backends.select("", low, op, facts).name == "cpp", (x_shape, w_shape, params, layout, graph)
+    wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 5, 5))  # float32 keeps the measured K rule
+    assert backends.select("", wide, op, backends.conv_facts(wide[1], conv_block_params((3, 3)))).name == "reference"
+
+
+def test_onednn_bfloat16_probe_matches_torch():
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is None:
+        assert backends.onednn_has_bfloat16() is True
+    else:
+        assert backends.onednn_has_bfloat16() is bool(probe())
 
 
 @pytest.mark.parametrize("channels", [3, 16])  # direct path, Winograd path
