@@ -42,6 +42,7 @@
 #include <torch/library.h>
 
 #include "../conv_checks.h"
+#include "blas.h"
 #include "cpu_checks.h"
 #include "direct_conv.h"
 #include "pool_rows.h"
@@ -211,16 +212,7 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T
     small_gemm<T>(m, n, k, a, trans_a ? 1 : lda, trans_a ? lda : 1, b, ldb, accumulate, c, ldc);
     return;
   }
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  const auto view = [&](const T* p, int64_t rows, int64_t cols, int64_t ld, bool trans) {
-    at::Tensor t = at::from_blob(const_cast<T*>(p), {trans ? cols : rows, trans ? rows : cols}, {ld, 1}, opts);
-    return trans ? t.t() : t;
-  };
-  at::Tensor out = at::from_blob(c, {m, n}, {ldc, 1}, opts);
-  if (accumulate)
-    out.addmm_(view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
-  else
-    at::mm_out(out, view(a, m, k, lda, trans_a), view(b, k, n, ldb, trans_b));
+  blas::gemm_row_major<T>(trans_a, trans_b, m, n, k, a, lda, b, ldb, accumulate, c, ldc);
 }
 
 // Pooled rows per band: keeps the band's im2col buffer near 64K elements.
@@ -253,7 +245,11 @@ FUSEDOPS_VECTORIZE void im2col_short(const Geometry& g, const T* x, std::array<i
         for (int64_t r = r0; r < r1; ++r) {
           const T* s = src + (r - r0) * g.sh * width;
           T* row = dst + (r - r0) * g.OW;
-          for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow * g.sw];
+          if (g.sw == 1) {  // a contiguous run: vector copies (a runtime stride kept them scalar)
+            for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow];
+          } else {
+            for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow * g.sw];
+          }
         }
       }
     }
@@ -311,15 +307,22 @@ FUSEDOPS_VECTORIZE void col2im_add_short(const Geometry& g, const T* dcol, int64
   const int64_t ih0 = r0 * g.sh - g.pt, rows = (r1 - 1 - r0) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t width = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1;
   padded.assign(g.Cg * rows * width, T(0));
+  // kw outermost: the rows added with one kw land at the same column offsets, so a row's
+  // vector loads meet earlier stores at exactly their addresses (forwarded); with kw innermost
+  // the next kw's loads straddled the previous one's stores.
   for (int64_t ci = 0; ci < g.Cg; ++ci) {
-    for (int64_t kh = 0; kh < g.KH; ++kh) {
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
+    for (int64_t kw = 0; kw < g.KW; ++kw) {
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
         const T* src = dcol + ((ci * g.KH + kh) * g.KW + kw) * M;
         T* dst = padded.data() + (ci * rows + kh * g.dh) * width + kw * g.dw;
         for (int64_t r = r0; r < r1; ++r) {
           const T* row = src + (r - r0) * g.OW;
           T* d = dst + (r - r0) * g.sh * width;
-          for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * g.sw] += row[ow];
+          if (g.sw == 1) {
+            for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] += row[ow];
+          } else {
+            for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * g.sw] += row[ow];
+          }
         }
       }
     }

@@ -22,6 +22,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "blas.h"
 #include "transpose.h"
 #include "vectorize.h"
 
@@ -31,28 +32,8 @@
 #include <memory>
 #include <vector>
 
-// The Fortran BLAS that libtorch_cpu exports (and calls itself, at::native::cpublas::gemm,
-// which it does not export): column-major, 32-bit sizes as torch declares them.
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
-
 namespace fusedops {
 namespace winograd {
-
-inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda, const double* b,
-                      int ldb, double beta, double* c, int ldc) {
-  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
 
 // U[e][i][o] = (G g G^T)[e] for the 3x3 filter g of output channel o and input channel i,
 //   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
@@ -245,7 +226,7 @@ void gemm16(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t l
   TORCH_CHECK(std::max({m, n, k, lda, ldb, ldc}) <= most, "Winograd GEMM sizes over 2^31 - 1 (", m, ", ", n, ", ",
               k, ")");
   for (int64_t e = 0; e < 16; ++e)
-    blas_gemm('N', trans_a ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), T(1),
+    blas::gemm('N', trans_a ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), T(1),
               b + e * b_step, static_cast<int>(ldb), a + e * a_step, static_cast<int>(lda), beta, c + e * c_step,
               static_cast<int>(ldc));
 }
