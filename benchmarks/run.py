@@ -79,6 +79,13 @@ def device_slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def _cpu_capability() -> str:
+    """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...), with whether oneDNN has
+    bfloat16 kernels: the same model name covers machines that differ in both."""
+    bf16 = fusedops.backends.onednn_has_bfloat16()
+    return f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'yes' if bf16 else 'no'}"
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -453,7 +460,7 @@ def main(argv=None) -> int:
     chosen = select_workloads(args)
     jobs = [(w, m, d) for w in chosen for d in args.dtypes for m in args.modes if m in w.modes]
     ceilings = {d.name: measure.measure_ceilings(args.device, d.compute) for d in args.dtypes}
-    name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU {_cpu_model()}"
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU {_cpu_model()} ({_cpu_capability()})"
     print(f"device: {name} | torch {torch.__version__} | triton {_triton_version()} | batch {args.batch}"
           f" | fusedops backends here: {providers.fusedops_backends_for(args.device)}")
     print(f"ceilings: {ceilings}")
