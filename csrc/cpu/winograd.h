@@ -227,8 +227,8 @@ void gemm16(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t l
               k, ")");
   for (int64_t e = 0; e < 16; ++e)
     blas::gemm('N', trans_a ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), T(1),
-              b + e * b_step, static_cast<int>(ldb), a + e * a_step, static_cast<int>(lda), beta, c + e * c_step,
-              static_cast<int>(ldc));
+               b + e * b_step, static_cast<int>(ldb), a + e * a_step, static_cast<int>(lda), beta, c + e * c_step,
+               static_cast<int>(ldc));
 }
 
 // Strides between the 16 transformed positions, padded by one cache line: a multiple of 4 KiB
