@@ -338,7 +338,9 @@ KERNEL_PATHS = {
     "short rows, asymmetric pool": ((1, 17, 12, 12), 4, dict(pool_kernel_size=(3, 2), pool_stride=(2, 1))),
     "long rows, small gemm": ((1, 17, 2, 40), 2, dict(padding=1)),  # 2 x 80 x 153
     "long rows, blas": ((2, 17, 20, 36), 7, dict(padding=1)),
-    "short rows, blas": ((2, 51, 30, 30), 9, dict(padding=2, groups=3)),
+    "short rows, blas, bands, groups": ((2, 51, 29, 29), 9, dict(padding=2, groups=3)),  # OW 31: 3 bands
+    "short rows, blas, bands": ((1, 17, 40, 30), 5, {}),  # 3 bands of up to 14 conv rows x 28
+    "strided columns, blas, bands": ((1, 17, 61, 61), 5, dict(stride=2)),  # 3 bands, OW 30
     "ceil mode": ((1, 17, 9, 9), 4, dict(pool_ceil_mode=True)),
     "no pool": ((1, 17, 8, 34), 5, dict(pool_kernel_size=None, padding=1)),
     # one pooled row per band, 16 bands summed into one weight and bias gradient

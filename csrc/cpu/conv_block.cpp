@@ -62,12 +62,15 @@
 namespace fusedops {
 namespace {
 
-// Row-major C (M x N) = op(A) (M x K) @ op(B) (K x N) [+ C when accumulate], on buffers
-// viewed as tensors (no copies). Inside at::parallel_for the BLAS call runs single-threaded.
+// Row-major C (M x N) = op(A) (M x K) @ op(B) (K x N) [+ C when accumulate]: one BLAS call on
+// the buffers (blas.h; at::mm on them viewed as tensors cost three tensors and a dispatch per
+// call, 128 calls per backward of LeNet's 6->16 layer). Inside at::parallel_for the BLAS runs
+// single-threaded. Full float32 whatever torch's float32 matmul precision (as the Winograd
+// path's GEMMs).
 //
 // Products of at most kSmallGemm multiply-adds (a tiny layer, or the first bands of one) run
-// in small_gemm below: wrapping the buffers as tensors and dispatching to BLAS costs more
-// than the arithmetic there, and that host time is what a small layer's call costs.
+// in small_gemm below: the BLAS call's own set-up costs more than the arithmetic there, and
+// that host time is what a small layer's call costs.
 constexpr int64_t kSmallGemm = 1 << 15;
 
 // 32-byte vectors (GCC/Clang vector extensions): one AVX2 register, two SSE2 ones.
