@@ -248,11 +248,7 @@ FUSEDOPS_VECTORIZE void im2col_short(const Geometry& g, const T* x, std::array<i
         for (int64_t r = r0; r < r1; ++r) {
           const T* s = src + (r - r0) * g.sh * width;
           T* row = dst + (r - r0) * g.OW;
-          if (g.sw == 1) {  // a contiguous run: vector copies (a runtime stride kept them scalar)
-            for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow];
-          } else {
-            for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow * g.sw];
-          }
+          for (int64_t ow = 0; ow < g.OW; ++ow) row[ow] = s[ow * g.sw];
         }
       }
     }
@@ -321,11 +317,7 @@ FUSEDOPS_VECTORIZE void col2im_add_short(const Geometry& g, const T* dcol, int64
         for (int64_t r = r0; r < r1; ++r) {
           const T* row = src + (r - r0) * g.OW;
           T* d = dst + (r - r0) * g.sh * width;
-          if (g.sw == 1) {
-            for (int64_t ow = 0; ow < g.OW; ++ow) d[ow] += row[ow];
-          } else {
-            for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * g.sw] += row[ow];
-          }
+          for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * g.sw] += row[ow];
         }
       }
     }
