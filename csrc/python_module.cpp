@@ -4,6 +4,9 @@
 // kernels' and the one-call ops' TORCH_LIBRARY blocks). The module carries whether the CUDA
 // kernels were compiled in, and typed entries of the two one-call ops.
 //
+// One setting for tests: the direct convolution's register tile (csrc/cpu/direct_conv.h), so
+// that both tiles run on any CPU.
+//
 // The entries call the same registered ops through the dispatcher (autograd, dispatch modes
 // and the profiler see an ordinary op call), but with typed arguments: torch.ops' generic
 // entry converts every argument through the schema (and looks for __torch_function__
@@ -18,6 +21,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "cpu/direct_conv.h"
 
 namespace fusedops {
 namespace {
@@ -40,6 +45,13 @@ at::Tensor native_linear_entry(const at::Tensor& input, const at::Tensor& weight
   return op.call(input, weight, bias, activation);
 }
 
+void set_cpu_direct_tile_channels(int64_t channels) {
+  TORCH_CHECK_VALUE(channels == 0 || channels == direct_conv::kCo || channels == direct_conv::kCoAvx2,
+                    "channels must be 0 (chosen by the CPU), ", direct_conv::kCoAvx2, " or ", direct_conv::kCo,
+                    ", got ", channels);
+  direct_conv::tile_channels_override.store(channels, std::memory_order_relaxed);
+}
+
 }  // namespace
 }  // namespace fusedops
 
@@ -53,4 +65,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fusedops::native_conv_block(input, weight, bias, geometry) through the dispatcher, typed");
   m.def("native_linear", &fusedops::native_linear_entry,
         "fusedops::native_linear(input, weight, bias, activation) through the dispatcher, typed");
+  m.def("_set_cpu_direct_tile_channels", &fusedops::set_cpu_direct_tile_channels, pybind11::arg("channels"),
+        "Output channels per register tile of the CPU direct convolution: 3 or 4 (for tests), 0 to let the "
+        "CPU choose");
 }

@@ -394,6 +394,42 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
         torch.testing.assert_close(got, want, **tol)
 
 
+@pytest.fixture(params=[3, 4], ids=["3-channel tile", "4-channel tile"])
+def direct_tile(request):
+    """Pins the direct convolution's register tile to 3 or 4 output channels (direct_conv.h: 4
+    where the AVX-512 clones run, 3 on AVX2), so that both tiles run on any CPU."""
+    fusedops._C._set_cpu_direct_tile_channels(request.param)
+    yield request.param
+    fusedops._C._set_cpu_direct_tile_channels(0)
+
+
+def test_direct_tile_setting_rejects_other_widths():
+    with pytest.raises(ValueError, match="got 5"):
+        fusedops._C._set_cpu_direct_tile_channels(5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("out_channels", [1, 3, 4, 7])
+@pytest.mark.parametrize("case", [case for case in KERNEL_PATHS if case.startswith("direct")])
+def test_direct_convolution_tiles_match_the_reference(case, out_channels, layout, direct_tile):
+    """Either register tile, with output channel counts below, at and off both tile widths (the
+    last tile partly outside the weights' padding)."""
+    shape, _, kwargs = KERNEL_PATHS[case]
+    groups = kwargs.get("groups", 1)
+    out_channels *= groups
+    x = _input_in_layout(shape, torch.float64, layout)
+    w = torch.randn(out_channels, shape[1] // groups, 3, 3, dtype=torch.float64)
+    b = torch.randn(out_channels, dtype=torch.float64)
+    results = {}
+    for backend in ("cpp", "reference"):
+        xs = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        out = fusedops.conv_relu_maxpool2d(xs, w, b, backend=backend, **kwargs)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))  # through the offsets
+        results[backend] = (out, xs.grad)
+    for got, want in zip(results["cpp"], results["reference"]):
+        torch.testing.assert_close(got, want)
+
+
 # First layers (direct path, MaxPool2d(2)) whose input needs no gradient take the weight gradient
 # from each pooled gradient at its max's patch (direct_conv::weight_grad_pool2x2): kernel rows
 # copied as vectors (stride-1 taps, KW up to a vector) or tap by tap, K over one or several
@@ -430,7 +466,7 @@ def test_first_layer_weight_gradient_matches_the_reference(case, dtype, layout):
 
 @pytest.mark.parametrize("in_channels", [1, 17])  # direct convolution, im2col path
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, in_channels):
+def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, in_channels, direct_tile):
     """The MaxPool2d(2) kernels run 8 (float) or 4 (double) windows per vector step: the forward
     in the direct convolution's registers (1 input channel: the last step overlaps the one before)
     or in pool2x2_row (17 input channels, im2col: the last windows from a padded copy), the

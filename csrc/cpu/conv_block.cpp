@@ -634,10 +634,10 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   // First layers (few input channels per group): a direct convolution instead of im2col + GEMM
   // (direct_conv.h), on the weights of every group transposed to its layout.
   const bool direct = direct_conv::applies(g);
-  const int64_t co_pad = direct_conv::padded_channels(g);
+  const int64_t tile_co = direct_conv::tile_channels(g), co_pad = direct_conv::padded_channels(g, tile_co);
   std::vector<T> wt(direct ? g.G * g.K * co_pad : 0);
   for (int64_t grp = 0; direct && grp < g.G; ++grp)
-    direct_conv::transpose_weights(g, w + grp * g.Coutg * g.K, wt.data() + grp * g.K * co_pad);
+    direct_conv::transpose_weights(g, w + grp * g.Coutg * g.K, wt.data() + grp * g.K * co_pad, co_pad);
   const int64_t band = direct ? direct_conv::band_rows(g) : band_rows(g);
   const int64_t bands = (g.PH + band - 1) / band;
   // Winograd: the transformed filters of every group, and several small images per task so
@@ -689,10 +689,17 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       }
       if constexpr (std::is_same_v<OffT, int8_t>) {  // (MaxPool2d(2)'s 4-tap windows have int8 offsets)
         if (M > 0 && direct && g.whole_pool2x2()) {  // pooled in registers: no band tile
-          for (int64_t n = n0; n < n1; ++n)
-            direct_conv::conv_pool2x2_rows<T, OffT>(g, x, xs, n, grp, p0, p1, wt.data() + grp * g.K * co_pad, b,
-                                                    y + n * ys[0] + grp * g.Coutg * ys[1],
-                                                    o + n * ys[0] + grp * g.Coutg * ys[1], ys, padded);
+          for (int64_t n = n0; n < n1; ++n) {
+            const T* wg = wt.data() + grp * g.K * co_pad;
+            T* yn = y + n * ys[0] + grp * g.Coutg * ys[1];
+            OffT* on = o + n * ys[0] + grp * g.Coutg * ys[1];
+            if (tile_co == direct_conv::kCoAvx2)
+              direct_conv::conv_pool2x2_rows<T, OffT, direct_conv::kCoAvx2>(g, x, xs, n, grp, p0, p1, wg, b, yn, on, ys,
+                                                                            padded);
+            else
+              direct_conv::conv_pool2x2_rows<T, OffT, direct_conv::kCo>(g, x, xs, n, grp, p0, p1, wg, b, yn, on, ys,
+                                                                        padded);
+          }
           continue;
         }
       }
@@ -704,7 +711,11 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       for (int64_t n = n0; n < n1; ++n) {
         T* t = tile.data() + (n - n0) * g.Coutg * M;
         if (M > 0 && direct) {
-          direct_conv::conv_rows(g, x, xs, n, grp, r0, r1, wt.data() + grp * g.K * co_pad, t, padded);
+          const T* wg = wt.data() + grp * g.K * co_pad;
+          if (tile_co == direct_conv::kCoAvx2)
+            direct_conv::conv_rows<T, direct_conv::kCoAvx2>(g, x, xs, n, grp, r0, r1, wg, t, padded);
+          else
+            direct_conv::conv_rows<T, direct_conv::kCo>(g, x, xs, n, grp, r0, r1, wg, t, padded);
         } else if (M > 0 && !g.winograd) {
           col.resize(g.K * M);
           im2col(g, x, xs, n, grp, r0, r1, col.data());

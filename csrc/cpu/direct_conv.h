@@ -2,12 +2,13 @@
 //
 // With K = Cin/groups * KH * KW of 9-400, im2col + GEMM spends its time outside the
 // arithmetic: the K x M im2col buffer is written and read once per band, and a GEMM with
-// K = 27 runs far below BLAS's peak. Here a register tile of kCo output channels x kCols conv
-// columns (two 32-byte vectors per channel) accumulates over (ci, kh, kw) straight from the
-// input rows: per tap, two vector loads of consecutive input columns (stride 1), kCo weight
-// broadcasts and 2 * kCo multiply-adds, so it is bound by the multiply-adds. The input rows a
-// band reads are first copied with their zero padding (a few KB), so that the loops have no
-// bounds checks and every column tile, the last one included, is whole.
+// K = 27 runs far below BLAS's peak. Here a register tile of kTileCo output channels x kCols
+// conv columns (two 32-byte vectors per channel and conv row) accumulates over (ci, kh, kw)
+// straight from the input rows: per tap and conv row, two vector loads of consecutive input
+// columns (stride 1), kTileCo weight broadcasts and 2 * kTileCo multiply-adds, so it is bound by
+// the multiply-adds. The input rows a band reads are first copied with their zero padding (a
+// few KB), so that the loops have no bounds checks and every column tile, the last one
+// included, is whole.
 //
 // Three entry points: conv_rows (the band tile, for any pool or none), conv_pool2x2_rows
 // (MaxPool2d(2): bias, ReLU and the window max on the registers, no band tile) and
@@ -17,13 +18,16 @@
 // Layouts: the band tile is Coutg x M with M = (r1 - r0) * OW (conv rows of OW elements, as
 // the im2col path's GEMM writes it, so the same epilogue follows); the weights are given
 // transposed and padded, wt[k * co_pad + co] for k = (ci * KH + kh) * KW + kw (zero for
-// co >= Coutg), so that a tap's kCo weights are adjacent.
+// co >= Coutg; co_pad = padded_channels(g, kTileCo)), so that a tap's kTileCo weights are
+// adjacent.
 
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../conv_geometry.h"
@@ -33,9 +37,24 @@
 namespace fusedops {
 namespace direct_conv {
 
-// Output channels per register tile (conv_rows's accumulators are written out for 4); the
-// weight layout pads Coutg to a multiple of it.
+// Output channels per register tile (the kernels' kTileCo). conv_pool2x2_rows keeps 4
+// accumulators per channel: with 4 channels, 16, which the AVX2 clone (16 vector registers, one
+// more needed for the weight) spilled, storing and reloading two accumulators on every tap (a
+// store-to-load chain on each multiply-add). It takes 4 channels where the AVX-512 clones run
+// (32 registers) and 3 on AVX2 (12 accumulators, no spill; measured in benchmarks/NOTES.md).
+// conv_rows keeps 2 per channel and takes 4.
 constexpr int64_t kCo = 4;
+constexpr int64_t kCoAvx2 = 3;
+
+// Tests set this to 3 or 4 to run either tile on any CPU; 0: chosen by the CPU.
+inline std::atomic<int64_t> tile_channels_override{0};
+
+// Output channels per register tile of this layer's direct convolution on this CPU.
+inline int64_t tile_channels(const Geometry& g) {
+  const int64_t pinned = tile_channels_override.load(std::memory_order_relaxed);
+  if (pinned) return pinned;
+  return g.whole_pool2x2() && !vector_clones_avx512() ? kCoAvx2 : kCo;
+}
 
 // Up to this many input channels per group (and only stride-1 columns) take the direct path.
 // Measured against im2col + GEMM (forward, batch 64, 2 threads, benchmarks/NOTES.md): faster
@@ -62,13 +81,12 @@ inline int64_t band_rows(const Geometry& g) {
   return std::max<int64_t>(1, std::min<int64_t>(g.PH, 4096 / per_pooled_row));
 }
 
-// Coutg rounded up to whole register tiles.
-inline int64_t padded_channels(const Geometry& g) { return (g.Coutg + kCo - 1) / kCo * kCo; }
+// Coutg rounded up to whole register tiles of `tile` channels: the weight layout's co_pad.
+inline int64_t padded_channels(const Geometry& g, int64_t tile) { return (g.Coutg + tile - 1) / tile * tile; }
 
 // wt (K x co_pad, see above) from one group's weights w (Coutg x K, contiguous).
 template <typename T>
-void transpose_weights(const Geometry& g, const T* w, T* wt) {
-  const int64_t co_pad = padded_channels(g);
+void transpose_weights(const Geometry& g, const T* w, T* wt, int64_t co_pad) {
   std::fill(wt, wt + g.K * co_pad, T(0));
   for (int64_t co = 0; co < g.Coutg; ++co)
     for (int64_t k = 0; k < g.K; ++k) wt[k * co_pad + co] = w[co * g.K + k];
@@ -106,7 +124,8 @@ inline int64_t tile_start(int64_t t, int64_t tiles, int64_t OW, int64_t kCols) {
 // tile[cg][(r - r0) * OW + ow] = sum over (ci, kh, kw), in that order, of
 // wt[(ci, kh, kw)][cg] * x[n, grp * Cg + ci, r * sh - pt + kh * dh, ow - pl + kw * dw]
 // (0 outside the input), for conv rows [r0, r1) and every column ow (stride 1). No bias.
-template <typename T>
+// kTileCo: tile_channels(g).
+template <typename T, int64_t kTileCo>
 FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs, int64_t n,
                                   int64_t grp, int64_t r0, int64_t r1, const T* wt, T* tile, std::vector<T>& padded) {
   using V = typename pool_rows::RowVec<T>::type;
@@ -116,7 +135,7 @@ FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::arra
     __builtin_memcpy(&v, p, sizeof(V));
     return v;
   };
-  const int64_t M = (r1 - r0) * g.OW, co_pad = padded_channels(g);
+  const int64_t M = (r1 - r0) * g.OW, co_pad = padded_channels(g, kTileCo);
   const int64_t rows = (r1 - 1 - r0) * g.sh + (g.KH - 1) * g.dh + 1;
   const int64_t tiles = (g.OW + kCols - 1) / kCols, width = std::max(g.OW, kCols) + (g.KW - 1) * g.dw;
   copy_padded_rows(g, x, xs, n, grp, r0 * g.sh - g.pt, rows, width, padded);
@@ -125,28 +144,35 @@ FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::arra
     T* out_row = tile + (r - r0) * g.OW;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t c0 = tile_start(t, tiles, g.OW, kCols), cols = std::min(kCols, g.OW - c0);
-      for (int64_t cb = 0; cb < co_pad; cb += kCo) {
-        V lo0 = {}, hi0 = {}, lo1 = {}, hi1 = {}, lo2 = {}, hi2 = {}, lo3 = {}, hi3 = {};
+      for (int64_t cb = 0; cb < co_pad; cb += kTileCo) {
+        V acc[kTileCo][2] = {};  // channel cb + j's first and second vector
         const T* wk = wt + cb;
         for (int64_t ci = 0; ci < g.Cg; ++ci) {
           for (int64_t kh = 0; kh < g.KH; ++kh) {
             const T* src = band_row + (ci * rows + kh * g.dh) * width + c0;
             for (int64_t kw = 0; kw < g.KW; ++kw, wk += co_pad) {
               const V a = load(src + kw * g.dw), b = load(src + kw * g.dw + kLanes);
-              const T w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
-              lo0 += w0 * a, hi0 += w0 * b, lo1 += w1 * a, hi1 += w1 * b;
-              lo2 += w2 * a, hi2 += w2 * b, lo3 += w3 * a, hi3 += w3 * b;
+#pragma GCC unroll 4
+              for (int64_t j = 0; j < kTileCo; ++j) {
+                const T w = wk[j];
+                acc[j][0] += w * a;
+                acc[j][1] += w * b;
+              }
             }
           }
         }
-        const V acc[kCo][2] = {{lo0, hi0}, {lo1, hi1}, {lo2, hi2}, {lo3, hi3}};
-        for (int64_t j = 0; j < kCo && cb + j < g.Coutg; ++j) {
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < kTileCo; ++j) {  // unrolled, so that acc stays in registers
+          if (cb + j >= g.Coutg) break;
           T* dst = out_row + (cb + j) * M + c0;
           if (cols == kCols) {
             __builtin_memcpy(dst, &acc[j][0], sizeof(V));
             __builtin_memcpy(dst + kLanes, &acc[j][1], sizeof(V));
           } else {  // OW < kCols: the valid columns only
-            for (int64_t l = 0; l < cols; ++l) dst[l] = l < kLanes ? acc[j][0][l] : acc[j][1][l - kLanes];
+            T part[kCols];
+            __builtin_memcpy(part, &acc[j][0], sizeof(V));
+            __builtin_memcpy(part + kLanes, &acc[j][1], sizeof(V));
+            std::copy(part, part + cols, dst);
           }
         }
       }
@@ -155,23 +181,28 @@ FUSEDOPS_VECTORIZE void conv_rows(const Geometry& g, const T* x, const std::arra
 }
 
 // MaxPool2d(2) layers (g.whole_pool2x2()): the block's output for pooled rows [p0, p1) of
-// image n, group grp, without a band tile. A register tile is kCo channels x both conv rows
-// of a pooled row x kCols conv columns (kCols / 2 windows); bias + ReLU (NaN kept) and the
-// window max (pool_rows::window_max) run on the registers, and the pooled values and offsets
-// are stored: y[cg * ys[1] + ph * ys[2] + pw * ys[3]] (y, o at the image's group's first channel).
-template <typename T, typename OffT>
+// image n, group grp, without a band tile. A register tile is kTileCo (tile_channels(g))
+// channels x both conv rows of a pooled row x kCols conv columns (kCols / 2 windows); the
+// bias, the window max (pool_rows::window_max) and the ReLU run on the registers, and the
+// pooled values and offsets are stored: y[cg * ys[1] + ph * ys[2] + pw * ys[3]] (y, o at the
+// image's group's first channel). The ReLU is applied to the window's max only: max and ReLU
+// commute (NaN kept by both), and where the max is positive the ReLU changed no tap that could
+// be the max, so the offset is the same; window_max marks the others -1.
+template <typename T, typename OffT, int64_t kTileCo>
 FUSEDOPS_VECTORIZE void conv_pool2x2_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs,
                                           int64_t n, int64_t grp, int64_t p0, int64_t p1, const T* wt, const T* bias,
                                           T* y, OffT* o, const std::array<int64_t, 4>& ys, std::vector<T>& padded) {
   using V = typename pool_rows::RowVec<T>::type;
   using I = decltype(V{} > V{});
   constexpr int64_t kLanes = sizeof(V) / sizeof(T), kCols = 2 * kLanes;
+  using OffVec = typename pool_rows::RowVec<T>::bytes;  // one offset per window
+  static_assert(std::is_same_v<OffT, int8_t>, "MaxPool2d(2) offsets are int8");
   const auto load = [](const T* p) {
     V v;
     __builtin_memcpy(&v, p, sizeof(V));
     return v;
   };
-  const int64_t co_pad = padded_channels(g);
+  const int64_t co_pad = padded_channels(g, kTileCo);
   const int64_t r0 = 2 * p0, rows = (2 * p1 - 1 - r0) * g.sh + (g.KH - 1) * g.dh + 1;
   // Conv columns [0, 2 * PW) in tiles of kCols (kLanes windows), placed as in conv_rows.
   const int64_t used = 2 * g.PW, tiles = (used + kCols - 1) / kCols;
@@ -183,10 +214,9 @@ FUSEDOPS_VECTORIZE void conv_pool2x2_rows(const Geometry& g, const T* x, const s
     const T* row1 = row0 + g.sh * width;
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t c0 = tile_start(t, tiles, used, kCols), pw0 = c0 / 2, windows = std::min(kLanes, g.PW - pw0);
-      for (int64_t cb = 0; cb < co_pad; cb += kCo) {
-        // a<j>/b<j>: channel cb + j's conv row 2 ph (first and second vector), c<j>/d<j>: row 2 ph + 1
-        V a0 = {}, b0 = {}, c0v = {}, d0 = {}, a1 = {}, b1 = {}, c1 = {}, d1 = {};
-        V a2 = {}, b2 = {}, c2 = {}, d2 = {}, a3 = {}, b3 = {}, c3 = {}, d3 = {};
+      for (int64_t cb = 0; cb < co_pad; cb += kTileCo) {
+        // channel cb + j: conv row 2 ph's first and second vector, then conv row 2 ph + 1's
+        V acc[kTileCo][4] = {};
         const T* wk = wt + cb;
         for (int64_t ci = 0; ci < g.Cg; ++ci) {
           for (int64_t kh = 0; kh < g.KH; ++kh) {
@@ -195,31 +225,32 @@ FUSEDOPS_VECTORIZE void conv_pool2x2_rows(const Geometry& g, const T* x, const s
               const T* s0 = row0 + at + kw * g.dw;
               const T* s1 = row1 + at + kw * g.dw;
               const V u0 = load(s0), v0 = load(s0 + kLanes), u1 = load(s1), v1 = load(s1 + kLanes);
-              const T w0 = wk[0], w1 = wk[1], w2 = wk[2], w3 = wk[3];
-              a0 += w0 * u0, b0 += w0 * v0, c0v += w0 * u1, d0 += w0 * v1;
-              a1 += w1 * u0, b1 += w1 * v0, c1 += w1 * u1, d1 += w1 * v1;
-              a2 += w2 * u0, b2 += w2 * v0, c2 += w2 * u1, d2 += w2 * v1;
-              a3 += w3 * u0, b3 += w3 * v0, c3 += w3 * u1, d3 += w3 * v1;
+#pragma GCC unroll 4
+              for (int64_t j = 0; j < kTileCo; ++j) {
+                const T w = wk[j];
+                acc[j][0] += w * u0;
+                acc[j][1] += w * v0;
+                acc[j][2] += w * u1;
+                acc[j][3] += w * v1;
+              }
             }
           }
         }
-        const V acc[kCo][4] = {{a0, b0, c0v, d0}, {a1, b1, c1, d1}, {a2, b2, c2, d2}, {a3, b3, c3, d3}};
-        for (int64_t j = 0; j < kCo && cb + j < g.Coutg; ++j) {
+#pragma GCC unroll 4
+        for (int64_t j = 0; j < kTileCo; ++j) {  // unrolled, so that acc stays in registers
           const int64_t cg = cb + j;
+          if (cg >= g.Coutg) break;
           const T bc = bias ? bias[grp * g.Coutg + cg] : T(0);
-          V r[4];
-          for (int i = 0; i < 4; ++i) {  // bias, then ReLU keeping NaN
-            const V v = acc[j][i] + bc;
-            r[i] = ((v > T(0)) | (v != v)) ? v : V{};
-          }
           V m;
           I k;
-          pool_rows::window_max<T>(r[0], r[1], r[2], r[3], m, k);
+          pool_rows::window_max<T>(acc[j][0] + bc, acc[j][1] + bc, acc[j][2] + bc, acc[j][3] + bc, m, k);
+          m = ((m > T(0)) | (m != m)) ? m : V{};  // ReLU, keeping NaN
           T* yo = y + cg * ys[1] + ph * ys[2] + pw0 * ys[3];
           OffT* oo = o + cg * ys[1] + ph * ys[2] + pw0 * ys[3];
           if (unit_stride && windows == kLanes) {
+            const OffVec kv = pool_rows::RowVec<T>::low_bytes(k);
             __builtin_memcpy(yo, &m, sizeof(V));
-            for (int64_t l = 0; l < kLanes; ++l) oo[l] = static_cast<OffT>(k[l]);
+            __builtin_memcpy(oo, &kv, sizeof(OffVec));
           } else {
             for (int64_t l = 0; l < windows; ++l) {
               yo[l * ys[3]] = m[l];

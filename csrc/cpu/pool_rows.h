@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "vectorize.h"
 
@@ -36,6 +37,14 @@ struct RowVec<float> {
   // The first / last 8 of a0 b0 a1 b1 a2 b2 ... (the inverse of even / odd).
   static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
   static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
+  // The low byte of each lane of k (a compare-result vector holding int8 offsets): one
+  // shuffle, where a conversion compiles to an extract per lane.
+  typedef int8_t bytes __attribute__((vector_size(8)));
+  static bytes low_bytes(decltype(type{} > type{}) k) {
+    typedef int8_t all_bytes __attribute__((vector_size(32)));
+    const all_bytes b = reinterpret_cast<all_bytes>(k);
+    return __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28);
+  }
 };
 template <>
 struct RowVec<double> {
@@ -44,12 +53,20 @@ struct RowVec<double> {
   static type odd(type a, type b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7); }
   static type zip_lo(type a, type b) { return __builtin_shufflevector(a, b, 0, 4, 1, 5); }
   static type zip_hi(type a, type b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
+  typedef int8_t bytes __attribute__((vector_size(4)));
+  static bytes low_bytes(decltype(type{} > type{}) k) {
+    typedef int8_t all_bytes __attribute__((vector_size(32)));
+    const all_bytes b = reinterpret_cast<all_bytes>(k);
+    return __builtin_shufflevector(b, b, 0, 8, 16, 24);
+  }
 };
 
-// The L MaxPool2d(2) windows of 2L columns of two ReLU'd conv rows (r0a r0b: the first row's
+// The L MaxPool2d(2) windows of 2L columns of two conv rows (r0a r0b: the first row's
 // columns, r1a r1b: the second's): m = each window's max (taps in window order: row 0 even and
 // odd column, row 1 even and odd; a tap replaces the max when larger or NaN, so the first of
-// equal maxima wins and NaN propagates), k = its tap, or -1 when the ReLU is off.
+// equal maxima wins and NaN propagates), k = its tap, or -1 when the ReLU is off (m <= 0). The
+// rows may be ReLU'd or not (then the caller applies the ReLU to m): where m > 0 the ReLU changes
+// no tap that could be the max.
 template <typename T>
 FUSEDOPS_ALWAYS_INLINE inline void window_max(typename RowVec<T>::type r0a, typename RowVec<T>::type r0b,
                                               typename RowVec<T>::type r1a, typename RowVec<T>::type r1b,
@@ -93,7 +110,12 @@ FUSEDOPS_VECTORIZE void pool2x2_row(const T* __restrict a0, const T* __restrict 
     window_max<T>(r0a, r0b, r1a, r1b, m, k);
     if (ys == 1 && n == L) {
       std::memcpy(y + pw, &m, sizeof(V));
-      for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);
+      if constexpr (std::is_same_v<OffT, int8_t>) {
+        const typename RowVec<T>::bytes kb = RowVec<T>::low_bytes(k);
+        std::memcpy(o + pw, &kb, sizeof(kb));
+      } else {
+        for (int64_t i = 0; i < L; ++i) o[pw + i] = static_cast<OffT>(k[i]);
+      }
     } else {
       for (int64_t i = 0; i < n; ++i) {
         y[(pw + i) * ys] = m[i];

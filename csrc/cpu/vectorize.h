@@ -27,6 +27,17 @@ inline bool vector_clones_fast() {
 #endif
 }
 
+// Whether FUSEDOPS_VECTORIZE functions run the AVX-512 (x86-64-v4) clone on this CPU (32 vector
+// registers; the AVX2 clone has 16): the same test as the clones' dispatcher.
+inline bool vector_clones_avx512() {
+#if FUSEDOPS_HAS_CLONES
+  static const bool avx512 = __builtin_cpu_supports("x86-64-v4");
+  return avx512;
+#else
+  return false;
+#endif
+}
+
 // Inlined into each caller, so that a helper of a FUSEDOPS_VECTORIZE function is compiled for
 // each of the caller's clones (a plain inline helper may be emitted once, for the baseline).
 #if defined(__GNUC__) || defined(__clang__)
