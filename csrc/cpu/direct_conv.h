@@ -294,22 +294,42 @@ FUSEDOPS_ALWAYS_INLINE inline void accumulate_patches(const Geometry& g, const T
                                                       typename pool_rows::RowVec<T>::type (&acc)[kPatchChunk], T& bsum) {
   using V = typename pool_rows::RowVec<T>::type;
   constexpr int64_t kLanes = kPatchLanes<T>;
+  // Up to 4 vectors of K, adjacent windows add into two sets of sums: with one set, each sum's
+  // multiply-adds wait on the one before (4 cycles' latency), at one per cycle.
+  constexpr int64_t kSets = kVecs <= 4 ? 2 : 1;
+  V part[kSets][kVecs] = {};
+  T bpart[kSets] = {};
   for (int64_t ph = 0; ph < g.PH; ++ph) {
     const T* row = patches + 2 * ph * cols_out * ks;
-    for (int64_t pw = 0; pw < g.PW; ++pw) {
+    const auto add = [&](int64_t pw, V(&sums)[kVecs], T& bias_sum) FUSEDOPS_ALWAYS_INLINE {
       const int64_t t = oc[ph * os[2] + pw * os[3]];
       const T gv = t >= 0 ? gc[ph * gs[2] + pw * gs[3]] : T(0);
       const int64_t tap = t >= 0 ? t : 0;
-      bsum += gv;
+      bias_sum += gv;
       const T* p = row + ((tap >> 1) * cols_out + 2 * pw + (tap & 1)) * ks;
 #pragma GCC unroll 8
       for (int64_t v = 0; v < kVecs; ++v) {
         V pv;
         __builtin_memcpy(&pv, p + v * kLanes, sizeof(V));
-        acc[v] += gv * pv;
+        sums[v] += gv * pv;
+      }
+    };
+    int64_t pw = 0;
+    if constexpr (kSets == 2) {
+      for (; pw + 1 < g.PW; pw += 2) {
+        add(pw, part[0], bpart[0]);
+        add(pw + 1, part[1], bpart[1]);
       }
     }
+    for (; pw < g.PW; ++pw) add(pw, part[0], bpart[0]);
   }
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kVecs; ++v) {
+    acc[v] += part[0][v];
+    if constexpr (kSets == 2) acc[v] += part[1][v];
+  }
+  bsum += bpart[0];
+  if constexpr (kSets == 2) bsum += bpart[1];
 }
 
 // Weight and bias gradients of a MaxPool2d(2) layer on the direct path (g.whole_pool2x2()) when
@@ -323,9 +343,10 @@ FUSEDOPS_ALWAYS_INLINE inline void accumulate_patches(const Geometry& g, const T
 // That is a quarter of the multiply-adds of the dense product with the un-pooled gradient
 // (which im2col's GEMM computes). The patches of the image's conv rows [0, 2 PH) are built
 // once, K-contiguous (`patches`, ks = patch_stride elements each; the lanes past K are
-// accumulated but never stored, so they may hold anything), then each
-// channel's row of dw is accumulated in vector registers over its pooled outputs in row-major
-// order, kPatchChunk vectors of K at a time.
+// accumulated but never stored, so they may hold anything), then each channel's row of dw is
+// accumulated in vector registers over its pooled outputs in row-major order (for K of up to 4
+// vectors, even and odd pooled columns into separate sums, added at the end), kPatchChunk
+// vectors of K at a time. The order is fixed by the geometry: the result is deterministic.
 template <typename T, typename OffT>
 FUSEDOPS_VECTORIZE void weight_grad_pool2x2(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs,
                                             int64_t n, int64_t grp, const T* go, const std::array<int64_t, 4>& gs,
@@ -341,17 +362,22 @@ FUSEDOPS_VECTORIZE void weight_grad_pool2x2(const Geometry& g, const T* x, const
   const bool row_vectors = g.dw == 1 && g.KW <= kLanes;
   padded.resize(padded.size() + kLanes);
   patches.resize(rows_out * cols_out * ks + kLanes);
+  // The geometry in locals: the copies' stores may alias anything, so fields of g would be
+  // reloaded after each one.
+  const int64_t Cg = g.Cg, KH = g.KH, KW = g.KW, sh = g.sh, dh = g.dh, col_dilation = g.dw;
+  const T* const pad = padded.data();
+  T* const pat = patches.data();
   for (int64_t r = 0; r < rows_out; ++r) {
     for (int64_t c = 0; c < cols_out; ++c) {
-      T* dst = patches.data() + (r * cols_out + c) * ks;
-      for (int64_t ci = 0; ci < g.Cg; ++ci)
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          const T* src = padded.data() + (ci * rows + r * g.sh + kh * g.dh) * width + c;
+      T* dst = pat + (r * cols_out + c) * ks;
+      for (int64_t ci = 0; ci < Cg; ++ci)
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          const T* src = pad + (ci * rows + r * sh + kh * dh) * width + c;
           if (row_vectors) {
             __builtin_memcpy(dst, src, sizeof(V));
-            dst += g.KW;
+            dst += KW;
           } else {
-            for (int64_t kw = 0; kw < g.KW; ++kw) *dst++ = src[kw * g.dw];
+            for (int64_t kw = 0; kw < KW; ++kw) *dst++ = src[kw * col_dilation];
           }
         }
     }
