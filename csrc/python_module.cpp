@@ -4,8 +4,8 @@
 // kernels' and the one-call ops' TORCH_LIBRARY blocks). The module carries whether the CUDA
 // kernels were compiled in, and typed entries of the two one-call ops.
 //
-// One setting for tests: the direct convolution's register tile (csrc/cpu/direct_conv.h), so
-// that both tiles run on any CPU.
+// For tests: the direct convolution's register tile (csrc/cpu/direct_conv.h), pinned so
+// that both tiles run on any CPU, and whether that convolution runs here at all.
 //
 // The entries call the same registered ops through the dispatcher (autograd, dispatch modes
 // and the profiler see an ordinary op call), but with typed arguments: torch.ops' generic
@@ -52,6 +52,8 @@ void set_cpu_direct_tile_channels(int64_t channels) {
   direct_conv::tile_channels_override.store(channels, std::memory_order_relaxed);
 }
 
+bool cpu_direct_conv_available() { return vector_clones_fast(); }
+
 }  // namespace
 }  // namespace fusedops
 
@@ -68,4 +70,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_set_cpu_direct_tile_channels", &fusedops::set_cpu_direct_tile_channels, pybind11::arg("channels"),
         "Output channels per register tile of the CPU direct convolution: 3 or 4 (for tests), 0 to let the "
         "CPU choose");
+  m.def("_cpu_direct_conv_available", &fusedops::cpu_direct_conv_available,
+        "Whether the CPU direct convolution runs here (AVX2 and FMA, a build with its vector clones)");
 }

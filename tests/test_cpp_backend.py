@@ -398,6 +398,8 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
 def direct_tile(request):
     """Pins the direct convolution's register tile to 3 or 4 output channels (direct_conv.h: 4
     where the AVX-512 clones run, 3 on AVX2), so that both tiles run on any CPU."""
+    if not fusedops._C._cpu_direct_conv_available():
+        pytest.skip("no direct convolution on this CPU or build (it needs AVX2 and FMA, and GCC 12's clones)")
     fusedops._C._set_cpu_direct_tile_channels(request.param)
     yield request.param
     fusedops._C._set_cpu_direct_tile_channels(0)
@@ -409,25 +411,27 @@ def test_direct_tile_setting_rejects_other_widths():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("out_channels", [1, 3, 4, 7])
 @pytest.mark.parametrize("case", [case for case in KERNEL_PATHS if case.startswith("direct")])
-def test_direct_convolution_tiles_match_the_reference(case, out_channels, layout, direct_tile):
+def test_direct_convolution_tiles_match_the_reference(case, out_channels, dtype, layout, direct_tile):
     """Either register tile, with output channel counts below, at and off both tile widths (the
     last tile partly outside the weights' padding)."""
     shape, _, kwargs = KERNEL_PATHS[case]
     groups = kwargs.get("groups", 1)
     out_channels *= groups
-    x = _input_in_layout(shape, torch.float64, layout)
-    w = torch.randn(out_channels, shape[1] // groups, 3, 3, dtype=torch.float64)
-    b = torch.randn(out_channels, dtype=torch.float64)
+    x = _input_in_layout(shape, dtype, layout)
+    w = torch.randn(out_channels, shape[1] // groups, 3, 3, dtype=dtype)
+    b = torch.randn(out_channels, dtype=dtype)
     results = {}
     for backend in ("cpp", "reference"):
         xs = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
         out = fusedops.conv_relu_maxpool2d(xs, w, b, backend=backend, **kwargs)
-        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))  # through the offsets
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out))  # through the offsets
         results[backend] = (out, xs.grad)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
     for got, want in zip(results["cpp"], results["reference"]):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, **tol)
 
 
 # First layers (direct path, MaxPool2d(2)) whose input needs no gradient take the weight gradient
@@ -442,6 +446,7 @@ FIRST_LAYERS = {
     "7x7, several chunks of K": ((1, 4, 12, 11), (3, 4, 7, 7), dict(padding=3)),
     "1x9, rows wider than a vector": ((2, 2, 6, 20), (4, 2, 1, 9), dict(padding=(0, 4))),
     "no bias": ((2, 3, 10, 10), (7, 3, 3, 3), dict(padding=1, bias=False)),
+    "one pooled column": ((2, 3, 8, 3), (5, 3, 3, 3), dict(padding=1)),  # no pair of columns to split
 }
 
 
@@ -470,22 +475,24 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, i
     """The MaxPool2d(2) kernels run 8 (float) or 4 (double) windows per vector step: the forward
     in the direct convolution's registers (1 input channel: the last step overlaps the one before)
     or in pool2x2_row (17 input channels, im2col: the last windows from a padded copy), the
-    backward in unpool2x2_row. Small integers through a 1x1 conv that picks channel 0 put ties,
-    all-negative windows (ReLU off) and NaN in both; eager's conv, ReLU and max_pool2d are the
-    oracle, forward and gradient (ties to the first tap in row-major order, NaN taken; distinct
-    pooled gradients, so a wrong tap shows)."""
+    backward in unpool2x2_row. Small integers through a 1x1 conv whose five output channels each
+    pick channel 0 and add their own bias (0, -1, 1, 0.5, -2: ties and ReLU-off windows shifted,
+    and partial channel tiles) put ties, all-negative windows (ReLU off) and NaN in both; eager's
+    conv, ReLU and max_pool2d are the oracle, forward and gradient (ties to the first tap in
+    row-major order, NaN taken; distinct pooled gradients, so a wrong tap shows)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2, in_channels, 6, 38), generator=gen).to(dtype)  # 19 windows per pooled row
     x[0, 0, 1, 7] = float("nan")  # a vector lane
     x[1, 0, 4, 30] = float("nan")  # window 15: a vector lane of the second (float) / fourth (double) step
     x[0, 0, 2, 36] = float("nan")  # window 18: the last windows (padded copy, or the overlapping step)
-    w = torch.zeros(1, in_channels, 1, 1, dtype=dtype)
-    w[0, 0] = 1
+    w = torch.zeros(5, in_channels, 1, 1, dtype=dtype)
+    w[:, 0] = 1
+    b = torch.tensor([0, -1, 1, 0.5, -2], dtype=dtype)
     xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = fusedops.conv_relu_maxpool2d(xs, w, backend="cpp")
-    ref = torch.max_pool2d(torch.relu(torch.nn.functional.conv2d(xe, w)), 2)
+    out = fusedops.conv_relu_maxpool2d(xs, w, b, backend="cpp")
+    ref = torch.max_pool2d(torch.relu(torch.nn.functional.conv2d(xe, w, b)), 2)
     torch.testing.assert_close(out, ref, equal_nan=True, atol=0, rtol=0)
-    assert out.isnan().sum() == 3 and (out == 0).any()
+    assert out.isnan().sum() == 3 * 5 and (out == 0).any()
     g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)
     out.backward(g)
     ref.backward(g)

@@ -46,13 +46,15 @@ namespace direct_conv {
 constexpr int64_t kCo = 4;
 constexpr int64_t kCoAvx2 = 3;
 
-// Tests set this to 3 or 4 to run either tile on any CPU; 0: chosen by the CPU.
+// Tests set this to 3 or 4 to run either tile on any CPU; 0 (or anything else): chosen by the
+// CPU.
 inline std::atomic<int64_t> tile_channels_override{0};
 
-// Output channels per register tile of this layer's direct convolution on this CPU.
+// Output channels per register tile of this layer's direct convolution on this CPU: kCoAvx2
+// or kCo (the only widths the callers instantiate).
 inline int64_t tile_channels(const Geometry& g) {
   const int64_t pinned = tile_channels_override.load(std::memory_order_relaxed);
-  if (pinned) return pinned;
+  if (pinned == kCoAvx2 || pinned == kCo) return pinned;
   return g.whole_pool2x2() && !vector_clones_avx512() ? kCoAvx2 : kCo;
 }
 

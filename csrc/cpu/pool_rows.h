@@ -25,7 +25,11 @@
 namespace fusedops {
 namespace pool_rows {
 
-// 32-byte vectors of T and the shuffles the row kernels need.
+// 32-byte vectors of T and the shuffles the row kernels need. (low_bytes takes each lane's
+// first byte as its lowest: little-endian, as every target of these kernels is.)
+#if defined(__BYTE_ORDER__)
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "RowVec::low_bytes assumes little-endian lanes");
+#endif
 template <typename T>
 struct RowVec;
 template <>
