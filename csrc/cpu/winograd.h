@@ -28,7 +28,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <vector>
 
@@ -212,23 +211,17 @@ FUSEDOPS_VECTORIZE void input_transform(const Source<T>& in, int64_t channels, c
   }
 }
 
-// The 16 GEMMs of one batch of tiles, one BLAS call each, on row-major matrices e = 0..15 at
-// a + e * a_step, b + e * b_step, c + e * c_step:  C[e] (m x n) = beta * C[e] + op(A[e]) B[e],
-// op(A) = A (m x k, leading dimension lda) or, with trans_a, A^T (A stored k x m). BLAS is
-// column-major, so each call computes C^T = B^T op(A)^T. (at::bmm on these blobs cost as much
-// again as its GEMMs in dispatcher calls and `select`s of each matrix at these sizes.)
+// The 16 GEMMs of one batch of tiles, one BLAS call each (blas::gemm_row_major), on row-major
+// matrices e = 0..15 at a + e * a_step, b + e * b_step, c + e * c_step:
+// C[e] (m x n) = op(A[e]) B[e] [+ C[e] when accumulate], op(A) = A (m x k, leading dimension
+// lda) or, with trans_a, A^T (A stored k x m). (at::bmm on these blobs cost as much again as
+// its GEMMs in dispatcher calls and `select`s of each matrix at these sizes.)
 template <typename T>
 void gemm16(bool trans_a, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, int64_t a_step, const T* b,
-            int64_t ldb, int64_t b_step, T beta, T* c, int64_t ldc, int64_t c_step) {
-  // Sizes and leading dimensions are channel counts and a batch's tile count (at most
-  // kTilesPerBatch, or one row of tiles): BLAS takes them as int.
-  constexpr int64_t most = std::numeric_limits<int>::max();
-  TORCH_CHECK(std::max({m, n, k, lda, ldb, ldc}) <= most, "Winograd GEMM sizes over 2^31 - 1 (", m, ", ", n, ", ",
-              k, ")");
+            int64_t ldb, int64_t b_step, bool accumulate, T* c, int64_t ldc, int64_t c_step) {
   for (int64_t e = 0; e < 16; ++e)
-    blas::gemm('N', trans_a ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), T(1),
-               b + e * b_step, static_cast<int>(ldb), a + e * a_step, static_cast<int>(lda), beta, c + e * c_step,
-               static_cast<int>(ldc));
+    blas::gemm_row_major(trans_a, false, m, n, k, a + e * a_step, lda, b + e * b_step, ldb, accumulate, c + e * c_step,
+                         ldc);
 }
 
 // Strides between the 16 transformed positions, padded by one cache line: a multiple of 4 KiB
@@ -326,7 +319,7 @@ FUSEDOPS_VECTORIZE void conv3x3_tiles(const Source<T>& input, int64_t images, in
     T* const M = ws.M.get(16 * mes);
     input_transform(in, in_ch, batch, V, ves, ws.rows);
     // M[e] (tiles x out_ch) = V[e] (tiles x in_ch) U[e] (in_ch x out_ch)
-    gemm16(false, tiles, out_ch, in_ch, V, in_ch, ves, U, out_ch, in_ch * out_ch, T(0), M, out_ch, mes);
+    gemm16(false, tiles, out_ch, in_ch, V, in_ch, ves, U, out_ch, in_ch * out_ch, false, M, out_ch, mes);
     // Output transform: Y = A^T m A, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
     for (int64_t L = batch.L0; L < batch.L1; ++L) {
       const int64_t n = L / TR, ty = L % TR, r = out.r0 + 2 * ty;
@@ -420,7 +413,7 @@ FUSEDOPS_VECTORIZE void weight_grad3x3(const Source<T>& input, const Source<T>& 
       }
     }
     // S[e] (out_ch x in_ch) += D[e]^T (D[e]: tiles x out_ch) V[e] (tiles x in_ch)
-    gemm16(true, out_ch, in_ch, tiles, D, out_ch, des, V, in_ch, ves, T(1), S, in_ch, out_ch * in_ch);
+    gemm16(true, out_ch, in_ch, tiles, D, out_ch, des, V, in_ch, ves, true, S, in_ch, out_ch * in_ch);
   }
 }
 
