@@ -398,8 +398,6 @@ def test_every_kernel_path_matches_the_reference(case, dtype, layout):
 def direct_tile(request):
     """Pins the direct convolution's register tile to 3 or 4 output channels (direct_conv.h: 4
     where the AVX-512 clones run, 3 on AVX2), so that both tiles run on any CPU."""
-    if not fusedops._C._cpu_direct_conv_available():
-        pytest.skip("no direct convolution on this CPU or build (it needs AVX2 and FMA, and GCC 12's clones)")
     fusedops._C._set_cpu_direct_tile_channels(request.param)
     yield request.param
     fusedops._C._set_cpu_direct_tile_channels(0)
@@ -417,6 +415,8 @@ def test_direct_tile_setting_rejects_other_widths():
 def test_direct_convolution_tiles_match_the_reference(case, out_channels, dtype, layout, direct_tile):
     """Either register tile, with output channel counts below, at and off both tile widths (the
     last tile partly outside the weights' padding)."""
+    if not fusedops._C._cpu_direct_conv_available():
+        pytest.skip("no direct convolution on this CPU or build (it needs AVX2 and FMA, and GCC 12's clones)")
     shape, _, kwargs = KERNEL_PATHS[case]
     groups = kwargs.get("groups", 1)
     out_channels *= groups
