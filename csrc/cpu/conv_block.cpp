@@ -672,6 +672,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       const winograd::Source<T> src{x + n0 * xs[0] + grp * g.Cg * xs[1], xs[0], xs[1], xs[2], xs[3],
                                     g.H, g.W, g.pt, g.pl};
       const T* Ug = U.data() + grp * 16 * g.Coutg * g.Cg;
+      const T* wg = direct ? wt.data() + grp * g.K * co_pad : nullptr;  // the direct path's weights
       if (M > 0 && pool_on_tiles) {  // each 2x2 Winograd tile is one pool window: no band tile at all
         // The task's pooled outputs are staged channels innermost, (image, pooled row, column,
         // channel), then written out one channel's run at a time: stored straight from each tile,
@@ -690,7 +691,6 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       if constexpr (std::is_same_v<OffT, int8_t>) {  // (MaxPool2d(2)'s 4-tap windows have int8 offsets)
         if (M > 0 && direct && g.whole_pool2x2()) {  // pooled in registers: no band tile
           for (int64_t n = n0; n < n1; ++n) {
-            const T* wg = wt.data() + grp * g.K * co_pad;
             T* yn = y + n * ys[0] + grp * g.Coutg * ys[1];
             OffT* on = o + n * ys[0] + grp * g.Coutg * ys[1];
             if (tile_co == direct_conv::kCoAvx2)
@@ -711,7 +711,6 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
       for (int64_t n = n0; n < n1; ++n) {
         T* t = tile.data() + (n - n0) * g.Coutg * M;
         if (M > 0 && direct) {
-          const T* wg = wt.data() + grp * g.K * co_pad;
           if (tile_co == direct_conv::kCoAvx2)
             direct_conv::conv_rows<T, direct_conv::kCoAvx2>(g, x, xs, n, grp, r0, r1, wg, t, padded);
           else
