@@ -47,6 +47,9 @@ class _Recorder:
 
 
 def _record(monkeypatch, run=False, check=None):
+    # On CUDA a launch goes to the compiled handle, not through ``kernel[grid]``: off here so
+    # that the stand-ins see every launch (the direct path has tests of its own below).
+    monkeypatch.setenv("FUSEDOPS_TRITON_FAST_LAUNCH", "0")
     launches = []
     for module, names in ((conv_kernels, CONV_KERNELS), (linear_kernels, LINEAR_KERNELS),
                           (reduce_kernels, REDUCE_KERNELS)):
