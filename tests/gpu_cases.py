@@ -384,7 +384,8 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices
 # of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
-    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectMaxFilter": 2048,
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
+    "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
@@ -443,8 +444,15 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     t, off = CUDA_TYPES[precision], OFFSET_TYPES[p.offsets_dtype()]
     q = n * ph * pw
     out = set()
-    if cg <= c["kDirectMaxChannels"] and k <= c["kDirectMaxFilter"] and cout <= 65535:
+    # conv_block.cu direct_channels (the suite's inputs are dense: an image's span is C*H*W)
+    co = c["kDirectWideChannels"] if coutg >= c["kDirectWideMin"] else 1
+    acc_bytes = 8 if precision == "fp64" else 4
+    if (cg <= c["kDirectMaxChannels"] and k * co * acc_bytes <= c["kDirectMaxSmem"]
+            and groups * _cdiv(coutg, co) <= 65535 and cin * h * w <= 2**31):
         out.add(f"conv forward direct<{t},{off}>")
+        out.add(f"conv forward direct: {co} output channel{'s' if co > 1 else ''} a thread")
+        if coutg % co:
+            out.add("conv forward direct: a partial chunk of output channels")
         out |= _grid_stride("conv forward direct", q)
     else:
         out.add(f"conv forward gemm<{t},{off}>")
@@ -531,7 +539,9 @@ def cuda_required() -> Set[str]:
                 f"linear sum partials<{t}>", f"linear column sum<{t}>", f"linear activation grad<{t}> relu",
                 f"linear activation grad<{t}> smooth"}
     out |= {
-        "conv forward direct: grid-stride loop runs twice or more", "conv forward gemm: second M tile",
+        "conv forward direct: grid-stride loop runs twice or more", "conv forward direct: 8 output channels a thread",
+        "conv forward direct: 1 output channel a thread", "conv forward direct: a partial chunk of output channels",
+        "conv forward gemm: second M tile",
         "conv forward gemm: groups", "conv forward gemm: several waves",
         "conv unpool: grid-stride loop runs twice or more", "conv input grad: second M tile",
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",

@@ -2,9 +2,9 @@
 //
 // Forward, two kernels (the launcher picks one):
 //  - conv_pool_direct_kernel, for few input channels per group (a CNN's first layer, <= 4):
-//    memory-bound, so a thread computes one pooled output directly, its channel's filter in
-//    shared memory and the max over the window in registers; the input is read through the
-//    read-only cache.
+//    a thread computes one pooled output of 8 output channels directly (1 where a group has
+//    fewer than 4), each input element loaded once for all 8, the filters in shared memory and
+//    the max over the window in registers.
 //  - conv_pool_gemm_kernel, for the rest: an implicit GEMM (tile_gemm.cuh; tensor cores for
 //    fp16/bf16) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
 //    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
@@ -38,7 +38,9 @@ namespace cuda {
 namespace {
 
 constexpr int kDirectMaxChannels = 4;  // input channels per group handled by the direct kernel
-constexpr int64_t kDirectMaxFilter = 2048;  // filter elements it keeps in shared memory
+constexpr int kDirectWideChannels = 8;  // its output channels per thread where a group has enough
+constexpr int64_t kDirectWideMin = 4;   // (at least this many; fewer: one per thread)
+constexpr int64_t kDirectMaxSmem = 48 * 1024;  // bytes of filters it keeps in shared memory
 
 // Pooled output q = (n, ph, pw) and a window tap -> conv position (r, c); false outside the conv output.
 struct PooledIndex {
@@ -66,49 +68,105 @@ __device__ __forceinline__ bool replaces(A v, A best) {
   return v > best || v != v;
 }
 
-template <typename T, typename OffT>
-__global__ void conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
-                                        const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
+// One thread: pooled output q = (n, ph, pw) of kCo output channels [c0, c0 + kCo) of one group
+// (blockIdx.y = group x channel chunk). Each input element a window tap reads is loaded once
+// and multiplied into all kCo channels' sums (kCo-fold fewer loads than one channel per
+// thread); the chunk's filters sit in shared memory as (K, kCo), so a tap's kCo weights are
+// adjacent and every thread of the block reads the same ones (a broadcast). Index arithmetic
+// within an image is 32-bit (the launcher checks it fits). The launch bounds hold every
+// variant without spills (ptxas -v: 3 blocks of 256 threads per SM, 2 for double).
+template <typename T, typename OffT, int kCo>
+__global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 2 : 3)
+    conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
+                            const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
   using Acc = typename Num<T>::Acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Acc* filter = reinterpret_cast<Acc*>(smem_raw);  // (Cg, KH, KW) of channel c
-  const int64_t c = blockIdx.y, grp = c / g.Coutg;
-  for (int64_t i = threadIdx.x; i < g.K; i += blockDim.x) filter[i] = Num<T>::to_acc(w[c * g.K + i]);
+  Acc* filter = reinterpret_cast<Acc*>(smem_raw);  // (K, kCo): filter[k * kCo + j] = w[c0 + j][k]
+  const int64_t chunks = ceil_div(g.Coutg, kCo);
+  const int64_t grp = blockIdx.y / chunks, c0 = grp * g.Coutg + (blockIdx.y % chunks) * kCo;
+  const int nc = static_cast<int>(g.Coutg - (c0 - grp * g.Coutg) < kCo ? g.Coutg - (c0 - grp * g.Coutg) : kCo);
+  const int K = static_cast<int>(g.K);
+  for (int i = threadIdx.x; i < K * kCo; i += blockDim.x) {
+    const int k = i / kCo, j = i % kCo;
+    filter[i] = j < nc ? Num<T>::to_acc(w[(c0 + j) * g.K + k]) : Acc(0);
+  }
   __syncthreads();
-  const Acc bias = b ? Num<T>::to_acc(b[c]) : Acc(0);
+  Acc bias[kCo];
+#pragma unroll
+  for (int j = 0; j < kCo; ++j) bias[j] = b && j < nc ? Num<T>::to_acc(b[c0 + j]) : Acc(0);
+  const int H = static_cast<int>(g.H), W = static_cast<int>(g.W), Cg = static_cast<int>(g.Cg),
+            KH = static_cast<int>(g.KH), KW = static_cast<int>(g.KW);
+  const int xc = static_cast<int>(xs.s[1]), xh = static_cast<int>(xs.s[2]), xw = static_cast<int>(xs.s[3]);
   const int64_t Q = g.N * g.PH * g.PW;
   for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < Q; q += int64_t(gridDim.x) * blockDim.x) {
     const PooledIndex p(g, q);
     const T* xn = x + p.n * xs.s[0] + grp * g.Cg * xs.s[1];
-    Acc best = -std::numeric_limits<Acc>::infinity();
-    int where = -1;
+    Acc best[kCo];
+    int where[kCo];
+#pragma unroll
+    for (int j = 0; j < kCo; ++j) best[j] = -std::numeric_limits<Acc>::infinity(), where[j] = -1;
     for (int th = 0; th < g.PKH; ++th) {
       for (int tw = 0; tw < g.PKW; ++tw) {
-        int64_t r, cc;
-        if (!p.tap(g, th, tw, r, cc)) continue;
-        Acc v = bias;
-        for (int64_t ci = 0; ci < g.Cg; ++ci) {
-          for (int64_t kh = 0; kh < g.KH; ++kh) {
-            const int64_t ih = r * g.sh - g.pt + kh * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t iw = cc * g.sw - g.pl + kw * g.dw;
-              if (iw < 0 || iw >= g.W) continue;
-              v = fma(filter[(ci * g.KH + kh) * g.KW + kw], Num<T>::to_acc(xn[ci * xs.s[1] + ih * xs.s[2] + iw * xs.s[3]]), v);
+        int64_t r64, c64;
+        if (!p.tap(g, th, tw, r64, c64)) continue;
+        const int ih0 = static_cast<int>(r64 * g.sh - g.pt), iw0 = static_cast<int>(c64 * g.sw - g.pl);
+        Acc v[kCo];
+#pragma unroll
+        for (int j = 0; j < kCo; ++j) v[j] = bias[j];
+        const Acc* f = filter;
+        for (int ci = 0; ci < Cg; ++ci) {
+          for (int kh = 0; kh < KH; ++kh, f += KW * kCo) {
+            const int ih = ih0 + kh * static_cast<int>(g.dh);
+            if (ih < 0 || ih >= H) continue;
+            const T* row = xn + (ci * xc + ih * xh);
+            for (int kw = 0; kw < KW; ++kw) {
+              const int iw = iw0 + kw * static_cast<int>(g.dw);
+              if (iw < 0 || iw >= W) continue;
+              const Acc xv = Num<T>::to_acc(row[iw * xw]);
+#pragma unroll
+              for (int j = 0; j < kCo; ++j) v[j] = fma(f[kw * kCo + j], xv, v[j]);
             }
           }
         }
-        v = relu_keep_nan(v);
-        if (replaces(v, best)) {
-          best = v;
-          where = th * g.PKW + tw;
+#pragma unroll
+        for (int j = 0; j < kCo; ++j) {
+          const Acc a = relu_keep_nan(v[j]);
+          if (replaces(a, best[j])) {
+            best[j] = a;
+            where[j] = th * static_cast<int>(g.PKW) + tw;
+          }
         }
       }
     }
-    const int64_t yi = p.n * ys.s[0] + c * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
-    y[yi] = Num<T>::from_acc(best);
-    off[yi] = static_cast<OffT>(best > Acc(0) || best != best ? where : -1);
+    const int64_t yi = p.n * ys.s[0] + c0 * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
+#pragma unroll
+    for (int j = 0; j < kCo; ++j) {
+      if (j < nc) {
+        y[yi + j * ys.s[1]] = Num<T>::from_acc(best[j]);
+        off[yi + j * ys.s[1]] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+      }
+    }
   }
+}
+
+// Output channels per thread of conv_pool_direct_kernel for g and input strides xs; 0 where
+// the implicit GEMM runs instead: more than kDirectMaxChannels input channels per group, the
+// chunk's filters over kDirectMaxSmem, more than 65535 chunks (gridDim.y), or an image whose
+// offsets do not fit the kernel's 32-bit index arithmetic.
+template <typename Acc>
+int direct_channels(const Geometry& g, const Strides4& xs) {
+  if (g.Cg > kDirectMaxChannels) return 0;
+  const int co = g.Coutg >= kDirectWideMin ? kDirectWideChannels : 1;
+  if (g.K * co * static_cast<int64_t>(sizeof(Acc)) > kDirectMaxSmem) return 0;
+  if (g.G * ceil_div(g.Coutg, co) > 65535) return 0;
+  constexpr int64_t kInt32 = int64_t(1) << 31;
+  const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
+  if (span >= kInt32 || xs.s[1] >= kInt32 || xs.s[2] >= kInt32 || xs.s[3] >= kInt32) return 0;
+  // Input rows and columns, and the terms that sum to them, as ints.
+  const int64_t reach_h = (g.OH - 1) * g.sh + g.pt + (g.KH - 1) * g.dh + g.H;
+  const int64_t reach_w = (g.OW - 1) * g.sw + g.pl + (g.KW - 1) * g.dw + g.W;
+  if (reach_h >= kInt32 || reach_w >= kInt32) return 0;
+  return co;
 }
 
 // One block: output channels [m0, m0 + kBM) of group blockIdx.z at pooled outputs
@@ -426,10 +484,15 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       T* yp = static_cast<T*>(y);
       OffT* op = static_cast<OffT*>(offsets);
       const int64_t Q = g.N * g.PH * g.PW;
-      if (g.Cg <= kDirectMaxChannels && g.K <= kDirectMaxFilter && g.Cout <= 65535) {
-        const dim3 grid(grid_for(Q), static_cast<unsigned>(g.Cout));
-        const size_t smem = g.K * sizeof(typename Num<T>::Acc);
-        conv_pool_direct_kernel<T, OffT><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+      const int co = direct_channels<typename Num<T>::Acc>(g, xs);
+      if (co > 0) {
+        const dim3 grid(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
+        const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
+        if (co == kDirectWideChannels)
+          conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
+                                                                                                 yp, op, ys);
+        else
+          conv_pool_direct_kernel<T, OffT, 1><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
         return cudaGetLastError();
       }
       const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),

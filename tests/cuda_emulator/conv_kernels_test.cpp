@@ -1,6 +1,7 @@
 // The CUDA conv-block kernels (csrc/cuda/conv_block.cu, up to its launchers) run on the CPU by
-// the block emulator, against a direct convolution in double: the implicit-GEMM forward
-// (output and window offsets), and the backward's gradient launch (conv_grads_kernel: input,
+// the block emulator, against a direct convolution in double: the implicit-GEMM forward and,
+// for up to 4 input channels per group, the direct forward at both widths (output and window
+// offsets), and the backward's gradient launch (conv_grads_kernel: input,
 // weight and bias gradients, the weight gradient over several split-K counts, the bias
 // gradient over one and several splits), for every element type, over geometries that reach every loader path
 // (several row and column tiles, K not a multiple of 16, strides, dilations, pool padding and
@@ -62,13 +63,11 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
         }
   };
 
-  {  // forward: pooled output and the window offset of its max
+  // forward: pooled output and the window offset of its max, from `kernel` launched over `grid`
+  const auto check_forward = [&](const std::string& which, dim3 grid, auto&& kernel) {
     std::vector<T> y(g.N * g.Cout * g.PH * g.PW, from_double<T>(12345.0));
     std::vector<int32_t> off(y.size(), 777);
-    const dim3 grid(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)), unsigned(g.G));
-    launch_both_orders(what + " forward", grid, [&] {
-      conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), b.data(), y.data(), off.data(), ys);
-    }, y, off);
+    launch_both_orders(what + which, grid, [&] { kernel(y.data(), off.data()); }, y, off);
     int bad = 0;
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t co = 0; co < g.Cout; ++co)
@@ -106,6 +105,21 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
             if (off[yi] != want && !tie && !at_zero && bad++ < 5)
               fail(at + ": offset " + std::to_string(off[yi]) + ", want " + std::to_string(want));
           }
+  };
+  check_forward(" forward", dim3(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)),
+                                 unsigned(g.G)),
+                [&](T* y, int32_t* off) {
+                  conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
+                });
+  if (g.Cg <= kDirectMaxChannels) {  // the direct kernel at both widths, one block along x (a grid-stride loop)
+    const unsigned blocks = 1;
+    check_forward(" direct forward, 8 channels a thread", dim3(blocks, unsigned(g.G * ceil_div(g.Coutg, 8))),
+                  [&](T* y, int32_t* off) {
+                    conv_pool_direct_kernel<T, int32_t, 8>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
+                  });
+    check_forward(" direct forward, 1 channel a thread", dim3(blocks, unsigned(g.Cout)), [&](T* y, int32_t* off) {
+      conv_pool_direct_kernel<T, int32_t, 1>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
+    });
   }
 
   // The gradients: conv_grads_kernel's blocks for the input, weight and bias gradients (dconv
@@ -212,6 +226,8 @@ int main() {
       {"7x1 kernel", 2, 5, 9, 6, 7, 1, 7, 1, 1, 1, 3, 0, 1, 1, 2, 2, 0, 1},
       {"depthwise, stride 2", 2, 6, 9, 9, 6, 6, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2, 0, 1},
       {"70 output channels, 3 column tiles", 3, 9, 10, 11, 70, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1},
+      {"3->32 3x3 pad 1, pool 2 (a first layer)", 2, 3, 12, 10, 32, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
+      {"2 groups of 2->6, dilation 2, pool 3 stride 2 pad 1", 2, 4, 11, 12, 12, 2, 3, 3, 1, 1, 2, 1, 2, 2, 3, 2, 1, 1},
   };
   for (const Case& c : cases) {
 #ifdef FUSEDOPS_EMULATOR_QUICK  // the first case in float32 only (tests that the emulator catches a broken kernel)
