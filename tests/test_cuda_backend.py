@@ -108,6 +108,11 @@ def test_gpu_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match=r"bias must have shape \(2,\), got \[3\]"):
         torch.ops.fusedops.native_conv_block_forward(x, torch.randn(2, 3, 3, 3, device="cuda"),
                                                      torch.randn(3, device="cuda"), *args)
+    # Far-side padding counts too: rows reached at 2^32 (stride 65536 over 2^32 bottom padding).
+    one = torch.ones(1, 1, 1, 1, device="cuda")
+    with pytest.raises(ValueError, match="padded, stay below 2"):
+        torch.ops.fusedops.native_conv_block_forward(one, one, None, [65536, 1], [0, 2**32, 0, 0], [1, 1], 1,
+                                                     [], [1, 1], [0, 0], [1, 1], False)
     with pytest.raises(ValueError, match="input has 4 features"):
         torch.ops.fusedops.native_linear_forward(torch.randn(2, 4, device="cuda"), torch.randn(3, 5, device="cuda"),
                                                  None, "relu")

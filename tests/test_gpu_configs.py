@@ -40,7 +40,9 @@ activation code are reached by the grid.
 
 CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp32/fp64):
 
-- forward direct (<= 4 input channels per group, filter <= 2048) and gemm, each for
+- forward direct (<= 4 input channels per group, filters within 48 KiB of shared memory; 8
+  output channels a thread where a group has >= 4: ``basic_2x2_pool``, a partial chunk; else 1:
+  ``depthwise``) and gemm, each for
   float/double/half/bfloat16 x int8/int16/int32 offsets: grid cases (int8; direct int16:
   pool_large_window_int16), ``int16 offsets, gemm 8->4 pool 12x12/2``, ``int32 offsets, direct
   2->2 pool 182`` and ``int32 offsets, gemm 8->4 pool 182`` (33124-tap windows), all precisions.
@@ -103,8 +105,9 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"constexpr int kDirectWideChannels = {c['kDirectWideChannels']};",
                           rf"constexpr int64_t kDirectWideMin = {c['kDirectWideMin']};",
                           rf"constexpr int64_t kDirectMaxSmem = {c['kDirectMaxSmem'] // 1024} \* 1024;",
-                          r"const int co = g\.Coutg >= kDirectWideMin \? kDirectWideChannels : 1;",
-                          r"if \(g\.K \* co \* static_cast<int64_t>\(sizeof\(Acc\)\) > kDirectMaxSmem\) return 0;",
+                          r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "
+                          r"kDirectMaxSmem\s+\? kDirectWideChannels : 1;",
+                          r"if \(filter_bytes \* co > kDirectMaxSmem\) return 0;",
                           r"if \(g\.G \* ceil_div\(g\.Coutg, co\) > 65535\) return 0;",
                           rf"const int64_t most = {c['grid_z']} / g\.G;",
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",

@@ -73,8 +73,9 @@ __device__ __forceinline__ bool replaces(A v, A best) {
 // and multiplied into all kCo channels' sums (kCo-fold fewer loads than one channel per
 // thread); the chunk's filters sit in shared memory as (K, kCo), so a tap's kCo weights are
 // adjacent and every thread of the block reads the same ones (a broadcast). Index arithmetic
-// within an image is 32-bit (the launcher checks it fits). The launch bounds hold every
-// variant without spills (ptxas -v: 3 blocks of 256 threads per SM, 2 for double).
+// within an image is 32-bit (the launcher checks it fits). The launch bounds (3 blocks of 256
+// threads per SM, 2 for double: 80 and 128 registers) hold every variant without spills on
+// sm_90 (ptxas -v; on sm_80 the 8-wide float variants spill 32-40 bytes).
 template <typename T, typename OffT, int kCo>
 __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 2 : 3)
     conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
@@ -150,19 +151,22 @@ __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 
 }
 
 // Output channels per thread of conv_pool_direct_kernel for g and input strides xs; 0 where
-// the implicit GEMM runs instead: more than kDirectMaxChannels input channels per group, the
-// chunk's filters over kDirectMaxSmem, more than 65535 chunks (gridDim.y), or an image whose
-// offsets do not fit the kernel's 32-bit index arithmetic.
+// the implicit GEMM runs instead: more than kDirectMaxChannels input channels per group, even
+// one channel's filter over kDirectMaxSmem (8 channels' over it: 1 channel a thread), more than
+// 65535 chunks (gridDim.y), or an image whose offsets do not fit the kernel's 32-bit index
+// arithmetic.
 template <typename Acc>
 int direct_channels(const Geometry& g, const Strides4& xs) {
   if (g.Cg > kDirectMaxChannels) return 0;
-  const int co = g.Coutg >= kDirectWideMin ? kDirectWideChannels : 1;
-  if (g.K * co * static_cast<int64_t>(sizeof(Acc)) > kDirectMaxSmem) return 0;
+  const int64_t filter_bytes = g.K * static_cast<int64_t>(sizeof(Acc));
+  const int co = g.Coutg >= kDirectWideMin && filter_bytes * kDirectWideChannels <= kDirectMaxSmem
+                     ? kDirectWideChannels : 1;
+  if (filter_bytes * co > kDirectMaxSmem) return 0;
   if (g.G * ceil_div(g.Coutg, co) > 65535) return 0;
   constexpr int64_t kInt32 = int64_t(1) << 31;
   const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
   if (span >= kInt32 || xs.s[1] >= kInt32 || xs.s[2] >= kInt32 || xs.s[3] >= kInt32) return 0;
-  // Input rows and columns, and the terms that sum to them, as ints.
+  // Input rows and columns, and the terms that sum to them, as ints (as the bindings check).
   const int64_t reach_h = (g.OH - 1) * g.sh + g.pt + (g.KH - 1) * g.dh + g.H;
   const int64_t reach_w = (g.OW - 1) * g.sw + g.pl + (g.KW - 1) * g.dw + g.W;
   if (reach_h >= kInt32 || reach_w >= kInt32) return 0;

@@ -64,10 +64,12 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
   };
 
   // forward: pooled output and the window offset of its max, from `kernel` launched over `grid`
-  const auto check_forward = [&](const std::string& which, dim3 grid, auto&& kernel) {
+  // (and with_bias false: kernel given no bias)
+  const auto check_forward = [&](const std::string& which, dim3 grid, bool with_bias, auto&& kernel) {
     std::vector<T> y(g.N * g.Cout * g.PH * g.PW, from_double<T>(12345.0));
     std::vector<int32_t> off(y.size(), 777);
-    launch_both_orders(what + which, grid, [&] { kernel(y.data(), off.data()); }, y, off);
+    launch_both_orders(what + which, grid, [&] { kernel(with_bias ? b.data() : nullptr, y.data(), off.data()); },
+                       y, off);
     int bad = 0;
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t co = 0; co < g.Cout; ++co)
@@ -81,7 +83,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
               for (int tw = 0; tw < g.PKW; ++tw) {
                 const int64_t r = ph * g.psh - g.pph + th * g.pdh, col = pw * g.psw - g.ppw + tw * g.pdw;
                 if (r < 0 || r >= g.OH || col < 0 || col >= g.OW) continue;
-                double v = to_double(b[co]), sc = std::fabs(v);
+                double v = with_bias ? to_double(b[co]) : 0.0, sc = std::fabs(v);
                 taps(r, col, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
                   const double t = Wt(co, ci, kh, kw) * X(n, grp * g.Cg + ci, ih, iw);
                   v += t, sc += std::fabs(t);
@@ -107,18 +109,19 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
           }
   };
   check_forward(" forward", dim3(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)),
-                                 unsigned(g.G)),
-                [&](T* y, int32_t* off) {
-                  conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
+                                 unsigned(g.G)), true,
+                [&](const T* bias, T* y, int32_t* off) {
+                  conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), bias, y, off, ys);
                 });
   if (g.Cg <= kDirectMaxChannels) {  // the direct kernel at both widths, one block along x (a grid-stride loop)
-    const unsigned blocks = 1;
-    check_forward(" direct forward, 8 channels a thread", dim3(blocks, unsigned(g.G * ceil_div(g.Coutg, 8))),
-                  [&](T* y, int32_t* off) {
-                    conv_pool_direct_kernel<T, int32_t, 8>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
-                  });
-    check_forward(" direct forward, 1 channel a thread", dim3(blocks, unsigned(g.Cout)), [&](T* y, int32_t* off) {
-      conv_pool_direct_kernel<T, int32_t, 1>(g, x.data(), xs, w.data(), b.data(), y, off, ys);
+    const dim3 wide(1, unsigned(g.G * ceil_div(g.Coutg, 8))), narrow(1, unsigned(g.Cout));
+    const auto direct8 = [&](const T* bias, T* y, int32_t* off) {
+      conv_pool_direct_kernel<T, int32_t, 8>(g, x.data(), xs, w.data(), bias, y, off, ys);
+    };
+    check_forward(" direct forward, 8 channels a thread", wide, true, direct8);
+    check_forward(" direct forward, 8 channels a thread, no bias", wide, false, direct8);
+    check_forward(" direct forward, 1 channel a thread", narrow, true, [&](const T* bias, T* y, int32_t* off) {
+      conv_pool_direct_kernel<T, int32_t, 1>(g, x.data(), xs, w.data(), bias, y, off, ys);
     });
   }
 
@@ -211,6 +214,35 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
   }
 }
 
+// The direct kernel's launcher choice (direct_channels): its width, and where it leaves the
+// problem to the implicit GEMM.
+void check_direct_channels() {
+  const auto choice = [](int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t G, int64_t KH, int64_t pt,
+                         bool dbl, int64_t row_stride = 0) {
+    const Geometry g = test_geometry(1, C, H, W, Cout, G, KH, KH, 1, 1, pt, pt, 1, 1, 2, 2, 0, 1);
+    Strides4 xs = strides_of(C, H, W, false);
+    if (row_stride) xs.s[2] = row_stride;
+    return dbl ? direct_channels<double>(g, xs) : direct_channels<float>(g, xs);
+  };
+  const struct {
+    const char* what;
+    int got, want;
+  } checks[] = {
+      {"3->32 3x3", choice(3, 32, 32, 32, 1, 3, 1, false), 8},
+      {"3->3: fewer than 4 output channels a group", choice(3, 32, 32, 3, 1, 3, 1, false), 1},
+      {"5 input channels a group", choice(5, 32, 32, 32, 1, 3, 1, false), 0},
+      {"4->8 20x20 float: 8 filters over 48 KiB, 1 fits", choice(4, 40, 40, 8, 1, 20, 0, false), 1},
+      {"4->8 40x40 double: 1 filter over 48 KiB", choice(4, 50, 50, 8, 1, 40, 0, true), 0},
+      {"70000 depthwise groups: gridDim.y", choice(70000, 4, 4, 70000, 70000, 3, 1, false), 0},
+      {"rows 2^31 elements apart", choice(1, 4, 4, 8, 1, 3, 1, false, int64_t(1) << 31), 0},
+      {"padding 2^31", choice(1, 4, 4, 8, 1, 3, int64_t(1) << 31, false), 0},
+  };
+  for (const auto& c : checks)
+    if (c.got != c.want)
+      fail(std::string("direct_channels, ") + c.what + ": " + std::to_string(c.got) + ", want " +
+           std::to_string(c.want));
+}
+
 }  // namespace
 
 int main() {
@@ -228,7 +260,9 @@ int main() {
       {"70 output channels, 3 column tiles", 3, 9, 10, 11, 70, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1},
       {"3->32 3x3 pad 1, pool 2 (a first layer)", 2, 3, 12, 10, 32, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
       {"2 groups of 2->6, dilation 2, pool 3 stride 2 pad 1", 2, 4, 11, 12, 12, 2, 3, 3, 1, 1, 2, 1, 2, 2, 3, 2, 1, 1},
+      {"2 groups of 3->10: two channel chunks each", 2, 6, 7, 8, 20, 2, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
   };
+  check_direct_channels();
   for (const Case& c : cases) {
 #ifdef FUSEDOPS_EMULATOR_QUICK  // the first case in float32 only (tests that the emulator catches a broken kernel)
     check_case<float>(c, false, false, {1});
