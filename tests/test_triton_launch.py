@@ -410,6 +410,85 @@ def test_linear_kernels_on_the_forced_path(monkeypatch, forced_path, backend, de
     _check_forced_path(forced_path, launches, [True, True, True])
 
 
+# --- the forward's runs of channels ------------------------------------------------------------
+
+
+def _ints(shape, low, high, scale=1.0, seed=0):
+    """Small integers times ``scale``: exact in bfloat16 and TF32 and in any summation order."""
+    return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(seed)).float() * scale
+
+
+# (input, out channels, kernel, conv-block kwargs, dtype, read from a channels_last copy)
+_RUN_CASES = {
+    "pool2 nchw": (lambda: _ints((2, 32, 11, 10), -3, 4), 24, (3, 3), dict(padding=1), torch.float32, True),
+    "pool2 channels_last": (lambda: _ints((2, 32, 11, 10), -3, 4).to(memory_format=torch.channels_last), 24, (3, 3),
+                            dict(padding=1), torch.float32, False),
+    "groups, stride, dilation, overlapping pool": (
+        lambda: _ints((2, 64, 11, 10), -3, 4), 24, (3, 3),
+        dict(groups=2, stride=2, dilation=2, padding=(2, 1), pool_kernel_size=3, pool_stride=2, pool_padding=1),
+        torch.float32, True),
+    "2x3 kernel, stride (2, 1), dilation (1, 2), pool (2, 3)/(1, 2)": (
+        lambda: _ints((2, 16, 13, 14), -3, 4).to(memory_format=torch.channels_last), 8, (2, 3),
+        dict(stride=(2, 1), dilation=(1, 2), padding=1, pool_kernel_size=(2, 3), pool_stride=(1, 2)),
+        torch.float32, False),
+    "48 channels: three runs a tap, bfloat16": (lambda: _ints((2, 48, 9, 9), -3, 4), 16, (3, 3), dict(padding=1),
+                                                torch.bfloat16, True),
+    "4356 rows: 32-channel steps": (lambda: _ints((4, 64, 66, 66), -3, 4), 8, (3, 3), dict(padding=1),
+                                    torch.float32, True),
+    "a channel slice of channels_last": (
+        lambda: _ints((2, 40, 9, 9), -3, 4).to(memory_format=torch.channels_last)[:, 4:36], 8, (3, 3),
+        dict(padding=1), torch.float32, False),
+    "an expanded batch: strided runs": (lambda: _ints((1, 32, 9, 9), -3, 4).expand(3, 32, 9, 9), 8, (3, 3),
+                                        dict(padding=1), torch.float32, False),
+}
+
+
+@ON_DEVICES
+@pytest.mark.parametrize("case", list(_RUN_CASES))
+def test_conv_block_forward_steps_over_runs_of_channels(monkeypatch, case, backend, device):
+    """Channels per group a multiple of BLOCK_K, tensor-core precisions (float32 as TF32,
+    bfloat16): the forward's K loop takes (kh, kw, ci) steps of BLOCK_K channels, with the
+    weight permuted to (Cout, KH, KW, Cg) and a dense NCHW input read from a channels_last copy
+    (other layouts in place, through their strides). Small integers and quarters are exact in
+    any precision and summation order, so the result is exactly the reference's (ties
+    included) and the per-element gather's (``CHANNEL_RUNS=0``)."""
+    make_x, cout, kernel, kwargs, dtype, copied = _RUN_CASES[case]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    groups = kwargs.get("groups", 1)
+    x = make_x().to(device=device, dtype=dtype)
+    w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
+    b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
+    p = conv_block_params(kernel, **kwargs)
+    out, off = conv_kernels.forward(x, w, b, p)
+    ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b.double(), *p, "reference")
+    assert torch.equal(out.double(), ref_out) and torch.equal(off, ref_off)
+    assert (off >= 0).any() and (off == -1).any()  # both sides of the ReLU
+    monkeypatch.setenv("FUSEDOPS_TRITON_CHANNEL_RUNS", "0")
+    gathered, gathered_off = conv_kernels.forward(x, w, b, p)
+    assert torch.equal(gathered, out) and torch.equal(gathered_off, off)
+    fwd = [ln for ln in launches if ln.name == "conv_block_fwd_kernel"]
+    assert [ln.kwargs["CG_RUN"] for ln in fwd] == [x.shape[1] // groups, 0]
+    if case == "4356 rows: 32-channel steps":
+        assert fwd[0].kwargs["BLOCK_K"] == 32
+    read = fwd[0].args[0]
+    if copied:
+        assert read.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(
+            memory_format=torch.channels_last)
+    else:
+        assert read is x  # in place
+    assert fwd[0].args[1].is_contiguous() and torch.equal(fwd[0].args[1], w.permute(0, 2, 3, 1))
+
+
+def test_channel_runs_need_whole_blocks_of_channels_and_tensor_cores():
+    assert conv_kernels.channel_run(torch.bfloat16, "ieee", 64, 32) == 64
+    assert conv_kernels.channel_run(torch.float32, "tf32", 48, 16) == 48
+    assert conv_kernels.channel_run(torch.float32, "ieee", 48, 16) == 0  # FMA units: the gather
+    assert conv_kernels.channel_run(torch.bfloat16, "ieee", 48, 32) == 0  # a step would straddle two taps
+    assert conv_kernels.channel_run(torch.float16, "ieee", 3, 16) == 0
+    assert conv_kernels.channel_run(torch.float64, "ieee", 64, 16) == 0
+
+
 # --- blocked summation ---------------------------------------------------------------------------
 
 

@@ -13,7 +13,9 @@ computes the conv value at that tap for every row (reduction over ``K = Cg * KH 
 gathered from ``x``), adds the bias, applies ReLU (NaN kept) and folds it into a running max
 and argmax: a tap replaces the max when larger or NaN, taps in row-major order, so ties go to
 the first and NaN propagates, as ``F.max_pool2d``. For non-overlapping pools every conv
-output is computed exactly once.
+output is computed exactly once. Where a group's channels come in whole BLOCK_K runs and the
+products run on tensor cores, the K loop reads runs of adjacent channels from a channels_last
+input (``channel_run``); otherwise it gathers each element.
 
 Backward: the conv-output gradient ``dc`` is never stored: the GEMMs' loads rebuild it from
 ``dy`` and ``o`` (``_unpooled_grad``): ``dc[n, c, oh, ow]`` is the sum of ``dy[n, c, ph, pw]``
@@ -45,6 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._env import EnvVar
 from ..ops.conv_block import ConvBlockParams, output_memory_format
 from ._device import matmul_tile
 from ._launch import (
@@ -111,6 +114,7 @@ def conv_block_fwd_kernel(
     PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
     IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    CG_RUN: tl.constexpr = 0,
 ):
     """y[n, c, ph, pw] = max over pool taps of relu(conv(x, w)[n, c, oh, ow] + b[c]); o = its tap.
 
@@ -120,6 +124,13 @@ def conv_block_fwd_kernel(
     summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation
     order"). The geometry (``_GEOMETRY``: kernel, stride, dilation, pool window) is constexpr,
     so the K loop's index arithmetic divides by constants only (no division instruction).
+
+    Two ways through K. ``CG_RUN = 0``: K in ``(ci, kh, kw)`` order (the weight's), each x
+    element gathered with its own address and mask. ``CG_RUN = Cg`` (a multiple of BLOCK_K;
+    ``w`` permuted to ``(Cout, KH, KW, Cg)``): K in ``(kh, kw, ci)`` order, so a K step is
+    BLOCK_K channels at one kernel tap, one address and one mask per row, and K is a constant;
+    with x channels_last (``sxc == 1``, which Triton specialises) the steps' x and w loads are
+    16-byte vectors.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -133,7 +144,10 @@ def conv_block_fwd_kernel(
     co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = co < Coutg
     c = (grp * Coutg + co).to(IDX)
-    K = Cg * (KH * KW)
+    if CG_RUN > 0:
+        K = CG_RUN * (KH * KW)
+    else:
+        K = Cg * (KH * KW)
     x_base = n * sxn + (grp * Cg).to(IDX) * sxc
     if HAS_BIAS:
         bias = tl.load(b_ptr + c * sb, mask=col_ok, other=0.0).to(ACC)
@@ -149,17 +163,33 @@ def conv_block_fwd_kernel(
         for c0 in range(0, K, CHUNK):
             part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
             for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                k_ok = k < K
-                ci = k // (KH * KW)
-                kh = (k // KW) % KH
-                kw = k % KW
-                ih = ih0[:, None] + kh[None, :] * DH
-                iw = iw0[:, None] + kw[None, :] * DW
-                x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                x_off = x_base[:, None] + ci[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
-                xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
-                wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                if CG_RUN > 0:
+                    # Step k0 of (kh, kw, ci) order: kernel tap kk, channels ci0 .. ci0 + BLOCK_K.
+                    kk = k0 // CG_RUN
+                    ci0 = k0 - kk * CG_RUN
+                    kh = kk // KW
+                    ih = ih0 + kh * DH
+                    iw = iw0 + (kk - kh * KW) * DW
+                    r_ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    r_off = x_base + ih * sxh + iw * sxw + ci0 * sxc
+                    xv = tl.load(x_ptr + r_off[:, None] + tl.arange(0, BLOCK_K)[None, :] * sxc, mask=r_ok[:, None],
+                                 other=0.0)
+                    # w is (Cout, KH, KW, Cg) here: the step's weights are adjacent too.
+                    wv = tl.load(w_ptr + c[None, :] * K + (k0 + tl.arange(0, BLOCK_K))[:, None], mask=col_ok[None, :],
+                                 other=0.0)
+                else:
+                    k = k0 + tl.arange(0, BLOCK_K)
+                    k_ok = k < K
+                    ci = k // (KH * KW)
+                    kh = (k // KW) % KH
+                    kw = k % KW
+                    ih = ih0[:, None] + kh[None, :] * DH
+                    iw = iw0[:, None] + kw[None, :] * DW
+                    x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                    x_off = x_base[:, None] + ci[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
+                    xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
+                    wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :],
+                                 other=0.0)
                 part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
             acc += part
         if HAS_BIAS:
@@ -400,6 +430,25 @@ class _ForwardPlan(NamedTuple):
     memory_format: torch.memory_format
     offsets_dtype: torch.dtype
     launch: Optional[KernelLaunch]  # None for an empty output
+    channels_last_copy: bool = False  # the kernel reads a channels_last copy of the input
+    channel_runs: bool = False  # CG_RUN > 0: the weight goes as (Cout, KH, KW, Cg)
+
+
+_CHANNEL_RUNS_ENV = EnvVar("FUSEDOPS_TRITON_CHANNEL_RUNS")
+
+
+def channel_run(dtype: torch.dtype, precision: str, cg: int, block_k: int) -> int:
+    """``CG_RUN`` of the forward kernel: ``cg`` where its K loop takes BLOCK_K channels per step
+    (from a channels_last input, a dense NCHW input copied to channels_last first; the weight
+    permuted to ``(Cout, KH, KW, Cg)``, a copy of Cout x K elements unless it is channels_last),
+    else 0 (the per-element gather). Needs whole BLOCK_K runs of channels (``cg % block_k == 0``) and tensor cores
+    (16-bit inputs, or float32 as TF32): IEEE float32 and float64 multiply on the FMA units,
+    where the gather's loads cost less than the tile's registers (sm_90: a 64 x 64 IEEE float32
+    tile read in runs of channels spilled 184 bytes a thread, against 16 for the gather).
+    ``FUSEDOPS_TRITON_CHANNEL_RUNS=0`` turns it off (to compare)."""
+    if _CHANNEL_RUNS_ENV.get() == "0" or use_fma(dtype) or precision == "ieee" and dtype == torch.float32:
+        return 0
+    return cg if cg % block_k == 0 else 0
 
 
 def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
@@ -420,23 +469,30 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
     meta = _meta(input)
     chunk = chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
-    scalars = (rows, phw, *geo.sizes, n_tiles, n_tiles * p.groups, chunk, *geo.pads, *input.stride(), *y.stride(),
+    cg_run = channel_run(input.dtype, meta["PRECISION"], geo.sizes[2], cfg["BLOCK_K"])
+    # A dense NCHW input is read from a channels_last copy (same extent); any other layout in
+    # place, through its strides (an expanded batch, say, stays unexpanded).
+    copy = cg_run > 0 and input.stride(1) != 1 and input.is_contiguous()
+    x_strides = torch.empty_like(input, device="meta", memory_format=torch.channels_last).stride() if copy \
+        else input.stride()
+    scalars = (rows, phw, *geo.sizes, n_tiles, n_tiles * p.groups, chunk, *geo.pads, *x_strides, *y.stride(),
                bias.stride(0) if bias is not None else 0)
     launch = KernelLaunch(conv_block_fwd_kernel, grid, scalars,
-                          dict(**geo.constexprs, HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg))
-    return _ForwardPlan(shape, fmt, p.offsets_dtype(), launch)
+                          dict(**geo.constexprs, HAS_BIAS=bias is not None, IDX=idx, **meta, **cfg, CG_RUN=cg_run))
+    return _ForwardPlan(shape, fmt, p.offsets_dtype(), launch, copy, cg_run > 0)
 
 
 def forward(input, weight, bias, p: ConvBlockParams):
     """Launch the fused forward: returns ``(y, offsets)`` like the reference."""
     key = ("fwd", described(input), input.device, described(weight), described(bias), p,
-           _precision(input.dtype), interpreting())
+           _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get())
     plan = _PLANS.get(key, lambda: _forward_plan(input, weight, bias, p))
     y = torch.empty(plan.shape, device=input.device, dtype=input.dtype, memory_format=plan.memory_format)
     offsets = torch.empty(plan.shape, device=input.device, dtype=plan.offsets_dtype, memory_format=plan.memory_format)
     if plan.launch is not None:
-        w = weight.contiguous()
-        plan.launch.launch(input, w, bias if bias is not None else w, y, offsets)
+        w = weight.permute(0, 2, 3, 1).contiguous() if plan.channel_runs else weight.contiguous()
+        x = input.contiguous(memory_format=torch.channels_last) if plan.channels_last_copy else input
+        plan.launch.launch(x, w, bias if bias is not None else w, y, offsets)
     return y, offsets
 
 
