@@ -441,11 +441,11 @@ def channel_run(dtype: torch.dtype, precision: str, cg: int, block_k: int) -> in
     """``CG_RUN`` of the forward kernel: ``cg`` where its K loop takes BLOCK_K channels per step
     (from a channels_last input, a dense NCHW input copied to channels_last first; the weight
     permuted to ``(Cout, KH, KW, Cg)``, a copy of Cout x K elements unless it is channels_last),
-    else 0 (the per-element gather). Needs whole BLOCK_K runs of channels (``cg % block_k == 0``) and tensor cores
-    (16-bit inputs, or float32 as TF32): IEEE float32 and float64 multiply on the FMA units,
-    where the gather's loads cost less than the tile's registers (sm_90: a 64 x 64 IEEE float32
-    tile read in runs of channels spilled 184 bytes a thread, against 16 for the gather).
-    ``FUSEDOPS_TRITON_CHANNEL_RUNS=0`` turns it off (to compare)."""
+    else 0 (the per-element gather). Needs whole BLOCK_K runs of channels (``cg % block_k ==
+    0``) and tensor cores (16-bit inputs, or float32 as TF32): IEEE float32 and float64 multiply
+    on the FMA units, where the gather's loads cost less than the tile's registers (sm_90: a
+    64 x 64 IEEE float32 tile read in runs of channels spilled 184 bytes a thread, against 16
+    for the gather). ``FUSEDOPS_TRITON_CHANNEL_RUNS=0`` turns it off (to compare)."""
     if _CHANNEL_RUNS_ENV.get() == "0" or use_fma(dtype) or precision == "ieee" and dtype == torch.float32:
         return 0
     return cg if cg % block_k == 0 else 0
