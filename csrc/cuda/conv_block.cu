@@ -492,11 +492,12 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       if (co > 0) {
         const dim3 grid(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
         const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
-        if (co == kDirectWideChannels)
+        if (co == kDirectWideChannels) {
           conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
                                                                                                  yp, op, ys);
-        else
-          conv_pool_direct_kernel<T, OffT, 1><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+          return cudaGetLastError();
+        }
+        conv_pool_direct_kernel<T, OffT, 1><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
         return cudaGetLastError();
       }
       const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
