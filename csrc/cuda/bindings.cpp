@@ -9,7 +9,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
 #include <limits>
 #include <string>
@@ -67,16 +66,9 @@ std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, in
 
 Geometry checked_conv_geometry(Geometry g) {
   TORCH_CHECK_VALUE(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
-  // The kernels keep coordinates inside an image in 32 bits: an input row r * sh - pt + kh * dh
-  // (r < OH, kh < KH) and a conv row ph * psh - pph + th * pdh (ph < PH, th < PKH), each term
-  // and sum bounded by the sum of the terms' magnitudes (padding on the far side included,
-  // through OH and PH).
+  // The kernels keep coordinates inside an image in 32 bits (kernels.h).
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  const int64_t rows = (g.OH - 1) * g.sh + g.pt + (g.KH - 1) * g.dh + g.H;
-  const int64_t cols = (g.OW - 1) * g.sw + g.pl + (g.KW - 1) * g.dw + g.W;
-  const int64_t pooled = std::max((g.PH - 1) * g.psh + g.pph + (g.PKH - 1) * g.pdh + g.OH,
-                                  (g.PW - 1) * g.psw + g.ppw + (g.PKW - 1) * g.pdw + g.OW);
-  TORCH_CHECK_VALUE(rows < kMax && cols < kMax && pooled < kMax && g.KH * g.KW < kMax,
+  TORCH_CHECK_VALUE(cuda::conv_coordinate_reach(g) < kMax && g.KH * g.KW < kMax,
                     "the cuda backend supports images whose height and width, padded, stay below 2^31, got ",
                     g.H, " x ", g.W);
   return g;

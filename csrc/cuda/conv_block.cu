@@ -166,10 +166,7 @@ int direct_channels(const Geometry& g, const Strides4& xs) {
   constexpr int64_t kInt32 = int64_t(1) << 31;
   const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
   if (span >= kInt32 || xs.s[1] >= kInt32 || xs.s[2] >= kInt32 || xs.s[3] >= kInt32) return 0;
-  // Input rows and columns, and the terms that sum to them, as ints (as the bindings check).
-  const int64_t reach_h = (g.OH - 1) * g.sh + g.pt + (g.KH - 1) * g.dh + g.H;
-  const int64_t reach_w = (g.OW - 1) * g.sw + g.pl + (g.KW - 1) * g.dw + g.W;
-  if (reach_h >= kInt32 || reach_w >= kInt32) return 0;
+  if (conv_coordinate_reach(g) >= kInt32) return 0;  // the bindings refuse these; kept for other callers
   return co;
 }
 

@@ -30,6 +30,19 @@ struct Strides4 {
   int64_t s[4];
 };
 
+// The largest coordinate the conv-block kernels form inside an image, which they keep in 32
+// bits: an input row r * sh - pt + kh * dh (r < OH, kh < KH) and a conv row ph * psh - pph +
+// th * pdh (ph < PH, th < PKH), likewise for columns; each term and sum is bounded by the sum
+// of the terms' magnitudes (padding on the far side counted through OH and PH).
+inline int64_t conv_coordinate_reach(const Geometry& g) {
+  const int64_t rows = (g.OH - 1) * g.sh + g.pt + (g.KH - 1) * g.dh + g.H;
+  const int64_t cols = (g.OW - 1) * g.sw + g.pl + (g.KW - 1) * g.dw + g.W;
+  const int64_t pooled_rows = (g.PH - 1) * g.psh + g.pph + (g.PKH - 1) * g.pdh + g.OH;
+  const int64_t pooled_cols = (g.PW - 1) * g.psw + g.ppw + (g.PKW - 1) * g.pdw + g.OW;
+  const int64_t reach = rows > cols ? rows : cols, pooled = pooled_rows > pooled_cols ? pooled_rows : pooled_cols;
+  return reach > pooled ? reach : pooled;
+}
+
 // Fused conv + bias + ReLU + max-pool forward: y and offsets (offset_bytes = 1, 2 or 4 per
 // element) share the strides ys. w is (Cout, Cin/groups, KH, KW) contiguous; b may be null.
 cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
