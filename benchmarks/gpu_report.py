@@ -69,6 +69,7 @@ BACKENDS = ("triton", "cuda", "cpp", "reference")
 DTYPE_LABELS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
 # Kernels of fusedops (Triton and CUDA): a sanitizer finding in one of them is ours.
 OUR_KERNELS = ("fusedops", "conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel",
+               "conv_block_dw_runs_kernel",
                "conv_block_jvp_kernel", "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel",
                "conv_pool_direct_kernel", "conv_pool_gemm_kernel", "unpool_kernel", "conv_grads_kernel",
                "sum_grad_partials_kernel", "sum_partials_kernel", "jvp_kernel",

@@ -183,13 +183,21 @@ CONV_LAYOUTS: List[ConvCase] = [
 # conv_block_dw_configs); BLOCK_N 16/32/64 up to 16/32/more
 # columns). CUDA: see cuda_conv_variants.
 CONV_CONFIGS: List[ConvCase] = [
-    _conv("deep 512->16 6x6", (2, 512, 6, 6), 16, 3, padding=1, scale_weight=True,
-          purpose="Triton fwd 32x16, dx 32x64, dw 64x16 (4608 rows); CUDA: gemm, second M tile of dx, "
-                  "one split-K slice"),
-    _conv("deep 512->32 6x6", (2, 512, 6, 6), 32, 3, padding=1, scale_weight=True,
+    _conv("deep 500->16 6x6", (2, 500, 6, 6), 16, 3, padding=1, scale_weight=True,
+          purpose="Triton fwd 32x16, dx 32x64, dw 64x16 (4500 rows; 500 channels: the gather); CUDA: gemm, "
+                  "second M tile of dx, one split-K slice"),
+    _conv("deep 500->32 6x6", (2, 500, 6, 6), 32, 3, padding=1, scale_weight=True,
           purpose="Triton fwd 32x32, dw 64x32"),
-    _conv("deep 512->96 6x6", (2, 512, 6, 6), 96, 3, padding=1, scale_weight=True,
+    _conv("deep 500->96 6x6", (2, 500, 6, 6), 96, 3, padding=1, scale_weight=True,
           purpose="Triton fwd 32x64, dw 64x64 (two column tiles); CUDA: second M tile of forward and dw"),
+    _conv("deep 512->16 6x6", (2, 512, 6, 6), 16, 3, padding=1, scale_weight=True,
+          purpose="Triton dw over runs of channels 16x64 (output x input channels), 72 column tiles"),
+    _conv("deep 512->32 6x6", (2, 512, 6, 6), 32, 3, padding=1, scale_weight=True,
+          purpose="Triton dw over runs of channels 32x64"),
+    *[_conv(f"runs {cin}->{cout} 6x6 b3", (3, cin, 6, 6), cout, 3, padding=1,
+            purpose=f"Triton dw over runs of channels {bm}x{bn}, dx over runs of output channels")
+      for cin, cout, bm, bn in ((32, 16, 16, 32), (16, 32, 32, 16), (32, 32, 32, 32), (16, 64, 64, 16),
+                                (32, 64, 64, 32), (64, 64, 64, 64))],
     _conv("wide 16->16 58x58 b5", (5, 16, 58, 58), 16, 3, padding=1,
           purpose="Triton fwd 64x16 (4205 rows), dx 64x16"),
     _conv("wide 24->24 58x58 b5", (5, 24, 58, 58), 24, 3, padding=1, purpose="Triton fwd 64x32, dx 64x32, dw 32x32"),
@@ -291,11 +299,11 @@ def triton_required() -> Set[Tuple[str, str, Tuple]]:
     for kernel, (module, function) in TRITON_KERNELS.items():
         mod = importlib.import_module(module)
         for precision in PRECISIONS:
-            dtype = gpu_checks.PRECISIONS[precision].dtype
+            spec = gpu_checks.PRECISIONS[precision]
             if function is None:
                 configs = {_config({"BLOCK_M": mod.BLOCK_M, "BLOCK_K": mod.BLOCK_K})}
             else:
-                configs = reachable_configs(getattr(mod, function), dtype)
+                configs = reachable_configs(getattr(mod, function), spec.dtype, spec.tf32)
             required |= {(kernel, precision, config) for config in configs}
     return required
 

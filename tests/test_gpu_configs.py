@@ -16,16 +16,23 @@ fp32, tf32, bf16, fp16 (fp64: one 32x32x16 config with 8 warps, reached by every
 | config | fwd | dx | dw |
 | --- | --- | --- | --- |
 | 32x16x16 | grid (<= 16 out channels) | grid | grid |
-| 32x32x16 | deep 512->32, small 24->24 | small 24->24 10x10 | small 24->24, wide 24->24 |
-| 32x64x16 | deep 512->96 (2 column tiles) | deep 512->16 / 512->32 (Cin/g 512) | wide 40->40, multi-wave |
-| 64x16x32 | wide 16->16 58x58 (4205 rows), empty split-K | wide 16->16, empty split-K | deep 512->16 (4608 rows) |
-| 64x32x32 | wide 24->24 58x58 | wide 24->24, multi-wave | deep 512->32 |
-| 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 512->96, 1024->2048 |
+| 32x32x16 | deep 500->32, small 24->24 | small 24->24 10x10 | small 24->24, wide 24->24 |
+| 32x64x16 | deep 500->96 (2 column tiles) | deep 500->16 / 500->32 (Cin/g 500) | wide 40->40, multi-wave |
+| 64x16x32 | wide 16->16 58x58 (4205 rows), empty split-K | wide 16->16, empty split-K | deep 500->16 (4500 rows) |
+| 64x32x32 | wide 24->24 58x58 | wide 24->24, multi-wave | deep 500->32 |
+| 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 500->96, 1024->2048 |
 
 The weight gradient's rows (conv_block_dw_configs) are 64 for bf16 and fp16 whatever the
 row count (wgmma on Hopper): its 32-row configs above are fp32/tf32 only, and in bf16/fp16
 it runs 64x16x16 (grid), 64x32x16 (small 24->24, wide 24->24), 64x64x16 (wide 40->40,
-multi-wave) and the 64-row configs above.
+multi-wave) and the 64-row configs above. Where both channel counts per group are multiples of
+16 and the products run on tensor cores (tf32, bf16, fp16), the weight gradient runs
+conv_block_dw_runs_kernel instead (conv_block_dw_runs_configs: rows 64/32/16 output channels,
+columns 64/32/16 input channels at one kernel tap, each the largest dividing its count; 32
+positions a step, 16 in tf32 with 8 warps at 64x64): ``runs {16,32,64}->{16,32,64}`` and
+``deep 512->16/32`` reach its nine configs, which is why the gather's deep cases have 500
+input channels. The input gradient's ``CO_RUN`` variant (runs of output channels) has the
+configs above; the runs cases reach it.
 
 Triton, linear_configs (BLOCK_M 16/32/64 for <= 16 / <= 256 / more rows, BLOCK_N 16/32/64 for
 <= 16 / <= 256 / more out_features, BLOCK_K 32; the same config for fwd, dx, dw): the nine
@@ -47,10 +54,10 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
   pool_large_window_int16), ``int16 offsets, gemm 8->4 pool 12x12/2``, ``int32 offsets, direct
   2->2 pool 182`` and ``int32 offsets, gemm 8->4 pool 182`` (33124-tap windows), all precisions.
   The same cases reach bias grad, un-pool and (``jvp``) the tangent kernel in every instance.
-- gemm: second M tile (Cout/g > 64: ``deep 512->96``), groups (``winograd_groups_same_ceil``),
+- gemm: second M tile (Cout/g > 64: ``deep 500->96``), groups (``winograd_groups_same_ceil``),
   several waves (``multi-wave 32->64 56x56 b96``: 1176 blocks).
-- input grad: second M tile (Cin/g > 64: ``deep 512->16``); weight grad: second M tile
-  (``deep 512->96``), one split-K slice (grid), several (``wide 16->16``: 33), an empty slice
+- input grad: second M tile (Cin/g > 64: ``deep 500->16``); weight grad: second M tile
+  (``deep 500->96``), one split-K slice (grid), several (``wide 16->16``: 33), an empty slice
   (``empty split-K slices 3->16 99x171 b8``: 264 slices of 528 over 135432 positions).
 - grid-stride loops (65536 blocks of 256 threads per pass) running twice or more: direct
   forward, un-pool and tangent (``grid-stride 1->2 1024x1024 b17``, 17.8M outputs per
@@ -80,10 +87,12 @@ def test_every_launcher_config_has_a_case():
 
 def test_a_missing_case_is_a_gap():
     """The coverage check can fail: without the cases made for them, their configs are gaps."""
-    dropped = ("deep 512->16 6x6", "empty split-K slices 3->16 99x171 b8")
+    dropped = ("deep 500->16 6x6", "runs 16->32 6x6 b3", "empty split-K slices 3->16 99x171 b8")
     without = [c for c in gpu_cases.ALL_CASES if c.name not in dropped]
     gaps = gpu_cases.coverage_gaps(gpu_cases.jobs(without))
     assert "triton conv_block_dw_kernel bf16 {'BLOCK_M': 64, 'BLOCK_N': 16, 'BLOCK_K': 32, 'num_warps': 4}" in gaps
+    assert "triton conv_block_dw_runs_kernel tf32 {'BLOCK_M': 32, 'BLOCK_N': 16, 'BLOCK_K': 16, 'num_warps': 4}" \
+        in gaps
     assert "cuda conv weight grad: an empty split-K slice" in gaps
 
 

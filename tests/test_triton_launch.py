@@ -22,7 +22,7 @@ from fusedops.triton import conv_block as conv_kernels
 from fusedops.triton import linear as linear_kernels
 from fusedops.triton import reduce as reduce_kernels
 
-CONV_KERNELS = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel")
+CONV_KERNELS = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel", "conv_block_dw_runs_kernel")
 LINEAR_KERNELS = ("linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
 REDUCE_KERNELS = ("sum_slices_kernel",)
 
@@ -101,6 +101,8 @@ def test_every_launch_runs_inside_the_inputs_device_guard(monkeypatch):
     launches = _record(monkeypatch, run=True, check=check)
     monkeypatch.setattr(_launch, "MIN_SLICE_STEPS", 1)  # split the weight gradients' reductions
     _conv_launches(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4), padding=1)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # runs of channels: TF32
+    _conv_launches(torch.randn(2, 16, 6, 6), torch.randn(16, 16, 3, 3), torch.randn(16), padding=1)
     _linear_launches(torch.randn(50, 7), torch.randn(6, 7), torch.randn(6), "relu")
     assert sorted({ln.name for ln in launches}) == sorted(CONV_KERNELS + LINEAR_KERNELS + REDUCE_KERNELS)
 
@@ -478,6 +480,97 @@ def test_conv_block_forward_steps_over_runs_of_channels(monkeypatch, case, backe
     else:
         assert read is x  # in place
     assert fwd[0].args[1].is_contiguous() and torch.equal(fwd[0].args[1], w.permute(0, 2, 3, 1))
+
+
+# (input, out channels, kernel, conv-block kwargs, dtype, output gradient (in y's layout, or a
+# sum's: expanded), which of dy, offsets, x are read from channels_last copies)
+_BACKWARD_RUN_CASES = {
+    "nchw: channels_last copies": (lambda: _ints((2, 32, 11, 10), -3, 4), 32, (3, 3), dict(padding=1),
+                                   torch.float32, "ints", (True, True, True)),
+    "channels_last in place, 64 output channels": (
+        lambda: _ints((2, 32, 11, 10), -3, 4).to(memory_format=torch.channels_last), 64, (3, 3), dict(padding=1),
+        torch.float32, "ints", (False, False, False)),
+    "groups, stride, dilation, overlapping pool": (
+        lambda: _ints((2, 64, 11, 10), -3, 4), 64, (3, 3),
+        dict(groups=2, stride=2, dilation=2, padding=(2, 1), pool_kernel_size=3, pool_stride=2, pool_padding=1),
+        torch.float32, "ints", (True, True, True)),
+    "2x3 kernel, stride (2, 1), dilation (1, 2), pool (2, 3)/(1, 2)": (
+        lambda: _ints((2, 16, 13, 14), -3, 4).to(memory_format=torch.channels_last), 16, (2, 3),
+        dict(stride=(2, 1), dilation=(1, 2), padding=1, pool_kernel_size=(2, 3), pool_stride=(1, 2)),
+        torch.float32, "ints", (False, False, False)),
+    "48 channels: 16-channel columns, bfloat16": (lambda: _ints((2, 48, 9, 9), -3, 4), 32, (3, 3), dict(padding=1),
+                                                   torch.bfloat16, "ints", (True, True, True)),
+    "a sum's gradient: expanded, read in place": (lambda: _ints((2, 16, 9, 9), -3, 4), 16, (3, 3), dict(padding=1),
+                                                   torch.float32, "expanded", (False, True, True)),
+    "an expanded batch: strided runs": (lambda: _ints((1, 32, 9, 9), -3, 4).expand(3, 32, 9, 9), 16, (3, 3),
+                                        dict(padding=1), torch.float32, "ints", (True, True, False)),
+}
+
+
+@ON_DEVICES
+@pytest.mark.parametrize("case", list(_BACKWARD_RUN_CASES))
+def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, backend, device):
+    """Both channel counts per group multiples of 16, tensor-core precisions: the input
+    gradient steps over (kh, kw, co) runs of output channels (``CO_RUN``, the weight permuted
+    to (KH, KW, Cout, Cg)) and the weight gradient runs ``conv_block_dw_runs_kernel`` (output
+    x input channels at one kernel tap), both rebuilding dc from runs of dy and the offsets;
+    dense NCHW dy, offsets and x are read from channels_last copies, other layouts (an
+    expanded gradient or batch) in place. Exact against the reference and the gathers."""
+    make_x, cout, kernel, kwargs, dtype, grad, copied = _BACKWARD_RUN_CASES[case]
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    groups = kwargs.get("groups", 1)
+    x = make_x().to(device=device, dtype=dtype)
+    w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
+    b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
+    p = conv_block_params(kernel, **kwargs)
+    y, off = conv_kernels.forward(x, w, b, p)
+    if grad == "expanded":
+        g = torch.tensor(0.5, device=device, dtype=dtype).expand(y.shape)
+    else:
+        fmt = fusedops.ops.conv_block.output_memory_format(x)
+        g = _ints(y.shape, -4, 5, 0.5, seed=3).to(device=device, dtype=dtype, memory_format=fmt)
+    launches.clear()
+    got = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+    want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), off, *p[:8],
+                                                  [True, True, True], "reference")
+    for name, a, r in zip(("input", "weight", "bias"), got, want):
+        assert torch.equal(a.double(), r), name
+    assert got[0].is_contiguous(memory_format=fusedops.ops.conv_block.output_memory_format(x))
+    (dx,) = [ln for ln in launches if ln.name == "conv_block_dx_kernel"]
+    (dw,) = [ln for ln in launches if ln.name.startswith("conv_block_dw")]
+    assert dx.kwargs["CO_RUN"] == cout // groups and dw.name == "conv_block_dw_runs_kernel"
+    assert dw.kwargs["CI_RUN"] == x.shape[1] // groups
+    assert torch.equal(dx.args[2], w.permute(2, 3, 0, 1))
+    read_g, read_o, read_x = dw.args[:3]
+    assert dx.args[0] is read_g and dx.args[1] is read_o
+    for read, given, copy in zip((read_g, read_o, read_x), (g, off, x), copied):
+        if copy:
+            assert read.is_contiguous(memory_format=torch.channels_last) and torch.equal(read, given)
+            assert not given.is_contiguous(memory_format=torch.channels_last)
+        else:
+            assert read is given
+    launches.clear()
+    monkeypatch.setenv("FUSEDOPS_TRITON_CHANNEL_RUNS", "0")
+    gathered = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+    for a, r in zip(got, gathered):
+        assert torch.equal(a, r)
+    assert [ln.kwargs.get("CO_RUN") for ln in launches if ln.name == "conv_block_dx_kernel"] == [0]
+    assert [ln.name for ln in launches if ln.name.startswith("conv_block_dw")] == ["conv_block_dw_kernel"]
+
+
+def test_weight_gradient_runs_need_whole_tiles_of_both_channel_counts(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    configs = conv_kernels.conv_block_dw_runs_configs
+    assert configs(64, 128, torch.bfloat16) == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4}
+    assert configs(32, 64, torch.float32) == {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4}
+    assert configs(64, 64, torch.float32)["num_warps"] == 8
+    assert configs(48, 16, torch.float16)["BLOCK_N"] == 16
+    assert configs(24, 64, torch.bfloat16) is None and configs(64, 24, torch.bfloat16) is None
+    assert configs(64, 64, torch.float64) is None
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert configs(64, 64, torch.float32) is None  # IEEE float32: the gather
+    assert configs(64, 64, torch.bfloat16) is not None
 
 
 def test_channel_runs_need_whole_blocks_of_channels_and_tensor_cores():

@@ -111,6 +111,15 @@ CASES: List[object] = [
     # Many input channels per output channel (the weight gradient's large-K tiles).
     _conv("512->16 14x14 b8", (8, 512, 14, 14), 16, 3, padding=1),
     _conv("groups 2 1024->64 7x7 b8", (8, 1024, 7, 7), 64, 3, padding=1, groups=2),
+    # The weight gradient's gather with K past 4096 (32-position steps) where the channels do not
+    # come in runs of 16, and its runs of channels in every tile (output x input channels).
+    _conv("deep gather 500->16 6x6 b2", (2, 500, 6, 6), 16, 3, padding=1),
+    _conv("deep gather 500->24 6x6 b2", (2, 500, 6, 6), 24, 3, padding=1),
+    _conv("deep gather 500->40 6x6 b2", (2, 500, 6, 6), 40, 3, padding=1),
+    _conv("runs 32->16 9x9 b1", (1, 32, 9, 9), 16, 3, padding=1),
+    _conv("runs 16->32 9x9 b1", (1, 16, 9, 9), 32, 3, padding=1),
+    _conv("runs 32->32 9x9 b1", (1, 32, 9, 9), 32, 3, padding=1),
+    _conv("runs 16->64 9x9 b1", (1, 16, 9, 9), 64, 3, padding=1),
     # Small problems (the small-tile configs), without bias.
     _conv("small 3->8 9x9 b1 no bias", (1, 3, 9, 9), 8, 3, bias=False, padding=1),
     _conv("small 20->40 9x9 b1", (1, 20, 9, 9), 40, 3, padding=1),

@@ -36,6 +36,7 @@ KERNEL_CONFIGS = {
     "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
     "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
     "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_dw_configs"),
+    "conv_block_dw_runs_kernel": ("fusedops.triton.conv_block", "conv_block_dw_runs_configs"),
     "linear_fwd_kernel": ("fusedops.triton.linear", "linear_configs"),
     "linear_dx_kernel": ("fusedops.triton.linear", "linear_configs"),
     "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
@@ -48,10 +49,16 @@ def config_of(launch) -> tuple:
     return tuple(launch.options["num_warps"] if k == "num_warps" else launch.meta(k) for k in CONFIG_KEYS)
 
 
-def reachable_configs(function, dtype) -> set:
-    """Every config ``function(rows, cols, dtype)`` returns, probed at and around powers of two."""
+def reachable_configs(function, dtype, tf32: bool = False) -> set:
+    """Every config ``function(rows, cols, dtype)`` returns with torch's TF32 switches at
+    ``tf32``, probed at and around powers of two (None, where the function's kernel does not
+    run, is no config)."""
+    from tools.triton_cases import precision
+
     probes = sorted({v for i in range(32) for v in (2**i - 1, 2**i, 2**i + 1) if v > 0})
-    return {tuple(function(r, c, dtype)[k] for k in CONFIG_KEYS) for r in probes for c in probes}
+    with precision(tf32):
+        configs = (function(r, c, dtype) for r in probes for c in probes)
+        return {tuple(cfg[k] for k in CONFIG_KEYS) for cfg in configs if cfg is not None}
 
 
 def coverage_gaps(launches, dtypes) -> list:
@@ -65,7 +72,7 @@ def coverage_gaps(launches, dtypes) -> list:
     for kernel, (module, name) in KERNEL_CONFIGS.items():
         function = getattr(importlib.import_module(module), name)
         for label in dtypes:
-            for config in sorted(reachable_configs(function, DTYPES[label][0])):
+            for config in sorted(reachable_configs(function, *DTYPES[label])):
                 if (kernel, label, config) not in seen:
                     gaps.append(f"{kernel} {label} {dict(zip(CONFIG_KEYS, config))}")
     return gaps
@@ -103,7 +110,7 @@ def resource_errors(launches, results, max_seconds) -> list:
 # The implicit-GEMM kernels, whose loops must not divide (the conv geometry is constexpr, a
 # weight gradient steps through its positions by carries; a linear layer has no geometry).
 NO_LOOP_DIVISION = ("conv_block_fwd_kernel", "conv_block_dx_kernel", "conv_block_dw_kernel",
-                    "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
+                    "conv_block_dw_runs_kernel", "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel")
 
 
 def loop_division_errors(launches, results) -> list:

@@ -29,9 +29,17 @@ that fill the GPU, whose float32 partial sums ``reduce.sum_slices_kernel`` adds 
 (deterministic: no atomics); the programs of the first row tile also reduce ``db``. Every
 reduction is summed in chunks (``_launch`` "Summation order").
 
+Runs of channels in the backward, as in the forward: where the products run on tensor cores
+and a group's output channels are a multiple of BLOCK_K, ``conv_block_dx_kernel`` steps over
+``(kh, kw, co)`` (``CO_RUN``); where both channel counts are multiples of 16,
+``conv_block_dw_runs_kernel`` replaces ``conv_block_dw_kernel`` (rows output channels, columns
+input channels at one kernel tap). A step then needs one conv position, pool window and mask
+per row, and reads ``dy``, the offsets and ``x`` as runs of adjacent channels: vector loads
+from channels_last tensors (dense NCHW ones are read from channels_last copies).
+
 Specialisation: kernel size, stride, dilation and the pool window are constexpr (``_geometry``),
 so the K loops divide only by constants, which compile to multiplies (``make triton-check``
-counts the integer divisions left in every kernel's loops: none in these three); image sizes,
+counts the integer divisions left in every kernel's loops: none in these four); image sizes,
 paddings, channel counts and strides stay runtime arguments.
 
 Grids: ``(row tiles, y, z)`` where ``y * z`` covers ``groups x column tiles`` (``split_grid``);
@@ -208,7 +216,8 @@ def conv_block_fwd_kernel(
 @triton.jit
 def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, pph, ppw, sgn, sgc, sgh, sgw, son, soc, soh, sow,
                    PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr, PDH: tl.constexpr,
-                   PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr, ACC: tl.constexpr):
+                   PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr, ACC: tl.constexpr,
+                   ROW_MASK: tl.constexpr = False):
     """dc[n, c, oh, ow] (broadcast 2-D index tensors, ``ok`` masks the valid ones) from dy and the offsets, in ACC.
 
     Pool window ``ph`` covers conv rows ``ph * PSH - pph + kh * PDH`` for ``kh < PKH``, so the
@@ -217,12 +226,19 @@ def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, pph, ppw, sgn, sgc, s
     integral and below ``PKH`` (likewise for columns). A window contributes ``dy`` where its
     saved offset is that tap, ``kh * PKW + kw``. The pool geometry is constexpr: every division
     here is by a constant (a multiply, or nothing for a non-overlapping pool's unit steps).
+
+    ``ROW_MASK``: ``n, oh, ow, ok`` are columns ``(R, 1)`` and ``c`` a row ``(1, C)`` of
+    adjacent channels (the runs of channels): ``dy`` is then loaded under the window's mask
+    alone, which is the same for a row's channels, and selected by the offsets afterwards, so
+    both loads stay vectors along the channels (a mask that differs per element would split a
+    load into scalar ones); without it ``dy`` is loaded only where the offset names the tap.
     """
     num_h = oh + pph
     num_w = ow + ppw
     ph_last = num_h // PSH
     pw_last = num_w // PSW
-    dc = tl.zeros(ok.shape, dtype=ACC)
+    full, _ = tl.broadcast(ok, c)  # the tile's shape (ok may be a column, c a row)
+    dc = tl.zeros(full.shape, dtype=ACC)
     for i in range(0, WIN_H * WIN_W):
         ph = ph_last - i // WIN_W
         pw = pw_last - i % WIN_W
@@ -233,8 +249,12 @@ def _unpooled_grad(g_ptr, o_ptr, n, c, oh, ow, ok, PH, PW, pph, ppw, sgn, sgc, s
         hit = (ok & (ph >= 0) & (pw >= 0) & (ph < PH) & (pw < PW) & (kh * PDH == kh_num) & (kw * PDW == kw_num)
                & (kh < PKH) & (kw < PKW))
         o = tl.load(o_ptr + n * son + c * soc + ph * soh + pw * sow, mask=hit, other=-1)
-        hit = hit & (o.to(tl.int32) == kh * PKW + kw)
-        dc += tl.load(g_ptr + n * sgn + c * sgc + ph * sgh + pw * sgw, mask=hit, other=0.0).to(ACC)
+        named = o.to(tl.int32) == kh * PKW + kw
+        if ROW_MASK:
+            g = tl.load(g_ptr + n * sgn + c * sgc + ph * sgh + pw * sgw, mask=hit, other=0.0).to(ACC)
+            dc += tl.where(named, g, 0.0)
+        else:
+            dc += tl.load(g_ptr + n * sgn + c * sgc + ph * sgh + pw * sgw, mask=hit & named, other=0.0).to(ACC)
     return dc
 
 
@@ -247,15 +267,22 @@ def conv_block_dx_kernel(
     DW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
     PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CO_RUN: tl.constexpr = 0,
 ):
     """dx[n, g*Cg + ci, ih, iw] = sum_{co, kh, kw} dc[n, g*Coutg + co, oh, ow] * w[g*Coutg + co, ci, kh, kw]
     with ih = oh*SH - pt + kh*DH (oh integral, in range).
 
     ``ROWS = N * H * W``, ``HW = H * W``; ``NG = G * N_TILES``, ``N_TILES = cdiv(Cg, BLOCK_N)``.
-    Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is contiguous. Partial
-    sums of ``CHUNK`` terms, as the forward; constexpr geometry, as the forward (for stride 1
-    the divisions by the stride and their integrality tests compile to nothing).
+    Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. Partial sums of ``CHUNK``
+    terms, as the forward; constexpr geometry, as the forward (for stride 1 the divisions by
+    the stride and their integrality tests compile to nothing).
+
+    Two ways through the reduction, as the forward. ``CO_RUN = 0``: ``(co, kh, kw)`` order,
+    ``w`` contiguous ``(Cout, Cg, KH, KW)``, ``dc`` rebuilt element by element. ``CO_RUN =
+    Coutg`` (a multiple of BLOCK_K; ``w`` permuted to ``(KH, KW, Cout, Cg)``): ``(kh, kw, co)``
+    order, so a step is BLOCK_K output channels at one kernel tap: one conv position, pool
+    window and mask per row, and with channels_last ``dy`` and offsets (``sgc == soc == 1``)
+    vector loads of both; the step's weights are rows of ``Cg`` adjacent input channels.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -268,29 +295,50 @@ def conv_block_dx_kernel(
     iw = rows % W
     ci = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     ci_ok = ci < Cg
-    R = Coutg * (KH * KW)
+    if CO_RUN > 0:
+        R = CO_RUN * (KH * KW)
+    else:
+        R = Coutg * (KH * KW)
+    cout = NG // N_TILES * Coutg
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for c0 in range(0, R, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         for r0 in range(c0, tl.minimum(c0 + CHUNK, R), BLOCK_K):
-            r = r0 + tl.arange(0, BLOCK_K)
-            r_ok = r < R
-            co = r // (KH * KW)
-            kh = (r // KW) % KH
-            kw = r % KW
-            oh_num = ih[:, None] + pt - kh[None, :] * DH
-            ow_num = iw[:, None] + pl - kw[None, :] * DW
-            oh = oh_num // SH
-            ow = ow_num // SW
-            ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * SH == oh_num)
-                  & (ow * SW == ow_num) & (oh < OH) & (ow < OW))
-            c = (grp * Coutg + co)[None, :].to(IDX)
-            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, pph, ppw,
-                                sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W,
-                                ACC)
-            w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * (KH * KW))
-            w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
-            wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
+            if CO_RUN > 0:
+                # Step r0 of (kh, kw, co) order: kernel tap kk, output channels co0 .. co0 + BLOCK_K.
+                kk = r0 // CO_RUN
+                co0 = r0 - kk * CO_RUN
+                kh = kk // KW
+                oh_num = ih + pt - kh * DH
+                ow_num = iw + pl - (kk - kh * KW) * DW
+                oh = oh_num // SH
+                ow = ow_num // SW
+                ok = (row_ok & (oh_num >= 0) & (ow_num >= 0) & (oh * SH == oh_num) & (ow * SW == ow_num)
+                      & (oh < OH) & (ow < OW))
+                c = (grp * Coutg + co0 + tl.arange(0, BLOCK_K)).to(IDX)
+                dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None], ok[:, None],
+                                    PH, PW, pph, ppw, sgn, sgc, sgh, sgw, son, soc, soh, sow,
+                                    PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W, ACC, ROW_MASK=True)
+                wv = tl.load(w_ptr + (kk * cout + c)[:, None] * Cg + ci[None, :], mask=ci_ok[None, :], other=0.0)
+            else:
+                r = r0 + tl.arange(0, BLOCK_K)
+                r_ok = r < R
+                co = r // (KH * KW)
+                kh = (r // KW) % KH
+                kw = r % KW
+                oh_num = ih[:, None] + pt - kh[None, :] * DH
+                ow_num = iw[:, None] + pl - kw[None, :] * DW
+                oh = oh_num // SH
+                ow = ow_num // SW
+                ok = (row_ok[:, None] & r_ok[None, :] & (oh_num >= 0) & (ow_num >= 0) & (oh * SH == oh_num)
+                      & (ow * SW == ow_num) & (oh < OH) & (ow < OW))
+                c = (grp * Coutg + co)[None, :].to(IDX)
+                dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c, oh, ow, ok, PH, PW, pph, ppw,
+                                    sgn, sgc, sgh, sgw, son, soc, soh, sow, PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W,
+                                    ACC)
+                w_row = (grp * Coutg + co)[:, None].to(IDX) * (Cg * (KH * KW))
+                w_off = w_row + ci[None, :] * (KH * KW) + (kh * KW + kw)[:, None]
+                wv = tl.load(w_ptr + w_off, mask=r_ok[:, None] & ci_ok[None, :], other=0.0)
             part += matmul_tile(dc.to(w_ptr.dtype.element_ty).to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
         acc += part
     dx_off = n[:, None] * sdn + (grp * Cg + ci)[None, :].to(IDX) * sdc + ih[:, None] * sdh + iw[:, None] * sdw
@@ -391,6 +439,95 @@ def conv_block_dw_kernel(
             tl.store(db_ptr + c, db.to(db_ptr.dtype.element_ty), mask=co_ok)
 
 
+@triton.jit
+def conv_block_dw_runs_kernel(
+    g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
+    P, OHW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, M_TILES, SLICE, CHUNK, pt, pl, pph, ppw,
+    sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr,
+    DW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+    PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
+    HAS_DB: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+    FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    CI_RUN: tl.constexpr,
+):
+    """``conv_block_dw_kernel``'s sums (``dw[g*Coutg + co, ci, kh, kw]``, ``db``) over runs of
+    channels: rows output channels ``co`` (BLOCK_M, dividing ``Coutg``), columns ``(kh, kw,
+    ci)`` with BLOCK_N adjacent input channels at one kernel tap (``CI_RUN = Cg``, a multiple
+    of BLOCK_N), reduction over the conv positions ``p = (n, oh, ow)`` in BLOCK_K steps.
+
+    Each step loads, per position, one pool window's ``dy`` and offsets for the tile's
+    BLOCK_M output channels and one input pixel's BLOCK_N channels: vector loads where ``dy``,
+    the offsets and ``x`` are channels_last (``sgc == soc == sxc == 1``). ``N_TILES = KH * KW
+    * Cg / BLOCK_N`` column tiles per group, ``M_TILES = Coutg / BLOCK_M``; grid, slices,
+    chunks, the position stepping and the outputs (``dw`` in its own ``(Cout, Cg, KH, KW)``
+    order, or the slices' partial sums) are ``conv_block_dw_kernel``'s; ``db`` is reduced by
+    the programs of column tile 0.
+    """
+    j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
+    if j >= NG:
+        return
+    grp = j // N_TILES
+    col_tile = j % N_TILES
+    kk = col_tile // (CI_RUN // BLOCK_N)
+    ci = (col_tile - kk * (CI_RUN // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
+    kh = kk // KW
+    kw = kk - kh * KW
+    pid_m = tl.program_id(0) % M_TILES
+    piece = tl.program_id(0) // M_TILES
+    c = (grp * Coutg + pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(IDX)
+    x_chan = (grp * Cg + ci).to(IDX) * sxc
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    db = tl.zeros((BLOCK_M,), dtype=ACC)
+    start = piece.to(IDX) * SLICE
+    end = tl.minimum(start + SLICE, P)
+    p = start + tl.arange(0, BLOCK_K).to(IDX)
+    n = p // OHW
+    oh = (p // OW) % OH
+    ow = p % OW
+    step_n = BLOCK_K // OHW
+    step_h = (BLOCK_K // OW) % OH
+    step_w = BLOCK_K % OW
+    for c0 in range(start, end, CHUNK):
+        part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        part_db = tl.zeros((BLOCK_M,), dtype=ACC)
+        for p0 in range(c0, tl.minimum(c0 + CHUNK, end), BLOCK_K):
+            p_ok = (p0 + tl.arange(0, BLOCK_K)) < end
+            # dc of the step's positions (rows) and the tile's output channels (columns)
+            dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None], p_ok[:, None],
+                                PH, PW, pph, ppw, sgn, sgc, sgh, sgw, son, soc, soh, sow,
+                                PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W, ACC, ROW_MASK=True)
+            ih = oh * SH - pt + kh * DH
+            iw = ow * SW - pl + kw * DW
+            x_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + x_chan[None, :], mask=x_ok[:, None],
+                         other=0.0)
+            dct = tl.trans(dc.to(x_ptr.dtype.element_ty).to(DOT))
+            part += matmul_tile(dct, xv.to(DOT), PRECISION, FMA).to(ACC)
+            if HAS_DB:
+                part_db += tl.sum(dc, axis=0)
+            # p += BLOCK_K, digit by digit (each digit below its radix: one carry each).
+            ow += step_w
+            carry = ow >= OW
+            ow = tl.where(carry, ow - OW, ow)
+            oh += step_h + carry.to(oh.dtype)
+            carry = oh >= OH
+            oh = tl.where(carry, oh - OH, oh)
+            n += step_n + carry.to(n.dtype)
+        acc += part
+        db += part_db
+    K = Cg * (KH * KW)
+    if SPLIT:  # this slice's partial sums, in ACC
+        dw_ptr += piece.to(IDX) * (NG // N_TILES * Coutg) * K
+        db_ptr += piece.to(IDX) * (NG // N_TILES * Coutg)
+    ci_ok = ci < Cg
+    tl.store(dw_ptr + c[:, None] * K + ci[None, :] * (KH * KW) + kk, acc.to(dw_ptr.dtype.element_ty),
+             mask=ci_ok[None, :])
+    if HAS_DB:
+        if col_tile == 0:
+            tl.store(db_ptr + c, db.to(db_ptr.dtype.element_ty))
+
+
 class _Geometry(NamedTuple):
     """The kernels' geometry arguments: runtime sizes and paddings, and the constexpr rest."""
 
@@ -451,6 +588,38 @@ def channel_run(dtype: torch.dtype, precision: str, cg: int, block_k: int) -> in
     return cg if cg % block_k == 0 else 0
 
 
+def conv_block_dw_runs_configs(cg: int, coutg: int, dtype: torch.dtype) -> Optional[dict]:
+    """Block sizes of ``conv_block_dw_runs_kernel`` for ``cg`` input and ``coutg`` output
+    channels per group, or None where the weight gradient gathers (``conv_block_dw_kernel``):
+    as :func:`channel_run`, tensor cores only (the TF32 switch read here), and whole tiles of
+    both channel counts: BLOCK_N input channels (64, 32 or 16) dividing ``cg``, BLOCK_M output
+    channels dividing ``coutg`` (64 where it can: Hopper's wgmma wants 64-row tiles), BLOCK_K
+    positions a step (32; 16 for float32, whose 64 x 64 tiles take 8 warps, as
+    :func:`conv_block_dw_configs`)."""
+    if _CHANNEL_RUNS_ENV.get() == "0" or use_fma(dtype) or _precision(dtype) == "ieee" and dtype == torch.float32:
+        return None
+    block_n = next((b for b in (64, 32, 16) if cg % b == 0), None)
+    block_m = next((b for b in (64, 32, 16) if coutg % b == 0), None)
+    if block_n is None or block_m is None:
+        return None
+    wide = dtype == torch.float32 and block_m * block_n >= 64 * 64
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if dtype == torch.float32 else 32,
+            "num_warps": 8 if wide else 4}
+
+
+def _channels_last_copy(t: torch.Tensor) -> bool:
+    """Whether the runs of channels read ``t`` from a channels_last copy: a dense NCHW tensor
+    (other layouts are read in place, through their strides)."""
+    return t.stride(1) != 1 and t.is_contiguous()
+
+
+def _channels_last_strides(t: torch.Tensor, copy: bool) -> Tuple[int, ...]:
+    """Strides the kernels read ``t`` by: its channels_last copy's where ``copy``, else its own."""
+    if copy:
+        return torch.empty_like(t, device="meta", memory_format=torch.channels_last).stride()
+    return t.stride()
+
+
 def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     out_hw = p.output_hw(input.shape[-2:], weight.shape[-2:])
     fmt = output_memory_format(input)
@@ -472,9 +641,8 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     cg_run = channel_run(input.dtype, meta["PRECISION"], geo.sizes[2], cfg["BLOCK_K"])
     # A dense NCHW input is read from a channels_last copy (same extent); any other layout in
     # place, through its strides (an expanded batch, say, stays unexpanded).
-    copy = cg_run > 0 and input.stride(1) != 1 and input.is_contiguous()
-    x_strides = torch.empty_like(input, device="meta", memory_format=torch.channels_last).stride() if copy \
-        else input.stride()
+    copy = cg_run > 0 and _channels_last_copy(input)
+    x_strides = _channels_last_strides(input, copy)
     scalars = (rows, phw, *geo.sizes, n_tiles, n_tiles * p.groups, chunk, *geo.pads, *x_strides, *y.stride(),
                bias.stride(0) if bias is not None else 0)
     launch = KernelLaunch(conv_block_fwd_kernel, grid, scalars,
@@ -501,6 +669,8 @@ class _BackwardPlan(NamedTuple):
     dx: Optional[KernelLaunch]  # None when grad_input is not asked or empty
     dw: Optional[KernelLaunch]  # None when neither grad_weight nor grad_bias is asked
     split: Optional[SplitGradients]
+    dx_runs: bool = False  # CO_RUN > 0: the weight goes as (KH, KW, Cout, Cg)
+    copies: Tuple[bool, bool, bool] = (False, False, False)  # dy, offsets, x read from channels_last copies
 
 
 def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask) -> _BackwardPlan:
@@ -510,25 +680,41 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
     kh, kw = w.shape[-2:]
     meta = _meta(input)
     n = input.shape[0]
-    strides = (*grad_output.stride(), *offsets.stride())
     fmt = output_memory_format(input)
+    want_dx = output_mask[0] and input.numel() > 0
+    want_dw = output_mask[1] or output_mask[2]
+    rows = n * h * wd
+    dx_cfg = conv_block_configs(rows, cg, input.dtype)
+    co_run = channel_run(input.dtype, meta["PRECISION"], coutg, dx_cfg["BLOCK_K"]) if want_dx else 0
+    run_cfg = conv_block_dw_runs_configs(cg, coutg, input.dtype) if want_dw else None
+    # Runs of channels read dy and the offsets (and, for the weight gradient, x) from
+    # channels_last copies where they are dense NCHW, as the forward reads x.
+    runs = co_run > 0 or run_cfg is not None
+    copies = (runs and _channels_last_copy(grad_output), runs and _channels_last_copy(offsets),
+              run_cfg is not None and _channels_last_copy(input))
+    strides = (*_channels_last_strides(grad_output, copies[0]), *_channels_last_strides(offsets, copies[1]))
     dx = dw = split = None
-    if output_mask[0] and input.numel():
+    if want_dx:
         grad_input = torch.empty_like(input, device="meta", memory_format=fmt)
-        rows = n * h * wd
         idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), rows)
-        cfg = conv_block_configs(rows, cg, input.dtype)
-        n_tiles = triton.cdiv(cg, cfg["BLOCK_N"])
-        grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
+        n_tiles = triton.cdiv(cg, dx_cfg["BLOCK_N"])
+        grid = split_grid(triton.cdiv(rows, dx_cfg["BLOCK_M"]), n_tiles * p.groups)
         scalars = (rows, h * wd, *geo.sizes, n_tiles, n_tiles * p.groups,
-                   chunk_length(coutg * kh * kw, cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
+                   chunk_length(coutg * kh * kw, dx_cfg["BLOCK_K"], input.dtype, meta["PRECISION"]),
                    *geo.pads, *strides, *grad_input.stride())
-        dx = KernelLaunch(conv_block_dx_kernel, grid, scalars, dict(**geo.constexprs, IDX=idx, **meta, **cfg))
-    if output_mask[1] or output_mask[2]:
+        dx = KernelLaunch(conv_block_dx_kernel, grid, scalars,
+                          dict(**geo.constexprs, IDX=idx, **meta, **dx_cfg, CO_RUN=co_run))
+    if want_dw:
         k = cg * kh * kw
         positions = n * oh * ow
-        cfg = conv_block_dw_configs(k, coutg, input.dtype)
-        n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
+        if run_cfg is not None:
+            kernel, cfg = conv_block_dw_runs_kernel, run_cfg
+            m_tiles, n_tiles = coutg // cfg["BLOCK_M"], k // cfg["BLOCK_N"]
+            extra = dict(CI_RUN=cg)
+        else:
+            kernel, cfg = conv_block_dw_kernel, conv_block_dw_configs(k, coutg, input.dtype)
+            n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
+            extra = {}
         slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], input.device)
         split = SplitGradients(tuple(w.shape), w.shape[0], w.dtype, slices, output_mask[2])
         grid = split_grid(m_tiles * slices, n_tiles * p.groups)
@@ -537,32 +723,36 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
                           (slices + 1) * slice_len)
         chunk = chunk_length(slice_len, cfg["BLOCK_K"], input.dtype, meta["PRECISION"])
         if chunk % cfg["BLOCK_K"] or slice_len % cfg["BLOCK_K"]:  # the kernel's position stepping needs both
-            raise RuntimeError(f"conv_block_dw_kernel: chunk {chunk} and slice {slice_len} must be multiples of "
+            raise RuntimeError(f"{kernel.__name__}: chunk {chunk} and slice {slice_len} must be multiples of "
                                f"BLOCK_K {cfg['BLOCK_K']}")
         scalars = (positions, oh * ow, *geo.sizes, n_tiles, n_tiles * p.groups, m_tiles, slice_len, chunk,
-                   *geo.pads, *strides, *input.stride())
-        dw = KernelLaunch(conv_block_dw_kernel, grid, scalars,
+                   *geo.pads, *strides, *_channels_last_strides(input, copies[2]))
+        dw = KernelLaunch(kernel, grid, scalars,
                           dict(**geo.constexprs, HAS_DB=bool(output_mask[2]), SPLIT=slices > 1, IDX=idx, **meta,
-                               **cfg))
-    return _BackwardPlan(fmt, dx, dw, split)
+                               **cfg, **extra))
+    return _BackwardPlan(fmt, dx, dw, split, co_run > 0, copies)
 
 
 def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask):
     """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
     mask = (bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]))
     key = ("bwd", described(grad_output), described(input), input.device, described(weight),
-           described(offsets), p, mask, _precision(input.dtype), interpreting())
+           described(offsets), p, mask, _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get())
     plan = _PLANS.get(key, lambda: _backward_plan(grad_output, input, weight, offsets, p, mask))
-    w = weight.contiguous()
+    copy_g, copy_o, copy_x = plan.copies
+    g = grad_output.contiguous(memory_format=torch.channels_last) if copy_g else grad_output
+    o = offsets.contiguous(memory_format=torch.channels_last) if copy_o else offsets
     grad_input = grad_weight = grad_bias = input.new_empty(0)
     if mask[0]:
         grad_input = torch.empty_like(input, memory_format=plan.grad_input_format)
         if plan.dx is not None:
-            plan.dx.launch(grad_output, offsets, w, grad_input)
+            w = weight.permute(2, 3, 0, 1).contiguous() if plan.dx_runs else weight.contiguous()
+            plan.dx.launch(g, o, w, grad_input)
     if plan.dw is not None:
-        dw = torch.empty(w.shape, device=w.device, dtype=w.dtype)
-        db = torch.empty(w.shape[0], device=w.device, dtype=w.dtype) if mask[2] else dw
-        plan.split.launch(plan.dw, grad_output, offsets, input, dw=dw, db=db)
+        x = input.contiguous(memory_format=torch.channels_last) if copy_x else input
+        dw = torch.empty(weight.shape, device=weight.device, dtype=weight.dtype)
+        db = torch.empty(weight.shape[0], device=weight.device, dtype=weight.dtype) if mask[2] else dw
+        plan.split.launch(plan.dw, g, o, x, dw=dw, db=db)
         grad_weight = dw if mask[1] else grad_weight
         grad_bias = db if mask[2] else grad_bias
     return grad_input, grad_weight, grad_bias
