@@ -316,6 +316,16 @@ def test_weight_gradient_slice_ends_past_2_to_the_31_take_64_bit_indices(monkeyp
     assert dw.kwargs["IDX"] == tl.int32
 
 
+def test_input_gradient_of_an_expanded_batch_counts_its_dense_extent(monkeypatch):
+    # x expanded over 2^14 images addresses 2^18 elements, but grad_input is dense: 2^32.
+    launches = _record(monkeypatch)
+    meta = dict(device="meta", dtype=torch.float32)
+    x = torch.empty(1, 64, 64, 64, **meta).expand(2**14, 64, 64, 64)
+    _conv_launches(x, torch.empty(16, 64, 3, 3, **meta), None, padding=1)
+    (dx,) = [ln for ln in launches if ln.name == "conv_block_dx_kernel"]
+    assert dx.kwargs["IDX"] == tl.int64
+
+
 # --- grid limits ---------------------------------------------------------------------------------
 
 
@@ -557,6 +567,70 @@ def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, back
         assert torch.equal(a, r)
     assert [ln.kwargs.get("CO_RUN") for ln in launches if ln.name == "conv_block_dx_kernel"] == [0]
     assert [ln.name for ln in launches if ln.name.startswith("conv_block_dw")] == ["conv_block_dw_kernel"]
+
+
+@pytest.mark.triton_cpu
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True)])
+def test_backward_over_runs_of_channels_for_each_gradient_alone(monkeypatch, mask):
+    """One gradient asked at a time: only its kernel runs (and decides the copies), exact."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    x, w, b = _ints((2, 16, 9, 9), -3, 4), _ints((32, 16, 3, 3), -2, 3, 0.25, seed=1), _ints((32,), -8, 9, 0.25, 2)
+    p = conv_block_params(3, padding=1)
+    y, off = conv_kernels.forward(x, w, b, p)
+    g = _ints(y.shape, -4, 5, 0.5, seed=3)
+    launches.clear()
+    got = conv_kernels.backward(g, x, w, off, p, list(mask))
+    want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), off, *p[:8], list(mask),
+                                                  "reference")
+    for asked, a, r in zip(mask, got, want):
+        assert torch.equal(a.double(), r) if asked else a.numel() == 0
+    names = [ln.name for ln in launches if ln.name.startswith("conv_block_d")]
+    assert names == (["conv_block_dx_kernel"] if mask[0] else ["conv_block_dw_runs_kernel"])
+
+
+@pytest.mark.triton_cpu
+def test_backward_mixes_runs_and_gathers(monkeypatch):
+    """24 input and 16 output channels: the input gradient steps over runs of output channels,
+    the weight gradient gathers (24 is no multiple of 16), both reading the same copies."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    x, w = _ints((2, 24, 9, 9), -3, 4), _ints((16, 24, 3, 3), -2, 3, 0.25, seed=1)
+    p = conv_block_params(3, padding=1, pool_kernel_size=3, pool_stride=2, pool_padding=1)
+    y, off = conv_kernels.forward(x, w, None, p)
+    g = _ints(y.shape, -4, 5, 0.5, seed=3)
+    launches.clear()
+    got = conv_kernels.backward(g, x, w, off, p, [True, True, False])
+    want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), off, *p[:8],
+                                                  [True, True, False], "reference")
+    assert torch.equal(got[0].double(), want[0]) and torch.equal(got[1].double(), want[1])
+    (dx,) = [ln for ln in launches if ln.name == "conv_block_dx_kernel"]
+    (dw,) = [ln for ln in launches if ln.name.startswith("conv_block_dw")]
+    assert dx.kwargs["CO_RUN"] == 16 and dw.name == "conv_block_dw_kernel"
+    assert dw.args[0] is dx.args[0] and dw.args[0].is_contiguous(memory_format=torch.channels_last)
+    assert dw.args[2] is x  # the gather reads x in place
+
+
+@pytest.mark.triton_cpu
+def test_backward_with_no_channels_in_a_group(monkeypatch):
+    """Cout = 0 and Cin = 0 through the raw ops: no weight-gradient tiles over runs of zero
+    channels (no program may index past an empty tensor); with no input channels the conv is
+    its bias, so each channel's bias gradient counts the pooled outputs where the bias is > 0."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert conv_kernels.conv_block_dw_runs_configs(16, 0, torch.bfloat16) is None
+    assert conv_kernels.conv_block_dw_runs_configs(0, 16, torch.bfloat16) is None
+    p = conv_block_params(3, padding=1)
+    x, w, b = torch.ones(1, 16, 4, 4), torch.zeros(0, 16, 3, 3), torch.zeros(0)
+    y, off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "triton")
+    grads = torch.ops.fusedops.conv_block_backward(torch.zeros_like(y), x, w, off, *p[:8], [True, True, True],
+                                                   "triton")
+    assert [tuple(t.shape) for t in grads] == [(1, 16, 4, 4), (0, 16, 3, 3), (0,)]
+    assert torch.equal(grads[0], torch.zeros(1, 16, 4, 4))
+    x, w, b = torch.ones(1, 0, 4, 4), torch.zeros(16, 0, 3, 3), torch.arange(16.0) - 4
+    y, off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "triton")
+    _, _, db = torch.ops.fusedops.conv_block_backward(torch.ones_like(y), x, w, off, *p[:8], [False, True, True],
+                                                      "triton")
+    assert torch.equal(db, torch.where(b > 0, 4.0, 0.0))
 
 
 def test_weight_gradient_runs_need_whole_tiles_of_both_channel_counts(monkeypatch):

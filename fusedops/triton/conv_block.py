@@ -600,7 +600,7 @@ def conv_block_dw_runs_configs(cg: int, coutg: int, dtype: torch.dtype) -> Optio
         return None
     block_n = next((b for b in (64, 32, 16) if cg % b == 0), None)
     block_m = next((b for b in (64, 32, 16) if coutg % b == 0), None)
-    if block_n is None or block_m is None:
+    if block_n is None or block_m is None or cg == 0 or coutg == 0:  # no channels: no tiles (the gather returns)
         return None
     wide = dtype == torch.float32 and block_m * block_n >= 64 * 64
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if dtype == torch.float32 else 32,
@@ -696,7 +696,8 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
     dx = dw = split = None
     if want_dx:
         grad_input = torch.empty_like(input, device="meta", memory_format=fmt)
-        idx = index_dtype(extent(input), extent(grad_output), extent(offsets), w.numel(), rows)
+        # grad_input is dense even where input is not (an expanded batch): its own extent counts.
+        idx = index_dtype(extent(input), extent(grad_input), extent(grad_output), extent(offsets), w.numel(), rows)
         n_tiles = triton.cdiv(cg, dx_cfg["BLOCK_N"])
         grid = split_grid(triton.cdiv(rows, dx_cfg["BLOCK_M"]), n_tiles * p.groups)
         scalars = (rows, h * wd, *geo.sizes, n_tiles, n_tiles * p.groups,
