@@ -6,14 +6,18 @@ a user gets), ``fusedops-<backend>`` (the same with each backend that runs on th
 choice sees the layout), ``eager`` (NCHW), ``eager-channels_last`` (with
 ``cudnn.benchmark=True`` on CUDA), ``compile``
 (``torch.compile`` default), on CUDA ``compile-max-autotune``
-(``mode="max-autotune-no-cudagraphs"``) and ``<provider>-graph`` (CUDA-graph replay of
-``eager`` and of each fusedops provider: small layers are launch-bound).
+(``mode="max-autotune-no-cudagraphs"``), ``<provider>-graph`` (CUDA-graph replay of
+``eager`` and of each fusedops provider: small layers are launch-bound) and, for the conv
+workloads, ``fusedops-triton-gather`` (the Triton backend with ``FUSEDOPS_TRITON_CHANNEL_RUNS=0``:
+its kernels gather element by element instead of reading runs of channels, to compare in the
+same run).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -35,6 +39,7 @@ class Provider:
     eager_autograd: bool = True  # saved-for-backward bytes are measurable (no compiler in between)
     graph_of: Optional[str] = None  # CUDA-graph replay of this provider's step
     notes: List[str] = field(default_factory=list)
+    env: dict = field(default_factory=dict)  # environment variables set during each step
 
 
 def fusedops_backends_for(device: str) -> List[str]:
@@ -59,6 +64,9 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
         out.append(Provider("fusedops-auto-channels_last", fusedops.fuse(copy.deepcopy(cl)), channels_last=True,
                             cudnn_benchmark=device == "cuda"))
     out.append(Provider("compile", torch.compile(copy.deepcopy(base)), eager_autograd=False))
+    if device == "cuda" and workload.op == "conv_block" and "triton" in fusedops_backends_for(device):
+        out.append(Provider("fusedops-triton-gather", fusedops.fuse(base, backend="triton"),
+                            env={"FUSEDOPS_TRITON_CHANNEL_RUNS": "0"}))
     if device == "cuda":
         out.append(
             Provider(
@@ -70,7 +78,8 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
         if workload.op != "train_step":
             graphed = [p for p in out if p.name == "eager" or (p.name.startswith("fusedops-") and not p.channels_last)]
             for p in graphed:
-                out.append(Provider(f"{p.name}-graph", copy.deepcopy(p.module), graph_of=p.name, eager_autograd=False))
+                out.append(Provider(f"{p.name}-graph", copy.deepcopy(p.module), graph_of=p.name, eager_autograd=False,
+                                    env=p.env))
     if wanted:
         out = [p for p in out if p.name == "eager" or any(p.name.startswith(w) for w in wanted)]
     return out
@@ -84,10 +93,27 @@ def make_inputs(workload: Workload, batch: int, device: str, dtype: torch.dtype,
 
 def _flag_context(provider: Provider):
     """A fresh context (a generator-based one cannot be entered twice) that sets the
-    provider's backend flags for one step."""
+    provider's backend flags and environment variables for one step."""
+    stack = contextlib.ExitStack()
     if provider.cudnn_benchmark:
-        return _cudnn_benchmark()
-    return contextlib.nullcontext()
+        stack.enter_context(_cudnn_benchmark())
+    if provider.env:
+        stack.enter_context(_environment(provider.env))
+    return stack
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -383,8 +383,9 @@ def parse_args(argv=None):
     parser.add_argument("--providers", default=None,
                         help="comma list of provider name prefixes ('fusedops' for all of fusedops'); eager always "
                         f"runs. Here, on {default_device}: {', '.join(provider_names(default_device))}"
-                        + ("" if default_device == "cuda" else "; on CUDA also compile-max-autotune and "
-                           "<provider>-graph (CUDA-graph replays)"))
+                        + ("" if default_device == "cuda" else "; on CUDA also compile-max-autotune, "
+                           "<provider>-graph (CUDA-graph replays) and, for conv blocks, fusedops-triton-gather "
+                           "(Triton with FUSEDOPS_TRITON_CHANNEL_RUNS=0)"))
     parser.add_argument("--skip-providers", default=None,
                         help="comma list of provider name prefixes to leave out (e.g. compile-max-autotune)")
     parser.add_argument("--rounds", type=_positive_int, default=None,

@@ -6,6 +6,7 @@ import gc
 import io
 import json
 import logging
+import os
 import pathlib
 import shutil
 import subprocess
@@ -207,6 +208,32 @@ def test_a_provider_with_backend_flags_steps_more_than_once(mode):
     for i in range(3):
         step(i)
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_a_providers_environment_is_set_for_each_step_and_restored(monkeypatch):
+    """fusedops-triton-gather's FUSEDOPS_TRITON_CHANNEL_RUNS=0 holds inside every step (seen by
+    the module's forward, on CPU here), and the variable is as before after each."""
+    import torch
+    from torch import nn
+
+    from benchmarks import providers
+
+    monkeypatch.delenv("FUSEDOPS_TRITON_CHANNEL_RUNS", raising=False)
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(os.environ.get("FUSEDOPS_TRITON_CHANNEL_RUNS"))
+            return x * 2
+
+    w = workloads.CONV_LAYERS[0]
+    provider = providers.Provider("fusedops-triton-gather", Probe(), env={"FUSEDOPS_TRITON_CHANNEL_RUNS": "0"})
+    inputs = providers.make_inputs(w, 2, "cpu", torch.float32, 2, "fwd")
+    step = providers.make_step(provider, w, inputs, "fwd")
+    for i in range(2):
+        step(i)
+        assert "FUSEDOPS_TRITON_CHANNEL_RUNS" not in os.environ
+    assert seen == ["0", "0"]
 
 
 def test_interleaved_rounds_time_every_provider_once_in_changing_orders():
