@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
   if (flows) {
     const at::Tensor w = weight.contiguous();
     const at::Tensor ws =
-        workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[1], output_mask[2]), input);
+        workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[0], output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
         dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
         offsets.const_data_ptr(), strides_of(offsets), input.const_data_ptr(), strides_of(input), w.const_data_ptr(),

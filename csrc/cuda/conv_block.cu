@@ -420,6 +420,91 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Where the direct weight gradient runs (its reduction splits; 0: the un-pool and the
+// implicit GEMM instead): no input gradient wanted (a network's first layer), a 3x3 filter
+// over at most kDirectGradMaxChannels input channels per group, at most 65535 output channels
+// (gridDim.y). The bindings keep in-image coordinates in 32 bits.
+constexpr int kDirectGradKernel = 3;    // its filter size (a template parameter of the kernel)
+constexpr int kDirectGradMaxChannels = 3;  // its input channels per group (27 sums in registers)
+
+inline int64_t direct_weight_grad_splits(const Geometry& g, bool want_dx) {
+  if (want_dx || g.Cg > kDirectGradMaxChannels || g.KH != kDirectGradKernel || g.KW != kDirectGradKernel ||
+      g.Cout > 65535)
+    return 0;
+  return reduction_splits(g.N * g.PH * g.PW, g.Cout);
+}
+
+// The weight and bias gradients of a first layer straight from the pooled gradient: a pooled
+// output q = (n, ph, pw) whose offset o >= 0 sends dy[q, c] to the one conv position its
+// window's max came from (tap o), so dw[c][k] = sum over such q of dy[q, c] * x at that
+// position's filter tap k (windows that overlap add, as they must) and db[c] = the sum of those
+// dy: no conv-output gradient in memory, no window search. Block (split, c): the split's
+// chunk of pooled outputs, one per thread in turn, kMaxCg x kKH x kKW + 1 sums in registers
+// (the filter size a template parameter, so each sum has a fixed register; 3 blocks of 256
+// threads per SM, 2 for double: no spills on sm_90), then a
+// fixed-order block reduction of each (deterministic) into part_dw[split][c][k] and
+// part_db[split][c], which sum_grad_partials_kernel adds in split order.
+template <typename T, typename OffT, int kKH, int kKW, int kMaxCg>
+__global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 2 : 3)
+    conv_weight_grad_direct_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
+                                   Strides4 os, const T* __restrict__ x, Strides4 xs, int64_t chunk,
+                                   typename Num<T>::Acc* __restrict__ part_dw,
+                                   typename Num<T>::Acc* __restrict__ part_db) {
+  using Acc = typename Num<T>::Acc;
+  constexpr int kTaps = kKH * kKW;
+  __shared__ Acc scratch[kThreads];
+  const int64_t c = blockIdx.y, piece = blockIdx.x, grp = c / g.Coutg;
+  const int64_t q0 = piece * chunk, q1 = min(g.N * g.PH * g.PW, q0 + chunk);
+  const int Cg = static_cast<int>(g.Cg), H = static_cast<int>(g.H), W = static_cast<int>(g.W);
+  const int PKW = static_cast<int>(g.PKW), dh = static_cast<int>(g.dh), dw = static_cast<int>(g.dw);
+  Acc acc[kMaxCg * kTaps], bias = Acc(0);
+#pragma unroll
+  for (int k = 0; k < kMaxCg * kTaps; ++k) acc[k] = Acc(0);
+  // Pooled output q = (n, ph, pw) as digits, stepped by kThreads with carries (no division in the loop).
+  Digits at = split(q0 + threadIdx.x, g.PH, g.PW);
+  const Digits step = split(kThreads, g.PH, g.PW);
+  for (int64_t q = q0 + threadIdx.x; q < q1; q += kThreads, add(at, step, int(g.PH), int(g.PW))) {
+    const int64_t n = at.hi;
+    const int ph = at.mid, pw = at.lo;
+    const int o = static_cast<int>(off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]]);
+    if (o < 0) continue;  // the ReLU was off
+    const Acc d = Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
+    bias += d;
+    const int th = o / PKW, tw = o - th * PKW;
+    const int r = ph * static_cast<int>(g.psh) - static_cast<int>(g.pph) + th * static_cast<int>(g.pdh);
+    const int col = pw * static_cast<int>(g.psw) - static_cast<int>(g.ppw) + tw * static_cast<int>(g.pdw);
+    const int ih0 = r * static_cast<int>(g.sh) - static_cast<int>(g.pt);
+    const int iw0 = col * static_cast<int>(g.sw) - static_cast<int>(g.pl);
+    const T* xn = x + n * xs.s[0] + grp * g.Cg * xs.s[1];
+#pragma unroll
+    for (int ci = 0; ci < kMaxCg; ++ci) {
+      if (ci >= Cg) break;
+#pragma unroll
+      for (int kh = 0; kh < kKH; ++kh) {
+        const int ih = ih0 + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        const T* row = xn + ci * xs.s[1] + ih * xs.s[2];
+#pragma unroll
+        for (int kw = 0; kw < kKW; ++kw) {
+          const int iw = iw0 + kw * dw;
+          if (iw >= 0 && iw < W)
+            acc[(ci * kKH + kh) * kKW + kw] = fma(d, Num<T>::to_acc(row[iw * xs.s[3]]), acc[(ci * kKH + kh) * kKW + kw]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxCg * kTaps; ++k) {
+    if (k < g.K) {
+      const Acc total = block_sum<kThreads>(acc[k], scratch);
+      if (threadIdx.x == 0) part_dw[(piece * g.Cout + c) * g.K + k] = total;
+      __syncthreads();  // scratch is reused by the next sum
+    }
+  }
+  const Acc total = block_sum<kThreads>(bias, scratch);
+  if (threadIdx.x == 0) part_db[piece * g.Cout + c] = total;
+}
+
 // Tangent at fixed offsets: each thread computes whole outputs y[n, c, ph, pw] (a grid-stride
 // loop over (c, n, ph, pw)), a dot product of length K at the conv position of the window's
 // max: tb[c] + sum tx * w + x * tw, or 0 where the ReLU is off.
@@ -507,7 +592,11 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
 
 // Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias
 // gradient's (need_db, more than one split), each start 256-byte aligned.
-size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw, bool need_db) {
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dx, bool need_dw, bool need_db) {
+  if (const int64_t splits = direct_weight_grad_splits(g, need_dx); splits > 0) {  // partial sums only
+    const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype) + 255) / 256 * 256;
+    return dw_bytes + static_cast<size_t>(splits * g.Cout) * acc_bytes(dtype);
+  }
   size_t bytes = static_cast<size_t>(g.N * g.Cout * g.OH * g.OW) * elem_bytes(dtype);  // dconv
   bytes = (bytes + 255) / 256 * 256;
   if (need_dw) {
@@ -528,6 +617,22 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
+      if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
+        const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
+        Acc* part_dw = reinterpret_cast<Acc*>(workspace);
+        Acc* part_db = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dw_bytes);
+        const int64_t chunk = ceil_div(g.N * g.PH * g.PW, splits);
+        const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(g.Cout));
+        conv_weight_grad_direct_kernel<T, OffT, kDirectGradKernel, kDirectGradKernel, kDirectGradMaxChannels>
+            <<<grid, kThreads, 0, stream>>>(
+            g, static_cast<const T*>(grad_out), gs, static_cast<const OffT*>(offsets), os, static_cast<const T*>(x), xs,
+            chunk, part_dw, part_db);
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db ? g.Cout : 0;
+        sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
+            part_dw, splits, dw_count, static_cast<T*>(dw), part_db, splits, db_count, static_cast<T*>(db));
+        return cudaGetLastError();
+      }
       const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr, dw ? weight_grad_splits<T>(g) : 0);
       if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;

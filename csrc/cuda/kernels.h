@@ -49,8 +49,9 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                                const void* w, const void* b, void* y, void* offsets, Strides4 ys,
                                cudaStream_t stream);
 
-// Bytes of scratch memory conv_block_backward needs (need_dw / need_db: dw / db will be asked for).
-size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dw, bool need_db);
+// Bytes of scratch memory conv_block_backward needs (need_dx / need_dw / need_db: dx / dw / db
+// will be asked for).
+size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dx, bool need_dw, bool need_db);
 
 // Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
 // null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os.

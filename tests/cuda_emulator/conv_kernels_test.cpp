@@ -3,7 +3,9 @@
 // for up to 4 input channels per group, the direct forward at both widths (output and window
 // offsets), and the backward's gradient launch (conv_grads_kernel: input,
 // weight and bias gradients, the weight gradient over several split-K counts, the bias
-// gradient over one and several splits), for every element type, over geometries that reach every loader path
+// gradient over one and several splits), the first layers' direct weight and bias gradient
+// (conv_weight_grad_direct_kernel, over several split counts), for every element type, over
+// geometries that reach every loader path
 // (several row and column tiles, K not a multiple of 16, strides, dilations, pool padding and
 // dilation, groups, depthwise, 1-wide kernels, images smaller than a k step) with NCHW and
 // channels_last strides. Built and run by tests/test_cuda_emulator.py; exit status 1 on failure.
@@ -203,6 +205,60 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
     std::vector<Acc> dw_part(splits * g.Cout * g.K, Acc(NAN)), no_part;
     run(" weight gradient", plan, none, dw_part, no_part, none);
     check_dw(" weight gradient", dw_part, splits);
+  }
+  if (direct_weight_grad_splits(g, false) > 0) {
+    // The direct weight gradient (a first layer: no input gradient), from the pooled gradient
+    // and offsets that name taps inside the conv output (as the forward writes them), over
+    // one, the launcher's and more split counts, each into partial sums.
+    std::vector<int32_t> routed(go.size());
+    for (int64_t i = 0; i < int64_t(go.size()); ++i) {
+      const int64_t ph = i / g.PW % g.PH, pw = i % g.PW;
+      std::vector<int32_t> valid;
+      for (int th = 0; th < g.PKH; ++th)
+        for (int tw = 0; tw < g.PKW; ++tw) {
+          const int64_t r = ph * g.psh - g.pph + th * g.pdh, col = pw * g.psw - g.ppw + tw * g.pdw;
+          if (r >= 0 && r < g.OH && col >= 0 && col < g.OW) valid.push_back(th * int32_t(g.PKW) + tw);
+        }
+      const size_t pick = gen() % (valid.size() + 1);
+      routed[i] = pick == valid.size() ? -1 : valid[pick];  // -1: the ReLU was off
+    }
+    std::vector<double> want_rdw(g.Cout * g.K, 0), rdw_scale(want_rdw.size(), 0), want_rdb(g.Cout, 0),
+        rdb_scale(g.Cout, 0);
+    for (int64_t i = 0; i < int64_t(go.size()); ++i) {
+      if (routed[i] < 0) continue;
+      const int64_t pw = i % g.PW, ph = i / g.PW % g.PH, co = i / (g.PW * g.PH) % g.Cout, n = i / (g.PW * g.PH * g.Cout);
+      const int64_t r = ph * g.psh - g.pph + routed[i] / g.PKW * g.pdh, col = pw * g.psw - g.ppw + routed[i] % g.PKW * g.pdw;
+      const double d = to_double(go[i]);
+      want_rdb[co] += d, rdb_scale[co] += std::fabs(d);
+      taps(r, col, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
+        const int64_t j = co * g.K + (ci * g.KH + kh) * g.KW + kw;
+        const double u = d * X(n, (co / g.Coutg) * g.Cg + ci, ih, iw);
+        want_rdw[j] += u, rdw_scale[j] += std::fabs(u);
+      });
+    }
+    for (int64_t splits : {int64_t(1), direct_weight_grad_splits(g, false), int64_t(7)}) {
+      const int64_t chunk = ceil_div(g.N * g.PH * g.PW, splits);
+      std::vector<Acc> dw_part(splits * g.Cout * g.K, Acc(NAN)), db_part(splits * g.Cout, Acc(NAN));
+      const std::string which = what + " direct weight gradient, " + std::to_string(splits) + " splits";
+      launch_both_orders(which, dim3(unsigned(splits), unsigned(g.Cout), 1), [&] {
+        conv_weight_grad_direct_kernel<T, int32_t, kDirectGradKernel, kDirectGradKernel, kDirectGradMaxChannels>(
+            g, go.data(), ps, routed.data(), ps, x.data(), xs, chunk, dw_part.data(), db_part.data());
+      }, dw_part, db_part);
+      int bad = 0;
+      for (int64_t i = 0; i < g.Cout * g.K; ++i) {
+        double got = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) got += double(dw_part[sp * g.Cout * g.K + i]);
+        if (!close<T>(got, want_rdw[i], rdw_scale[i]) && bad++ < 5)
+          fail(which + " [" + std::to_string(i) + "] " + std::to_string(got) + ", want " + std::to_string(want_rdw[i]));
+      }
+      for (int64_t co = 0; co < g.Cout; ++co) {
+        double got = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) got += double(db_part[sp * g.Cout + co]);
+        if (!close<T>(got, want_rdb[co], rdb_scale[co]) && bad++ < 5)
+          fail(which + ", bias [" + std::to_string(co) + "] " + std::to_string(got) + ", want " +
+               std::to_string(want_rdb[co]));
+      }
+    }
   }
   {  // the bias gradient alone, over 3 splits (partial sums)
     GradBlocks plan = grad_blocks(g, false, false, true, 0);
