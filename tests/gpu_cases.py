@@ -67,6 +67,7 @@ class ConvCase:
     scale_weight: bool = False  # weight / sqrt(fan-in): deep reductions stay in every dtype's range
     jvp: bool = False  # also check the tangent op (double backward)
     purpose: str = ""
+    input_grad: bool = True  # False: the input needs no gradient (a network's first layer)
 
     @property
     def id(self) -> str:
@@ -81,7 +82,7 @@ class ConvCase:
         """The whole check of tests/gpu_checks.py (and of the tangent op when ``jvp``)."""
         x, w, b, kwargs = self.inputs(device)
         prec = gpu_checks.PRECISIONS[precision]
-        gpu_checks.check_conv_block(backend, x, w, b, kwargs, prec, self.layout, pattern)
+        gpu_checks.check_conv_block(backend, x, w, b, kwargs, prec, self.layout, pattern, self.input_grad)
         if self.jvp:
             gpu_checks.check_conv_block_jvp(backend, x, w, b, kwargs, prec, self.layout, pattern)
 
@@ -94,7 +95,7 @@ class ConvCase:
         x, w, b = (None if t is None else t.to(prec.dtype) for t in (x, w, b))
         x = gpu_checks.LAYOUTS[self.layout](x)
         with gpu_checks.tf32_flags(prec.tf32):
-            theirs, ours, _, _ = gpu_checks.run_conv_block(backend, x, w, b, kwargs, pattern)
+            theirs, ours, _, _ = gpu_checks.run_conv_block(backend, x, w, b, kwargs, pattern, self.input_grad)
             if self.jvp:
                 ours.tangent = gpu_checks.run_conv_block_jvp(backend, x, w, b, kwargs, pattern)[0]
         return theirs, ours
@@ -156,9 +157,9 @@ class LinearCase:
 
 
 def _conv(name, input, out_channels, kernel, layout="nchw", precisions=PRECISIONS, backends=GPU_BACKENDS,
-          scale_weight=False, jvp=False, purpose="", **kwargs) -> ConvCase:
+          scale_weight=False, jvp=False, purpose="", input_grad=True, **kwargs) -> ConvCase:
     return ConvCase(name, tuple(input), out_channels, kernel, tuple(sorted(kwargs.items())), layout,
-                    tuple(precisions), tuple(backends), scale_weight, jvp, purpose)
+                    tuple(precisions), tuple(backends), scale_weight, jvp, purpose, input_grad)
 
 
 def _grid() -> List[ConvCase]:
@@ -194,6 +195,13 @@ CONV_CONFIGS: List[ConvCase] = [
           purpose="Triton dw over runs of channels 16x64 (output x input channels), 72 column tiles"),
     _conv("deep 512->32 6x6", (2, 512, 6, 6), 32, 3, padding=1, scale_weight=True,
           purpose="Triton dw over runs of channels 32x64"),
+    _conv("first layer 3->32 28x28 b9, no input gradient", (9, 3, 28, 28), 32, 3, padding=1, input_grad=False,
+          purpose="CUDA: the direct weight gradient (no un-pool), 9 splits; Triton: no input-gradient kernel"),
+    _conv("first layer 1->8 no input gradient, pool 3/2 pad 1, dilation 2", (2, 1, 13, 12), 8, 3, padding=2,
+          dilation=2, pool_kernel_size=3, pool_stride=2, pool_padding=1, input_grad=False, jvp=True,
+          purpose="CUDA: the direct weight gradient through overlapping windows, one split"),
+    _conv("first layer 2 groups of 2->6 no input gradient, no bias", (2, 4, 11, 12), 12, 3, padding=1, groups=2,
+          bias=False, input_grad=False, purpose="CUDA: the direct weight gradient by group, no bias"),
     *[_conv(f"runs {cin}->{cout} 6x6 b3", (3, cin, 6, 6), cout, 3, padding=1,
             purpose=f"Triton dw over runs of channels {bm}x{bn}, dx over runs of output channels")
       for cin, cout, bm, bn in ((32, 16, 16, 32), (16, 32, 32, 16), (32, 32, 32, 32), (16, 64, 64, 16),
@@ -393,7 +401,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
-    "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024,
+    "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
@@ -474,9 +482,21 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
             out.add("conv forward gemm: groups")
         if blocks > ONE_WAVE:
             out.add("conv forward gemm: several waves")
+    bias = dict(case.kwargs).get("bias", True)
+    # conv_block.cu direct_weight_grad_splits: no input gradient, 3x3, <= 3 input channels per group.
+    if (not case.input_grad and cg <= c["kDirectGradMaxChannels"] and (kh, kw) == (c["kDirectGradKernel"],) * 2
+            and cout <= 65535):
+        out.add(f"conv weight grad direct<{t}>")
+        if _splits(q, cout, 65535) > 1:
+            out.add("conv weight grad direct: several splits")
+        out.add(f"conv sum partials<{t}>")
+        out |= _grid_stride("conv sum partials", cout * k + (cout if bias else 0))
+        if case.jvp:
+            out.add(f"conv jvp<{t},{off}>")
+            out |= _grid_stride("conv jvp", n * cout * ph * pw)
+        return out
     # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
     # blocks), the sum of the weight and bias gradients' split partial sums.
-    bias = dict(case.kwargs).get("bias", True)
     out.add(f"conv grads<{t},{off}>")
     if bias:
         out.add(f"conv bias grad<{t},{off}>")
@@ -545,7 +565,8 @@ def cuda_required() -> Set[str]:
             out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
-        out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv sum partials<{t}>",
+        out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
+                f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
                 f"linear sum partials<{t}>", f"linear column sum<{t}>", f"linear activation grad<{t}> relu",
                 f"linear activation grad<{t}> smooth"}
@@ -557,6 +578,7 @@ def cuda_required() -> Set[str]:
         "conv unpool: grid-stride loop runs twice or more", "conv input grad: second M tile",
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",
         "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",
+        "conv weight grad direct: several splits",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
         "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",

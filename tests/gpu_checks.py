@@ -100,8 +100,9 @@ class Run:
         return [t for t in (self.out, *self.grads, self.saved, self.tangent) if t is not None]
 
 
-def _leaves(*tensors):
-    return [None if t is None else t.detach().requires_grad_() for t in tensors]
+def _leaves(*tensors, input_grad: bool = True):
+    """Leaves requiring grad; the first (the input) only with ``input_grad`` (a first layer's)."""
+    return [None if t is None else t.detach().requires_grad_(input_grad or i > 0) for i, t in enumerate(tensors)]
 
 
 def _poison(pattern: str, device, *tensors) -> None:
@@ -169,21 +170,21 @@ def offset_problems(offsets, x64, w64, b64, p, precision: Precision) -> List[str
     return problems
 
 
-def _torch_conv(x, w, b, g, kwargs, p) -> Run:
-    xs, ws, bs = _leaves(x, w, b)
+def _torch_conv(x, w, b, g, kwargs, p, input_grad: bool = True) -> Run:
+    xs, ws, bs = _leaves(x, w, b, input_grad=input_grad)
     out = oracle.conv_block(xs, ws, bs, **kwargs)
     grads = oracle.grads(out, [xs, ws, bs], g)
     _, offsets = torch.ops.fusedops.conv_block_forward(_as4d(x), w, b, *p, "reference")
     return Run(out.detach(), grads, offsets)
 
 
-def _fused_conv(backend, x, w, b, g, kwargs, p, pattern, like: Run) -> Run:
+def _fused_conv(backend, x, w, b, g, kwargs, p, pattern, like: Run, input_grad: bool = True) -> Run:
     """The fused op, poisoned before each kernel call (sizes from torch's run ``like``)."""
     device = x.device
-    xs, ws, bs = _leaves(x, w, b)
+    xs, ws, bs = _leaves(x, w, b, input_grad=input_grad)
     _poison(pattern, device, like.out, like.saved)
     out = fusedops.conv_relu_maxpool2d(xs, ws, bs, backend=backend, **kwargs)
-    _poison(pattern, device, *like.grads)
+    _poison(pattern, device, *[t for t in like.grads if t is not None])
     grads = oracle.grads(out, [xs, ws, bs], g)
     _poison(pattern, device, like.out, like.saved)
     _, offsets = torch.ops.fusedops.conv_block_forward(_as4d(x), w, b, *p, backend)
@@ -197,28 +198,30 @@ def _valid_routing(offsets, p) -> torch.Tensor:
     return torch.where((offsets >= -1) & (offsets < taps), offsets, torch.full_like(offsets, -1))
 
 
-def _exact_conv_grads(x64, w64, b64, g64, p, offsets) -> List[Optional[torch.Tensor]]:
-    """The float64 gradients along the given offsets (the reference backward)."""
+def _exact_conv_grads(x64, w64, b64, g64, p, offsets, input_grad: bool = True) -> List[Optional[torch.Tensor]]:
+    """The float64 gradients along the given offsets (the reference backward); no input
+    gradient without ``input_grad``."""
     gx, gw, gb = torch.ops.fusedops.conv_block_backward(_as4d(g64), _as4d(x64), w64, _valid_routing(offsets, p),
                                                         *p[:8], [True, True, b64 is not None], "reference")
-    return [gx.view(x64.shape), gw, gb if b64 is not None else None]
+    return [gx.view(x64.shape) if input_grad else None, gw, gb if b64 is not None else None]
 
 
 NAMES = ("grad input", "grad weight", "grad bias")
 
 
-def run_conv_block(backend, x, w, b, kwargs, pattern="nan"):
+def run_conv_block(backend, x, w, b, kwargs, pattern="nan", input_grad: bool = True):
     """``(torch's Run, the fused op's Run)`` on the given (already rounded) tensors with a
-    fixed random output gradient; the fused op poisoned with ``pattern`` before each kernel."""
+    fixed random output gradient; the fused op poisoned with ``pattern`` before each kernel.
+    Without ``input_grad`` the input needs no gradient (a network's first layer)."""
     p = conv_block_params(tuple(w.shape[-2:]), **kwargs)
     g = torch.randn(oracle.conv_block(x.detach(), w, b, **kwargs).shape, dtype=torch.float64,
                     device=x.device).to(x.dtype)
-    theirs = _torch_conv(x, w, b, g, kwargs, p)
-    return theirs, _fused_conv(backend, x, w, b, g, kwargs, p, pattern, theirs), g, p
+    theirs = _torch_conv(x, w, b, g, kwargs, p, input_grad)
+    return theirs, _fused_conv(backend, x, w, b, g, kwargs, p, pattern, theirs, input_grad), g, p
 
 
 def check_conv_block(backend: str, x64, w64, b64, kwargs, precision: Precision, layout: str = "nchw",
-                     pattern: str = "nan") -> None:
+                     pattern: str = "nan", input_grad: bool = True) -> None:
     """Steps 1-5 of the module doc for ``conv_relu_maxpool2d`` (inputs: float64 tensors on the
     device under test; ``b64`` may be None; ``kwargs`` the op's keyword arguments)."""
     dtype = precision.dtype
@@ -227,22 +230,22 @@ def check_conv_block(backend: str, x64, w64, b64, kwargs, precision: Precision, 
     x64, w64, b64 = (None if t is None else t.double() for t in (x, w, b))  # the rounded values, exactly
     problems: List[str] = []
     with tf32_flags(precision.tf32):
-        theirs, ours, g, p = run_conv_block(backend, x, w, b, kwargs, pattern)
+        theirs, ours, g, p = run_conv_block(backend, x, w, b, kwargs, pattern, input_grad)
         g64 = g.double()
         _check_like(ours.out, theirs.out, x.device)
         problems += offset_problems(ours.saved, x64, w64, b64, p, precision)
         exact_out = oracle.conv_block(x64, w64, b64, **kwargs)
-        exact_ours = _exact_conv_grads(x64, w64, b64, g64, p, ours.saved)
+        exact_ours = _exact_conv_grads(x64, w64, b64, g64, p, ours.saved, input_grad)
         if dtype == torch.float64:
             problems += _close_problems(ours, exact_out, exact_ours)
         else:
-            exact_theirs = _exact_conv_grads(x64, w64, b64, g64, p, theirs.saved)
+            exact_theirs = _exact_conv_grads(x64, w64, b64, g64, p, theirs.saved, input_grad)
             errors = _errors(ours, theirs, exact_out, exact_ours, exact_theirs)
             if precision.tf32:
                 with tf32_flags(False):
                     xt, wt, gt = (oracle.tf32_operand(t) for t in (x, w, g))
-                    emulated = _torch_conv(xt, wt, b, gt, kwargs, p)
-                exact_emulated = _exact_conv_grads(x64, w64, b64, g64, p, emulated.saved)
+                    emulated = _torch_conv(xt, wt, b, gt, kwargs, p, input_grad)
+                exact_emulated = _exact_conv_grads(x64, w64, b64, g64, p, emulated.saved, input_grad)
                 errors = _max_torch_error(errors, _errors(ours, emulated, exact_out, exact_ours, exact_emulated))
             problems += oracle.twice_torch_violations(errors)
     assert not problems, f"{backend} {precision.label} {layout}: " + "; ".join(problems)
@@ -355,7 +358,7 @@ def _fused_linear(backend, x, w, b, g, activation, pattern, like: Run) -> Run:
     xs, ws, bs = _leaves(x, w, b)
     _poison(pattern, device, like.out, like.saved)
     out = fusedops.linear(xs, ws, bs, activation=activation, backend=backend)
-    _poison(pattern, device, *like.grads)
+    _poison(pattern, device, *[t for t in like.grads if t is not None])
     grads = oracle.grads(out, [xs, ws, bs], g)
     _poison(pattern, device, like.out, like.saved)
     _, saved = torch.ops.fusedops.linear_forward(x, w, b, activation or "", backend)

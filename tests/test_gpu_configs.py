@@ -114,6 +114,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"constexpr int kDirectWideChannels = {c['kDirectWideChannels']};",
                           rf"constexpr int64_t kDirectWideMin = {c['kDirectWideMin']};",
                           rf"constexpr int64_t kDirectMaxSmem = {c['kDirectMaxSmem'] // 1024} \* 1024;",
+                          rf"constexpr int kDirectGradKernel = {c['kDirectGradKernel']};",
+                          rf"constexpr int kDirectGradMaxChannels = {c['kDirectGradMaxChannels']};",
+                          r"if \(want_dx \|\| g\.Cg > kDirectGradMaxChannels \|\| g\.KH != kDirectGradKernel \|\| "
+                          r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout > 65535\)",
                           r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "
                           r"kDirectMaxSmem\s+\? kDirectWideChannels : 1;",
                           r"if \(filter_bytes \* co > kDirectMaxSmem\) return 0;",
