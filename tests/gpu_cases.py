@@ -485,7 +485,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     bias = dict(case.kwargs).get("bias", True)
     # conv_block.cu direct_weight_grad_splits: no input gradient, 3x3, <= 3 input channels per group.
     if (not case.input_grad and cg <= c["kDirectGradMaxChannels"] and (kh, kw) == (c["kDirectGradKernel"],) * 2
-            and cout <= 65535):
+            and 0 < cout <= 65535):
         out.add(f"conv weight grad direct<{t}>")
         if _splits(q, cout, 65535) > 1:
             out.add("conv weight grad direct: several splits")

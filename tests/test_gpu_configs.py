@@ -117,7 +117,7 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"constexpr int kDirectGradKernel = {c['kDirectGradKernel']};",
                           rf"constexpr int kDirectGradMaxChannels = {c['kDirectGradMaxChannels']};",
                           r"if \(want_dx \|\| g\.Cg > kDirectGradMaxChannels \|\| g\.KH != kDirectGradKernel \|\| "
-                          r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout > 65535\)",
+                          r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout < 1 \|\| g\.Cout > 65535\)",
                           r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "
                           r"kDirectMaxSmem\s+\? kDirectWideChannels : 1;",
                           r"if \(filter_bytes \* co > kDirectMaxSmem\) return 0;",

@@ -422,14 +422,14 @@ __global__ void __launch_bounds__(kThreads)
 
 // Where the direct weight gradient runs (its reduction splits; 0: the un-pool and the
 // implicit GEMM instead): no input gradient wanted (a network's first layer), a 3x3 filter
-// over at most kDirectGradMaxChannels input channels per group, at most 65535 output channels
+// over at most kDirectGradMaxChannels input channels per group, 1 to 65535 output channels
 // (gridDim.y). The bindings keep in-image coordinates in 32 bits.
 constexpr int kDirectGradKernel = 3;    // its filter size (a template parameter of the kernel)
 constexpr int kDirectGradMaxChannels = 3;  // its input channels per group (27 sums in registers)
 
 inline int64_t direct_weight_grad_splits(const Geometry& g, bool want_dx) {
   if (want_dx || g.Cg > kDirectGradMaxChannels || g.KH != kDirectGradKernel || g.KW != kDirectGradKernel ||
-      g.Cout > 65535)
+      g.Cout < 1 || g.Cout > 65535)
     return 0;
   return reduction_splits(g.N * g.PH * g.PW, g.Cout);
 }
