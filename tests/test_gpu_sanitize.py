@@ -1,7 +1,8 @@
 """The small cases ``make gpu-report`` runs under compute-sanitizer (memcheck, racecheck,
 initcheck, synccheck), for both GPU backends: every kernel path once (direct and gemm
 forward, overlapping pools with padding, groups without pool, int16 offsets, every gradient,
-the tangent, linear with one and several tiles), on tiny shapes because the sanitizer slows
+a first layer's gradients without the input's, the tangent, linear with one and several
+tiles), on tiny shapes because the sanitizer slows
 every kernel by 10-100x.
 
 The sanitizer's verdict is the point; the results are also checked, against the reference
@@ -23,6 +24,8 @@ CONV = [
                     jvp=True),
     gpu_cases._conv("gemm groups no pool stride 2", (2, 16, 7, 9), 8, 3, groups=2, stride=2, pool_kernel_size=None),
     gpu_cases._conv("int16 window", (1, 2, 14, 14), 3, 1, pool_kernel_size=12, pool_stride=2, jvp=True),
+    gpu_cases._conv("first layer no input grad", (2, 3, 9, 8), 6, 3, padding=1, pool_kernel_size=3, pool_stride=2,
+                    pool_padding=1, input_grad=False),
 ]
 LINEAR = [
     gpu_cases.LinearCase("5x7->9 relu", (5, 7), 9, "relu"),
@@ -54,7 +57,8 @@ def check_small_case(backend, precision, case, device):
     inputs = case.inputs("cpu")
     tensors = inputs[:3]
     rounded = [None if t is None else t.to(dtype).double() for t in tensors]  # exactly what the device gets
-    on_device = [None if t is None else t.to(device, dtype).requires_grad_() for t in tensors]
+    wants = (getattr(case, "input_grad", True), True, True)  # a first layer's input needs no gradient
+    on_device = [None if t is None else t.to(device, dtype).requires_grad_(want) for t, want in zip(tensors, wants)]
     with gpu_checks.tf32_flags(False):
         if isinstance(case, gpu_cases.ConvCase):
             _check_conv(backend, case, on_device, rounded, inputs[3], rtol)
@@ -72,8 +76,9 @@ def _check_conv(backend, case, on_device, rounded, kwargs, rtol):
     with torch.no_grad():
         _, offsets = kernels.conv_block_forward(x.unsqueeze(0) if x.dim() == 3 else x, w, b, p)
     _close("output", out, oracle.conv_block(*rounded, **kwargs), rtol)
-    exact = gpu_checks._exact_conv_grads(*rounded, g64, p, offsets.cpu())
+    exact = gpu_checks._exact_conv_grads(*rounded, g64, p, offsets.cpu(), case.input_grad)
     for name, got, want in zip(gpu_checks.NAMES, grads, exact):
+        assert (got is None) == (want is None), name
         if want is not None:
             _close(name, got, want, rtol)
     if case.jvp:
