@@ -430,6 +430,15 @@ def _ints(shape, low, high, scale=1.0, seed=0):
     return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(seed)).float() * scale
 
 
+def _run_case_tensors(make_x, cout, kernel, groups, dtype, device):
+    """``x`` from ``make_x``, and a weight and bias of small integers times quarters (exact in
+    every precision and summation order) for ``cout`` filters of size ``kernel``."""
+    x = make_x().to(device=device, dtype=dtype)
+    w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
+    b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
+    return x, w, b
+
+
 # (input, out channels, kernel, conv-block kwargs, dtype, read from a channels_last copy)
 _RUN_CASES = {
     "pool2 nchw": (lambda: _ints((2, 32, 11, 10), -3, 4), 24, (3, 3), dict(padding=1), torch.float32, True),
@@ -468,9 +477,7 @@ def test_conv_block_forward_steps_over_runs_of_channels(monkeypatch, case, backe
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     launches = _record(monkeypatch, run=True)
     groups = kwargs.get("groups", 1)
-    x = make_x().to(device=device, dtype=dtype)
-    w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
-    b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
+    x, w, b = _run_case_tensors(make_x, cout, kernel, groups, dtype, device)
     p = conv_block_params(kernel, **kwargs)
     out, off = conv_kernels.forward(x, w, b, p)
     ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b.double(), *p, "reference")
@@ -522,7 +529,7 @@ _BACKWARD_RUN_CASES = {
 def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, backend, device):
     """Both channel counts per group multiples of 16, tensor-core precisions: the input
     gradient steps over (kh, kw, co) runs of output channels (``CO_RUN``, the weight permuted
-    to (KH, KW, Cout, Cg)) and the weight gradient runs ``conv_block_dw_runs_kernel`` (output
+    to (Cout, KH, KW, Cg), as in the forward) and the weight gradient runs ``conv_block_dw_runs_kernel`` (output
     x input channels at one kernel tap), both rebuilding dc from runs of dy and the offsets;
     dense NCHW dy, offsets and x are read from channels_last copies, other layouts (an
     expanded gradient or batch) in place. Exact against the reference and the gathers."""
@@ -530,9 +537,7 @@ def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, back
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     launches = _record(monkeypatch, run=True)
     groups = kwargs.get("groups", 1)
-    x = make_x().to(device=device, dtype=dtype)
-    w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
-    b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
+    x, w, b = _run_case_tensors(make_x, cout, kernel, groups, dtype, device)
     p = conv_block_params(kernel, **kwargs)
     y, off = conv_kernels.forward(x, w, b, p)
     if grad == "expanded":
@@ -551,7 +556,7 @@ def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, back
     (dw,) = [ln for ln in launches if ln.name.startswith("conv_block_dw")]
     assert dx.kwargs["CO_RUN"] == cout // groups and dw.name == "conv_block_dw_runs_kernel"
     assert dw.kwargs["CI_RUN"] == x.shape[1] // groups
-    assert torch.equal(dx.args[2], w.permute(2, 3, 0, 1))
+    assert dx.args[2].is_contiguous() and torch.equal(dx.args[2], w.permute(0, 2, 3, 1))
     read_g, read_o, read_x = dw.args[:3]
     assert dx.args[0] is read_g and dx.args[1] is read_o
     for read, given, copy in zip((read_g, read_o, read_x), (g, off, x), copied):
@@ -567,6 +572,32 @@ def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, back
         assert torch.equal(a, r)
     assert [ln.kwargs.get("CO_RUN") for ln in launches if ln.name == "conv_block_dx_kernel"] == [0]
     assert [ln.name for ln in launches if ln.name.startswith("conv_block_dw")] == ["conv_block_dw_kernel"]
+
+
+@ON_DEVICES
+def test_runs_of_channels_read_a_channels_last_weight_in_place(monkeypatch, backend, device):
+    """The forward and the input gradient read the weight as (Cout, KH, KW, Cg): for a
+    channels_last weight (``model.to(memory_format=torch.channels_last)``) that is the weight
+    itself, so neither kernel gets a copy; the results are exactly the reference's."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    make_x = lambda: _ints((2, 32, 10, 10), -3, 4).to(memory_format=torch.channels_last)  # noqa: E731
+    x, w, b = _run_case_tensors(make_x, 16, (3, 3), 1, torch.float32, device)
+    w = w.contiguous(memory_format=torch.channels_last)
+    p = conv_block_params(3, padding=1)
+    y, off = conv_kernels.forward(x, w, b, p)
+    g = _ints(y.shape, -4, 5, 0.5, seed=3).to(device=device).contiguous(memory_format=torch.channels_last)
+    got = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+    ref_y, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b.double(), *p, "reference")
+    want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), ref_off, *p[:8],
+                                                  [True, True, True], "reference")
+    assert torch.equal(y.double(), ref_y) and torch.equal(off, ref_off)
+    for name, a, r in zip(("input", "weight", "bias"), got, want):
+        assert torch.equal(a.double(), r), name
+    (fwd,) = [ln for ln in launches if ln.name == "conv_block_fwd_kernel"]
+    (dx,) = [ln for ln in launches if ln.name == "conv_block_dx_kernel"]
+    assert fwd.kwargs["CG_RUN"] == 32 and dx.kwargs["CO_RUN"] == 16
+    assert fwd.args[1].data_ptr() == w.data_ptr() and dx.args[2].data_ptr() == w.data_ptr()
 
 
 @pytest.mark.triton_cpu

@@ -279,10 +279,11 @@ def conv_block_dx_kernel(
 
     Two ways through the reduction, as the forward. ``CO_RUN = 0``: ``(co, kh, kw)`` order,
     ``w`` contiguous ``(Cout, Cg, KH, KW)``, ``dc`` rebuilt element by element. ``CO_RUN =
-    Coutg`` (a multiple of BLOCK_K; ``w`` permuted to ``(KH, KW, Cout, Cg)``): ``(kh, kw, co)``
-    order, so a step is BLOCK_K output channels at one kernel tap: one conv position, pool
-    window and mask per row, and with channels_last ``dy`` and offsets (``sgc == soc == 1``)
-    vector loads of both; the step's weights are rows of ``Cg`` adjacent input channels.
+    Coutg`` (a multiple of BLOCK_K; ``w`` permuted to ``(Cout, KH, KW, Cg)``, the forward's
+    layout, a view without a copy for a channels_last weight): ``(kh, kw, co)`` order, so a
+    step is BLOCK_K output channels at one kernel tap: one conv position, pool window and mask
+    per row, and with channels_last ``dy`` and offsets (``sgc == soc == 1``) vector loads of
+    both; the step's weights are rows of ``Cg`` adjacent input channels.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -299,7 +300,6 @@ def conv_block_dx_kernel(
         R = CO_RUN * (KH * KW)
     else:
         R = Coutg * (KH * KW)
-    cout = NG // N_TILES * Coutg
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for c0 in range(0, R, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -319,7 +319,7 @@ def conv_block_dx_kernel(
                 dc = _unpooled_grad(g_ptr, o_ptr, n[:, None], c[None, :], oh[:, None], ow[:, None], ok[:, None],
                                     PH, PW, pph, ppw, sgn, sgc, sgh, sgw, son, soc, soh, sow,
                                     PKH, PKW, PSH, PSW, PDH, PDW, WIN_H, WIN_W, ACC, ROW_MASK=True)
-                wv = tl.load(w_ptr + (kk * cout + c)[:, None] * Cg + ci[None, :], mask=ci_ok[None, :], other=0.0)
+                wv = tl.load(w_ptr + (c * (KH * KW) + kk)[:, None] * Cg + ci[None, :], mask=ci_ok[None, :], other=0.0)
             else:
                 r = r0 + tl.arange(0, BLOCK_K)
                 r_ok = r < R
@@ -669,7 +669,7 @@ class _BackwardPlan(NamedTuple):
     dx: Optional[KernelLaunch]  # None when grad_input is not asked or empty
     dw: Optional[KernelLaunch]  # None when neither grad_weight nor grad_bias is asked
     split: Optional[SplitGradients]
-    dx_runs: bool = False  # CO_RUN > 0: the weight goes as (KH, KW, Cout, Cg)
+    dx_runs: bool = False  # CO_RUN > 0: the weight goes as (Cout, KH, KW, Cg), as in the forward
     copies: Tuple[bool, bool, bool] = (False, False, False)  # dy, offsets, x read from channels_last copies
 
 
@@ -747,7 +747,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     if mask[0]:
         grad_input = torch.empty_like(input, memory_format=plan.grad_input_format)
         if plan.dx is not None:
-            w = weight.permute(2, 3, 0, 1).contiguous() if plan.dx_runs else weight.contiguous()
+            w = weight.permute(0, 2, 3, 1).contiguous() if plan.dx_runs else weight.contiguous()
             plan.dx.launch(g, o, w, grad_input)
     if plan.dw is not None:
         x = input.contiguous(memory_format=torch.channels_last) if copy_x else input
