@@ -346,6 +346,39 @@ def conv_block_dx_kernel(
 
 
 @triton.jit
+def _slice_positions(piece, SLICE, P, OHW, OH, OW, IDX: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The positions of a weight-gradient program's first step: slice ``piece`` covers conv
+    positions ``[start, end)`` (``end = min(start + SLICE, P)``), and its first BLOCK_K
+    positions ``p = start + i`` as digits ``(n, oh, ow)`` (radices ``OH``, ``OW``), with
+    BLOCK_K in the same digits ``(step_n, step_h, step_w)``: the only divisions of the
+    position walk, once per program (``_next_positions`` steps without dividing)."""
+    start = piece.to(IDX) * SLICE
+    end = tl.minimum(start + SLICE, P)
+    p = start + tl.arange(0, BLOCK_K).to(IDX)
+    n = p // OHW
+    oh = (p // OW) % OH
+    ow = p % OW
+    step_n = BLOCK_K // OHW
+    step_h = (BLOCK_K // OW) % OH
+    step_w = BLOCK_K % OW
+    return start, end, n, oh, ow, step_n, step_h, step_w
+
+
+@triton.jit
+def _next_positions(n, oh, ow, step_n, step_h, step_w, OH, OW):
+    """``p += BLOCK_K`` on the digits of ``_slice_positions``: each digit stays below its radix,
+    so a digit takes one compare-and-subtract carry and nothing divides."""
+    ow += step_w
+    carry = ow >= OW
+    ow = tl.where(carry, ow - OW, ow)
+    oh += step_h + carry.to(oh.dtype)
+    carry = oh >= OH
+    oh = tl.where(carry, oh - OH, oh)
+    n += step_n + carry.to(n.dtype)
+    return n, oh, ow
+
+
+@triton.jit
 def conv_block_dw_kernel(
     g_ptr, o_ptr, x_ptr, dw_ptr, db_ptr,
     P, OHW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, M_TILES, SLICE, CHUNK, pt, pl, pph, ppw,
@@ -369,9 +402,10 @@ def conv_block_dw_kernel(
     writes ACC partial sums, ``dw_ptr`` (slices, Cout, Cg*KH*KW) and ``db_ptr`` (slices, Cout),
     which ``reduce.sum_slices_kernel`` adds.
 
-    The positions ``p`` of a step are decomposed into ``(n, oh, ow)`` once, before the loop;
-    each step then adds ``BLOCK_K`` as a mixed-radix sum with one carry per digit, so the loop
-    divides by nothing while the image size stays a runtime argument.
+    The positions ``p`` of a step are decomposed into ``(n, oh, ow)`` once, before the loop
+    (``_slice_positions``); each step then adds ``BLOCK_K`` as a mixed-radix sum with one carry
+    per digit (``_next_positions``), so the loop divides by nothing while the image size stays
+    a runtime argument.
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
@@ -391,17 +425,7 @@ def conv_block_dw_kernel(
     x_chan = (grp * Cg + ci).to(IDX) * sxc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     db = tl.zeros((BLOCK_N,), dtype=ACC)
-    start = piece.to(IDX) * SLICE
-    end = tl.minimum(start + SLICE, P)
-    # (n, oh, ow) of the step's positions, and BLOCK_K in the same digits: step_n images,
-    # step_h rows (< OH), step_w columns (< OW).
-    p = start + tl.arange(0, BLOCK_K).to(IDX)
-    n = p // OHW
-    oh = (p // OW) % OH
-    ow = p % OW
-    step_n = BLOCK_K // OHW
-    step_h = (BLOCK_K // OW) % OH
-    step_w = BLOCK_K % OW
+    start, end, n, oh, ow, step_n, step_h, step_w = _slice_positions(piece, SLICE, P, OHW, OH, OW, IDX, BLOCK_K)
     for c0 in range(start, end, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         part_db = tl.zeros((BLOCK_N,), dtype=ACC)
@@ -419,14 +443,7 @@ def conv_block_dw_kernel(
             part += matmul_tile(xv.to(DOT), dc.to(x_ptr.dtype.element_ty).to(DOT), PRECISION, FMA).to(ACC)
             if HAS_DB:
                 part_db += tl.sum(dc, axis=0)
-            # p += BLOCK_K, digit by digit (each digit below its radix: one carry each).
-            ow += step_w
-            carry = ow >= OW
-            ow = tl.where(carry, ow - OW, ow)
-            oh += step_h + carry.to(oh.dtype)
-            carry = oh >= OH
-            oh = tl.where(carry, oh - OH, oh)
-            n += step_n + carry.to(n.dtype)
+            n, oh, ow = _next_positions(n, oh, ow, step_n, step_h, step_w, OH, OW)
         acc += part
         db += part_db
     cout = NG // N_TILES * Coutg
@@ -479,15 +496,7 @@ def conv_block_dw_runs_kernel(
     x_chan = (grp * Cg + ci).to(IDX) * sxc
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     db = tl.zeros((BLOCK_M,), dtype=ACC)
-    start = piece.to(IDX) * SLICE
-    end = tl.minimum(start + SLICE, P)
-    p = start + tl.arange(0, BLOCK_K).to(IDX)
-    n = p // OHW
-    oh = (p // OW) % OH
-    ow = p % OW
-    step_n = BLOCK_K // OHW
-    step_h = (BLOCK_K // OW) % OH
-    step_w = BLOCK_K % OW
+    start, end, n, oh, ow, step_n, step_h, step_w = _slice_positions(piece, SLICE, P, OHW, OH, OW, IDX, BLOCK_K)
     for c0 in range(start, end, CHUNK):
         part = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
         part_db = tl.zeros((BLOCK_M,), dtype=ACC)
@@ -506,14 +515,7 @@ def conv_block_dw_runs_kernel(
             part += matmul_tile(dct, xv.to(DOT), PRECISION, FMA).to(ACC)
             if HAS_DB:
                 part_db += tl.sum(dc, axis=0)
-            # p += BLOCK_K, digit by digit (each digit below its radix: one carry each).
-            ow += step_w
-            carry = ow >= OW
-            ow = tl.where(carry, ow - OW, ow)
-            oh += step_h + carry.to(oh.dtype)
-            carry = oh >= OH
-            oh = tl.where(carry, oh - OH, oh)
-            n += step_n + carry.to(n.dtype)
+            n, oh, ow = _next_positions(n, oh, ow, step_n, step_h, step_w, OH, OW)
         acc += part
         db += part_db
     K = Cg * (KH * KW)
