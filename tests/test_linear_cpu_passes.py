@@ -1,5 +1,5 @@
 """The cpp linear's own passes (csrc/cpu/linear.cpp): the forward adds the bias in the
-activation's pass where the output is one pass task (16384 elements) or less, through addmm
+activation's pass where the output has 16384 elements or less, through addmm
 above, and the backward sums the bias gradient in the dz pass, over tiles of
 columns and row chunks whose number depends on the row count. Each case runs against the torch
 composition, with row counts on both sides of the old 32-row in-pass limit and of the pass's
@@ -147,3 +147,29 @@ def test_bias_gradient_of_non_finite_columns_is_torchs(dtype, rows):
     g[1, 2], g[rows - 1, 2] = float("inf"), float("-inf")
     got = _relu_bias_gradient(g)
     torch.testing.assert_close(got, g.sum(0), equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous dy", "strided dy"])
+def test_relu_gradient_is_exactly_zero_where_the_mask_is_off(dtype, strided):
+    """The dz pass selects by bits: dy where the saved mask is on, exactly 0 where it is off,
+    NaN and infinite dy included (as torch's threshold_backward), over rows long enough for the
+    vector loop and a tail (37 columns), read contiguously and through a column stride. The
+    non-finite values sit where the mask is off only, so every gradient is finite and equal to
+    the composition's; one NaN or inf let through would spread over its row and column."""
+    rows, n = 70, 37
+    gen = torch.Generator().manual_seed(5)
+    on = torch.rand(rows, n, generator=gen) < 0.5
+    g = torch.randn(rows, n, generator=gen, dtype=dtype)
+    bad = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=dtype)[torch.arange(rows * n) % 3]
+    g = torch.where(~on & (torch.rand(rows, n, generator=gen) < 0.3), bad.view(rows, n), g)
+    assert not g[~on].isfinite().all() and g[on].isfinite().all()
+    if strided:
+        g = torch.stack([g, torch.full_like(g, float("nan"))], dim=-1).flatten(1)[:, ::2]
+        assert g.stride() == (2 * n, 2)
+    x, w = torch.randn(rows, 3, generator=gen, dtype=dtype), torch.randn(n, 3, generator=gen, dtype=dtype)
+    gi, gw, gb = torch.ops.fusedops.native_linear_backward(g, x, w, on, "relu", [True, True, True])
+    dz = torch.where(on, g, 0)
+    for name, got, want in (("input", gi, dz @ w), ("weight", gw, dz.t() @ x), ("bias", gb, dz.sum(0))):
+        assert got.isfinite().all(), name
+        torch.testing.assert_close(got, want, msg=lambda m, name=name: f"grad of {name}: {m}")
