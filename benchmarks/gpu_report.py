@@ -27,7 +27,8 @@ what it finished; each can run alone, and the summary keeps the other stages' la
   bfloat16 then float32, batch 256, the tutorial layers, one layer per run so that a run cut
   short by the time limit loses one layer, not the table; then the host time per call on CUDA
   (``benchmarks/host_overhead.py``), where each backend's training step spends GPU time
-  (``benchmarks/kernel_profile.py``), and with the time left torch.compile
+  (``benchmarks/kernel_profile.py``), the Triton conv-block kernels under candidate block
+  configs (``benchmarks/triton_tiles.py``), and with the time left torch.compile
   max-autotune-no-cudagraphs on the bf16 tutorial layers (minutes of compiling per layer).
 
 Everything goes to ``$FUSEDOPS_REPORT_DIR`` (default ``benchmarks/results/<gpu>/``; a dry
@@ -589,7 +590,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     results, notes, done = [], [], 0
     chunks = bench_chunks()
     if runner.dry_run:
-        notes += _check_bench_args(chunks, tmp)
+        notes += _check_bench_args(chunks, tmp) + _check_tiles()
     for i, (dtype, op, layer) in enumerate(chunks):
         left = budget - (time.monotonic() - start)
         if left < 30 and not runner.dry_run:
@@ -609,28 +610,28 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         else:
             notes.append(f"{layer} {dtype}: no results ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
                          "bench.log)")
-    host_table: List[str] = []
-    if budget - (time.monotonic() - start) >= 30 or runner.dry_run:
-        # Host time per call on CUDA (benchmarks/host_overhead.py): the tutorial layers are launch-bound.
-        mark = log.stat().st_size
-        result = runner.run([sys.executable, "benchmarks/host_overhead.py", "--device", "cuda"], log,
-                            budget - (time.monotonic() - start), _env(TRITON_INTERPRET=None))
-        text = SAMPLE_HOST_OVERHEAD if result.dry else log.read_text(errors="replace")[mark:]
-        host_table = [ln for ln in text.splitlines() if ln.startswith("|")]
-        if not host_table:
-            notes.append(f"host time per call: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
-                         "bench.log)")
-    profile_table: List[str] = []
-    if budget - (time.monotonic() - start) >= 30 or runner.dry_run:
-        # Where each backend's training step spends GPU time (benchmarks/kernel_profile.py).
-        mark = log.stat().st_size
-        result = runner.run([sys.executable, "benchmarks/kernel_profile.py"], log, budget - (time.monotonic() - start),
-                            _env(TRITON_INTERPRET=None))
-        text = SAMPLE_KERNEL_PROFILE if result.dry else log.read_text(errors="replace")[mark:]
-        profile_table = [ln for ln in text.splitlines() if ln.startswith("|")]
-        if not profile_table:
-            notes.append(f"kernel profile: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
-                         "bench.log)")
+
+    def table_run(script: str, args: Sequence[str], sample: str, what: str, min_seconds: float) -> List[str]:
+        """The markdown rows ``script`` prints to bench.log, if at least ``min_seconds`` are left."""
+        left = budget - (time.monotonic() - start)
+        if left < min_seconds and not runner.dry_run:
+            notes.append(f"{what} not run ({budget:.0f} s stage limit)")
+            return []
+        mark = log.stat().st_size if log.exists() else 0
+        result = runner.run([sys.executable, script, *args], log, left, _env(TRITON_INTERPRET=None))
+        text = sample if result.dry else log.read_text(errors="replace")[mark:]
+        rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+        if not rows:
+            notes.append(f"{what}: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; bench.log)")
+        return rows
+
+    # Host time per call on CUDA (the tutorial layers are launch-bound), where each backend's
+    # training step spends GPU time, and the Triton kernels' candidate tiles (what the rules
+    # picking them should be; rows kept as they come, so a run cut short keeps its layers).
+    host_table = table_run("benchmarks/host_overhead.py", ("--device", "cuda"), SAMPLE_HOST_OVERHEAD,
+                           "host time per call", 30)
+    profile_table = table_run("benchmarks/kernel_profile.py", (), SAMPLE_KERNEL_PROFILE, "kernel profile", 30)
+    tiles_table = table_run("benchmarks/triton_tiles.py", (), SAMPLE_TRITON_TILES, "Triton tile candidates", 90)
     if budget - (time.monotonic() - start) >= 60 or runner.dry_run:
         out = tmp / "autotune"
         result = runner.run([sys.executable, "benchmarks/run.py",
@@ -656,7 +657,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=time.monotonic() - start, detail=f"{done} of {len(chunks)} benchmark runs",
-                notes=notes, host_table=host_table, profile_table=profile_table)
+                notes=notes, host_table=host_table, profile_table=profile_table, tiles_table=tiles_table)
 
 
 def _check_bench_args(chunks, tmp: Path) -> List[str]:
@@ -676,6 +677,25 @@ def _check_bench_args(chunks, tmp: Path) -> List[str]:
         if not chosen:
             problems.append(f"dry run: benchmarks/run.py selects no layer for {op} {layer!r}")
     return problems or [f"{len(chunks)} benchmark runs, each selects its layers"]
+
+
+def _check_tiles() -> List[str]:
+    """A dry run builds every Triton tile candidate's launch plan (benchmarks/triton_tiles.py
+    --dry-run, meta tensors: no GPU) and checks the launchers take each as given."""
+    import contextlib
+    import io
+
+    from benchmarks import triton_tiles
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        rc = triton_tiles.main(["--dry-run"])
+    lines = text.getvalue().splitlines()
+    bad = [ln for ln in lines if not ln.endswith(": ok")]
+    if rc or bad or not lines:
+        return [f"dry run: benchmarks/triton_tiles.py: {ln}" for ln in bad] or [
+            f"dry run: benchmarks/triton_tiles.py --dry-run exited {rc} with {len(lines)} candidates"]
+    return [f"{len(lines)} Triton tile candidates, each launched as forced"]
 
 
 def merge_bench(results: List[dict]) -> dict:
@@ -776,6 +796,10 @@ def render_summary(report: Report) -> str:
         if bench.get("profile_table"):
             lines += ["", "Training step of each tutorial layer, batch 256 (benchmarks/kernel_profile.py: wall time "
                       "and CUDA time summed over its kernels):", ""] + bench["profile_table"]
+        if bench.get("tiles_table"):
+            lines += ["", "Triton conv-block kernels under candidate block configs, bf16 (benchmarks/triton_tiles.py: "
+                      "ms per call, speed-up over the launcher's own config; * the fastest):", ""]
+            lines += bench["tiles_table"]
     present = [f for f in FILES if (report.out / f).exists() or f == "summary.md"]
     lines += ["", "Files: " + ", ".join(present)]
     return "\n".join(lines) + "\n"
@@ -849,6 +873,13 @@ SAMPLE_KERNEL_PROFILE = """bfloat16 1->32@28 eager: wall 0.500 ms, kernels 0.240
 | dtype | layer | backend | wall ms | kernels ms | largest kernels |
 | --- | --- | --- | ---: | ---: | --- |
 | bfloat16 | 1->32 @28 (sample) | eager | 0.500 | 0.240 | max_pool 0.066ms |
+"""
+
+
+SAMPLE_TRITON_TILES = """| layer | role | config | ms | vs auto | difference | |
+| --- | --- | --- | ---: | ---: | ---: | --- |
+| vgg 64->128 @112 (sample) | fwd | auto | 2.0000 | 1.00x | 0.0e+00 | |
+| vgg 64->128 @112 (sample) | fwd | 128x128x64 w8 * | 1.0000 | 2.00x | 3.9e-03 | |
 """
 
 

@@ -19,6 +19,7 @@ import fusedops
 from fusedops.functional import conv_block_params
 from fusedops.triton import _launch
 from fusedops.triton import conv_block as conv_kernels
+from fusedops.triton import forced_tiles as tiles
 from fusedops.triton import linear as linear_kernels
 from fusedops.triton import reduce as reduce_kernels
 
@@ -598,6 +599,79 @@ def test_runs_of_channels_read_a_channels_last_weight_in_place(monkeypatch, back
     (dx,) = [ln for ln in launches if ln.name == "conv_block_dx_kernel"]
     assert fwd.kwargs["CG_RUN"] == 32 and dx.kwargs["CO_RUN"] == 16
     assert fwd.args[1].data_ptr() == w.data_ptr() and dx.args[2].data_ptr() == w.data_ptr()
+
+
+def _config(launch):
+    return {k: launch.kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")}
+
+
+@ON_DEVICES
+@pytest.mark.parametrize("runs", [True, False], ids=["runs of channels", "gathers"])
+def test_forced_tiles_reach_the_kernels_and_compute_the_op(monkeypatch, runs, backend, device):
+    """Inside ``forced_tiles`` each kernel gets the forced config (not the one its launcher
+    picks, also with the runs of channels off), the results stay exactly the reference's;
+    outside, the launchers' own configs come back (the plans are keyed by the forced ones)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    if not runs:
+        monkeypatch.setenv("FUSEDOPS_TRITON_CHANNEL_RUNS", "0")
+    launches = _record(monkeypatch, run=True)
+    x, w, b = _run_case_tensors(lambda: _ints((2, 32, 9, 8), -3, 4), 32, (3, 3), 1, torch.float32, device)
+    p = conv_block_params(3, padding=1)
+    forced = dict(fwd=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, num_warps=2),
+                  dx=dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=16, num_warps=2),
+                  dw=dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1))
+
+    def run():
+        launches.clear()
+        y, off = conv_kernels.forward(x, w, b, p)
+        g = _ints(y.shape, -4, 5, 0.5, seed=3).to(device=device)
+        grads = conv_kernels.backward(g, x, w, off, p, [True, True, True])
+        want = torch.ops.fusedops.conv_block_backward(g.double(), x.double(), w.double(), off, *p[:8],
+                                                      [True, True, True], "reference")
+        ref_y, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b.double(), *p, "reference")
+        assert torch.equal(y.double(), ref_y) and torch.equal(off, ref_off)
+        for name, a, r in zip(("input", "weight", "bias"), grads, want):
+            assert torch.equal(a.double(), r), name
+        return {ln.name: _config(ln) for ln in launches if ln.name.startswith("conv_block")}
+
+    default = run()
+    with tiles.forced_tiles(**forced):
+        got = run()
+    dw_name = "conv_block_dw_runs_kernel" if runs else "conv_block_dw_kernel"
+    assert got == {"conv_block_fwd_kernel": forced["fwd"], "conv_block_dx_kernel": forced["dx"],
+                   dw_name: forced["dw"]}
+    assert all(default[name] != config for name, config in got.items())  # the case tells them apart
+    assert run() == default
+
+
+@pytest.mark.triton_cpu
+@pytest.mark.parametrize("config,message", [
+    (dict(BLOCK_M=48, BLOCK_N=16, BLOCK_K=16, num_warps=4), "BLOCK_M must be a power of two >= 16"),
+    (dict(BLOCK_M=64, BLOCK_N=8, BLOCK_K=16, num_warps=4), "BLOCK_N must be a power of two >= 16"),
+    (dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, num_warps=3), "num_warps must be 1, 2, 4, 8 or 16"),
+    (dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16), "exactly BLOCK_M, BLOCK_N, BLOCK_K and num_warps"),
+])
+def test_forced_tiles_refuse_configs_no_kernel_runs(config, message):
+    with pytest.raises(ValueError, match=message):
+        with tiles.forced_tiles(dx=config):
+            pass
+    assert tiles.plan_key() == ()
+
+
+@pytest.mark.triton_cpu
+def test_forced_weight_gradient_tiles_must_divide_the_channel_runs(monkeypatch):
+    """The runs kernel has whole tiles only: a forced BLOCK_M that does not divide a group's
+    output channels (48) is refused with what it needs, before any launch."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    launches = _record(monkeypatch, run=True)
+    x, w = _ints((1, 16, 6, 6), -3, 4), _ints((48, 16, 3, 3), -2, 3, 0.25, seed=1)
+    p = conv_block_params(3, padding=1)
+    y, off = conv_kernels.forward(x, w, None, p)
+    launches.clear()
+    with tiles.forced_tiles(dw=dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4)):
+        with pytest.raises(ValueError, match="BLOCK_M dividing the 48 output and BLOCK_N dividing the 16 input"):
+            conv_kernels.backward(torch.ones_like(y), x, w, off, p, [False, True, False])
+    assert launches == []
 
 
 @pytest.mark.triton_cpu

@@ -72,6 +72,7 @@ from ._launch import (
     split_grid,
     use_fma,
 )
+from .forced_tiles import forced, plan_key
 from .reduce import SplitGradients
 
 
@@ -634,7 +635,7 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     coutg = geo.sizes[3]
     n, phw = shape[0], out_hw[0] * out_hw[1]
     rows = n * phw
-    cfg = conv_block_configs(rows, coutg, input.dtype)
+    cfg = forced("fwd") or conv_block_configs(rows, coutg, input.dtype)
     n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
     grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
@@ -655,7 +656,7 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
 def forward(input, weight, bias, p: ConvBlockParams):
     """Launch the fused forward: returns ``(y, offsets)`` like the reference."""
     key = ("fwd", described(input), input.device, described(weight), described(bias), p,
-           _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get())
+           _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), plan_key())
     plan = _PLANS.get(key, lambda: _forward_plan(input, weight, bias, p))
     y = torch.empty(plan.shape, device=input.device, dtype=input.dtype, memory_format=plan.memory_format)
     offsets = torch.empty(plan.shape, device=input.device, dtype=plan.offsets_dtype, memory_format=plan.memory_format)
@@ -686,9 +687,15 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
     want_dx = output_mask[0] and input.numel() > 0
     want_dw = output_mask[1] or output_mask[2]
     rows = n * h * wd
-    dx_cfg = conv_block_configs(rows, cg, input.dtype)
+    dx_cfg = forced("dx") or conv_block_configs(rows, cg, input.dtype)
     co_run = channel_run(input.dtype, meta["PRECISION"], coutg, dx_cfg["BLOCK_K"]) if want_dx else 0
     run_cfg = conv_block_dw_runs_configs(cg, coutg, input.dtype) if want_dw else None
+    dw_forced = forced("dw")
+    if run_cfg is not None and dw_forced is not None:
+        if cg % dw_forced["BLOCK_N"] or coutg % dw_forced["BLOCK_M"]:
+            raise ValueError(f"forced_tiles: conv_block_dw_runs_kernel needs BLOCK_M dividing the {coutg} output and "
+                             f"BLOCK_N dividing the {cg} input channels of a group, got {dw_forced}")
+        run_cfg = dw_forced
     # Runs of channels read dy and the offsets (and, for the weight gradient, x) from
     # channels_last copies where they are dense NCHW, as the forward reads x.
     runs = co_run > 0 or run_cfg is not None
@@ -715,7 +722,7 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
             m_tiles, n_tiles = coutg // cfg["BLOCK_M"], k // cfg["BLOCK_N"]
             extra = dict(CI_RUN=cg)
         else:
-            kernel, cfg = conv_block_dw_kernel, conv_block_dw_configs(k, coutg, input.dtype)
+            kernel, cfg = conv_block_dw_kernel, dw_forced or conv_block_dw_configs(k, coutg, input.dtype)
             n_tiles, m_tiles = triton.cdiv(coutg, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_M"])
             extra = {}
         slices, slice_len = reduction_slices(positions, m_tiles * n_tiles * p.groups, cfg["BLOCK_K"], input.device)
@@ -740,7 +747,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
     mask = (bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]))
     key = ("bwd", described(grad_output), described(input), input.device, described(weight),
-           described(offsets), p, mask, _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get())
+           described(offsets), p, mask, _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), plan_key())
     plan = _PLANS.get(key, lambda: _backward_plan(grad_output, input, weight, offsets, p, mask))
     copy_g, copy_o, copy_x = plan.copies
     g = grad_output.contiguous(memory_format=torch.channels_last) if copy_g else grad_output
