@@ -167,9 +167,20 @@ def test_relu_gradient_is_exactly_zero_where_the_mask_is_off(dtype, strided):
     if strided:
         g = torch.stack([g, torch.full_like(g, float("nan"))], dim=-1).flatten(1)[:, ::2]
         assert g.stride() == (2 * n, 2)
-    x, w = torch.randn(rows, 3, generator=gen, dtype=dtype), torch.randn(n, 3, generator=gen, dtype=dtype)
+    x, w = torch.eye(rows, dtype=dtype), torch.randn(n, rows, generator=gen, dtype=dtype)
     gi, gw, gb = torch.ops.fusedops.native_linear_backward(g, x, w, on, "relu", [True, True, True])
     dz = torch.where(on, g, 0)
-    for name, got, want in (("input", gi, dz @ w), ("weight", gw, dz.t() @ x), ("bias", gb, dz.sum(0))):
+    assert torch.equal(gw, dz.t())  # dz itself: with x the identity, every product is exact
+    for name, got, want in (("input", gi, dz @ w), ("bias", gb, dz.sum(0))):
         assert got.isfinite().all(), name
         torch.testing.assert_close(got, want, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_relu_gradient_takes_any_nonzero_mask_byte_as_on():
+    """A bool mask made by viewing bytes (2, 255, ...) as bool: every nonzero byte is on."""
+    g = torch.linspace(-1, 1, 4 * 40).view(4, 40)
+    raw = torch.tensor([0, 1, 2, 3, 128, 255, 0, 7], dtype=torch.uint8).repeat(20).view(4, 40)
+    on = raw.view(torch.bool)
+    x = torch.eye(4)
+    gw = torch.ops.fusedops.native_linear_backward(g, x, torch.zeros(40, 4), on, "relu", [False, True, False])[1]
+    assert torch.equal(gw, torch.where(raw != 0, g, 0).t())

@@ -96,10 +96,14 @@ void for_each_row_run(int64_t begin, int64_t end, int64_t n, const F& f) {
 // order whatever the thread count. Past two grains a pass has tiles of about kTileElems
 // elements, several per thread, so that tasks of whole tiles come out near equal.
 constexpr int64_t kTileCols = 256;
-// Elements a pass task takes at least: torch's own grain for elementwise ops
-// (at::internal::GRAIN_SIZE). With 16384, a 64 x 512 relu gradient ran as two tasks, and on 2
-// threads took longer than one thread's 7 us pass (the second thread's wake-up).
+// Elements a pass task takes at least. relu and no activation: torch's own grain for
+// elementwise ops (at::internal::GRAIN_SIZE); with 16384, a 64 x 512 relu gradient ran as
+// two tasks, and on 2 threads took longer than one thread's 7 us pass (the second thread's
+// wake-up). gelu, gelu_tanh and silu cost about 40 times more per element (erf, tanh, exp:
+// about 18 ns on one thread), so their passes split at 16384 elements, as before.
 constexpr int64_t kPassGrain = 32768;
+constexpr int64_t kSmoothPassGrain = 16384;
+inline int64_t pass_grain(Act act) { return act == Act::Relu || act == Act::None ? kPassGrain : kSmoothPassGrain; }
 // Outputs of at most this many elements get their bias in the forward's pass (see there).
 constexpr int64_t kBiasInPassMax = 16384;
 constexpr int64_t kTileElems = 4096;
@@ -153,11 +157,11 @@ struct ColumnSums<double> {
 };
 
 // d[t] = g[t * gs] where the relu mask m[t] is on, else 0, for t < w (one row of a tile), as
-// bit operations: g's bits AND a mask of all ones or zeros made from m's byte (a bool is 0 or
-// 1), so a NaN or infinite gradient under an off mask gives 0, as torch's threshold_backward
+// bit operations: g's bits AND a mask of all ones or zeros made from m's byte (nonzero: on),
+// so a NaN or infinite gradient under an off mask gives 0, as torch's threshold_backward
 // does. The auto-vectoriser widens this loop to the CPU's vectors (FUSEDOPS_VECTORIZE); the
 // select `m[t] ? g[t] : T(0)` compiled to a branch and two stores, which random masks
-// mispredict half the time (64 x 512 float, 1 thread: 85 us, against 11 for torch's op).
+// mispredict half the time (64 x 512 float, 1 thread: about 90 us, against 11 for torch's op).
 template <typename T>
 FUSEDOPS_VECTORIZE void relu_grad_row(const T* g, int64_t gs, const bool* m, T* d, int64_t w) {
   using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
@@ -166,7 +170,7 @@ FUSEDOPS_VECTORIZE void relu_grad_row(const T* g, int64_t gs, const bool* m, T* 
   const auto select = [](T v, uint8_t on) FUSEDOPS_ALWAYS_INLINE {
     U bits;
     __builtin_memcpy(&bits, &v, sizeof(T));
-    bits &= U(0) - U(on);
+    bits &= U(0) - U(on != 0);  // any nonzero byte counts as on
     __builtin_memcpy(&v, &bits, sizeof(T));
     return v;
   };
@@ -231,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
     bool* mp = act == Act::Relu ? saved.mutable_data_ptr<bool>() : nullptr;
-    at::parallel_for(0, z.numel(), kPassGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, z.numel(), pass_grain(act), [&](int64_t begin, int64_t end) {
       for_each_row_run(begin, end, n, [&](int64_t i, int64_t j, int64_t len) {
         scalar_t* zr = zp + i;
         if (mp) {  // relu, in place (y is z), as branch-free selects the compiler vectorises
@@ -305,9 +309,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
     const bool sum_db = output_mask[2];
     const int64_t col_blocks = (n + kTileCols - 1) / kTileCols;
     const int64_t width = col_blocks > 0 ? (n + col_blocks - 1) / col_blocks : 0;
-    const int64_t elems = rows * n;
+    const int64_t elems = rows * n, grain = pass_grain(act);
     const int64_t tiles_wanted =
-        std::clamp<int64_t>(elems / (elems > 2 * kPassGrain ? kTileElems : kPassGrain), 1, kMaxTiles);
+        std::clamp<int64_t>(elems / (elems > 2 * grain ? kTileElems : grain), 1, kMaxTiles);
     const int64_t blocks = std::max<int64_t>(col_blocks, 1);
     const int64_t chunks_wanted =
         std::clamp<int64_t>((tiles_wanted + blocks - 1) / blocks, 1, std::max<int64_t>(rows, 1));
@@ -315,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(const at::Ten
     const int64_t row_chunks = chunk_rows > 0 ? (rows + chunk_rows - 1) / chunk_rows : 0;
     const int64_t tiles = row_chunks * col_blocks;
     const int64_t tile_elems = std::max<int64_t>(chunk_rows * width, 1);
-    const int64_t tile_grain = (kPassGrain + tile_elems - 1) / tile_elems;
+    const int64_t tile_grain = (grain + tile_elems - 1) / tile_elems;
     if (sum_db) gb = rows == 0 ? at::zeros({n}, g.options()) : at::empty({n}, g.options());
     std::vector<double> chunk_sums(sum_db && row_chunks > 1 ? row_chunks * n : 0);
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "linear_backward_cpu", [&] {
