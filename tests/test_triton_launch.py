@@ -579,13 +579,13 @@ def test_conv_block_backward_steps_over_runs_of_channels(monkeypatch, case, back
 def test_runs_of_channels_read_a_channels_last_weight_in_place(monkeypatch, backend, device):
     """The forward and the input gradient read the weight as (Cout, KH, KW, Cg): for a
     channels_last weight (``model.to(memory_format=torch.channels_last)``) that is the weight
-    itself, so neither kernel gets a copy; the results are exactly the reference's."""
+    itself, so neither kernel gets a copy; the results (two groups) are exactly the reference's."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     launches = _record(monkeypatch, run=True)
-    make_x = lambda: _ints((2, 32, 10, 10), -3, 4).to(memory_format=torch.channels_last)  # noqa: E731
-    x, w, b = _run_case_tensors(make_x, 16, (3, 3), 1, torch.float32, device)
+    make_x = lambda: _ints((2, 64, 10, 10), -3, 4).to(memory_format=torch.channels_last)  # noqa: E731
+    x, w, b = _run_case_tensors(make_x, 32, (3, 3), 2, torch.float32, device)
     w = w.contiguous(memory_format=torch.channels_last)
-    p = conv_block_params(3, padding=1)
+    p = conv_block_params(3, padding=1, groups=2)
     y, off = conv_kernels.forward(x, w, b, p)
     g = _ints(y.shape, -4, 5, 0.5, seed=3).to(device=device).contiguous(memory_format=torch.channels_last)
     got = conv_kernels.backward(g, x, w, off, p, [True, True, True])
