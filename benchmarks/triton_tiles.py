@@ -9,12 +9,17 @@ layers at batch 256 and the VGG block 64->128 @112 at batch 64; 3x3, padding 1, 
 MaxPool2d(2); NCHW input) and each kernel role (``fwd`` the forward; ``dx`` the input
 gradient; ``dw`` the weight and bias gradient), it runs the role first with the launcher's own
 config (``auto``), then with each candidate forced (``fusedops.triton.forced_tiles``), and
-prints one markdown row per run as it goes: the config, the median time of a call (CUDA events around 10
-back-to-back calls, median of 15 such blocks after warm-up), the speed-up over ``auto``, and
-the largest difference from ``auto``'s outputs relative to their largest magnitude (the
-summation order differs between configs; over ``--tolerance``, 2e-2 by default, the row says
-MISMATCH). The fastest row of each (layer, role) is marked with ``*``. A candidate that fails
-(shared memory, registers, a compile error) is reported with its error and the others go on.
+prints one markdown row per run as it goes: the config, its kernel path (``runs`` of channels,
+with channels_last copies of NCHW tensors, or ``gather``: a forced BLOCK_K decides it as the
+launcher's own does), the median time of a call (CUDA events around 10 back-to-back calls
+queued behind a GPU sleep, so that the GPU's time is measured, not the host's; median of 15
+such blocks after warm-up), the speed-up over ``auto``, and the largest difference from
+``auto``'s outputs relative to their largest magnitude, computed on outputs allocated from
+NaN-poisoned memory, so that an element a candidate never writes shows (the summation order
+differs between configs; over ``--tolerance``, 2e-2 by default, or not finite, the row says
+MISMATCH). The fastest matching row of each (layer, role) is marked with ``*``. A candidate
+that fails (shared memory, registers, a compile error) is reported with its error and the
+others go on; after an error that leaves the CUDA context unusable the run stops.
 
 ``--dry-run`` needs no GPU: it builds every candidate's launch plan on meta tensors, which
 checks that the launchers accept it (a weight-gradient tile must divide the channel runs),
@@ -27,7 +32,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -35,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusedops.functional import conv_block_params  # noqa: E402
 from fusedops.triton import conv_block as kernels  # noqa: E402
-from fusedops.triton.forced_tiles import forced_tiles  # noqa: E402
+from fusedops.triton.forced_tiles import current, forced_tiles  # noqa: E402
+from tests import gpu_memory  # noqa: E402
 
 
 class Layer(NamedTuple):
@@ -108,14 +114,21 @@ def role_call(role: str, layer: Layer, dtype: torch.dtype, device: str) -> Calla
     return lambda: [t for t in kernels.backward(g, x, w, off, p, mask) if t.numel()]
 
 
+SLEEP_CYCLES = 5_000_000  # about 2.5 ms of GPU clock: longer than the host takes to queue 10 calls
+
+
 def time_ms(fn: Callable[[], object], calls: int = 10, blocks: int = 15) -> float:
-    """Median over ``blocks`` of the CUDA-event time of ``calls`` back-to-back calls, per call."""
+    """Median over ``blocks`` of the CUDA-event time of ``calls`` back-to-back calls, per call.
+    Each block is queued behind a GPU sleep, so that the events time the GPU's work, not the
+    host's launches (the tutorial layers' kernels take tens of microseconds, about the host
+    time of a call)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(blocks):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(SLEEP_CYCLES)
         start.record()
         for _ in range(calls):
             fn()
@@ -126,14 +139,42 @@ def time_ms(fn: Callable[[], object], calls: int = 10, blocks: int = 15) -> floa
 
 
 def difference(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
-    """Largest |got - want| over the float outputs, relative to want's largest magnitude."""
+    """Largest |got - want| over the float outputs, relative to want's largest magnitude; inf
+    where either holds a NaN or an infinity (none is expected from these inputs, and an output
+    element a kernel never wrote reads as NaN: the outputs are allocated from poisoned memory)."""
     worst = 0.0
     for a, r in zip(got, want):
         if not r.is_floating_point():
             continue  # the offsets: a near tie may go to another tap when the sums round apart
-        scale = r.float().abs().max().item() or 1.0
-        worst = max(worst, (a.float() - r.float()).abs().max().item() / scale)
+        a, r = a.float(), r.float()
+        if not (a.isfinite().all() and r.isfinite().all()):
+            return float("inf")
+        scale = r.abs().max().item() or 1.0
+        worst = max(worst, (a - r).abs().max().item() / scale)
     return worst
+
+
+def path(role: str, layer: Layer, dtype: torch.dtype, config: Optional[dict]) -> str:
+    """Which kernel path ``config`` takes for ``role``: ``runs`` (runs of channels, with the
+    channels_last copies of NCHW tensors) or ``gather``. A forced BLOCK_K decides it for the
+    forward and input gradient as the launcher's own does (``channel_run``)."""
+    precision = kernels._precision(dtype)
+    if role == "dw":
+        return "runs" if kernels.conv_block_dw_runs_configs(layer.cin, layer.cout, dtype) else "gather"
+    rows = layer.batch * (layer.hw // 2) ** 2 if role == "fwd" else layer.batch * layer.hw ** 2
+    cols = layer.cout if role == "fwd" else layer.cin
+    config = config or kernels.conv_block_configs(rows, cols, dtype)
+    channels = layer.cin if role == "fwd" else layer.cout
+    return "runs" if kernels.channel_run(dtype, precision, channels, config["BLOCK_K"]) else "gather"
+
+
+def _cuda_lost() -> bool:
+    """Whether the CUDA context is unusable (a sticky error such as an illegal address)."""
+    try:
+        torch.cuda.synchronize()
+        return False
+    except RuntimeError:
+        return True
 
 
 def _label(config: Optional[dict]) -> str:
@@ -142,38 +183,49 @@ def _label(config: Optional[dict]) -> str:
     return f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']} w{config['num_warps']}"
 
 
-def measure(layer: Layer, role: str, dtype: torch.dtype, tolerance: float) -> List[str]:
-    """Markdown rows of ``role`` on ``layer``: ``auto`` and each candidate."""
+def measure(layer: Layer, role: str, dtype: torch.dtype, tolerance: float) -> Tuple[List[str], bool]:
+    """Markdown rows of ``role`` on ``layer`` (``auto`` and each candidate), and whether the
+    CUDA context was lost (then the rows end there)."""
     call = role_call(role, layer, dtype, "cuda")
     want = call()
     auto_ms = time_ms(call)
-    results: List[Dict] = [dict(label="auto", ms=auto_ms, diff=0.0, error=None)]
+    results: List[Dict] = [dict(config=None, ms=auto_ms, diff=0.0, error=None)]
+    lost = False
     for config in candidates(role, layer, dtype):
         try:
             with forced_tiles(**{role: config}):
+                gpu_memory.poison(gpu_memory.PATTERNS["nan"], gpu_memory.nbytes(*want), torch.device("cuda"))
                 got = call()
+                diff = difference(got, want)
                 ms = time_ms(call)
-            results.append(dict(label=_label(config), ms=ms, diff=difference(got, want), error=None))
+            results.append(dict(config=config, ms=ms, diff=diff, error=None))
         except Exception as exc:  # a config that does not compile or launch: report it, go on
-            results.append(dict(label=_label(config), ms=None, diff=None, error=f"{type(exc).__name__}: "
-                                f"{str(exc).splitlines()[0][:80] if str(exc) else ''}"))
+            text = str(exc).splitlines()[0][:80] if str(exc) else ""
+            results.append(dict(config=config, ms=None, diff=None, error=f"{type(exc).__name__}: {text}"))
+            if _cuda_lost():
+                lost = True
+                results[-1]["error"] += " (CUDA context lost: the run stops here)"
+                break
     ok = [r for r in results if r["ms"] is not None and r["diff"] <= tolerance]
-    best = min(ok, key=lambda r: r["ms"])["label"] if ok else None
+    best = min(ok, key=lambda r: r["ms"]) if ok else None
     rows = []
     for r in results:
+        where = f"| {layer.name} | {role} | {_label(r['config'])}"
+        kind = path(role, layer, dtype, r["config"])
         if r["error"]:
-            rows.append(f"| {layer.name} | {role} | {r['label']} | failed | | | {r['error']} |")
+            rows.append(f"{where} | {kind} | failed | | | {r['error']} |")
             continue
-        mark = " *" if r["label"] == best else ""
+        mark = " *" if r is best else ""
         verdict = "MISMATCH" if r["diff"] > tolerance else ""
-        rows.append(f"| {layer.name} | {role} | {r['label']}{mark} | {r['ms']:.4f} | {auto_ms / r['ms']:.2f}x | "
-                    f"{r['diff']:.1e} | {verdict} |")
-    return rows
+        rows.append(f"{where}{mark} | {kind} | {r['ms']:.4f} | {auto_ms / r['ms']:.2f}x | {r['diff']:.1e} | "
+                    f"{verdict} |")
+    return rows, lost
 
 
 def dry_run(layers, dtype: torch.dtype) -> int:
-    """Every candidate's plan built on meta tensors (no GPU, nothing launched); the configs
-    the plans would launch printed. 1 if a candidate is refused or lands elsewhere."""
+    """Every candidate's plan built on meta tensors (no GPU, nothing launched or compiled);
+    the configs the plans would launch printed. 1 if a candidate is refused or planned with
+    another config."""
     failures = 0
     for layer in layers:
         x = torch.empty(layer.batch, layer.cin, layer.hw, layer.hw, device="meta", dtype=dtype)
@@ -189,14 +241,14 @@ def dry_run(layers, dtype: torch.dtype) -> int:
                 try:
                     with forced_tiles(**{role: config}):
                         if role == "fwd":
-                            launch = kernels._forward_plan(x, w, b, p).launch
+                            launch = kernels._forward_plan(x, w, b, p, current()).launch
                         else:
-                            plan = kernels._backward_plan(g, x, w, off, p, mask)
+                            plan = kernels._backward_plan(g, x, w, off, p, mask, current())
                             launch = plan.dx if role == "dx" else plan.dw
                     used = {k: launch.kwargs[k] for k in config}
-                    status = "ok" if used == config else f"LAUNCHED {used}"
-                except ValueError as exc:
-                    status = f"REFUSED {exc}"
+                    status = "ok" if used == config else f"PLANNED {used}"
+                except Exception as exc:  # a refused config (ValueError) or a launcher failing on it
+                    status = f"REFUSED {type(exc).__name__}: {exc}"
                 failures += status != "ok"
                 print(f"{layer.name} {role} {_label(config)}: {status}")
     return 1 if failures else 0
@@ -222,11 +274,14 @@ def main(argv=None) -> int:
     print(f"Triton conv-block tiles, {args.dtype}, {torch.cuda.get_device_name()}; ms per call, "
           "speed-up over the launcher's own config (auto), largest difference from auto's outputs", flush=True)
     # The table row by row, so that a run stopped by a time limit keeps what it measured.
-    print("| layer | role | config | ms | vs auto | difference | |\n| --- | --- | --- | ---: | ---: | ---: | --- |",
-          flush=True)
+    print("| layer | role | config | path | ms | vs auto | difference | |\n"
+          "| --- | --- | --- | --- | ---: | ---: | ---: | --- |", flush=True)
     for layer in layers:
         for role in ROLES:
-            print("\n".join(measure(layer, role, dtype, args.tolerance)), flush=True)
+            rows, lost = measure(layer, role, dtype, args.tolerance)
+            print("\n".join(rows), flush=True)
+            if lost:
+                return 1
     return 0
 
 

@@ -72,7 +72,7 @@ from ._launch import (
     split_grid,
     use_fma,
 )
-from .forced_tiles import forced, plan_key
+from .forced_tiles import Forced, current
 from .reduce import SplitGradients
 
 
@@ -132,10 +132,11 @@ def conv_block_fwd_kernel(
     contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides. The reduction is
     summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation
     order"); with ``ONE_CHUNK`` (``CHUNK`` covers the reduction: every precision but IEEE
-    float32) the products go straight into the running sum, a tile of registers fewer (sm_90,
-    bf16, the VGG block's forward: 213 -> 185 registers). The geometry (``_GEOMETRY``: kernel,
-    stride, dilation, pool window) is constexpr, so the K loop's index arithmetic divides by
-    constants only (no division instruction).
+    float32, and IEEE float32 reductions of one chunk) the products go straight into the
+    running sum, a tile of registers fewer (sm_90, bf16, the VGG block's forward: 213 -> 185
+    registers); the sums are the same but for the sign of a zero one (no longer 0 + -0). The
+    geometry (``_GEOMETRY``: kernel, stride, dilation, pool window) is constexpr, so the K
+    loop's index arithmetic divides by constants only (no division instruction).
 
     Two ways through K. ``CG_RUN = 0``: K in ``(ci, kh, kw)`` order (the weight's), each x
     element gathered with its own address and mask. ``CG_RUN = Cg`` (a multiple of BLOCK_K;
@@ -629,7 +630,7 @@ def _channels_last_strides(t: torch.Tensor, copy: bool) -> Tuple[int, ...]:
     return t.stride()
 
 
-def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
+def _forward_plan(input, weight, bias, p: ConvBlockParams, tiles: Forced) -> _ForwardPlan:
     out_hw = p.output_hw(input.shape[-2:], weight.shape[-2:])
     fmt = output_memory_format(input)
     shape = (input.shape[0], weight.shape[0], *out_hw)
@@ -641,7 +642,7 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
     coutg = geo.sizes[3]
     n, phw = shape[0], out_hw[0] * out_hw[1]
     rows = n * phw
-    cfg = forced("fwd") or conv_block_configs(rows, coutg, input.dtype)
+    cfg = tiles.configs.get("fwd") or conv_block_configs(rows, coutg, input.dtype)
     n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
     grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
@@ -662,9 +663,10 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams) -> _ForwardPlan:
 
 def forward(input, weight, bias, p: ConvBlockParams):
     """Launch the fused forward: returns ``(y, offsets)`` like the reference."""
+    tiles = current()
     key = ("fwd", described(input), input.device, described(weight), described(bias), p,
-           _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), plan_key())
-    plan = _PLANS.get(key, lambda: _forward_plan(input, weight, bias, p))
+           _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), tiles.key)
+    plan = _PLANS.get(key, lambda: _forward_plan(input, weight, bias, p, tiles))
     y = torch.empty(plan.shape, device=input.device, dtype=input.dtype, memory_format=plan.memory_format)
     offsets = torch.empty(plan.shape, device=input.device, dtype=plan.offsets_dtype, memory_format=plan.memory_format)
     if plan.launch is not None:
@@ -683,7 +685,8 @@ class _BackwardPlan(NamedTuple):
     copies: Tuple[bool, bool, bool] = (False, False, False)  # dy, offsets, x read from channels_last copies
 
 
-def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask) -> _BackwardPlan:
+def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask,
+                   tiles: Forced) -> _BackwardPlan:
     w = torch.empty(weight.shape, device="meta", dtype=weight.dtype)  # weight.contiguous()
     geo = _geometry(input, w, p, grad_output.shape[-2:])
     h, wd, cg, coutg, oh, ow = geo.sizes[:6]
@@ -694,10 +697,10 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
     want_dx = output_mask[0] and input.numel() > 0
     want_dw = output_mask[1] or output_mask[2]
     rows = n * h * wd
-    dx_cfg = forced("dx") or conv_block_configs(rows, cg, input.dtype)
+    dx_cfg = tiles.configs.get("dx") or conv_block_configs(rows, cg, input.dtype)
     co_run = channel_run(input.dtype, meta["PRECISION"], coutg, dx_cfg["BLOCK_K"]) if want_dx else 0
     run_cfg = conv_block_dw_runs_configs(cg, coutg, input.dtype) if want_dw else None
-    dw_forced = forced("dw")
+    dw_forced = tiles.configs.get("dw")
     if run_cfg is not None and dw_forced is not None:
         if cg % dw_forced["BLOCK_N"] or coutg % dw_forced["BLOCK_M"]:
             raise ValueError(f"forced_tiles: conv_block_dw_runs_kernel needs BLOCK_M dividing the {coutg} output and "
@@ -754,9 +757,10 @@ def _backward_plan(grad_output, input, weight, offsets, p: ConvBlockParams, outp
 def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mask):
     """Launch the backward kernels: ``(grad_input, grad_weight, grad_bias)``, empty where not asked."""
     mask = (bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]))
+    tiles = current()
     key = ("bwd", described(grad_output), described(input), input.device, described(weight),
-           described(offsets), p, mask, _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), plan_key())
-    plan = _PLANS.get(key, lambda: _backward_plan(grad_output, input, weight, offsets, p, mask))
+           described(offsets), p, mask, _precision(input.dtype), interpreting(), _CHANNEL_RUNS_ENV.get(), tiles.key)
+    plan = _PLANS.get(key, lambda: _backward_plan(grad_output, input, weight, offsets, p, mask, tiles))
     copy_g, copy_o, copy_x = plan.copies
     g = grad_output.contiguous(memory_format=torch.channels_last) if copy_g else grad_output
     o = offsets.contiguous(memory_format=torch.channels_last) if copy_o else offsets

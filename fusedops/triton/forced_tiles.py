@@ -5,7 +5,7 @@ and its siblings in ``conv_block.py``). To choose those rules by measurement rat
 guess, ``benchmarks/triton_tiles.py`` times other configs on a GPU: inside ``forced_tiles(...)``
 the launchers take the given config for a kernel role instead of their own, where the role's
 kernel can run it, and raise ``ValueError`` where it cannot. Plans built under a forced config
-are cached under a key that includes it (``plan_key``), so leaving the block restores the
+are cached under a key that includes it (``current().key``), so leaving the block restores the
 launchers' own choice. Not for models: a config the rules never pick is compiled on first use,
 and ``make triton-check`` has not compiled it for sm_90.
 
@@ -13,18 +13,31 @@ Roles: ``"fwd"`` (``conv_block_fwd_kernel``), ``"dx"`` (``conv_block_dx_kernel``
 (the weight gradient: ``conv_block_dw_runs_kernel`` where it runs, whose tiles must divide the
 group's channel counts, else ``conv_block_dw_kernel``). A config is a dict of ``BLOCK_M``,
 ``BLOCK_N``, ``BLOCK_K`` (powers of two, at least 16: ``tl.dot``'s minimum) and ``num_warps``
-(1, 2, 4, 8 or 16).
+(1, 2, 4, 8 or 16). A forced BLOCK_K decides the forward's and the input gradient's runs of
+channels as the launchers' own does (``conv_block.channel_run``): one that does not divide a
+group's channels makes that kernel gather instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 ROLES = ("fwd", "dx", "dw")
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-_FORCED: Dict[str, dict] = {}
-_KEY: tuple = ()  # plan_key(), kept up to date by forced_tiles (the launchers read it on every call)
+
+
+class Forced(NamedTuple):
+    """The forced configs (role -> config; not to be mutated) and the plan-key part they make."""
+
+    key: tuple
+    configs: Dict[str, dict]
+
+
+NONE = Forced((), {})
+# Replaced whole, never changed in place, so a launcher that reads it once per call sees one
+# consistent state (its plan's key and its configs) even while another thread enters a block.
+_STATE: Forced = NONE
 
 
 def _checked(role: str, config: dict) -> dict:
@@ -43,26 +56,20 @@ def _checked(role: str, config: dict) -> dict:
 @contextlib.contextmanager
 def forced_tiles(fwd: Optional[dict] = None, dx: Optional[dict] = None, dw: Optional[dict] = None):
     """Within the block, the conv-block launchers use these configs for the roles given (None
-    leaves a role to the launcher). Not thread-safe; nests (the inner block's roles win)."""
-    global _KEY
+    leaves a role to the launcher). Nests (the inner block's roles win). Process-wide, not
+    per thread (autograd runs backwards on threads of its own): not for concurrent use."""
+    global _STATE
     given = {role: _checked(role, cfg) for role, cfg in zip(ROLES, (fwd, dx, dw)) if cfg is not None}
-    saved, saved_key = dict(_FORCED), _KEY
-    _FORCED.update(given)
-    _KEY = tuple((role, tuple(sorted(_FORCED[role].items()))) for role in ROLES if role in _FORCED)
+    saved = _STATE
     try:
+        configs = {**saved.configs, **given}
+        _STATE = Forced(tuple((role, tuple(sorted(configs[role].items()))) for role in ROLES if role in configs),
+                        configs)
         yield
     finally:
-        _FORCED.clear()
-        _FORCED.update(saved)
-        _KEY = saved_key
+        _STATE = saved
 
 
-def forced(role: str) -> Optional[dict]:
-    """The config forced for ``role`` (a copy), or None."""
-    config = _FORCED.get(role)
-    return dict(config) if config is not None else None
-
-
-def plan_key() -> tuple:
-    """What a launch plan depends on of the forced configs (empty when none is forced)."""
-    return _KEY
+def current() -> Forced:
+    """The forced configs now (``NONE`` outside any block): read once per launch plan lookup."""
+    return _STATE
