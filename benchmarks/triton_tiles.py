@@ -154,18 +154,29 @@ def difference(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
     return worst
 
 
-def path(role: str, layer: Layer, dtype: torch.dtype, config: Optional[dict]) -> str:
-    """Which kernel path ``config`` takes for ``role``: ``runs`` (runs of channels, with the
-    channels_last copies of NCHW tensors) or ``gather``. A forced BLOCK_K decides it for the
-    forward and input gradient as the launcher's own does (``channel_run``)."""
-    precision = kernels._precision(dtype)
-    if role == "dw":
-        return "runs" if kernels.conv_block_dw_runs_configs(layer.cin, layer.cout, dtype) else "gather"
-    rows = layer.batch * (layer.hw // 2) ** 2 if role == "fwd" else layer.batch * layer.hw ** 2
-    cols = layer.cout if role == "fwd" else layer.cin
-    config = config or kernels.conv_block_configs(rows, cols, dtype)
-    channels = layer.cin if role == "fwd" else layer.cout
-    return "runs" if kernels.channel_run(dtype, precision, channels, config["BLOCK_K"]) else "gather"
+def planned_launch(role: str, layer: Layer, dtype: torch.dtype, config: Optional[dict]):
+    """The launch the launchers plan for ``role`` on ``layer`` with ``config`` forced (None:
+    their own config), built on meta tensors: nothing is allocated, compiled or launched."""
+    x = torch.empty(layer.batch, layer.cin, layer.hw, layer.hw, device="meta", dtype=dtype)
+    w = torch.empty(layer.cout, layer.cin, 3, 3, device="meta", dtype=dtype)
+    b = torch.empty(layer.cout, device="meta", dtype=dtype)
+    p = conv_block_params(3, padding=1)
+    with forced_tiles(**({role: config} if config else {})):
+        if role == "fwd":
+            return kernels._forward_plan(x, w, b, p, current()).launch
+        g = torch.empty(layer.batch, layer.cout, layer.hw // 2, layer.hw // 2, device="meta", dtype=dtype)
+        off = torch.empty(g.shape, device="meta", dtype=torch.int8)
+        mask = [True, False, False] if role == "dx" else [False, True, True]
+        plan = kernels._backward_plan(g, x, w, off, p, mask, current())
+        return plan.dx if role == "dx" else plan.dw
+
+
+def path(launch) -> str:
+    """The kernel path of a planned launch: ``runs`` (runs of channels, with channels_last
+    copies of NCHW tensors) or ``gather``. A forced BLOCK_K decides it for the forward and the
+    input gradient as the launchers' own does."""
+    runs = launch.kwargs.get("CG_RUN") or launch.kwargs.get("CO_RUN") or launch.kwargs.get("CI_RUN")
+    return "runs" if runs else "gather"
 
 
 def _cuda_lost() -> bool:
@@ -211,7 +222,7 @@ def measure(layer: Layer, role: str, dtype: torch.dtype, tolerance: float) -> Tu
     rows = []
     for r in results:
         where = f"| {layer.name} | {role} | {_label(r['config'])}"
-        kind = path(role, layer, dtype, r["config"])
+        kind = path(planned_launch(role, layer, dtype, r["config"]))
         if r["error"]:
             rows.append(f"{where} | {kind} | failed | | | {r['error']} |")
             continue
@@ -228,23 +239,10 @@ def dry_run(layers, dtype: torch.dtype) -> int:
     another config."""
     failures = 0
     for layer in layers:
-        x = torch.empty(layer.batch, layer.cin, layer.hw, layer.hw, device="meta", dtype=dtype)
-        w = torch.empty(layer.cout, layer.cin, 3, 3, device="meta", dtype=dtype)
-        b = torch.empty(layer.cout, device="meta", dtype=dtype)
-        p = conv_block_params(3, padding=1)
-        ph = layer.hw // 2
-        g = torch.empty(layer.batch, layer.cout, ph, ph, device="meta", dtype=dtype)
-        off = torch.empty(g.shape, device="meta", dtype=torch.int8)
         for role in ROLES:
-            mask = [True, False, False] if role == "dx" else [False, True, True]
             for config in candidates(role, layer, dtype):
                 try:
-                    with forced_tiles(**{role: config}):
-                        if role == "fwd":
-                            launch = kernels._forward_plan(x, w, b, p, current()).launch
-                        else:
-                            plan = kernels._backward_plan(g, x, w, off, p, mask, current())
-                            launch = plan.dx if role == "dx" else plan.dw
+                    launch = planned_launch(role, layer, dtype, config)
                     used = {k: launch.kwargs[k] for k in config}
                     status = "ok" if used == config else f"PLANNED {used}"
                 except Exception as exc:  # a refused config (ValueError) or a launcher failing on it

@@ -623,6 +623,13 @@ def _channels_last_copy(t: torch.Tensor) -> bool:
     return t.stride(1) != 1 and t.is_contiguous()
 
 
+def _kernel_weight(weight: torch.Tensor, runs: bool) -> torch.Tensor:
+    """The weight as the forward and input-gradient kernels read it: ``(Cout, KH, KW, Cg)``
+    contiguous for runs of channels (the weight itself, no copy, when it is channels_last),
+    else ``(Cout, Cg, KH, KW)`` contiguous."""
+    return weight.permute(0, 2, 3, 1).contiguous() if runs else weight.contiguous()
+
+
 def _channels_last_strides(t: torch.Tensor, copy: bool) -> Tuple[int, ...]:
     """Strides the kernels read ``t`` by: its channels_last copy's where ``copy``, else its own."""
     if copy:
@@ -670,7 +677,7 @@ def forward(input, weight, bias, p: ConvBlockParams):
     y = torch.empty(plan.shape, device=input.device, dtype=input.dtype, memory_format=plan.memory_format)
     offsets = torch.empty(plan.shape, device=input.device, dtype=plan.offsets_dtype, memory_format=plan.memory_format)
     if plan.launch is not None:
-        w = weight.permute(0, 2, 3, 1).contiguous() if plan.channel_runs else weight.contiguous()
+        w = _kernel_weight(weight, plan.channel_runs)
         x = input.contiguous(memory_format=torch.channels_last) if plan.channels_last_copy else input
         plan.launch.launch(x, w, bias if bias is not None else w, y, offsets)
     return y, offsets
@@ -768,7 +775,7 @@ def backward(grad_output, input, weight, offsets, p: ConvBlockParams, output_mas
     if mask[0]:
         grad_input = torch.empty_like(input, memory_format=plan.grad_input_format)
         if plan.dx is not None:
-            w = weight.permute(0, 2, 3, 1).contiguous() if plan.dx_runs else weight.contiguous()
+            w = _kernel_weight(weight, plan.dx_runs)
             plan.dx.launch(g, o, w, grad_input)
     if plan.dw is not None:
         x = input.contiguous(memory_format=torch.channels_last) if copy_x else input
