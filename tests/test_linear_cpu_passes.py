@@ -1,6 +1,6 @@
 """The cpp linear's own passes (csrc/cpu/linear.cpp): the forward adds the bias in the
-activation's pass where the output has 16384 elements or less, through addmm
-above, and the backward sums the bias gradient in the dz pass, over tiles of
+activation's pass (through addmm without an activation), and the backward sums the bias
+gradient in the dz pass, over tiles of
 columns and row chunks whose number depends on the row count. Each case runs against the torch
 composition, with row counts on both sides of the old 32-row in-pass limit and of the pass's
 grain, so one tile, several column blocks and several row chunks all run."""
@@ -16,9 +16,8 @@ from fusedops import backends
 from tests import oracle
 
 ACTS = [None, "relu", "gelu", "gelu_tanh", "silu"]
-# Leading dims of the input: rows 1, 31, 33 (around the old limit; with 300 columns the bias in
-# the forward's pass), 257 and 5000 (several row chunks; the bias through addmm), and 5000 as a
-# 3-D input.
+# Leading dims of the input: rows 1, 31, 33 (around the old limit), 257 and 5000 (several row
+# chunks and, with 300 columns, several tasks of the forward's pass), and 5000 as a 3-D input.
 LEADING = [(1,), (31,), (33,), (257,), (5000,), (4, 1250)]
 IN_FEATURES, OUT_FEATURES = 8, 300  # two column blocks of 150
 
@@ -91,7 +90,7 @@ def test_expanded_output_gradient(activation, leading, dtype):
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "silu"])
-@pytest.mark.parametrize("rows", [40, 100], ids=["bias in the pass", "bias by addmm"])
+@pytest.mark.parametrize("rows", [40, 5000], ids=["one task", "several tasks"])
 def test_saved_pre_activation_includes_the_bias(activation, rows):
     x, w, b, _ = _tensors((rows,), torch.float64, bias=True)
     _, saved = torch.ops.fusedops.native_linear_forward(x, w, b, activation)

@@ -104,8 +104,6 @@ constexpr int64_t kTileCols = 256;
 constexpr int64_t kPassGrain = 32768;
 constexpr int64_t kSmoothPassGrain = 16384;
 inline int64_t pass_grain(Act act) { return act == Act::Relu || act == Act::None ? kPassGrain : kSmoothPassGrain; }
-// Outputs of at most this many elements get their bias in the forward's pass (see there).
-constexpr int64_t kBiasInPassMax = 16384;
 constexpr int64_t kTileElems = 4096;
 constexpr int64_t kMaxTiles = 256;
 
@@ -218,12 +216,13 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cpu(const at::Tensor& input, c
   }
   const bool flat = input.dim() == 2;
   const auto shape = linear_output_shape(input, n);
-  // A small output (kBiasInPassMax elements) gets its bias in the activation's pass: addmm's copy of
-  // the bias into the output is an op of its own, whose dispatch is a good part of a small
-  // layer's host time (BLAS time is the same: mm, beta 0, costs what addmm costs, the copy
-  // included). Larger outputs leave the bias to addmm, whose copy costs less than the add in
-  // the pass (2048 x 1024 relu, 1 thread: 1.42 ms against 1.60; 64 x 512: 25.3 us against 27.4).
-  const bool bias_in_pass = act != Act::None && b.defined() && x.size(0) * n <= kBiasInPassMax;
+  // With an activation the bias is added in the activation's pass, over a GEMM with beta 0:
+  // addmm copies the expanded bias into the output (an op of its own) and runs the GEMM with
+  // beta 1, which measured slower than mm and the add in the pass at every size tried (relu,
+  // paired against nn.Linear + nn.ReLU, 1 and 2 threads: 64 x 784 -> 512 +1-5%, 64 x 32 -> 512
+  // +17-20%, 2048 x 1024 -> 1024 +2-3%; benchmarks/NOTES.md). Without an activation there is no
+  // pass, and addmm's copy costs less than one of our own.
+  const bool bias_in_pass = act != Act::None && b.defined();
   at::Tensor z = b.defined() && !bias_in_pass ? at::addmm(b, x, weight.t()) : at::mm(x, weight.t());
   if (act == Act::None) return {flat ? z : z.view(shape), at::empty({0}, input.options())};
   if (!bias_in_pass) b = at::Tensor();  // added by addmm
