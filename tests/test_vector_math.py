@@ -1,5 +1,5 @@
-"""The cpp linear's float32 activations (csrc/cpu/vector_math.h: branch-free exp, erf and tanh
-that vectorise), over the whole float range: each activation and its derivative within twice
+"""The cpp linear's float32 activations (csrc/cpu/vector_math.h: branch-free exp and erf that
+vectorise; gelu_tanh through sigmoid(2u)), over the whole float range: each activation and its derivative within twice
 torch's own float32 error of the float64 result, band by band of the input, and the same
 infinities and NaNs as the float64 formula.
 
@@ -16,7 +16,7 @@ import fusedops
 from fusedops import backends
 
 ACTS = ["gelu", "gelu_tanh", "silu"]
-# Bands of the input: where erf, tanh and exp are near their limits (saturation, underflow of
+# Bands of the input: where erf and exp are near their limits (saturation, underflow of
 # exp(-x^2), overflow of exp(-x) for silu), in their curved middle, and near 0.
 BANDS = [(-math.inf, -20.0), (-20.0, -5.0), (-5.0, -1.0), (-1.0, 1.0), (1.0, 5.0), (5.0, 20.0), (20.0, math.inf)]
 SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 1e-45, 44.0, -44.0, 87.0, -87.0, 88.7, -88.7, 89.5, -89.5,

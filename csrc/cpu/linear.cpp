@@ -6,7 +6,7 @@
 // backward) for relu, z itself for gelu / gelu_tanh / silu, nothing for no activation.
 // Backward: one parallel pass dz = dy * act'(z) that also sums db = sum over rows of dz, then
 // dx = dz @ w, dw = dz^T @ x (BLAS). The activations and their derivatives are computed here,
-// not by torch's activation ops (float32's exp, erf and tanh by vector_math.h, so that the
+// not by torch's activation ops (float32's exp and erf by vector_math.h, so that the
 // passes vectorise); the formulas are those of fusedops/ops/linear.py.
 
 #include <ATen/ATen.h>
@@ -45,12 +45,26 @@ constexpr double kGeluTanhC = 0.044715;
 
 // The math functions of the activations: float32 through the branch-free versions of
 // vector_math.h, so that the passes' loops vectorise; float64 through the C library.
+// gelu_tanh goes through sigmoid(2u) = (1 + tanh(u)) / 2, u = k (z + c z^3), as the Triton
+// kernels do: for negative z, 1 + tanh(u) cancels, sigmoid(2u) does not.
 FUSEDOPS_ALWAYS_INLINE inline float exp_of(float v) { return vexp(v); }
 FUSEDOPS_ALWAYS_INLINE inline float erf_of(float v) { return verf(v); }
-FUSEDOPS_ALWAYS_INLINE inline float tanh_of(float v) { return vtanh(v); }
 inline double exp_of(double v) { return std::exp(v); }
 inline double erf_of(double v) { return std::erf(v); }
-inline double tanh_of(double v) { return std::tanh(v); }
+
+// s = sigmoid(2u) for gelu_tanh's u = k (z + c z^3), and 1 - s: as e s with e = exp(-2u) where
+// s >= 1/2 (1 - s would cancel: 4x torch's float32 error in the derivative at z in [1, 5)),
+// as 1 - s below (e s would be inf * 0 where e overflows).
+template <typename T>
+struct Sigmoid2u {
+  T s, one_minus_s;
+};
+template <typename T>
+FUSEDOPS_ALWAYS_INLINE inline Sigmoid2u<T> sigmoid_2u(T z) {
+  const T e = exp_of(T(-2 * kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z));
+  const T s = T(1) / (T(1) + e);
+  return {s, e <= T(1) ? e * s : T(1) - s};
+}
 
 // gelu, gelu_tanh and silu, and their derivatives (relu is a mask in both passes).
 template <Act A, typename T>
@@ -58,7 +72,7 @@ FUSEDOPS_ALWAYS_INLINE inline T activate(T z) {
   if constexpr (A == Act::Gelu) {
     return T(0.5) * z * (T(1) + erf_of(z * T(kInvSqrt2)));
   } else if constexpr (A == Act::GeluTanh) {
-    return T(0.5) * z * (T(1) + tanh_of(T(kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z)));
+    return z * sigmoid_2u(z).s;
   } else {
     return z / (T(1) + exp_of(-z));
   }
@@ -69,8 +83,9 @@ FUSEDOPS_ALWAYS_INLINE inline T activation_grad(T z) {
   if constexpr (A == Act::Gelu) {
     return T(0.5) * (T(1) + erf_of(z * T(kInvSqrt2))) + z * exp_of(T(-0.5) * z * z) * T(kInvSqrt2Pi);
   } else if constexpr (A == Act::GeluTanh) {
-    const T t = tanh_of(T(kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z));
-    return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluTanhC) * z * z);
+    // 0.5 (1 + t) + 0.5 z (1 - t^2) u' with (1 + t) / 2 = s and 1 - t^2 = 4 s (1 - s)
+    const Sigmoid2u<T> g = sigmoid_2u(z);
+    return g.s + T(2) * z * g.s * g.one_minus_s * T(kSqrt2OverPi) * (T(1) + T(3 * kGeluTanhC) * z * z);
   } else {
     const T s = T(1) / (T(1) + exp_of(-z));
     return s * (T(1) + z * (T(1) - s));
@@ -133,8 +148,9 @@ constexpr int64_t kTileCols = 256;
 // Elements a pass task takes at least. relu and no activation: torch's own grain for
 // elementwise ops (at::internal::GRAIN_SIZE); with 16384, a 64 x 512 relu gradient ran as
 // two tasks, and on 2 threads took longer than one thread's 7 us pass (the second thread's
-// wake-up). gelu, gelu_tanh and silu cost about 40 times more per element (erf, tanh, exp:
-// about 18 ns on one thread), so their passes split at 16384 elements, as before.
+// wake-up). gelu, gelu_tanh and silu cost more per element (vectorised exp and erf: about
+// 3.5 ns an element on one thread for gelu's derivative pass, 3 times relu's), so their
+// passes split at 16384 elements: tasks of ~50 us, well above a thread's wake-up.
 constexpr int64_t kPassGrain = 32768;
 constexpr int64_t kSmoothPassGrain = 16384;
 inline int64_t pass_grain(Act act) { return act == Act::Relu || act == Act::None ? kPassGrain : kSmoothPassGrain; }

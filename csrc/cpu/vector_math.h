@@ -1,15 +1,14 @@
-// exp, erf and tanh for float32 written so that GCC's auto-vectoriser widens the loops that call
+// exp and erf for float32 written so that GCC's auto-vectoriser widens the loops that call
 // them (no branches, no library calls): the smooth activations of the linear passes
 // (linear.cpp) run 8 or 16 lanes at a time in the FUSEDOPS_VECTORIZE clones. A call of
-// std::exp / std::erf / std::tanh in a loop keeps it scalar: glibc's vector variants need
+// std::exp / std::erf in a loop keeps it scalar: glibc's vector variants need
 // -ffast-math, which would also drop the NaN and infinity rules the passes keep.
 //
-// Accuracy, float32 (tests/test_vector_math.py checks it against float64 over the whole range):
+// Accuracy, float32 (tests/test_vector_math.py checks the activations built on them against float64):
 //   vexp:  relative error within 2 ulp where the result is a normal float; +inf past 88.73,
 //          gradual underflow to 0 below -87.3; NaN in, NaN out.
 //   verf:  absolute error within 1.5e-7 (Abramowitz and Stegun 7.1.26, as torch's own vectorised
 //          erf); erf(+-inf) = +-1, erf(-0) = -0, NaN in, NaN out.
-//   vtanh: absolute error within 2e-7; tanh(+-inf) = +-1, NaN in, NaN out.
 // Every function is inlined into its caller (FUSEDOPS_ALWAYS_INLINE), so each clone of a
 // FUSEDOPS_VECTORIZE loop gets its own vector code.
 
@@ -72,16 +71,6 @@ FUSEDOPS_ALWAYS_INLINE inline float verf(float x) {
   const float t = 1.0f / (1.0f + 0.3275911f * a);
   const float poly = (((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f;
   const float y = 1.0f - poly * t * vexp(-a * a);
-  return from_bits(to_bits(y) | sign);
-}
-
-// tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)): exp(2|x|) overflows to inf past |x| = 44.4,
-// where the quotient is 0 and tanh is +-1.
-FUSEDOPS_ALWAYS_INLINE inline float vtanh(float x) {
-  using namespace vector_math_detail;
-  const uint32_t sign = to_bits(x) & 0x80000000u;
-  const float a = from_bits(to_bits(x) ^ sign);
-  const float y = 1.0f - 2.0f / (vexp(2.0f * a) + 1.0f);
   return from_bits(to_bits(y) | sign);
 }
 
