@@ -1,9 +1,10 @@
-"""The cpp linear's float32 activations (csrc/cpu/vector_math.h: branch-free exp and erf that
-vectorise; gelu_tanh through sigmoid(2u)), over the whole float range: each activation and its derivative within twice
-torch's own float32 error of the float64 result, band by band of the input, and the same
-infinities and NaNs as the float64 formula.
+"""The linear kernels' float32 activations over the whole float range: each activation and
+its derivative within twice torch's own float32 error of the float64 result, band by band of
+the input, and the same infinities and NaNs as the float64 formula. The cpp kernels compute
+them with csrc/cpu/vector_math.h (branch-free exp and erf that vectorise), the Triton kernels
+with Triton's (here under the interpreter); both take gelu_tanh through sigmoid(2u).
 
-The kernel computes y = act(z) with z = x @ w^T: an input column x and a weight of 1 make z
+The kernels compute y = act(z) with z = x @ w^T: an input column x and a weight of 1 make z
 exactly x, and a gradient of ones with that weight makes the input gradient exactly act'(x)."""
 
 import math
@@ -23,22 +24,37 @@ SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, 1e-45, 44.0, -44.0, 87.0, -8
            104.0, -104.0, 1e6, -1e6, math.inf, -math.inf, math.nan]
 
 
-@pytest.fixture(autouse=True)
-def _needs_cpp():
-    if "cpp" not in fusedops.available_backends():
-        pytest.fail(f"the cpp backend must be built here: {backends._REGISTRY['cpp'].unavailable_reason()}")
+def _needs(backend):
+    if backend not in fusedops.available_backends():
+        pytest.fail(f"the {backend} backend must run here: {backends._REGISTRY[backend].unavailable_reason()}")
 
 
-def _inputs():
+def _inputs(scale=1):
+    """About 600k inputs (scale 1), or 600k / scale of the same kinds."""
     gen = torch.Generator().manual_seed(0)
     return torch.cat([
-        torch.linspace(-30, 30, 300001),
-        torch.randn(100000, generator=gen) * 0.01,
-        torch.randn(100000, generator=gen) * 5,
-        torch.exp(torch.empty(50000).uniform_(-80, 5, generator=gen)),  # tiny to large magnitudes
-        -torch.exp(torch.empty(50000).uniform_(-80, 5, generator=gen)),
+        torch.linspace(-30, 30, 300001 // scale),
+        torch.randn(100000 // scale, generator=gen) * 0.01,
+        torch.randn(100000 // scale, generator=gen) * 5,
+        torch.exp(torch.empty(50000 // scale).uniform_(-80, 5, generator=gen)),  # tiny to large magnitudes
+        -torch.exp(torch.empty(50000 // scale).uniform_(-80, 5, generator=gen)),
         torch.tensor(SPECIAL),
     ])
+
+
+def _cpp_activation_and_derivative(x, activation):
+    w = torch.ones(1, 1)
+    y, saved = torch.ops.fusedops.native_linear_forward(x.view(-1, 1), w, None, activation)
+    (d,) = torch.ops.fusedops.native_linear_backward(torch.ones_like(y), x.view(-1, 1), w, saved, activation,
+                                                     [True, False, False])[:1]
+    return y.view(-1), d.view(-1)
+
+
+def _triton_activation_and_derivative(x, activation):
+    xl = x.view(-1, 1).clone().requires_grad_(True)
+    y = fusedops.linear(xl, torch.ones(1, 1), None, activation=activation, backend="triton")
+    (d,) = torch.autograd.grad(y, xl, torch.ones_like(y))
+    return y.detach().view(-1), d.view(-1)
 
 
 def _float64_formula(activation, x):
@@ -67,16 +83,20 @@ def _torch_float32(activation, x):
     return y.detach(), d
 
 
+# The interpreter runs a program at a time: a 40th of the inputs.
+BACKENDS = [pytest.param("cpp", 1, _cpp_activation_and_derivative, id="cpp"),
+            pytest.param("triton", 40, _triton_activation_and_derivative, id="triton",
+                         marks=pytest.mark.triton_cpu)]
+
+
+@pytest.mark.parametrize("backend,scale,compute", BACKENDS)
 @pytest.mark.parametrize("activation", ACTS)
-def test_float32_activations_within_twice_torchs_error(activation):
-    x = _inputs()
-    w = torch.ones(1, 1)
-    y, saved = torch.ops.fusedops.native_linear_forward(x.view(-1, 1), w, None, activation)
-    (d,) = torch.ops.fusedops.native_linear_backward(torch.ones_like(y), x.view(-1, 1), w, saved, activation,
-                                                     [True, False, False])[:1]
+def test_float32_activations_within_twice_torchs_error(backend, scale, compute, activation):
+    _needs(backend)
+    x = _inputs(scale)
     exact = _float64_formula(activation, x.double())
     theirs = _torch_float32(activation, x)
-    for what, got, want, torch_got in zip(("activation", "derivative"), (y.view(-1), d.view(-1)), exact, theirs):
+    for what, got, want, torch_got in zip(("activation", "derivative"), compute(x, activation), exact, theirs):
         finite = torch.isfinite(want)
         # Infinities and NaNs where the float64 formula has them, and nowhere else.
         assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{activation} {what}: NaN at other inputs"
@@ -89,4 +109,5 @@ def test_float32_activations_within_twice_torchs_error(activation):
             # Twice torch's error, and at least half an ulp of the band's largest value (a band
             # where torch happens to round every value correctly).
             bound = 2 * torchs + 2.0 ** -24 * want[band].abs().max().item()
-            assert ours <= bound, f"{activation} {what} on [{lo}, {hi}): error {ours:.3g}, torch's {torchs:.3g}"
+            assert ours <= bound, f"{backend} {activation} {what} on [{lo}, {hi}): error {ours:.3g}, " \
+                                  f"torch's {torchs:.3g}"
