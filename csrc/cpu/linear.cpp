@@ -49,8 +49,10 @@ constexpr double kGeluTanhC = 0.044715;
 // kernels do: for negative z, 1 + tanh(u) cancels, sigmoid(2u) does not.
 FUSEDOPS_ALWAYS_INLINE inline float exp_of(float v) { return vexp(v); }
 FUSEDOPS_ALWAYS_INLINE inline float erf_of(float v) { return verf(v); }
+FUSEDOPS_ALWAYS_INLINE inline float select_of(bool c, float a, float b) { return vselect(c, a, b); }
 inline double exp_of(double v) { return std::exp(v); }
 inline double erf_of(double v) { return std::erf(v); }
+inline double select_of(bool c, double a, double b) { return c ? a : b; }
 
 // s = sigmoid(2u) for gelu_tanh's u = k (z + c z^3), and 1 - s: as e s with e = exp(-2u) where
 // s >= 1/2 (1 - s would cancel: 4x torch's float32 error in the derivative at z in [1, 5)),
@@ -63,7 +65,7 @@ template <typename T>
 FUSEDOPS_ALWAYS_INLINE inline Sigmoid2u<T> sigmoid_2u(T z) {
   const T e = exp_of(T(-2 * kSqrt2OverPi) * (z + T(kGeluTanhC) * z * z * z));
   const T s = T(1) / (T(1) + e);
-  return {s, e <= T(1) ? e * s : T(1) - s};
+  return {s, select_of(e <= T(1), e * s, T(1) - s)};
 }
 
 // gelu, gelu_tanh and silu, and their derivatives (relu is a mask in both passes).
@@ -95,10 +97,9 @@ FUSEDOPS_ALWAYS_INLINE inline T activation_grad(T z) {
 // The forward pass of a smooth activation over one run of a row: z[t] += b[t] (b may be null;
 // the saved pre-activation includes the bias), then y[t] = act(z[t]). Adding the bias in a loop
 // of its own, over a run that then stays in cache, measured faster than in the activation's
-// loop. Vectorised in float32 (FUSEDOPS_VECTORIZE): with the C library's erf the gelu layers
-// ran at 0.7x-0.8x eager's speed (benchmarks/NOTES.md).
+// loop.
 template <Act A, typename T>
-FUSEDOPS_VECTORIZE void smooth_forward_row(T* z, const T* b, T* y, int64_t len) {
+FUSEDOPS_ALWAYS_INLINE inline void smooth_forward_run(T* z, const T* b, T* y, int64_t len) {
   if (b) {
     for (int64_t t = 0; t < len; ++t) z[t] += b[t];
   }
@@ -107,11 +108,42 @@ FUSEDOPS_VECTORIZE void smooth_forward_row(T* z, const T* b, T* y, int64_t len) 
 
 // The backward pass of a smooth activation over one row of a tile: d[t] = g[t * gs] * act'(z[t]).
 template <Act A, typename T>
-FUSEDOPS_VECTORIZE void smooth_grad_row(const T* g, int64_t gs, const T* z, T* d, int64_t w) {
+FUSEDOPS_ALWAYS_INLINE inline void smooth_grad_run(const T* g, int64_t gs, const T* z, T* d, int64_t w) {
   if (gs == 1) {
     for (int64_t t = 0; t < w; ++t) d[t] = g[t] * activation_grad<A>(z[t]);
   } else {
     for (int64_t t = 0; t < w; ++t) d[t] = g[t * gs] * activation_grad<A>(z[t]);
+  }
+}
+
+// float32: vectorised clones (FUSEDOPS_VECTORIZE): with the C library's erf the gelu layers ran
+// at 0.64x-0.80x eager's speed (benchmarks/NOTES.md).
+template <Act A>
+FUSEDOPS_VECTORIZE void smooth_forward_row_f32(float* z, const float* b, float* y, int64_t len) {
+  smooth_forward_run<A>(z, b, y, len);
+}
+template <Act A>
+FUSEDOPS_VECTORIZE void smooth_grad_row_f32(const float* g, int64_t gs, const float* z, float* d, int64_t w) {
+  smooth_grad_run<A>(g, gs, z, d, w);
+}
+
+// float64 stays on the baseline ISA: its loops call the C library (scalar either way), and the
+// clones would contract its arithmetic into FMAs, changing float64 results in the last bits
+// from one CPU to another.
+template <Act A, typename T>
+void smooth_forward_row(T* z, const T* b, T* y, int64_t len) {
+  if constexpr (std::is_same_v<T, float>) {
+    smooth_forward_row_f32<A>(z, b, y, len);
+  } else {
+    smooth_forward_run<A>(z, b, y, len);
+  }
+}
+template <Act A, typename T>
+void smooth_grad_row(const T* g, int64_t gs, const T* z, T* d, int64_t w) {
+  if constexpr (std::is_same_v<T, float>) {
+    smooth_grad_row_f32<A>(g, gs, z, d, w);
+  } else {
+    smooth_grad_run<A>(g, gs, z, d, w);
   }
 }
 
