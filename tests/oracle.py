@@ -5,11 +5,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+
+def _gelu_tanh(z):
+    """torch's tanh-approximated GELU; in float64 (the exact reference) as z sigmoid(2u), the same
+    function: torch's 0.5 z (1 + tanh(u)) cancels to 0 for z below about -6.5 (1 + tanh(u) under
+    float64's resolution), where the value is still ~1e-21 at z = -8 and the kernels, which
+    compute sigmoid(2u), get it right."""
+    if z.dtype != torch.float64:
+        return F.gelu(z, approximate="tanh")
+    return z * torch.sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (z + 0.044715 * z * z * z))
+
+
 ACTIVATIONS = {
     None: lambda z: z,
     "relu": F.relu,
     "gelu": F.gelu,
-    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_tanh": _gelu_tanh,
     "silu": F.silu,
 }
 
