@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 import fusedops
 from fusedops import backends
+from fusedops.ops import linear as linear_ops
+from tests import oracle
 
 ACTS = ["gelu", "gelu_tanh", "silu"]
 # Bands of the input: where erf and exp are near their limits (saturation, underflow of
@@ -73,20 +75,8 @@ def _triton_row(v, activation):
 
 
 def _float64_formula(activation, x):
-    """The activation and its derivative in float64, by the formulas of fusedops/ops/linear.py."""
-    if activation == "gelu":
-        y = 0.5 * x * (1 + torch.erf(x * math.sqrt(0.5)))
-        d = 0.5 * (1 + torch.erf(x * math.sqrt(0.5))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    elif activation == "gelu_tanh":
-        k, c = math.sqrt(2 / math.pi), 0.044715
-        t = torch.tanh(k * (x + c * x ** 3))
-        y = 0.5 * x * (1 + t)
-        d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x)
-    else:
-        s = 1 / (1 + torch.exp(-x))
-        y = x * s
-        d = s * (1 + x * (1 - s))
-    return y, d
+    """The activation (the oracle's) and its derivative (the reference backend's) in float64."""
+    return oracle.ACTIVATIONS[activation](x), linear_ops.activation_derivative(x, activation)
 
 
 def _torch_float32(activation, x):
