@@ -54,6 +54,19 @@ inline double exp_of(double v) { return std::exp(v); }
 inline double erf_of(double v) { return std::erf(v); }
 inline double select_of(bool c, double a, double b) { return c ? a : b; }
 
+// GELU's derivative Phi(z) + z phi(z) = (1 + erf(h)) / 2 + z exp(-h^2) / sqrt(2 pi), h = z / sqrt(2).
+// float32 computes exp(-h^2) once, for both terms (verf_given_gauss): with two vexp calls the
+// 256 x 1024 gelu backward pass took 555 us on one thread, against 345-365 us with one and
+// 385-430 us for torch's gelu_backward. float64 calls the C library's erf and exp.
+FUSEDOPS_ALWAYS_INLINE inline float gelu_grad_of(float z) {
+  const float h = z * float(kInvSqrt2);
+  const float g = vexp(-h * h);
+  return 0.5f * (1.0f + verf_given_gauss(h, g)) + z * g * float(kInvSqrt2Pi);
+}
+inline double gelu_grad_of(double z) {
+  return 0.5 * (1.0 + std::erf(z * kInvSqrt2)) + z * std::exp(-0.5 * z * z) * kInvSqrt2Pi;
+}
+
 // s = sigmoid(2u) for gelu_tanh's u = k (z + c z^3), and 1 - s: as e s with e = exp(-2u) where
 // s >= 1/2 (1 - s would cancel: 4x torch's float32 error in the derivative at z in [1, 5)),
 // as 1 - s below (e s would be inf * 0 where e overflows).
@@ -83,7 +96,7 @@ FUSEDOPS_ALWAYS_INLINE inline T activate(T z) {
 template <Act A, typename T>
 FUSEDOPS_ALWAYS_INLINE inline T activation_grad(T z) {
   if constexpr (A == Act::Gelu) {
-    return T(0.5) * (T(1) + erf_of(z * T(kInvSqrt2))) + z * exp_of(T(-0.5) * z * z) * T(kInvSqrt2Pi);
+    return gelu_grad_of(z);
   } else if constexpr (A == Act::GeluTanh) {
     // 0.5 (1 + t) + 0.5 z (1 - t^2) u' with (1 + t) / 2 = s and 1 - t^2 = 4 s (1 - s)
     const Sigmoid2u<T> g = sigmoid_2u(z);
