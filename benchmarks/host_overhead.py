@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fusedops  # noqa: E402
+from benchmarks.measure import block_seconds, module_call  # noqa: E402
 
 
 def _chains(device: str):
@@ -45,46 +45,24 @@ def _chains(device: str):
     ]
 
 
-def _step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
-    if mode == "no_grad fwd":
-        def run():
-            with torch.no_grad():
-                return module(x)
-    else:
-        leaf = x.detach().requires_grad_(True)
-
-        def run():
-            module(leaf).sum().backward()
-    return run
-
-
-def _time_block(fn: Callable[[], object], calls: int, device: str) -> float:
-    """Microseconds per call over a block of ``calls`` calls (one sync at the end on CUDA:
-    host-bound calls queue faster than the GPU runs them, so this is host time)."""
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e6 / calls
-
-
 def measure(device: str, rounds: int, calls: int) -> List[Dict[str, object]]:
     """One row per (workload, mode, provider): median us per call and median ratio to eager."""
     backends = [None] + [b for b in fusedops.available_backends() if _runs(b, device)]
     rows = []
     for name, eager, make, x in _chains(device):
         for mode in ("no_grad fwd", "fwd+bwd"):
-            fns = {"eager chain": _step(eager, x, mode)}
+            backward = mode == "fwd+bwd"
+            arg = x.detach().requires_grad_(True) if backward else x
+            fns = {"eager chain": module_call(eager, arg, backward)}
             for b in backends:
-                fns[f"fused {b or 'auto'}"] = _step(make(b), x, mode)
+                fns[f"fused {b or 'auto'}"] = module_call(make(b), arg, backward)
             for fn in fns.values():  # warm-up: caches, lazy init, first launches
                 for _ in range(max(calls // 4, 10)):
                     fn()
             times: Dict[str, List[float]] = {k: [] for k in fns}
             for _ in range(rounds):
                 for k, fn in fns.items():
-                    times[k].append(_time_block(fn, calls, device))
+                    times[k].append(block_seconds(fn, calls, device) * 1e6)
             base = times["eager chain"]
             for k, t in times.items():
                 rows.append({

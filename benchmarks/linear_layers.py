@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -29,28 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fusedops  # noqa: E402
+from benchmarks.measure import block_seconds, module_call  # noqa: E402
 
 SHAPES: List[Tuple[int, int, int]] = [(64, 784, 512), (64, 512, 512), (64, 32, 512), (256, 1024, 1024),
                                       (2048, 1024, 1024)]
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU}
-
-
-def _step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                module(x)
-    else:
-        def run():
-            module(x).sum().backward()
-    return run
-
-
-def _block(fn: Callable[[], None], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 def measure(shape: Tuple[int, int, int], activation: str, mode: str, rounds: int) -> Tuple[float, float]:
@@ -62,7 +44,7 @@ def measure(shape: Tuple[int, int, int], activation: str, mode: str, rounds: int
     fused = fusedops.FusedLinear.from_modules(*eager)
     if fused.activation != activation:
         raise RuntimeError(f"FusedLinear.from_modules made activation {fused.activation}, not {activation}")
-    steps = _step(eager, x, mode), _step(fused, x, mode)
+    steps = module_call(eager, x, mode == "train"), module_call(fused, x, mode == "train")
     # Blocks of about 3e7 multiply-adds (10-30 ms here), enough that the timer's resolution does
     # not count, and at most 300 calls where the layer is tiny.
     calls = min(300, max(2, int(3e7 / (rows * k * n * (3 if mode == "train" else 1)))))
@@ -71,7 +53,7 @@ def measure(shape: Tuple[int, int, int], activation: str, mode: str, rounds: int
         step()
     eager_times, ratios = [], []
     for _ in range(rounds):
-        te, tf = _block(steps[0], calls), _block(steps[1], calls)
+        te, tf = block_seconds(steps[0], calls), block_seconds(steps[1], calls)
         eager_times.append(te)
         ratios.append(te / tf)
     return statistics.median(eager_times) * 1e3, statistics.median(ratios)

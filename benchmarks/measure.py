@@ -38,6 +38,30 @@ def time_call(fn: Callable[[int], object], device: str, calls: int) -> float:
     return (time.perf_counter() - t0) * 1e3 / calls
 
 
+def module_call(module: torch.nn.Module, x: torch.Tensor, backward: bool) -> Callable[[], object]:
+    """One call of ``module`` on ``x``, as a function of no arguments: the forward under
+    ``no_grad``, or the forward and the backward of the output's sum (which gradients: those of
+    the parameters, and ``x``'s where ``x`` requires grad)."""
+    if backward:
+        def run():
+            module(x).sum().backward()
+    else:
+        def run():
+            with torch.no_grad():
+                return module(x)
+    return run
+
+
+def block_seconds(fn: Callable[[], object], calls: int, device: str = "cpu") -> float:
+    """Seconds per call over a block of ``calls`` calls of ``fn()``, one synchronisation at the
+    end on CUDA (host-bound calls queue faster than the GPU runs them: then this is host time)."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / calls
+
+
 def interleaved(
     fns: Dict[str, Callable[[int], object]], device: str, rounds: int, calls: int
 ) -> Dict[str, List[float]]:
