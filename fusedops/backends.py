@@ -15,6 +15,7 @@ choice) and calls it.
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Union
 
 import torch
@@ -39,9 +40,29 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpp", "reference
 
 @functools.cache
 def onednn_has_bfloat16() -> bool:
-    """Whether oneDNN (eager's CPU convolution) has bfloat16 kernels on this CPU, as torch reports
-    it; where this torch cannot tell, assume it has (the rule measured on such a CPU stands)."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    """Whether oneDNN (eager's CPU convolution) has native bfloat16 kernels on this CPU. On x86:
+    AVX-512 BF16 or AMX instructions, as torch reports them. oneDNN also runs bfloat16 on an
+    AVX-512 CPU without them (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true there),
+    emulated and slower than its float32 conv (a Xeon with AVX-512 and no BF16: eager
+    channels_last's bf16 conv 3.2x its float32 one on the 32->64 tutorial layer), so it does
+    not count. Elsewhere, or where this torch cannot tell, oneDNN's own answer; where that is
+    missing too, assume it has (the rule measured on such a CPU stands)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64") and all(probes):
+            return any(bool(probe()) for probe in probes)
+        onednn = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(onednn()) if onednn is not None else True
+    except RuntimeError:
+        return True
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether this CPU has AVX-512 (torch's probe; where torch cannot tell, assume it has).
+    oneDNN's convolutions run 16 lanes wide there, and its NCHW conv is as fast as its
+    channels_last one on the 32->64 tutorial layers: the no-pool rule below asks."""
+    probe = getattr(torch.cpu, "_is_avx512_supported", None)
     try:
         return bool(probe()) if probe is not None else True
     except RuntimeError:
@@ -189,11 +210,12 @@ class CppBackend(NativeBackend):
     # the float32 training steps and the first layers' (benchmarks/NOTES.md). The first layers'
     # forward (<= 4 input channels per group, stride-1 columns: the direct convolution,
     # csrc/cpu/direct_conv.h) beat oneDNN's channels_last conv in float32 and bfloat16.
-    # All of the above was measured on a CPU where oneDNN has bfloat16 kernels. Where it has none
-    # (torch.ops.mkldnn._is_mkldnn_bf16_supported() false: no AVX-512, e.g. an AVX2-only CPU),
-    # eager's and the reference's bf16 conv is oneDNN's reference implementation, 5-50x slower
-    # than these float32 kernels on bf16 copies on every conv block measured, pooled or not, in
-    # either layout (benchmarks/NOTES.md): there the kernel takes every bf16 conv block.
+    # All of the above was measured on a CPU where oneDNN has native bfloat16 kernels (an
+    # AVX-512 BF16 EPYC). Where it has none (onednn_has_bfloat16() false), eager's and the
+    # reference's bf16 conv is slower than these float32 kernels on bf16 copies on every conv
+    # block measured, pooled or not, in either layout (benchmarks/NOTES.md): oneDNN's reference
+    # implementation on an AVX2-only CPU, 5-50x slower; its emulated bf16 on an AVX-512 Xeon
+    # without BF16, 2x-3.3x: there the kernel takes every bf16 conv block.
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -207,10 +229,12 @@ class CppBackend(NativeBackend):
         if facts.get("dtype") == torch.bfloat16 and not onednn_has_bfloat16():
             return True
         if not facts.get("pooled"):
-            # Without a pool only the Winograd layers on NCHW float32/float64 inputs
-            # (benchmarks/NOTES.md: 1.15x-1.25x eager NCHW; oneDNN's channels_last conv still wins).
-            return bool(facts.get("winograd")) and not facts.get("channels_last") and facts.get("dtype") in (
-                torch.float32, torch.float64)
+            # Without a pool only the Winograd layers on NCHW float32/float64 inputs, and only on
+            # a CPU without AVX-512 (benchmarks/NOTES.md: 1.15x-1.25x eager NCHW on an AVX2 EPYC,
+            # where oneDNN's channels_last conv still won; 0.80x-0.92x eager NCHW on an AVX-512
+            # Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's).
+            return (bool(facts.get("winograd")) and not facts.get("channels_last")
+                    and facts.get("dtype") in (torch.float32, torch.float64) and not cpu_has_avx512())
         if facts.get("channels_last"):
             if not facts.get("graph", True) and not facts.get("direct"):
                 return False

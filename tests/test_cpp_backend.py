@@ -1,5 +1,7 @@
 """The "cpp" backend (C++ CPU kernels in fusedops._C): it does the work itself, checks its inputs."""
 
+import platform
+
 import pytest
 import torch
 
@@ -184,6 +186,7 @@ def test_native_linear_rejects_bad_input_with_clear_error():
 
 def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: True)  # the bf16 rule measured there
+    monkeypatch.setattr(backends, "cpu_has_avx512", lambda: False)  # the no-pool rule's CPU
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
     wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 5, 5))  # 4 output channels: no Winograd; K = 800
     short_k = (torch.randn(2, 6, 14, 14), torch.randn(16, 6, 5, 5))  # the CIFAR tutorial's conv2: K = 150
@@ -207,6 +210,13 @@ def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     low = [t.bfloat16() for t in winograd]
     assert backends.select("", low, op, backends.conv_facts(low[1], unpooled)).name == "reference"
     assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
+    # no pool on an AVX-512 CPU: oneDNN's NCHW conv beats the Winograd layers too
+    monkeypatch.setattr(backends, "cpu_has_avx512", lambda: True)
+    backends.clear_choice_cache()
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "reference"
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
+    monkeypatch.setattr(backends, "cpu_has_avx512", lambda: False)
+    backends.clear_choice_cache()
     low = [t.bfloat16() for t in small]
     assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "cpp"
     low = [t.bfloat16() for t in winograd]
@@ -282,12 +292,20 @@ def test_automatic_choice_takes_cpp_for_every_bfloat16_conv_block_where_onednn_h
     assert backends.select("", wide, op, backends.conv_facts(wide[1], conv_block_params((3, 3)))).name == "reference"
 
 
-def test_onednn_bfloat16_probe_matches_torch():
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if probe is None:
-        assert backends.onednn_has_bfloat16() is True
+def test_onednn_bfloat16_probe_asks_for_native_bf16_instructions():
+    """On x86 the probe is the CPU's AVX-512 BF16 or AMX (oneDNN's emulated bf16 on other AVX-512
+    CPUs does not count); elsewhere oneDNN's own answer."""
+    if platform.machine().lower() in ("x86_64", "amd64") and hasattr(torch.cpu, "_is_avx512_bf16_supported"):
+        want = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     else:
-        assert backends.onednn_has_bfloat16() is bool(probe())
+        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        want = bool(probe()) if probe is not None else True
+    assert backends.onednn_has_bfloat16() is bool(want)
+
+
+def test_cpu_avx512_probe_matches_torch():
+    probe = getattr(torch.cpu, "_is_avx512_supported", None)
+    assert backends.cpu_has_avx512() is (bool(probe()) if probe is not None else True)
 
 
 @pytest.mark.parametrize("channels", [3, 16])  # direct path, Winograd path
