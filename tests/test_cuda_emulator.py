@@ -77,7 +77,7 @@ def test_conv_kernels_match_a_direct_convolution(tmp_path):
 
 def test_linear_kernels_match_products_in_double(tmp_path):
     out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
-    assert "6 linear shapes, 0 failures" in out, out
+    assert "6 linear shapes and 3 activations, 0 failures" in out, out
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):

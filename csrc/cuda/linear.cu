@@ -15,13 +15,29 @@ namespace fusedops {
 namespace cuda {
 namespace {
 
+// sigmoid(2u) for gelu_tanh's u = k (z + c z^3), which is (1 + tanh(u)) / 2, and 1 - sigmoid(2u),
+// as the Triton and CPU kernels compute them: in float, 1 + tanh(u) is 0 once tanh(u) rounds
+// to -1 (z below about -6.5: gelu_tanh(-8) = -3.1e-21 came out -0), and 1 - tanh(u)^2 cancels
+// alike in the derivative. 1 - s is e s where e = exp(-2u) <= 1 (1 - s would cancel there),
+// 1 - s above (e s would be inf * 0 where e overflows).
+template <typename A>
+struct Sigmoid2u {
+  A s, one_minus_s;
+};
+template <typename A>
+__device__ __forceinline__ Sigmoid2u<A> sigmoid_2u(A z) {
+  const A e = exp(A(-2 * 0.79788456080286535588) * (z + A(0.044715) * z * z * z));
+  const A s = A(1) / (A(1) + e);
+  return {s, e <= A(1) ? e * s : A(1) - s};
+}
+
 template <typename A>
 __device__ __forceinline__ A activate(A z, Act act) {
   const A half = A(0.5);
   switch (act) {
     case Act::Relu: return (z > A(0) || z != z) ? z : A(0);
     case Act::Gelu: return half * z * (A(1) + erf(z * A(0.70710678118654752440)));
-    case Act::GeluTanh: return half * z * (A(1) + tanh(A(0.79788456080286535588) * (z + A(0.044715) * z * z * z)));
+    case Act::GeluTanh: return z * sigmoid_2u(z).s;
     case Act::Silu: return z / (A(1) + exp(-z));
     default: return z;
   }
@@ -35,9 +51,9 @@ __device__ __forceinline__ A activation_grad(A z, Act act) {
     case Act::Gelu:
       return half * (A(1) + erf(z * A(0.70710678118654752440))) + z * exp(-half * z * z) * A(0.39894228040143267794);
     case Act::GeluTanh: {
-      const A k = A(0.79788456080286535588), c = A(0.044715);
-      const A t = tanh(k * (z + c * z * z * z));
-      return half * (A(1) + t) + half * z * (A(1) - t * t) * k * (A(1) + A(3) * c * z * z);
+      // 0.5 (1 + t) + 0.5 z (1 - t^2) u' with (1 + t) / 2 = s and 1 - t^2 = 4 s (1 - s)
+      const Sigmoid2u<A> g = sigmoid_2u(z);
+      return g.s + A(2) * z * g.s * g.one_minus_s * A(0.79788456080286535588) * (A(1) + A(3 * 0.044715) * z * z);
     }
     default: {
       const A s = A(1) / (A(1) + exp(-z));
