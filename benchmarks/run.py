@@ -81,7 +81,9 @@ def device_slug(device: str) -> str:
 
 def _cpu_capability() -> str:
     """The vector ISA torch's CPU kernels use here (AVX2, AVX512, ...), with whether oneDNN has
-    bfloat16 kernels: the same model name covers machines that differ in both."""
+    native bfloat16 kernels (``fusedops.backends.onednn_has_bfloat16``: AVX-512 BF16 or AMX on
+    x86; result files before 2026-11-28 said yes for oneDNN's emulated bf16 on any AVX-512
+    CPU): the same model name covers machines that differ in both."""
     bf16 = fusedops.backends.onednn_has_bfloat16()
     return f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'yes' if bf16 else 'no'}"
 

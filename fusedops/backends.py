@@ -44,8 +44,8 @@ def onednn_has_bfloat16() -> bool:
     AVX-512 BF16 or AMX instructions, as torch reports them. oneDNN also runs bfloat16 on an
     AVX-512 CPU without them (``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is true there),
     emulated and slower than its float32 conv (a Xeon with AVX-512 and no BF16: eager
-    channels_last's bf16 conv 3.2x its float32 one on the 32->64 tutorial layer), so it does
-    not count. Elsewhere, or where this torch cannot tell, oneDNN's own answer; where that is
+    channels_last's bf16 conv 2.5x-3.5x its float32 one on the 32->64 tutorial layers), so it
+    does not count. Elsewhere, or where this torch cannot tell, oneDNN's own answer; where that is
     missing too, assume it has (the rule measured on such a CPU stands)."""
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     try:
@@ -60,8 +60,8 @@ def onednn_has_bfloat16() -> bool:
 @functools.cache
 def cpu_has_avx512() -> bool:
     """Whether this CPU has AVX-512 (torch's probe; where torch cannot tell, assume it has).
-    oneDNN's convolutions run 16 lanes wide there, and its NCHW conv is as fast as its
-    channels_last one on the 32->64 tutorial layers: the no-pool rule below asks."""
+    oneDNN's convolutions run 16 lanes wide there; on a Xeon with AVX-512 its NCHW conv beat
+    the cpp Winograd path on the no-pool layers, which the no-pool rule below asks about."""
     probe = getattr(torch.cpu, "_is_avx512_supported", None)
     try:
         return bool(probe()) if probe is not None else True
@@ -202,20 +202,21 @@ class CppBackend(NativeBackend):
     # automatic choice would run instead) while the GEMM's reduction K = in_channels/groups *
     # KH * KW is short (K 144-288 measured, forward and training step,
     # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without a pool the Winograd layers
-    # on NCHW float32 input beat the reference (1.15x-1.35x eager NCHW, at eager channels_last's
-    # speed); oneDNN is faster on the others and on channels_last input.
+    # on NCHW float32 input beat the reference on the EPYCs (1.15x-1.38x eager NCHW when the
+    # rule was made, about level in later runs) and lost to it on an AVX-512 Xeon: see
+    # auto_eligible. oneDNN is faster on the other no-pool layers and on channels_last input.
     # A channels_last input is where oneDNN's conv (what the reference runs) is fastest: there
     # the reference's forward beat the cpp kernel's on every pooled layer measured past the
     # first, and its training step did in bfloat16 on the Winograd layers; the cpp kernel kept
     # the float32 training steps and the first layers' (benchmarks/NOTES.md). The first layers'
     # forward (<= 4 input channels per group, stride-1 columns: the direct convolution,
     # csrc/cpu/direct_conv.h) beat oneDNN's channels_last conv in float32 and bfloat16.
-    # All of the above was measured on a CPU where oneDNN has native bfloat16 kernels (an
-    # AVX-512 BF16 EPYC). Where it has none (onednn_has_bfloat16() false), eager's and the
+    # The bfloat16 rules above were measured on a CPU where oneDNN has native bfloat16 kernels
+    # (an AVX-512 BF16 EPYC). Where it has none (onednn_has_bfloat16() false), eager's and the
     # reference's bf16 conv is slower than these float32 kernels on bf16 copies on every conv
     # block measured, pooled or not, in either layout (benchmarks/NOTES.md): oneDNN's reference
     # implementation on an AVX2-only CPU, 5-50x slower; its emulated bf16 on an AVX-512 Xeon
-    # without BF16, 2x-3.3x: there the kernel takes every bf16 conv block.
+    # without BF16, 2.1x-3.7x: there the kernel takes every bf16 conv block.
     MAX_AUTO_IN_CHANNELS = 4
     MAX_AUTO_IM2COL_K = 300
 
@@ -230,9 +231,11 @@ class CppBackend(NativeBackend):
             return True
         if not facts.get("pooled"):
             # Without a pool only the Winograd layers on NCHW float32/float64 inputs, and only on
-            # a CPU without AVX-512 (benchmarks/NOTES.md: 1.15x-1.25x eager NCHW on an AVX2 EPYC,
-            # where oneDNN's channels_last conv still won; 0.80x-0.92x eager NCHW on an AVX-512
-            # Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's).
+            # a CPU without AVX-512 (benchmarks/NOTES.md): 1.15x-1.25x eager NCHW on an AVX2 EPYC
+            # (where oneDNN's channels_last conv still won), 0.80x-0.98x over three runs on an
+            # AVX-512 Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's. On an AVX-512
+            # EPYC they were 1.16x-1.38x when this rule was made and 0.96x-1.07x in later runs:
+            # AVX-512 CPUs disagree, and there the reference (eager's ops) runs them.
             return (bool(facts.get("winograd")) and not facts.get("channels_last")
                     and facts.get("dtype") in (torch.float32, torch.float64) and not cpu_has_avx512())
         if facts.get("channels_last"):

@@ -272,9 +272,10 @@ def test_a_module_chooses_per_layout_and_graph():
 
 
 def test_automatic_choice_takes_cpp_for_every_bfloat16_conv_block_where_onednn_has_no_bf16(monkeypatch):
-    """Without oneDNN bf16 kernels (an AVX2-only CPU) the reference's bf16 conv is oneDNN's
-    reference implementation, far slower than the float32 kernels on copies: every bf16 conv
-    block, pooled or not, either layout, graph or not, takes cpp; other dtypes keep their rules."""
+    """Without native oneDNN bf16 kernels the reference's bf16 conv is oneDNN's reference
+    implementation (an AVX2-only CPU) or its emulation (AVX-512 without BF16), slower than the
+    float32 kernels on copies: every bf16 conv block, pooled or not, either layout, graph or
+    not, takes cpp; other dtypes keep their rules."""
     monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: False)
     op = "conv_relu_maxpool2d"
     cl = torch.channels_last
@@ -301,6 +302,34 @@ def test_onednn_bfloat16_probe_asks_for_native_bf16_instructions():
         probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
         want = bool(probe()) if probe is not None else True
     assert backends.onednn_has_bfloat16() is bool(want)
+
+
+def test_onednn_bfloat16_probe_off_x86_and_on_errors(monkeypatch):
+    """Off x86 the probe is oneDNN's own answer; a probe that raises counts as bf16 present (the
+    rule measured on such a CPU stands)."""
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    backends.onednn_has_bfloat16.cache_clear()
+    try:
+        assert backends.onednn_has_bfloat16() is False
+        monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+        backends.onednn_has_bfloat16.cache_clear()
+        assert backends.onednn_has_bfloat16() is False
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+        backends.onednn_has_bfloat16.cache_clear()
+        assert backends.onednn_has_bfloat16() is True
+
+        def broken():
+            raise RuntimeError("no cpuinfo")
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", broken)
+        backends.onednn_has_bfloat16.cache_clear()
+        assert backends.onednn_has_bfloat16() is True
+    finally:
+        monkeypatch.undo()
+        backends.onednn_has_bfloat16.cache_clear()
 
 
 def test_cpu_avx512_probe_matches_torch():

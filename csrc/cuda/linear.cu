@@ -17,7 +17,7 @@ namespace {
 
 // sigmoid(2u) for gelu_tanh's u = k (z + c z^3), which is (1 + tanh(u)) / 2, and 1 - sigmoid(2u),
 // as the Triton and CPU kernels compute them: in float, 1 + tanh(u) is 0 once tanh(u) rounds
-// to -1 (z below about -6.5: gelu_tanh(-8) = -3.1e-21 came out -0), and 1 - tanh(u)^2 cancels
+// to -1 (z below about -5.3: gelu_tanh(-8) = -3.1e-21 came out -0), and 1 - tanh(u)^2 cancels
 // alike in the derivative. 1 - s is e s where e = exp(-2u) <= 1 (1 - s would cancel there),
 // 1 - s above (e s would be inf * 0 where e overflows).
 template <typename A>

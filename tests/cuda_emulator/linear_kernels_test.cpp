@@ -124,7 +124,7 @@ double tiny() {
 // roundings of T and 8 of the arithmetic type of its scale (ActRef), plus 1000 times the
 // arithmetic type's smallest normal value: gelu_tanh's exp(-2u) overflows float below z = -10
 // while the exact results are still subnormal floats (-3e-40 at z = -10.25), and they come out
-// 0. (The tanh formula's 1 + tanh(u) gave 0 from z = -6.5 on: -3.1e-21 at z = -8.)
+// 0. (The tanh formula fails it: 1 + tanh(u) cancels in float, and is 0 from z = -5.3 on.)
 template <typename T>
 void check_activations() {
   using Acc = typename Num<T>::Acc;
