@@ -202,9 +202,10 @@ class CppBackend(NativeBackend):
     # automatic choice would run instead) while the GEMM's reduction K = in_channels/groups *
     # KH * KW is short (K 144-288 measured, forward and training step,
     # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without a pool the Winograd layers
-    # on NCHW float32 input beat the reference on the EPYCs (1.15x-1.38x eager NCHW when the
-    # rule was made, about level in later runs) and lost to it on an AVX-512 Xeon: see
-    # auto_eligible. oneDNN is faster on the other no-pool layers and on channels_last input.
+    # on NCHW float32 input beat the reference on the EPYCs (1.15x-1.25x eager NCHW on the AVX2
+    # one; 1.16x-1.38x on the AVX-512 one when the rule was made, level there in later runs)
+    # and lost to it on an AVX-512 Xeon: see auto_eligible. oneDNN is faster on the other
+    # no-pool layers and on channels_last input.
     # A channels_last input is where oneDNN's conv (what the reference runs) is fastest: there
     # the reference's forward beat the cpp kernel's on every pooled layer measured past the
     # first, and its training step did in bfloat16 on the Winograd layers; the cpp kernel kept
