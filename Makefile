@@ -5,7 +5,8 @@
 #                         profile: about 25 times the examples of make test's (~20-30 minutes on 2
 #                         cores), random seeds, failures kept in .hypothesis/ (git-ignored)
 # make bench              install what is missing, build, run the benchmarks on the best device present
-#                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py);
+#                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py)
+#                         and every fuse() test model against its original on the CPU (fuse_models.py);
 #                         writes only to benchmarks/results/local/ (git-ignored) and says what it wrote
 # make bench-save         the same benchmarks, written to benchmarks/results/: the committed results
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
@@ -159,10 +160,12 @@ $(TRITON_VENV)/.complete:
 bench: install
 	$(PYTHON) benchmarks/run.py
 	$(PYTHON) benchmarks/host_overhead.py
+	$(PYTHON) benchmarks/fuse_models.py
 
 bench-save: install
 	$(PYTHON) benchmarks/run.py --save
 	$(PYTHON) benchmarks/host_overhead.py
+	$(PYTHON) benchmarks/fuse_models.py
 
 lint:
 	$(call ensure,ruff,ruff)

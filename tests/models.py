@@ -232,3 +232,21 @@ class Untraceable(nn.Module):
         if x.sum() > 0:
             return self.body(x).sum() + self.net(x).sum()
         return self.net(x).sum()
+
+
+# Every model family of the fuse() tests: (factory, one sample's input shape). The tests run
+# them at batch 2; benchmarks/fuse_models.py times each, original against fuse(), at batch 64.
+FUSE_MODELS = {
+    "cifar_tutorial": (TutorialNet, (3, 32, 32)),
+    "shared_relu_pool": (SharedActivationCNN, (3, 32, 32)),
+    "mnist_sequential": (mnist_sequential_cnn, (1, 28, 28)),
+    "lenet_functional": (LeNet, (1, 32, 32)),
+    "sequential_cnn": (sequential_cnn, (3, 32, 32)),
+    "functional_relu_free_param": (FunctionalCNN, (3, 16, 16)),
+    "mlp": (TutorialMLP, (1, 28, 28)),
+    "residual_bn": (ResNetish, (3, 8, 8)),
+    "resnet_style": (ResNetStyle, (3, 16, 16)),
+    "custom_params_methods": (TemperatureClassifier, (3, 8, 8)),
+    "custom_raw_params": (CustomLayerNet, (3, 8, 8)),
+    "no_fusable": (NoFusable, (3, 8, 8)),
+}

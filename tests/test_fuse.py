@@ -19,21 +19,23 @@ from fusedops import FusedConvBlock, FusedLinear
 from tests import models
 from tests.test_double_backward import _assert_same_grads, _penalty_grads
 
-# (factory, input shape, fused modules expected in train mode, in eval mode)
-MODELS = {
-    "cifar_tutorial": (models.TutorialNet, (2, 3, 32, 32), 5, 5),
-    "shared_relu_pool": (models.SharedActivationCNN, (2, 3, 32, 32), 4, 4),
-    "mnist_sequential": (models.mnist_sequential_cnn, (2, 1, 28, 28), 4, 4),
-    "lenet_functional": (models.LeNet, (2, 1, 32, 32), 5, 5),
-    "sequential_cnn": (models.sequential_cnn, (2, 3, 32, 32), 4, 4),
-    "functional_relu_free_param": (models.FunctionalCNN, (2, 3, 16, 16), 4, 4),
-    "mlp": (models.TutorialMLP, (2, 1, 28, 28), 3, 3),
-    "residual_bn": (models.ResNetish, (2, 3, 8, 8), 1, 2),
-    "resnet_style": (models.ResNetStyle, (2, 3, 16, 16), 1, 4),
-    "custom_params_methods": (models.TemperatureClassifier, (2, 3, 8, 8), 3, 3),
-    "custom_raw_params": (models.CustomLayerNet, (2, 3, 8, 8), 1, 1),
-    "no_fusable": (models.NoFusable, (2, 3, 8, 8), 0, 0),
+# Fused modules expected in train mode and in eval mode, for each of models.FUSE_MODELS.
+FUSED_COUNTS = {
+    "cifar_tutorial": (5, 5),
+    "shared_relu_pool": (4, 4),
+    "mnist_sequential": (4, 4),
+    "lenet_functional": (5, 5),
+    "sequential_cnn": (4, 4),
+    "functional_relu_free_param": (4, 4),
+    "mlp": (3, 3),
+    "residual_bn": (1, 2),
+    "resnet_style": (1, 4),
+    "custom_params_methods": (3, 3),
+    "custom_raw_params": (1, 1),
+    "no_fusable": (0, 0),
 }
+# (factory, input shape at batch 2, fused modules expected in train mode, in eval mode)
+MODELS = {name: (factory, (2, *shape), *FUSED_COUNTS[name]) for name, (factory, shape) in models.FUSE_MODELS.items()}
 
 # eval mode: (folded BatchNorm prefixes whose keys disappear, conv bias keys that appear)
 FOLDED_KEYS = {
