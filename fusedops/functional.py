@@ -145,6 +145,19 @@ def conv_relu_maxpool2d(
     return run_conv_block(input, weight, bias, params, check_backend_name(backend))
 
 
+def _check_once(memo: Optional[ChoiceMemo], check, input, weight, bias, *args) -> None:
+    """``check(input, weight, bias, *args)``, unless the module's ``memo`` saw the same tensor
+    signature pass it on its last call (a module's arguments, ``args``, are fixed). Traced
+    calls always check: the memo is state that torch.compile would have to guard on."""
+    if memo is None or torch.compiler.is_compiling():
+        check(input, weight, bias, *args)
+        return
+    signature = ChoiceMemo.tensor_signature(input, weight, bias)
+    if not memo.checked_before(signature):
+        check(input, weight, bias, *args)
+        memo.record_checked(signature)
+
+
 def check_conv_block_tensors(input, weight, bias, params: ConvBlockParams) -> None:
     """Raise ``TypeError``/``ValueError`` naming the argument unless the tensors fit ``params``."""
     for name, t in (("input", input), ("weight", weight)):
@@ -246,7 +259,7 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
     if not check:
-        check_conv_block_tensors(input, weight, bias, params)
+        _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if graph:
@@ -344,7 +357,7 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
     else:
         chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
     if not check:
-        check_linear_tensors(input, weight, bias)
+        _check_once(memo, check_linear_tensors, input, weight, bias)
     if _needs_graph(input, weight, bias):
         function = LinearDualFunction if forward_ad_active() else LinearFunction
         return function.apply(input, weight, bias, activation, backend, chosen)

@@ -207,6 +207,64 @@ def test_module_forward_errors_are_caught_as_nn_linears_are(choice, name, x, wor
         assert word in str(info.value)
 
 
+@pytest.mark.parametrize("name,x,words", CONV_FORWARD_BAD, ids=[c[0] for c in CONV_FORWARD_BAD])
+@pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
+def test_module_refuses_a_bad_input_after_good_calls(choice, name, x, words):
+    """A module skips the tensor checks on a call like its last checked one (ChoiceMemo): a
+    bad input after good calls, with and without a graph, is still refused as the first call."""
+    if choice != "auto" and choice not in fusedops.available_backends():
+        pytest.skip(f"backend {choice!r} unavailable here")
+    block = fusedops.FusedConvBlock(3, 4, 3, backend=None if choice == "auto" else choice)
+    good = torch.randn(1, 3, 8, 8)
+    block(good).sum().backward()
+    with torch.no_grad():
+        block(good)
+        with pytest.raises(RuntimeError) as info:
+            block(x)
+    for word in words:
+        assert word in str(info.value)
+    with pytest.raises(RuntimeError):
+        block(x)
+    assert block(good).shape == (1, 4, 3, 3)
+
+
+@pytest.mark.parametrize("name,x,words", LINEAR_FORWARD_BAD, ids=[c[0] for c in LINEAR_FORWARD_BAD])
+@pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
+def test_linear_module_refuses_a_bad_input_after_good_calls(choice, name, x, words):
+    if choice != "auto" and choice not in fusedops.available_backends():
+        pytest.skip(f"backend {choice!r} unavailable here")
+    lin = fusedops.FusedLinear(3, 4, activation="relu", backend=None if choice == "auto" else choice)
+    good = torch.randn(2, 3)
+    lin(good).sum().backward()
+    with torch.no_grad():
+        lin(good)
+        with pytest.raises(RuntimeError) as info:
+            lin(x)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
+def test_module_checks_a_replaced_weight_and_bias_after_good_calls(choice):
+    if choice != "auto" and choice not in fusedops.available_backends():
+        pytest.skip(f"backend {choice!r} unavailable here")
+    block = fusedops.FusedConvBlock(3, 4, 3, backend=None if choice == "auto" else choice)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        block(x)
+        block.weight = nn.Parameter(torch.randn(4, 5, 3, 3))
+        with pytest.raises(RuntimeError, match="input has 3 channels but weight expects 5"):
+            block(x)
+        block.weight = nn.Parameter(torch.randn(4, 3, 3, 3, dtype=torch.float64))
+        with pytest.raises(RuntimeError, match="dtype"):
+            block(x)
+        block.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+        block(x)
+        block.bias = nn.Parameter(torch.randn(5))
+        with pytest.raises(RuntimeError, match="bias"):
+            block(x)
+
+
 def test_error_classes_are_value_or_type_and_runtime_errors():
     errors = fusedops.errors
     assert issubclass(errors.InputValueError, ValueError) and issubclass(errors.InputValueError, RuntimeError)
