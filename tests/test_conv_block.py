@@ -137,6 +137,23 @@ def test_nan_propagates(backend):
     assert out.isnan().sum() == ref.isnan().sum() > 0
 
 
+def test_nan_conv_output_passes_its_gradient_without_a_pool(backend):
+    """A NaN conv output has its ReLU on (torch's relu keeps NaN and its backward passes the
+    gradient there): a 1x1 filter keeps the NaN at one position, where every output channel
+    is NaN, and the input gradient there is the filter's column sums, not 0."""
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    x[0, 0, 2, 2] = float("nan")
+    w = torch.randn(3, 2, 1, 1, dtype=torch.float64)
+    xs, xr = oracle.leaf(x), oracle.leaf(x)
+    out = fusedops.conv_relu_maxpool2d(xs, w, pool_kernel_size=None, backend=backend)
+    ref = torch.relu(torch.nn.functional.conv2d(xr, w))
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    out.backward(torch.ones_like(out))
+    ref.backward(torch.ones_like(ref))
+    torch.testing.assert_close(xs.grad, xr.grad, equal_nan=True)
+    assert (xr.grad[0, :, 2, 2] != 0).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_ties_and_nan_with_a_3x3_identity_filter(backend, dtype):
     """Same rules where the cpp backend pools on its Winograd tiles (3x3, 8 channels, pool 2):
