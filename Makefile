@@ -8,7 +8,7 @@
 #                         (benchmarks/run.py), then the host time per call (benchmarks/host_overhead.py)
 #                         and every fuse() test model against its original on the CPU (fuse_models.py);
 #                         writes only to benchmarks/results/local/ (git-ignored) and says what it wrote
-# make bench-save         the same benchmarks, written to benchmarks/results/: the committed results
+# make bench-save         the same benchmarks, run.py's written to benchmarks/results/: the committed results
 # make cuda-build-check   build fusedops with its CUDA kernels against torch 2.14.1 (CUDA build) in
 #                         build/venv-torch2.14.1, check every CUDA kernel is registered, and compile
 #                         csrc/*.cpp against the headers of the GPU machines' torch (2.11.0)
