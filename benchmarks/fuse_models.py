@@ -15,7 +15,6 @@ original time / fused time in the same round (> 1: the fused model is faster).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Callable, List, Sequence, Tuple
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fusedops  # noqa: E402
-from benchmarks.measure import block_seconds  # noqa: E402
+from benchmarks.measure import block_seconds, paired_blocks  # noqa: E402
 from tests.models import FUSE_MODELS  # noqa: E402
 
 MODES = ("eval", "train")
@@ -59,18 +58,11 @@ def measure(name: str, mode: str, batch: int, rounds: int) -> Tuple[float, float
     original.train(mode == "train")
     fused = fusedops.fuse(original)
     x = torch.randn(batch, *shape)
-    calls = [model_call(original, x, mode), model_call(fused, x, mode)]
-    for call in calls:
-        call()
-        call()
-    # Blocks of about 20 ms, timed from one call after the warm-up.
-    n = max(1, min(500, int(0.02 / max(block_seconds(calls[0], 1), 1e-6))))
-    times, ratios = [], []
-    for _ in range(rounds):
-        t_orig, t_fused = block_seconds(calls[0], n), block_seconds(calls[1], n)
-        times.append(t_orig)
-        ratios.append(t_orig / t_fused)
-    return statistics.median(times) * 1e3, statistics.median(ratios)
+    orig_call, fused_call = model_call(original, x, mode), model_call(fused, x, mode)
+    orig_call()
+    # Blocks of about 20 ms, sized from one call after a first one.
+    n = max(1, min(500, int(0.02 / max(block_seconds(orig_call, 1), 1e-6))))
+    return paired_blocks(orig_call, fused_call, n, rounds)
 
 
 def _names(text: str) -> List[str]:

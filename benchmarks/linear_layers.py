@@ -16,7 +16,6 @@ count) and a large one.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fusedops  # noqa: E402
-from benchmarks.measure import block_seconds, module_call  # noqa: E402
+from benchmarks.measure import module_call, paired_blocks  # noqa: E402
 
 SHAPES: List[Tuple[int, int, int]] = [(64, 784, 512), (64, 512, 512), (64, 32, 512), (256, 1024, 1024),
                                       (2048, 1024, 1024)]
@@ -48,15 +47,7 @@ def measure(shape: Tuple[int, int, int], activation: str, mode: str, rounds: int
     # Blocks of about 3e7 multiply-adds (10-30 ms here), enough that the timer's resolution does
     # not count, and at most 300 calls where the layer is tiny.
     calls = min(300, max(2, int(3e7 / (rows * k * n * (3 if mode == "train" else 1)))))
-    for step in steps:
-        step()
-        step()
-    eager_times, ratios = [], []
-    for _ in range(rounds):
-        te, tf = block_seconds(steps[0], calls), block_seconds(steps[1], calls)
-        eager_times.append(te)
-        ratios.append(te / tf)
-    return statistics.median(eager_times) * 1e3, statistics.median(ratios)
+    return paired_blocks(steps[0], steps[1], calls, rounds)
 
 
 def main(argv=None) -> int:

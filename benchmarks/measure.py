@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -60,6 +60,22 @@ def block_seconds(fn: Callable[[], object], calls: int, device: str = "cpu") -> 
         fn()
     sync(device)
     return (time.perf_counter() - t0) / calls
+
+
+def paired_blocks(baseline: Callable[[], object], candidate: Callable[[], object], calls: int,
+                  rounds: int) -> Tuple[float, float]:
+    """``(baseline's median ms per call, median over rounds of baseline / candidate time)``:
+    each called twice to warm up, then per round a block of ``calls`` calls of each, the
+    baseline's first (CPU: no synchronisation)."""
+    for fn in (baseline, candidate):
+        fn()
+        fn()
+    times, ratios = [], []
+    for _ in range(rounds):
+        t_base, t_cand = block_seconds(baseline, calls), block_seconds(candidate, calls)
+        times.append(t_base)
+        ratios.append(t_base / t_cand)
+    return statistics.median(times) * 1e3, statistics.median(ratios)
 
 
 def interleaved(

@@ -207,6 +207,18 @@ def test_module_forward_errors_are_caught_as_nn_linears_are(choice, name, x, wor
         assert word in str(info.value)
 
 
+def _assert_refused_after_good_calls(module, good, bad, words):
+    """``module`` runs ``good`` with a graph and without, then refuses ``bad`` with a
+    RuntimeError whose message has each of ``words``."""
+    module(good).sum().backward()
+    with torch.no_grad():
+        module(good)
+        with pytest.raises(RuntimeError) as info:
+            module(bad)
+    for word in words:
+        assert word in str(info.value)
+
+
 @pytest.mark.parametrize("name,x,words", CONV_FORWARD_BAD, ids=[c[0] for c in CONV_FORWARD_BAD])
 @pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
 def test_module_refuses_a_bad_input_after_good_calls(choice, name, x, words):
@@ -216,13 +228,7 @@ def test_module_refuses_a_bad_input_after_good_calls(choice, name, x, words):
         pytest.skip(f"backend {choice!r} unavailable here")
     block = fusedops.FusedConvBlock(3, 4, 3, backend=None if choice == "auto" else choice)
     good = torch.randn(1, 3, 8, 8)
-    block(good).sum().backward()
-    with torch.no_grad():
-        block(good)
-        with pytest.raises(RuntimeError) as info:
-            block(x)
-    for word in words:
-        assert word in str(info.value)
+    _assert_refused_after_good_calls(block, good, x, words)
     with pytest.raises(RuntimeError):
         block(x)
     assert block(good).shape == (1, 4, 3, 3)
@@ -234,14 +240,7 @@ def test_linear_module_refuses_a_bad_input_after_good_calls(choice, name, x, wor
     if choice != "auto" and choice not in fusedops.available_backends():
         pytest.skip(f"backend {choice!r} unavailable here")
     lin = fusedops.FusedLinear(3, 4, activation="relu", backend=None if choice == "auto" else choice)
-    good = torch.randn(2, 3)
-    lin(good).sum().backward()
-    with torch.no_grad():
-        lin(good)
-        with pytest.raises(RuntimeError) as info:
-            lin(x)
-    for word in words:
-        assert word in str(info.value)
+    _assert_refused_after_good_calls(lin, torch.randn(2, 3), x, words)
 
 
 @pytest.mark.parametrize("choice", ["auto", "reference", "cpp"])
