@@ -65,6 +65,20 @@ struct RowVec<double> {
   }
 };
 
+// dst[0, count) = src[0, count) for count < 2L: pieces of L, L/2, ..., 1 elements, each a copy of
+// constant size (one or two moves) where a copy of `count` elements is a library call (memmove,
+// about as slow as the whole step on a short row: mnist conv2's 7-window rows are all tail).
+template <typename T, int64_t L>
+FUSEDOPS_ALWAYS_INLINE inline void copy_short(T* __restrict dst, const T* __restrict src, int64_t count) {
+  int64_t i = 0;
+  for (int64_t piece = L; piece >= 1; piece /= 2) {
+    if (count - i >= piece) {
+      std::memcpy(dst + i, src + i, piece * sizeof(T));
+      i += piece;
+    }
+  }
+}
+
 // The L MaxPool2d(2) windows of 2L columns of two conv rows (r0a r0b: the first row's
 // columns, r1a r1b: the second's): m = each window's max (taps in window order: row 0 even and
 // odd column, row 1 even and odd; a tap replaces the max when larger or NaN, so the first of
@@ -132,8 +146,8 @@ FUSEDOPS_VECTORIZE void pool2x2_row(const T* __restrict a0, const T* __restrict 
   if (pw < windows) {
     const int64_t n = windows - pw;
     T c0[2 * L] = {}, c1[2 * L] = {};
-    std::memcpy(c0, a0 + 2 * pw, 2 * n * sizeof(T));
-    std::memcpy(c1, a1 + 2 * pw, 2 * n * sizeof(T));
+    copy_short<T, L>(c0, a0 + 2 * pw, 2 * n);
+    copy_short<T, L>(c1, a1 + 2 * pw, 2 * n);
     step(c0, c1, pw, n);
   }
 }
@@ -178,8 +192,8 @@ FUSEDOPS_VECTORIZE bool unpool2x2_row(const T* __restrict g, int64_t gstride, co
     const int64_t n = windows - pw;
     T e0[2 * L], e1[2 * L];
     step(pw, n, e0, e1);
-    std::memcpy(d0 + 2 * pw, e0, 2 * n * sizeof(T));
-    std::memcpy(d1 + 2 * pw, e1, 2 * n * sizeof(T));
+    copy_short<T, L>(d0 + 2 * pw, e0, 2 * n);
+    copy_short<T, L>(d1 + 2 * pw, e1, 2 * n);
   }
   for (int64_t i = 0; i < L; ++i) bsum += passed[i];
   bool any = false;
