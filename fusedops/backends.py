@@ -381,12 +381,13 @@ class ChoiceMemo:
     Forgotten with the global cache; copies and pickles of a module start empty.
     """
 
-    __slots__ = ("generation", "entries", "native_call", "checked_call")
+    __slots__ = ("generation", "entries", "native_call", "checked_call", "python_call")
 
     def __init__(self):
         self.generation, self.entries = _GENERATION[0], {}
         self.native_call: Optional[tuple] = None  # see record_native / native_again
         self.checked_call: Optional[tuple] = None  # see checked_before
+        self.python_call: Optional[tuple] = None  # see record_python / python_again
 
     @staticmethod
     def tensor_signature(input, weight, bias) -> Optional[tuple]:
@@ -433,6 +434,29 @@ class ChoiceMemo:
                 and last[3] == input.is_cuda and last[4] == facts and last[5] == _GENERATION[0]
                 and last[6] == _BACKEND_ENV.get() and not _any_autocast()
                 and not _has_torch_function((input, weight, bias)))
+
+    def record_python(self, signature: Optional[tuple], facts: tuple, chosen: Backend) -> None:
+        """Remember that a call whose tensors have this ``tensor_signature`` (they passed the
+        checks) and ``facts`` ran on ``chosen``, a backend run through the autograd Function
+        (not a native op)."""
+        if signature is not None:
+            self.python_call = (signature, facts, chosen, _GENERATION[0], _BACKEND_ENV.get())
+
+    def python_again(self, input, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                     facts: tuple = ()) -> Optional[Backend]:
+        """The backend of the last Function call (``record_python``) when this call is one its
+        choice and checks cover: the same tensor signature (types, dtypes, devices, shapes:
+        all that the checks and the choice read) and ``facts``, the same
+        ``FUSEDOPS_BACKEND`` and choice generation, and no autocast, tracing or
+        ``__torch_function__`` override; else None. A module's forward asks this after
+        ``native_again``: a hit runs the Function (or, without a graph, the backend's output)
+        straight away, skipping the functional layer's lookups."""
+        last = self.python_call
+        if (last is None or last[1] != facts or last[3] != _GENERATION[0] or last[4] != _BACKEND_ENV.get()
+                or torch.compiler.is_compiling() or _any_autocast() or _has_torch_function((input, weight, bias))
+                or self.tensor_signature(input, weight, bias) != last[0]):
+            return None
+        return last[2]
 
     @staticmethod
     def key(input: torch.Tensor, weight: torch.Tensor, requested: str, extra: tuple = ()) -> tuple:

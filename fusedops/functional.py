@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import _args, _native
-from .backends import ChoiceMemo, _any_autocast, check_backend_name, conv_facts, select
+from .backends import Backend, ChoiceMemo, _any_autocast, check_backend_name, conv_facts, select
 from .errors import InputTypeError, InputValueError, from_native
 from .ops.conv_block import ConvBlockParams, strictly_channels_last
 from .ops.conv_block_autograd import ConvReluMaxPool2dDualFunction, ConvReluMaxPool2dFunction
@@ -255,20 +255,34 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
                 return _native_conv_block(input, weight, bias, args)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
                 raise from_native(exc) from None
-        backend = chosen.name
-    else:
-        chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
-    if not check:
+        if not check:
+            _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
+        if memo is not None:
+            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), facts, chosen)
+        return run_conv_block_function(input, weight, bias, params, chosen, graph)
+    if not check:  # traced: the graph-level ops resolve the backend when the graph runs
         _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if graph:
         function = ConvReluMaxPool2dDualFunction if forward_ad_active() else ConvReluMaxPool2dFunction
-        out = function.apply(x, weight, bias, params, backend, chosen)
-    elif chosen is not None:
-        out = chosen.conv_block_output(x, weight, bias, params)
+        out = function.apply(x, weight, bias, params, backend, None)
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
+    return out.squeeze(0) if unbatched else out
+
+
+def run_conv_block_function(input, weight, bias, params: ConvBlockParams, chosen: Backend, graph: bool):
+    """The block on a chosen backend that is not a native op, in eager mode: its autograd
+    Function when the call records a graph (``graph``, see ``_needs_graph``), else the
+    backend's output alone. Checked tensors; 3-D input is one unbatched image."""
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    if graph:
+        function = ConvReluMaxPool2dDualFunction if forward_ad_active() else ConvReluMaxPool2dFunction
+        out = function.apply(x, weight, bias, params, chosen.name, chosen)
+    else:
+        out = chosen.conv_block_output(x, weight, bias, params)
     return out.squeeze(0) if unbatched else out
 
 
@@ -353,15 +367,25 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
                 return _native_linear(input, weight, bias, activation)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
                 raise from_native(exc) from None
-        backend = chosen.name
-    else:
-        chosen = None  # traced: the graph-level ops resolve the backend when the graph runs
-    if not check:
+        if not check:
+            _check_once(memo, check_linear_tensors, input, weight, bias)
+        if memo is not None:
+            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), (), chosen)
+        return run_linear_function(input, weight, bias, activation, chosen)
+    if not check:  # traced: the graph-level ops resolve the backend when the graph runs
         _check_once(memo, check_linear_tensors, input, weight, bias)
     if _needs_graph(input, weight, bias):
         function = LinearDualFunction if forward_ad_active() else LinearFunction
-        return function.apply(input, weight, bias, activation, backend, chosen)
-    if chosen is not None:
-        return chosen.linear_forward(input, weight, bias, activation)[0]
+        return function.apply(input, weight, bias, activation, backend, None)
     out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)
     return out
+
+
+def run_linear_function(input, weight, bias, activation: str, chosen: Backend):
+    """The fused linear on a chosen backend that is not a native op, in eager mode: its
+    autograd Function when the call records a graph, else the backend's output. Checked
+    tensors."""
+    if _needs_graph(input, weight, bias):
+        function = LinearDualFunction if forward_ad_active() else LinearFunction
+        return function.apply(input, weight, bias, activation, chosen.name, chosen)
+    return chosen.linear_forward(input, weight, bias, activation)[0]

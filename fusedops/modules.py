@@ -21,7 +21,9 @@ from .functional import (
     _typed_linear,
     conv_block_params,
     run_conv_block,
+    run_conv_block_function,
     run_linear,
+    run_linear_function,
 )
 from .ops.conv_block import strictly_channels_last
 from .ops.forward_mode import forward_ad_active
@@ -172,14 +174,19 @@ class FusedConvBlock(nn.Module):
         params, backend, native_args = self._block_args
         weight, bias = _weight_and_bias(self)
         memo = self._choices
-        if memo.native_call is not None and type(input) is torch.Tensor and memo.native_again(input, weight, bias, (
-                strictly_channels_last(input), (torch.is_grad_enabled() and (
-                    input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)))
-                or forward_ad_active())):  # the facts run_conv_block records (its _needs_graph)
-            try:  # straight to the op (see ChoiceMemo.native_again)
-                return _typed_conv_block(input, weight, bias, native_args)
-            except (ValueError, TypeError) as exc:
-                raise from_native(exc) from None
+        if (memo.native_call is not None or memo.python_call is not None) and type(input) is torch.Tensor:
+            graph = (torch.is_grad_enabled() and (
+                input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+            ) or forward_ad_active()  # the facts run_conv_block records (its _needs_graph)
+            facts = (strictly_channels_last(input), graph)
+            if memo.native_call is not None and memo.native_again(input, weight, bias, facts):
+                try:  # straight to the op (see ChoiceMemo.native_again)
+                    return _typed_conv_block(input, weight, bias, native_args)
+                except (ValueError, TypeError) as exc:
+                    raise from_native(exc) from None
+            chosen = memo.python_again(input, weight, bias, facts)
+            if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
+                return run_conv_block_function(input, weight, bias, params, chosen, graph)
         return run_conv_block(input, weight, bias, params, backend, check=False, memo=memo, native_args=native_args)
 
     def extra_repr(self) -> str:
@@ -339,6 +346,10 @@ class FusedLinear(nn.Module):
                 return _typed_linear(input, weight, bias, self.activation or "")
             except (ValueError, TypeError) as exc:
                 raise from_native(exc) from None
+        if memo.python_call is not None:
+            chosen = memo.python_again(input, weight, bias)
+            if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
+                return run_linear_function(input, weight, bias, self.activation or "", chosen)
         return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False, memo=memo)
 
     def __setattr__(self, name, value):
