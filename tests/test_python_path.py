@@ -72,12 +72,22 @@ def test_what_the_choice_depends_on_sends_the_call_back_through_the_functional_l
         assert len(slow) == before + 1, "this call should have gone through the functional layer"
         return out
 
+    def fast_call(fn):
+        before = len(slow)
+        out = fn()
+        assert len(slow) == before, "this repeat call should have skipped the functional layer"
+        return out
+
     bigger = torch.randn(3, *x.shape[1:])  # another shape: the checks' verdict may differ
     torch.testing.assert_close(slow_call(lambda: module(bigger)), _eager(module, kind, bigger))
+    fast_call(lambda: module(bigger))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts first
         assert slow_call(lambda: module(bigger)).dtype == torch.bfloat16
+    slow_call(lambda: module(bigger))  # the float32 call again after the bfloat16 one
+    fast_call(lambda: module(bigger))
     monkeypatch.setenv(backends.ENV_VAR, "cpp")  # the environment is read by the choice...
     slow_call(lambda: module(bigger))
+    fast_call(lambda: module(bigger))
     monkeypatch.delenv(backends.ENV_VAR)
     slow_call(lambda: module(bigger))
     module.double()  # ...and so are the tensors' dtypes
