@@ -435,12 +435,18 @@ class ChoiceMemo:
                 and last[6] == _BACKEND_ENV.get() and not _any_autocast()
                 and not _has_torch_function((input, weight, bias)))
 
-    def record_python(self, signature: Optional[tuple], facts: tuple, chosen: Backend) -> None:
+    @staticmethod
+    def stamp() -> tuple:
+        """What every choice also depends on: the choice generation and ``FUSEDOPS_BACKEND``,
+        read before a choice is made (another thread may change them while it is checked)."""
+        return _GENERATION[0], _BACKEND_ENV.get()
+
+    def record_python(self, signature: Optional[tuple], facts: tuple, chosen: Backend, stamp: tuple) -> None:
         """Remember that a call whose tensors have this ``tensor_signature`` (they passed the
         checks) and ``facts`` ran on ``chosen``, a backend run through the autograd Function
-        (not a native op)."""
+        (not a native op), chosen under ``stamp`` (see ``stamp``)."""
         if signature is not None:
-            self.python_call = (signature, facts, chosen, _GENERATION[0], _BACKEND_ENV.get())
+            self.python_call = (signature, facts, chosen, stamp)
 
     def python_again(self, input, weight: torch.Tensor, bias: Optional[torch.Tensor],
                      facts: tuple = ()) -> Optional[Backend]:
@@ -451,10 +457,11 @@ class ChoiceMemo:
         ``__torch_function__`` override; else None. A module's forward asks this after
         ``native_again``: a hit runs the Function (or, without a graph, the backend's output)
         straight away, skipping the functional layer's lookups."""
+        if torch.compiler.is_compiling():  # first: nothing here may become a guard of a graph
+            return None
         last = self.python_call
-        if (last is None or last[1] != facts or last[3] != _GENERATION[0] or last[4] != _BACKEND_ENV.get()
-                or torch.compiler.is_compiling() or _any_autocast() or _has_torch_function((input, weight, bias))
-                or self.tensor_signature(input, weight, bias) != last[0]):
+        if (last is None or last[1] != facts or last[3] != self.stamp() or _any_autocast()
+                or _has_torch_function((input, weight, bias)) or self.tensor_signature(input, weight, bias) != last[0]):
             return None
         return last[2]
 

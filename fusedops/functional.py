@@ -240,6 +240,7 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         check_conv_block_tensors(input, weight, bias, params)
     graph = _needs_graph(input, weight, bias)
     if not torch.compiler.is_compiling():
+        stamp = ChoiceMemo.stamp()
         channels_last = strictly_channels_last(input)
         facts = (channels_last, graph)
         chosen = memo.get(ChoiceMemo.key(input, weight, backend, facts)) if memo is not None else None
@@ -258,7 +259,7 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         if not check:
             _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
         if memo is not None:
-            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), facts, chosen)
+            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), facts, chosen, stamp)
         return run_conv_block_function(input, weight, bias, params, chosen, graph)
     if not check:  # traced: the graph-level ops resolve the backend when the graph runs
         _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
@@ -355,6 +356,7 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
     if check or not isinstance(input, torch.Tensor):
         check_linear_tensors(input, weight, bias)
     if not torch.compiler.is_compiling():
+        stamp = ChoiceMemo.stamp()
         chosen = memo.get(ChoiceMemo.key(input, weight, backend)) if memo is not None else None
         if chosen is None:
             chosen = select(backend, (input, weight) if bias is None else (input, weight, bias), "linear")
@@ -370,7 +372,7 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
         if not check:
             _check_once(memo, check_linear_tensors, input, weight, bias)
         if memo is not None:
-            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), (), chosen)
+            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), (), chosen, stamp)
         return run_linear_function(input, weight, bias, activation, chosen)
     if not check:  # traced: the graph-level ops resolve the backend when the graph runs
         _check_once(memo, check_linear_tensors, input, weight, bias)

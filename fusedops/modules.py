@@ -174,7 +174,8 @@ class FusedConvBlock(nn.Module):
         params, backend, native_args = self._block_args
         weight, bias = _weight_and_bias(self)
         memo = self._choices
-        if (memo.native_call is not None or memo.python_call is not None) and type(input) is torch.Tensor:
+        if (not torch.compiler.is_compiling() and (memo.native_call is not None or memo.python_call is not None)
+                and type(input) is torch.Tensor):  # traced calls read no memo state (it would become guards)
             graph = (torch.is_grad_enabled() and (
                 input.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
             ) or forward_ad_active()  # the facts run_conv_block records (its _needs_graph)
@@ -341,15 +342,16 @@ class FusedLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = _weight_and_bias(self)
         memo = self._choices
-        if memo.native_again(input, weight, bias):
-            try:  # straight to the op (see ChoiceMemo.native_again)
-                return _typed_linear(input, weight, bias, self.activation or "")
-            except (ValueError, TypeError) as exc:
-                raise from_native(exc) from None
-        if memo.python_call is not None:
-            chosen = memo.python_again(input, weight, bias)
-            if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
-                return run_linear_function(input, weight, bias, self.activation or "", chosen)
+        if not torch.compiler.is_compiling():  # traced calls read no memo state (it would become guards)
+            if memo.native_again(input, weight, bias):
+                try:  # straight to the op (see ChoiceMemo.native_again)
+                    return _typed_linear(input, weight, bias, self.activation or "")
+                except (ValueError, TypeError) as exc:
+                    raise from_native(exc) from None
+            if memo.python_call is not None:
+                chosen = memo.python_again(input, weight, bias)
+                if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
+                    return run_linear_function(input, weight, bias, self.activation or "", chosen)
         return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False, memo=memo)
 
     def __setattr__(self, name, value):

@@ -108,3 +108,48 @@ def test_bad_input_after_repeat_calls_is_still_refused(kind):
         module(wrong)
     with pytest.raises(TypeError):
         module(x.to(torch.int64))
+
+
+@pytest.mark.parametrize("kind", ["conv_block", "linear"])
+def test_a_compiled_module_does_not_guard_on_the_memo(kind):
+    """The memo is eager-mode state: a traced call reads none of it, so eager calls of the same
+    module, a cleared choice cache or another FUSEDOPS_BACKEND recompile nothing."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    module, x = _module_and_input(kind)
+    compiled = torch.compile(module, backend="eager")
+    want = _eager(module, kind, x)
+    torch.testing.assert_close(compiled(x), want)
+    for _ in range(4):
+        backends.clear_choice_cache()
+        module(x)
+        with torch.no_grad():
+            module(x)
+        torch.testing.assert_close(compiled(x), want)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+
+
+def test_a_choice_is_remembered_with_the_environment_it_was_made_in(monkeypatch):
+    """FUSEDOPS_BACKEND changed while a call's tensors are checked (by another thread, say):
+    the call ran on the choice made before, and the next call chooses again."""
+    from fusedops import functional
+
+    module, x = fusedops.FusedConvBlock(3, 4, 3, padding=1, pool_kernel_size=None), torch.randn(2, 3, 8, 8)
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    real = functional._check_once
+
+    def check_then_switch(*args, **kwargs):
+        real(*args, **kwargs)
+        monkeypatch.setenv(backends.ENV_VAR, "cpp")
+
+    monkeypatch.setattr(functional, "_check_once", check_then_switch)
+    with torch.no_grad():
+        module(x)
+    monkeypatch.setattr(functional, "_check_once", real)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.no_grad():
+            module(x)
+    counts = {e.key for e in prof.key_averages()}
+    assert "fusedops::native_conv_block" in counts, sorted(counts)
