@@ -414,10 +414,10 @@ class ChoiceMemo:
         """Remember the signature of a call whose tensors passed the checks."""
         self.checked_call = signature
 
-    def record_native(self, input: torch.Tensor, weight: torch.Tensor, facts: tuple = ()) -> None:
-        """Remember that a call on ``input`` (cast, where autocast cast it) ran natively."""
-        self.native_call = (input.dtype, weight.shape, input.is_cpu, input.is_cuda, facts, _GENERATION[0],
-                            _BACKEND_ENV.get())
+    def record_native(self, input: torch.Tensor, weight: torch.Tensor, facts: tuple, stamp: tuple) -> None:
+        """Remember that a call on ``input`` (cast, where autocast cast it) ran natively, on a
+        choice made under ``stamp`` (see ``stamp``)."""
+        self.native_call = (input.dtype, weight.shape, input.is_cpu, input.is_cuda, facts, stamp)
 
     def native_again(self, input, weight: torch.Tensor, bias: Optional[torch.Tensor], facts: tuple = ()) -> bool:
         """Whether this call is one the last native call's choice covers: the same input dtype
@@ -431,8 +431,7 @@ class ChoiceMemo:
         last = self.native_call
         return (last is not None and not torch.compiler.is_compiling() and type(input) is torch.Tensor
                 and last[0] is input.dtype and last[1] == weight.shape and last[2] == input.is_cpu
-                and last[3] == input.is_cuda and last[4] == facts and last[5] == _GENERATION[0]
-                and last[6] == _BACKEND_ENV.get() and not _any_autocast()
+                and last[3] == input.is_cuda and last[4] == facts and last[5] == self.stamp() and not _any_autocast()
                 and not _has_torch_function((input, weight, bias)))
 
     @staticmethod

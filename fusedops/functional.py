@@ -251,39 +251,37 @@ def run_conv_block(input, weight, bias, params: ConvBlockParams, backend: str, *
         if chosen.native:
             args = params.native_args() if native_args is None else native_args
             if memo is not None:
-                memo.record_native(input, weight, facts)
+                memo.record_native(input, weight, facts, stamp)
             try:
                 return _native_conv_block(input, weight, bias, args)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
                 raise from_native(exc) from None
-        if not check:
-            _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
-        if memo is not None:
-            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), facts, chosen, stamp)
-        return run_conv_block_function(input, weight, bias, params, chosen, graph)
-    if not check:  # traced: the graph-level ops resolve the backend when the graph runs
+        backend = chosen.name
+    else:
+        chosen = stamp = None  # traced: the graph-level ops resolve the backend when the graph runs
+    if not check:
         _check_once(memo, check_conv_block_tensors, input, weight, bias, params)
+    if memo is not None and chosen is not None:
+        memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), facts, chosen, stamp)
+    return run_conv_block_function(input, weight, bias, params, backend, chosen, graph)
+
+
+def run_conv_block_function(input, weight, bias, params: ConvBlockParams, backend: str, chosen: Optional[Backend],
+                            graph: bool):
+    """The block on checked tensors through the autograd Function when the call records a
+    graph (``graph``, see ``_needs_graph``), else its output alone; 3-D input is one unbatched
+    image. In eager mode ``chosen`` is the backend object (not a native op) named ``backend``,
+    whose kernels run directly; traced, it is None and the graph-level ops run, resolving
+    ``backend`` when the graph runs."""
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     if graph:
         function = ConvReluMaxPool2dDualFunction if forward_ad_active() else ConvReluMaxPool2dFunction
-        out = function.apply(x, weight, bias, params, backend, None)
+        out = function.apply(x, weight, bias, params, backend, chosen)
+    elif chosen is not None:
+        out = chosen.conv_block_output(x, weight, bias, params)
     else:
         out, _ = torch.ops.fusedops.conv_block_forward(x, weight, bias, *params, backend)
-    return out.squeeze(0) if unbatched else out
-
-
-def run_conv_block_function(input, weight, bias, params: ConvBlockParams, chosen: Backend, graph: bool):
-    """The block on a chosen backend that is not a native op, in eager mode: its autograd
-    Function when the call records a graph (``graph``, see ``_needs_graph``), else the
-    backend's output alone. Checked tensors; 3-D input is one unbatched image."""
-    unbatched = input.dim() == 3
-    x = input.unsqueeze(0) if unbatched else input
-    if graph:
-        function = ConvReluMaxPool2dDualFunction if forward_ad_active() else ConvReluMaxPool2dFunction
-        out = function.apply(x, weight, bias, params, chosen.name, chosen)
-    else:
-        out = chosen.conv_block_output(x, weight, bias, params)
     return out.squeeze(0) if unbatched else out
 
 
@@ -364,30 +362,29 @@ def run_linear(input, weight, bias, activation: str, backend: str, *, check: boo
                 memo.put(ChoiceMemo.key(input, weight, backend), chosen)
         if chosen.native:
             if memo is not None:
-                memo.record_native(input, weight)
+                memo.record_native(input, weight, (), stamp)
             try:
                 return _native_linear(input, weight, bias, activation)
             except (ValueError, TypeError) as exc:  # its checks: also RuntimeErrors, as torch's (errors.py)
                 raise from_native(exc) from None
-        if not check:
-            _check_once(memo, check_linear_tensors, input, weight, bias)
-        if memo is not None:
-            memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), (), chosen, stamp)
-        return run_linear_function(input, weight, bias, activation, chosen)
-    if not check:  # traced: the graph-level ops resolve the backend when the graph runs
+        backend = chosen.name
+    else:
+        chosen = stamp = None  # traced: the graph-level ops resolve the backend when the graph runs
+    if not check:
         _check_once(memo, check_linear_tensors, input, weight, bias)
+    if memo is not None and chosen is not None:
+        memo.record_python(ChoiceMemo.tensor_signature(input, weight, bias), (), chosen, stamp)
+    return run_linear_function(input, weight, bias, activation, backend, chosen)
+
+
+def run_linear_function(input, weight, bias, activation: str, backend: str, chosen: Optional[Backend]):
+    """The fused linear on checked tensors through the autograd Function when the call
+    records a graph, else its output alone; ``backend`` and ``chosen`` as in
+    :func:`run_conv_block_function` (chosen None: traced, the graph-level ops run)."""
     if _needs_graph(input, weight, bias):
         function = LinearDualFunction if forward_ad_active() else LinearFunction
-        return function.apply(input, weight, bias, activation, backend, None)
+        return function.apply(input, weight, bias, activation, backend, chosen)
+    if chosen is not None:
+        return chosen.linear_forward(input, weight, bias, activation)[0]
     out, _ = torch.ops.fusedops.linear_forward(input, weight, bias, activation, backend)
     return out
-
-
-def run_linear_function(input, weight, bias, activation: str, chosen: Backend):
-    """The fused linear on a chosen backend that is not a native op, in eager mode: its
-    autograd Function when the call records a graph, else the backend's output. Checked
-    tensors."""
-    if _needs_graph(input, weight, bias):
-        function = LinearDualFunction if forward_ad_active() else LinearFunction
-        return function.apply(input, weight, bias, activation, chosen.name, chosen)
-    return chosen.linear_forward(input, weight, bias, activation)[0]

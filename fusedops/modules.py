@@ -187,7 +187,7 @@ class FusedConvBlock(nn.Module):
                     raise from_native(exc) from None
             chosen = memo.python_again(input, weight, bias, facts)
             if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
-                return run_conv_block_function(input, weight, bias, params, chosen, graph)
+                return run_conv_block_function(input, weight, bias, params, chosen.name, chosen, graph)
         return run_conv_block(input, weight, bias, params, backend, check=False, memo=memo, native_args=native_args)
 
     def extra_repr(self) -> str:
@@ -351,7 +351,7 @@ class FusedLinear(nn.Module):
             if memo.python_call is not None:
                 chosen = memo.python_again(input, weight, bias)
                 if chosen is not None:  # straight to the Function (see ChoiceMemo.python_again)
-                    return run_linear_function(input, weight, bias, self.activation or "", chosen)
+                    return run_linear_function(input, weight, bias, self.activation or "", chosen.name, chosen)
         return run_linear(input, weight, bias, self.activation or "", self.backend or "", check=False, memo=memo)
 
     def __setattr__(self, name, value):
