@@ -544,3 +544,47 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, i
     out.backward(g)
     ref.backward(g)
     torch.testing.assert_close(xs.grad, xe.grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last", "expanded"])
+@pytest.mark.parametrize("in_channels", [1, 9, 17])  # direct convolution, Winograd, im2col
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channels, grad_layout):
+    """Without a pool the forward writes each output row and its offsets (relu_rows::bias_relu_row,
+    8 float or 4 double lanes per step, then a scalar tail) and the backward masks each gradient
+    row (relu_grad_row; a strided gradient row is gathered lane by lane). Rows of 19 conv columns
+    put lanes and a tail in both. A 3x3 conv of small integers whose ten output channels pick
+    channel 0 at the centre tap and add their own bias makes positive, zero and negative outputs
+    and NaN; the gradient holds NaN and Inf where the ReLU is on and where it is off. Eager's
+    conv and ReLU are the oracle: NaN outputs pass their gradient, a zero or negative output
+    zeroes it, NaN and Inf included, and the bias gradient sums what passed."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (2, in_channels, 5, 19), generator=gen).to(dtype)
+    x[0, 0, 1, 3] = float("nan")  # vector lanes (the conv spreads it to its 3x3 neighbours)
+    x[1, 0, 4, 17] = float("nan")  # the tail
+    w = torch.zeros(10, in_channels, 3, 3, dtype=dtype)
+    w[:, 0, 1, 1] = 1
+    b = torch.tensor([0, -1, 1, 0.5, -2, 0, 1, -1, 2, -0.5], dtype=dtype)
+    xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    bs, be = b.clone().requires_grad_(), b.clone().requires_grad_()
+    out = fusedops.conv_relu_maxpool2d(xs, w, bs, padding=1, pool_kernel_size=None, backend="cpp")
+    ref = torch.relu(torch.nn.functional.conv2d(xe, w, be, padding=1))
+    torch.testing.assert_close(out, ref, equal_nan=True, atol=0, rtol=0)
+    assert out.isnan().any() and (out == 0).any() and (out > 0).any()
+    g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)
+    g[0, 1, 1, 3] = float("nan")  # at the NaN output: passes
+    g[0, 4, 2, 5] = float("inf")
+    g[1, 7, 3, 18] = float("nan")
+    g[0, 0, 0, 0] = float("-inf")
+    off = (ref == 0).nonzero()
+    assert len(off) > 3
+    for i in (0, len(off) // 2, -1):  # where the ReLU is off: zeroed
+        g[tuple(off[i])] = float("nan") if i else float("inf")
+    if grad_layout == "channels_last":
+        g = g.contiguous(memory_format=torch.channels_last)
+    elif grad_layout == "expanded":  # every image's gradient the same, stride 0 along the batch
+        g = g[:1].expand_as(g)
+    out.backward(g)
+    ref.backward(g)
+    for got, want in ((xs.grad, xe.grad), (bs.grad, be.grad)):
+        torch.testing.assert_close(got, want, equal_nan=True)

@@ -46,6 +46,7 @@
 #include "cpu_checks.h"
 #include "direct_conv.h"
 #include "pool_rows.h"
+#include "relu_rows.h"
 #include "vectorize.h"
 #include "transpose.h"
 #include "winograd.h"
@@ -598,26 +599,18 @@ FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int
     const int64_t c = grp * g.Coutg + cg;
     T* t = tile + cg * M;
     const T bc = b ? b[c] : T(0);
+    T* yc = y + c * ys[1];
+    OffT* oc = o + c * ys[1];
+    if (!g.pool) {  // conv row r is output row r
+      for (int64_t r = p0; r < p1; ++r)
+        relu_rows::bias_relu_row<T, OffT>(t + (r - r0) * g.OW, g.OW, bc, yc + r * ys[2], oc + r * ys[2], ys[3]);
+      continue;
+    }
     for (int64_t i = 0; i < M; ++i) {  // vectorisable
       const T v = t[i] + bc;
       t[i] = (v > T(0)) | is_nan(v) ? v : T(0);
     }
-    T* yc = y + c * ys[1];
-    OffT* oc = o + c * ys[1];
-    if (g.pool) {
-      pool_epilogue<T, OffT>(g, t, r0, p0, p1, yc, oc, ys, tap_delta, best_row, where_row);
-      continue;
-    }
-    for (int64_t r = p0; r < p1; ++r) {  // no pool: conv row r is output row r
-      const T* src = t + (r - r0) * g.OW;
-      T* yr = yc + r * ys[2];
-      OffT* orow = oc + r * ys[2];
-      for (int64_t q = 0; q < g.OW; ++q) {
-        const T v = src[q];
-        yr[q * ys[3]] = v;
-        orow[q * ys[3]] = static_cast<OffT>((v > T(0)) | is_nan(v) ? 0 : -1);
-      }
-    }
+    pool_epilogue<T, OffT>(g, t, r0, p0, p1, yc, oc, ys, tap_delta, best_row, where_row);
   }
 }
 
@@ -739,12 +732,17 @@ bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, co
             const std::vector<int64_t>& tap_delta, T* dtile, int64_t cs, int64_t ps, T* db) {
   bool any = false;
   const bool whole_windows = ps == 1 && g.whole_pool2x2();  // tile rows are conv rows
+  const bool unpooled_rows = ps == 1 && !g.pool;             // tile row r - r0 is output row r
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
     T bsum = T(0);
     for (int64_t ph = p0; ph < p1; ++ph) {
       const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
       const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
+      if (unpooled_rows) {
+        any |= relu_rows::relu_grad_row(grow, gs[3], orow, os[3], g.PW, dtile + cg * cs + (ph - r0) * g.OW, bsum);
+        continue;
+      }
       if (whole_windows) {
         T* d0 = dtile + cg * cs + (2 * ph - r0) * g.OW;
         any |= pool_rows::unpool2x2_row(grow, gs[3], orow, os[3], g.PW, d0, d0 + g.OW, bsum);
@@ -817,13 +815,15 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
       if (g.winograd) {
         const int64_t M = g.OH * g.OW, per_image = g.Coutg * M;
         bool any = false;
-        if (g.whole_pool2x2()) {
+        if (g.whole_pool2x2() || !g.pool) {
           // Un-pooled a row of windows at a time into a Coutg x M tile (pool_rows::unpool2x2_row,
-          // vectorised over windows), then block-transposed channels innermost: scattering each
-          // pooled gradient straight into the channels-innermost tile ran one element at a time.
+          // or relu_rows::relu_grad_row without a pool: vectorised along the row), then
+          // block-transposed channels innermost: scattering each pooled gradient straight into
+          // the channels-innermost tile ran one element at a time.
           dtile.resize((n1 - n0) * per_image);
           planes.resize(per_image);
-          if (g.OH != 2 * g.PH || g.OW != 2 * g.PW) std::fill(planes.begin(), planes.end(), T(0));  // uncovered edges
+          if (g.pool && (g.OH != 2 * g.PH || g.OW != 2 * g.PW))  // conv-output edges no window covers
+            std::fill(planes.begin(), planes.end(), T(0));
           for (int64_t n = n0; n < n1; ++n) {
             any |= unpool(g, go, gs, o, os, n, grp, 0, g.PH, 0, M, tap_delta, planes.data(), M, 1, db);
             transpose::matrix_vectorized(planes.data(), M, g.Coutg, M, dtile.data() + (n - n0) * per_image, g.Coutg);
