@@ -231,14 +231,22 @@ class CppBackend(NativeBackend):
         if facts.get("dtype") == torch.bfloat16 and not onednn_has_bfloat16():
             return True
         if not facts.get("pooled"):
-            # Without a pool only the Winograd layers on NCHW float32/float64 inputs, and only on
-            # a CPU without AVX-512 (benchmarks/NOTES.md): 1.15x-1.25x eager NCHW on an AVX2 EPYC
-            # (where oneDNN's channels_last conv still won), 0.80x-0.98x over three runs on an
-            # AVX-512 Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's. On an AVX-512
-            # EPYC they were 1.16x-1.38x when this rule was made and 0.96x-1.07x in later runs:
-            # AVX-512 CPUs disagree, and there the reference (eager's ops) runs them.
-            return (bool(facts.get("winograd")) and not facts.get("channels_last")
-                    and facts.get("dtype") in (torch.float32, torch.float64) and not cpu_has_avx512())
+            # Without a pool, NCHW float32/float64 inputs only, and 3x3 stride-1 kernels only
+            # (benchmarks/NOTES.md, `benchmarks/cpp_auto_rule.py --no-pool`). Training (a graph
+            # recorded): the kernel's backward (the ReLU's mask vectorised along rows) beat the
+            # reference's on 7 of 8 such layers on an AVX-512 Xeon, 1.03x-1.45x eager NCHW where
+            # the reference ran 0.72x-1.04x (16->16 @16 the loss, 0.75x-0.83x vs 0.84x-0.86x).
+            # Forward alone: the direct convolution's layers (fewer than 8 input channels per
+            # group), 1.06x-1.48x against about 1.0x; the Winograd layers only on a CPU
+            # without AVX-512: 1.15x-1.25x eager NCHW on an AVX2 EPYC, 0.71x-1.89x over shapes
+            # and runs on an AVX-512 Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's.
+            if facts.get("channels_last") or facts.get("dtype") not in (torch.float32, torch.float64):
+                return False
+            if not facts.get("unit_3x3"):
+                return False
+            if facts.get("graph", True) or not facts.get("winograd"):
+                return True
+            return not cpu_has_avx512()
         if facts.get("channels_last"):
             if not facts.get("graph", True) and not facts.get("direct"):
                 return False
@@ -600,16 +608,13 @@ def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None,
     """What automatic choice knows of a conv block problem: the weight's shape and dtype, the
     parameters, the input's layout (``channels_last``) and whether the call records a graph
     for backward (``graph``; the graph-level ops assume it does)."""
-    winograd = (
-        tuple(weight.shape[2:]) == (3, 3)
-        and p.stride == (1, 1)
-        and p.dilation == (1, 1)
-        and min(weight.shape[0] // p.groups, weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
-    )
+    unit_3x3 = tuple(weight.shape[2:]) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
+    winograd = unit_3x3 and min(weight.shape[0] // p.groups, weight.shape[1]) >= WINOGRAD_MIN_CHANNELS
     return {
         "in_channels_per_group": weight.shape[1],
         "gemm_k": weight.shape[1] * weight.shape[2] * weight.shape[3],  # im2col's reduction length
         "pooled": p.has_pool,
+        "unit_3x3": unit_3x3,  # 3x3, stride 1, dilation 1
         "winograd": winograd,
         "direct": not winograd and weight.shape[1] <= DIRECT_MAX_CHANNELS and p.stride[1] == 1,
         "dtype": weight.dtype,

@@ -203,17 +203,25 @@ def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     assert backends.select("", wide, op, backends.conv_facts(wide[1], strided)).name == "reference"
     low = [t.bfloat16() for t in short_k]
     assert backends.select("", low, op, backends.conv_facts(low[1], pooled)).name == "reference"
-    # no pool: the Winograd layers on NCHW float inputs only
-    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "cpp"
+    # no pool: 3x3 stride-1 layers on NCHW float inputs only, training and forward alike here
+    for graph in (True, False):
+        for x, w in (winograd, small):
+            assert backends.select("", (x, w), op, backends.conv_facts(w, unpooled, x, graph)).name == "cpp"
+    unpooled_strided = conv_block_params((3, 3), stride=2, pool_kernel_size=None)
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled_strided)).name == "reference"
+    assert backends.select("", wide, op, backends.conv_facts(wide[1], unpooled)).name == "reference"  # 5x5
     cl = [winograd[0].contiguous(memory_format=torch.channels_last), winograd[1]]
     assert backends.select("", cl, op, backends.conv_facts(cl[1], unpooled, cl[0])).name == "reference"
     low = [t.bfloat16() for t in winograd]
     assert backends.select("", low, op, backends.conv_facts(low[1], unpooled)).name == "reference"
-    assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
-    # no pool on an AVX-512 CPU: oneDNN's NCHW conv beats the Winograd layers too
+    # no pool on an AVX-512 CPU: oneDNN's NCHW conv beats the Winograd layers' forward alone
     monkeypatch.setattr(backends, "cpu_has_avx512", lambda: True)
     backends.clear_choice_cache()
-    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled)).name == "reference"
+    x, w = winograd
+    assert backends.select("", winograd, op, backends.conv_facts(w, unpooled, x, graph=False)).name == "reference"
+    assert backends.select("", winograd, op, backends.conv_facts(w, unpooled, x, graph=True)).name == "cpp"
+    x, w = small
+    assert backends.select("", small, op, backends.conv_facts(w, unpooled, x, graph=False)).name == "cpp"
     assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
     monkeypatch.setattr(backends, "cpu_has_avx512", lambda: False)
     backends.clear_choice_cache()
