@@ -554,18 +554,19 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, i
     torch.testing.assert_close(xs.grad, xe.grad, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last", "expanded"])
+@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last", "expanded", "padded rows"])
 @pytest.mark.parametrize("in_channels", [1, 9, 17])  # direct convolution, Winograd, im2col
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channels, grad_layout):
     """Without a pool the forward writes each output row and its offsets (relu_rows::bias_relu_row,
     8 float or 4 double lanes per step, then a scalar tail) and the backward masks each gradient
-    row (relu_grad_row; a strided gradient row is gathered lane by lane). Rows of 19 conv columns
-    put lanes and a tail in both. A 3x3 conv of small integers whose ten output channels pick
-    channel 0 at the centre tap and add their own bias makes positive, zero and negative outputs
-    and NaN; the gradient holds NaN and Inf where the ReLU is on and where it is off. Eager's
-    conv and ReLU are the oracle: NaN outputs pass their gradient, a zero or negative output
-    zeroes it, NaN and Inf included, and the bias gradient sums what passed."""
+    row (relu_grad_row; a strided gradient row is gathered lane by lane); rows that follow each
+    other in memory run as one. Rows of 19 conv columns put lanes and a tail in both. A 3x3 conv
+    of small integers whose ten output channels pick channel 0 at the centre tap and add their
+    own bias makes positive, zero and negative outputs and NaN; the gradient holds NaN and Inf
+    where the ReLU is on and where it is off. Eager's conv and ReLU are the oracle: NaN outputs
+    pass their gradient, a zero or negative output zeroes it, NaN and Inf included, and the
+    bias gradient sums what passed."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(-2, 3, (2, in_channels, 5, 19), generator=gen).to(dtype)
     x[0, 0, 1, 3] = float("nan")  # vector lanes (the conv spreads it to its 3x3 neighbours)
@@ -592,6 +593,10 @@ def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channe
         g = g.contiguous(memory_format=torch.channels_last)
     elif grad_layout == "expanded":  # every image's gradient the same, stride 0 along the batch
         g = g[:1].expand_as(g)
+    elif grad_layout == "padded rows":  # gaps of NaN between rows: each row its own run
+        wide = torch.full((*g.shape[:-1], g.shape[-1] + 3), float("nan"), dtype=dtype)
+        wide[..., : g.shape[-1]] = g
+        g = wide[..., : g.shape[-1]]
     out.backward(g)
     ref.backward(g)
     for got, want in ((xs.grad, xe.grad), (bs.grad, be.grad)):

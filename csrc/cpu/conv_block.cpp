@@ -601,9 +601,10 @@ FUSEDOPS_VECTORIZE void band_epilogue(const Geometry& g, T* tile, int64_t M, int
     const T bc = b ? b[c] : T(0);
     T* yc = y + c * ys[1];
     OffT* oc = o + c * ys[1];
-    if (!g.pool) {  // conv row r is output row r
-      for (int64_t r = p0; r < p1; ++r)
-        relu_rows::bias_relu_row<T, OffT>(t + (r - r0) * g.OW, g.OW, bc, yc + r * ys[2], oc + r * ys[2], ys[3]);
+    if (!g.pool) {  // conv row r is output row r; rows that follow each other in y are one run
+      const int64_t run = ys[2] == g.OW * ys[3] ? p1 - p0 : 1;
+      for (int64_t r = p0; r < p1; r += run)
+        relu_rows::bias_relu_row<T, OffT>(t + (r - r0) * g.OW, run * g.OW, bc, yc + r * ys[2], oc + r * ys[2], ys[3]);
       continue;
     }
     for (int64_t i = 0; i < M; ++i) {  // vectorisable
@@ -733,14 +734,17 @@ bool unpool(const Geometry& g, const T* go, const std::array<int64_t, 4>& gs, co
   bool any = false;
   const bool whole_windows = ps == 1 && g.whole_pool2x2();  // tile rows are conv rows
   const bool unpooled_rows = ps == 1 && !g.pool;             // tile row r - r0 is output row r
+  // Without a pool, rows that follow each other in both the gradient and the offsets are one run.
+  const int64_t run = unpooled_rows && gs[2] == g.PW * gs[3] && os[2] == g.PW * os[3] ? p1 - p0 : 1;
   for (int64_t cg = 0; cg < g.Coutg; ++cg) {
     const int64_t c = grp * g.Coutg + cg;
     T bsum = T(0);
-    for (int64_t ph = p0; ph < p1; ++ph) {
+    for (int64_t ph = p0; ph < p1; ph += unpooled_rows ? run : 1) {
       const OffT* orow = o + n * os[0] + c * os[1] + ph * os[2];
       const T* grow = go + n * gs[0] + c * gs[1] + ph * gs[2];
       if (unpooled_rows) {
-        any |= relu_rows::relu_grad_row(grow, gs[3], orow, os[3], g.PW, dtile + cg * cs + (ph - r0) * g.OW, bsum);
+        T* d = dtile + cg * cs + (ph - r0) * g.OW;
+        any |= relu_rows::relu_grad_row(grow, gs[3], orow, os[3], run * g.PW, d, bsum);
         continue;
       }
       if (whole_windows) {
