@@ -201,11 +201,11 @@ class CppBackend(NativeBackend):
     # Other pooled layers run im2col + GEMM per band: faster than the reference (what
     # automatic choice would run instead) while the GEMM's reduction K = in_channels/groups *
     # KH * KW is short (K 144-288 measured, forward and training step,
-    # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without a pool the Winograd layers
-    # on NCHW float32 input beat the reference on the EPYCs (1.15x-1.25x eager NCHW on the AVX2
-    # one; 1.16x-1.38x on the AVX-512 one when the rule was made, level there in later runs)
-    # and lost to it on an AVX-512 Xeon: see auto_eligible. oneDNN is faster on the other
-    # no-pool layers and on channels_last input.
+    # benchmarks/cpp_auto_rule.py), slower from K = 400 on. Without a pool the 3x3 stride-1
+    # layers on NCHW float input: the kernel's training step beat the reference's on an
+    # AVX-512 Xeon, and its forward on the first layers' and (on the AVX2 EPYC) on the Winograd
+    # layers: see auto_eligible. oneDNN is faster on the other no-pool layers measured and on
+    # channels_last input.
     # A channels_last input is where oneDNN's conv (what the reference runs) is fastest: there
     # the reference's forward beat the cpp kernel's on every pooled layer measured past the
     # first, and its training step did in bfloat16 on the Winograd layers; the cpp kernel kept
@@ -233,13 +233,14 @@ class CppBackend(NativeBackend):
         if not facts.get("pooled"):
             # Without a pool, NCHW float32/float64 inputs only, and 3x3 stride-1 kernels only
             # (benchmarks/NOTES.md, `benchmarks/cpp_auto_rule.py --no-pool`). Training (a graph
-            # recorded): the kernel's backward (the ReLU's mask vectorised along rows) beat the
-            # reference's on 7 of 8 such layers on an AVX-512 Xeon, 1.03x-1.45x eager NCHW where
-            # the reference ran 0.72x-1.04x (16->16 @16 the loss, 0.75x-0.83x vs 0.84x-0.86x).
-            # Forward alone: the direct convolution's layers (fewer than 8 input channels per
-            # group), 1.06x-1.48x against about 1.0x; the Winograd layers only on a CPU
-            # without AVX-512: 1.15x-1.25x eager NCHW on an AVX2 EPYC, 0.71x-1.89x over shapes
-            # and runs on an AVX-512 Xeon, whose oneDNN NCHW conv is 1.8x the AVX2 machine's.
+            # recorded), on an AVX-512 Xeon: the kernel beat the reference on 6 of 8 such layers
+            # in two runs, 1.03x-1.45x eager NCHW against 0.72x-1.04x; split on 32->64 @14 (which
+            # run.py measured at 1.05x-1.18x against 0.95x-1.07x); lost on 16->16 @16 (0.75x-0.83x
+            # against 0.84x-0.86x). Forward alone: the direct convolution's layers (fewer than 8
+            # input channels per group), 1.06x-1.48x in 8 of 9 measurements (one 0.69x) against
+            # 0.97x-1.05x; the Winograd layers only on a CPU without AVX-512: 1.15x-1.25x eager
+            # NCHW on an AVX2 EPYC, 0.71x-1.89x over shapes and runs on an AVX-512 Xeon, whose
+            # oneDNN NCHW conv is 1.8x the AVX2 machine's.
             if facts.get("channels_last") or facts.get("dtype") not in (torch.float32, torch.float64):
                 return False
             if not facts.get("unit_3x3"):
