@@ -69,6 +69,18 @@ def cpu_has_avx512() -> bool:
         return True
 
 
+@functools.cache
+def cpu_vector_rows() -> bool:
+    """Whether the cpp kernels' 32-byte vector code runs as such on this CPU (AVX2 and FMA, and
+    a build with the vector clones; csrc/cpu/vectorize.h). Without them its row kernels run lane
+    by lane, slower than scalar loops."""
+    if not _native.loaded():
+        return False
+    from . import _C
+
+    return bool(_C._cpu_direct_conv_available())
+
+
 class Backend:
     """Base class: a named implementation of both ops' forward and backward."""
 
@@ -241,13 +253,16 @@ class CppBackend(NativeBackend):
             # 0.97x-1.05x; the Winograd layers only on a CPU without AVX-512: 1.15x-1.25x eager
             # NCHW on an AVX2 EPYC, 0.71x-1.89x over shapes and runs on an AVX-512 Xeon, whose
             # oneDNN NCHW conv is 1.8x the AVX2 machine's.
+            # Only ungrouped layers were measured, and only with the vector rows.
             if facts.get("channels_last") or facts.get("dtype") not in (torch.float32, torch.float64):
                 return False
-            if not facts.get("unit_3x3"):
+            if not facts.get("unit_3x3") or facts.get("groups") != 1 or not cpu_vector_rows():
                 return False
-            if facts.get("graph", True) or not facts.get("winograd"):
+            if facts.get("graph", True):
                 return True
-            return not cpu_has_avx512()
+            if int(facts.get("in_channels_per_group", 1 << 30)) < WINOGRAD_MIN_CHANNELS:
+                return True
+            return bool(facts.get("winograd")) and not cpu_has_avx512()
         if facts.get("channels_last"):
             if not facts.get("graph", True) and not facts.get("direct"):
                 return False
@@ -616,6 +631,7 @@ def conv_facts(weight, p: ConvBlockParams, input: Optional[torch.Tensor] = None,
         "gemm_k": weight.shape[1] * weight.shape[2] * weight.shape[3],  # im2col's reduction length
         "pooled": p.has_pool,
         "unit_3x3": unit_3x3,  # 3x3, stride 1, dilation 1
+        "groups": p.groups,
         "winograd": winograd,
         "direct": not winograd and weight.shape[1] <= DIRECT_MAX_CHANNELS and p.stride[1] == 1,
         "dtype": weight.dtype,

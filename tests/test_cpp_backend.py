@@ -187,6 +187,7 @@ def test_native_linear_rejects_bad_input_with_clear_error():
 def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     monkeypatch.setattr(backends, "onednn_has_bfloat16", lambda: True)  # the bf16 rule measured there
     monkeypatch.setattr(backends, "cpu_has_avx512", lambda: False)  # the no-pool rule's CPU
+    monkeypatch.setattr(backends, "cpu_vector_rows", lambda: True)
     small = (torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3))
     wide = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 5, 5))  # 4 output channels: no Winograd; K = 800
     short_k = (torch.randn(2, 6, 14, 14), torch.randn(16, 6, 5, 5))  # the CIFAR tutorial's conv2: K = 150
@@ -210,6 +211,9 @@ def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     unpooled_strided = conv_block_params((3, 3), stride=2, pool_kernel_size=None)
     assert backends.select("", winograd, op, backends.conv_facts(winograd[1], unpooled_strided)).name == "reference"
     assert backends.select("", wide, op, backends.conv_facts(wide[1], unpooled)).name == "reference"  # 5x5
+    grouped = (torch.randn(2, 32, 8, 8), torch.randn(64, 16, 3, 3))
+    unpooled_grouped = conv_block_params((3, 3), groups=2, pool_kernel_size=None)
+    assert backends.select("", grouped, op, backends.conv_facts(grouped[1], unpooled_grouped)).name == "reference"
     cl = [winograd[0].contiguous(memory_format=torch.channels_last), winograd[1]]
     assert backends.select("", cl, op, backends.conv_facts(cl[1], unpooled, cl[0])).name == "reference"
     low = [t.bfloat16() for t in winograd]
@@ -222,6 +226,14 @@ def test_automatic_choice_takes_cpp_only_where_it_wins(monkeypatch):
     assert backends.select("", winograd, op, backends.conv_facts(w, unpooled, x, graph=True)).name == "cpp"
     x, w = small
     assert backends.select("", small, op, backends.conv_facts(w, unpooled, x, graph=False)).name == "cpp"
+    narrow = (torch.randn(2, 32, 8, 8), torch.randn(4, 32, 3, 3))  # not Winograd (4 outputs), 32 inputs: im2col
+    assert backends.select("", narrow, op, backends.conv_facts(narrow[1], unpooled, graph=False)).name == "reference"
+    assert backends.select("", narrow, op, backends.conv_facts(narrow[1], unpooled, graph=True)).name == "cpp"
+    assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
+    # without the vector rows (no AVX2, or a build without the clones) the reference runs them all
+    monkeypatch.setattr(backends, "cpu_vector_rows", lambda: False)
+    backends.clear_choice_cache()
+    assert backends.select("", small, op, backends.conv_facts(small[1], unpooled)).name == "reference"
     assert backends.select("", winograd, op, backends.conv_facts(winograd[1], pooled)).name == "cpp"
     monkeypatch.setattr(backends, "cpu_has_avx512", lambda: False)
     backends.clear_choice_cache()
@@ -554,36 +566,40 @@ def test_pool_row_kernel_ties_nan_and_relu_off_in_vector_lanes_and_tail(dtype, i
     torch.testing.assert_close(xs.grad, xe.grad, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last", "expanded", "padded rows"])
-@pytest.mark.parametrize("in_channels", [1, 9, 17])  # direct convolution, Winograd, im2col
+@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last", "batch expanded", "row expanded",
+                                         "padded rows"])
+# direct convolution (1 -> 10), Winograd (9 -> 10), im2col (17 -> 4: over the direct path's 16
+# input channels, under Winograd's 8 outputs)
+@pytest.mark.parametrize("in_channels, out_channels", [(1, 10), (9, 10), (17, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channels, grad_layout):
+def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channels, out_channels, grad_layout):
     """Without a pool the forward writes each output row and its offsets (relu_rows::bias_relu_row,
     8 float or 4 double lanes per step, then a scalar tail) and the backward masks each gradient
     row (relu_grad_row; a strided gradient row is gathered lane by lane); rows that follow each
-    other in memory run as one. Rows of 19 conv columns put lanes and a tail in both. A 3x3 conv
-    of small integers whose ten output channels pick channel 0 at the centre tap and add their
-    own bias makes positive, zero and negative outputs and NaN; the gradient holds NaN and Inf
-    where the ReLU is on and where it is off. Eager's conv and ReLU are the oracle: NaN outputs
-    pass their gradient, a zero or negative output zeroes it, NaN and Inf included, and the
-    bias gradient sums what passed."""
+    other in memory run as one. Rows of 19 conv columns put lanes and a tail in both; 50 rows
+    make several bands. A 3x3 conv of small integers whose output channels pick channel 0 at
+    the centre tap and add their own bias makes positive, zero and negative outputs and NaN;
+    the gradient holds NaN and Inf where the ReLU is on and where it is off. Eager's conv and
+    ReLU are the oracle: NaN outputs pass their gradient, a zero or negative output zeroes it,
+    NaN and Inf included, and the bias gradient sums what passed."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randint(-2, 3, (2, in_channels, 5, 19), generator=gen).to(dtype)
+    x = torch.randint(-2, 3, (2, in_channels, 50, 19), generator=gen).to(dtype)
     x[0, 0, 1, 3] = float("nan")  # vector lanes (the conv spreads it to its 3x3 neighbours)
     x[1, 0, 4, 17] = float("nan")  # the tail
-    w = torch.zeros(10, in_channels, 3, 3, dtype=dtype)
+    w = torch.zeros(out_channels, in_channels, 3, 3, dtype=dtype)
     w[:, 0, 1, 1] = 1
-    b = torch.tensor([0, -1, 1, 0.5, -2, 0, 1, -1, 2, -0.5], dtype=dtype)
+    b = torch.tensor([0, -1, 1, 0.5, -2, 0, 1, -1, 2, -0.5], dtype=dtype)[:out_channels]
     xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
     bs, be = b.clone().requires_grad_(), b.clone().requires_grad_()
     out = fusedops.conv_relu_maxpool2d(xs, w, bs, padding=1, pool_kernel_size=None, backend="cpp")
     ref = torch.relu(torch.nn.functional.conv2d(xe, w, be, padding=1))
     torch.testing.assert_close(out, ref, equal_nan=True, atol=0, rtol=0)
     assert out.isnan().any() and (out == 0).any() and (out > 0).any()
-    g = torch.arange(1, out.numel() + 1, dtype=dtype).view_as(out)
+    # small integers: every partial sum of the bias gradient is exact in float32, in any order
+    g = (torch.arange(out.numel()) % 13 + 1).to(dtype).view_as(out)
     g[0, 1, 1, 3] = float("nan")  # at the NaN output: passes
-    g[0, 4, 2, 5] = float("inf")
-    g[1, 7, 3, 18] = float("nan")
+    g[0, 3, 2, 5] = float("inf")
+    g[1, -1, 33, 18] = float("nan")
     g[0, 0, 0, 0] = float("-inf")
     off = (ref == 0).nonzero()
     assert len(off) > 3
@@ -591,8 +607,10 @@ def test_no_pool_rows_relu_nan_and_inf_in_vector_lanes_and_tail(dtype, in_channe
         g[tuple(off[i])] = float("nan") if i else float("inf")
     if grad_layout == "channels_last":
         g = g.contiguous(memory_format=torch.channels_last)
-    elif grad_layout == "expanded":  # every image's gradient the same, stride 0 along the batch
+    elif grad_layout == "batch expanded":  # every image's gradient the same, stride 0 along the batch
         g = g[:1].expand_as(g)
+    elif grad_layout == "row expanded":  # column 3's value along each row (stride 0), its NaN too
+        g = g[..., 3:4].expand_as(g)
     elif grad_layout == "padded rows":  # gaps of NaN between rows: each row its own run
         wide = torch.full((*g.shape[:-1], g.shape[-1] + 3), float("nan"), dtype=dtype)
         wide[..., : g.shape[-1]] = g
