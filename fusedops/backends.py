@@ -247,7 +247,7 @@ class CppBackend(NativeBackend):
             # (benchmarks/NOTES.md, `benchmarks/cpp_auto_rule.py --no-pool`). Training (a graph
             # recorded), on an AVX-512 Xeon: the kernel beat the reference on 6 of 8 such layers
             # in two runs, 1.03x-1.45x eager NCHW against 0.72x-1.04x; split on 32->64 @14 (which
-            # run.py measured at 1.05x-1.18x against 0.95x-1.07x); lost on 16->16 @16 (0.75x-0.83x
+            # run.py measured at 1.05x-1.43x against 0.93x-1.07x); lost on 16->16 @16 (0.75x-0.83x
             # against 0.84x-0.86x). Forward alone: the direct convolution's layers (fewer than 8
             # input channels per group), 1.06x-1.48x in 8 of 9 measurements (one 0.69x) against
             # 0.97x-1.05x; the Winograd layers only on a CPU without AVX-512: 1.15x-1.25x eager
