@@ -79,6 +79,17 @@ FUSEDOPS_ALWAYS_INLINE inline void copy_short(T* __restrict dst, const T* __rest
   }
 }
 
+// The end of a row kernel that passes gradients: adds the lane-wise partial sums of what passed
+// into bsum, lanes in order, and returns whether any lane passed one.
+template <typename V, typename I, typename T>
+FUSEDOPS_ALWAYS_INLINE inline bool finish_passed(const V& passed, const I& on_any, T& bsum) {
+  constexpr int64_t L = sizeof(V) / sizeof(T);
+  for (int64_t i = 0; i < L; ++i) bsum += passed[i];
+  bool any = false;
+  for (int64_t i = 0; i < L; ++i) any |= on_any[i] != 0;
+  return any;
+}
+
 // The L MaxPool2d(2) windows of 2L columns of two conv rows (r0a r0b: the first row's
 // columns, r1a r1b: the second's): m = each window's max (taps in window order: row 0 even and
 // odd column, row 1 even and odd; a tap replaces the max when larger or NaN, so the first of
@@ -195,10 +206,7 @@ FUSEDOPS_VECTORIZE bool unpool2x2_row(const T* __restrict g, int64_t gstride, co
     copy_short<T, L>(d0 + 2 * pw, e0, 2 * n);
     copy_short<T, L>(d1 + 2 * pw, e1, 2 * n);
   }
-  for (int64_t i = 0; i < L; ++i) bsum += passed[i];
-  bool any = false;
-  for (int64_t i = 0; i < L; ++i) any |= on_any[i] != 0;
-  return any;
+  return finish_passed(passed, on_any, bsum);
 }
 
 }  // namespace pool_rows

@@ -100,10 +100,7 @@ FUSEDOPS_VECTORIZE bool relu_grad_row(const T* __restrict g, int64_t gstride, co
     step(q, n - q, e);
     pool_rows::copy_short<T, L>(d + q, e, n - q);
   }
-  for (int64_t i = 0; i < L; ++i) bsum += passed[i];
-  bool any = false;
-  for (int64_t i = 0; i < L; ++i) any |= on_any[i] != 0;
-  return any;
+  return pool_rows::finish_passed(passed, on_any, bsum);
 }
 
 }  // namespace relu_rows
