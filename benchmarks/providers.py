@@ -3,8 +3,9 @@
 ``fusedops-auto`` (``fusedops.fuse`` of the eager module with automatic backend choice: what
 a user gets), ``fusedops-<backend>`` (the same with each backend that runs on the device),
 ``fusedops-auto-channels_last`` (the fused model and its inputs in channels_last: automatic
-choice sees the layout), ``eager`` (NCHW), ``eager-channels_last`` (with
-``cudnn.benchmark=True`` on CUDA), ``compile``
+choice sees the layout), on CUDA ``fusedops-cuda-channels_last`` (the same on the cuda
+backend, whose 16-bit forward reads channels_last input in runs of channels), ``eager``
+(NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True`` on CUDA), ``compile``
 (``torch.compile`` default), on CUDA ``compile-max-autotune``
 (``mode="max-autotune-no-cudagraphs"``), ``<provider>-graph`` (CUDA-graph replay of
 ``eager`` and of each fusedops provider: small layers are launch-bound) and, for the conv
@@ -63,6 +64,10 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
         # The fused model fed channels_last inputs too (automatic choice sees the layout).
         out.append(Provider("fusedops-auto-channels_last", fusedops.fuse(copy.deepcopy(cl)), channels_last=True,
                             cudnn_benchmark=device == "cuda"))
+        if device == "cuda" and "cuda" in fusedops_backends_for(device):
+            # The cuda backend's forward reads 16-bit channels_last input in runs of channels.
+            out.append(Provider("fusedops-cuda-channels_last", fusedops.fuse(copy.deepcopy(cl), backend="cuda"),
+                                channels_last=True))
     out.append(Provider("compile", torch.compile(copy.deepcopy(base)), eager_autograd=False))
     if device == "cuda" and workload.op == "conv_block" and "triton" in fusedops_backends_for(device):
         out.append(Provider("fusedops-triton-gather", fusedops.fuse(base, backend="triton"),

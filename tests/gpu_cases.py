@@ -223,6 +223,17 @@ CONV_CONFIGS: List[ConvCase] = [
           purpose="33124-tap window: int32 offsets, CUDA direct forward"),
     _conv("int32 offsets, gemm 8->4 pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
           scale_weight=True, purpose="int32 offsets through the CUDA gemm forward"),
+    _conv("runs forward 40->80 channels_last", (2, 40, 10, 9), 80, 3, padding=1, layout="channels_last",
+          precisions=("bf16", "fp16"),
+          purpose="CUDA: the channel-run forward (k steps across kernel taps, a last step past K), second M tile"),
+    _conv("runs forward 32->64 channels_last b4 18x18", (4, 32, 18, 18), 64, 3, padding=1, layout="channels_last",
+          precisions=("bf16", "fp16"), purpose="CUDA: the channel-run forward over six column tiles"),
+    _conv("runs forward 2 groups of 8->12 channels_last, pool 12x12/2", (1, 16, 16, 16), 24, 3, padding=1,
+          groups=2, pool_kernel_size=12, pool_stride=2, layout="channels_last", precisions=("bf16", "fp16"),
+          purpose="CUDA: the channel-run forward by group, int16 offsets"),
+    _conv("runs forward 8->4 channels_last, pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182,
+          layout="channels_last", precisions=("bf16", "fp16"), scale_weight=True,
+          purpose="CUDA: the channel-run forward with int32 offsets"),
     _conv("grid-stride 1->2 1024x1024 b17 no pool", (17, 1, 1024, 1024), 2, 3, padding=1, pool_kernel_size=None,
           precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
           purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
@@ -396,11 +407,12 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # --- CUDA: the launchers' choices, mirrored ---------------------------------------------------
 
 # Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
-# the sources): tile sizes and threads (tile_loaders.h), the direct kernel's limits
-# (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices
-# of at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
+# the sources): tile sizes and threads (tile_loaders.h), the channel-run length
+# (run_loaders.h), the direct kernel's limits (conv_block.cu), split-K (common.cuh
+# reduction_splits: ~2 blocks per SM of an H100, slices of at least 512), the grid-stride grids
+# (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
-    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
     "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
@@ -473,6 +485,17 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         if coutg % co:
             out.add("conv forward direct: a partial chunk of output channels")
         out |= _grid_stride("conv forward direct", q)
+    elif precision in ("bf16", "fp16") and case.layout == "channels_last" and len(case.input) == 4 \
+            and cg % c["kRunLen"] == 0:
+        # conv_forward_channel_runs: 16-bit, channels contiguous, every pixel 16-byte aligned
+        # (a dense channels_last tensor with Cin/groups a multiple of 8), sm_80+.
+        out.add(f"conv forward runs<{t},{off}>")
+        if coutg > c["kBM"]:
+            out.add("conv forward runs: second M tile")
+        if q > c["kBN"]:
+            out.add("conv forward runs: several column tiles")
+        if groups > 1:
+            out.add("conv forward runs: groups")
     else:
         out.add(f"conv forward gemm<{t},{off}>")
         blocks = _cdiv(q, c["kBN"]) * _cdiv(coutg, c["kBM"]) * groups
@@ -527,7 +550,11 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     if rows * out_f == 0:
         return set()
     t = CUDA_TYPES[precision]
-    out = {f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>", f"linear sum partials<{t}>"}
+    # linear.cu linear_forward: 16-byte runs for 16-bit rows of a multiple of 8 (sm_80+; x and w
+    # contiguous, as the bindings pass them, so 16-byte aligned).
+    runs = precision in ("bf16", "fp16") and in_f % c["kRunLen"] == 0
+    out = {f"linear forward{' runs' if runs else ''}<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
+           f"linear sum partials<{t}>"}
     if rows > c["kBM"] and out_f > c["kBN"]:
         out.add("linear forward: second M and N tiles")
     if case.activation is not None:
@@ -562,9 +589,13 @@ def cuda_required() -> Set[str]:
     out = set()
     for t in types_:
         for off in offs:
+            if t in ("half", "bfloat16"):
+                out.add(f"conv forward runs<{t},{off}>")
             out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
+        if t in ("half", "bfloat16"):
+            out.add(f"linear forward runs<{t}>")
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
                 f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
@@ -574,7 +605,8 @@ def cuda_required() -> Set[str]:
         "conv forward direct: grid-stride loop runs twice or more", "conv forward direct: 8 output channels a thread",
         "conv forward direct: 1 output channel a thread", "conv forward direct: a partial chunk of output channels",
         "conv forward gemm: second M tile",
-        "conv forward gemm: groups", "conv forward gemm: several waves",
+        "conv forward gemm: groups", "conv forward gemm: several waves", "conv forward runs: second M tile",
+        "conv forward runs: several column tiles", "conv forward runs: groups",
         "conv unpool: grid-stride loop runs twice or more", "conv input grad: second M tile",
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",
         "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",

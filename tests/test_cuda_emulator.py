@@ -2,10 +2,11 @@
 
 No GPU and no CUDA toolkit: the kernels of ``csrc/cuda/conv_block.cu`` and ``linear.cu`` (the
 code above their launchers) are compiled by the host C++ compiler against stand-ins for the
-CUDA runtime, half types and wmma (``tests/cuda_emulator/*.h``), their ``__shared__``
-declarations pointed at the emulator's shared memory. Each block runs as 256 coroutines that
-switch at ``__syncthreads``, in both thread orders (a result that depends on the order is a
-shared-memory race); the outputs are compared with direct computations in double. What the
+CUDA runtime, half types, wmma and the cp.async pipeline primitives
+(``tests/cuda_emulator/*.h``), their ``__shared__`` declarations pointed at the emulator's
+shared memory. Each block runs as 256 coroutines that switch at ``__syncthreads``, in both
+thread orders (a result that depends on the order is a shared-memory race), cp.async copies
+landing when issued in one and when waited for in the other; the outputs are compared with direct computations in double. What the
 emulator cannot see: the GPU's memory model beyond barriers, warp-level timing, the real
 wmma fragment layouts and anything in the launchers (their choices are mirrored in
 tests/gpu_cases.py and run on a GPU by ``pytest -m gpu``).
@@ -45,14 +46,16 @@ def _compiler():
     pytest.fail("no C++ compiler found (CXX, c++, g++, clang++): the extension's build needs one too")
 
 
-def _build(tmp_path, test: str, generated: str, source: str, first_launcher: str, *flags: str):
+def _build(tmp_path, test: str, generated: str, source: str, first_launcher: str, *flags: str,
+           cuda_dir: str = CUDA_DIR):
     """The emulated test ``tests/cuda_emulator/<test>.cpp`` built over the kernels of the .cu
-    text ``source`` (written to ``generated``, which the test includes); its executable."""
+    text ``source`` (written to ``generated``, which the test includes), with the headers of
+    ``cuda_dir``; its executable."""
     (tmp_path / generated).write_text(kernels_for_the_host(source, first_launcher))
     exe = tmp_path / test
     # The emulator's headers first: they stand in for cuda_runtime.h, cuda_fp16.h, cuda_bf16.h and mma.h.
     build = subprocess.run([_compiler(), "-std=c++20", "-O2", "-Wall", "-Wno-unknown-pragmas", *flags, "-I", EMULATOR,
-                            "-I", str(tmp_path), "-I", CUDA_DIR, "-o", str(exe),
+                            "-I", str(tmp_path), "-I", cuda_dir, "-o", str(exe),
                             os.path.join(EMULATOR, f"{test}.cpp")], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-6000:]
     return exe
@@ -72,12 +75,16 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
-    assert "14 conv geometries, 0 failures" in out, out
+    assert "19 conv geometries, 0 failures" in out, out
+    # float16 and bfloat16 on the eight geometries with Cin/groups a multiple of 8
+    assert "channel-run forward: 16 geometry and type pairs" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):
     out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
-    assert "6 linear shapes and 3 activations, 0 failures" in out, out
+    assert "7 linear shapes and 3 activations, 0 failures" in out, out
+    # float16 and bfloat16 on the three shapes with in features a multiple of 8 (16, 40, 72)
+    assert "forward over runs: 6 shape and type pairs" in out, out
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):
@@ -90,3 +97,27 @@ def test_the_emulator_sees_a_missing_barrier(tmp_path):
                  "conv_block_forward", "-DFUSEDOPS_EMULATOR_QUICK")
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 1 and "forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize("mutation", ["wait", "barrier", "issue"])
+def test_the_emulator_sees_a_stage_read_before_its_copies_landed_or_overwritten(tmp_path, mutation):
+    """The channel-run forward reads a stage only after its own cp.async copies landed (the
+    wait) and everyone's did (the barrier after it), and overwrites a stage only after every
+    thread is done reading it (copies issued after that barrier). Waiting for one group fewer
+    or dropping the barrier reads a stage too early: the emulator's late copies show it; issuing
+    the next copies before the wait and the barrier overwrites a stage other threads still read:
+    its early copies (the reversed-order run) show that."""
+    source = _source("run_gemm.cuh")
+    wait = "    __pipeline_wait_prior(kRunStages - 2);\n    __syncthreads();\n"
+    issue = "    if (i + kRunStages - 1 < steps) {\n      next();\n      issue(write);\n    }\n"
+    assert wait + issue in source
+    broken = {"wait": wait.replace("kRunStages - 2", "kRunStages - 1") + issue,
+              "barrier": wait.replace("    __syncthreads();\n", "") + issue,
+              "issue": issue + wait}[mutation]
+    cuda_dir = tmp_path / "csrc" / "cuda"  # with csrc's headers beside it, as the includes expect
+    shutil.copytree(os.path.dirname(CUDA_DIR), tmp_path / "csrc")
+    (cuda_dir / "run_gemm.cuh").write_text(source.replace(wait + issue, broken))
+    exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", _source("conv_block.cu"),
+                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_RUNS_QUICK", cuda_dir=str(cuda_dir))
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 1 and "channel-run forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]

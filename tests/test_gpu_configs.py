@@ -100,7 +100,7 @@ def test_the_cuda_mirror_uses_the_sources_constants():
     """tests/gpu_cases.py decides as csrc/cuda does, with the same constants."""
     c = gpu_cases.CUDA_CONSTANTS
     sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_loaders.h", "tile_gemm.cuh", "common.cuh",
-                                                                "conv_block.cu", "linear.cu")}
+                                                                "conv_block.cu", "linear.cu", "run_loaders.h")}
     expected = {
         "tile_loaders.h": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
                            rf"kThreads = {c['kThreads']};"],
@@ -129,8 +129,13 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"grid_for\(conv_elems\)",
                           r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
                           r"grid_for\(dw_count \+ db_count\)",
-                          r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)"],
-        "linear.cu": [r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
+                          r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
+                          r"\(dtype == DType::Half \|\| dtype == DType::BFloat16\) && cc_major >= 8 && "
+                          r"runs\(g\.Cg\) &&",
+                          r"xs\.s\[1\] == 1 && runs\(xs\.s\[0\]\) && runs\(xs\.s\[2\]\) &&\s+runs\(xs\.s\[3\]\)"],
+        "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunLen']};"],
+        "linear.cu": [r"if \(cc_major >= 8 && in_f % kRunLen == 0 && aligned\(x\) && aligned\(w\)\)",
+                      r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
                       r"ceil_div\(ceil_div\(rows, splits\), kBK\) \* kBK", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)"],
     }

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -39,6 +40,18 @@ cuda::DType dtype_of(const at::Tensor& input, bool tf32) {
 cuda::DType conv_dtype_of(const at::Tensor& input) { return dtype_of(input, at::globalContext().allowTF32CuDNN()); }
 cuda::DType linear_dtype_of(const at::Tensor& input) {
   return dtype_of(input, at::globalContext().allowTF32CuBLAS());
+}
+
+// The major compute capability of `device` (the kernels' cp.async and 16-bit wmma paths need 8),
+// queried from the runtime once per device.
+int compute_capability_major(c10::DeviceIndex device) {
+  static std::array<std::atomic<int>, 64> known{};  // 0: not queried yet
+  const bool cached = device >= 0 && device < static_cast<c10::DeviceIndex>(known.size());
+  int major = cached ? known[device].load(std::memory_order_relaxed) : 0;
+  if (major > 0) return major;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (cached) known[device].store(major, std::memory_order_relaxed);
+  return major;
 }
 
 // `t` is a CUDA tensor on input's device with input's dtype.
@@ -91,9 +104,21 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
   at::Tensor out = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().memory_format(fmt));
   at::Tensor offsets = at::empty({g.N, g.Cout, g.PH, g.PW}, input.options().dtype(offsets_dtype(g)).memory_format(fmt));
   if (out.numel() == 0) return {out, offsets};
-  const at::Tensor w = weight.contiguous();
+  // The channel-run forward reads the weight as (Cout, KH, KW, Cin/groups): no copy for a
+  // channels_last weight (a module converted with .to(memory_format=torch.channels_last)); the
+  // other forwards read it as (Cout, Cin/groups, KH, KW).
+  at::Tensor w, w_runs;
+  if (cuda::conv_forward_channel_runs(dtype, g, input.const_data_ptr(), strides_of(input),
+                                      compute_capability_major(input.device().index()))) {
+    w_runs = weight.permute({0, 2, 3, 1}).contiguous();
+    if (reinterpret_cast<uintptr_t>(w_runs.const_data_ptr()) % 16 != 0) w_runs = w_runs.clone();
+  } else {
+    w = weight.contiguous();
+  }
   C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, input.const_data_ptr(),
-                                          strides_of(input), w.const_data_ptr(), b ? b->const_data_ptr() : nullptr,
+                                          strides_of(input), w.defined() ? w.const_data_ptr() : nullptr,
+                                          w_runs.defined() ? w_runs.const_data_ptr() : nullptr,
+                                          b ? b->const_data_ptr() : nullptr,
                                           out.mutable_data_ptr(), offsets.mutable_data_ptr(), strides_of(out),
                                           c10::cuda::getCurrentCUDAStream().stream()));
   return {out, offsets};
@@ -198,6 +223,7 @@ std::tuple<at::Tensor, at::Tensor> linear_forward_cuda(const at::Tensor& input, 
     C10_CUDA_CHECK(cuda::linear_forward(linear_dtype_of(input), act, rows, in_f, out_f, x.const_data_ptr(),
                                         w.const_data_ptr(), b ? b->const_data_ptr() : nullptr, y.mutable_data_ptr(),
                                         saved.numel() ? saved.mutable_data_ptr() : nullptr,
+                                        compute_capability_major(input.device().index()),
                                         c10::cuda::getCurrentCUDAStream().stream()));
   }
   return {y.view(shape), act == Act::None ? saved : saved.view(shape)};

@@ -1,6 +1,6 @@
 // Fused Conv2d + bias + ReLU + MaxPool2d on NVIDIA GPUs: the "cuda" backend's conv kernels.
 //
-// Forward, two kernels (the launcher picks one):
+// Forward, three kernels (the launcher picks one):
 //  - conv_pool_direct_kernel, for few input channels per group (a CNN's first layer, <= 4):
 //    a thread computes one pooled output of 8 output channels directly (1 where a group has
 //    fewer than 4), each input element loaded once for all 8, the filters in shared memory and
@@ -9,7 +9,11 @@
 //    fp16/bf16) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
 //    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
 //    tap in registers, so the conv output never reaches memory.
-// Both write the pooled value and the window offset of its max (or -1 where the ReLU is off).
+//  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 channels_last
+//    input with Cin/groups a multiple of 8 (conv_forward_channel_runs) on sm_80+: k ordered
+//    (kh, kw, ci), each operand read in 16-byte runs of channels by cp.async, three stages deep
+//    (run_gemm.cuh).
+// Each writes the pooled value and the window offset of its max (or -1 where the ReLU is off).
 // Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
 //
 // Backward, at most three launches (conv_block_backward):
@@ -31,6 +35,7 @@
 // Tangent (jvp_kernel): the output's tangent at fixed offsets, one dot product per output at
 // the conv position of its window's max (used by forward-mode and double backward).
 
+#include "run_gemm.cuh"
 #include "tile_gemm.cuh"
 
 namespace fusedops {
@@ -170,6 +175,52 @@ int direct_channels(const Geometry& g, const Strides4& xs) {
   return co;
 }
 
+// The pooled epilogue of the implicit-GEMM forwards, for the elements this thread owns (column
+// nn of the tile, rows threadIdx.x / kBN + j * (kThreads / kBN), as for_owned): after the GEMM
+// of pool tap `tap`, keep_window_max folds the tile's conv outputs (+ bias, ReLU) into the
+// running max of each pooled output and remembers the tap; write_pooled stores the max and its
+// offset (-1 where the ReLU is off) of pooled output col.
+template <typename T, typename Acc>
+__device__ __forceinline__ void keep_window_max(const Acc (&c)[kBM][kBN + 4], const Geometry& g, const T* b,
+                                                int64_t grp, int64_t m0, int nn, int tap, Acc (&best)[kPerThread],
+                                                int (&where)[kPerThread]) {
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
+    const int64_t m = m0 + mm;
+    if (m >= g.Coutg) continue;
+    const Acc v = relu_keep_nan(c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
+    if (replaces(v, best[j])) {
+      best[j] = v;
+      where[j] = tap;
+    }
+  }
+}
+
+template <typename T, typename OffT, typename Acc>
+__device__ __forceinline__ void write_pooled(const Geometry& g, const PooledColumn& col, int64_t grp, int64_t m0,
+                                             const Acc (&best)[kPerThread], const int (&where)[kPerThread], T* y,
+                                             OffT* off, const Strides4& ys) {
+  if (col.n < 0) return;
+  const int64_t yq = col.n * ys.s[0] + col.ph * ys.s[2] + col.pw * ys.s[3];
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int64_t m = m0 + threadIdx.x / kBN + j * (kThreads / kBN);
+    if (m >= g.Coutg) continue;
+    const int64_t yi = yq + (grp * g.Coutg + m) * ys.s[1];
+    y[yi] = Num<T>::from_acc(best[j]);
+    off[yi] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+  }
+}
+
+template <typename Acc>
+__device__ __forceinline__ void start_window_max(Acc (&best)[kPerThread], int (&where)[kPerThread]) {
+  for (int j = 0; j < kPerThread; ++j) {
+    best[j] = -std::numeric_limits<Acc>::infinity();
+    where[j] = -1;
+  }
+}
+
 // One block: output channels [m0, m0 + kBM) of group blockIdx.z at pooled outputs
 // [n0, n0 + kBN). Each thread's B elements and epilogue elements share one pooled output
 // (column), decomposed once; the GEMM runs once per pool tap.
@@ -189,10 +240,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   const int64_t steps = ceil_div(g.K, kBK);
   Acc best[kPerThread];
   int where[kPerThread];
-  for (int j = 0; j < kPerThread; ++j) {
-    best[j] = -std::numeric_limits<Acc>::infinity();
-    where[j] = -1;
-  }
+  start_window_max(best, where);
   for (int th = 0; th < g.PKH; ++th) {
     for (int tw = 0; tw < g.PKW; ++tw) {
       const int r = col.r0 + th * static_cast<int>(g.pdh), c = col.c0 + tw * static_cast<int>(g.pdw);
@@ -205,32 +253,54 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
                                   lb.next(g);
                                 },
                                 steps, s);
-      if (tap) {
-#pragma unroll
-        for (int j = 0; j < kPerThread; ++j) {
-          const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
-          const int64_t m = m0 + mm;
-          if (m >= g.Coutg) continue;
-          const Acc v = relu_keep_nan(s.c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
-          if (replaces(v, best[j])) {
-            best[j] = v;
-            where[j] = th * g.PKW + tw;
-          }
-        }
-      }
+      if (tap) keep_window_max(s.c, g, b, grp, m0, nn, th * static_cast<int>(g.PKW) + tw, best, where);
       __syncthreads();  // s.c is overwritten by the next tap's tile
     }
   }
-  if (col.n < 0) return;
-  const int64_t yq = col.n * ys.s[0] + col.ph * ys.s[2] + col.pw * ys.s[3];
-#pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
-    const int64_t m = m0 + threadIdx.x / kBN + j * (kThreads / kBN);
-    if (m >= g.Coutg) continue;
-    const int64_t yi = yq + (grp * g.Coutg + m) * ys.s[1];
-    y[yi] = Num<T>::from_acc(best[j]);
-    off[yi] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+  write_pooled(g, col, grp, m0, best, where, y, off, ys);
+}
+
+// The forward over channel runs (run_gemm.cuh), for 16-bit channels_last input with Cin/groups
+// a multiple of 8 (conv_forward_channel_runs): the blocks and the pooled epilogue of
+// conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW, Cin/groups)
+// contiguous. A thread's loader column (RunMap::o) differs from its epilogue column (nn), so
+// each is decomposed once.
+template <typename T, typename OffT>
+__global__ void __launch_bounds__(kThreads, 2)
+    conv_pool_runs_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ wk,
+                          const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
+  using Acc = typename Num<T>::Acc;
+  __shared__ RunSmem<T> s;
+  const int64_t grp = blockIdx.z;
+  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const T* wg = wk + grp * g.Coutg * g.K;
+  const int nn = threadIdx.x % kBN;
+  const PooledColumn col = pooled_column(g, n0 + nn);
+  const PooledColumn lcol = pooled_column(g, n0 + RunMap::o(threadIdx.x));
+  const T* xl = lcol.n >= 0 ? x + lcol.n * xs.s[0] + grp * g.Cg : nullptr;
+  const RunDigits digits = run_digits(g, threadIdx.x);
+  const int64_t steps = ceil_div(g.K, kRunBK);
+  Acc best[kPerThread];
+  int where[kPerThread];
+  start_window_max(best, where);
+  for (int th = 0; th < g.PKH; ++th) {
+    for (int tw = 0; tw < g.PKW; ++tw) {
+      const int dr = th * static_cast<int>(g.pdh), dc = tw * static_cast<int>(g.pdw);
+      const bool tap = col.n >= 0 && inside(col.r0 + dr, g.OH) && inside(col.c0 + dc, g.OW);
+      const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
+      RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
+      PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
+      run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(g); },
+                  [&] {
+                    la.next();
+                    lb.next(g);
+                  },
+                  steps, s);
+      if (tap) keep_window_max(s.c, g, b, grp, m0, nn, th * static_cast<int>(g.PKW) + tw, best, where);
+      __syncthreads();  // s.c is overwritten by the next tap's stages
+    }
   }
+  write_pooled(g, col, grp, m0, best, where, y, off, ys);
 }
 
 // dconv[n][c][r][col] (contiguous) = sum of the pooled gradients whose window max is at (r, col).
@@ -558,7 +628,7 @@ cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
 }  // namespace
 
 cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
-                               const void* w, const void* b, void* y, void* offsets, Strides4 ys,
+                               const void* w, const void* w_runs, const void* b, void* y, void* offsets, Strides4 ys,
                                cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -570,24 +640,42 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       T* yp = static_cast<T*>(y);
       OffT* op = static_cast<OffT*>(offsets);
       const int64_t Q = g.N * g.PH * g.PW;
-      const int co = direct_channels<typename Num<T>::Acc>(g, xs);
-      if (co > 0) {
-        const dim3 grid(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
-        const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
-        if (co == kDirectWideChannels) {
-          conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
-                                                                                                 yp, op, ys);
-          return cudaGetLastError();
-        }
-        conv_pool_direct_kernel<T, OffT, 1><<<grid, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
-        return cudaGetLastError();
-      }
       const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
                       static_cast<unsigned>(g.G));
+      if (w_runs) {  // the caller found conv_forward_channel_runs true
+        if constexpr (sizeof(T) == 2) {
+          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w) {
+            conv_pool_runs_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs),
+                                                                          bp, yp, op, ys);
+            return cudaGetLastError();
+          }
+        }
+        return cudaErrorInvalidValue;
+      }
+      if (!w) return cudaErrorInvalidValue;
+      const int co = direct_channels<typename Num<T>::Acc>(g, xs);
+      if (co > 0) {
+        const dim3 direct(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
+        const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
+        if (co == kDirectWideChannels) {
+          conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
+                                                                                                   yp, op, ys);
+          return cudaGetLastError();
+        }
+        conv_pool_direct_kernel<T, OffT, 1><<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+        return cudaGetLastError();
+      }
       conv_pool_gemm_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
       return cudaGetLastError();
     });
   });
+}
+
+bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
+  const auto runs = [](int64_t v) { return v % kRunLen == 0; };
+  return (dtype == DType::Half || dtype == DType::BFloat16) && cc_major >= 8 && runs(g.Cg) &&
+         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && xs.s[1] == 1 && runs(xs.s[0]) && runs(xs.s[2]) &&
+         runs(xs.s[3]) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
 // Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias

@@ -43,10 +43,19 @@ inline int64_t conv_coordinate_reach(const Geometry& g) {
   return reach > pooled ? reach : pooled;
 }
 
+// Whether the conv-block forward can read the input in 16-byte channel runs (run_gemm.cuh):
+// float16/bfloat16 x, channels contiguous (xs.s[1] == 1) and 16-byte aligned at every pixel
+// (Cin/groups and the other strides multiples of 8, x 16-byte aligned), on a GPU of compute
+// capability cc_major >= 8 (cp.async, 16-bit wmma).
+bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
+
 // Fused conv + bias + ReLU + max-pool forward: y and offsets (offset_bytes = 1, 2 or 4 per
 // element) share the strides ys. w is (Cout, Cin/groups, KH, KW) contiguous; b may be null.
+// Where conv_forward_channel_runs holds, the caller gives instead (w null) w_runs: the same
+// weight as (Cout, KH, KW, Cin/groups) contiguous and 16-byte aligned, and the forward runs over
+// channel runs; elsewhere w_runs is null.
 cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
-                               const void* w, const void* b, void* y, void* offsets, Strides4 ys,
+                               const void* w, const void* w_runs, const void* b, void* y, void* offsets, Strides4 ys,
                                cudaStream_t stream);
 
 // Bytes of scratch memory conv_block_backward needs (need_dx / need_dw / need_db: dx / dw / db
@@ -68,9 +77,10 @@ cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, con
 
 // Linear + bias + activation forward on contiguous x (rows x in_f) and w (out_f x in_f):
 // y = act(x w^T + b) (rows x out_f); saved is a bool mask z > 0 for relu, z for
-// gelu/gelu_tanh/silu, unused (may be null) without activation. b may be null.
+// gelu/gelu_tanh/silu, unused (may be null) without activation. b may be null. cc_major: the
+// GPU's compute capability (float16/bfloat16 GEMMs read 16-byte runs on 8 and above).
 cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
-                           const void* w, const void* b, void* y, void* saved, cudaStream_t stream);
+                           const void* w, const void* b, void* y, void* saved, int cc_major, cudaStream_t stream);
 
 // Bytes of scratch memory linear_backward needs (need_dw / need_db: dw / db will be asked for).
 size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw,

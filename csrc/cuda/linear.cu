@@ -1,6 +1,7 @@
 // Fused Linear + bias + activation on NVIDIA GPUs: the "cuda" backend's linear kernels.
 //
-// Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16), M = rows,
+// Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16; for fp16/bf16 with
+// in features a multiple of 8 on sm_80+, run_gemm.cuh's 16-byte runs), M = rows,
 // N = out features, K = in features, whose epilogue adds the bias, applies the activation and
 // writes the state the derivative needs (a bool mask z > 0 for relu, z for gelu / gelu_tanh /
 // silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
@@ -9,6 +10,7 @@
 // are added in a fixed order). Deterministic.
 // The activation formulas are those of fusedops/ops/linear.py.
 
+#include "run_gemm.cuh"
 #include "tile_gemm.cuh"
 
 namespace fusedops {
@@ -74,17 +76,12 @@ __device__ void matrix_gemm(MatrixLoader<T, kAlongKA>& la, MatrixLoader<T, kAlon
                                    steps, s);
 }
 
-// y = act(x @ w^T + b): A = x (rows x in_f), B(k, n) = w[n][k], both read along k (contiguous).
-template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
-    linear_forward_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
-                          const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
+// The forward's epilogue on a finished tile s.c (TileSmem or RunSmem): y = act(z), z = C + b,
+// and the state the derivative needs in saved.
+template <typename T, typename Smem>
+__device__ __forceinline__ void linear_epilogue(const Smem& s, Act act, int64_t rows, int64_t out_f, int64_t m0,
+                                                int64_t n0, const T* b, T* y, void* saved) {
   using Acc = typename Num<T>::Acc;
-  __shared__ TileSmem<T> s;
-  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
-  MatrixLoader<T, true> la(x, in_f, 1, m0, rows, 0, in_f, threadIdx.x, zero_of<T>());
-  MatrixLoader<T, true> lb(w, in_f, 1, n0, out_f, 0, in_f, threadIdx.x, zero_of<T>());
-  matrix_gemm(la, lb, ceil_div(in_f, kBK), s);
   for_owned(s, rows, out_f, m0, n0, [&](int64_t m, int64_t n, Acc acc) {
     const Acc z = acc + (b ? Num<T>::to_acc(b[n]) : Acc(0));
     const int64_t i = m * out_f + n;
@@ -92,6 +89,38 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     if (act == Act::Relu) static_cast<bool*>(saved)[i] = !(z <= Acc(0));
     else if (act != Act::None) static_cast<T*>(saved)[i] = Num<T>::from_acc(z);
   });
+}
+
+// y = act(x @ w^T + b): A = x (rows x in_f), B(k, n) = w[n][k], both read along k (contiguous).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
+    linear_forward_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
+                          const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
+  __shared__ TileSmem<T> s;
+  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
+  MatrixLoader<T, true> la(x, in_f, 1, m0, rows, 0, in_f, threadIdx.x, zero_of<T>());
+  MatrixLoader<T, true> lb(w, in_f, 1, n0, out_f, 0, in_f, threadIdx.x, zero_of<T>());
+  matrix_gemm(la, lb, ceil_div(in_f, kBK), s);
+  linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
+}
+
+// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 with in_f a multiple of 8 and
+// x, w 16-byte aligned, on sm_80+ (linear_forward's choice): x's and w's rows are runs along k.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2)
+    linear_forward_runs_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
+                               const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
+  __shared__ RunSmem<T> s;
+  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
+  RowRunLoader<T> la(x, in_f, m0, rows, threadIdx.x);
+  RowRunLoader<T> lb(w, in_f, n0, out_f, threadIdx.x);
+  run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(); },
+              [&] {
+                la.next();
+                lb.next();
+              },
+              ceil_div(in_f, kRunBK), s);
+  linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
 }
 
 // dz = dy * act'(z) (relu: dy where the mask is set).
@@ -164,10 +193,20 @@ int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
 }  // namespace
 
 cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
-                           const void* w, const void* b, void* y, void* saved, cudaStream_t stream) {
+                           const void* w, const void* b, void* y, void* saved, int cc_major, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(out_f, kBN)));
+    if constexpr (sizeof(T) == 2) {
+      // 16-byte runs of x's and w's rows, on sm_80+ (cp.async, 16-bit wmma).
+      const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+      if (cc_major >= 8 && in_f % kRunLen == 0 && aligned(x) && aligned(w)) {
+        linear_forward_runs_kernel<T><<<grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
+                                                                     static_cast<const T*>(w), static_cast<const T*>(b),
+                                                                     static_cast<T*>(y), saved);
+        return cudaGetLastError();
+      }
+    }
     linear_forward_kernel<T><<<grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
                                                             static_cast<const T*>(w), static_cast<const T*>(b),
                                                             static_cast<T*>(y), saved);

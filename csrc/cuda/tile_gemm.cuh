@@ -217,9 +217,10 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
 
 // Epilogue helper: calls f(m, n, value) for the tile elements this thread owns inside M x N.
 // They share one column (kThreads is a multiple of kBN): n = n0 + threadIdx.x % kBN, and
-// rows threadIdx.x / kBN + j * (kThreads / kBN).
-template <typename T, typename F>
-__device__ void for_owned(const TileSmem<T>& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
+// rows threadIdx.x / kBN + j * (kThreads / kBN). Smem: TileSmem<T> or RunSmem<T> (run_gemm.cuh),
+// whose result tiles c share one layout.
+template <typename Smem, typename F>
+__device__ void for_owned(const Smem& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
   static_assert(kThreads % kBN == 0, "a thread's owned elements share a column");
   const int nn = threadIdx.x % kBN;
   if (n0 + nn >= N) return;

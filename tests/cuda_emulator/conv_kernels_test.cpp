@@ -1,7 +1,8 @@
 // The CUDA conv-block kernels (csrc/cuda/conv_block.cu, up to its launchers) run on the CPU by
 // the block emulator, against a direct convolution in double: the implicit-GEMM forward and,
 // for up to 4 input channels per group, the direct forward at both widths (output and window
-// offsets), and the backward's gradient launch (conv_grads_kernel: input,
+// offsets), for 16-bit channels_last input with channels a multiple of 8 the channel-run
+// forward, and the backward's gradient launch (conv_grads_kernel: input,
 // weight and bias gradients, the weight gradient over several split-K counts, the bias
 // gradient over one and several splits), the first layers' direct weight and bias gradient
 // (conv_weight_grad_direct_kernel, over several split counts), for every element type, over
@@ -19,6 +20,8 @@ using namespace fusedops::cuda;
 using namespace harness;
 
 namespace {
+
+int channel_run_checks = 0;  // (geometry, element type) pairs the channel-run forward ran on
 
 struct Case {
   const char* name;
@@ -115,6 +118,25 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                 [&](const T* bias, T* y, int32_t* off) {
                   conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), bias, y, off, ys);
                 });
+  if constexpr (sizeof(T) == 2) {
+    // The channel-run forward (channels_last input, Cin/groups a multiple of 8), with the
+    // weights as (Cout, KH, KW, Cin/groups).
+    if (x_channels_last && g.Cg % kRunLen == 0) {
+      std::vector<T> wk(w.size());
+      for (int64_t co = 0; co < g.Cout; ++co)
+        for (int64_t ci = 0; ci < g.Cg; ++ci)
+          for (int64_t kh = 0; kh < g.KH; ++kh)
+            for (int64_t kw = 0; kw < g.KW; ++kw)
+              wk[((co * g.KH + kh) * g.KW + kw) * g.Cg + ci] = w[((co * g.Cg + ci) * g.KH + kh) * g.KW + kw];
+      const dim3 grid(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)), unsigned(g.G));
+      const auto runs = [&](const T* bias, T* y, int32_t* off) {
+        conv_pool_runs_kernel<T, int32_t>(g, x.data(), xs, wk.data(), bias, y, off, ys);
+      };
+      check_forward(" channel-run forward", grid, true, runs);
+      check_forward(" channel-run forward, no bias", grid, false, runs);
+      ++channel_run_checks;
+    }
+  }
   if (g.Cg <= kDirectMaxChannels) {  // the direct kernel at both widths, one block along x (a grid-stride loop)
     const dim3 wide(1, unsigned(g.G * ceil_div(g.Coutg, 8))), narrow(1, unsigned(g.Cout));
     const auto direct8 = [&](const T* bias, T* y, int32_t* off) {
@@ -317,9 +339,22 @@ int main() {
       {"3->32 3x3 pad 1, pool 2 (a first layer)", 2, 3, 12, 10, 32, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
       {"2 groups of 2->6, dilation 2, pool 3 stride 2 pad 1", 2, 4, 11, 12, 12, 2, 3, 3, 1, 1, 2, 1, 2, 2, 3, 2, 1, 1},
       {"2 groups of 3->10: two channel chunks each", 2, 6, 7, 8, 20, 2, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
+      // Channel runs: k steps of 32 across kernel taps (Cin/groups 8, 16, 24, 40), a last step
+      // partly past K (K % 32 = 8, 16, 24), two row tiles, three column tiles, padding taps, a
+      // 1x20 kernel, 1x1 convs shorter than a step.
+      {"40->80 3x3 pad 1: runs across taps, two row tiles", 1, 40, 6, 5, 80, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
+      {"16->8 1x20 kernel, dilation 2, stride 2", 2, 16, 3, 44, 8, 1, 1, 20, 1, 2, 0, 3, 1, 2, 2, 2, 0, 1},
+      {"24->16 1x1, pool 3 stride 2 pad 1", 2, 24, 7, 6, 16, 1, 1, 1, 1, 1, 0, 0, 1, 1, 3, 2, 1, 1},
+      {"16->32 3x3, 168 pooled outputs: three column tiles", 3, 16, 18, 17, 32, 1, 3, 3, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
+      {"16->8 1x1 (K = 16), pool 2", 2, 16, 5, 4, 8, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
   };
   check_direct_channels();
   for (const Case& c : cases) {
+#ifdef FUSEDOPS_EMULATOR_RUNS_QUICK  // the first channel-run case in float16 only (tests the emulator's cp.async)
+    if (c.C % kRunLen != 0 || c.C != c.Cout / 2) continue;
+    check_case<__half>(c, true, true, {1});
+    break;
+#endif
 #ifdef FUSEDOPS_EMULATOR_QUICK  // the first case in float32 only (tests that the emulator catches a broken kernel)
     check_case<float>(c, false, false, {1});
     break;
@@ -334,6 +369,7 @@ int main() {
     std::printf("%s: %d failures so far\n", c.name, failures);
     std::fflush(stdout);
   }
+  std::printf("channel-run forward: %d geometry and type pairs\n", channel_run_checks);
   std::printf("%zu conv geometries, %d failures\n", sizeof(cases) / sizeof(cases[0]), failures);
   return failures != 0;
 }

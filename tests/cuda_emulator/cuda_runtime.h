@@ -40,6 +40,11 @@ extern dim3 block_dim, grid_dim;
 extern unsigned char* shared_memory;  // one block's shared memory (kSharedBytes)
 constexpr size_t kSharedBytes = 64 * 1024;
 void syncthreads();
+// Called after each block by the emulator; set by stand-ins with per-block state (cuda_pipeline.h).
+inline void (*block_finished)() = nullptr;
+// cp.async copies land when issued (true) or only when their thread waits for them (false, as
+// late as CUDA allows): an early read shows with the second, an early overwrite with the first.
+inline bool eager_async_copies = false;
 }  // namespace emu
 
 #define threadIdx emu::thread_index

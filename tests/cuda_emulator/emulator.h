@@ -84,6 +84,7 @@ inline void launch(dim3 grid, unsigned threads, const std::function<void()>& ker
             live += !t.returned;
           }
         }
+        if (block_finished) block_finished();
       }
 }
 

@@ -67,13 +67,17 @@ bool close(double got, double want, double scale) {
 
 // Runs kernel() over grid twice, threads in increasing and in decreasing order between
 // barriers, each time on fresh copies of `outputs` (restored from their state before the
-// first run); the two results must agree byte for byte.
+// first run); the two results must agree byte for byte. The reversed run lands cp.async copies
+// when issued, the other when waited for (cuda_pipeline.h), so each also checks one side of
+// the copies' timing.
 template <typename... Vecs>
 void launch_both_orders(const std::string& what, dim3 grid, const std::function<void()>& kernel, Vecs&... outputs) {
   const auto before = std::make_tuple(outputs...);
+  emu::eager_async_copies = true;
   emu::launch(grid, 256, kernel, true);
   const auto reversed = std::make_tuple(outputs...);
   std::tie(outputs...) = before;
+  emu::eager_async_copies = false;
   emu::launch(grid, 256, kernel, false);
   const auto forward = std::make_tuple(outputs...);
   bool same = true;

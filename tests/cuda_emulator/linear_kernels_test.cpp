@@ -1,5 +1,6 @@
 // The CUDA linear kernels (csrc/cuda/linear.cu, up to its launchers) run on the CPU by the
-// block emulator, against products in double: the forward with bias and ReLU (and its mask),
+// block emulator, against products in double: the forward with bias and ReLU (and its mask;
+// for float16/bfloat16 with in features a multiple of 8 also over 16-byte runs),
 // the input gradient and the weight gradient over several split-K counts, for every element
 // type, over shapes with partial tiles in every dimension; and the smooth activations (gelu,
 // gelu_tanh, silu) of the forward's epilogue and of the gradient pass against their formulas in
@@ -14,6 +15,8 @@ using namespace harness;
 
 namespace {
 
+int run_checks = 0;  // (shape, element type) pairs the forward over runs ran on
+
 template <typename T>
 void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t> splits_list) {
   using Acc = typename Num<T>::Acc;
@@ -27,12 +30,13 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
       fail(what + " " + name + ": " + std::to_string(got) + ", want " + std::to_string(want));
   };
 
-  {  // forward with bias and ReLU
+  // forward with bias and ReLU, by `kernel`
+  const auto check_forward = [&](const std::string& which, auto&& kernel) {
     std::vector<T> y(rows * out_f, from_double<T>(999));
     std::vector<unsigned char> mask(rows * out_f, 7);
     const dim3 grid(unsigned(ceil_div(rows, kBM)), unsigned(ceil_div(out_f, kBN)));
-    launch_both_orders(what + " forward", grid, [&] {
-      linear_forward_kernel<T>(Act::Relu, rows, in_f, out_f, x.data(), w.data(), b.data(), y.data(), mask.data());
+    launch_both_orders(what + which, grid, [&] {
+      kernel(Act::Relu, rows, in_f, out_f, x.data(), w.data(), b.data(), y.data(), mask.data());
     }, y, mask);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t o = 0; o < out_f; ++o) {
@@ -41,11 +45,18 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
           const double t = to_double(x[r * in_f + i]) * to_double(w[o * in_f + i]);
           z += t, scale += std::fabs(t);
         }
-        check("y[" + std::to_string(r) + "][" + std::to_string(o) + "]", to_double(y[r * out_f + o]), z > 0 ? z : 0,
-              scale);
+        check(which + " y[" + std::to_string(r) + "][" + std::to_string(o) + "]", to_double(y[r * out_f + o]),
+              z > 0 ? z : 0, scale);
         if (std::fabs(z) > 1e-2 * scale && mask[r * out_f + o] != (z > 0))
-          fail(what + " mask[" + std::to_string(r) + "][" + std::to_string(o) + "]");
+          fail(what + which + " mask[" + std::to_string(r) + "][" + std::to_string(o) + "]");
       }
+  };
+  check_forward(" forward", [](auto... a) { linear_forward_kernel<T>(a...); });
+  if constexpr (sizeof(T) == 2) {
+    if (in_f % kRunLen == 0) {  // the launcher's choice on sm_80+ (x and w 16-byte aligned here)
+      check_forward(" forward over runs", [](auto... a) { linear_forward_runs_kernel<T>(a...); });
+      ++run_checks;
+    }
   }
 
   {  // input gradient
@@ -167,7 +178,8 @@ void check_activations() {
 }  // namespace
 
 int main() {
-  const int64_t shapes[][3] = {{1, 1, 1}, {5, 17, 3}, {64, 16, 64}, {70, 33, 65}, {130, 40, 7}, {33, 100, 130}};
+  const int64_t shapes[][3] = {{1, 1, 1},  {5, 17, 3},    {64, 16, 64},  {70, 33, 65},
+                               {130, 40, 7}, {33, 100, 130}, {70, 72, 130}};
   for (const auto& s : shapes) {
     check_shape<float>(s[0], s[1], s[2], {1, 3, 20});
     check_shape<double>(s[0], s[1], s[2], {2});
@@ -180,6 +192,7 @@ int main() {
   check_activations<__half>();
   check_activations<__nv_bfloat16>();
   check_activations<Tf32>();
+  std::printf("forward over runs: %d shape and type pairs\n", run_checks);
   std::printf("%zu linear shapes and 3 activations, %d failures\n", sizeof(shapes) / sizeof(shapes[0]), failures);
   return failures != 0;
 }

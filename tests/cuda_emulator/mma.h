@@ -1,6 +1,7 @@
 // Host stand-in for the wmma API the fusedops kernels use (16x16x16 fragments of 16-bit
-// types, 16x16x8 of TF32): every thread of a warp holds the whole fragment, as float (16-bit
-// inputs converted when loaded: exact); lane 0 of the warp stores it. Loads and stores check
+// types, 16x16x8 of TF32; row_major operands and col_major matrix_b): every thread of a warp
+// holds the whole fragment, as float (16-bit inputs converted when loaded: exact); lane 0 of
+// the warp stores it. Loads and stores check
 // CUDA's rules (32-byte aligned pointers, leading dimensions of whole 16-byte rows) and abort
 // when one is broken.
 
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
@@ -23,6 +25,7 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 struct row_major {};
+struct col_major {};
 enum layout_t { mem_row_major };
 namespace precision {
 struct tf32 {};
@@ -74,8 +77,9 @@ template <typename Use, int M, int N, int K, typename T, typename Layout, typena
 void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P* p, unsigned ldm) {
   check_alignment(p, ldm, sizeof(P), "load_matrix_sync");
   using F = fragment<Use, M, N, K, T, Layout>;
+  constexpr bool col = std::is_same_v<Layout, col_major>;  // element (r, c) at p[c * ldm + r]
   for (int r = 0; r < F::rows; ++r)
-    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = to_float(p[r * ldm + c]);
+    for (int c = 0; c < F::cols; ++c) f.x[r * F::cols + c] = to_float(col ? p[c * ldm + r] : p[r * ldm + c]);
 }
 
 template <int K>

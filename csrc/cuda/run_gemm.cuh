@@ -1,0 +1,134 @@
+// One block's tile of an implicit GEMM over 16-byte runs of a 16-bit type (__half or
+// __nv_bfloat16), the engine of the channel-run kernels (channels_last input, channels a
+// multiple of 8):
+//
+//   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kBM, 0 <= j < kBN
+//
+// where the loaders (run_loaders.h) name, per k step of kRunBK = 32, one 16-byte run of A's
+// row and one of B's column for each thread (null: zeros). Against tile_gemm.cuh's engine,
+// which fetches 4 + 4 single elements a thread per step of 16 through registers:
+//   - the runs go straight from global to shared memory with cp.async (sm_80+), kRunStages = 3
+//     stages deep: while the block multiplies step s, the copies of steps s + 1 and s + 2 are
+//     in flight; one barrier a step;
+//   - both tiles are stored k-contiguous (A as (m, k), B as (n, k)), so a run is one 16-byte
+//     shared store and B is read as wmma's col_major matrix_b (no transposes);
+//   - each step is twice as deep, so the address arithmetic of a step (one carry chain a
+//     loader) is spent on 8 tensor-core products a warp instead of 2 (wmma 16x16x16).
+// Summation as tile_gemm's: each step's products summed from zero by the tensor cores, the
+// step sums added into the running sum by the FP32 units, in a fixed order (deterministic).
+// The finished tile lands in shared memory (RunSmem::c, the layout of TileSmem::c).
+
+#pragma once
+
+#include <cuda_pipeline.h>
+#include <mma.h>
+
+#include "common.cuh"
+#include "run_loaders.h"
+
+namespace fusedops {
+namespace cuda {
+
+constexpr int kRunStages = 3;
+constexpr int kRunLd = kRunBK + 8;  // padded row of a stage: 80 bytes, a multiple of wmma's 16 (and of 32 per 16 rows)
+
+template <typename T>
+struct __align__(32) RunSmem {
+  static_assert(sizeof(T) == 2, "runs of 8 elements are 16 bytes of a 16-bit type");
+  struct Stage {
+    T a[kBM][kRunLd];  // A tile as (m, k)
+    T b[kBN][kRunLd];  // B tile as (n, k)
+  };
+  union {
+    Stage st[kRunStages];
+    float c[kBM][kBN + 4];  // the result tile
+  };
+};
+
+// Copies a 16-byte run into shared memory asynchronously, or stores zeros for a null src.
+template <typename T>
+__device__ __forceinline__ void copy_run(T* dst, const T* src) {
+  if (src) {
+    __pipeline_memcpy_async(dst, src, 16);
+  } else {
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    d[0] = d[1] = d[2] = d[3] = 0u;
+  }
+}
+
+// Computes the tile into s.c over `steps` k steps. src_a() / src_b() give this thread's run
+// of the loaders' current step; next() advances both by kRunBK. All threads of the block must
+// call it; it ends with a barrier.
+template <typename T, typename SrcA, typename SrcB, typename Next>
+__device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, const Next& next, int64_t steps,
+                                         RunSmem<T>& s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // 16-bit wmma and cp.async need sm_80; the launchers never choose this engine below it
+#else
+  namespace wmma = nvcuda::wmma;
+  const int o = RunMap::o(threadIdx.x), kk = RunMap::kk(threadIdx.x);
+  const auto issue = [&](int stage) {
+    copy_run(&s.st[stage].a[o][kk], src_a());
+    copy_run(&s.st[stage].b[o][kk], src_b());
+  };
+  // Prologue: the first kRunStages - 1 steps in flight, one commit group a step (empty past
+  // the last, so that the group count per step stays fixed).
+#pragma unroll
+  for (int i = 0; i < kRunStages - 1; ++i) {
+    if (i < steps) {
+      if (i > 0) next();
+      issue(i);
+    }
+    __pipeline_commit();
+  }
+  const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;  // warp tile: rows wm*16, columns wn*32 (+32)
+  using Frag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  Frag acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  // The stages step i reads and step i + kRunStages - 1 writes (i % kRunStages and the one
+  // before it), counted rather than divided.
+  int read = 0, write = kRunStages - 1;
+#pragma unroll 1  // one step an iteration, whatever ptxas would unroll: the barrier count per step stays checkable
+  for (int64_t i = 0; i < steps; ++i) {
+    // This thread's copies of step i have landed; after the barrier everyone's have, and every
+    // thread is done reading step i - 1, whose stage the copies issued next overwrite.
+    __pipeline_wait_prior(kRunStages - 2);
+    __syncthreads();
+    if (i + kRunStages - 1 < steps) {
+      next();
+      issue(write);
+    }
+    __pipeline_commit();
+    const typename RunSmem<T>::Stage& st = s.st[read];
+    write = read;
+    read = read + 1 == kRunStages ? 0 : read + 1;
+    Frag part[2];
+    wmma::fill_fragment(part[0], 0.0f);
+    wmma::fill_fragment(part[1], 0.0f);
+#pragma unroll
+    for (int k = 0; k < kRunBK; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, &st.a[wm * 16][k], kRunLd);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
+        wmma::load_matrix_sync(fb, &st.b[wn * 32 + j * 16][k], kRunLd);
+        wmma::mma_sync(part[j], fa, fb, part[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < part[j].num_elements; ++e) acc[j].x[e] += part[j].x[e];
+  }
+  __pipeline_wait_prior(0);
+  __syncthreads();  // every stage read; s.c overlays them
+  for (int j = 0; j < 2; ++j)
+    wmma::store_matrix_sync(&s.c[wm * 16][wn * 32 + j * 16], acc[j], kBN + 4, wmma::mem_row_major);
+  __syncthreads();
+#endif
+}
+
+}  // namespace cuda
+}  // namespace fusedops

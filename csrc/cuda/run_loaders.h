@@ -1,0 +1,91 @@
+// Operand loaders of the channel-run GEMM (run_gemm.cuh): each thread fetches one run of
+// kRunLen = 8 consecutive k of one row of A or one column of B per k step, 16 bytes of a
+// 16-bit type, so that a k step is one 16-byte copy per operand and thread.
+//
+// The reduction index is k = (kh*KW + kw)*Cg + ci: the input's channels innermost, as a
+// channels_last input and a (Cout, KH, KW, Cin/groups) weight store them. With Cg a multiple
+// of kRunLen every run lies inside one kernel tap and is contiguous in both operands, and
+// K = KH*KW*Cg is a multiple of kRunLen, so a run is wholly inside the reduction or wholly
+// past it. A loader is built once per tile; src() names this step's run (null: zeros, i.e.
+// past the operand or in the conv's padding), next() advances k by kRunBK. The digits of k
+// are stepped with one carry per digit (no division in the main loop); they and the step
+// are decomposed once per block by the caller (run_digits).
+//
+// Host and device code alike (no CUDA headers): tests/cuda_emulator runs them on the CPU.
+
+#pragma once
+
+#include <cstdint>
+
+#include "tile_loaders.h"
+
+namespace fusedops {
+namespace cuda {
+
+constexpr int kRunLen = 8;    // elements of a 16-byte run of a 16-bit type
+constexpr int kRunBK = 32;    // k per step of the channel-run GEMM
+constexpr int kRunsPerRow = kRunBK / kRunLen;
+static_assert(kBM * kRunsPerRow == kThreads && kBN * kRunsPerRow == kThreads, "one run of A and one of B a thread");
+
+// Thread t's run in a step: row of A / column of B o(t), first k of the run kk(t) (relative to
+// the step's first k). Four consecutive threads read one row's 32 k: 64 contiguous bytes.
+struct RunMap {
+  static FUSEDOPS_HD int o(int t) { return t / kRunsPerRow; }
+  static FUSEDOPS_HD int kk(int t) { return (t % kRunsPerRow) * kRunLen; }
+};
+
+// The digits (kh, kw, ci) of thread t's first k and of the step kRunBK, radices (KW, Cg).
+struct RunDigits {
+  Digits first, step;
+};
+
+FUSEDOPS_HD RunDigits run_digits(const Geometry& g, int t) {
+  const int kw = static_cast<int>(g.KW), cg = static_cast<int>(g.Cg);
+  return {split_small(RunMap::kk(t), kw, cg), split_small(kRunBK, kw, cg)};
+}
+
+// A: a row-major matrix with contiguous rows of K elements (the weights as (Cout, KH*KW*Cg)),
+// rows [m0, M) of it; run (m, k..k+7) for m < M and k < K.
+template <typename T>
+struct RowRunLoader {
+  const T* p;     // this thread's run at the current step
+  int64_t left;   // K - its first k
+  bool row;       // its row exists
+
+  FUSEDOPS_HD RowRunLoader(const T* base, int64_t K, int64_t m0, int64_t M, int t)
+      : p(base + (m0 + RunMap::o(t)) * K + RunMap::kk(t)), left(K - RunMap::kk(t)), row(m0 + RunMap::o(t) < M) {}
+  FUSEDOPS_HD const T* src() const { return row && left > 0 ? p : nullptr; }
+  FUSEDOPS_HD void next() {
+    p += kRunBK;
+    left -= kRunBK;
+  }
+};
+
+// B of the conv forward: the im2col column of one pool tap, k = (kh, kw, ci), for this
+// thread's column: x[n][ih][iw][grp*Cg + ci] with ih = r*sh - pt + kh*dh, iw = c*sw - pl + kw*dw,
+// where (r, c) is the tap's conv position. xn = x + n*xs0 + grp*Cg (channel stride 1), or null
+// where the column is past the end or the tap lies in the pool's padding.
+template <typename T>
+struct PooledRunLoader {
+  const T* xn;
+  int64_t xs2, xs3;
+  int ih0, iw0;  // r*sh - pt, c*sw - pl
+  Digits d;      // (kh, kw, ci) of this thread's run; kh reaches KH past the reduction
+  Digits step;
+
+  FUSEDOPS_HD PooledRunLoader(const Geometry& g, const T* xn_, int64_t xs2_, int64_t xs3_, int r, int c,
+                              const RunDigits& digits)
+      : xn(xn_), xs2(xs2_), xs3(xs3_), ih0(static_cast<int>(r * g.sh - g.pt)),
+        iw0(static_cast<int>(c * g.sw - g.pl)), d(digits.first), step(digits.step) {}
+  FUSEDOPS_HD const T* src(const Geometry& g) const {
+    const bool taps = d.hi < g.KH;  // past the reduction kh runs beyond KH: keep ih in the checked range
+    const int ih = ih0 + (taps ? static_cast<int>(d.hi) : 0) * static_cast<int>(g.dh);
+    const int iw = iw0 + d.mid * static_cast<int>(g.dw);
+    const bool in = xn && taps && inside(ih, g.H) && inside(iw, g.W);
+    return in ? xn + ih * xs2 + iw * xs3 + d.lo : nullptr;
+  }
+  FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Cg)); }
+};
+
+}  // namespace cuda
+}  // namespace fusedops
