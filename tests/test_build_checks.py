@@ -109,6 +109,8 @@ _SASS = """
 def test_the_main_loop_is_the_innermost_sass_loop_that_multiplies_and_synchronises():
     # Two loops: 0x20-0x50 (HMMA and BAR: the main loop, 4 instructions) inside 0x10-0x70.
     assert cuda_kernel_report.sass_main_loops(_SASS) == {"_Z6kernelv": 4}
+    # its multiplies: the HMMA (the FFMA at 0x10 is outside it)
+    assert cuda_kernel_report.sass_main_loop_multiplies(_SASS) == {"_Z6kernelv": 1}
     assert cuda_kernel_report.sass_main_loops(_SASS.replace("BAR.SYNC.DEFER_BLOCKING 0x0", "NOP")) == {}
 
 

@@ -40,8 +40,8 @@ SOURCES = ("conv_block.cu", "linear.cu")
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
 # conv_grads_kernel runs the input and weight gradients' implicit GEMMs (two main loops).
-GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_grads_kernel", "linear_forward_kernel", "linear_input_grad_kernel",
-                "linear_weight_grad_kernel")
+GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_kernel", "linear_forward_kernel",
+                "linear_forward_runs_kernel", "linear_input_grad_kernel", "linear_weight_grad_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
@@ -67,6 +67,7 @@ class Kernel:
     shared: int = 0
     ptx: PtxFacts = None
     main_loop_sass: Optional[int] = None  # SASS instructions in the main loop (None: no main loop)
+    main_loop_multiplies: Optional[int] = None  # HMMA / FFMA / DFMA instructions among them
 
     @property
     def template(self) -> str:
@@ -266,11 +267,10 @@ _SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", re.M)
 _SASS_BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
 
 
-def sass_main_loops(sass: str) -> Dict[str, int]:
+def _main_loops(sass: str) -> Dict[str, List[str]]:
     """Per kernel (mangled name): the instructions of the innermost SASS loop (from a backward
-    BRA's target to the branch) that holds a multiply (HMMA, FFMA or DFMA) and a barrier (BAR):
-    the main loop's cost per k step. Division routines called from it are not counted."""
-    result: Dict[str, int] = {}
+    BRA's target to the branch) that holds a multiply (HMMA, FFMA or DFMA) and a barrier (BAR)."""
+    result: Dict[str, List[str]] = {}
     parts = _SASS_FUNCTION.split(sass)
     for name, body in zip(parts[1::2], parts[2::2]):
         code = [(int(a, 16), text) for a, text in _SASS_INSTRUCTION.findall(body)]
@@ -279,15 +279,29 @@ def sass_main_loops(sass: str) -> Dict[str, int]:
             m = _SASS_BRANCH.search(text)
             if m and int(m.group(1), 16) < address:
                 loops.append((int(m.group(1), 16), address))
-        sizes = []
+        found = []
         for start, end in loops:
             inside = [text for address, text in code if start <= address <= end]
-            multiplies = any(re.search(r"\b(?:HMMA|FFMA|DFMA)\b", t) for t in inside)
-            if multiplies and any(t.startswith("BAR") for t in inside):
-                sizes.append(len(inside))
-        if sizes:
-            result[name] = min(sizes)
+            if any(_MULTIPLY.search(t) for t in inside) and any(t.startswith("BAR") for t in inside):
+                found.append(inside)
+        if found:
+            result[name] = min(found, key=len)
     return result
+
+
+_MULTIPLY = re.compile(r"\b(?:HMMA|FFMA|DFMA)\b")
+
+
+def sass_main_loops(sass: str) -> Dict[str, int]:
+    """Per kernel (mangled name): the instructions of its main loop (_main_loops), the cost of
+    one k step. Division routines called from it are not counted."""
+    return {name: len(loop) for name, loop in _main_loops(sass).items()}
+
+
+def sass_main_loop_multiplies(sass: str) -> Dict[str, int]:
+    """Per kernel (mangled name): the multiply instructions (HMMA, FFMA, DFMA) of its main loop:
+    with sass_main_loops, the instructions a step spends per multiply."""
+    return {name: sum(1 for t in loop if _MULTIPLY.search(t)) for name, loop in _main_loops(sass).items()}
 
 
 _RES = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+)")
@@ -307,13 +321,14 @@ def compile_kernels(arch: int, workdir: str, nvcc: str, cuobjdump: str) -> List[
                 raise RuntimeError(f"nvcc failed on {source} (sm_{arch}):\n{done.stderr[-4000:]}")
         res = subprocess.run([cuobjdump, "-res-usage", f"{stem}.cubin"], capture_output=True, text=True,
                              check=True).stdout
-        sass = sass_main_loops(subprocess.run([cuobjdump, "-sass", f"{stem}.cubin"], capture_output=True, text=True,
-                                              check=True).stdout)
+        sass_text = subprocess.run([cuobjdump, "-sass", f"{stem}.cubin"], capture_output=True, text=True,
+                                   check=True).stdout
+        sass, multiplies = sass_main_loops(sass_text), sass_main_loop_multiplies(sass_text)
         with open(f"{stem}.ptx") as f:
             facts = ptx_facts(f.read())
         for mangled, reg, stack, shared in _RES.findall(res):
             kernels[mangled] = Kernel(mangled, int(reg), int(stack), int(shared), facts.get(mangled, PtxFacts()),
-                                      sass.get(mangled))
+                                      sass.get(mangled), multiplies.get(mangled))
     names = demangle(list(kernels))
     for mangled, k in kernels.items():
         k.name = names[mangled]
@@ -345,10 +360,12 @@ def summarize(kernels: List[Kernel]) -> List[tuple]:
     rows: Dict[tuple, list] = {}
     for k in kernels:
         key = (k.template, k.dtype)
-        r = rows.setdefault(key, [0, 0, 0, 0, 0, -1, -1])
+        r = rows.setdefault(key, [0, 0, 0, 0, 0, -1, -1, -1])
         barriers = -1 if k.ptx.main_loop_barriers is None else k.ptx.main_loop_barriers
         sass = -1 if k.main_loop_sass is None else k.main_loop_sass
-        for i, v in enumerate((k.registers, k.stack, k.shared, k.ptx.loop_div64, k.ptx.loop_div32, barriers, sass)):
+        multiplies = -1 if k.main_loop_multiplies is None else k.main_loop_multiplies
+        for i, v in enumerate((k.registers, k.stack, k.shared, k.ptx.loop_div64, k.ptx.loop_div32, barriers, sass,
+                               multiplies)):
             r[i] = max(r[i], v)
     return sorted((key + tuple(v)) for key, v in rows.items())
 
@@ -361,7 +378,9 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "innermost loop that multiplies (2 when one shared-memory stage is loaded and then read,",
              "1 when the next stage is stored while the current one is read); main-loop SASS: the",
              "instructions of the innermost SASS loop with a multiply and a barrier (`cuobjdump -sass`;",
-             "division routines it calls not counted), the cost of one k step. Rules for the implicit GEMMs",
+             "division routines it calls not counted), the cost of one k step, and the multiplies among them",
+             "(HMMA, FFMA, DFMA): a step's instructions per multiply are what the main loop spends on",
+             "everything else. Rules for the implicit GEMMs",
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
              "division rule only).",
@@ -369,13 +388,13 @@ def report(results: Dict[int, List[Kernel]]) -> str:
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",
                   "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | "
-                  "main-loop SASS | rule |",
+                  "main-loop SASS / multiplies | rule |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         broken = {(k.template, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
-        for template, dtype, reg, stack, shared, d64, d32, barriers, sass in summarize(kernels):
+        for template, dtype, reg, stack, shared, d64, d32, barriers, sass, multiplies in summarize(kernels):
             rule = broken.get((template, dtype), "ok" if template in GEMM_KERNELS else "")
             step = "" if barriers < 0 else str(barriers)
-            size = "" if sass < 0 else str(sass)
+            size = "" if sass < 0 else f"{sass} / {multiplies}"
             lines.append(f"| {template} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {size} | "
                          f"{rule} |")
         lines.append("")
