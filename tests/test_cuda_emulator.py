@@ -6,10 +6,10 @@ CUDA runtime, half types, wmma and the cp.async pipeline primitives
 (``tests/cuda_emulator/*.h``), their ``__shared__`` declarations pointed at the emulator's
 shared memory. Each block runs as 256 coroutines that switch at ``__syncthreads``, in both
 thread orders (a result that depends on the order is a shared-memory race), cp.async copies
-landing when issued in one and when waited for in the other; the outputs are compared with direct computations in double. What the
-emulator cannot see: the GPU's memory model beyond barriers, warp-level timing, the real
-wmma fragment layouts and anything in the launchers (their choices are mirrored in
-tests/gpu_cases.py and run on a GPU by ``pytest -m gpu``).
+landing when issued in one and when waited for in the other; the outputs are compared with
+direct computations in double. What the emulator cannot see: the GPU's memory model beyond
+barriers, warp-level timing, the real wmma fragment layouts and anything in the launchers
+(their choices are mirrored in tests/gpu_cases.py and run on a GPU by ``pytest -m gpu``).
 """
 
 import os

@@ -1,9 +1,8 @@
 """The small cases ``make gpu-report`` runs under compute-sanitizer (memcheck, racecheck,
-initcheck, synccheck), for both GPU backends: every kernel path once (direct and gemm
-forward, overlapping pools with padding, groups without pool, int16 offsets, every gradient,
-a first layer's gradients without the input's, the tangent, linear with one and several
-tiles), on tiny shapes because the sanitizer slows
-every kernel by 10-100x.
+initcheck, synccheck), for both GPU backends: every kernel path once (direct, gemm and
+channel-run forward, overlapping pools with padding, groups without pool, int16 offsets, every
+gradient, a first layer's gradients without the input's, the tangent, linear with one and
+several tiles), on tiny shapes because the sanitizer slows every kernel by 10-100x.
 
 The sanitizer's verdict is the point; the results are also checked, against the reference
 computed on the CPU in float64, so that torch's own GPU kernels (cuDNN, cuBLAS) neither run
@@ -26,6 +25,8 @@ CONV = [
     gpu_cases._conv("int16 window", (1, 2, 14, 14), 3, 1, pool_kernel_size=12, pool_stride=2, jvp=True),
     gpu_cases._conv("first layer no input grad", (2, 3, 9, 8), 6, 3, padding=1, pool_kernel_size=3, pool_stride=2,
                     pool_padding=1, input_grad=False),
+    # bf16: the cuda forward over channel runs (cp.async), two column tiles
+    gpu_cases._conv("runs channels_last", (2, 16, 12, 12), 24, 3, padding=1, layout="channels_last"),
 ]
 LINEAR = [
     gpu_cases.LinearCase("5x7->9 relu", (5, 7), 9, "relu"),
@@ -58,7 +59,9 @@ def check_small_case(backend, precision, case, device):
     tensors = inputs[:3]
     rounded = [None if t is None else t.to(dtype).double() for t in tensors]  # exactly what the device gets
     wants = (getattr(case, "input_grad", True), True, True)  # a first layer's input needs no gradient
-    on_device = [None if t is None else t.to(device, dtype).requires_grad_(want) for t, want in zip(tensors, wants)]
+    on_device = [None if t is None else t.to(device, dtype) for t in tensors]
+    on_device[0] = gpu_checks.LAYOUTS[case.layout](on_device[0])
+    on_device = [None if t is None else t.requires_grad_(want) for t, want in zip(on_device, wants)]
     with gpu_checks.tf32_flags(False):
         if isinstance(case, gpu_cases.ConvCase):
             _check_conv(backend, case, on_device, rounded, inputs[3], rtol)
