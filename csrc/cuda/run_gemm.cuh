@@ -13,7 +13,7 @@
 //   - both tiles are stored k-contiguous (A as (m, k), B as (n, k)), so a run is one 16-byte
 //     shared store and B is read as wmma's col_major matrix_b (no transposes);
 //   - each step is twice as deep, so the address arithmetic of a step (one carry chain a
-//     loader) is spent on 8 tensor-core products a warp instead of 2 (wmma 16x16x16).
+//     loader) is spent on 4 wmma 16x16x16 products a warp instead of 2.
 // Summation as tile_gemm's: each step's products summed from zero by the tensor cores, the
 // step sums added into the running sum by the FP32 units, in a fixed order (deterministic).
 // The finished tile lands in shared memory (RunSmem::c, the layout of TileSmem::c).
@@ -30,7 +30,8 @@ namespace fusedops {
 namespace cuda {
 
 constexpr int kRunStages = 3;
-constexpr int kRunLd = kRunBK + 8;  // padded row of a stage: 80 bytes, a multiple of wmma's 16 (and of 32 per 16 rows)
+// A stage's padded row: 80 bytes, a multiple of wmma's 16 (and 16 rows a multiple of its 32).
+constexpr int kRunLd = kRunBK + 8;
 
 template <typename T>
 struct __align__(32) RunSmem {
@@ -89,7 +90,9 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
   // The stages step i reads and step i + kRunStages - 1 writes (i % kRunStages and the one
   // before it), counted rather than divided.
   int read = 0, write = kRunStages - 1;
-#pragma unroll 1  // one step an iteration, whatever ptxas would unroll: the barrier count per step stays checkable
+  // One step an iteration (not unrolled), so that tools/cuda_kernel_report.py counts one
+  // barrier a step.
+#pragma unroll 1
   for (int64_t i = 0; i < steps; ++i) {
     // This thread's copies of step i have landed; after the barrier everyone's have, and every
     // thread is done reading step i - 1, whose stage the copies issued next overwrite.

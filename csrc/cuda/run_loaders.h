@@ -44,8 +44,9 @@ FUSEDOPS_HD RunDigits run_digits(const Geometry& g, int t) {
   return {split_small(RunMap::kk(t), kw, cg), split_small(kRunBK, kw, cg)};
 }
 
-// A: a row-major matrix with contiguous rows of K elements (the weights as (Cout, KH*KW*Cg)),
-// rows [m0, M) of it; run (m, k..k+7) for m < M and k < K.
+// A row-major matrix with contiguous rows of K elements, rows [m0, M) of it: run (m, k..k+7) for
+// m < M and k < K. The conv forward's A (the weights as (Cout, KH*KW*Cg)); both operands of the
+// linear forward (x, and w as B's columns).
 template <typename T>
 struct RowRunLoader {
   const T* p;     // this thread's run at the current step
