@@ -213,12 +213,31 @@ __device__ __forceinline__ void write_pooled(const Geometry& g, const PooledColu
   }
 }
 
-template <typename Acc>
-__device__ __forceinline__ void start_window_max(Acc (&best)[kPerThread], int (&where)[kPerThread]) {
+// The pool-window loop of the implicit-GEMM forwards: for each tap (th, tw) of the window,
+// gemm(dr, dc) computes the block's conv outputs at the taps' offset (dr, dc) from each
+// column's first tap into the result tile c, whose elements this thread folds into the window
+// max of pooled output col (where the tap is inside the conv output); then the max and its
+// offset are written.
+template <typename T, typename OffT, typename Acc, typename Gemm>
+__device__ __forceinline__ void pool_over_taps(const Geometry& g, const PooledColumn& col, int64_t grp, int64_t m0,
+                                               int nn, const T* b, const Acc (&c)[kBM][kBN + 4], T* y, OffT* off,
+                                               const Strides4& ys, const Gemm& gemm) {
+  Acc best[kPerThread];
+  int where[kPerThread];
   for (int j = 0; j < kPerThread; ++j) {
     best[j] = -std::numeric_limits<Acc>::infinity();
     where[j] = -1;
   }
+  for (int th = 0; th < g.PKH; ++th) {
+    for (int tw = 0; tw < g.PKW; ++tw) {
+      const int dr = th * static_cast<int>(g.pdh), dc = tw * static_cast<int>(g.pdw);
+      gemm(dr, dc);
+      if (col.n >= 0 && inside(col.r0 + dr, g.OH) && inside(col.c0 + dc, g.OW))  // else in the pool's padding
+        keep_window_max(c, g, b, grp, m0, nn, th * static_cast<int>(g.PKW) + tw, best, where);
+      __syncthreads();  // s.c is overwritten by the next tap's tile
+    }
+  }
+  write_pooled(g, col, grp, m0, best, where, y, off, ys);
 }
 
 // One block: output channels [m0, m0 + kBM) of group blockIdx.z at pooled outputs
@@ -228,7 +247,6 @@ template <typename T, typename OffT>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
     conv_pool_gemm_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
                           const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
-  using Acc = typename Num<T>::Acc;
   __shared__ TileSmem<T> s;
   const int64_t grp = blockIdx.z;
   const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
@@ -238,26 +256,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   const PooledColumn col = pooled_column(g, n0 + nn);
   const T* xn = col.n >= 0 ? x + col.n * xs.s[0] + grp * g.Cg * xs.s[1] : nullptr;
   const int64_t steps = ceil_div(g.K, kBK);
-  Acc best[kPerThread];
-  int where[kPerThread];
-  start_window_max(best, where);
-  for (int th = 0; th < g.PKH; ++th) {
-    for (int tw = 0; tw < g.PKW; ++tw) {
-      const int r = col.r0 + th * static_cast<int>(g.pdh), c = col.c0 + tw * static_cast<int>(g.pdw);
-      const bool tap = xn && inside(r, g.OH) && inside(c, g.OW);  // false: the tap is in the pool's padding
-      MatrixLoader<T, true> la(wg, g.K, 1, m0, g.Coutg, 0, g.K, threadIdx.x, zero);
-      PooledColumnLoader<T> lb(g, tap ? xn : nullptr, xs.s[1], xs.s[2], xs.s[3], r, c, threadIdx.x, zero);
-      tile_gemm<T, true, false>([&](T(&v)[kLoads]) { la.fetch(v); }, [&](T(&v)[kLoads]) { lb.fetch(g, v); },
-                                [&] {
-                                  la.next();
-                                  lb.next(g);
-                                },
-                                steps, s);
-      if (tap) keep_window_max(s.c, g, b, grp, m0, nn, th * static_cast<int>(g.PKW) + tw, best, where);
-      __syncthreads();  // s.c is overwritten by the next tap's tile
-    }
-  }
-  write_pooled(g, col, grp, m0, best, where, y, off, ys);
+  pool_over_taps(g, col, grp, m0, nn, b, s.c, y, off, ys, [&](int dr, int dc) {
+    const int r = col.r0 + dr, c = col.c0 + dc;
+    const bool tap = xn && inside(r, g.OH) && inside(c, g.OW);  // false: the tap is in the pool's padding
+    MatrixLoader<T, true> la(wg, g.K, 1, m0, g.Coutg, 0, g.K, threadIdx.x, zero);
+    PooledColumnLoader<T> lb(g, tap ? xn : nullptr, xs.s[1], xs.s[2], xs.s[3], r, c, threadIdx.x, zero);
+    tile_gemm<T, true, false>([&](T(&v)[kLoads]) { la.fetch(v); }, [&](T(&v)[kLoads]) { lb.fetch(g, v); },
+                              [&] {
+                                la.next();
+                                lb.next(g);
+                              },
+                              steps, s);
+  });
 }
 
 // The forward over channel runs (run_gemm.cuh), for 16-bit channels_last input with Cin/groups
@@ -269,7 +279,6 @@ template <typename T, typename OffT>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_pool_runs_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ wk,
                           const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
-  using Acc = typename Num<T>::Acc;
   __shared__ RunSmem<T> s;
   const int64_t grp = blockIdx.z;
   const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
@@ -280,27 +289,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   const T* xl = lcol.n >= 0 ? x + lcol.n * xs.s[0] + grp * g.Cg : nullptr;
   const RunDigits digits = run_digits(g, threadIdx.x);
   const int64_t steps = ceil_div(g.K, kRunBK);
-  Acc best[kPerThread];
-  int where[kPerThread];
-  start_window_max(best, where);
-  for (int th = 0; th < g.PKH; ++th) {
-    for (int tw = 0; tw < g.PKW; ++tw) {
-      const int dr = th * static_cast<int>(g.pdh), dc = tw * static_cast<int>(g.pdw);
-      const bool tap = col.n >= 0 && inside(col.r0 + dr, g.OH) && inside(col.c0 + dc, g.OW);
-      const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
-      RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
-      PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
-      run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(g); },
-                  [&] {
-                    la.next();
-                    lb.next(g);
-                  },
-                  steps, s);
-      if (tap) keep_window_max(s.c, g, b, grp, m0, nn, th * static_cast<int>(g.PKW) + tw, best, where);
-      __syncthreads();  // s.c is overwritten by the next tap's stages
-    }
-  }
-  write_pooled(g, col, grp, m0, best, where, y, off, ys);
+  pool_over_taps(g, col, grp, m0, nn, b, s.c, y, off, ys, [&](int dr, int dc) {
+    const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
+    RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
+    PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
+    run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(g); },
+                [&] {
+                  la.next();
+                  lb.next(g);
+                },
+                steps, s);
+  });
 }
 
 // dconv[n][c][r][col] (contiguous) = sum of the pooled gradients whose window max is at (r, col).
