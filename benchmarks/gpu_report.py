@@ -76,7 +76,8 @@ OUR_KERNELS = ("fusedops", "conv_block_fwd_kernel", "conv_block_dx_kernel", "con
                "conv_grads_kernel", "linear_forward_runs_kernel",
                "sum_grad_partials_kernel", "sum_partials_kernel", "jvp_kernel",
                "linear_forward_kernel", "activation_grad_kernel", "linear_input_grad_kernel",
-               "linear_weight_grad_kernel", "column_sum_kernel")
+               "linear_weight_grad_kernel", "linear_input_grad_runs_kernel", "linear_weight_grad_runs_kernel",
+               "column_sum_kernel")
 # The benchmark runs, most wanted first: (dtype, op, layer name part).
 BENCH_DTYPES = ("bfloat16", "float32")
 BENCH_LAYERS = (("conv_block", "mnist conv1"), ("conv_block", "mnist conv2"), ("conv_block", "cifar conv1"),

@@ -266,7 +266,10 @@ LINEAR_CONFIGS: List[LinearCase] = [
     ]
 ] + [
     LinearCase("empty split-K slices 135432x48->40 relu", (135432, 48), 40, "relu",
-               purpose="CUDA: 264 split-K slices of 528 rows: the last ones empty"),
+               purpose="CUDA: 264 split-K slices of 528 rows (544 over runs): the last ones empty"),
+    LinearCase("gradient runs 70x40->24 gelu", (70, 40), 24, "gelu",
+               purpose="CUDA: both gradients over 16-byte runs (features multiples of 8) in one split-K slice: "
+                       "a second row tile, a partial k step of the weight gradient"),
     LinearCase("grid-stride 16400x64->1024 gelu", (16400, 64), 1024, "gelu", precisions=("bf16", "fp32"),
                scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice"),
     LinearCase("grid-stride 64x4096->4100 silu", (64, 4096), 4100, "silu", precisions=("bf16", "fp32"),
@@ -412,7 +415,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # reduction_splits: ~2 blocks per SM of an H100, slices of at least 512), the grid-stride grids
 # (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
-    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kRunBK": 32, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
     "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
@@ -433,8 +436,8 @@ def _splits(reduction: int, tiles: int, most: int) -> int:
     return max(1, min(max(splits, 1), most))
 
 
-def _split_labels(kernel: str, reduction: int, splits: int) -> Set[str]:
-    chunk = _cdiv(_cdiv(reduction, splits), CUDA_CONSTANTS["kBK"]) * CUDA_CONSTANTS["kBK"]
+def _split_labels(kernel: str, reduction: int, splits: int, step: int = CUDA_CONSTANTS["kBK"]) -> Set[str]:
+    chunk = _cdiv(_cdiv(reduction, splits), step) * step
     labels = {f"{kernel}: {'one split-K slice' if splits == 1 else 'several split-K slices'}"}
     if (splits - 1) * chunk >= reduction:
         labels.add(f"{kernel}: an empty split-K slice")
@@ -553,8 +556,12 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     # linear.cu linear_forward: 16-byte runs for 16-bit rows of a multiple of 8 (sm_80+; x and w
     # contiguous, as the bindings pass them, so 16-byte aligned).
     runs = precision in ("bf16", "fp16") and in_f % c["kRunLen"] == 0
-    out = {f"linear forward{' runs' if runs else ''}<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
-           f"linear sum partials<{t}>"}
+    # linear_backward: both GEMMs over runs where out features are a multiple of 8 too (dz and the
+    # workspace's activation gradient 16-byte aligned alike).
+    grad_runs = runs and out_f % c["kRunLen"] == 0
+    grads = " runs" if grad_runs else ""
+    out = {f"linear forward{' runs' if runs else ''}<{t}>", f"linear input grad{grads}<{t}>",
+           f"linear weight grad{grads}<{t}>", f"linear sum partials<{t}>"}
     if rows > c["kBM"] and out_f > c["kBN"]:
         out.add("linear forward: second M and N tiles")
     if case.activation is not None:
@@ -563,7 +570,8 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     if case.bias:
         out.add(f"linear column sum<{t}>")
     tiles = _cdiv(out_f, c["kBM"]) * _cdiv(in_f, c["kBN"])
-    out |= _split_labels("linear weight grad", rows, _splits(rows, tiles, 1 << 62))
+    out |= _split_labels(f"linear weight grad{grads}", rows, _splits(rows, tiles, 1 << 62),
+                         c["kRunBK"] if grad_runs else c["kBK"])
     out |= _grid_stride("linear sum partials", out_f * in_f)
     return out
 
@@ -595,7 +603,7 @@ def cuda_required() -> Set[str]:
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
         if t in ("half", "bfloat16"):
-            out.add(f"linear forward runs<{t}>")
+            out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
                 f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
@@ -615,6 +623,8 @@ def cuda_required() -> Set[str]:
         "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",
         "linear weight grad: an empty split-K slice", "linear sum partials: grid-stride loop runs twice or more",
+        "linear weight grad runs: one split-K slice", "linear weight grad runs: several split-K slices",
+        "linear weight grad runs: an empty split-K slice",
     }
     return out
 

@@ -82,9 +82,12 @@ def test_conv_kernels_match_a_direct_convolution(tmp_path):
 
 def test_linear_kernels_match_products_in_double(tmp_path):
     out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
-    assert "7 linear shapes and 3 activations, 0 failures" in out, out
-    # float16 and bfloat16 on the three shapes with in features a multiple of 8 (16, 40, 72)
-    assert "forward over runs: 6 shape and type pairs" in out, out
+    assert "9 linear shapes and 3 activations, 0 failures" in out, out
+    # float16 and bfloat16 on the five shapes with in features a multiple of 8 (16, 40, 72)
+    assert "forward over runs: 10 shape and type pairs" in out, out
+    # and on the three with out features a multiple of 8 too: 64 x 16 -> 64, 70 x 40 -> 24
+    # (a partial k step of the weight gradient) and 100 x 72 -> 136 (partial tiles and steps)
+    assert "gradients over runs: 6 shape and type pairs" in out, out
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):

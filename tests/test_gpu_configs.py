@@ -133,10 +133,13 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"\(dtype == DType::Half \|\| dtype == DType::BFloat16\) && cc_major >= 8 && "
                           r"runs\(g\.Cg\) &&",
                           r"xs\.s\[1\] == 1 && runs\(xs\.s\[0\]\) && runs\(xs\.s\[2\]\) &&\s+runs\(xs\.s\[3\]\)"],
-        "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunLen']};"],
+        "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunLen']};", rf"constexpr int kRunBK = {c['kRunBK']};"],
         "linear.cu": [r"if \(cc_major >= 8 && in_f % kRunLen == 0 && aligned\(x\) && aligned\(w\)\)",
+                      r"const bool runs = sizeof\(T\) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && "
+                      r"out_f % kRunLen == 0 &&\s+aligned\(dz\) && aligned\(w\) && aligned\(x\);",
                       r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
-                      r"ceil_div\(ceil_div\(rows, splits\), kBK\) \* kBK", r"grid_for\(rows \* out_f\)",
+                      r"const int64_t step = runs \? kRunBK : kBK;",
+                      r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)"],
     }
     missing = [f"{name}: {pattern}" for name, patterns in expected.items() for pattern in patterns

@@ -262,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(const at::Te
                                          output_mask[0] ? gi.mutable_data_ptr() : nullptr,
                                          output_mask[1] ? gw.mutable_data_ptr() : nullptr,
                                          output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(),
+                                         compute_capability_major(input.device().index()),
                                          c10::cuda::getCurrentCUDAStream().stream()));
   }
   if (output_mask[0]) gi = gi.view(input.sizes());

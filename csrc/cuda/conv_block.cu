@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
     RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
     PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
-    run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(g); },
+    run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(g); },
                 [&] {
                   la.next();
                   lb.next(g);

@@ -86,10 +86,12 @@ cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int
 size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw,
                                  bool need_db);
 
-// Gradients of the linear layer; dx (rows x in_f), dw (out_f x in_f) and db (out_f) may each be null.
+// Gradients of the linear layer; dx (rows x in_f), dw (out_f x in_f) and db (out_f) may each be
+// null. cc_major as linear_forward's (float16/bfloat16 with in_f and out_f multiples of 8 read
+// 16-byte runs on 8 and above).
 cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,
                             const void* x, const void* w, const void* saved, void* dx, void* dw, void* db,
-                            void* workspace, cudaStream_t stream);
+                            void* workspace, int cc_major, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fusedops

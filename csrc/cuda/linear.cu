@@ -7,7 +7,8 @@
 // silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
 // dx = dz @ w (a GEMM), dw = dz^T @ x (a GEMM over the rows, split in chunks whose partial sums
 // are added in a fixed order) and db = column sums of dz (split over blocks whose partial sums
-// are added in a fixed order). Deterministic.
+// are added in a fixed order). Both GEMMs run over 16-byte runs for fp16/bf16 with in and out
+// features multiples of 8 on sm_80+. Deterministic.
 // The activation formulas are those of fusedops/ops/linear.py.
 
 #include "run_gemm.cuh"
@@ -114,7 +115,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
   RowRunLoader<T> la(x, in_f, m0, rows, threadIdx.x);
   RowRunLoader<T> lb(w, in_f, n0, out_f, threadIdx.x);
-  run_gemm<T>([&] { return la.src(); }, [&] { return lb.src(); },
+  run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(); },
               [&] {
                 la.next();
                 lb.next();
@@ -152,6 +153,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
             [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
 }
 
+// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 with in_f and out_f multiples
+// of 8 and dz, w 16-byte aligned, on sm_80+ (linear_backward's choice): dz's rows are runs
+// along k, w's rows runs across it (B stored (k, n)).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2)
+    linear_input_grad_runs_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
+                                  const T* __restrict__ w, T* __restrict__ dx) {
+  __shared__ RunSmem<T> s;
+  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
+  RowRunLoader<T> la(dz, out_f, m0, rows, threadIdx.x);
+  KMajorRunLoader<T> lb(w, in_f, n0, in_f, 0, out_f, threadIdx.x);
+  run_gemm<T, false, true>([&] { return la.src(); }, [&] { return lb.src(); },
+                           [&] {
+                             la.next();
+                             lb.next();
+                           },
+                           ceil_div(out_f, kRunBK), s);
+  for_owned(s, rows, in_f, m0, n0,
+            [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
+}
+
 // part[split] (out_f x in_f) = sum over the split's rows r of dz[r][o] * x[r][i]: both read
 // along their rows (o, i: contiguous). An empty split writes zeros.
 template <typename T>
@@ -164,6 +186,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   MatrixLoader<T, false> la(dz, 1, out_f, m0, out_f, k0, k1, threadIdx.x, zero_of<T>());
   MatrixLoader<T, false> lb(x, 1, in_f, n0, in_f, k0, k1, threadIdx.x, zero_of<T>());
   matrix_gemm(la, lb, k0 < k1 ? ceil_div(k1 - k0, kBK) : 0, s);
+  store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
+}
+
+// The same over 16-byte runs (run_gemm.cuh), under linear_input_grad_runs_kernel's conditions:
+// both operands' rows are runs across k (A stored (k, m), B (k, n)).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 2)
+    linear_weight_grad_runs_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
+                                   const T* __restrict__ x, int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
+  __shared__ RunSmem<T> s;
+  const int64_t split = blockIdx.z, k0 = split * chunk, k1 = min(rows, k0 + chunk);
+  const int64_t m0 = blockIdx.y * int64_t(kBM), n0 = blockIdx.x * int64_t(kBN);
+  KMajorRunLoader<T> la(dz, out_f, m0, out_f, k0, k1, threadIdx.x);
+  KMajorRunLoader<T> lb(x, in_f, n0, in_f, k0, k1, threadIdx.x);
+  run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(); },
+                          [&] {
+                            la.next();
+                            lb.next();
+                          },
+                          k0 < k1 ? ceil_div(k1 - k0, kRunBK) : 0, s);
   store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
 }
 
@@ -229,7 +271,7 @@ size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_
 
 cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,
                             const void* x, const void* w, const void* saved, void* dx, void* dw, void* db,
-                            void* workspace, cudaStream_t stream) {
+                            void* workspace, int cc_major, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename Num<T>::Acc;
@@ -242,21 +284,38 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       dz = buf;
       used = (static_cast<size_t>(rows * out_f) * sizeof(T) + 255) / 256 * 256;
     }
+    // 16-byte runs of dz's, w's and x's rows (both features multiples of 8), on sm_80+.
+    const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    const bool runs = sizeof(T) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && out_f % kRunLen == 0 &&
+                      aligned(dz) && aligned(w) && aligned(x);
     if (dx) {
       const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
-      linear_input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(w),
-                                                                 static_cast<T*>(dx));
+      if constexpr (sizeof(T) == 2) {
+        if (runs)
+          linear_input_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
+                                                                          static_cast<const T*>(w), static_cast<T*>(dx));
+      }
+      if (!runs)
+        linear_input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(w),
+                                                                   static_cast<T*>(dx));
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
     }
     if (dw) {
       Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
       const int64_t splits = weight_grad_splits(rows, in_f, out_f);
       used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
-      const int64_t chunk = ceil_div(ceil_div(rows, splits), kBK) * kBK;
+      const int64_t step = runs ? kRunBK : kBK;  // whole k steps a split
+      const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
       const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
                       static_cast<unsigned>(splits));
-      linear_weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(x),
-                                                                  chunk, part);
+      if constexpr (sizeof(T) == 2) {
+        if (runs)
+          linear_weight_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
+                                                                           static_cast<const T*>(x), chunk, part);
+      }
+      if (!runs)
+        linear_weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(x),
+                                                                    chunk, part);
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       sum_partials_kernel<T><<<grid_for(out_f * in_f), kThreads, 0, stream>>>(part, splits, out_f * in_f,
                                                                               static_cast<T*>(dw));

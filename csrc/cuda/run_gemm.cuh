@@ -1,17 +1,21 @@
 // One block's tile of an implicit GEMM over 16-byte runs of a 16-bit type (__half or
-// __nv_bfloat16), the engine of the channel-run kernels (channels_last input, channels a
-// multiple of 8):
+// __nv_bfloat16), the engine of the run kernels (channels_last conv input, linear layers;
+// the runs' dimension a multiple of 8):
 //
 //   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kBM, 0 <= j < kBN
 //
-// where the loaders (run_loaders.h) name, per k step of kRunBK = 32, one 16-byte run of A's
-// row and one of B's column for each thread (null: zeros). Against tile_gemm.cuh's engine,
-// which fetches 4 + 4 single elements a thread per step of 16 through registers:
+// where the loaders (run_loaders.h) name, per k step of kRunBK = 32, one 16-byte run of A and
+// one of B for each thread (null: zeros). An operand's runs lie along k (kKMajor false: a row
+// of A / a column of B, 8 consecutive k; RunMap) or across it (kKMajor true: 8 consecutive m of
+// A / n of B at one k, as in a gradient whose reduction is the outer index of both operands;
+// KMajorRunMap). Against tile_gemm.cuh's engine, which fetches 4 + 4 single elements a thread
+// per step of 16 through registers:
 //   - the runs go straight from global to shared memory with cp.async (sm_80+), kRunStages = 3
 //     stages deep: while the block multiplies step s, the copies of steps s + 1 and s + 2 are
 //     in flight; one barrier a step;
-//   - both tiles are stored k-contiguous (A as (m, k), B as (n, k)), so a run is one 16-byte
-//     shared store and B is read as wmma's col_major matrix_b (no transposes);
+//   - each operand is stored as its runs lie (along k: A as (m, k), B as (n, k); across k: as
+//     (k, m) / (k, n)), so a run is one 16-byte shared store, and read by the wmma layout that
+//     matches (A row_major / col_major, B col_major / row_major), with no transposes;
 //   - each step is twice as deep, so the address arithmetic of a step (one carry chain a
 //     loader) is spent on 4 wmma 16x16x16 products a warp instead of 2.
 // Summation as tile_gemm's: each step's products summed from zero by the tensor cores, the
@@ -23,6 +27,8 @@
 #include <cuda_pipeline.h>
 #include <mma.h>
 
+#include <type_traits>
+
 #include "common.cuh"
 #include "run_loaders.h"
 
@@ -30,15 +36,31 @@ namespace fusedops {
 namespace cuda {
 
 constexpr int kRunStages = 3;
-// A stage's padded row: 80 bytes, a multiple of wmma's 16 (and 16 rows a multiple of its 32).
-constexpr int kRunLd = kRunBK + 8;
+
+// Where an operand tile of one stage keeps its elements: along k, as (o, k) rows of kBK + 8
+// (80 bytes); across k, as (k, o) rows of kBM + 8 (144 bytes). Both are whole 16-byte rows, and
+// 16 rows are a multiple of 32 bytes, as wmma's loads require; the 8 extra elements shift
+// consecutive rows across the shared-memory banks.
+template <bool kKMajor>
+struct RunTile {
+  static constexpr int ld = kKMajor ? kBM + 8 : kRunBK + 8;
+  static constexpr int size = kKMajor ? kRunBK * ld : kBM * ld;
+  // Offset of thread t's run (the loaders' map).
+  static FUSEDOPS_HD int run(int t) {
+    return kKMajor ? KMajorRunMap::k(t) * ld + KMajorRunMap::o(t) : RunMap::o(t) * ld + RunMap::kk(t);
+  }
+  // Offset of element (o, k) of the tile.
+  static FUSEDOPS_HD int at(int o, int k) { return kKMajor ? k * ld + o : o * ld + k; }
+};
+constexpr int kRunTileSize = RunTile<false>::size > RunTile<true>::size ? RunTile<false>::size : RunTile<true>::size;
+static_assert(kBM == kBN, "A and B tiles share RunTile");
 
 template <typename T>
 struct __align__(32) RunSmem {
   static_assert(sizeof(T) == 2, "runs of 8 elements are 16 bytes of a 16-bit type");
   struct Stage {
-    T a[kBM][kRunLd];  // A tile as (m, k)
-    T b[kBN][kRunLd];  // B tile as (n, k)
+    T a[kRunTileSize];  // A tile, RunTile<kAKMajor>
+    T b[kRunTileSize];  // B tile, RunTile<kBKMajor>
   };
   union {
     Stage st[kRunStages];
@@ -58,19 +80,25 @@ __device__ __forceinline__ void copy_run(T* dst, const T* src) {
 }
 
 // Computes the tile into s.c over `steps` k steps. src_a() / src_b() give this thread's run
-// of the loaders' current step; next() advances both by kRunBK. All threads of the block must
-// call it; it ends with a barrier.
-template <typename T, typename SrcA, typename SrcB, typename Next>
+// of the loaders' current step (laid out along k, or across it where kAKMajor / kBKMajor);
+// next() advances both by kRunBK. All threads of the block must call it; it ends with a barrier.
+template <typename T, bool kAKMajor, bool kBKMajor, typename SrcA, typename SrcB, typename Next>
 __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, const Next& next, int64_t steps,
                                          RunSmem<T>& s) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // 16-bit wmma and cp.async need sm_80; the launchers never choose this engine below it
 #else
   namespace wmma = nvcuda::wmma;
-  const int o = RunMap::o(threadIdx.x), kk = RunMap::kk(threadIdx.x);
+  using TileA = RunTile<kAKMajor>;
+  using TileB = RunTile<kBKMajor>;
+  // A stored (m, k) is wmma's row_major matrix_a, (k, m) its col_major; B stored (n, k) is
+  // col_major matrix_b, (k, n) row_major.
+  using LayoutA = std::conditional_t<kAKMajor, wmma::col_major, wmma::row_major>;
+  using LayoutB = std::conditional_t<kBKMajor, wmma::row_major, wmma::col_major>;
+  const int run_a = TileA::run(threadIdx.x), run_b = TileB::run(threadIdx.x);
   const auto issue = [&](int stage) {
-    copy_run(&s.st[stage].a[o][kk], src_a());
-    copy_run(&s.st[stage].b[o][kk], src_b());
+    copy_run(&s.st[stage].a[run_a], src_a());
+    copy_run(&s.st[stage].b[run_b], src_b());
   };
   // Prologue: the first kRunStages - 1 steps in flight, one commit group a step (empty past
   // the last, so that the group count per step stays fixed).
@@ -111,12 +139,12 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
     wmma::fill_fragment(part[1], 0.0f);
 #pragma unroll
     for (int k = 0; k < kRunBK; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, &st.a[wm * 16][k], kRunLd);
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> fa;
+      wmma::load_matrix_sync(fa, &st.a[TileA::at(wm * 16, k)], TileA::ld);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb;
-        wmma::load_matrix_sync(fb, &st.b[wn * 32 + j * 16][k], kRunLd);
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> fb;
+        wmma::load_matrix_sync(fb, &st.b[TileB::at(wn * 32 + j * 16, k)], TileB::ld);
         wmma::mma_sync(part[j], fa, fb, part[j]);
       }
     }

@@ -1,6 +1,8 @@
-// Operand loaders of the channel-run GEMM (run_gemm.cuh): each thread fetches one run of
-// kRunLen = 8 consecutive k of one row of A or one column of B per k step, 16 bytes of a
-// 16-bit type, so that a k step is one 16-byte copy per operand and thread.
+// Operand loaders of the run GEMM (run_gemm.cuh): each thread fetches one run of kRunLen = 8
+// elements per k step, 16 bytes of a 16-bit type, so that a k step is one 16-byte copy per
+// operand and thread: 8 consecutive k of one row of A or column of B (RunMap; the forwards'
+// operands and the linear input gradient's A), or 8 consecutive rows of A / columns of B at one
+// k (KMajorRunMap; operands whose reduction index is the outer one, as in the gradients).
 //
 // The reduction index is k = (kh*KW + kw)*Cg + ci: the input's channels innermost, as a
 // channels_last input and a (Cout, KH, KW, Cin/groups) weight store them. With Cg a multiple
@@ -34,6 +36,16 @@ struct RunMap {
   static FUSEDOPS_HD int kk(int t) { return (t % kRunsPerRow) * kRunLen; }
 };
 
+// Thread t's run in a step of an operand stored across k: k (relative to the step's first k)
+// k(t), first row of A / column of B of the run o(t) (relative to the tile's first). Eight
+// consecutive threads read one k's 64 rows / columns: 128 contiguous bytes.
+struct KMajorRunMap {
+  static constexpr int kRunsPerK = kBM / kRunLen;
+  static FUSEDOPS_HD int k(int t) { return t / kRunsPerK; }
+  static FUSEDOPS_HD int o(int t) { return (t % kRunsPerK) * kRunLen; }
+};
+static_assert(kRunBK * KMajorRunMap::kRunsPerK == kThreads, "one run of each operand a thread, across k too");
+
 // The digits (kh, kw, ci) of thread t's first k and of the step kRunBK, radices (KW, Cg).
 struct RunDigits {
   Digits first, step;
@@ -58,6 +70,27 @@ struct RowRunLoader {
   FUSEDOPS_HD const T* src() const { return row && left > 0 ? p : nullptr; }
   FUSEDOPS_HD void next() {
     p += kRunBK;
+    left -= kRunBK;
+  }
+};
+
+// A row-major matrix whose rows are the reduction: rows k in [k0, k1), columns [o0, O) of it,
+// each row ld elements apart; run (k, o..o+7) for k < k1 and o < O (O a multiple of kRunLen).
+// A and B of the linear weight gradient (dz and x, k the batch row), B of its input gradient
+// (w, k the output feature).
+template <typename T>
+struct KMajorRunLoader {
+  const T* p;     // this thread's run at the current step
+  int64_t step;   // kRunBK * ld
+  int64_t left;   // k1 - its k
+  bool column;    // its columns exist
+
+  FUSEDOPS_HD KMajorRunLoader(const T* base, int64_t ld, int64_t o0, int64_t O, int64_t k0, int64_t k1, int t)
+      : p(base + (k0 + KMajorRunMap::k(t)) * ld + o0 + KMajorRunMap::o(t)), step(kRunBK * ld),
+        left(k1 - k0 - KMajorRunMap::k(t)), column(o0 + KMajorRunMap::o(t) < O) {}
+  FUSEDOPS_HD const T* src() const { return column && left > 0 ? p : nullptr; }
+  FUSEDOPS_HD void next() {
+    p += step;
     left -= kRunBK;
   }
 };

@@ -231,11 +231,11 @@ __device__ void for_owned(const Smem& s, int64_t M, int64_t N, int64_t m0, int64
   }
 }
 
-// Writes the reduction-split partial sums of a tile: part[m * N + n] = C[m][n].
-template <typename T>
-__device__ void store_partial(const TileSmem<T>& s, int64_t M, int64_t N, int64_t m0, int64_t n0,
-                              typename Num<T>::Acc* part) {
-  for_owned(s, M, N, m0, n0, [&](int64_t m, int64_t n, typename Num<T>::Acc v) { part[m * N + n] = v; });
+// Writes the reduction-split partial sums of a tile: part[m * N + n] = C[m][n] (Smem as
+// for_owned's).
+template <typename Smem, typename Acc>
+__device__ void store_partial(const Smem& s, int64_t M, int64_t N, int64_t m0, int64_t n0, Acc* part) {
+  for_owned(s, M, N, m0, n0, [&](int64_t m, int64_t n, Acc v) { part[m * N + n] = v; });
 }
 
 // out[i] = sum_{s < splits} part[s * count + i], in split order (deterministic).
