@@ -415,8 +415,8 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # reduction_splits: ~2 blocks per SM of an H100, slices of at least 512), the grid-stride grids
 # (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
-    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kRunBK": 32, "kDirectMaxChannels": 4, "kDirectWideChannels": 8,
-    "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kRunBK": 32, "kDirectMaxChannels": 4,
+    "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
