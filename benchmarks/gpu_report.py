@@ -73,7 +73,7 @@ OUR_KERNELS = ("fusedops", "conv_block_fwd_kernel", "conv_block_dx_kernel", "con
                "conv_block_dw_runs_kernel",
                "conv_block_jvp_kernel", "linear_fwd_kernel", "linear_dx_kernel", "linear_dw_kernel",
                "conv_pool_direct_kernel", "conv_pool_gemm_kernel", "conv_pool_runs_kernel", "unpool_kernel",
-               "conv_grads_kernel", "linear_forward_runs_kernel",
+               "conv_grads_kernel", "conv_grads_runs_kernel", "linear_forward_runs_kernel",
                "sum_grad_partials_kernel", "sum_partials_kernel", "jvp_kernel",
                "linear_forward_kernel", "activation_grad_kernel", "linear_input_grad_kernel",
                "linear_weight_grad_kernel", "linear_input_grad_runs_kernel", "linear_weight_grad_runs_kernel",

@@ -223,17 +223,21 @@ CONV_CONFIGS: List[ConvCase] = [
           purpose="33124-tap window: int32 offsets, CUDA direct forward"),
     _conv("int32 offsets, gemm 8->4 pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
           scale_weight=True, purpose="int32 offsets through the CUDA gemm forward"),
-    _conv("runs forward 40->80 channels_last", (2, 40, 10, 9), 80, 3, padding=1, layout="channels_last",
+    _conv("runs 40->80 channels_last", (2, 40, 10, 9), 80, 3, padding=1, layout="channels_last",
           precisions=("bf16", "fp16"),
-          purpose="CUDA: the channel-run forward (k steps across kernel taps, a last step past K), second M tile"),
-    _conv("runs forward 32->64 channels_last b4 18x18", (4, 32, 18, 18), 64, 3, padding=1, layout="channels_last",
-          precisions=("bf16", "fp16"), purpose="CUDA: the channel-run forward over six column tiles"),
-    _conv("runs forward 2 groups of 8->12 channels_last, pool 12x12/2", (1, 16, 16, 16), 24, 3, padding=1,
+          purpose="CUDA: the channel-run forward (k steps across kernel taps, a last step past K) and backward, "
+                  "second M tile of each, dw over 6 column tiles"),
+    _conv("runs 32->64 channels_last b4 18x18", (4, 32, 18, 18), 64, 3, padding=1, layout="channels_last",
+          precisions=("bf16", "fp16"), purpose="CUDA: the channel-run forward over six column tiles, backward"),
+    _conv("runs 2 groups of 8->16 channels_last, pool 12x12/2", (1, 16, 16, 16), 32, 3, padding=1,
           groups=2, pool_kernel_size=12, pool_stride=2, layout="channels_last", precisions=("bf16", "fp16"),
-          purpose="CUDA: the channel-run forward by group, int16 offsets"),
-    _conv("runs forward 8->4 channels_last, pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182,
+          purpose="CUDA: the channel-run forward and backward by group, int16 offsets"),
+    _conv("runs 8->8 channels_last, pool 182", (1, 8, 184, 184), 8, 3, pool_kernel_size=182,
           layout="channels_last", precisions=("bf16", "fp16"), scale_weight=True,
-          purpose="CUDA: the channel-run forward with int32 offsets"),
+          purpose="CUDA: the channel-run forward and backward with int32 offsets"),
+    _conv("runs backward 72->16 channels_last b6 32x32", (6, 72, 32, 32), 16, 3, padding=1, layout="channels_last",
+          precisions=("bf16", "fp16"), scale_weight=True,
+          purpose="CUDA: the channel-run backward: a second channel tile of dx, several split-K slices of dw"),
     _conv("grid-stride 1->2 1024x1024 b17 no pool", (17, 1, 1024, 1024), 2, 3, padding=1, pool_kernel_size=None,
           precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
           purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
@@ -416,7 +420,8 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kRunBK": 32, "kDirectMaxChannels": 4,
-    "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3, "kDirectGradMaxChannels": 3,
+    "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3,
+    "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
@@ -475,6 +480,10 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     t, off = CUDA_TYPES[precision], OFFSET_TYPES[p.offsets_dtype()]
     q = n * ph * pw
     out = set()
+    # conv_forward_channel_runs: 16-bit, channels contiguous, every pixel 16-byte aligned (a dense
+    # channels_last tensor with Cin/groups a multiple of 8), sm_80+.
+    forward_runs = (precision in ("bf16", "fp16") and case.layout == "channels_last" and len(case.input) == 4
+                    and cg % c["kRunLen"] == 0)
     # conv_block.cu direct_channels. Its 32-bit checks (an image's span, the rows and columns a
     # window reaches) pass for dense inputs of fewer than 2^31 elements per image with small
     # paddings, which every case here is: they are mirrored by that bound alone.
@@ -488,10 +497,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         if coutg % co:
             out.add("conv forward direct: a partial chunk of output channels")
         out |= _grid_stride("conv forward direct", q)
-    elif precision in ("bf16", "fp16") and case.layout == "channels_last" and len(case.input) == 4 \
-            and cg % c["kRunLen"] == 0:
-        # conv_forward_channel_runs: 16-bit, channels contiguous, every pixel 16-byte aligned
-        # (a dense channels_last tensor with Cin/groups a multiple of 8), sm_80+.
+    elif forward_runs:
         out.add(f"conv forward runs<{t},{off}>")
         if coutg > c["kBM"]:
             out.add("conv forward runs: second M tile")
@@ -522,21 +528,27 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
             out |= _grid_stride("conv jvp", n * cout * ph * pw)
         return out
     # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
-    # blocks), the sum of the weight and bias gradients' split partial sums.
-    out.add(f"conv grads<{t},{off}>")
+    # blocks), the sum of the weight and bias gradients' split partial sums. Over channel runs
+    # (conv_backward_channel_runs: where the forward runs over them, with Cout/groups a multiple
+    # of 8 and unit stride; the bindings choose it when an input or weight gradient is wanted,
+    # as every case here wants) the un-pool writes channels_last and conv_grads_runs_kernel runs.
+    runs = forward_runs and coutg % c["kRunLen"] == 0 and p.stride == (1, 1)
+    name = " runs" if runs else ""
+    out.add(f"conv grads{name}<{t},{off}>")
     if bias:
         out.add(f"conv bias grad<{t},{off}>")
-    out.add(f"conv unpool<{t},{off}>")
+    out.add(f"conv unpool{' channels_last' if runs else ''}<{t},{off}>")
     out |= _grid_stride("conv unpool", n * cout * oh * ow)
-    out.add(f"conv input grad<{t}>")
+    out.add(f"conv input grad{name}<{t}>")
     if cg > c["kBM"]:
-        out.add("conv input grad: second M tile")
-    out.add(f"conv weight grad<{t}>")
+        out.add(f"conv input grad{name}: second {'N' if runs else 'M'} tile")
+    out.add(f"conv weight grad{name}<{t}>")
     if coutg > c["kBM"]:
-        out.add("conv weight grad: second M tile")
+        out.add(f"conv weight grad{name}: second M tile")
     tiles = _cdiv(coutg, c["kBM"]) * _cdiv(k, c["kBN"]) * groups
     positions = n * oh * ow
-    out |= _split_labels("conv weight grad", positions, _splits(positions, tiles, c["grid_z"] // groups))
+    out |= _split_labels(f"conv weight grad{name}", positions, _splits(positions, tiles, c["grid_z"] // groups),
+                         c["kRunBK"] if runs else c["kBK"])
     out.add(f"conv sum partials<{t}>")
     bias_parts = cout if bias and _channel_sum_splits(n * ph * pw, cout) > 1 else 0
     out |= _grid_stride("conv sum partials", cout * k + bias_parts)
@@ -598,12 +610,15 @@ def cuda_required() -> Set[str]:
     for t in types_:
         for off in offs:
             if t in ("half", "bfloat16"):
-                out.add(f"conv forward runs<{t},{off}>")
+                out |= {f"conv forward runs<{t},{off}>", f"conv grads runs<{t},{off}>",
+                        f"conv unpool channels_last<{t},{off}>"}
             out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
         if t in ("half", "bfloat16"):
             out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>"}
+        if t in ("half", "bfloat16"):
+            out |= {f"conv input grad runs<{t}>", f"conv weight grad runs<{t}>"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
                 f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
@@ -619,6 +634,9 @@ def cuda_required() -> Set[str]:
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",
         "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",
         "conv weight grad direct: several splits",
+        "conv input grad runs: second N tile",
+        "conv weight grad runs: second M tile", "conv weight grad runs: one split-K slice",
+        "conv weight grad runs: several split-K slices",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
         "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",

@@ -75,9 +75,11 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
-    assert "19 conv geometries, 0 failures" in out, out
-    # float16 and bfloat16 on the eight geometries with Cin/groups a multiple of 8
-    assert "channel-run forward: 16 geometry and type pairs" in out, out
+    assert "20 conv geometries, 0 failures" in out, out
+    # float16 and bfloat16 on the nine geometries with Cin/groups a multiple of 8
+    assert "channel-run forward: 18 geometry and type pairs" in out, out
+    # and on the six of them with Cout/groups a multiple of 8 too and unit stride
+    assert "channel-run backward: 12 geometry and type pairs" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):

@@ -124,7 +124,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"if \(g\.G \* ceil_div\(g\.Coutg, co\) > 65535\) return 0;",
                           rf"const int64_t most = {c['grid_z']} / g\.G;",
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
-                          r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), kBK\) \* kBK",
+                          r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
+                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK : kBK\);",
+                          r"return conv_forward_channel_runs\(dtype, g, x, xs, cc_major\) && "
+                          r"g\.Coutg % kRunLen == 0 && g\.sh == 1 && g\.sw == 1 &&",
                           r"channel_sum_splits\(positions, g\.Cout\)",
                           r"grid_for\(conv_elems\)",
                           r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",

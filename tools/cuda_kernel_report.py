@@ -39,10 +39,11 @@ SOURCES = ("conv_block.cu", "linear.cu")
 # torch's CUDAExtension flags that change what the kernels compile to (no implicit half conversions).
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
-# conv_grads_kernel runs the input and weight gradients' implicit GEMMs (two main loops).
-GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_kernel", "linear_forward_kernel",
-                "linear_forward_runs_kernel", "linear_input_grad_kernel", "linear_input_grad_runs_kernel",
-                "linear_weight_grad_kernel", "linear_weight_grad_runs_kernel")
+# conv_grads_kernel and conv_grads_runs_kernel run the input and weight gradients' implicit GEMMs
+# (two main loops).
+GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_kernel", "conv_grads_runs_kernel",
+                "linear_forward_kernel", "linear_forward_runs_kernel", "linear_input_grad_kernel",
+                "linear_input_grad_runs_kernel", "linear_weight_grad_kernel", "linear_weight_grad_runs_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",

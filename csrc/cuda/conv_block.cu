@@ -294,22 +294,29 @@ __global__ void __launch_bounds__(kThreads, 2)
     RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
     PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
     run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(g); },
-                [&] {
-                  la.next();
-                  lb.next(g);
-                },
-                steps, s);
+                              [&] {
+                                la.next();
+                                lb.next(g);
+                              },
+                              steps, s);
   });
 }
 
-// dconv[n][c][r][col] (contiguous) = sum of the pooled gradients whose window max is at (r, col).
-template <typename T, typename OffT>
+// dconv[n][c][r][col] = sum of the pooled gradients whose window max is at (r, col); dconv
+// contiguous as (N, Cout, OH, OW), or with kChannelsLast as (N, OH, OW, Cout) (the channel-run
+// backward's operand, whose runs are 8 channels).
+template <typename T, typename OffT, bool kChannelsLast>
 __global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
                               Strides4 os, T* __restrict__ dconv) {
   using Acc = typename Num<T>::Acc;
   const int64_t total = g.N * g.Cout * g.OH * g.OW;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t col = i % g.OW, r = (i / g.OW) % g.OH, c = (i / (g.OW * g.OH)) % g.Cout, n = i / (g.OW * g.OH * g.Cout);
+    int64_t n, c, r, col;
+    if constexpr (kChannelsLast) {
+      c = i % g.Cout, col = (i / g.Cout) % g.OW, r = (i / (g.Cout * g.OW)) % g.OH, n = i / (g.Cout * g.OW * g.OH);
+    } else {
+      col = i % g.OW, r = (i / g.OW) % g.OH, c = (i / (g.OW * g.OH)) % g.Cout, n = i / (g.OW * g.OH * g.Cout);
+    }
     // pooled rows ph whose window rows ph*psh - pph + th*pdh (th < PKH) can be r
     const int64_t lo_h = r + g.pph - (g.PKH - 1) * g.pdh, lo_w = col + g.ppw - (g.PKW - 1) * g.pdw;
     const int64_t ph0 = lo_h <= 0 ? 0 : ceil_div(lo_h, g.psh), pw0 = lo_w <= 0 ? 0 : ceil_div(lo_w, g.psw);
@@ -423,8 +430,12 @@ struct GradBlocks {
   int64_t total() const { return dx + dw + db; }
 };
 
-// The gradient launch's blocks for the gradients wanted; `dw_splits` is weight_grad_splits.
-inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits) {
+// The gradient launch's blocks for the gradients wanted; `dw_splits` is weight_grad_splits, each
+// split's chunk a whole number of k steps of `step` (kBK; kRunBK over channel runs). The tiles
+// count alike in both kernels (kBM == kBN): conv_grads_kernel's input-gradient tiles are
+// channels x positions, conv_grads_runs_kernel's positions x channels.
+inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits,
+                              int64_t step = kBK) {
   GradBlocks b;
   if (want_dx) {
     b.dx_x = ceil_div(g.N * g.H * g.W, kBN), b.dx_y = ceil_div(g.Cg, kBM);
@@ -432,7 +443,7 @@ inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, boo
   }
   if (want_dw) {
     b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, kBM), b.splits = dw_splits;
-    b.chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, dw_splits), kBK) * kBK;
+    b.chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, dw_splits), step) * step;
     b.dw = b.dw_x * b.dw_y * g.G * dw_splits;
   }
   if (want_db) {
@@ -470,18 +481,105 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   bias_grad_block<T, OffT>(g, go, gs, off, os, plan.db_chunk, plan.db_splits, b % g.Cout, b / g.Cout, db_part, db);
 }
 
+// The input gradient over channel runs (conv_backward_channel_runs: unit stride), tile (bx, by)
+// of group grp: input positions p = (n, ih, iw) in [bx * kBM, ...) x channels [by * kBN, ...) of
+// dx[n][ih][iw][grp*Cg + ci] (channels_last contiguous) = sum over k = (kh, kw, co) of
+// dconv(p, k) (DconvGatherRunLoader; dconv channels_last) * wt[grp][ci][kh][kw][co], with the
+// weights wt as (groups, Cin/groups, KH, KW, Cout/groups) contiguous.
+template <typename T>
+__device__ void input_grad_runs_tile(const Geometry& g, const T* __restrict__ wt, const T* __restrict__ dconv,
+                                     T* __restrict__ dx, int64_t bx, int64_t by, int64_t grp, RunSmem<T>& s) {
+  const int64_t P = g.N * g.H * g.W, K = g.KH * g.KW * g.Coutg;
+  const int64_t m0 = bx * int64_t(kBM), n0 = by * int64_t(kBN);
+  const int64_t p = m0 + RunMap::o(threadIdx.x);  // this thread's loader row
+  const Digits at = split(p < P ? p : 0, g.H, g.W);  // (n, ih, iw)
+  const T* dn = p < P ? dconv + at.hi * g.OH * g.OW * g.Cout + grp * g.Coutg : nullptr;
+  DconvGatherRunLoader<T> la(g, dn, at.mid, at.lo,
+                             run_digits(static_cast<int>(g.KW), static_cast<int>(g.Coutg), threadIdx.x));
+  RowRunLoader<T> lb(wt + grp * g.Cg * K, K, n0, g.Cg, threadIdx.x);
+  run_gemm<T, false, false>([&] { return la.src(g); }, [&] { return lb.src(); },
+                            [&] {
+                              la.next(g);
+                              lb.next();
+                            },
+                            ceil_div(K, kRunBK), s);
+  T* dxg = dx + grp * g.Cg;
+  for_owned(s, P, g.Cg, m0, n0,
+            [&](int64_t q, int64_t ci, typename Num<T>::Acc v) { dxg[q * g.C + ci] = Num<T>::from_acc(v); });
+}
+
+// The weight gradient's partial sums over channel runs, reduction split `split`, tile (bx, by) of
+// group grp: columns j = (kh, kw, ci) in [bx * kBN, ...) x output channels [by * kBM, ...) of
+// part[split][grp*Coutg + co][j] = sum over its chunk of conv positions p = (n, oh, ow) of
+// dconv[n][oh][ow][grp*Coutg + co] * x[n][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw][grp*Cg + ci]:
+// both operands' runs lie across k (8 output channels; 8 input channels of one tap). The
+// columns are in the runs' weight order; sum_grad_partials_kernel puts them in dw's.
+template <typename T>
+__device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x, Strides4 xs,
+                                      const T* __restrict__ dconv, int64_t chunk, int64_t bx, int64_t by, int64_t grp,
+                                      int64_t split, typename Num<T>::Acc* __restrict__ part, RunSmem<T>& s) {
+  const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
+  const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kBM);
+  KMajorRunLoader<T> la(dconv + grp * g.Coutg, g.Cout, m0, g.Coutg, k0, k1, threadIdx.x);
+  Im2colKMajorRunLoader<T> lb(g, x + grp * g.Cg, xs.s[0], xs.s[2], xs.s[3], n0, k0, k1, threadIdx.x);
+  run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(g); },
+                          [&] {
+                            la.next();
+                            lb.next(g);
+                          },
+                          k0 < k1 ? ceil_div(k1 - k0, kRunBK) : 0, s);
+  store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
+}
+
+// conv_grads_kernel over channel runs (conv_backward_channel_runs), the same blocks (GradBlocks
+// with chunks of kRunBK steps) and bias blocks; dconv channels_last (unpool_kernel<..., true>),
+// dx channels_last contiguous, wt as input_grad_runs_tile reads it, dw_part in the runs' column
+// order (weight_grad_runs_tile).
+template <typename T, typename OffT>
+__global__ void __launch_bounds__(kThreads, 2)
+    conv_grads_runs_kernel(Geometry g, GradBlocks plan, const T* __restrict__ go, Strides4 gs,
+                           const OffT* __restrict__ off, Strides4 os, const T* __restrict__ x, Strides4 xs,
+                           const T* __restrict__ wt, const T* __restrict__ dconv, T* __restrict__ dx,
+                           typename Num<T>::Acc* __restrict__ dw_part, typename Num<T>::Acc* __restrict__ db_part,
+                           T* __restrict__ db) {
+  __shared__ RunSmem<T> s;
+  int64_t b = blockIdx.x;
+  if (b < plan.dx) {
+    input_grad_runs_tile<T>(g, wt, dconv, dx, b % plan.dx_x, b / plan.dx_x % plan.dx_y, b / (plan.dx_x * plan.dx_y),
+                            s);
+    return;
+  }
+  b -= plan.dx;
+  if (b < plan.dw) {
+    const int64_t z = b / (plan.dw_x * plan.dw_y);  // grp * splits + split
+    weight_grad_runs_tile<T>(g, x, xs, dconv, plan.chunk, b % plan.dw_x, b / plan.dw_x % plan.dw_y, z / plan.splits,
+                             z % plan.splits, dw_part, s);
+    return;
+  }
+  b -= plan.dw;
+  bias_grad_block<T, OffT>(g, go, gs, off, os, plan.db_chunk, plan.db_splits, b % g.Cout, b / g.Cout, db_part, db);
+}
+
 // The backward's reduction launch: dw[i] = sum over splits of dw_part (dw_count elements, none
 // when dw is null), then db[c] = sum over db_splits of db_part (none when db_splits is 1: the
-// bias blocks wrote db), each in split order (deterministic).
+// bias blocks wrote db), each in split order (deterministic). dw is (Cout, Cin/groups, KH, KW)
+// contiguous; dw_part's columns are in that order too, or, where runs_cg > 0 (the channel-run
+// backward), in the runs' (KH, KW, Cin/groups) order with runs_cg = Cin/groups and taps = KH*KW.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     sum_grad_partials_kernel(const typename Num<T>::Acc* dw_part, int64_t splits, int64_t dw_count, T* dw,
-                             const typename Num<T>::Acc* db_part, int64_t db_splits, int64_t db_count, T* db) {
+                             const typename Num<T>::Acc* db_part, int64_t db_splits, int64_t db_count, T* db,
+                             int64_t runs_cg = 0, int64_t taps = 1) {
   using Acc = typename Num<T>::Acc;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < dw_count + db_count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const bool weight = i < dw_count;
-    const Acc* part = weight ? dw_part + i : db_part + (i - dw_count);
+    int64_t j = i;  // dw[i]'s column in dw_part
+    if (weight && runs_cg > 0) {
+      const int64_t K = runs_cg * taps, r = i % K;  // r = ci * taps + tap
+      j = i - r + (r % taps) * runs_cg + r / taps;
+    }
+    const Acc* part = weight ? dw_part + j : db_part + (i - dw_count);
     const int64_t n = weight ? splits : db_splits, count = weight ? dw_count : db_count;
     Acc sum = Acc(0);
     for (int64_t k = 0; k < n; ++k) sum += part[k * count];
@@ -677,6 +775,11 @@ bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, St
          runs(xs.s[3]) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
+bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
+  return conv_forward_channel_runs(dtype, g, x, xs, cc_major) && g.Coutg % kRunLen == 0 && g.sh == 1 && g.sw == 1 &&
+         g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
+}
+
 // Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias
 // gradient's (need_db, more than one split), each start 256-byte aligned.
 size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dx, bool need_dw, bool need_db) {
@@ -697,13 +800,18 @@ size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_d
 
 cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
                                 const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
-                                void* dx, void* dw, void* db, void* workspace, cudaStream_t stream) {
+                                const void* w_runs, void* dx, void* dw, void* db, void* workspace,
+                                cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     using Acc = typename Num<T>::Acc;
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
+      // w_runs: the caller found conv_backward_channel_runs true (and gives no w).
+      const bool runs = w_runs != nullptr;
+      if (runs ? sizeof(T) != 2 || w || reinterpret_cast<uintptr_t>(w_runs) % 16 != 0 : !w)
+        return cudaErrorInvalidValue;
       if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
         const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
         Acc* part_dw = reinterpret_cast<Acc*>(workspace);
@@ -720,7 +828,8 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
             part_dw, splits, dw_count, static_cast<T*>(dw), part_db, splits, db_count, static_cast<T*>(db));
         return cudaGetLastError();
       }
-      const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr, dw ? weight_grad_splits<T>(g) : 0);
+      const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr,
+                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK : kBK);
       if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
@@ -730,19 +839,32 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       Acc* dw_part = reinterpret_cast<Acc*>(ws + dconv_bytes);
       Acc* db_part = reinterpret_cast<Acc*>(ws + dconv_bytes + dw_part_bytes);
       const OffT* op = static_cast<const OffT*>(offsets);
+      const T* go = static_cast<const T*>(grad_out);
       if (dx || dw) {
-        unpool_kernel<T, OffT><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, static_cast<const T*>(grad_out), gs,
-                                                                               op, os, dconv);
+        if (runs)
+          unpool_kernel<T, OffT, true><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
+        else
+          unpool_kernel<T, OffT, false><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       }
-      conv_grads_kernel<T, OffT><<<static_cast<unsigned>(plan.total()), kThreads, 0, stream>>>(
-          g, plan, static_cast<const T*>(grad_out), gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w),
-          dconv, static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
+      const unsigned blocks = static_cast<unsigned>(plan.total());
+      if constexpr (sizeof(T) == 2) {
+        if (runs)
+          conv_grads_runs_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
+              g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w_runs), dconv,
+              static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
+      }
+      if (!runs)
+        conv_grads_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(g, plan, go, gs, op, os, static_cast<const T*>(x),
+                                                                    xs, static_cast<const T*>(w), dconv,
+                                                                    static_cast<T*>(dx), dw_part, db_part,
+                                                                    static_cast<T*>(db));
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db && plan.db_splits > 1 ? g.Cout : 0;
       if (dw_count + db_count == 0) return cudaSuccess;
       sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
-          dw_part, plan.splits, dw_count, static_cast<T*>(dw), db_part, plan.db_splits, db_count, static_cast<T*>(db));
+          dw_part, plan.splits, dw_count, static_cast<T*>(dw), db_part, plan.db_splits, db_count, static_cast<T*>(db),
+          runs ? g.Cg : 0, g.KH * g.KW);
       return cudaGetLastError();
     });
   });

@@ -58,15 +58,25 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                                const void* w, const void* w_runs, const void* b, void* y, void* offsets, Strides4 ys,
                                cudaStream_t stream);
 
+// Whether the conv-block backward can run over 16-byte channel runs: where the forward can
+// (conv_forward_channel_runs), with Cout/groups a multiple of 8 too and unit conv stride (the
+// input gradient's gather then needs no division).
+bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
+
 // Bytes of scratch memory conv_block_backward needs (need_dx / need_dw / need_db: dx / dw / db
 // will be asked for).
 size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dx, bool need_dw, bool need_db);
 
 // Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
-// null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os.
+// null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os; w
+// is (Cout, Cin/groups, KH, KW) contiguous. Where conv_backward_channel_runs holds, the caller
+// gives instead (w null) w_runs: the same weight as (groups, Cin/groups, KH, KW, Cout/groups)
+// contiguous and 16-byte aligned, and dx channels_last contiguous (N, H, W, C); elsewhere
+// w_runs is null.
 cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
                                 const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
-                                void* dx, void* dw, void* db, void* workspace, cudaStream_t stream);
+                                const void* w_runs, void* dx, void* dw, void* db, void* workspace,
+                                cudaStream_t stream);
 
 // Tangent of the fused conv block at fixed offsets (os: the offsets' strides): y (strides ys)
 // is, where the offset is >= 0, tb + conv(tx, w) + conv(x, tw) at the window's max, else 0.

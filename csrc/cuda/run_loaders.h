@@ -51,9 +51,13 @@ struct RunDigits {
   Digits first, step;
 };
 
+FUSEDOPS_HD RunDigits run_digits(int kw, int channels, int t) {
+  return {split_small(RunMap::kk(t), kw, channels), split_small(kRunBK, kw, channels)};
+}
+
+// Those of the forward's k = (kh, kw, ci).
 FUSEDOPS_HD RunDigits run_digits(const Geometry& g, int t) {
-  const int kw = static_cast<int>(g.KW), cg = static_cast<int>(g.Cg);
-  return {split_small(RunMap::kk(t), kw, cg), split_small(kRunBK, kw, cg)};
+  return run_digits(static_cast<int>(g.KW), static_cast<int>(g.Cg), t);
 }
 
 // A row-major matrix with contiguous rows of K elements, rows [m0, M) of it: run (m, k..k+7) for
@@ -119,6 +123,71 @@ struct PooledRunLoader {
     return in ? xn + ih * xs2 + iw * xs3 + d.lo : nullptr;
   }
   FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Cg)); }
+};
+
+// A of the conv input gradient at unit stride (conv_backward_channel_runs): row m = input
+// position (n, ih, iw), k = (kh, kw, co) with the conv output's channels innermost: the
+// conv-output gradient dconv[n][oh][ow][grp*Coutg + co] (channels_last, Cout channels) at
+// oh = ih + pt - kh*dh, ow = iw + pl - kw*dw, the conv position whose tap (kh, kw) read input
+// (ih, iw); null outside the conv output or past the reduction. dn = dconv + n*OH*OW*Cout +
+// grp*Coutg, or null past the last position.
+template <typename T>
+struct DconvGatherRunLoader {
+  const T* dn;
+  int64_t row, col;  // dconv's strides of oh and ow: OW*Cout, Cout
+  int oh0, ow0;      // ih + pt, iw + pl
+  Digits d;          // (kh, kw, co) of this thread's run; kh reaches KH past the reduction
+  Digits step;
+
+  FUSEDOPS_HD DconvGatherRunLoader(const Geometry& g, const T* dn_, int ih, int iw, const RunDigits& digits)
+      : dn(dn_), row(g.OW * g.Cout), col(g.Cout), oh0(ih + static_cast<int>(g.pt)), ow0(iw + static_cast<int>(g.pl)),
+        d(digits.first), step(digits.step) {}
+  FUSEDOPS_HD const T* src(const Geometry& g) const {
+    const bool taps = d.hi < g.KH;  // past the reduction kh runs beyond KH: keep oh in the checked range
+    const int oh = oh0 - (taps ? static_cast<int>(d.hi) : 0) * static_cast<int>(g.dh);
+    const int ow = ow0 - d.mid * static_cast<int>(g.dw);
+    const bool in = dn && taps && inside(oh, g.OH) && inside(ow, g.OW);
+    return in ? dn + oh * row + ow * col + d.lo : nullptr;
+  }
+  FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Coutg)); }
+};
+
+// B of the conv weight gradient over runs (stored across k): k = conv position p = (n, oh, ow)
+// in [k0, k1), column j = (kh, kw, ci) (the runs' weight order, channels innermost): the input
+// x[n][ih][iw][grp*Cg + ci] at ih = oh*sh - pt + kh*dh, iw = ow*sw - pl + kw*dw, channels_last
+// (channel stride 1); xg = x + grp*Cg. A run is 8 channels of one tap; null past the columns,
+// past k1 or in the padding.
+template <typename T>
+struct Im2colKMajorRunLoader {
+  const T* xg;
+  int64_t xs0, xs2, xs3;
+  int ih_tap, iw_tap;  // kh*dh - pt, kw*dw - pl of this thread's columns
+  int64_t ci;          // their first channel
+  bool column;         // they exist
+  Digits p;            // (n, oh, ow) of this thread's k
+  Digits step;
+  int64_t left;        // k1 - its k
+
+  FUSEDOPS_HD Im2colKMajorRunLoader(const Geometry& g, const T* xg_, int64_t xs0_, int64_t xs2_, int64_t xs3_,
+                                    int64_t n0, int64_t k0, int64_t k1, int t)
+      : xg(xg_), xs0(xs0_), xs2(xs2_), xs3(xs3_), p(split(k0 + KMajorRunMap::k(t), g.OH, g.OW)),
+        step(split(kRunBK, g.OH, g.OW)), left(k1 - k0 - KMajorRunMap::k(t)) {
+    const int64_t j = n0 + KMajorRunMap::o(t);
+    column = j < g.K;
+    const Digits tap = split(column ? j : 0, g.KW, g.Cg);  // once per tile
+    ih_tap = static_cast<int>(tap.hi * g.dh - g.pt);
+    iw_tap = static_cast<int>(tap.mid * g.dw - g.pl);
+    ci = tap.lo;
+  }
+  FUSEDOPS_HD const T* src(const Geometry& g) const {
+    const int ih = p.mid * static_cast<int>(g.sh) + ih_tap, iw = p.lo * static_cast<int>(g.sw) + iw_tap;
+    const bool in = column && left > 0 && inside(ih, g.H) && inside(iw, g.W);
+    return in ? xg + p.hi * xs0 + ih * xs2 + iw * xs3 + ci : nullptr;
+  }
+  FUSEDOPS_HD void next(const Geometry& g) {
+    add(p, step, static_cast<int>(g.OH), static_cast<int>(g.OW));
+    left -= kRunBK;
+  }
 };
 
 }  // namespace cuda

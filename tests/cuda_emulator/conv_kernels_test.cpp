@@ -21,7 +21,8 @@ using namespace harness;
 
 namespace {
 
-int channel_run_checks = 0;  // (geometry, element type) pairs the channel-run forward ran on
+int channel_run_checks = 0;           // (geometry, element type) pairs the channel-run forward ran on
+int channel_run_backward_checks = 0;  // those the channel-run backward ran on
 
 struct Case {
   const char* name;
@@ -290,6 +291,108 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
     run(" bias gradient", plan, none, no_part, db_part, db);
     check_db(" bias gradient", db_part, db, 3);
   }
+
+  {  // the un-pool into dconv, as (N, Cout, OH, OW) and as (N, OH, OW, Cout)
+    std::vector<double> want(g.N * g.Cout * g.OH * g.OW, 0), scale(want.size(), 0);  // NCHW
+    for (int64_t i = 0; i < int64_t(go.size()); ++i) {
+      if (off[i] < 0) continue;
+      const int64_t pw = i % g.PW, ph = i / g.PW % g.PH, co = i / (g.PW * g.PH) % g.Cout, n = i / (g.PW * g.PH * g.Cout);
+      const int64_t r = ph * g.psh - g.pph + off[i] / g.PKW * g.pdh, col = pw * g.psw - g.ppw + off[i] % g.PKW * g.pdw;
+      if (r < 0 || r >= g.OH || col < 0 || col >= g.OW) continue;  // a tap in the pool's padding
+      const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
+      want[j] += to_double(go[i]), scale[j] += std::fabs(to_double(go[i]));
+    }
+    const dim3 grid(unsigned(ceil_div(int64_t(want.size()), int64_t(kThreads))));
+    for (bool cl : {false, true}) {
+      std::vector<T> got(want.size(), from_double<T>(12345.0));
+      launch_both_orders(what + " un-pool", grid, [&] {
+        if (cl) unpool_kernel<T, int32_t, true>(g, go.data(), ps, off.data(), ps, got.data());
+        else unpool_kernel<T, int32_t, false>(g, go.data(), ps, off.data(), ps, got.data());
+      }, got);
+      int bad = 0;
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t co = 0; co < g.Cout; ++co)
+          for (int64_t r = 0; r < g.OH; ++r)
+            for (int64_t col = 0; col < g.OW; ++col) {
+              const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
+              const int64_t at = cl ? ((n * g.OH + r) * g.OW + col) * g.Cout + co : j;
+              if (!close<T>(to_double(got[at]), want[j], scale[j]) && bad++ < 5)
+                fail(what + (cl ? " un-pool channels_last [" : " un-pool [") + std::to_string(j) + "] " +
+                     std::to_string(to_double(got[at])) + ", want " + std::to_string(want[j]));
+            }
+    }
+  }
+
+  if constexpr (sizeof(T) == 2) {
+    // The backward over channel runs (conv_backward_channel_runs: channels_last input, Cin/groups
+    // and Cout/groups multiples of 8, unit stride): dconv channels_last, the weights as (groups,
+    // Cin/groups, KH, KW, Cout/groups), dx channels_last, the weight gradient's columns in
+    // (kh, kw, ci) order until sum_grad_partials_kernel puts them in dw's.
+    if (x_channels_last && g.Cg % kRunLen == 0 && g.Coutg % kRunLen == 0 && g.sh == 1 && g.sw == 1) {
+      std::vector<T> dconv_cl(dconv.size()), wt(w.size());
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t co = 0; co < g.Cout; ++co)
+          for (int64_t oh = 0; oh < g.OH; ++oh)
+            for (int64_t ow = 0; ow < g.OW; ++ow)
+              dconv_cl[((n * g.OH + oh) * g.OW + ow) * g.Cout + co] = dconv[((n * g.Cout + co) * g.OH + oh) * g.OW + ow];
+      for (int64_t co = 0; co < g.Cout; ++co)
+        for (int64_t ci = 0; ci < g.Cg; ++ci)
+          for (int64_t kh = 0; kh < g.KH; ++kh)
+            for (int64_t kw = 0; kw < g.KW; ++kw)
+              wt[((((co / g.Coutg) * g.Cg + ci) * g.KH + kh) * g.KW + kw) * g.Coutg + co % g.Coutg] =
+                  w[((co * g.Cg + ci) * g.KH + kh) * g.KW + kw];
+      const auto run_runs = [&](const std::string& which, const GradBlocks& plan, std::vector<T>& dx,
+                                std::vector<Acc>& dw_part, std::vector<Acc>& db_part, std::vector<T>& db) {
+        launch_both_orders(what + which, dim3(unsigned(plan.total()), 1, 1), [&] {
+          conv_grads_runs_kernel<T, int32_t>(g, plan, go.data(), ps, off.data(), ps, x.data(), xs, wt.data(),
+                                             dconv_cl.data(), dx.data(), dw_part.data(), db_part.data(), db.data());
+        }, dx, dw_part, db_part, db);
+      };
+      const auto in_dw_order = [&](const std::vector<Acc>& part, int64_t splits) {  // from (kh, kw, ci) columns
+        std::vector<Acc> out(part.size());
+        for (int64_t sp = 0; sp < splits; ++sp)
+          for (int64_t co = 0; co < g.Cout; ++co)
+            for (int64_t ci = 0; ci < g.Cg; ++ci)
+              for (int64_t tap = 0; tap < g.KH * g.KW; ++tap)
+                out[(sp * g.Cout + co) * g.K + ci * g.KH * g.KW + tap] = part[(sp * g.Cout + co) * g.K + tap * g.Cg + ci];
+        return out;
+      };
+      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK);
+      std::vector<T> dx(want_dx.size(), from_double<T>(12345.0)), db(g.Cout, from_double<T>(12345.0));
+      std::vector<Acc> dw_part(plan.splits * g.Cout * g.K, Acc(NAN)), db_part(plan.db_splits * g.Cout, Acc(NAN));
+      run_runs(" channel-run gradients", plan, dx, dw_part, db_part, db);
+      std::vector<T> dx_nchw(dx.size());
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t ch = 0; ch < g.C; ++ch)
+          for (int64_t h = 0; h < g.H; ++h)
+            for (int64_t ww = 0; ww < g.W; ++ww)
+              dx_nchw[((n * g.C + ch) * g.H + h) * g.W + ww] = dx[((n * g.H + h) * g.W + ww) * g.C + ch];
+      check_dx(" channel-run gradients", dx_nchw);
+      check_dw(" channel-run gradients", in_dw_order(dw_part, plan.splits), plan.splits);
+      check_db(" channel-run gradients", db_part, db, plan.db_splits);
+      {  // the reduction launch, reordering the columns
+        std::vector<T> dw(g.Cout * g.K, from_double<T>(12345.0)), none;
+        launch_both_orders(what + " channel-run weight gradient sum",
+                           dim3(unsigned(ceil_div(g.Cout * g.K, int64_t(kThreads)))), [&] {
+          sum_grad_partials_kernel<T>(dw_part.data(), plan.splits, g.Cout * g.K, dw.data(), nullptr, 0, 0, nullptr, g.Cg,
+                                      g.KH * g.KW);
+        }, dw);
+        int bad = 0;
+        for (int64_t i = 0; i < g.Cout * g.K; ++i)
+          if (!close<T>(to_double(dw[i]), want_dw[i], dw_scale[i]) && bad++ < 5)
+            fail(what + " channel-run weight gradient sum [" + std::to_string(i) + "] " + std::to_string(to_double(dw[i])) +
+                 ", want " + std::to_string(want_dw[i]));
+      }
+      for (int64_t splits : splits_list) {  // the weight gradient alone
+        const GradBlocks alone = grad_blocks(g, false, true, false, splits, kRunBK);
+        std::vector<T> none;
+        std::vector<Acc> part(splits * g.Cout * g.K, Acc(NAN)), no_part;
+        run_runs(" channel-run weight gradient", alone, none, part, no_part, none);
+        check_dw(" channel-run weight gradient", in_dw_order(part, splits), splits);
+      }
+      ++channel_run_backward_checks;
+    }
+  }
 }
 
 // The direct kernel's launcher choice (direct_channels): its width, and where it leaves the
@@ -347,6 +450,8 @@ int main() {
       {"24->16 1x1, pool 3 stride 2 pad 1", 2, 24, 7, 6, 16, 1, 1, 1, 1, 1, 0, 0, 1, 1, 3, 2, 1, 1},
       {"16->32 3x3, 168 pooled outputs: three column tiles", 3, 16, 18, 17, 32, 1, 3, 3, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
       {"16->8 1x1 (K = 16), pool 2", 2, 16, 5, 4, 8, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
+      // The channel-run backward per group, with dilation and padding.
+      {"2 groups of 16->16, dilation 2 pad 2", 2, 32, 7, 6, 32, 2, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 0, 1},
   };
   check_direct_channels();
   for (const Case& c : cases) {
@@ -370,6 +475,7 @@ int main() {
     std::fflush(stdout);
   }
   std::printf("channel-run forward: %d geometry and type pairs\n", channel_run_checks);
+  std::printf("channel-run backward: %d geometry and type pairs\n", channel_run_backward_checks);
   std::printf("%zu conv geometries, %d failures\n", sizeof(cases) / sizeof(cases[0]), failures);
   return failures != 0;
 }
