@@ -126,3 +126,24 @@ def test_the_emulator_sees_a_stage_read_before_its_copies_landed_or_overwritten(
                  "conv_block_forward", "-DFUSEDOPS_EMULATOR_RUNS_QUICK", cuda_dir=str(cuda_dir))
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 1 and "channel-run forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
+
+
+@pytest.mark.parametrize("operand", ["A", "B"])
+def test_the_emulator_sees_an_operand_stored_across_k_read_as_along_it(tmp_path, operand):
+    """An operand stored across k ((k, m) / (k, n) stages) must be read by the wmma layout that
+    matches (col_major A, row_major B); the other layout reads the stage transposed, which the
+    linear gradients over runs must show (the weight gradient stores both operands across k,
+    the input gradient its B)."""
+    source = _source("run_gemm.cuh")
+    layout = {"A": "using LayoutA = std::conditional_t<kAKMajor, wmma::col_major, wmma::row_major>;",
+              "B": "using LayoutB = std::conditional_t<kBKMajor, wmma::row_major, wmma::col_major>;"}[operand]
+    assert layout in source
+    broken = layout.replace("wmma::col_major, wmma::row_major", "wmma::row_major, wmma::row_major") \
+        .replace("wmma::row_major, wmma::col_major", "wmma::col_major, wmma::col_major")
+    cuda_dir = tmp_path / "csrc" / "cuda"
+    shutil.copytree(os.path.dirname(CUDA_DIR), tmp_path / "csrc")
+    (cuda_dir / "run_gemm.cuh").write_text(source.replace(layout, broken))
+    exe = _build(tmp_path, "linear_kernels_test", "linear_kernels.inc", _source("linear.cu"), "linear_forward",
+                 cuda_dir=str(cuda_dir))
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 1 and "gradient over runs" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
