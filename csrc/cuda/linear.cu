@@ -116,11 +116,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   RowRunLoader<T> la(x, in_f, m0, rows, threadIdx.x);
   RowRunLoader<T> lb(w, in_f, n0, out_f, threadIdx.x);
   run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(); },
-              [&] {
-                la.next();
-                lb.next();
-              },
-              ceil_div(in_f, kRunBK), s);
+                            [&] {
+                              la.next();
+                              lb.next();
+                            },
+                            ceil_div(in_f, kRunBK), s);
   linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
 }
 

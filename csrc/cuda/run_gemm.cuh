@@ -37,7 +37,7 @@ namespace cuda {
 
 constexpr int kRunStages = 3;
 
-// Where an operand tile of one stage keeps its elements: along k, as (o, k) rows of kBK + 8
+// Where an operand tile of one stage keeps its elements: along k, as (o, k) rows of kRunBK + 8
 // (80 bytes); across k, as (k, o) rows of kBM + 8 (144 bytes). Both are whole 16-byte rows, and
 // 16 rows are a multiple of 32 bytes, as wmma's loads require; the 8 extra elements shift
 // consecutive rows across the shared-memory banks.
