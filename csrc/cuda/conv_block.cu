@@ -848,18 +848,19 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
         if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       }
       const unsigned blocks = static_cast<unsigned>(plan.total());
-      if constexpr (sizeof(T) == 2) {
-        if (runs)
+      if (runs) {
+        if constexpr (sizeof(T) == 2) {
           conv_grads_runs_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
               g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w_runs), dconv,
               static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
+          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        }
+      } else {
+        conv_grads_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
+            g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w), dconv,
+            static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       }
-      if (!runs)
-        conv_grads_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(g, plan, go, gs, op, os, static_cast<const T*>(x),
-                                                                    xs, static_cast<const T*>(w), dconv,
-                                                                    static_cast<T*>(dx), dw_part, db_part,
-                                                                    static_cast<T*>(db));
-      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
       const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db && plan.db_splits > 1 ? g.Cout : 0;
       if (dw_count + db_count == 0) return cudaSuccess;
       sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(

@@ -290,15 +290,17 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
                       aligned(dz) && aligned(w) && aligned(x);
     if (dx) {
       const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
-      if constexpr (sizeof(T) == 2) {
-        if (runs)
+      if (runs) {
+        if constexpr (sizeof(T) == 2) {
           linear_input_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                           static_cast<const T*>(w), static_cast<T*>(dx));
-      }
-      if (!runs)
+          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        }
+      } else {
         linear_input_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(w),
                                                                    static_cast<T*>(dx));
-      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
     }
     if (dw) {
       Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
@@ -308,15 +310,17 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
       const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
                       static_cast<unsigned>(splits));
-      if constexpr (sizeof(T) == 2) {
-        if (runs)
+      if (runs) {
+        if constexpr (sizeof(T) == 2) {
           linear_weight_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                            static_cast<const T*>(x), chunk, part);
-      }
-      if (!runs)
+          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        }
+      } else {
         linear_weight_grad_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(x),
                                                                     chunk, part);
-      if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+      }
       sum_partials_kernel<T><<<grid_for(out_f * in_f), kThreads, 0, stream>>>(part, splits, out_f * in_f,
                                                                               static_cast<T*>(dw));
       if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
