@@ -139,9 +139,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
         "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunLen']};", rf"constexpr int kRunBK = {c['kRunBK']};"],
         "linear.cu": [r"if \(cc_major >= 8 && in_f % kRunLen == 0 && aligned\(x\) && aligned\(w\)\)",
                       r"const bool runs = sizeof\(T\) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && "
-                      r"out_f % kRunLen == 0 &&\s+aligned\(dz\) && aligned\(w\) && aligned\(x\);",
+                      r"out_f % kRunLen == 0 && aligned\(dz\);", r"if \(runs && aligned\(w\)\) \{",
+                      r"const bool dw_runs = runs && aligned\(x\);",
                       r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
-                      r"const int64_t step = runs \? kRunBK : kBK;",
+                      r"const int64_t step = dw_runs \? kRunBK : kBK;",
                       r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)"],
     }

@@ -143,28 +143,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
   bool flows;
   std::tie(gi, gw, gb, flows) = allocate_conv_block_grads(g, input.options(), output_mask, false);
   if (flows) {
-    // The channel-run backward (for the input or weight gradient; the bias gradient alone reads
-    // no weight) reads the weight as (groups, Cin/groups, KH, KW, Cout/groups) and writes the
-    // input gradient channels_last (the input's format: no conversion after); the other reads it
-    // as (Cout, Cin/groups, KH, KW) and writes NCHW.
-    at::Tensor w, w_runs;
-    if ((output_mask[0] || output_mask[1]) &&
-        cuda::conv_backward_channel_runs(dtype, g, input.const_data_ptr(), strides_of(input),
-                                         compute_capability_major(input.device().index()))) {
-      w_runs = weight.reshape({g.G, g.Coutg, g.Cg, g.KH, g.KW}).permute({0, 2, 3, 4, 1}).contiguous();
-      if (reinterpret_cast<uintptr_t>(w_runs.const_data_ptr()) % 16 != 0) w_runs = w_runs.clone();
-      if (output_mask[0]) gi = at::empty_like(gi, at::MemoryFormat::ChannelsLast);
-    } else {
-      w = weight.contiguous();
+    // The channel-run backward (for the input or weight gradient; the bias gradient alone takes
+    // the other) writes the input gradient channels_last and reads the weight, which only the
+    // input gradient needs, as (groups, Cin/groups, KH, KW, Cout/groups); the other writes NCHW
+    // and reads the weight as (Cout, Cin/groups, KH, KW).
+    const bool runs = (output_mask[0] || output_mask[1]) &&
+                      cuda::conv_backward_channel_runs(dtype, g, input.const_data_ptr(), strides_of(input),
+                                                       compute_capability_major(input.device().index()));
+    at::Tensor w;
+    if (output_mask[0]) {
+      w = runs ? weight.reshape({g.G, g.Coutg, g.Cg, g.KH, g.KW}).permute({0, 2, 3, 4, 1}).contiguous()
+               : weight.contiguous();
+      if (runs && reinterpret_cast<uintptr_t>(w.const_data_ptr()) % 16 != 0) w = w.clone();
+      if (runs) gi = at::empty_like(gi, at::MemoryFormat::ChannelsLast);
     }
     const at::Tensor ws =
         workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[0], output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
         dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
         offsets.const_data_ptr(), strides_of(offsets), input.const_data_ptr(), strides_of(input),
-        w.defined() ? w.const_data_ptr() : nullptr, w_runs.defined() ? w_runs.const_data_ptr() : nullptr,
-        output_mask[0] ? gi.mutable_data_ptr() : nullptr, output_mask[1] ? gw.mutable_data_ptr() : nullptr,
-        output_mask[2] ? gb.mutable_data_ptr() : nullptr, ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+        w.defined() ? w.const_data_ptr() : nullptr, runs, output_mask[0] ? gi.mutable_data_ptr() : nullptr,
+        output_mask[1] ? gw.mutable_data_ptr() : nullptr, output_mask[2] ? gb.mutable_data_ptr() : nullptr,
+        ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
+    // An input with contiguous channels that is not channels_last (a channel slice of a wider
+    // tensor, say) takes the channel-run backward too: its gradient in the input's format.
+    if (runs && output_mask[0] && output_format(input) != at::MemoryFormat::ChannelsLast) gi = gi.contiguous();
   }
   gi = in_input_format(gi, input);
   return {gi, gw, gb};

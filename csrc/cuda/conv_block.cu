@@ -574,16 +574,18 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < dw_count + db_count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const bool weight = i < dw_count;
-    int64_t j = i;  // dw[i]'s column in dw_part
+    // Thread i reads element i of each split (consecutive threads, consecutive addresses) and
+    // writes it to dw[o], reordered from the runs' columns.
+    int64_t o = i;
     if (weight && runs_cg > 0) {
-      const int64_t K = runs_cg * taps, r = i % K;  // r = ci * taps + tap
-      j = i - r + (r % taps) * runs_cg + r / taps;
+      const int64_t K = runs_cg * taps, r = i % K;  // r = tap * Cg + ci
+      o = i - r + (r % runs_cg) * taps + r / runs_cg;
     }
-    const Acc* part = weight ? dw_part + j : db_part + (i - dw_count);
+    const Acc* part = weight ? dw_part + i : db_part + (i - dw_count);
     const int64_t n = weight ? splits : db_splits, count = weight ? dw_count : db_count;
     Acc sum = Acc(0);
     for (int64_t k = 0; k < n; ++k) sum += part[k * count];
-    (weight ? dw[i] : db[i - dw_count]) = Num<T>::from_acc(sum);
+    (weight ? dw[o] : db[i - dw_count]) = Num<T>::from_acc(sum);
   }
 }
 
@@ -800,7 +802,7 @@ size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_d
 
 cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
                                 const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
-                                const void* w_runs, void* dx, void* dw, void* db, void* workspace,
+                                bool channel_runs, void* dx, void* dw, void* db, void* workspace,
                                 cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -808,9 +810,12 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
-      // w_runs: the caller found conv_backward_channel_runs true (and gives no w).
-      const bool runs = w_runs != nullptr;
-      if (runs ? sizeof(T) != 2 || w || reinterpret_cast<uintptr_t>(w_runs) % 16 != 0 : !w)
+      // channel_runs: the caller found conv_backward_channel_runs true; its geometry is checked
+      // again here (a wrong dx would follow from a stride or channel count the gather cannot take).
+      const bool runs = channel_runs;
+      if (dx && !w) return cudaErrorInvalidValue;
+      if (runs && (sizeof(T) != 2 || g.sh != 1 || g.sw != 1 || g.Cg % kRunLen != 0 || g.Coutg % kRunLen != 0 ||
+                   xs.s[1] != 1 || reinterpret_cast<uintptr_t>(w) % 16 != 0))
         return cudaErrorInvalidValue;
       if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
         const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
@@ -841,17 +846,21 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       const OffT* op = static_cast<const OffT*>(offsets);
       const T* go = static_cast<const T*>(grad_out);
       if (dx || dw) {
-        if (runs)
-          unpool_kernel<T, OffT, true><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
-        else
+        if (runs) {
+          if constexpr (sizeof(T) == 2) {
+            unpool_kernel<T, OffT, true><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
+            if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+          }
+        } else {
           unpool_kernel<T, OffT, false><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+        }
       }
       const unsigned blocks = static_cast<unsigned>(plan.total());
       if (runs) {
         if constexpr (sizeof(T) == 2) {
           conv_grads_runs_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
-              g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w_runs), dconv,
+              g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w), dconv,
               static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }

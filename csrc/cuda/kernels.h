@@ -69,13 +69,13 @@ size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_d
 
 // Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
 // null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os; w
-// is (Cout, Cin/groups, KH, KW) contiguous. Where conv_backward_channel_runs holds, the caller
-// gives instead (w null) w_runs: the same weight as (groups, Cin/groups, KH, KW, Cout/groups)
-// contiguous and 16-byte aligned, and dx channels_last contiguous (N, H, W, C); elsewhere
-// w_runs is null.
+// is (Cout, Cin/groups, KH, KW) contiguous (only the input gradient reads it: null without dx).
+// channel_runs: the caller found conv_backward_channel_runs true and gives w instead as
+// (groups, Cin/groups, KH, KW, Cout/groups) contiguous and 16-byte aligned, and dx channels_last
+// contiguous (N, H, W, C).
 cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
                                 const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
-                                const void* w_runs, void* dx, void* dw, void* db, void* workspace,
+                                bool channel_runs, void* dx, void* dw, void* db, void* workspace,
                                 cudaStream_t stream);
 
 // Tangent of the fused conv block at fixed offsets (os: the offsets' strides): y (strides ys)

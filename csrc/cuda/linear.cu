@@ -284,13 +284,13 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       dz = buf;
       used = (static_cast<size_t>(rows * out_f) * sizeof(T) + 255) / 256 * 256;
     }
-    // 16-byte runs of dz's, w's and x's rows (both features multiples of 8), on sm_80+.
+    // 16-byte runs of the operands' rows (both features multiples of 8, each GEMM's operands
+    // 16-byte aligned: dz and w for dx, dz and x for dw), on sm_80+.
     const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    const bool runs = sizeof(T) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && out_f % kRunLen == 0 &&
-                      aligned(dz) && aligned(w) && aligned(x);
+    const bool runs = sizeof(T) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && out_f % kRunLen == 0 && aligned(dz);
     if (dx) {
       const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
-      if (runs) {
+      if (runs && aligned(w)) {
         if constexpr (sizeof(T) == 2) {
           linear_input_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                           static_cast<const T*>(w), static_cast<T*>(dx));
@@ -306,11 +306,12 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
       const int64_t splits = weight_grad_splits(rows, in_f, out_f);
       used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
-      const int64_t step = runs ? kRunBK : kBK;  // whole k steps a split
+      const bool dw_runs = runs && aligned(x);
+      const int64_t step = dw_runs ? kRunBK : kBK;  // whole k steps a split
       const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
       const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
                       static_cast<unsigned>(splits));
-      if (runs) {
+      if (dw_runs) {
         if constexpr (sizeof(T) == 2) {
           linear_weight_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                            static_cast<const T*>(x), chunk, part);
