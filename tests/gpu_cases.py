@@ -224,20 +224,24 @@ CONV_CONFIGS: List[ConvCase] = [
     _conv("int32 offsets, gemm 8->4 pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
           scale_weight=True, purpose="int32 offsets through the CUDA gemm forward"),
     _conv("runs 40->80 channels_last", (2, 40, 10, 9), 80, 3, padding=1, layout="channels_last",
-          precisions=("bf16", "fp16"),
+          precisions=("bf16", "fp16", "tf32"),
           purpose="CUDA: the channel-run forward (k steps across kernel taps, a last step past K) and backward, "
                   "second M tile of each, dw over 6 column tiles"),
     _conv("runs 32->64 channels_last b4 18x18", (4, 32, 18, 18), 64, 3, padding=1, layout="channels_last",
-          precisions=("bf16", "fp16"), purpose="CUDA: the channel-run forward over six column tiles, backward"),
+          precisions=("bf16", "fp16", "tf32"), purpose="CUDA: the channel-run forward over six column tiles, backward"),
     _conv("runs 2 groups of 8->16 channels_last, pool 12x12/2", (1, 16, 16, 16), 32, 3, padding=1,
-          groups=2, pool_kernel_size=12, pool_stride=2, layout="channels_last", precisions=("bf16", "fp16"),
+          groups=2, pool_kernel_size=12, pool_stride=2, layout="channels_last", precisions=("bf16", "fp16", "tf32"),
           purpose="CUDA: the channel-run forward and backward by group, int16 offsets"),
     _conv("runs 8->8 channels_last, pool 182", (1, 8, 184, 184), 8, 3, pool_kernel_size=182,
-          layout="channels_last", precisions=("bf16", "fp16"), scale_weight=True,
+          layout="channels_last", precisions=("bf16", "fp16", "tf32"), scale_weight=True,
           purpose="CUDA: the channel-run forward and backward with int32 offsets"),
     _conv("runs backward 72->16 channels_last b6 32x32", (6, 72, 32, 32), 16, 3, padding=1, layout="channels_last",
-          precisions=("bf16", "fp16"), scale_weight=True,
+          precisions=("bf16", "fp16", "tf32"), scale_weight=True,
           purpose="CUDA: the channel-run backward: a second channel tile of dx, several split-K slices of dw"),
+    _conv("runs of 4 channels 12->20 channels_last", (2, 12, 9, 8), 20, 3, padding=1, layout="channels_last",
+          precisions=("tf32", "bf16"),
+          purpose="CUDA: TF32 runs of 4 channels where 16-bit types take the gemm (12 and 20 channels): k steps of "
+                  "16 across kernel taps, a partial last step, the backward over runs"),
     _conv("grid-stride 1->2 1024x1024 b17 no pool", (17, 1, 1024, 1024), 2, 3, padding=1, pool_kernel_size=None,
           precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
           purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
@@ -274,6 +278,8 @@ LINEAR_CONFIGS: List[LinearCase] = [
     LinearCase("gradient runs 70x40->24 gelu", (70, 40), 24, "gelu",
                purpose="CUDA: both gradients over 16-byte runs (features multiples of 8) in one split-K slice: "
                        "a second row tile, a partial k step of the weight gradient"),
+    LinearCase("runs of 4 features 70x36->20 relu", (70, 36), 20, "relu", precisions=("tf32", "bf16"),
+               purpose="CUDA: TF32 over runs of 4 features where 16-bit types take the tile GEMMs"),
     LinearCase("grid-stride 16400x64->1024 gelu", (16400, 64), 1024, "gelu", precisions=("bf16", "fp32"),
                scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice"),
     LinearCase("grid-stride 64x4096->4100 silu", (64, 4096), 4100, "silu", precisions=("bf16", "fp32"),
@@ -414,12 +420,12 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # --- CUDA: the launchers' choices, mirrored ---------------------------------------------------
 
 # Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
-# the sources): tile sizes and threads (tile_loaders.h), the channel-run length
-# (run_loaders.h), the direct kernel's limits (conv_block.cu), split-K (common.cuh
+# the sources): tile sizes and threads (tile_loaders.h), the runs' bytes and runs per k step
+# (run_loaders.h; RUN_LEN below from common.cuh run_len), the direct kernel's limits (conv_block.cu), split-K (common.cuh
 # reduction_splits: ~2 blocks per SM of an H100, slices of at least 512), the grid-stride grids
 # (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
-    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunLen": 8, "kRunBK": 32, "kDirectMaxChannels": 4,
+    "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunBytes": 16, "kRunsPerStep": 4, "kDirectMaxChannels": 4,
     "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3,
     "kDirectGradMaxChannels": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
@@ -427,12 +433,25 @@ CUDA_CONSTANTS = {
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
 CUDA_TYPES = {"fp32": "float", "tf32": "tf32", "fp64": "double", "fp16": "half", "bf16": "bfloat16"}
 OFFSET_TYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32"}
+# Elements of a 16-byte run of the types the run engine takes (common.cuh run_len): the
+# tensor-core types.
+RUN_LEN = {"bf16": 8, "fp16": 8, "tf32": 4}
 # Blocks of one wave: 132 SMs (H100 SXM) x 8 resident 256-thread blocks.
 ONE_WAVE = 132 * 8
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _runs(precision: str, *counts: int) -> bool:
+    """Whether ``precision`` takes the run engine and each of ``counts`` is whole runs."""
+    return precision in RUN_LEN and all(n % RUN_LEN[precision] == 0 for n in counts)
+
+
+def _run_bk(precision: str) -> int:
+    """k per step of the run engine (run_loaders.h kRunBK)."""
+    return CUDA_CONSTANTS["kRunsPerStep"] * RUN_LEN[precision]
 
 
 def _splits(reduction: int, tiles: int, most: int) -> int:
@@ -480,10 +499,9 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     t, off = CUDA_TYPES[precision], OFFSET_TYPES[p.offsets_dtype()]
     q = n * ph * pw
     out = set()
-    # conv_forward_channel_runs: 16-bit, channels contiguous, every pixel 16-byte aligned (a dense
-    # channels_last tensor with Cin/groups a multiple of 8), sm_80+.
-    forward_runs = (precision in ("bf16", "fp16") and case.layout == "channels_last" and len(case.input) == 4
-                    and cg % c["kRunLen"] == 0)
+    # conv_forward_channel_runs: 16-bit or TF32, channels contiguous, every pixel 16-byte aligned (a
+    # dense channels_last tensor with Cin/groups a multiple of a run: 8 / 4 channels), sm_80+.
+    forward_runs = case.layout == "channels_last" and len(case.input) == 4 and _runs(precision, cg)
     # conv_block.cu direct_channels. Its 32-bit checks (an image's span, the rows and columns a
     # window reaches) pass for dense inputs of fewer than 2^31 elements per image with small
     # paddings, which every case here is: they are mirrored by that bound alone.
@@ -530,9 +548,9 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
     # blocks), the sum of the weight and bias gradients' split partial sums. Over channel runs
     # (conv_backward_channel_runs: where the forward runs over them, with Cout/groups a multiple
-    # of 8 and unit stride; the bindings choose it when an input or weight gradient is wanted,
+    # of a run and unit stride; the bindings choose it when an input or weight gradient is wanted,
     # as every case here wants) the un-pool writes channels_last and conv_grads_runs_kernel runs.
-    runs = forward_runs and coutg % c["kRunLen"] == 0 and p.stride == (1, 1)
+    runs = forward_runs and _runs(precision, coutg) and p.stride == (1, 1)
     name = " runs" if runs else ""
     out.add(f"conv grads{name}<{t},{off}>")
     if bias:
@@ -548,7 +566,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     tiles = _cdiv(coutg, c["kBM"]) * _cdiv(k, c["kBN"]) * groups
     positions = n * oh * ow
     out |= _split_labels(f"conv weight grad{name}", positions, _splits(positions, tiles, c["grid_z"] // groups),
-                         c["kRunBK"] if runs else c["kBK"])
+                         _run_bk(precision) if runs else c["kBK"])
     out.add(f"conv sum partials<{t}>")
     bias_parts = cout if bias and _channel_sum_splits(n * ph * pw, cout) > 1 else 0
     out |= _grid_stride("conv sum partials", cout * k + bias_parts)
@@ -565,12 +583,12 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     if rows * out_f == 0:
         return set()
     t = CUDA_TYPES[precision]
-    # linear.cu linear_forward: 16-byte runs for 16-bit rows of a multiple of 8 (sm_80+; x and w
-    # contiguous, as the bindings pass them, so 16-byte aligned).
-    runs = precision in ("bf16", "fp16") and in_f % c["kRunLen"] == 0
-    # linear_backward: both GEMMs over runs where out features are a multiple of 8 too (dz and the
-    # workspace's activation gradient 16-byte aligned alike).
-    grad_runs = runs and out_f % c["kRunLen"] == 0
+    # linear.cu linear_forward: 16-byte runs for 16-bit or TF32 rows of a multiple of a run (sm_80+;
+    # x and w contiguous, as the bindings pass them, so 16-byte aligned).
+    runs = _runs(precision, in_f)
+    # linear_backward: both GEMMs over runs where out features are a multiple of a run too (dz and
+    # the workspace's activation gradient 16-byte aligned alike).
+    grad_runs = runs and _runs(precision, out_f)
     grads = " runs" if grad_runs else ""
     out = {f"linear forward{' runs' if runs else ''}<{t}>", f"linear input grad{grads}<{t}>",
            f"linear weight grad{grads}<{t}>", f"linear sum partials<{t}>"}
@@ -583,7 +601,7 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
         out.add(f"linear column sum<{t}>")
     tiles = _cdiv(out_f, c["kBM"]) * _cdiv(in_f, c["kBN"])
     out |= _split_labels(f"linear weight grad{grads}", rows, _splits(rows, tiles, 1 << 62),
-                         c["kRunBK"] if grad_runs else c["kBK"])
+                         _run_bk(precision) if grad_runs else c["kBK"])
     out |= _grid_stride("linear sum partials", out_f * in_f)
     return out
 
@@ -609,16 +627,15 @@ def cuda_required() -> Set[str]:
     out = set()
     for t in types_:
         for off in offs:
-            if t in ("half", "bfloat16"):
+            if t in ("half", "bfloat16", "tf32"):
                 out |= {f"conv forward runs<{t},{off}>", f"conv grads runs<{t},{off}>",
                         f"conv unpool channels_last<{t},{off}>"}
             out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
-        if t in ("half", "bfloat16"):
-            out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>"}
-        if t in ("half", "bfloat16"):
-            out |= {f"conv input grad runs<{t}>", f"conv weight grad runs<{t}>"}
+        if t in ("half", "bfloat16", "tf32"):
+            out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>",
+                    f"conv input grad runs<{t}>", f"conv weight grad runs<{t}>"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
                 f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",

@@ -76,20 +76,22 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
     assert "20 conv geometries, 0 failures" in out, out
-    # float16 and bfloat16 on the nine geometries with Cin/groups a multiple of 8
-    assert "channel-run forward: 18 geometry and type pairs" in out, out
-    # and on the six of them with Cout/groups a multiple of 8 too and unit stride
-    assert "channel-run backward: 12 geometry and type pairs" in out, out
+    # float16 and bfloat16 on the nine geometries with Cin/groups a multiple of 8, TF32 on the ten
+    # with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of 16)
+    assert "channel-run forward: 28 geometry and type pairs" in out, out
+    # and on those with Cout/groups a multiple of a run too and unit stride: six and eight
+    assert "channel-run backward: 20 geometry and type pairs" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):
     out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
     assert "9 linear shapes and 3 activations, 0 failures" in out, out
-    # float16 and bfloat16 on the five shapes with in features a multiple of 8 (16, 40, 72)
-    assert "forward over runs: 10 shape and type pairs" in out, out
-    # and on the three with out features a multiple of 8 too: 64 x 16 -> 64, 70 x 40 -> 24
+    # float16 and bfloat16 on the five shapes with in features a multiple of 8 (16, 40, 72), TF32
+    # on the six with a multiple of 4 (also 100: a partial k step of 16)
+    assert "forward over runs: 16 shape and type pairs" in out, out
+    # and on the three with out features a multiple of 8 (and 4) too: 64 x 16 -> 64, 70 x 40 -> 24
     # (a partial k step of the weight gradient) and 100 x 72 -> 136 (partial tiles and steps)
-    assert "gradients over runs: 6 shape and type pairs" in out, out
+    assert "gradients over runs: 9 shape and type pairs" in out, out
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):

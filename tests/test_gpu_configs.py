@@ -109,7 +109,11 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"reduction_splits\(count, channels, int64_t\(kThreads\) \* 16\)",
                           r"ceil_div\(count, int64_t\(kThreads\) \* kMaxSerialSum\)",
                           rf"return splits < {c['grid_z']} \? splits : {c['grid_z']};"],
-        "common.cuh": [rf"ceil_div\({c['split_blocks']}, tiles", rf"int64_t min_chunk = {c['min_chunk']}\)"],
+        "common.cuh": [rf"ceil_div\({c['split_blocks']}, tiles", rf"int64_t min_chunk = {c['min_chunk']}\)",
+                       rf"return dtype == DType::Half \|\| dtype == DType::BFloat16 \? {gpu_cases.RUN_LEN['bf16']} : "
+                       rf"dtype == DType::Tf32 \? {gpu_cases.RUN_LEN['tf32']} : 0;",
+                       r"constexpr bool kTensorCores =\s+std::is_same<T, __half>::value \|\| "
+                       r"std::is_same<T, __nv_bfloat16>::value \|\| std::is_same<T, Tf32>::value;"],
         "conv_block.cu": [rf"constexpr int kDirectMaxChannels = {c['kDirectMaxChannels']};",
                           rf"constexpr int kDirectWideChannels = {c['kDirectWideChannels']};",
                           rf"constexpr int64_t kDirectWideMin = {c['kDirectWideMin']};",
@@ -125,24 +129,26 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"const int64_t most = {c['grid_z']} / g\.G;",
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
                           r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
-                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK : kBK\);",
+                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK\);",
                           r"return conv_forward_channel_runs\(dtype, g, x, xs, cc_major\) && "
-                          r"g\.Coutg % kRunLen == 0 && g\.sh == 1 && g\.sw == 1 &&",
+                          r"g\.Coutg % run_len\(dtype\) == 0 && g\.sh == 1 &&\s+g\.sw == 1 &&",
                           r"channel_sum_splits\(positions, g\.Cout\)",
                           r"grid_for\(conv_elems\)",
                           r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
                           r"grid_for\(dw_count \+ db_count\)",
                           r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
-                          r"\(dtype == DType::Half \|\| dtype == DType::BFloat16\) && cc_major >= 8 && "
-                          r"runs\(g\.Cg\) &&",
+                          r"const int64_t len = run_len\(dtype\);",
+                          r"return len > 0 && cc_major >= 8 && runs\(g\.Cg\) &&",
                           r"xs\.s\[1\] == 1 && runs\(xs\.s\[0\]\) && runs\(xs\.s\[2\]\) &&\s+runs\(xs\.s\[3\]\)"],
-        "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunLen']};", rf"constexpr int kRunBK = {c['kRunBK']};"],
-        "linear.cu": [r"if \(cc_major >= 8 && in_f % kRunLen == 0 && aligned\(x\) && aligned\(w\)\)",
-                      r"const bool runs = sizeof\(T\) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && "
-                      r"out_f % kRunLen == 0 && aligned\(dz\);", r"if \(runs && aligned\(w\)\) \{",
+        "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunBytes']} / static_cast<int>\(sizeof\(T\)\);",
+                          rf"constexpr int kRunBK = {c['kRunsPerStep']} \* kRunLen<T>;"],
+        "linear.cu": [r"if constexpr \(kTensorCores<T>\) \{\s+// 16-byte runs",
+                      r"if \(cc_major >= 8 && in_f % kRunLen<T> == 0 && aligned\(x\) && aligned\(w\)\)",
+                      r"const bool runs = kTensorCores<T> && cc_major >= 8 && in_f % kRunLen<T> == 0 && "
+                      r"out_f % kRunLen<T> == 0 &&\s+aligned\(dz\);", r"if \(runs && aligned\(w\)\) \{",
                       r"const bool dw_runs = runs && aligned\(x\);",
                       r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
-                      r"const int64_t step = dw_runs \? kRunBK : kBK;",
+                      r"const int64_t step = dw_runs \? kRunBK<T> : kBK;",
                       r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)"],
     }

@@ -100,6 +100,12 @@ inline size_t elem_bytes(DType dtype) {
   return dtype == DType::Double ? 8 : dtype == DType::Float || dtype == DType::Tf32 ? 4 : 2;
 }
 
+// Elements of a 16-byte run of dtype for the run GEMM (run_gemm.cuh), which takes the tensor-core
+// types (kTensorCores): 8 of a 16-bit type, 4 of Tf32; 0 for the others.
+inline int64_t run_len(DType dtype) {
+  return dtype == DType::Half || dtype == DType::BFloat16 ? 8 : dtype == DType::Tf32 ? 4 : 0;
+}
+
 // Number of splits of a long reduction (split-K): enough blocks to fill the GPU, each split at
 // least `min_chunk` long; the partial sums are added in a fixed order, so results are
 // deterministic.

@@ -9,10 +9,10 @@
 //    fp16/bf16) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
 //    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
 //    tap in registers, so the conv output never reaches memory.
-//  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 channels_last
-//    input with Cin/groups a multiple of 8 (conv_forward_channel_runs) on sm_80+: k ordered
-//    (kh, kw, ci), each operand read in 16-byte runs of channels by cp.async, three stages deep
-//    (run_gemm.cuh).
+//  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 and TF32 channels_last
+//    input with Cin/groups a multiple of a run (8 / 4 channels; conv_forward_channel_runs) on
+//    sm_80+: k ordered (kh, kw, ci), each operand read in 16-byte runs of channels by cp.async,
+//    three stages deep (run_gemm.cuh).
 // Each writes the pooled value and the window offset of its max (or -1 where the ReLU is off).
 // Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
 //
@@ -270,11 +270,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   });
 }
 
-// The forward over channel runs (run_gemm.cuh), for 16-bit channels_last input with Cin/groups
-// a multiple of 8 (conv_forward_channel_runs): the blocks and the pooled epilogue of
-// conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW, Cin/groups)
-// contiguous. A thread's loader column (RunMap::o) differs from its epilogue column (nn), so
-// each is decomposed once.
+// The forward over channel runs (run_gemm.cuh), for 16-bit or TF32 channels_last input with
+// Cin/groups a multiple of kRunLen<T> (conv_forward_channel_runs): the blocks and the pooled
+// epilogue of conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW,
+// Cin/groups) contiguous. A thread's loader column (RunMap::o) differs from its epilogue column
+// (nn), so each is decomposed once.
 template <typename T, typename OffT>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_pool_runs_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ wk,
@@ -285,10 +285,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const T* wg = wk + grp * g.Coutg * g.K;
   const int nn = threadIdx.x % kBN;
   const PooledColumn col = pooled_column(g, n0 + nn);
-  const PooledColumn lcol = pooled_column(g, n0 + RunMap::o(threadIdx.x));
+  const PooledColumn lcol = pooled_column(g, n0 + RunMap<T>::o(threadIdx.x));
   const T* xl = lcol.n >= 0 ? x + lcol.n * xs.s[0] + grp * g.Cg : nullptr;
-  const RunDigits digits = run_digits(g, threadIdx.x);
-  const int64_t steps = ceil_div(g.K, kRunBK);
+  const RunDigits digits = run_digits<T>(g, threadIdx.x);
+  const int64_t steps = ceil_div(g.K, kRunBK<T>);
   pool_over_taps(g, col, grp, m0, nn, b, s.c, y, off, ys, [&](int dr, int dc) {
     const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
     RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // dconv[n][c][r][col] = sum of the pooled gradients whose window max is at (r, col); dconv
 // contiguous as (N, Cout, OH, OW), or with kChannelsLast as (N, OH, OW, Cout) (the channel-run
-// backward's operand, whose runs are 8 channels).
+// backward's operand, whose runs are kRunLen<T> channels).
 template <typename T, typename OffT, bool kChannelsLast>
 __global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
                               Strides4 os, T* __restrict__ dconv) {
@@ -431,7 +431,7 @@ struct GradBlocks {
 };
 
 // The gradient launch's blocks for the gradients wanted; `dw_splits` is weight_grad_splits, each
-// split's chunk a whole number of k steps of `step` (kBK; kRunBK over channel runs). The tiles
+// split's chunk a whole number of k steps of `step` (kBK; kRunBK<T> over channel runs). The tiles
 // count alike in both kernels (kBM == kBN): conv_grads_kernel's input-gradient tiles are
 // channels x positions, conv_grads_runs_kernel's positions x channels.
 inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits,
@@ -491,18 +491,18 @@ __device__ void input_grad_runs_tile(const Geometry& g, const T* __restrict__ wt
                                      T* __restrict__ dx, int64_t bx, int64_t by, int64_t grp, RunSmem<T>& s) {
   const int64_t P = g.N * g.H * g.W, K = g.KH * g.KW * g.Coutg;
   const int64_t m0 = bx * int64_t(kBM), n0 = by * int64_t(kBN);
-  const int64_t p = m0 + RunMap::o(threadIdx.x);  // this thread's loader row
+  const int64_t p = m0 + RunMap<T>::o(threadIdx.x);  // this thread's loader row
   const Digits at = split(p < P ? p : 0, g.H, g.W);  // (n, ih, iw)
   const T* dn = p < P ? dconv + at.hi * g.OH * g.OW * g.Cout + grp * g.Coutg : nullptr;
   DconvGatherRunLoader<T> la(g, dn, at.mid, at.lo,
-                             run_digits(static_cast<int>(g.KW), static_cast<int>(g.Coutg), threadIdx.x));
+                             run_digits<T>(static_cast<int>(g.KW), static_cast<int>(g.Coutg), threadIdx.x));
   RowRunLoader<T> lb(wt + grp * g.Cg * K, K, n0, g.Cg, threadIdx.x);
   run_gemm<T, false, false>([&] { return la.src(g); }, [&] { return lb.src(); },
                             [&] {
                               la.next(g);
                               lb.next();
                             },
-                            ceil_div(K, kRunBK), s);
+                            ceil_div(K, kRunBK<T>), s);
   T* dxg = dx + grp * g.Cg;
   for_owned(s, P, g.Cg, m0, n0,
             [&](int64_t q, int64_t ci, typename Num<T>::Acc v) { dxg[q * g.C + ci] = Num<T>::from_acc(v); });
@@ -512,7 +512,7 @@ __device__ void input_grad_runs_tile(const Geometry& g, const T* __restrict__ wt
 // group grp: columns j = (kh, kw, ci) in [bx * kBN, ...) x output channels [by * kBM, ...) of
 // part[split][grp*Coutg + co][j] = sum over its chunk of conv positions p = (n, oh, ow) of
 // dconv[n][oh][ow][grp*Coutg + co] * x[n][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw][grp*Cg + ci]:
-// both operands' runs lie across k (8 output channels; 8 input channels of one tap). The
+// both operands' runs lie across k (output channels; input channels of one tap). The
 // columns are in the runs' weight order; sum_grad_partials_kernel puts them in dw's.
 template <typename T>
 __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x, Strides4 xs,
@@ -527,12 +527,12 @@ __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x
                             la.next();
                             lb.next(g);
                           },
-                          k0 < k1 ? ceil_div(k1 - k0, kRunBK) : 0, s);
+                          k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0, s);
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
 
 // conv_grads_kernel over channel runs (conv_backward_channel_runs), the same blocks (GradBlocks
-// with chunks of kRunBK steps) and bias blocks; dconv channels_last (unpool_kernel<..., true>),
+// with chunks of kRunBK<T> steps) and bias blocks; dconv channels_last (unpool_kernel<..., true>),
 // dx channels_last contiguous, wt as input_grad_runs_tile reads it, dw_part in the runs' column
 // order (weight_grad_runs_tile).
 template <typename T, typename OffT>
@@ -742,7 +742,7 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
                       static_cast<unsigned>(g.G));
       if (w_runs) {  // the caller found conv_forward_channel_runs true
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (kTensorCores<T>) {
           if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w) {
             conv_pool_runs_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs),
                                                                           bp, yp, op, ys);
@@ -771,14 +771,16 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
 }
 
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  const auto runs = [](int64_t v) { return v % kRunLen == 0; };
-  return (dtype == DType::Half || dtype == DType::BFloat16) && cc_major >= 8 && runs(g.Cg) &&
+  const int64_t len = run_len(dtype);
+  const auto runs = [len](int64_t v) { return v % len == 0; };
+  return len > 0 && cc_major >= 8 && runs(g.Cg) &&
          g.Cg * g.KW < std::numeric_limits<int32_t>::max() && xs.s[1] == 1 && runs(xs.s[0]) && runs(xs.s[2]) &&
          runs(xs.s[3]) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  return conv_forward_channel_runs(dtype, g, x, xs, cc_major) && g.Coutg % kRunLen == 0 && g.sh == 1 && g.sw == 1 &&
+  return conv_forward_channel_runs(dtype, g, x, xs, cc_major) && g.Coutg % run_len(dtype) == 0 && g.sh == 1 &&
+         g.sw == 1 &&
          g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
 }
 
@@ -814,7 +816,8 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       // again here (a wrong dx would follow from a stride or channel count the gather cannot take).
       const bool runs = channel_runs;
       if (dx && !w) return cudaErrorInvalidValue;
-      if (runs && (sizeof(T) != 2 || g.sh != 1 || g.sw != 1 || g.Cg % kRunLen != 0 || g.Coutg % kRunLen != 0 ||
+      if (runs && (!kTensorCores<T> || g.sh != 1 || g.sw != 1 || g.Cg % run_len(dtype) != 0 ||
+                   g.Coutg % run_len(dtype) != 0 ||
                    xs.s[1] != 1 || reinterpret_cast<uintptr_t>(w) % 16 != 0))
         return cudaErrorInvalidValue;
       if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
@@ -834,7 +837,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
         return cudaGetLastError();
       }
       const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr,
-                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK : kBK);
+                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK<T> : kBK);
       if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
@@ -847,7 +850,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       const T* go = static_cast<const T*>(grad_out);
       if (dx || dw) {
         if (runs) {
-          if constexpr (sizeof(T) == 2) {
+          if constexpr (kTensorCores<T>) {
             unpool_kernel<T, OffT, true><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
             if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
           }
@@ -858,7 +861,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       }
       const unsigned blocks = static_cast<unsigned>(plan.total());
       if (runs) {
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (kTensorCores<T>) {
           conv_grads_runs_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
               g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w), dconv,
               static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));

@@ -44,9 +44,9 @@ inline int64_t conv_coordinate_reach(const Geometry& g) {
 }
 
 // Whether the conv-block forward can read the input in 16-byte channel runs (run_gemm.cuh):
-// float16/bfloat16 x, channels contiguous (xs.s[1] == 1) and 16-byte aligned at every pixel
-// (Cin/groups and the other strides multiples of 8, x 16-byte aligned), on a GPU of compute
-// capability cc_major >= 8 (cp.async, 16-bit wmma).
+// float16/bfloat16 or Tf32 x, channels contiguous (xs.s[1] == 1) and 16-byte aligned at every
+// pixel (Cin/groups and the other strides multiples of a run, 8 / 4 elements, x 16-byte
+// aligned), on a GPU of compute capability cc_major >= 8 (cp.async, 16-bit and TF32 wmma).
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
 
 // Fused conv + bias + ReLU + max-pool forward: y and offsets (offset_bytes = 1, 2 or 4 per
@@ -59,7 +59,7 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                                cudaStream_t stream);
 
 // Whether the conv-block backward can run over 16-byte channel runs: where the forward can
-// (conv_forward_channel_runs), with Cout/groups a multiple of 8 too and unit conv stride (the
+// (conv_forward_channel_runs), with Cout/groups a multiple of a run too and unit conv stride (the
 // input gradient's gather then needs no division).
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
 
@@ -88,7 +88,8 @@ cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, con
 // Linear + bias + activation forward on contiguous x (rows x in_f) and w (out_f x in_f):
 // y = act(x w^T + b) (rows x out_f); saved is a bool mask z > 0 for relu, z for
 // gelu/gelu_tanh/silu, unused (may be null) without activation. b may be null. cc_major: the
-// GPU's compute capability (float16/bfloat16 GEMMs read 16-byte runs on 8 and above).
+// GPU's compute capability (float16/bfloat16 and TF32 GEMMs with in_f a multiple of a run, 8 / 4
+// elements, read 16-byte runs on 8 and above).
 cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* x,
                            const void* w, const void* b, void* y, void* saved, int cc_major, cudaStream_t stream);
 
@@ -97,8 +98,8 @@ size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_
                                  bool need_db);
 
 // Gradients of the linear layer; dx (rows x in_f), dw (out_f x in_f) and db (out_f) may each be
-// null. cc_major as linear_forward's (float16/bfloat16 with in_f and out_f multiples of 8 read
-// 16-byte runs on 8 and above).
+// null. cc_major as linear_forward's (float16/bfloat16 and TF32 with in_f and out_f multiples of
+// a run read 16-byte runs on 8 and above).
 cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, const void* grad_out,
                             const void* x, const void* w, const void* saved, void* dx, void* dw, void* db,
                             void* workspace, int cc_major, cudaStream_t stream);

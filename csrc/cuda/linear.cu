@@ -1,14 +1,14 @@
 // Fused Linear + bias + activation on NVIDIA GPUs: the "cuda" backend's linear kernels.
 //
-// Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16; for fp16/bf16 with
-// in features a multiple of 8 on sm_80+, run_gemm.cuh's 16-byte runs), M = rows,
+// Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16 and TF32; for those with
+// in features a multiple of a run, 8 / 4, on sm_80+, run_gemm.cuh's 16-byte runs), M = rows,
 // N = out features, K = in features, whose epilogue adds the bias, applies the activation and
 // writes the state the derivative needs (a bool mask z > 0 for relu, z for gelu / gelu_tanh /
 // silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
 // dx = dz @ w (a GEMM), dw = dz^T @ x (a GEMM over the rows, split in chunks whose partial sums
 // are added in a fixed order) and db = column sums of dz (split over blocks whose partial sums
-// are added in a fixed order). Both GEMMs run over 16-byte runs for fp16/bf16 with in and out
-// features multiples of 8 on sm_80+. Deterministic.
+// are added in a fixed order). Both GEMMs run over 16-byte runs for fp16/bf16 and TF32 with in
+// and out features multiples of a run on sm_80+. Deterministic.
 // The activation formulas are those of fusedops/ops/linear.py.
 
 #include "run_gemm.cuh"
@@ -105,8 +105,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
 }
 
-// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 with in_f a multiple of 8 and
-// x, w 16-byte aligned, on sm_80+ (linear_forward's choice): x's and w's rows are runs along k.
+// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 and TF32 with in_f a multiple
+// of kRunLen<T> and x, w 16-byte aligned, on sm_80+ (linear_forward's choice): x's and w's rows
+// are runs along k.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2)
     linear_forward_runs_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
@@ -120,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                               la.next();
                               lb.next();
                             },
-                            ceil_div(in_f, kRunBK), s);
+                            ceil_div(in_f, kRunBK<T>), s);
   linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
 }
 
@@ -153,9 +154,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
             [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
 }
 
-// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 with in_f and out_f multiples
-// of 8 and dz, w 16-byte aligned, on sm_80+ (linear_backward's choice): dz's rows are runs
-// along k, w's rows runs across it (B stored (k, n)).
+// The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 and TF32 with in_f and out_f
+// multiples of kRunLen<T> and dz, w 16-byte aligned, on sm_80+ (linear_backward's choice): dz's
+// rows are runs along k, w's rows runs across it (B stored (k, n)).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2)
     linear_input_grad_runs_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                              la.next();
                              lb.next();
                            },
-                           ceil_div(out_f, kRunBK), s);
+                           ceil_div(out_f, kRunBK<T>), s);
   for_owned(s, rows, in_f, m0, n0,
             [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
 }
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                             la.next();
                             lb.next();
                           },
-                          k0 < k1 ? ceil_div(k1 - k0, kRunBK) : 0, s);
+                          k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0, s);
   store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
 }
 
@@ -239,10 +240,10 @@ cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int
   return dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(out_f, kBN)));
-    if constexpr (sizeof(T) == 2) {
-      // 16-byte runs of x's and w's rows, on sm_80+ (cp.async, 16-bit wmma).
+    if constexpr (kTensorCores<T>) {
+      // 16-byte runs of x's and w's rows, on sm_80+ (cp.async, 16-bit and TF32 wmma).
       const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-      if (cc_major >= 8 && in_f % kRunLen == 0 && aligned(x) && aligned(w)) {
+      if (cc_major >= 8 && in_f % kRunLen<T> == 0 && aligned(x) && aligned(w)) {
         linear_forward_runs_kernel<T><<<grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
                                                                      static_cast<const T*>(w), static_cast<const T*>(b),
                                                                      static_cast<T*>(y), saved);
@@ -284,14 +285,15 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       dz = buf;
       used = (static_cast<size_t>(rows * out_f) * sizeof(T) + 255) / 256 * 256;
     }
-    // 16-byte runs of the operands' rows (both features multiples of 8, each GEMM's operands
-    // 16-byte aligned: dz and w for dx, dz and x for dw), on sm_80+.
+    // 16-byte runs of the operands' rows (tensor-core types, both features multiples of a run,
+    // each GEMM's operands 16-byte aligned: dz and w for dx, dz and x for dw), on sm_80+.
     const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    const bool runs = sizeof(T) == 2 && cc_major >= 8 && in_f % kRunLen == 0 && out_f % kRunLen == 0 && aligned(dz);
+    const bool runs = kTensorCores<T> && cc_major >= 8 && in_f % kRunLen<T> == 0 && out_f % kRunLen<T> == 0 &&
+                      aligned(dz);
     if (dx) {
       const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
       if (runs && aligned(w)) {
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (kTensorCores<T>) {
           linear_input_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                           static_cast<const T*>(w), static_cast<T*>(dx));
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
@@ -307,12 +309,12 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       const int64_t splits = weight_grad_splits(rows, in_f, out_f);
       used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
       const bool dw_runs = runs && aligned(x);
-      const int64_t step = dw_runs ? kRunBK : kBK;  // whole k steps a split
+      const int64_t step = dw_runs ? kRunBK<T> : kBK;  // whole k steps a split
       const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
       const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
                       static_cast<unsigned>(splits));
       if (dw_runs) {
-        if constexpr (sizeof(T) == 2) {
+        if constexpr (kTensorCores<T>) {
           linear_weight_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
                                                                            static_cast<const T*>(x), chunk, part);
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;

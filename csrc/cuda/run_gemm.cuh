@@ -1,23 +1,23 @@
-// One block's tile of an implicit GEMM over 16-byte runs of a 16-bit type (__half or
-// __nv_bfloat16), the engine of the run kernels (channels_last conv input, linear layers;
-// the runs' dimension a multiple of 8):
+// One block's tile of an implicit GEMM over 16-byte runs of a tensor-core type (__half,
+// __nv_bfloat16, or Tf32: float32 multiplied as TF32), the engine of the run kernels
+// (channels_last conv input, linear layers; the runs' dimension a multiple of kRunLen<T>):
 //
 //   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kBM, 0 <= j < kBN
 //
-// where the loaders (run_loaders.h) name, per k step of kRunBK = 32, one 16-byte run of A and
-// one of B for each thread (null: zeros). An operand's runs lie along k (kKMajor false: a row
-// of A / a column of B, 8 consecutive k; RunMap) or across it (kKMajor true: 8 consecutive m of
-// A / n of B at one k, as in a gradient whose reduction is the outer index of both operands;
-// KMajorRunMap). Against tile_gemm.cuh's engine, which fetches 4 + 4 single elements a thread
-// per step of 16 through registers:
+// where the loaders (run_loaders.h) name, per k step of kRunBK<T> (32 for 16-bit types, 16 for
+// Tf32), one 16-byte run of A and one of B for each thread (null: zeros). An operand's runs lie
+// along k (kKMajor false: a row of A / a column of B, kRunLen<T> consecutive k; RunMap) or
+// across it (kKMajor true: kRunLen<T> consecutive m of A / n of B at one k, as in a gradient
+// whose reduction is the outer index of both operands; KMajorRunMap). Against tile_gemm.cuh's
+// engine, which fetches 4 + 4 single elements a thread per step of 16 through registers:
 //   - the runs go straight from global to shared memory with cp.async (sm_80+), kRunStages = 3
 //     stages deep: while the block multiplies step s, the copies of steps s + 1 and s + 2 are
 //     in flight; one barrier a step;
 //   - each operand is stored as its runs lie (along k: A as (m, k), B as (n, k); across k: as
 //     (k, m) / (k, n)), so a run is one 16-byte shared store, and read by the wmma layout that
 //     matches (A row_major / col_major, B col_major / row_major), with no transposes;
-//   - each step is twice as deep, so the address arithmetic of a step (one carry chain a
-//     loader) is spent on 4 wmma 16x16x16 products a warp instead of 2.
+//   - each step is 4 wmma products a warp (16x16x16, or 16x16x8 for TF32), so the address
+//     arithmetic of a step (one carry chain a loader) is spent on twice as many products.
 // Summation as tile_gemm's: each step's products summed from zero by the tensor cores, the
 // step sums added into the running sum by the FP32 units, in a fixed order (deterministic).
 // The finished tile lands in shared memory (RunSmem::c, the layout of TileSmem::c).
@@ -31,36 +31,40 @@
 
 #include "common.cuh"
 #include "run_loaders.h"
+#include "wmma_shape.cuh"
 
 namespace fusedops {
 namespace cuda {
 
 constexpr int kRunStages = 3;
 
-// Where an operand tile of one stage keeps its elements: along k, as (o, k) rows of kRunBK + 8
-// (80 bytes); across k, as (k, o) rows of kBM + 8 (144 bytes). Both are whole 16-byte rows, and
-// 16 rows are a multiple of 32 bytes, as wmma's loads require; the 8 extra elements shift
-// consecutive rows across the shared-memory banks.
-template <bool kKMajor>
+// Where an operand tile of one stage keeps its elements: along k, as (o, k) rows of
+// kRunBK<T> + kRunLen<T> (80 bytes); across k, as (k, o) rows of kBM + kRunLen<T> (144 bytes of
+// a 16-bit type, 272 of Tf32). Both are whole 16-byte rows, and 16 rows are a multiple of 32
+// bytes, as wmma's loads require; the extra run shifts consecutive rows across the
+// shared-memory banks.
+template <typename T, bool kKMajor>
 struct RunTile {
-  static constexpr int ld = kKMajor ? kBM + 8 : kRunBK + 8;
-  static constexpr int size = kKMajor ? kRunBK * ld : kBM * ld;
+  static constexpr int ld = kKMajor ? kBM + kRunLen<T> : kRunBK<T> + kRunLen<T>;
+  static constexpr int size = kKMajor ? kRunBK<T> * ld : kBM * ld;
   // Offset of thread t's run (the loaders' map).
   static FUSEDOPS_HD int run(int t) {
-    return kKMajor ? KMajorRunMap::k(t) * ld + KMajorRunMap::o(t) : RunMap::o(t) * ld + RunMap::kk(t);
+    return kKMajor ? KMajorRunMap<T>::k(t) * ld + KMajorRunMap<T>::o(t) : RunMap<T>::o(t) * ld + RunMap<T>::kk(t);
   }
   // Offset of element (o, k) of the tile.
   static FUSEDOPS_HD int at(int o, int k) { return kKMajor ? k * ld + o : o * ld + k; }
 };
-constexpr int kRunTileSize = RunTile<false>::size > RunTile<true>::size ? RunTile<false>::size : RunTile<true>::size;
+template <typename T>
+constexpr int kRunTileSize =
+    RunTile<T, false>::size > RunTile<T, true>::size ? RunTile<T, false>::size : RunTile<T, true>::size;
 static_assert(kBM == kBN, "A and B tiles share RunTile");
 
 template <typename T>
 struct __align__(32) RunSmem {
-  static_assert(sizeof(T) == 2, "runs of 8 elements are 16 bytes of a 16-bit type");
+  static_assert(kTensorCores<T>, "the run engine multiplies on tensor cores: 16-bit types and Tf32");
   struct Stage {
-    T a[kRunTileSize];  // A tile, RunTile<kAKMajor>
-    T b[kRunTileSize];  // B tile, RunTile<kBKMajor>
+    T a[kRunTileSize<T>];  // A tile, RunTile<T, kAKMajor>
+    T b[kRunTileSize<T>];  // B tile, RunTile<T, kBKMajor>
   };
   union {
     Stage st[kRunStages];
@@ -81,16 +85,18 @@ __device__ __forceinline__ void copy_run(T* dst, const T* src) {
 
 // Computes the tile into s.c over `steps` k steps. src_a() / src_b() give this thread's run
 // of the loaders' current step (laid out along k, or across it where kAKMajor / kBKMajor);
-// next() advances both by kRunBK. All threads of the block must call it; it ends with a barrier.
+// next() advances both by kRunBK<T>. All threads of the block must call it; it ends with a barrier.
 template <typename T, bool kAKMajor, bool kBKMajor, typename SrcA, typename SrcB, typename Next>
 __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, const Next& next, int64_t steps,
                                          RunSmem<T>& s) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // 16-bit wmma and cp.async need sm_80; the launchers never choose this engine below it
+  __trap();  // 16-bit and TF32 wmma and cp.async need sm_80; the launchers never choose this engine below it
 #else
   namespace wmma = nvcuda::wmma;
-  using TileA = RunTile<kAKMajor>;
-  using TileB = RunTile<kBKMajor>;
+  using TileA = RunTile<T, kAKMajor>;
+  using TileB = RunTile<T, kBKMajor>;
+  using Shape = WmmaShape<T>;
+  constexpr int kK = Shape::kK;
   // A stored (m, k) is wmma's row_major matrix_a, (k, m) its col_major; B stored (n, k) is
   // col_major matrix_b, (k, n) row_major.
   using LayoutA = std::conditional_t<kAKMajor, wmma::col_major, wmma::row_major>;
@@ -111,7 +117,7 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
     __pipeline_commit();
   }
   const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;  // warp tile: rows wm*16, columns wn*32 (+32)
-  using Frag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+  using Frag = wmma::fragment<wmma::accumulator, 16, 16, kK, float>;
   Frag acc[2];
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
@@ -138,13 +144,15 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
     wmma::fill_fragment(part[0], 0.0f);
     wmma::fill_fragment(part[1], 0.0f);
 #pragma unroll
-    for (int k = 0; k < kRunBK; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> fa;
-      wmma::load_matrix_sync(fa, &st.a[TileA::at(wm * 16, k)], TileA::ld);
+    for (int k = 0; k < kRunBK<T>; k += kK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, LayoutA> fa;
+      wmma::load_matrix_sync(fa, Shape::ptr(&st.a[TileA::at(wm * 16, k)]), TileA::ld);
+      Shape::round(fa);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> fb;
-        wmma::load_matrix_sync(fb, &st.b[TileB::at(wn * 32 + j * 16, k)], TileB::ld);
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, LayoutB> fb;
+        wmma::load_matrix_sync(fb, Shape::ptr(&st.b[TileB::at(wn * 32 + j * 16, k)]), TileB::ld);
+        Shape::round(fb);
         wmma::mma_sync(part[j], fa, fb, part[j]);
       }
     }

@@ -1,15 +1,16 @@
-// Operand loaders of the run GEMM (run_gemm.cuh): each thread fetches one run of kRunLen = 8
-// elements per k step, 16 bytes of a 16-bit type, so that a k step is one 16-byte copy per
-// operand and thread: 8 consecutive k of one row of A or column of B (RunMap; the forwards'
-// operands and the linear input gradient's A), or 8 consecutive rows of A / columns of B at one
-// k (KMajorRunMap; operands whose reduction index is the outer one, as in the gradients).
+// Operand loaders of the run GEMM (run_gemm.cuh): each thread fetches one 16-byte run of
+// kRunLen<T> elements per k step (8 of a 16-bit type, 4 of float32 multiplied as TF32), so that a
+// k step is one 16-byte copy per operand and thread: kRunLen<T> consecutive k of one row of A or
+// column of B (RunMap; the forwards' operands and the linear input gradient's A), or kRunLen<T>
+// consecutive rows of A / columns of B at one k (KMajorRunMap; operands whose reduction index is
+// the outer one, as in the gradients).
 //
 // The reduction index is k = (kh*KW + kw)*Cg + ci: the input's channels innermost, as a
 // channels_last input and a (Cout, KH, KW, Cin/groups) weight store them. With Cg a multiple
-// of kRunLen every run lies inside one kernel tap and is contiguous in both operands, and
-// K = KH*KW*Cg is a multiple of kRunLen, so a run is wholly inside the reduction or wholly
+// of kRunLen<T> every run lies inside one kernel tap and is contiguous in both operands, and
+// K = KH*KW*Cg is a multiple of kRunLen<T>, so a run is wholly inside the reduction or wholly
 // past it. A loader is built once per tile; src() names this step's run (null: zeros, i.e.
-// past the operand or in the conv's padding), next() advances k by kRunBK. The digits of k
+// past the operand or in the conv's padding), next() advances k by kRunBK<T>. The digits of k
 // are stepped with one carry per digit (no division in the main loop); they and the step
 // are decomposed once per block by the caller (run_digits).
 //
@@ -24,45 +25,54 @@
 namespace fusedops {
 namespace cuda {
 
-constexpr int kRunLen = 8;    // elements of a 16-byte run of a 16-bit type
-constexpr int kRunBK = 32;    // k per step of the channel-run GEMM
-constexpr int kRunsPerRow = kRunBK / kRunLen;
-static_assert(kBM * kRunsPerRow == kThreads && kBN * kRunsPerRow == kThreads, "one run of A and one of B a thread");
+// Elements of a 16-byte run of T: 8 of a 16-bit type, 4 of a 4-byte one (Tf32).
+template <typename T>
+constexpr int kRunLen = 16 / static_cast<int>(sizeof(T));
+// k per step of the run GEMM: four runs (32 of a 16-bit type, 16 of Tf32).
+template <typename T>
+constexpr int kRunBK = 4 * kRunLen<T>;
 
 // Thread t's run in a step: row of A / column of B o(t), first k of the run kk(t) (relative to
-// the step's first k). Four consecutive threads read one row's 32 k: 64 contiguous bytes.
+// the step's first k). Four consecutive threads read one row's kRunBK<T> k: 64 contiguous bytes.
+template <typename T>
 struct RunMap {
+  static constexpr int kRunsPerRow = kRunBK<T> / kRunLen<T>;
+  static_assert(kBM * kRunsPerRow == kThreads && kBN * kRunsPerRow == kThreads, "one run of A and one of B a thread");
   static FUSEDOPS_HD int o(int t) { return t / kRunsPerRow; }
-  static FUSEDOPS_HD int kk(int t) { return (t % kRunsPerRow) * kRunLen; }
+  static FUSEDOPS_HD int kk(int t) { return (t % kRunsPerRow) * kRunLen<T>; }
 };
 
 // Thread t's run in a step of an operand stored across k: k (relative to the step's first k)
-// k(t), first row of A / column of B of the run o(t) (relative to the tile's first). Eight
-// consecutive threads read one k's 64 rows / columns: 128 contiguous bytes.
+// k(t), first row of A / column of B of the run o(t) (relative to the tile's first).
+// kBM / kRunLen<T> consecutive threads read one k's 64 rows / columns: 128 or 256 contiguous
+// bytes.
+template <typename T>
 struct KMajorRunMap {
-  static constexpr int kRunsPerK = kBM / kRunLen;
+  static constexpr int kRunsPerK = kBM / kRunLen<T>;
+  static_assert(kRunBK<T> * kRunsPerK == kThreads, "one run of each operand a thread, across k too");
   static FUSEDOPS_HD int k(int t) { return t / kRunsPerK; }
-  static FUSEDOPS_HD int o(int t) { return (t % kRunsPerK) * kRunLen; }
+  static FUSEDOPS_HD int o(int t) { return (t % kRunsPerK) * kRunLen<T>; }
 };
-static_assert(kRunBK * KMajorRunMap::kRunsPerK == kThreads, "one run of each operand a thread, across k too");
 
-// The digits (kh, kw, ci) of thread t's first k and of the step kRunBK, radices (KW, Cg).
+// The digits (kh, kw, ci) of thread t's first k and of the step kRunBK<T>, radices (KW, Cg).
 struct RunDigits {
   Digits first, step;
 };
 
+template <typename T>
 FUSEDOPS_HD RunDigits run_digits(int kw, int channels, int t) {
-  return {split_small(RunMap::kk(t), kw, channels), split_small(kRunBK, kw, channels)};
+  return {split_small(RunMap<T>::kk(t), kw, channels), split_small(kRunBK<T>, kw, channels)};
 }
 
 // Those of the forward's k = (kh, kw, ci).
+template <typename T>
 FUSEDOPS_HD RunDigits run_digits(const Geometry& g, int t) {
-  return run_digits(static_cast<int>(g.KW), static_cast<int>(g.Cg), t);
+  return run_digits<T>(static_cast<int>(g.KW), static_cast<int>(g.Cg), t);
 }
 
-// A row-major matrix with contiguous rows of K elements, rows [m0, M) of it: run (m, k..k+7) for
-// m < M and k < K. The conv forward's A (the weights as (Cout, KH*KW*Cg)); both operands of the
-// linear forward (x, and w as B's columns).
+// A row-major matrix with contiguous rows of K elements, rows [m0, M) of it: run
+// (m, k..k+kRunLen<T>-1) for m < M and k < K. The conv forward's A (the weights as
+// (Cout, KH*KW*Cg)); both operands of the linear forward (x, and w as B's columns).
 template <typename T>
 struct RowRunLoader {
   const T* p;     // this thread's run at the current step
@@ -70,32 +80,33 @@ struct RowRunLoader {
   bool row;       // its row exists
 
   FUSEDOPS_HD RowRunLoader(const T* base, int64_t K, int64_t m0, int64_t M, int t)
-      : p(base + (m0 + RunMap::o(t)) * K + RunMap::kk(t)), left(K - RunMap::kk(t)), row(m0 + RunMap::o(t) < M) {}
+      : p(base + (m0 + RunMap<T>::o(t)) * K + RunMap<T>::kk(t)), left(K - RunMap<T>::kk(t)),
+        row(m0 + RunMap<T>::o(t) < M) {}
   FUSEDOPS_HD const T* src() const { return row && left > 0 ? p : nullptr; }
   FUSEDOPS_HD void next() {
-    p += kRunBK;
-    left -= kRunBK;
+    p += kRunBK<T>;
+    left -= kRunBK<T>;
   }
 };
 
 // A row-major matrix whose rows are the reduction: rows k in [k0, k1), columns [o0, O) of it,
-// each row ld elements apart; run (k, o..o+7) for k < k1 and o < O (O a multiple of kRunLen).
-// A and B of the linear weight gradient (dz and x, k the batch row), B of its input gradient
-// (w, k the output feature).
+// each row ld elements apart; run (k, o..o+kRunLen<T>-1) for k < k1 and o < O (O a multiple of
+// kRunLen<T>). A and B of the linear weight gradient (dz and x, k the batch row), B of its input
+// gradient (w, k the output feature).
 template <typename T>
 struct KMajorRunLoader {
   const T* p;     // this thread's run at the current step
-  int64_t step;   // kRunBK * ld
+  int64_t step;   // kRunBK<T> * ld
   int64_t left;   // k1 - its k
   bool column;    // its columns exist
 
   FUSEDOPS_HD KMajorRunLoader(const T* base, int64_t ld, int64_t o0, int64_t O, int64_t k0, int64_t k1, int t)
-      : p(base + (k0 + KMajorRunMap::k(t)) * ld + o0 + KMajorRunMap::o(t)), step(kRunBK * ld),
-        left(k1 - k0 - KMajorRunMap::k(t)), column(o0 + KMajorRunMap::o(t) < O) {}
+      : p(base + (k0 + KMajorRunMap<T>::k(t)) * ld + o0 + KMajorRunMap<T>::o(t)), step(kRunBK<T> * ld),
+        left(k1 - k0 - KMajorRunMap<T>::k(t)), column(o0 + KMajorRunMap<T>::o(t) < O) {}
   FUSEDOPS_HD const T* src() const { return column && left > 0 ? p : nullptr; }
   FUSEDOPS_HD void next() {
     p += step;
-    left -= kRunBK;
+    left -= kRunBK<T>;
   }
 };
 
@@ -155,8 +166,8 @@ struct DconvGatherRunLoader {
 // B of the conv weight gradient over runs (stored across k): k = conv position p = (n, oh, ow)
 // in [k0, k1), column j = (kh, kw, ci) (the runs' weight order, channels innermost): the input
 // x[n][ih][iw][grp*Cg + ci] at ih = oh*sh - pt + kh*dh, iw = ow*sw - pl + kw*dw, channels_last
-// (channel stride 1); xg = x + grp*Cg. A run is 8 channels of one tap; null past the columns,
-// past k1 or in the padding.
+// (channel stride 1); xg = x + grp*Cg. A run is kRunLen<T> channels of one tap; null past the
+// columns, past k1 or in the padding.
 template <typename T>
 struct Im2colKMajorRunLoader {
   const T* xg;
@@ -170,9 +181,9 @@ struct Im2colKMajorRunLoader {
 
   FUSEDOPS_HD Im2colKMajorRunLoader(const Geometry& g, const T* xg_, int64_t xs0_, int64_t xs2_, int64_t xs3_,
                                     int64_t n0, int64_t k0, int64_t k1, int t)
-      : xg(xg_), xs0(xs0_), xs2(xs2_), xs3(xs3_), p(split(k0 + KMajorRunMap::k(t), g.OH, g.OW)),
-        step(split(kRunBK, g.OH, g.OW)), left(k1 - k0 - KMajorRunMap::k(t)) {
-    const int64_t j = n0 + KMajorRunMap::o(t);
+      : xg(xg_), xs0(xs0_), xs2(xs2_), xs3(xs3_), p(split(k0 + KMajorRunMap<T>::k(t), g.OH, g.OW)),
+        step(split(kRunBK<T>, g.OH, g.OW)), left(k1 - k0 - KMajorRunMap<T>::k(t)) {
+    const int64_t j = n0 + KMajorRunMap<T>::o(t);
     column = j < g.K;
     const Digits tap = split(column ? j : 0, g.KW, g.Cg);  // once per tile
     ih_tap = static_cast<int>(tap.hi * g.dh - g.pt);
@@ -186,7 +197,7 @@ struct Im2colKMajorRunLoader {
   }
   FUSEDOPS_HD void next(const Geometry& g) {
     add(p, step, static_cast<int>(g.OH), static_cast<int>(g.OW));
-    left -= kRunBK;
+    left -= kRunBK<T>;
   }
 };
 

@@ -1,8 +1,8 @@
 // The CUDA conv-block kernels (csrc/cuda/conv_block.cu, up to its launchers) run on the CPU by
 // the block emulator, against a direct convolution in double: the implicit-GEMM forward and,
 // for up to 4 input channels per group, the direct forward at both widths (output and window
-// offsets), for 16-bit channels_last input with channels a multiple of 8 the channel-run
-// forward, and the backward's gradient launch (conv_grads_kernel: input,
+// offsets), for 16-bit and TF32 channels_last input with channels a multiple of a run (8 / 4)
+// the channel-run forward, and the backward's gradient launch (conv_grads_kernel: input,
 // weight and bias gradients, the weight gradient over several split-K counts, the bias
 // gradient over one and several splits), the first layers' direct weight and bias gradient
 // (conv_weight_grad_direct_kernel, over several split counts), for every element type, over
@@ -119,10 +119,10 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                 [&](const T* bias, T* y, int32_t* off) {
                   conv_pool_gemm_kernel<T, int32_t>(g, x.data(), xs, w.data(), bias, y, off, ys);
                 });
-  if constexpr (sizeof(T) == 2) {
-    // The channel-run forward (channels_last input, Cin/groups a multiple of 8), with the
+  if constexpr (kTensorCores<T>) {
+    // The channel-run forward (channels_last input, Cin/groups a multiple of a run), with the
     // weights as (Cout, KH, KW, Cin/groups).
-    if (x_channels_last && g.Cg % kRunLen == 0) {
+    if (x_channels_last && g.Cg % kRunLen<T> == 0) {
       std::vector<T> wk(w.size());
       for (int64_t co = 0; co < g.Cout; ++co)
         for (int64_t ci = 0; ci < g.Cg; ++ci)
@@ -323,12 +323,12 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
     }
   }
 
-  if constexpr (sizeof(T) == 2) {
+  if constexpr (kTensorCores<T>) {
     // The backward over channel runs (conv_backward_channel_runs: channels_last input, Cin/groups
-    // and Cout/groups multiples of 8, unit stride): dconv channels_last, the weights as (groups,
+    // and Cout/groups multiples of a run, unit stride): dconv channels_last, the weights as (groups,
     // Cin/groups, KH, KW, Cout/groups), dx channels_last, the weight gradient's columns in
     // (kh, kw, ci) order until sum_grad_partials_kernel puts them in dw's.
-    if (x_channels_last && g.Cg % kRunLen == 0 && g.Coutg % kRunLen == 0 && g.sh == 1 && g.sw == 1) {
+    if (x_channels_last && g.Cg % kRunLen<T> == 0 && g.Coutg % kRunLen<T> == 0 && g.sh == 1 && g.sw == 1) {
       std::vector<T> dconv_cl(dconv.size()), wt(w.size());
       for (int64_t n = 0; n < g.N; ++n)
         for (int64_t co = 0; co < g.Cout; ++co)
@@ -357,7 +357,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                 out[(sp * g.Cout + co) * g.K + ci * g.KH * g.KW + tap] = part[(sp * g.Cout + co) * g.K + tap * g.Cg + ci];
         return out;
       };
-      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK);
+      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK<T>);
       std::vector<T> dx(want_dx.size(), from_double<T>(12345.0)), db(g.Cout, from_double<T>(12345.0));
       std::vector<Acc> dw_part(plan.splits * g.Cout * g.K, Acc(NAN)), db_part(plan.db_splits * g.Cout, Acc(NAN));
       run_runs(" channel-run gradients", plan, dx, dw_part, db_part, db);
@@ -384,7 +384,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                  ", want " + std::to_string(want_dw[i]));
       }
       for (int64_t splits : splits_list) {  // the weight gradient alone
-        const GradBlocks alone = grad_blocks(g, false, true, false, splits, kRunBK);
+        const GradBlocks alone = grad_blocks(g, false, true, false, splits, kRunBK<T>);
         std::vector<T> none;
         std::vector<Acc> part(splits * g.Cout * g.K, Acc(NAN)), no_part;
         run_runs(" channel-run weight gradient", alone, none, part, no_part, none);
@@ -456,7 +456,7 @@ int main() {
   check_direct_channels();
   for (const Case& c : cases) {
 #ifdef FUSEDOPS_EMULATOR_RUNS_QUICK  // the first channel-run case in float16 only (tests the emulator's cp.async)
-    if (c.C % kRunLen != 0 || c.C != c.Cout / 2) continue;
+    if (c.C % kRunLen<__half> != 0 || c.C != c.Cout / 2) continue;
     check_case<__half>(c, true, true, {1});
     break;
 #endif

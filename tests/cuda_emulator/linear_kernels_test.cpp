@@ -1,9 +1,9 @@
 // The CUDA linear kernels (csrc/cuda/linear.cu, up to its launchers) run on the CPU by the
 // block emulator, against products in double: the forward with bias and ReLU (and its mask),
 // the input gradient and the weight gradient over several split-K counts, for every element
-// type, over shapes with partial tiles in every dimension (for float16/bfloat16 also over
-// 16-byte runs: the forward where in features are a multiple of 8, the gradients where in and
-// out features are); and the smooth activations (gelu, gelu_tanh, silu) of the forward's
+// type, over shapes with partial tiles in every dimension (for float16/bfloat16 and TF32 also
+// over 16-byte runs: the forward where in features are a multiple of a run, 8 / 4, the gradients
+// where in and out features are); and the smooth activations (gelu, gelu_tanh, silu) of the forward's
 // epilogue and of the gradient pass against their formulas in double, tails included. Built
 // and run by tests/test_cuda_emulator.py; exit status 1 on failure.
 
@@ -54,8 +54,8 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
       }
   };
   check_forward(" forward", [](auto... a) { linear_forward_kernel<T>(a...); });
-  if constexpr (sizeof(T) == 2) {
-    if (in_f % kRunLen == 0) {  // the launcher's choice on sm_80+ (x and w 16-byte aligned here)
+  if constexpr (kTensorCores<T>) {
+    if (in_f % kRunLen<T> == 0) {  // the launcher's choice on sm_80+ (x and w 16-byte aligned here)
       check_forward(" forward over runs", [](auto... a) { linear_forward_runs_kernel<T>(a...); });
       ++run_checks;
     }
@@ -105,10 +105,10 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
 
   check_input_grad(" input gradient", [](auto... a) { linear_input_grad_kernel<T>(a...); });
   check_weight_grad(" weight gradient", kBK, [](auto... a) { linear_weight_grad_kernel<T>(a...); });
-  if constexpr (sizeof(T) == 2) {
-    if (in_f % kRunLen == 0 && out_f % kRunLen == 0) {  // linear_backward's choice on sm_80+ (aligned here)
+  if constexpr (kTensorCores<T>) {
+    if (in_f % kRunLen<T> == 0 && out_f % kRunLen<T> == 0) {  // linear_backward's choice on sm_80+ (aligned here)
       check_input_grad(" input gradient over runs", [](auto... a) { linear_input_grad_runs_kernel<T>(a...); });
-      check_weight_grad(" weight gradient over runs", kRunBK,
+      check_weight_grad(" weight gradient over runs", kRunBK<T>,
                         [](auto... a) { linear_weight_grad_runs_kernel<T>(a...); });
       ++grad_run_checks;
     }
