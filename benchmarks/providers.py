@@ -4,14 +4,16 @@
 a user gets), ``fusedops-<backend>`` (the same with each backend that runs on the device),
 ``fusedops-auto-channels_last`` (the fused model and its inputs in channels_last: automatic
 choice sees the layout), on CUDA ``fusedops-cuda-channels_last`` (the same on the cuda
-backend, whose 16-bit forward reads channels_last input in runs of channels), ``eager``
+backend, whose kernels read channels_last input in runs of channels in place, where
+``fusedops-cuda`` reads them from a channels_last copy of the NCHW input), ``eager``
 (NCHW), ``eager-channels_last`` (with ``cudnn.benchmark=True`` on CUDA), ``compile``
 (``torch.compile`` default), on CUDA ``compile-max-autotune``
 (``mode="max-autotune-no-cudagraphs"``), ``<provider>-graph`` (CUDA-graph replay of
 ``eager`` and of each fusedops provider: small layers are launch-bound) and, for the conv
 workloads, ``fusedops-triton-gather`` (the Triton backend with ``FUSEDOPS_TRITON_CHANNEL_RUNS=0``:
-its kernels gather element by element instead of reading runs of channels, to compare in the
-same run).
+its kernels gather element by element instead of reading runs of channels) and
+``fusedops-cuda-tiles`` (the cuda backend with ``FUSEDOPS_CUDA_CHANNEL_RUNS=0``: its tile
+kernels, reading the NCHW input in place), to compare in the same run.
 """
 
 from __future__ import annotations
@@ -65,13 +67,16 @@ def make_providers(workload: Workload, device: str, dtype: torch.dtype, wanted: 
         out.append(Provider("fusedops-auto-channels_last", fusedops.fuse(copy.deepcopy(cl)), channels_last=True,
                             cudnn_benchmark=device == "cuda"))
         if device == "cuda" and "cuda" in fusedops_backends_for(device):
-            # The cuda backend's forward reads 16-bit channels_last input in runs of channels.
+            # The cuda backend reads channels_last input in runs of channels in place.
             out.append(Provider("fusedops-cuda-channels_last", fusedops.fuse(copy.deepcopy(cl), backend="cuda"),
                                 channels_last=True))
     out.append(Provider("compile", torch.compile(copy.deepcopy(base)), eager_autograd=False))
     if device == "cuda" and workload.op == "conv_block" and "triton" in fusedops_backends_for(device):
         out.append(Provider("fusedops-triton-gather", fusedops.fuse(base, backend="triton"),
                             env={"FUSEDOPS_TRITON_CHANNEL_RUNS": "0"}))
+    if device == "cuda" and workload.op == "conv_block" and "cuda" in fusedops_backends_for(device):
+        out.append(Provider("fusedops-cuda-tiles", fusedops.fuse(base, backend="cuda"),
+                            env={"FUSEDOPS_CUDA_CHANNEL_RUNS": "0"}))
     if device == "cuda":
         out.append(
             Provider(

@@ -387,7 +387,8 @@ def parse_args(argv=None):
                         f"runs. Here, on {default_device}: {', '.join(provider_names(default_device))}"
                         + ("" if default_device == "cuda" else "; on CUDA also compile-max-autotune, "
                            "<provider>-graph (CUDA-graph replays) and, for conv blocks, fusedops-triton-gather "
-                           "(Triton with FUSEDOPS_TRITON_CHANNEL_RUNS=0)"))
+                           "(Triton with FUSEDOPS_TRITON_CHANNEL_RUNS=0) and fusedops-cuda-tiles (the cuda backend "
+                           "with FUSEDOPS_CUDA_CHANNEL_RUNS=0)"))
     parser.add_argument("--skip-providers", default=None,
                         help="comma list of provider name prefixes to leave out (e.g. compile-max-autotune)")
     parser.add_argument("--rounds", type=_positive_int, default=None,

@@ -217,12 +217,12 @@ CONV_CONFIGS: List[ConvCase] = [
           purpose="grids of 1176 programs/blocks (several waves); CUDA: 55 split-K slices"),
     _conv("empty split-K slices 3->16 99x171 b8", (8, 3, 99, 171), 16, 3, padding=1, jvp=True,
           purpose="CUDA: 264 split-K slices of 528 positions over 135432: the last ones empty; direct forward"),
-    _conv("int16 offsets, gemm 8->4 pool 12x12/2", (1, 8, 16, 16), 4, 3, padding=1, pool_kernel_size=12,
+    _conv("int16 offsets, gemm 6->4 pool 12x12/2", (1, 6, 16, 16), 4, 3, padding=1, pool_kernel_size=12,
           pool_stride=2, jvp=True, purpose="144-tap windows: int16 offsets through the CUDA gemm forward"),
     _conv("int32 offsets, direct 2->2 pool 182", (1, 2, 184, 184), 2, 3, pool_kernel_size=182, jvp=True,
           purpose="33124-tap window: int32 offsets, CUDA direct forward"),
-    _conv("int32 offsets, gemm 8->4 pool 182", (1, 8, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
-          scale_weight=True, purpose="int32 offsets through the CUDA gemm forward"),
+    _conv("int32 offsets, gemm 6->4 pool 182", (1, 6, 184, 184), 4, 3, pool_kernel_size=182, jvp=True,
+          scale_weight=True, purpose="int32 offsets through the CUDA gemm forward (6 channels: no runs in any type)"),
     _conv("runs 40->80 channels_last", (2, 40, 10, 9), 80, 3, padding=1, layout="channels_last",
           precisions=("bf16", "fp16", "tf32"),
           purpose="CUDA: the channel-run forward (k steps across kernel taps, a last step past K) and backward, "
@@ -499,9 +499,10 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     t, off = CUDA_TYPES[precision], OFFSET_TYPES[p.offsets_dtype()]
     q = n * ph * pw
     out = set()
-    # conv_forward_channel_runs: 16-bit or TF32, channels contiguous, every pixel 16-byte aligned (a
-    # dense channels_last tensor with Cin/groups a multiple of a run: 8 / 4 channels), sm_80+.
-    forward_runs = case.layout == "channels_last" and len(case.input) == 4 and _runs(precision, cg)
+    # conv_forward_channel_runs: 16-bit or TF32 with Cin/groups a multiple of a run (8 / 4 channels)
+    # and more than the direct kernel's, sm_80+; an input without channel runs in place (NCHW,
+    # sliced, transposed) read from a channels_last copy (bindings.cpp conv_input).
+    forward_runs = _runs(precision, cg) and cg > c["kDirectMaxChannels"]
     # conv_block.cu direct_channels. Its 32-bit checks (an image's span, the rows and columns a
     # window reaches) pass for dense inputs of fewer than 2^31 elements per image with small
     # paddings, which every case here is: they are mirrored by that bound alone.

@@ -95,6 +95,56 @@ def test_gpu_kernels_do_the_work():
     assert all(g.isfinite().all() for g in first)
 
 
+def _cuda_kernels(fn):
+    """What fn() returns, and the names of the CUDA kernels it launched (profiler, demangled)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gpu_channel_runs_in_every_layout_and_switched_off(monkeypatch, dtype, layout):
+    """A 16-bit or TF32 conv block with whole runs of channels runs the channel-run kernels
+    (forward and backward) whatever the input's layout (an NCHW input through a channels_last
+    copy) and returns the input gradient in the input's layout; FUSEDOPS_CUDA_CHANNEL_RUNS=0
+    takes the tile kernels instead. Small integers make every product and sum exact in both
+    (whatever their order), so the two must agree bit for bit, the pool's ties included."""
+    _needs_cuda_backend()
+    from tests.gpu_checks import tf32_flags
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def ints(*shape, high=3):
+        return torch.randint(-high, high + 1, shape, device="cuda", generator=gen).to(dtype)
+
+    x = ints(4, 16, 12, 12)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w, gy = ints(32, 16, 3, 3, high=2).requires_grad_(), ints(4, 32, 6, 6, high=2)
+
+    def step():
+        y = fusedops.conv_relu_maxpool2d(x, w, padding=1, pool_kernel_size=2, backend="cuda")
+        return (y, *torch.autograd.grad(y, (x, w), gy))
+
+    with tf32_flags(True):
+        runs, launched = _cuda_kernels(step)
+        monkeypatch.setenv("FUSEDOPS_CUDA_CHANNEL_RUNS", "0")
+        tiles, launched_off = _cuda_kernels(step)
+    names = " ".join(launched)
+    assert "conv_pool_runs_kernel" in names and "conv_grads_runs_kernel" in names, sorted(launched)
+    off = " ".join(launched_off)
+    assert "conv_pool_gemm_kernel" in off and "conv_grads_kernel" in off and "runs_kernel" not in off, \
+        sorted(launched_off)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert runs[1].is_contiguous(memory_format=fmt) and tiles[1].is_contiguous(memory_format=fmt)
+    for what, a, b in zip(("y", "dx", "dw"), runs, tiles):
+        assert torch.equal(a, b), f"{what}: runs and tiles differ at {(a != b).nonzero()[:5].tolist()}"
+
+
 @pytest.mark.gpu
 def test_gpu_bad_inputs_get_clear_errors():
     _needs_cuda_backend()

@@ -51,8 +51,8 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
   output channels a thread where a group has >= 4: ``basic_2x2_pool``, a partial chunk; else 1:
   ``depthwise``) and gemm, each for
   float/double/half/bfloat16 x int8/int16/int32 offsets: grid cases (int8; direct int16:
-  pool_large_window_int16), ``int16 offsets, gemm 8->4 pool 12x12/2``, ``int32 offsets, direct
-  2->2 pool 182`` and ``int32 offsets, gemm 8->4 pool 182`` (33124-tap windows), all precisions.
+  pool_large_window_int16), ``int16 offsets, gemm 6->4 pool 12x12/2``, ``int32 offsets, direct
+  2->2 pool 182`` and ``int32 offsets, gemm 6->4 pool 182`` (33124-tap windows), all precisions.
   The same cases reach bias grad, un-pool and (``jvp``) the tangent kernel in every instance.
 - gemm: second M tile (Cout/g > 64: ``deep 500->96``), groups (``winograd_groups_same_ceil``),
   several waves (``multi-wave 32->64 56x56 b96``: 1176 blocks).
@@ -62,6 +62,13 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
 - grid-stride loops (65536 blocks of 256 threads per pass) running twice or more: direct
   forward, un-pool and tangent (``grid-stride 1->2 1024x1024 b17``, 17.8M outputs per
   channel), split-K sum (``grid-stride 1024->2048 3x3``: 18.9M weights).
+- channel runs (run_gemm.cuh: 16-byte runs, fp16/bf16 with Cin/groups a multiple of 8, TF32 of
+  4, in any input layout: a channels_last copy where the input has no runs in place): forward,
+  gradients (unit stride, Cout/groups a multiple of a run too) and the channels_last un-pool per
+  type x offsets: the ``runs ...`` cases and every grid case with such channel counts; TF32's
+  runs of 4 where the 16-bit types take the tile engine: ``runs of 4 channels 12->20
+  channels_last``; linear over runs where in (and out) features are whole runs: ``x40`` cases,
+  ``gradient runs 70x40->24``, ``runs of 4 features 70x36->20``.
 - linear: forward/input grad/weight grad/split-K sum/column sum/activation grad (relu, smooth)
   per element type: grid; second M and N tiles (``200x40->100``); split-K one / several / empty
   (``135432x48->40``); grid-stride twice: activation grad (``16400x64->1024``), split-K sum
@@ -100,7 +107,8 @@ def test_the_cuda_mirror_uses_the_sources_constants():
     """tests/gpu_cases.py decides as csrc/cuda does, with the same constants."""
     c = gpu_cases.CUDA_CONSTANTS
     sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_loaders.h", "tile_gemm.cuh", "common.cuh",
-                                                                "conv_block.cu", "linear.cu", "run_loaders.h")}
+                                                                "conv_block.cu", "linear.cu", "run_loaders.h",
+                                                                "bindings.cpp")}
     expected = {
         "tile_loaders.h": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
                            rf"kThreads = {c['kThreads']};"],
@@ -138,8 +146,12 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"grid_for\(dw_count \+ db_count\)",
                           r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
                           r"const int64_t len = run_len\(dtype\);",
-                          r"return len > 0 && cc_major >= 8 && runs\(g\.Cg\) &&",
-                          r"xs\.s\[1\] == 1 && runs\(xs\.s\[0\]\) && runs\(xs\.s\[2\]\) &&\s+runs\(xs\.s\[3\]\)"],
+                          r"return len > 0 && cc_major >= 8 && runs\(g\.Cg\) && g\.Cg > kDirectMaxChannels &&",
+                          r"xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) &&\s+pixel_step\(xs\.s\[2\], g\.H\) && "
+                          r"pixel_step\(xs\.s\[3\], g\.W\)"],
+        "bindings.cpp": [r"if \(can\(input\.const_data_ptr\(\), strides_of\(input\)\)\) return \{input, true\};",
+                         r"if \(!can\(nullptr, copy_strides\)\) return \{input, false\};",
+                         r"const ConvInput in = output_mask\[0\] \|\| output_mask\[1\]\s+\? conv_input\("],
         "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunBytes']} / static_cast<int>\(sizeof\(T\)\);",
                           rf"constexpr int kRunBK = {c['kRunsPerStep']} \* kRunLen<T>;"],
         "linear.cu": [r"if constexpr \(kTensorCores<T>\) \{\s+// 16-byte runs",

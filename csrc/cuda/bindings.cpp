@@ -11,6 +11,7 @@
 
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -77,6 +78,31 @@ std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, in
   return bias->contiguous();
 }
 
+// What the conv block's kernels read as its input, and whether over 16-byte channel runs:
+// `can(x, strides)` says whether the channel-run kernels take an input (kernels.h
+// conv_forward_channel_runs / conv_backward_channel_runs). The input itself where it has runs
+// (channels_last, or contiguous channels at every pixel); else its channels_last copy where that
+// has them (a dense NCHW input, a transposed or sliced one: one copy a call, as the Triton
+// backend makes); else the input, for the tile kernels. FUSEDOPS_CUDA_CHANNEL_RUNS=0 turns runs
+// off (read at each call, so that one process can time both engines).
+struct ConvInput {
+  at::Tensor x;
+  bool runs;
+};
+template <typename Can>
+ConvInput conv_input(const at::Tensor& input, const Geometry& g, const Can& can) {
+  const char* env = std::getenv("FUSEDOPS_CUDA_CHANNEL_RUNS");
+  if (env && std::string(env) == "0") return {input, false};
+  if (can(input.const_data_ptr(), strides_of(input))) return {input, true};
+  // A dense channels_last copy's strides; a fresh allocation is 16-byte aligned (null stands for it).
+  const cuda::Strides4 copy_strides{{g.H * g.W * g.C, 1, g.W * g.C, g.C}};
+  if (!can(nullptr, copy_strides)) return {input, false};
+  at::Tensor x = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+  x.copy_(input);
+  if (can(x.const_data_ptr(), strides_of(x))) return {x, true};
+  return {input, false};
+}
+
 Geometry checked_conv_geometry(Geometry g) {
   TORCH_CHECK_VALUE(g.G <= 65535, "the cuda backend supports groups up to 65535, got ", g.G);
   // The kernels keep coordinates inside an image in 32 bits (kernels.h).
@@ -107,16 +133,19 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
   // The channel-run forward reads the weight as (Cout, KH, KW, Cin/groups): no copy for a
   // channels_last weight (a module converted with .to(memory_format=torch.channels_last)); the
   // other forwards read it as (Cout, Cin/groups, KH, KW).
+  const int cc = compute_capability_major(input.device().index());
+  const ConvInput in = conv_input(input, g, [&](const void* x, cuda::Strides4 xs) {
+    return cuda::conv_forward_channel_runs(dtype, g, x, xs, cc);
+  });
   at::Tensor w, w_runs;
-  if (cuda::conv_forward_channel_runs(dtype, g, input.const_data_ptr(), strides_of(input),
-                                      compute_capability_major(input.device().index()))) {
+  if (in.runs) {
     w_runs = weight.permute({0, 2, 3, 1}).contiguous();
     if (reinterpret_cast<uintptr_t>(w_runs.const_data_ptr()) % 16 != 0) w_runs = w_runs.clone();
   } else {
     w = weight.contiguous();
   }
-  C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, input.const_data_ptr(),
-                                          strides_of(input), w.defined() ? w.const_data_ptr() : nullptr,
+  C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, in.x.const_data_ptr(),
+                                          strides_of(in.x), w.defined() ? w.const_data_ptr() : nullptr,
                                           w_runs.defined() ? w_runs.const_data_ptr() : nullptr,
                                           b ? b->const_data_ptr() : nullptr,
                                           out.mutable_data_ptr(), offsets.mutable_data_ptr(), strides_of(out),
@@ -147,9 +176,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
     // the other) writes the input gradient channels_last and reads the weight, which only the
     // input gradient needs, as (groups, Cin/groups, KH, KW, Cout/groups); the other writes NCHW
     // and reads the weight as (Cout, Cin/groups, KH, KW).
-    const bool runs = (output_mask[0] || output_mask[1]) &&
-                      cuda::conv_backward_channel_runs(dtype, g, input.const_data_ptr(), strides_of(input),
-                                                       compute_capability_major(input.device().index()));
+    const int cc = compute_capability_major(input.device().index());
+    const ConvInput in = output_mask[0] || output_mask[1]
+                             ? conv_input(input, g, [&](const void* x, cuda::Strides4 xs) {
+                                 return cuda::conv_backward_channel_runs(dtype, g, x, xs, cc);
+                               })
+                             : ConvInput{input, false};
+    const bool runs = in.runs;
     at::Tensor w;
     if (output_mask[0]) {
       w = runs ? weight.reshape({g.G, g.Coutg, g.Cg, g.KH, g.KW}).permute({0, 2, 3, 4, 1}).contiguous()
@@ -161,12 +194,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
         workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[0], output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
         dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
-        offsets.const_data_ptr(), strides_of(offsets), input.const_data_ptr(), strides_of(input),
+        offsets.const_data_ptr(), strides_of(offsets), in.x.const_data_ptr(), strides_of(in.x),
         w.defined() ? w.const_data_ptr() : nullptr, runs, output_mask[0] ? gi.mutable_data_ptr() : nullptr,
         output_mask[1] ? gw.mutable_data_ptr() : nullptr, output_mask[2] ? gb.mutable_data_ptr() : nullptr,
         ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
-    // An input with contiguous channels that is not channels_last (a channel slice of a wider
-    // tensor, say) takes the channel-run backward too: its gradient in the input's format.
+    // The channel-run backward writes the input gradient channels_last, whatever the input's
+    // layout (an NCHW one read from its copy, a channel slice in place): back to the input's format.
     if (runs && output_mask[0] && output_format(input) != at::MemoryFormat::ChannelsLast) gi = gi.contiguous();
   }
   gi = in_input_format(gi, input);

@@ -773,9 +773,12 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
   const int64_t len = run_len(dtype);
   const auto runs = [len](int64_t v) { return v % len == 0; };
-  return len > 0 && cc_major >= 8 && runs(g.Cg) &&
-         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && xs.s[1] == 1 && runs(xs.s[0]) && runs(xs.s[2]) &&
-         runs(xs.s[3]) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // A size-1 dim's stride never meets a nonzero index (an (N, C, 1, 1) tensor is both layouts).
+  const auto pixel_step = [&](int64_t stride, int64_t size) { return size == 1 || runs(stride); };
+  // Few channels a group (a first layer) keep the direct kernel.
+  return len > 0 && cc_major >= 8 && runs(g.Cg) && g.Cg > kDirectMaxChannels &&
+         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && xs.s[1] == 1 && pixel_step(xs.s[0], g.N) &&
+         pixel_step(xs.s[2], g.H) && pixel_step(xs.s[3], g.W) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {

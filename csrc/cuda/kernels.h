@@ -44,9 +44,11 @@ inline int64_t conv_coordinate_reach(const Geometry& g) {
 }
 
 // Whether the conv-block forward can read the input in 16-byte channel runs (run_gemm.cuh):
-// float16/bfloat16 or Tf32 x, channels contiguous (xs.s[1] == 1) and 16-byte aligned at every
-// pixel (Cin/groups and the other strides multiples of a run, 8 / 4 elements, x 16-byte
-// aligned), on a GPU of compute capability cc_major >= 8 (cp.async, 16-bit and TF32 wmma).
+// float16/bfloat16 or Tf32 x, more than kDirectMaxChannels (4) channels a group (fewer take the
+// direct kernel), channels contiguous (xs.s[1] == 1) and 16-byte aligned at every pixel
+// (Cin/groups and the strides of the dims longer than 1 multiples of a run, 8 / 4 elements, x
+// 16-byte aligned), on a GPU of compute capability cc_major >= 8 (cp.async, 16-bit and TF32
+// wmma).
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
 
 // Fused conv + bias + ReLU + max-pool forward: y and offsets (offset_bytes = 1, 2 or 4 per
