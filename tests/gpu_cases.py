@@ -558,9 +558,10 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         out.add(f"conv bias grad<{t},{off}>")
     out.add(f"conv unpool{' channels_last' if runs else ''}<{t},{off}>")
     out |= _grid_stride("conv unpool", n * cout * oh * ow)
-    out.add(f"conv input grad{name}<{t}>")
-    if cg > c["kBM"]:
-        out.add(f"conv input grad{name}: second {'N' if runs else 'M'} tile")
+    if case.input_grad:
+        out.add(f"conv input grad{name}<{t}>")
+        if cg > c["kBM"]:
+            out.add(f"conv input grad{name}: second {'N' if runs else 'M'} tile")
     out.add(f"conv weight grad{name}<{t}>")
     if coutg > c["kBM"]:
         out.add(f"conv weight grad{name}: second M tile")

@@ -128,7 +128,9 @@ def test_gpu_channel_runs_in_every_layout_and_switched_off(monkeypatch, dtype, l
 
     def step():
         y = fusedops.conv_relu_maxpool2d(x, w, padding=1, pool_kernel_size=2, backend="cuda")
-        return (y, *torch.autograd.grad(y, (x, w), gy))
+        # and the input gradient alone (the weight frozen), which reads no copy of x
+        frozen = fusedops.conv_relu_maxpool2d(x, w.detach(), padding=1, pool_kernel_size=2, backend="cuda")
+        return (y, *torch.autograd.grad(y, (x, w), gy), *torch.autograd.grad(frozen, x, gy))
 
     with tf32_flags(True):
         runs, launched = _cuda_kernels(step)
@@ -140,8 +142,9 @@ def test_gpu_channel_runs_in_every_layout_and_switched_off(monkeypatch, dtype, l
     assert "conv_pool_gemm_kernel" in off and "conv_grads_kernel" in off and "runs_kernel" not in off, \
         sorted(launched_off)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    assert runs[1].is_contiguous(memory_format=fmt) and tiles[1].is_contiguous(memory_format=fmt)
-    for what, a, b in zip(("y", "dx", "dw"), runs, tiles):
+    assert all(t.is_contiguous(memory_format=fmt) for t in (runs[1], runs[3], tiles[1], tiles[3]))
+    assert torch.equal(runs[3], runs[1])
+    for what, a, b in zip(("y", "dx", "dw", "dx alone"), runs, tiles):
         assert torch.equal(a, b), f"{what}: runs and tiles differ at {(a != b).nonzero()[:5].tolist()}"
 
 

@@ -146,11 +146,12 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"grid_for\(dw_count \+ db_count\)",
                           r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
                           r"const int64_t len = run_len\(dtype\);",
-                          r"return len > 0 && cc_major >= 8 && runs\(g\.Cg\) && g\.Cg > kDirectMaxChannels &&",
-                          r"xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) &&\s+pixel_step\(xs\.s\[2\], g\.H\) && "
-                          r"pixel_step\(xs\.s\[3\], g\.W\)"],
-        "bindings.cpp": [r"if \(can\(input\.const_data_ptr\(\), strides_of\(input\)\)\) return \{input, true\};",
-                         r"if \(!can\(nullptr, copy_strides\)\) return \{input, false\};",
+                          r"return len > 0 && cc_major >= 8 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
+                          r"runs_at_every_pixel\(len, g, x, xs\);",
+                          r"return xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) && pixel_step\(xs\.s\[2\], g\.H\) "
+                          r"&& pixel_step\(xs\.s\[3\], g\.W\) &&"],
+        "bindings.cpp": [r"if \(can\(input\.const_data_ptr\(\), in_place\.xs\)\) return \{input, in_place\.xs, true\};",
+                         r"if \(!can\(nullptr, copy_strides\)\) return in_place;",
                          r"const ConvInput in = output_mask\[0\] \|\| output_mask\[1\]\s+\? conv_input\("],
         "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunBytes']} / static_cast<int>\(sizeof\(T\)\);",
                           rf"constexpr int kRunBK = {c['kRunsPerStep']} \* kRunLen<T>;"],

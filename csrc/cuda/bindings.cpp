@@ -43,8 +43,8 @@ cuda::DType linear_dtype_of(const at::Tensor& input) {
   return dtype_of(input, at::globalContext().allowTF32CuBLAS());
 }
 
-// The major compute capability of `device` (the kernels' cp.async and 16-bit wmma paths need 8),
-// queried from the runtime once per device.
+// The major compute capability of `device` (the kernels' cp.async and 16-bit / TF32 wmma paths
+// need 8), queried from the runtime once per device.
 int compute_capability_major(c10::DeviceIndex device) {
   static std::array<std::atomic<int>, 64> known{};  // 0: not queried yet
   const bool cached = device >= 0 && device < static_cast<c10::DeviceIndex>(known.size());
@@ -83,24 +83,30 @@ std::optional<at::Tensor> checked_bias(const std::optional<at::Tensor>& bias, in
 // conv_forward_channel_runs / conv_backward_channel_runs). The input itself where it has runs
 // (channels_last, or contiguous channels at every pixel); else its channels_last copy where that
 // has them (a dense NCHW input, a transposed or sliced one: one copy a call, as the Triton
-// backend makes); else the input, for the tile kernels. FUSEDOPS_CUDA_CHANNEL_RUNS=0 turns runs
-// off (read at each call, so that one process can time both engines).
+// backend makes), or, where `read` is false (no kernel reads x: a backward without the weight
+// gradient), no tensor and the copy's strides; else the input, for the tile kernels.
+// FUSEDOPS_CUDA_CHANNEL_RUNS=0 turns runs off (read at each call, so that one process can time
+// both engines).
 struct ConvInput {
-  at::Tensor x;
+  at::Tensor x;  // undefined: not read
+  cuda::Strides4 xs;
   bool runs;
+  const void* data() const { return x.defined() ? x.const_data_ptr() : nullptr; }
 };
 template <typename Can>
-ConvInput conv_input(const at::Tensor& input, const Geometry& g, const Can& can) {
+ConvInput conv_input(const at::Tensor& input, const Geometry& g, bool read, const Can& can) {
+  const ConvInput in_place{input, strides_of(input), false};
   const char* env = std::getenv("FUSEDOPS_CUDA_CHANNEL_RUNS");
-  if (env && std::string(env) == "0") return {input, false};
-  if (can(input.const_data_ptr(), strides_of(input))) return {input, true};
+  if (env && std::string(env) == "0") return in_place;
+  if (can(input.const_data_ptr(), in_place.xs)) return {input, in_place.xs, true};
   // A dense channels_last copy's strides; a fresh allocation is 16-byte aligned (null stands for it).
   const cuda::Strides4 copy_strides{{g.H * g.W * g.C, 1, g.W * g.C, g.C}};
-  if (!can(nullptr, copy_strides)) return {input, false};
+  if (!can(nullptr, copy_strides)) return in_place;
+  if (!read) return {at::Tensor(), copy_strides, true};
   at::Tensor x = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
   x.copy_(input);
-  if (can(x.const_data_ptr(), strides_of(x))) return {x, true};
-  return {input, false};
+  if (can(x.const_data_ptr(), strides_of(x))) return {x, strides_of(x), true};
+  return in_place;
 }
 
 Geometry checked_conv_geometry(Geometry g) {
@@ -134,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
   // channels_last weight (a module converted with .to(memory_format=torch.channels_last)); the
   // other forwards read it as (Cout, Cin/groups, KH, KW).
   const int cc = compute_capability_major(input.device().index());
-  const ConvInput in = conv_input(input, g, [&](const void* x, cuda::Strides4 xs) {
+  const ConvInput in = conv_input(input, g, true, [&](const void* x, cuda::Strides4 xs) {
     return cuda::conv_forward_channel_runs(dtype, g, x, xs, cc);
   });
   at::Tensor w, w_runs;
@@ -144,8 +150,8 @@ std::tuple<at::Tensor, at::Tensor> conv_block_forward_cuda(
   } else {
     w = weight.contiguous();
   }
-  C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, in.x.const_data_ptr(),
-                                          strides_of(in.x), w.defined() ? w.const_data_ptr() : nullptr,
+  C10_CUDA_CHECK(cuda::conv_block_forward(dtype, static_cast<int>(offsets.element_size()), g, in.data(), in.xs,
+                                          w.defined() ? w.const_data_ptr() : nullptr,
                                           w_runs.defined() ? w_runs.const_data_ptr() : nullptr,
                                           b ? b->const_data_ptr() : nullptr,
                                           out.mutable_data_ptr(), offsets.mutable_data_ptr(), strides_of(out),
@@ -177,11 +183,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
     // input gradient needs, as (groups, Cin/groups, KH, KW, Cout/groups); the other writes NCHW
     // and reads the weight as (Cout, Cin/groups, KH, KW).
     const int cc = compute_capability_major(input.device().index());
+    // Only the weight gradient reads x: an input gradient alone needs no copy of it.
     const ConvInput in = output_mask[0] || output_mask[1]
-                             ? conv_input(input, g, [&](const void* x, cuda::Strides4 xs) {
+                             ? conv_input(input, g, output_mask[1], [&](const void* x, cuda::Strides4 xs) {
                                  return cuda::conv_backward_channel_runs(dtype, g, x, xs, cc);
                                })
-                             : ConvInput{input, false};
+                             : ConvInput{input, strides_of(input), false};
     const bool runs = in.runs;
     at::Tensor w;
     if (output_mask[0]) {
@@ -194,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_block_backward_cuda(
         workspace(cuda::conv_block_backward_workspace(dtype, g, output_mask[0], output_mask[1], output_mask[2]), input);
     C10_CUDA_CHECK(cuda::conv_block_backward(
         dtype, static_cast<int>(offsets.element_size()), g, grad_output.const_data_ptr(), strides_of(grad_output),
-        offsets.const_data_ptr(), strides_of(offsets), in.x.const_data_ptr(), strides_of(in.x),
+        offsets.const_data_ptr(), strides_of(offsets), in.data(), in.xs,
         w.defined() ? w.const_data_ptr() : nullptr, runs, output_mask[0] ? gi.mutable_data_ptr() : nullptr,
         output_mask[1] ? gw.mutable_data_ptr() : nullptr, output_mask[2] ? gb.mutable_data_ptr() : nullptr,
         ws.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));

@@ -6,7 +6,7 @@
 //    fewer than 4), each input element loaded once for all 8, the filters in shared memory and
 //    the max over the window in registers.
 //  - conv_pool_gemm_kernel, for the rest: an implicit GEMM (tile_gemm.cuh; tensor cores for
-//    fp16/bf16) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
+//    fp16/bf16 and TF32) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
 //    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
 //    tap in registers, so the conv output never reaches memory.
 //  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 and TF32 channels_last
@@ -714,6 +714,15 @@ __global__ void jvp_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, con
   }
 }
 
+// Whether x has 16-byte runs of `len` channels at every pixel: channels contiguous, x 16-byte
+// aligned, the strides of the dims longer than 1 whole runs (a size-1 dim's stride never meets a
+// nonzero index, so an (N, C, 1, 1) tensor has runs in either layout).
+bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4 xs) {
+  const auto pixel_step = [&](int64_t stride, int64_t size) { return size == 1 || stride % len == 0; };
+  return xs.s[1] == 1 && pixel_step(xs.s[0], g.N) && pixel_step(xs.s[2], g.H) && pixel_step(xs.s[3], g.W) &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
 template <typename F>
 cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
   switch (offset_bytes) {
@@ -741,9 +750,10 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       const int64_t Q = g.N * g.PH * g.PW;
       const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
                       static_cast<unsigned>(g.G));
-      if (w_runs) {  // the caller found conv_forward_channel_runs true
+      if (w_runs) {  // the caller found conv_forward_channel_runs true; what the loads need is rechecked
         if constexpr (kTensorCores<T>) {
-          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w) {
+          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && g.Cg % kRunLen<T> == 0 &&
+              runs_at_every_pixel(kRunLen<T>, g, x, xs)) {
             conv_pool_runs_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs),
                                                                           bp, yp, op, ys);
             return cudaGetLastError();
@@ -772,13 +782,9 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
 
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
   const int64_t len = run_len(dtype);
-  const auto runs = [len](int64_t v) { return v % len == 0; };
-  // A size-1 dim's stride never meets a nonzero index (an (N, C, 1, 1) tensor is both layouts).
-  const auto pixel_step = [&](int64_t stride, int64_t size) { return size == 1 || runs(stride); };
   // Few channels a group (a first layer) keep the direct kernel.
-  return len > 0 && cc_major >= 8 && runs(g.Cg) && g.Cg > kDirectMaxChannels &&
-         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && xs.s[1] == 1 && pixel_step(xs.s[0], g.N) &&
-         pixel_step(xs.s[2], g.H) && pixel_step(xs.s[3], g.W) && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  return len > 0 && cc_major >= 8 && g.Cg % len == 0 && g.Cg > kDirectMaxChannels &&
+         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && runs_at_every_pixel(len, g, x, xs);
 }
 
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
@@ -815,13 +821,14 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
-      // channel_runs: the caller found conv_backward_channel_runs true; its geometry is checked
-      // again here (a wrong dx would follow from a stride or channel count the gather cannot take).
+      // channel_runs: the caller found conv_backward_channel_runs true; its geometry and what the
+      // loads need are checked again here (a wrong dx would follow from a stride or channel count
+      // the gather cannot take, a fault from a misaligned run).
       const bool runs = channel_runs;
-      if (dx && !w) return cudaErrorInvalidValue;
+      if ((dx && !w) || (dw && !x)) return cudaErrorInvalidValue;
       if (runs && (!kTensorCores<T> || g.sh != 1 || g.sw != 1 || g.Cg % run_len(dtype) != 0 ||
-                   g.Coutg % run_len(dtype) != 0 ||
-                   xs.s[1] != 1 || reinterpret_cast<uintptr_t>(w) % 16 != 0))
+                   g.Coutg % run_len(dtype) != 0 || !runs_at_every_pixel(run_len(dtype), g, x, xs) ||
+                   reinterpret_cast<uintptr_t>(w) % 16 != 0))
         return cudaErrorInvalidValue;
       if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
         const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;

@@ -71,7 +71,8 @@ size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_d
 
 // Gradients of the fused conv block. dx (contiguous NCHW), dw (contiguous) and db may each be
 // null when not needed. grad_out and offsets are (N, Cout, PH, PW) with the strides gs / os; w
-// is (Cout, Cin/groups, KH, KW) contiguous (only the input gradient reads it: null without dx).
+// is (Cout, Cin/groups, KH, KW) contiguous (only the input gradient reads it: null without dx);
+// only the weight gradient reads x (null without dw, xs still as the kernels would read it).
 // channel_runs: the caller found conv_backward_channel_runs true and gives w instead as
 // (groups, Cin/groups, KH, KW, Cout/groups) contiguous and 16-byte aligned, and dx channels_last
 // contiguous (N, H, W, C).

@@ -442,9 +442,9 @@ int main() {
       {"3->32 3x3 pad 1, pool 2 (a first layer)", 2, 3, 12, 10, 32, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
       {"2 groups of 2->6, dilation 2, pool 3 stride 2 pad 1", 2, 4, 11, 12, 12, 2, 3, 3, 1, 1, 2, 1, 2, 2, 3, 2, 1, 1},
       {"2 groups of 3->10: two channel chunks each", 2, 6, 7, 8, 20, 2, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
-      // Channel runs: k steps of 32 across kernel taps (Cin/groups 8, 16, 24, 40), a last step
-      // partly past K (K % 32 = 8, 16, 24), two row tiles, three column tiles, padding taps, a
-      // 1x20 kernel, 1x1 convs shorter than a step.
+      // Channel runs: k steps (32 in 16-bit, 16 in TF32) across kernel taps (Cin/groups 8, 16,
+      // 24, 40), a last step partly past K (16-bit: K % 32 = 8, 16, 24), two row tiles, three
+      // column tiles, padding taps, a 1x20 kernel, 1x1 convs shorter than a step.
       {"40->80 3x3 pad 1: runs across taps, two row tiles", 1, 40, 6, 5, 80, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
       {"16->8 1x20 kernel, dilation 2, stride 2", 2, 16, 3, 44, 8, 1, 1, 20, 1, 2, 0, 3, 1, 2, 2, 2, 0, 1},
       {"24->16 1x1, pool 3 stride 2 pad 1", 2, 24, 7, 6, 16, 1, 1, 1, 1, 1, 0, 0, 1, 1, 3, 2, 1, 1},
