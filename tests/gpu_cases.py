@@ -421,9 +421,9 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 
 # Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
 # the sources): tile sizes and threads (tile_loaders.h), the runs' bytes and runs per k step
-# (run_loaders.h; RUN_LEN below from common.cuh run_len), the direct kernel's limits (conv_block.cu), split-K (common.cuh
-# reduction_splits: ~2 blocks per SM of an H100, slices of at least 512), the grid-stride grids
-# (tile_gemm.cuh grid_for: at most 65536 blocks).
+# (run_loaders.h; RUN_LEN below from common.cuh run_len), the direct kernel's limits
+# (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices of
+# at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunBytes": 16, "kRunsPerStep": 4, "kDirectMaxChannels": 4,
     "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3,
