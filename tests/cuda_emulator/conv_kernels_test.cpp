@@ -27,11 +27,13 @@ int channel_run_backward_checks = 0;  // those the channel-run backward ran on
 struct Case {
   const char* name;
   int64_t N, C, H, W, Cout, G, KH, KW, sh, sw, pt, pl, dh, dw, pool_k, pool_s, pool_p, pool_d;
+  int64_t pb = -1, pr = -1;  // bottom and right padding (-1: as top and left)
+  bool ceil_mode = false;    // the pool's
 };
 
 Geometry geometry_of(const Case& c) {
   return test_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.sh, c.sw, c.pt, c.pl, c.dh, c.dw, c.pool_k,
-                       c.pool_s, c.pool_p, c.pool_d);
+                       c.pool_s, c.pool_p, c.pool_d, c.pb, c.pr, c.ceil_mode);
 }
 
 Strides4 strides_of(int64_t c, int64_t h, int64_t w, bool channels_last) {
@@ -452,6 +454,10 @@ int main() {
       {"16->8 1x1 (K = 16), pool 2", 2, 16, 5, 4, 8, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
       // The channel-run backward per group, with dilation and padding.
       {"2 groups of 16->16, dilation 2 pad 2", 2, 32, 7, 6, 32, 2, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 0, 1},
+      // Padding 2 on top and none below, none left and 1 right; a ceil-mode pool whose last
+      // windows reach past the conv output (7 x 5 conv rows and columns, 4 x 3 pooled).
+      {"16->16 asymmetric padding, pool 2 ceil mode", 2, 16, 7, 6, 16, 1, 3, 3, 1, 1, 2, 0, 1, 1, 2, 2, 0, 1, 0, 1,
+       true},
   };
   check_direct_channels();
   for (const Case& c : cases) {
