@@ -138,15 +138,17 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
                           r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
                           r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK\);",
-                          r"return conv_forward_channel_runs\(dtype, g, x, xs, cc_major\) && "
-                          r"g\.Coutg % run_len\(dtype\) == 0 && g\.sh == 1 &&\s+g\.sw == 1 &&",
+                          r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 && "
+                          r"g\.sh == 1 && g\.sw == 1 &&",
+                          r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
+                          r"return cc_major >= 8 && backward_runs_fit\(dtype, g, x, xs\);",
                           r"channel_sum_splits\(positions, g\.Cout\)",
                           r"grid_for\(conv_elems\)",
                           r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
                           r"grid_for\(dw_count \+ db_count\)",
                           r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
                           r"const int64_t len = run_len\(dtype\);",
-                          r"return len > 0 && cc_major >= 8 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
+                          r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
                           r"runs_at_every_pixel\(len, g, x, xs\);",
                           r"return xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) && pixel_step\(xs\.s\[2\], g\.H\) "
                           r"&& pixel_step\(xs\.s\[3\], g\.W\) &&"],

@@ -723,6 +723,23 @@ bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
+// What the channel-run kernels need of a problem, whatever the GPU: a tensor-core type, whole
+// runs of more than kDirectMaxChannels input channels a group (fewer keep the direct kernel), k
+// digits within 32 bits, runs at every pixel of x; the backward also whole runs of output
+// channels and unit stride (its input-gradient gather divides by none). The bindings' choice
+// (conv_forward_channel_runs / conv_backward_channel_runs: these on sm_80+) and the launchers'
+// recheck of it.
+bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
+  const int64_t len = run_len(dtype);
+  return len > 0 && g.Cg % len == 0 && g.Cg > kDirectMaxChannels &&
+         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && runs_at_every_pixel(len, g, x, xs);
+}
+
+bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
+  return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 && g.sh == 1 && g.sw == 1 &&
+         g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
+}
+
 template <typename F>
 cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
   switch (offset_bytes) {
@@ -752,8 +769,7 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                       static_cast<unsigned>(g.G));
       if (w_runs) {  // the caller found conv_forward_channel_runs true; what the loads need is rechecked
         if constexpr (kTensorCores<T>) {
-          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && g.Cg % kRunLen<T> == 0 &&
-              runs_at_every_pixel(kRunLen<T>, g, x, xs)) {
+          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && forward_runs_fit(dtype, g, x, xs)) {
             conv_pool_runs_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs),
                                                                           bp, yp, op, ys);
             return cudaGetLastError();
@@ -781,16 +797,11 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
 }
 
 bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  const int64_t len = run_len(dtype);
-  // Few channels a group (a first layer) keep the direct kernel.
-  return len > 0 && cc_major >= 8 && g.Cg % len == 0 && g.Cg > kDirectMaxChannels &&
-         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && runs_at_every_pixel(len, g, x, xs);
+  return cc_major >= 8 && forward_runs_fit(dtype, g, x, xs);
 }
 
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  return conv_forward_channel_runs(dtype, g, x, xs, cc_major) && g.Coutg % run_len(dtype) == 0 && g.sh == 1 &&
-         g.sw == 1 &&
-         g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
+  return cc_major >= 8 && backward_runs_fit(dtype, g, x, xs);
 }
 
 // Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias
@@ -821,14 +832,12 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
-      // channel_runs: the caller found conv_backward_channel_runs true; its geometry and what the
-      // loads need are checked again here (a wrong dx would follow from a stride or channel count
-      // the gather cannot take, a fault from a misaligned run).
+      // channel_runs: the caller found conv_backward_channel_runs true; it is checked again here
+      // (a wrong dx would follow from a stride or channel count the gather cannot take, a fault
+      // from a misaligned run).
       const bool runs = channel_runs;
       if ((dx && !w) || (dw && !x)) return cudaErrorInvalidValue;
-      if (runs && (!kTensorCores<T> || g.sh != 1 || g.sw != 1 || g.Cg % run_len(dtype) != 0 ||
-                   g.Coutg % run_len(dtype) != 0 || !runs_at_every_pixel(run_len(dtype), g, x, xs) ||
-                   reinterpret_cast<uintptr_t>(w) % 16 != 0))
+      if (runs && (!backward_runs_fit(dtype, g, x, xs) || reinterpret_cast<uintptr_t>(w) % 16 != 0))
         return cudaErrorInvalidValue;
       if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
         const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
