@@ -436,6 +436,7 @@ OFFSET_TYPES = {torch.int8: "int8", torch.int16: "int16", torch.int32: "int32"}
 # Elements of a 16-byte run of the types the run engine takes (common.cuh run_len): the
 # tensor-core types.
 RUN_LEN = {"bf16": 8, "fp16": 8, "tf32": 4}
+RUN_TYPES = {CUDA_TYPES[p] for p in RUN_LEN}  # their kernel template arguments
 # Blocks of one wave: 132 SMs (H100 SXM) x 8 resident 256-thread blocks.
 ONE_WAVE = 132 * 8
 
@@ -629,13 +630,13 @@ def cuda_required() -> Set[str]:
     out = set()
     for t in types_:
         for off in offs:
-            if t in ("half", "bfloat16", "tf32"):
+            if t in RUN_TYPES:
                 out |= {f"conv forward runs<{t},{off}>", f"conv grads runs<{t},{off}>",
                         f"conv unpool channels_last<{t},{off}>"}
             out |= {f"conv forward direct<{t},{off}>", f"conv forward gemm<{t},{off}>", f"conv grads<{t},{off}>",
                     f"conv bias grad<{t},{off}>",
                     f"conv unpool<{t},{off}>", f"conv jvp<{t},{off}>"}
-        if t in ("half", "bfloat16", "tf32"):
+        if t in RUN_TYPES:
             out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>",
                     f"conv input grad runs<{t}>", f"conv weight grad runs<{t}>"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
