@@ -7,10 +7,12 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "cuda/run_loaders.h"
 #include "cuda/tile_loaders.h"
 #include "cuda_test_geometry.h"
 
@@ -248,6 +250,51 @@ void check_large_weight_gradient() {
   }
 }
 
+// The stride phases of the channel-run input gradient (run_loaders.h axis_phase), one axis:
+// for every stride, dilation, padding, kernel and input size here, the (input, tap) pairs the
+// phases enumerate (input r + s*q, tap first + t*tap_step, read output q + out0 - t*out_step)
+// must be exactly the pairs whose output (i + p - kk*d) / s divides, each once, at that output
+// (a stride of 2^40 too: an output of 1 whose stride no coordinate reaches).
+// Returns how many axes it checked.
+int check_axis_phases() {
+  int axes = 0;
+  for (int64_t s : {int64_t(1), int64_t(2), int64_t(3), int64_t(4), int64_t(5), int64_t(1) << 40})
+    for (int64_t d = 1; d <= 4; ++d)
+      for (int64_t p = 0; p <= 4; ++p)
+        for (int64_t kernel = 1; kernel <= 7; ++kernel)
+          for (int64_t in : {1, 2, 5, 12, 13}) {
+            const std::string at = "axis_phase s=" + std::to_string(s) + " d=" + std::to_string(d) + " p=" +
+                                   std::to_string(p) + " kernel=" + std::to_string(kernel) + " in=" +
+                                   std::to_string(in);
+            std::vector<int> seen(in * kernel, 0);
+            int64_t rows = 0;
+            for (int64_t r = 0; r < std::min(s, in); ++r) {  // phases r >= in have no inputs
+              const AxisPhase ph = axis_phase(r, s, d, p, kernel, in);
+              rows += ph.rows;
+              for (int64_t q = 0; q < ph.rows; ++q)
+                for (int64_t t = 0; t < ph.taps; ++t) {
+                  const int64_t i = r + s * q, kk = ph.first + t * ph.tap_step, o = q + ph.out0 - t * ph.out_step;
+                  if (i >= in || kk >= kernel || o * s - p + kk * d != i) {
+                    fail(at + " r=" + std::to_string(r) + ": input " + std::to_string(i) + " tap " +
+                         std::to_string(kk) + " reads output " + std::to_string(o));
+                    continue;
+                  }
+                  ++seen[i * kernel + kk];
+                }
+            }
+            if (rows != in) fail(at + ": the phases' rows sum to " + std::to_string(rows));
+            for (int64_t i = 0; i < in; ++i)
+              for (int64_t kk = 0; kk < kernel; ++kk) {
+                const int want = (i + p - kk * d) % s == 0 ? 1 : 0;
+                if (seen[i * kernel + kk] != want)
+                  fail(at + ": input " + std::to_string(i) + " tap " + std::to_string(kk) + " enumerated " +
+                       std::to_string(seen[i * kernel + kk]) + " times, want " + std::to_string(want));
+              }
+            ++axes;
+          }
+  return axes;
+}
+
 }  // namespace
 
 int main() {
@@ -288,6 +335,8 @@ int main() {
     }
   }
   check_large_weight_gradient();
-  std::printf("%d conv geometries, %d tiles checked, %d failures\n", convs, tiles, failures);
+  const int axes = check_axis_phases();
+  std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d failures\n", convs, tiles, axes,
+              failures);
   return failures ? 1 : 0;
 }

@@ -242,6 +242,14 @@ CONV_CONFIGS: List[ConvCase] = [
           precisions=("tf32", "bf16"),
           purpose="CUDA: TF32 runs of 4 channels where 16-bit types take the gemm (12 and 20 channels): k steps of "
                   "16 across kernel taps, a partial last step, the backward over runs"),
+    _conv("runs stride 2 16->32 channels_last b3 17x16", (3, 16, 17, 16), 32, 3, stride=2, padding=1,
+          layout="channels_last", precisions=("bf16", "fp16", "tf32"), backends=("cuda",),
+          purpose="CUDA: the channel-run input gradient by stride phase: four phases of 9 or 8 rows, 2 or 1 taps "
+                  "along each axis"),
+    _conv("runs 1x1 stride 2 16->16 b2 10x9", (2, 16, 10, 9), 16, 1, stride=2, precisions=("bf16", "tf32"),
+          backends=("cuda",),
+          purpose="CUDA: stride phases no tap reads (odd rows and columns of a 1x1 stride-2 conv): a zero input "
+                  "gradient there, written; NCHW input through the channels_last copy"),
     _conv("grid-stride 1->2 1024x1024 b17 no pool", (17, 1, 1024, 1024), 2, 3, padding=1, pool_kernel_size=None,
           precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
           purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
@@ -455,6 +463,12 @@ def _run_bk(precision: str) -> int:
     return CUDA_CONSTANTS["kRunsPerStep"] * RUN_LEN[precision]
 
 
+def _phase_has_taps(r: int, stride: int, dilation: int, pad: int, kernel: int) -> bool:
+    """Whether some tap of a conv axis reads the inputs r + stride*q (run_loaders.h axis_phase):
+    (r + pad - kk*dilation) divisible by the stride for a tap kk < kernel."""
+    return any((r + pad - kk * dilation) % stride == 0 for kk in range(kernel))
+
+
 def _splits(reduction: int, tiles: int, most: int) -> int:
     c = CUDA_CONSTANTS
     splits = min(_cdiv(c["split_blocks"], max(tiles, 1)), _cdiv(reduction, c["min_chunk"]))
@@ -550,9 +564,10 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
     # blocks), the sum of the weight and bias gradients' split partial sums. Over channel runs
     # (conv_backward_channel_runs: where the forward runs over them, with Cout/groups a multiple
-    # of a run and unit stride; the bindings choose it when an input or weight gradient is wanted,
-    # as every case here wants) the un-pool writes channels_last and conv_grads_runs_kernel runs.
-    runs = forward_runs and _runs(precision, coutg) and p.stride == (1, 1)
+    # of a run; the bindings choose it when an input or weight gradient is wanted, as every case
+    # here wants) the un-pool writes channels_last and conv_grads_runs_kernel runs, its input
+    # gradient by stride phase (run_loaders.h axis_phase).
+    runs = forward_runs and _runs(precision, coutg)
     name = " runs" if runs else ""
     out.add(f"conv grads{name}<{t},{off}>")
     if bias:
@@ -563,6 +578,12 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         out.add(f"conv input grad{name}<{t}>")
         if cg > c["kBM"]:
             out.add(f"conv input grad{name}: second {'N' if runs else 'M'} tile")
+        if runs and p.stride != (1, 1):
+            out.add("conv input grad runs: stride phases")
+            top, _, left, _ = p.padding
+            axes = zip(p.stride, p.dilation, (top, left), (kh, kw))
+            if any(not _phase_has_taps(r, st, d, pad, kk) for st, d, pad, kk in axes for r in range(st)):
+                out.add("conv input grad runs: a stride phase without taps")
     out.add(f"conv weight grad{name}<{t}>")
     if coutg > c["kBM"]:
         out.add(f"conv weight grad{name}: second M tile")
@@ -654,7 +675,8 @@ def cuda_required() -> Set[str]:
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",
         "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",
         "conv weight grad direct: several splits",
-        "conv input grad runs: second N tile",
+        "conv input grad runs: second N tile", "conv input grad runs: stride phases",
+        "conv input grad runs: a stride phase without taps",
         "conv weight grad runs: second M tile", "conv weight grad runs: one split-K slice",
         "conv weight grad runs: several split-K slices",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",

@@ -75,13 +75,14 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
-    assert "21 conv geometries, 0 failures" in out, out
-    # float16 and bfloat16 on the ten geometries with Cin/groups a multiple of 8, TF32 on the
-    # eleven with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of 16)
-    assert "channel-run forward: 31 geometry and type pairs" in out, out
-    # and on those with Cout/groups a multiple of a run too and unit stride: seven and nine (one
-    # with asymmetric padding and a ceil-mode pool)
-    assert "channel-run backward: 23 geometry and type pairs" in out, out
+    assert "23 conv geometries, 0 failures" in out, out
+    # float16 and bfloat16 on the twelve geometries with Cin/groups a multiple of 8, TF32 on the
+    # thirteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of 16)
+    assert "channel-run forward: 37 geometry and type pairs" in out, out
+    # and on those with Cout/groups a multiple of a run too: ten and thirteen (one with
+    # asymmetric padding and a ceil-mode pool; four strided, one with stride 2 along w only, one
+    # with 12 output channels: TF32 only, one with a phase without taps)
+    assert "channel-run backward: 33 geometry and type pairs" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):

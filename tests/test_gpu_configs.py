@@ -64,8 +64,10 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
   channel), split-K sum (``grid-stride 1024->2048 3x3``: 18.9M weights).
 - channel runs (run_gemm.cuh: 16-byte runs, fp16/bf16 with Cin/groups a multiple of 8, TF32 of
   4, in any input layout: a channels_last copy where the input has no runs in place): forward,
-  gradients (unit stride, Cout/groups a multiple of a run too) and the channels_last un-pool per
-  type x offsets: the ``runs ...`` cases and every grid case with such channel counts; TF32's
+  gradients (Cout/groups a multiple of a run too) and the channels_last un-pool per type x
+  offsets: the ``runs ...`` cases and every grid case with such channel counts; the input
+  gradient by stride phase (``runs stride 2 16->32``), phases no tap reads (``runs 1x1 stride
+  2``); TF32's
   runs of 4 where the 16-bit types take the tile engine: ``runs of 4 channels 12->20
   channels_last``; linear over runs where in (and out) features are whole runs: ``x40`` cases,
   ``gradient runs 70x40->24``, ``runs of 4 features 70x36->20``.
@@ -137,9 +139,9 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"const int64_t most = {c['grid_z']} / g\.G;",
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
                           r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
-                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK\);",
-                          r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 && "
-                          r"g\.sh == 1 && g\.sw == 1 &&",
+                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK, runs\);",
+                          r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 &&\s+"
+                          r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\);",
                           r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
                           r"return cc_major >= 8 && backward_runs_fit\(dtype, g, x, xs\);",
                           r"channel_sum_splits\(positions, g\.Cout\)",
@@ -156,6 +158,8 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                          r"if \(!can\(nullptr, copy_strides\)\) return in_place;",
                          r"const ConvInput in = output_mask\[0\] \|\| output_mask\[1\]\s+\? conv_input\("],
         "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunBytes']} / static_cast<int>\(sizeof\(T\)\);",
+                          r"int64_t rem = \(r \+ p\) % s, hits = 0;",
+                          r"for \(int64_t kk = 0; kk < kernel && hits < 2; \+\+kk\) \{",
                           rf"constexpr int kRunBK = {c['kRunsPerStep']} \* kRunLen<T>;"],
         "linear.cu": [r"if constexpr \(kTensorCores<T>\) \{\s+// 16-byte runs",
                       r"if \(cc_major >= 8 && in_f % kRunLen<T> == 0 && aligned\(x\) && aligned\(w\)\)",

@@ -27,7 +27,11 @@
 //    - weight gradient: an implicit GEMM per group, M = Cout/groups, N = Cin/groups*KH*KW, over
 //      the reduction N*OH*OW split into chunks whose partial sums are added in a fixed order;
 //    - bias gradient: the sum of the pooled gradients whose ReLU was on, per channel, split
-//      over blocks (channel_sum_splits).
+//      over blocks (channel_sum_splits);
+//    or conv_grads_runs_kernel, the same over 16-byte runs of channels where the forward runs
+//    over them and Cout/groups is whole runs too (conv_backward_channel_runs): the input
+//    gradient one GEMM per stride phase (each phase's inputs, only the taps that reach them:
+//    axis_phase), the weight gradient with both operands stored across k.
 //  - sum_grad_partials_kernel adds the weight and bias gradients' split partial sums in split
 //    order.
 // Every result is deterministic, for any pool.
@@ -424,7 +428,7 @@ int64_t weight_grad_splits(const Geometry& g) {
 // They all read only the conv-output gradient (built by unpool_kernel before) or the pooled
 // gradient, so one launch runs them side by side.
 struct GradBlocks {
-  int64_t dx_x = 0, dx_y = 0, dx = 0;
+  int64_t dx_x = 0, dx_y = 0, dx = 0, dx_pw = 1;  // dx_pw: the input gradient's stride phases along w
   int64_t dw_x = 0, dw_y = 0, dw = 0, splits = 0, chunk = 0;
   int64_t db_splits = 0, db_chunk = 0, db = 0;
   int64_t total() const { return dx + dw + db; }
@@ -433,13 +437,17 @@ struct GradBlocks {
 // The gradient launch's blocks for the gradients wanted; `dw_splits` is weight_grad_splits, each
 // split's chunk a whole number of k steps of `step` (kBK; kRunBK<T> over channel runs). The tiles
 // count alike in both kernels (kBM == kBN): conv_grads_kernel's input-gradient tiles are
-// channels x positions, conv_grads_runs_kernel's positions x channels.
+// channels x positions, conv_grads_runs_kernel's positions x channels, the latter for each
+// stride phase that has inputs (`phases`: min(sh, H) x min(sw, W); input_grad_runs_tile), as
+// many row tiles each as the largest phase (the first) has.
 inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits,
-                              int64_t step = kBK) {
+                              int64_t step = kBK, bool phases = false) {
   GradBlocks b;
   if (want_dx) {
-    b.dx_x = ceil_div(g.N * g.H * g.W, kBN), b.dx_y = ceil_div(g.Cg, kBM);
-    b.dx = b.dx_x * b.dx_y * g.G;
+    const int64_t sh = phases ? g.sh : 1, sw = phases ? g.sw : 1;
+    const int64_t ph = sh < g.H ? sh : (g.H > 0 ? g.H : 1), pw = sw < g.W ? sw : (g.W > 0 ? g.W : 1);
+    b.dx_x = ceil_div(g.N * ceil_div(g.H, sh) * ceil_div(g.W, sw), kBN), b.dx_y = ceil_div(g.Cg, kBM);
+    b.dx = b.dx_x * b.dx_y * g.G * ph * pw, b.dx_pw = pw;
   }
   if (want_dw) {
     b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, kBM), b.splits = dw_splits;
@@ -481,31 +489,35 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
   bias_grad_block<T, OffT>(g, go, gs, off, os, plan.db_chunk, plan.db_splits, b % g.Cout, b / g.Cout, db_part, db);
 }
 
-// The input gradient over channel runs (conv_backward_channel_runs: unit stride), tile (bx, by)
-// of group grp: input positions p = (n, ih, iw) in [bx * kBM, ...) x channels [by * kBN, ...) of
-// dx[n][ih][iw][grp*Cg + ci] (channels_last contiguous) = sum over k = (kh, kw, co) of
-// dconv(p, k) (DconvGatherRunLoader; dconv channels_last) * wt[grp][ci][kh][kw][co], with the
-// weights wt as (groups, Cin/groups, KH, KW, Cout/groups) contiguous.
+// The input gradient over channel runs (conv_backward_channel_runs), tile (bx, by) of phase
+// (rh, rw) of group grp: the phase's input positions (n, ih, iw) = (n, rh + sh*qh, rw + sw*qw),
+// rows q = (n, qh, qw) in [bx * kBM, ...), x channels [by * kBN, ...) of
+// dx[n][ih][iw][grp*Cg + ci] (channels_last contiguous) = sum over the phase's taps (kh, kw) and
+// the output channels co of dconv at the conv position that tap read (ih, iw) from * the weight
+// (InputGradRunLoader: dconv channels_last, the weights wt as (groups, Cin/groups, KH, KW,
+// Cout/groups) contiguous). Unit stride is one phase of every tap (q = (n, ih, iw)).
 template <typename T>
 __device__ void input_grad_runs_tile(const Geometry& g, const T* __restrict__ wt, const T* __restrict__ dconv,
-                                     T* __restrict__ dx, int64_t bx, int64_t by, int64_t grp, RunSmem<T>& s) {
-  const int64_t P = g.N * g.H * g.W, K = g.KH * g.KW * g.Coutg;
+                                     T* __restrict__ dx, int64_t bx, int64_t by, int64_t grp, int64_t rh, int64_t rw,
+                                     RunSmem<T>& s) {
+  const AxisPhase ph = axis_phase(rh, g.sh, g.dh, g.pt, g.KH, g.H), pw = axis_phase(rw, g.sw, g.dw, g.pl, g.KW, g.W);
+  const int64_t P = g.N * ph.rows * pw.rows, K = ph.taps * pw.taps * g.Coutg;
   const int64_t m0 = bx * int64_t(kBM), n0 = by * int64_t(kBN);
+  if (m0 >= P) return;  // past this phase's rows (the grid counts the largest phase's)
   const int64_t p = m0 + RunMap<T>::o(threadIdx.x);  // this thread's loader row
-  const Digits at = split(p < P ? p : 0, g.H, g.W);  // (n, ih, iw)
-  const T* dn = p < P ? dconv + at.hi * g.OH * g.OW * g.Cout + grp * g.Coutg : nullptr;
-  DconvGatherRunLoader<T> la(g, dn, at.mid, at.lo,
-                             run_digits<T>(static_cast<int>(g.KW), static_cast<int>(g.Coutg), threadIdx.x));
-  RowRunLoader<T> lb(wt + grp * g.Cg * K, K, n0, g.Cg, threadIdx.x);
-  run_gemm<T, false, false>([&] { return la.src(g); }, [&] { return lb.src(); },
-                            [&] {
-                              la.next(g);
-                              lb.next();
-                            },
+  const Digits at = split(p < P ? p : 0, ph.rows, pw.rows);  // (n, qh, qw)
+  const int64_t ci = n0 + RunMap<T>::o(threadIdx.x);  // and column
+  InputGradRunLoader<T> l(g, ph, pw, p < P ? dconv + at.hi * g.OH * g.OW * g.Cout + grp * g.Coutg : nullptr,
+                          ci < g.Cg ? wt + (grp * g.Cg + ci) * g.KH * g.KW * g.Coutg : nullptr, at.mid, at.lo,
+                          threadIdx.x);
+  run_gemm<T, false, false>([&] { return l.src_a(g); }, [&] { return l.src_b(); }, [&] { l.next(g); },
                             ceil_div(K, kRunBK<T>), s);
+  // The owned elements' rows as digits (n, qh, qw), stepped from the first with carries.
   T* dxg = dx + grp * g.Cg;
-  for_owned(s, P, g.Cg, m0, n0,
-            [&](int64_t q, int64_t ci, typename Num<T>::Acc v) { dxg[q * g.C + ci] = Num<T>::from_acc(v); });
+  for_owned_rows(s, P, g.Cg, m0, n0, ph.rows, pw.rows, [&](const Digits& q, int64_t c, typename Num<T>::Acc v) {
+    const int64_t ih = rh + g.sh * q.mid, iw = rw + g.sw * q.lo;
+    dxg[((q.hi * g.H + ih) * g.W + iw) * g.C + c] = Num<T>::from_acc(v);
+  });
 }
 
 // The weight gradient's partial sums over channel runs, reduction split `split`, tile (bx, by) of
@@ -545,8 +557,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ RunSmem<T> s;
   int64_t b = blockIdx.x;
   if (b < plan.dx) {
-    input_grad_runs_tile<T>(g, wt, dconv, dx, b % plan.dx_x, b / plan.dx_x % plan.dx_y, b / (plan.dx_x * plan.dx_y),
-                            s);
+    const int64_t z = b / (plan.dx_x * plan.dx_y), phase = z / g.G;  // z = phase * G + grp
+    input_grad_runs_tile<T>(g, wt, dconv, dx, b % plan.dx_x, b / plan.dx_x % plan.dx_y, z % g.G,
+                            phase / plan.dx_pw, phase % plan.dx_pw, s);
     return;
   }
   b -= plan.dx;
@@ -726,7 +739,7 @@ bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4
 // What the channel-run kernels need of a problem, whatever the GPU: a tensor-core type, whole
 // runs of more than kDirectMaxChannels input channels a group (fewer keep the direct kernel), k
 // digits within 32 bits, runs at every pixel of x; the backward also whole runs of output
-// channels and unit stride (its input-gradient gather divides by none). The bindings' choice
+// channels (any stride: its input gradient runs by stride phase). The bindings' choice
 // (conv_forward_channel_runs / conv_backward_channel_runs: these on sm_80+) and the launchers'
 // recheck of it.
 bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
@@ -736,7 +749,7 @@ bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs
 }
 
 bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
-  return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 && g.sh == 1 && g.sw == 1 &&
+  return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 &&
          g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
 }
 
@@ -833,8 +846,8 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       using OffT = decltype(otag);
       if (!dx && !dw && !db) return cudaSuccess;
       // channel_runs: the caller found conv_backward_channel_runs true; it is checked again here
-      // (a wrong dx would follow from a stride or channel count the gather cannot take, a fault
-      // from a misaligned run).
+      // (a wrong dx would follow from a channel count the runs cannot take, a fault from a
+      // misaligned run).
       const bool runs = channel_runs;
       if ((dx && !w) || (dw && !x)) return cudaErrorInvalidValue;
       if (runs && (!backward_runs_fit(dtype, g, x, xs) || reinterpret_cast<uintptr_t>(w) % 16 != 0))
@@ -856,7 +869,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
         return cudaGetLastError();
       }
       const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr,
-                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK<T> : kBK);
+                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK<T> : kBK, runs);
       if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;

@@ -61,8 +61,8 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
                                cudaStream_t stream);
 
 // Whether the conv-block backward can run over 16-byte channel runs: where the forward can
-// (conv_forward_channel_runs), with Cout/groups a multiple of a run too and unit conv stride (the
-// input gradient's gather then needs no division).
+// (conv_forward_channel_runs), with Cout/groups a multiple of a run too (any conv stride: the
+// input gradient runs by stride phase).
 bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major);
 
 // Bytes of scratch memory conv_block_backward needs (need_dx / need_dw / need_db: dx / dw / db

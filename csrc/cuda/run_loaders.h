@@ -136,31 +136,107 @@ struct PooledRunLoader {
   FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Cg)); }
 };
 
-// A of the conv input gradient at unit stride (conv_backward_channel_runs): row m = input
-// position (n, ih, iw), k = (kh, kw, co) with the conv output's channels innermost: the
-// conv-output gradient dconv[n][oh][ow][grp*Coutg + co] (channels_last, Cout channels) at
-// oh = ih + pt - kh*dh, ow = iw + pl - kw*dw, the conv position whose tap (kh, kw) read input
-// (ih, iw); null outside the conv output or past the reduction. dn = dconv + n*OH*OW*Cout +
-// grp*Coutg, or null past the last position.
+// The input gradient's phases along one axis (conv_backward_channel_runs). A conv of stride s
+// reads input i at tap kk from output o = (i + p - kk*d) / s, where that divides; for the inputs
+// i = r + s*q of one phase r in [0, s) the taps that divide are every tap_step-th from `first`
+// (tap_step = s / gcd(s, d)), and tap number t of them reads output o = q + out0 - t*out_step
+// (out_step = tap_step*d / s). So each phase is an implicit GEMM over its own taps with no
+// division and no product that is zero for want of a tap; a phase with no taps has a zero input
+// gradient. Unit stride is the one phase r = 0: every tap, out0 = p, out_step = d.
+struct AxisPhase {
+  int64_t first;     // the first tap that reaches the phase's inputs
+  int64_t tap_step;  // the distance between its taps (1 where it has one)
+  int64_t taps;      // how many of the axis's `kernel` taps reach them (0: none)
+  int64_t out0;      // output read by tap number 0 at q = 0
+  int64_t out_step;  // how far back in the output each tap after it reads (0 where it has one)
+  int64_t rows;      // inputs of the phase: i = r + s*q for q < rows
+};
+
+// Phase r of an axis of `in` inputs, stride s, dilation d, padding p (before), `kernel` taps.
+// Once per tile: the first two taps that reach the phase are found by stepping
+// (r + p - kk*d) mod s by subtraction (no division in the loop, at most `kernel` steps), and
+// every later one follows from them.
+FUSEDOPS_HD AxisPhase axis_phase(int64_t r, int64_t s, int64_t d, int64_t p, int64_t kernel, int64_t in) {
+  AxisPhase ph{0, 1, 0, 0, 0, r < in ? (in - r + s - 1) / s : 0};
+  const int64_t d_mod = d % s;
+  int64_t rem = (r + p) % s, hits = 0;  // (r + p - kk*d) mod s; r and p are non-negative
+  for (int64_t kk = 0; kk < kernel && hits < 2; ++kk) {
+    if (rem == 0) {
+      if (hits++ == 0) ph.first = kk;
+      else ph.tap_step = kk - ph.first;
+    }
+    rem = rem >= d_mod ? rem - d_mod : rem - d_mod + s;
+  }
+  if (hits == 0) return ph;
+  ph.taps = hits == 1 ? 1 : (kernel - ph.first + ph.tap_step - 1) / ph.tap_step;
+  ph.out0 = (r + p - ph.first * d) / s;                  // exact
+  ph.out_step = hits == 1 ? 0 : ph.tap_step * d / s;  // exact
+  return ph;
+}
+
+// Both operands of the conv input gradient over runs (conv_backward_channel_runs), for one
+// phase (rh, rw) = (axis_phase(rh, sh, ...), axis_phase(rw, sw, ...)) of a group: row m = the
+// phase's input (n, qh, qw) (input position (rh + sh*qh, rw + sw*qw)), column = input channel
+// ci, k = (t, u, co): tap number t of the phase along h and u along w, output channel co
+// innermost. Thread t's run of A (row RunMap::o(t)) and of B (column RunMap::o(t)) lie at the
+// same k, so one set of digits serves both:
+//   A: dconv[n][qh + out0_h - t*out_step_h][qw + out0_w - u*out_step_w][grp*Coutg + co]
+//      (channels_last, Cout channels), null outside the conv output or past the reduction;
+//   B: wt[grp][ci][first_h + t*tap_step_h][first_w + u*tap_step_w][co], the weights as
+//      (groups, Cin/groups, KH, KW, Cout/groups) contiguous, null past Cg or the reduction.
+// dn = dconv + n*OH*OW*Cout + grp*Coutg, or null past the phase's rows; wc = wt's row of this
+// thread's column ci, or null past the group's channels.
 template <typename T>
-struct DconvGatherRunLoader {
+struct InputGradRunLoader {
   const T* dn;
-  int64_t row, col;  // dconv's strides of oh and ow: OW*Cout, Cout
-  int oh0, ow0;      // ih + pt, iw + pl
-  Digits d;          // (kh, kw, co) of this thread's run; kh reaches KH past the reduction
+  const T* wp;          // B's run at the current k (valid where column and t < taps_h)
+  bool column;          // this thread's column ci exists
+  int64_t wp_step;      // wp's advance for a step without carries: step's (t, u, co) in wt
+  int64_t wp_carry_u;   // and its correction where co wraps into u: one phase tap along w, less Coutg
+  int64_t wp_carry_t;   // where u wraps into t: one phase tap along h, less taps_w along w
+  int oh0, ow0;         // qh + out0_h, qw + out0_w
+  int oh_step, ow_step;
+  int taps_h, taps_w;   // the phase's taps (radix of u: taps_w, at least 1)
+  Digits d;             // (t, u, co) of this thread's run; t reaches taps_h past the reduction
   Digits step;
 
-  FUSEDOPS_HD DconvGatherRunLoader(const Geometry& g, const T* dn_, int ih, int iw, const RunDigits& digits)
-      : dn(dn_), row(g.OW * g.Cout), col(g.Cout), oh0(ih + static_cast<int>(g.pt)), ow0(iw + static_cast<int>(g.pl)),
-        d(digits.first), step(digits.step) {}
-  FUSEDOPS_HD const T* src(const Geometry& g) const {
-    const bool taps = d.hi < g.KH;  // past the reduction kh runs beyond KH: keep oh in the checked range
-    const int oh = oh0 - (taps ? static_cast<int>(d.hi) : 0) * static_cast<int>(g.dh);
-    const int ow = ow0 - d.mid * static_cast<int>(g.dw);
-    const bool in = dn && taps && inside(oh, g.OH) && inside(ow, g.OW);
-    return in ? dn + oh * row + ow * col + d.lo : nullptr;
+  FUSEDOPS_HD InputGradRunLoader(const Geometry& g, const AxisPhase& ph, const AxisPhase& pw, const T* dn_,
+                                 const T* wt_row, int qh, int qw, int t)
+      : dn(dn_),
+        column(wt_row != nullptr),
+        oh0(qh + static_cast<int>(ph.out0)),
+        ow0(qw + static_cast<int>(pw.out0)),
+        oh_step(static_cast<int>(ph.out_step)),
+        ow_step(static_cast<int>(pw.out_step)),
+        taps_h(static_cast<int>(ph.taps)),
+        taps_w(pw.taps > 0 ? static_cast<int>(pw.taps) : 1) {
+    const RunDigits digits = run_digits<T>(taps_w, static_cast<int>(g.Coutg), t);
+    d = digits.first, step = digits.step;
+    const int64_t wh = ph.tap_step * g.KW * g.Coutg, ww = pw.tap_step * g.Coutg;  // wt's distance of one phase tap
+    wp = column ? wt_row + (ph.first * g.KW + pw.first) * g.Coutg + d.hi * wh + d.mid * ww + d.lo : nullptr;
+    wp_step = step.hi * wh + step.mid * ww + step.lo;
+    wp_carry_u = ww - g.Coutg;
+    wp_carry_t = wh - taps_w * ww;
   }
-  FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Coutg)); }
+  FUSEDOPS_HD const T* src_a(const Geometry& g) const {
+    const bool taps = d.hi < taps_h;  // past the reduction t runs beyond taps_h: keep oh in the checked range
+    const int oh = oh0 - (taps ? static_cast<int>(d.hi) : 0) * oh_step;
+    const int ow = ow0 - d.mid * ow_step;
+    const bool in = dn && taps && inside(oh, g.OH) && inside(ow, g.OW);
+    return in ? dn + (int64_t(oh) * g.OW + ow) * g.Cout + d.lo : nullptr;
+  }
+  FUSEDOPS_HD const T* src_b() const { return column && d.hi < taps_h ? wp : nullptr; }
+  // add(d, step, taps_w, Coutg), with wp following the digits' carries.
+  FUSEDOPS_HD void next(const Geometry& g) {
+    d.lo += step.lo;
+    const bool carry_u = d.lo >= g.Coutg;
+    if (carry_u) d.lo -= static_cast<int>(g.Coutg);
+    d.mid += step.mid + carry_u;
+    const bool carry_t = d.mid >= taps_w;
+    if (carry_t) d.mid -= taps_w;
+    d.hi += step.hi + carry_t;
+    if (column) wp += wp_step + (carry_u ? wp_carry_u : 0) + (carry_t ? wp_carry_t : 0);
+  }
 };
 
 // B of the conv weight gradient over runs (stored across k): k = conv position p = (n, oh, ow)

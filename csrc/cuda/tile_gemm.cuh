@@ -210,6 +210,24 @@ __device__ void for_owned(const Smem& s, int64_t M, int64_t N, int64_t m0, int64
   }
 }
 
+// for_owned with each row m given as its digits (hi, mid, lo) of radices (r1, r2): one
+// division a thread for its first row, then a carry step a row (the rows kThreads / kBN apart),
+// so an epilogue that scatters rows by their digits divides nothing per element.
+template <typename Smem, typename F>
+__device__ void for_owned_rows(const Smem& s, int64_t M, int64_t N, int64_t m0, int64_t n0, int64_t r1, int64_t r2,
+                               const F& f) {
+  const int nn = threadIdx.x % kBN;
+  if (n0 + nn >= N) return;
+  const int mm0 = threadIdx.x / kBN;
+  Digits at = split(m0 + mm0, r1, r2);
+  const Digits step = split(kThreads / kBN, r1, r2);
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j, add(at, step, static_cast<int>(r1), static_cast<int>(r2))) {
+    const int mm = mm0 + j * (kThreads / kBN);
+    if (m0 + mm < M) f(static_cast<const Digits&>(at), n0 + nn, s.c[mm][nn]);
+  }
+}
+
 // Writes the reduction-split partial sums of a tile: part[m * N + n] = C[m][n] (Smem as
 // for_owned's).
 template <typename Smem, typename Acc>

@@ -327,10 +327,11 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
 
   if constexpr (kTensorCores<T>) {
     // The backward over channel runs (conv_backward_channel_runs: channels_last input, Cin/groups
-    // and Cout/groups multiples of a run, unit stride): dconv channels_last, the weights as (groups,
+    // and Cout/groups multiples of a run; the input gradient by stride phase): dconv channels_last,
+    // the weights as (groups,
     // Cin/groups, KH, KW, Cout/groups), dx channels_last, the weight gradient's columns in
     // (kh, kw, ci) order until sum_grad_partials_kernel puts them in dw's.
-    if (x_channels_last && g.Cg % kRunLen<T> == 0 && g.Coutg % kRunLen<T> == 0 && g.sh == 1 && g.sw == 1) {
+    if (x_channels_last && g.Cg % kRunLen<T> == 0 && g.Coutg % kRunLen<T> == 0) {
       std::vector<T> dconv_cl(dconv.size()), wt(w.size());
       for (int64_t n = 0; n < g.N; ++n)
         for (int64_t co = 0; co < g.Cout; ++co)
@@ -359,7 +360,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                 out[(sp * g.Cout + co) * g.K + ci * g.KH * g.KW + tap] = part[(sp * g.Cout + co) * g.K + tap * g.Cg + ci];
         return out;
       };
-      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK<T>);
+      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK<T>, true);
       std::vector<T> dx(want_dx.size(), from_double<T>(12345.0)), db(g.Cout, from_double<T>(12345.0));
       std::vector<Acc> dw_part(plan.splits * g.Cout * g.K, Acc(NAN)), db_part(plan.db_splits * g.Cout, Acc(NAN));
       run_runs(" channel-run gradients", plan, dx, dw_part, db_part, db);
@@ -458,6 +459,13 @@ int main() {
       // windows reach past the conv output (7 x 5 conv rows and columns, 4 x 3 pooled).
       {"16->16 asymmetric padding, pool 2 ceil mode", 2, 16, 7, 6, 16, 1, 3, 3, 1, 1, 2, 0, 1, 1, 2, 2, 0, 1, 0, 1,
        true},
+      // The channel-run input gradient by stride phase: four phases of unequal rows (9 rows,
+      // stride 2); strides 3 and 2 with dilation 2 along h (gcd 1: phases of 2, 2 and 1 of the 5
+      // taps, each tap 2 conv rows back from the last) and a 1-wide kernel along w, whose odd
+      // input columns no tap reads (a phase without taps: a zero gradient, written).
+      {"16->16 3x3 stride 2 pad 1: four phases", 2, 16, 9, 8, 16, 1, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2, 0, 1},
+      {"8->16 5x1 strides 3 and 2, dilation 2, pad 2: a phase without taps", 1, 8, 13, 7, 16, 1, 5, 1, 3, 2, 2, 0, 2,
+       1, 2, 2, 0, 1},
   };
   check_direct_channels();
   for (const Case& c : cases) {
