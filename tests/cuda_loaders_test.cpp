@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -254,11 +256,12 @@ void check_large_weight_gradient() {
 // for every stride, dilation, padding, kernel and input size here, the (input, tap) pairs the
 // phases enumerate (input r + s*q, tap first + t*tap_step, read output q + out0 - t*out_step)
 // must be exactly the pairs whose output (i + p - kk*d) / s divides, each once, at that output
-// (a stride of 2^40 too: an output of 1 whose stride no coordinate reaches).
+// (strides of 2^40 and 2^63 - 1 too: an output of 1 whose stride no coordinate reaches).
 // Returns how many axes it checked.
 int check_axis_phases() {
   int axes = 0;
-  for (int64_t s : {int64_t(1), int64_t(2), int64_t(3), int64_t(4), int64_t(5), int64_t(1) << 40})
+  for (int64_t s : {int64_t(1), int64_t(2), int64_t(3), int64_t(4), int64_t(5), int64_t(1) << 40,
+                    std::numeric_limits<int64_t>::max()})
     for (int64_t d = 1; d <= 4; ++d)
       for (int64_t p = 0; p <= 4; ++p)
         for (int64_t kernel = 1; kernel <= 7; ++kernel)
@@ -293,6 +296,155 @@ int check_axis_phases() {
             ++axes;
           }
   return axes;
+}
+
+// Stand-ins of the run engine's element types: only their size matters to the loaders.
+struct Bits16 {
+  uint16_t v;
+};
+struct Bits32 {
+  float v;
+};
+
+// The channel-run input gradient of one geometry, as conv_grads_runs_kernel computes it: the
+// blocks input_grad_phase_grid counts (decoded as the kernel does), each tile's runs from
+// InputGradRunLoader for all kThreads threads at every step, checked against the operands'
+// definitions (A: dconv at the conv position a tap of the phase reads the input from; B: the
+// weight at that tap), multiplied in double, and written back through the rows' digits as the
+// epilogue steps them (for_owned_rows): every dx element once, equal to a direct convolution's
+// input gradient (small integers: exact).
+template <typename T>
+void check_input_grad_runs(const Geometry& g, std::mt19937& gen, const std::string& at) {
+  constexpr int kBKr = kRunBK<T>;
+  std::uniform_int_distribution<int> small(-3, 3);
+  std::vector<T> dconv(g.N * g.OH * g.OW * g.Cout), wt(g.G * g.Cg * g.KH * g.KW * g.Coutg);  // addresses only
+  std::vector<double> dv(dconv.size()), wv(wt.size());  // their values
+  for (double& v : dv) v = small(gen);
+  for (double& v : wv) v = small(gen);
+  std::vector<double> want(g.N * g.H * g.W * g.C, 0.0), got(want.size(), 0.0);
+  std::vector<int> written(want.size(), 0);
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t ow = 0; ow < g.OW; ++ow)
+        for (int64_t kh = 0; kh < g.KH; ++kh)
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t ih = oh * g.sh - g.pt + kh * g.dh, iw = ow * g.sw - g.pl + kw * g.dw;
+            if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+            for (int64_t grp = 0; grp < g.G; ++grp)
+              for (int64_t ci = 0; ci < g.Cg; ++ci)
+                for (int64_t co = 0; co < g.Coutg; ++co)
+                  want[((n * g.H + ih) * g.W + iw) * g.C + grp * g.Cg + ci] +=
+                      dv[((n * g.OH + oh) * g.OW + ow) * g.Cout + grp * g.Coutg + co] *
+                      wv[(((grp * g.Cg + ci) * g.KH + kh) * g.KW + kw) * g.Coutg + co];
+          }
+  const PhaseGrid grid = input_grad_phase_grid(g);
+  const int64_t col_tiles = (g.Cg + kBN - 1) / kBN;
+  const int64_t blocks = grid.row_tiles * col_tiles * g.G * grid.phase_rows * grid.phase_cols;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t z = b / (grid.row_tiles * col_tiles), phase = z / g.G, grp = z % g.G;
+    const int64_t rh = phase / grid.phase_cols, rw = phase % grid.phase_cols;
+    const AxisPhase ph = axis_phase(rh, g.sh, g.dh, g.pt, g.KH, g.H), pw = axis_phase(rw, g.sw, g.dw, g.pl, g.KW, g.W);
+    const int64_t P = g.N * ph.rows * pw.rows, K = ph.taps * pw.taps * g.Coutg;
+    const int64_t m0 = b % grid.row_tiles * kBM, n0 = b / grid.row_tiles % col_tiles * kBN;
+    if (m0 >= P) continue;
+    ++tiles;
+    std::vector<InputGradRunLoader<T>> loaders;
+    for (int t = 0; t < kThreads; ++t) {
+      const int64_t p = m0 + RunMap<T>::o(t), ci = n0 + RunMap<T>::o(t);
+      const Digits q = split(p < P ? p : 0, ph.rows, pw.rows);
+      loaders.emplace_back(g, ph, pw, p < P ? dconv.data() + q.hi * g.OH * g.OW * g.Cout + grp * g.Coutg : nullptr,
+                           ci < g.Cg ? wt.data() + (grp * g.Cg + ci) * g.KH * g.KW * g.Coutg : nullptr, q.mid, q.lo, t);
+    }
+    std::vector<double> c(kBM * kBN, 0.0);
+    for (int64_t step = 0; step * kBKr < K; ++step) {
+      std::vector<double> a(kBM * kBKr), bt(kBN * kBKr);
+      for (int t = 0; t < kThreads; ++t) {
+        InputGradRunLoader<T>& l = loaders[t];
+        if (step > 0) l.next(g);
+        const int o = RunMap<T>::o(t), kk = RunMap<T>::kk(t);
+        const int64_t k = step * kBKr + kk, p = m0 + o, ci = n0 + o;
+        const T *want_a = nullptr, *want_b = nullptr;
+        if (k < K) {
+          const int64_t co = k % g.Coutg, u = k / g.Coutg % pw.taps, tap = k / g.Coutg / pw.taps;
+          const int64_t kh = ph.first + tap * ph.tap_step, kw = pw.first + u * pw.tap_step;
+          if (p < P) {
+            const int64_t n = p / (ph.rows * pw.rows), ih = rh + g.sh * (p / pw.rows % ph.rows),
+                          iw = rw + g.sw * (p % pw.rows);
+            const int64_t rows = ih + g.pt - kh * g.dh, cols = iw + g.pl - kw * g.dw;
+            if (kh >= g.KH || kw >= g.KW || rows % g.sh != 0 || cols % g.sw != 0)
+              fail(at + ": k " + std::to_string(k) + " is no tap of the phase");
+            const int64_t oh = rows / g.sh, ow = cols / g.sw;
+            if (oh >= 0 && oh < g.OH && ow >= 0 && ow < g.OW)
+              want_a = dconv.data() + ((n * g.OH + oh) * g.OW + ow) * g.Cout + grp * g.Coutg + co;
+          }
+          if (ci < g.Cg) want_b = wt.data() + (((grp * g.Cg + ci) * g.KH + kh) * g.KW + kw) * g.Coutg + co;
+        }
+        const T *src_a = l.src_a(g), *src_b = l.src_b();
+        if (src_a != want_a || src_b != want_b) {
+          fail(at + ": block " + std::to_string(b) + " thread " + std::to_string(t) + " step " +
+               std::to_string(step) + (src_a != want_a ? ": A's run" : ": B's run"));
+          continue;
+        }
+        for (int e = 0; e < kRunLen<T>; ++e) {
+          a[o * kBKr + kk + e] = src_a ? dv[src_a - dconv.data() + e] : 0.0;
+          bt[o * kBKr + kk + e] = src_b ? wv[src_b - wt.data() + e] : 0.0;
+        }
+      }
+      for (int i = 0; i < kBM; ++i)
+        for (int j = 0; j < kBN; ++j)
+          for (int k = 0; k < kBKr; ++k) c[i * kBN + j] += a[i * kBKr + k] * bt[j * kBKr + k];
+    }
+    for (int t = 0; t < kThreads; ++t) {  // the epilogue: thread t's rows t / kBN + 4j, stepped as digits
+      const int nn = t % kBN, mm0 = t / kBN;
+      if (n0 + nn >= g.Cg) continue;
+      Digits q = split(m0 + mm0, ph.rows, pw.rows);
+      const Digits step = split(kThreads / kBN, ph.rows, pw.rows);
+      for (int j = 0; j < kBM * kBN / kThreads; ++j, add(q, step, static_cast<int>(ph.rows), static_cast<int>(pw.rows))) {
+        const int mm = mm0 + j * (kThreads / kBN);
+        if (m0 + mm >= P) continue;
+        const int64_t i = ((q.hi * g.H + rh + g.sh * q.mid) * g.W + rw + g.sw * q.lo) * g.C + grp * g.Cg + n0 + nn;
+        got[i] = c[mm * kBN + nn], ++written[i];
+      }
+    }
+  }
+  for (size_t i = 0; i < want.size(); ++i)
+    if (written[i] != 1 || got[i] != want[i]) {
+      fail(at + ": dx[" + std::to_string(i) + "] written " + std::to_string(written[i]) + " times, " +
+           std::to_string(got[i]) + ", want " + std::to_string(want[i]));
+      break;
+    }
+}
+
+// check_input_grad_runs over random geometries (fixed seed): 16-bit and 4-byte runs, strides
+// 1-6 (2^40 where the output has one row), dilations 1-3, asymmetric padding, kernels up to 6
+// (larger than small images), 1 or 2 groups, several row and channel tiles, phases without
+// taps. Returns how many it checked.
+int check_input_grad_runs_geometries(int count) {
+  std::mt19937 gen(20261129);
+  const auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  int done = 0;
+  while (done < count) {
+    const bool four_bytes = pick(0, 2) == 0;
+    const int64_t len = four_bytes ? kRunLen<Bits32> : kRunLen<Bits16>;
+    const int64_t N = pick(1, 3), H = pick(1, 14), W = pick(1, 14), G = pick(1, 2);
+    const int64_t Cg = len * (pick(0, 3) == 0 ? pick(9, 20) : pick(1, 3));
+    const int64_t Coutg = len * (pick(0, 3) == 0 ? pick(5, 10) : pick(1, 3));
+    const int64_t KH = pick(1, 6), KW = pick(1, 6), dh = pick(1, 3), dw = pick(1, 3);
+    const int64_t pt = pick(0, 4), pl = pick(0, 4), pb = pick(0, 4), pr = pick(0, 4);
+    if (H + pt + pb < dh * (KH - 1) + 1 || W + pl + pr < dw * (KW - 1) + 1) continue;  // no conv output
+    Geometry g = test_geometry(N, Cg * G, H, W, Coutg * G, G, KH, KW, pick(1, 6), pick(1, 6), pt, pl, dh, dw, 0, 1, 0, 1,
+                               pb, pr);
+    if (g.OH == 1 && pick(0, 3) == 0) g.sh = (int64_t(1) << 40) + pick(0, 5);
+    if (g.OW == 1 && pick(0, 3) == 0) g.sw = (int64_t(1) << 40) + pick(0, 5);
+    const std::string at = "input gradient over runs #" + std::to_string(done) + " (" + std::to_string(N) + "x" +
+                           std::to_string(Cg * G) + "x" + std::to_string(H) + "x" + std::to_string(W) + " -> " +
+                           std::to_string(Coutg * G) + ", " + std::to_string(KH) + "x" + std::to_string(KW) +
+                           " stride " + std::to_string(g.sh) + "x" + std::to_string(g.sw) + ")";
+    if (four_bytes) check_input_grad_runs<Bits32>(g, gen, at);
+    else check_input_grad_runs<Bits16>(g, gen, at);
+    ++done;
+  }
+  return done;
 }
 
 }  // namespace
@@ -336,7 +488,8 @@ int main() {
   }
   check_large_weight_gradient();
   const int axes = check_axis_phases();
-  std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d failures\n", convs, tiles, axes,
-              failures);
+  const int runs = check_input_grad_runs_geometries(300);
+  std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d input gradients over runs, %d failures\n",
+              convs, tiles, axes, runs, failures);
   return failures ? 1 : 0;
 }

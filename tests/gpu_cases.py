@@ -465,8 +465,9 @@ def _run_bk(precision: str) -> int:
 
 def _phase_has_taps(r: int, stride: int, dilation: int, pad: int, kernel: int) -> bool:
     """Whether some tap of a conv axis reads the inputs r + stride*q (run_loaders.h axis_phase):
-    (r + pad - kk*dilation) divisible by the stride for a tap kk < kernel."""
-    return any((r + pad - kk * dilation) % stride == 0 for kk in range(kernel))
+    (r + pad - kk*dilation) divisible by the stride for a tap kk < kernel (the remainders repeat
+    within ``stride`` taps)."""
+    return any((r + pad - kk * dilation) % stride == 0 for kk in range(min(kernel, stride)))
 
 
 def _splits(reduction: int, tiles: int, most: int) -> int:
@@ -578,11 +579,13 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         out.add(f"conv input grad{name}<{t}>")
         if cg > c["kBM"]:
             out.add(f"conv input grad{name}: second {'N' if runs else 'M'} tile")
-        if runs and p.stride != (1, 1):
+        # run_loaders.h input_grad_phase_grid: min(stride, size) phases along each axis.
+        top, _, left, _ = p.padding
+        axes = list(zip(p.stride, p.dilation, (top, left), (kh, kw), (h, w)))
+        if runs and math.prod(min(st, size) for st, _, _, _, size in axes) > 1:
             out.add("conv input grad runs: stride phases")
-            top, _, left, _ = p.padding
-            axes = zip(p.stride, p.dilation, (top, left), (kh, kw))
-            if any(not _phase_has_taps(r, st, d, pad, kk) for st, d, pad, kk in axes for r in range(st)):
+            if any(not _phase_has_taps(r, st, d, pad, kk) for st, d, pad, kk, size in axes
+                   for r in range(min(st, size))):
                 out.add("conv input grad runs: a stride phase without taps")
     out.add(f"conv weight grad{name}<{t}>")
     if coutg > c["kBM"]:

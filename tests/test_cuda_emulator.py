@@ -80,8 +80,9 @@ def test_conv_kernels_match_a_direct_convolution(tmp_path):
     # thirteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of 16)
     assert "channel-run forward: 37 geometry and type pairs" in out, out
     # and on those with Cout/groups a multiple of a run too: ten and thirteen (one with
-    # asymmetric padding and a ceil-mode pool; four strided, one with stride 2 along w only, one
-    # with 12 output channels: TF32 only, one with a phase without taps)
+    # asymmetric padding and a ceil-mode pool; four strided: stride 2 along w only, 12 output
+    # channels in TF32 only, four phases of unequal rows, strides 3 x 2; two of them with stride
+    # phases no tap reaches)
     assert "channel-run backward: 33 geometry and type pairs" in out, out
 
 

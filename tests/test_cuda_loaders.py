@@ -6,7 +6,10 @@ dilations, pool paddings, groups, channels_last strides, images smaller than a k
 strided matrices, every element each thread of a block fetches over every k step with the
 operand's definition, and checks that each tile position is written exactly once; and that the
 stride phases of the channel-run input gradient (run_loaders.h axis_phase) enumerate each
-(input, tap) pair of a strided, dilated, padded axis exactly once, at the output it reads.
+(input, tap) pair of a strided, dilated, padded axis exactly once, at the output it reads, and
+that the run loader of that input gradient (InputGradRunLoader), over the blocks
+input_grad_phase_grid counts, computes a direct convolution's input gradient on 300 random
+geometries.
 """
 
 import os
@@ -34,4 +37,5 @@ def test_every_loader_fetches_its_operands_elements(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:]
     assert " 0 failures" in run.stdout and "22 conv geometries" in run.stdout, run.stdout
-    assert "4200 stride-phase axes" in run.stdout, run.stdout  # 6 strides x 4 dilations x 5 pads x 7 kernels x 5 sizes
+    assert "4900 stride-phase axes" in run.stdout, run.stdout  # 7 strides x 4 dilations x 5 pads x 7 kernels x 5 sizes
+    assert "300 input gradients over runs" in run.stdout, run.stdout

@@ -141,7 +141,7 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
                           r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK, runs\);",
                           r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 &&\s+"
-                          r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\);",
+                          r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && dx_blocks < ",
                           r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
                           r"return cc_major >= 8 && backward_runs_fit\(dtype, g, x, xs\);",
                           r"channel_sum_splits\(positions, g\.Cout\)",
@@ -159,7 +159,8 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                          r"const ConvInput in = output_mask\[0\] \|\| output_mask\[1\]\s+\? conv_input\("],
         "run_loaders.h": [rf"constexpr int kRunLen = {c['kRunBytes']} / static_cast<int>\(sizeof\(T\)\);",
                           r"int64_t rem = \(r \+ p\) % s, hits = 0;",
-                          r"for \(int64_t kk = 0; kk < kernel && hits < 2; \+\+kk\) \{",
+                          r"for \(int64_t kk = 0; kk < kernel && hits < 2 && kk - \(hits \? ph\.first : 0\) <= s;",
+                          r"return s < size \? s : \(size > 0 \? size : 1\);",
                           rf"constexpr int kRunBK = {c['kRunsPerStep']} \* kRunLen<T>;"],
         "linear.cu": [r"if constexpr \(kTensorCores<T>\) \{\s+// 16-byte runs",
                       r"if \(cc_major >= 8 && in_f % kRunLen<T> == 0 && aligned\(x\) && aligned\(w\)\)",

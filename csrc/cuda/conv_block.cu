@@ -423,7 +423,8 @@ int64_t weight_grad_splits(const Geometry& g) {
 }
 
 // The blocks of the backward's one gradient launch (conv_grads_kernel), in block order: the
-// input gradient's tiles (dx_x x dx_y per group, none when it is not wanted), the weight
+// input gradient's tiles (dx_x x dx_y per group, and per stride phase over runs; none when it
+// is not wanted), the weight
 // gradient's (dw_x x dw_y per group and reduction split), the bias gradient's (channel, split).
 // They all read only the conv-output gradient (built by unpool_kernel before) or the pooled
 // gradient, so one launch runs them side by side.
@@ -438,16 +439,14 @@ struct GradBlocks {
 // split's chunk a whole number of k steps of `step` (kBK; kRunBK<T> over channel runs). The tiles
 // count alike in both kernels (kBM == kBN): conv_grads_kernel's input-gradient tiles are
 // channels x positions, conv_grads_runs_kernel's positions x channels, the latter for each
-// stride phase that has inputs (`phases`: min(sh, H) x min(sw, W); input_grad_runs_tile), as
-// many row tiles each as the largest phase (the first) has.
+// stride phase that has inputs (`phases`: input_grad_phase_grid; input_grad_runs_tile).
 inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits,
                               int64_t step = kBK, bool phases = false) {
   GradBlocks b;
   if (want_dx) {
-    const int64_t sh = phases ? g.sh : 1, sw = phases ? g.sw : 1;
-    const int64_t ph = sh < g.H ? sh : (g.H > 0 ? g.H : 1), pw = sw < g.W ? sw : (g.W > 0 ? g.W : 1);
-    b.dx_x = ceil_div(g.N * ceil_div(g.H, sh) * ceil_div(g.W, sw), kBN), b.dx_y = ceil_div(g.Cg, kBM);
-    b.dx = b.dx_x * b.dx_y * g.G * ph * pw, b.dx_pw = pw;
+    const PhaseGrid p = phases ? input_grad_phase_grid(g) : PhaseGrid{ceil_div(g.N * g.H * g.W, kBN), 1, 1};
+    b.dx_x = p.row_tiles, b.dx_y = ceil_div(g.Cg, kBM);
+    b.dx = b.dx_x * b.dx_y * g.G * p.phase_rows * p.phase_cols, b.dx_pw = p.phase_cols;
   }
   if (want_dw) {
     b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, kBM), b.splits = dw_splits;
@@ -543,8 +542,9 @@ __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
 
-// conv_grads_kernel over channel runs (conv_backward_channel_runs), the same blocks (GradBlocks
-// with chunks of kRunBK<T> steps) and bias blocks; dconv channels_last (unpool_kernel<..., true>),
+// conv_grads_kernel over channel runs (conv_backward_channel_runs): its blocks (GradBlocks with
+// the input gradient's tiles per stride phase, z = phase * G + grp, and chunks of kRunBK<T>
+// steps); dconv channels_last (unpool_kernel<..., true>),
 // dx channels_last contiguous, wt as input_grad_runs_tile reads it, dw_part in the runs' column
 // order (weight_grad_runs_tile).
 template <typename T, typename OffT>
@@ -749,8 +749,12 @@ bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs
 }
 
 bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
+  // Each stride phase gets the largest one's row tiles: with strides near the image's size, up
+  // to kBM times the tile engine's input-gradient blocks; kept within half of gridDim.x.
+  const PhaseGrid p = input_grad_phase_grid(g);
+  const int64_t dx_blocks = p.row_tiles * ceil_div(g.Cg, kBN) * g.G * p.phase_rows * p.phase_cols;
   return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 &&
-         g.Coutg * g.KW < std::numeric_limits<int32_t>::max();
+         g.Coutg * g.KW < std::numeric_limits<int32_t>::max() && dx_blocks < (int64_t(1) << 30);
 }
 
 template <typename F>

@@ -5,16 +5,19 @@
 // consecutive rows of A / columns of B at one k (KMajorRunMap; operands whose reduction index is
 // the outer one, as in the gradients).
 //
-// The reduction index is k = (kh*KW + kw)*Cg + ci: the input's channels innermost, as a
-// channels_last input and a (Cout, KH, KW, Cin/groups) weight store them. With Cg a multiple
-// of kRunLen<T> every run lies inside one kernel tap and is contiguous in both operands, and
-// K = KH*KW*Cg is a multiple of kRunLen<T>, so a run is wholly inside the reduction or wholly
-// past it. A loader is built once per tile; src() names this step's run (null: zeros, i.e.
-// past the operand or in the conv's padding), next() advances k by kRunBK<T>. The digits of k
-// are stepped with one carry per digit (no division in the main loop); they and the step
-// are decomposed once per block by the caller (run_digits).
+// The conv forward's reduction index is k = (kh*KW + kw)*Cg + ci: the input's channels
+// innermost, as a channels_last input and a (Cout, KH, KW, Cin/groups) weight store them. With
+// Cg a multiple of kRunLen<T> every run lies inside one kernel tap and is contiguous in both
+// operands, and K = KH*KW*Cg is a multiple of kRunLen<T>, so a run is wholly inside the
+// reduction or wholly past it; the gradients' reductions are ordered alike (output channels
+// innermost in the input gradient's, whose taps are those of one stride phase). A loader is
+// built once per tile; src() (src_a() / src_b() where one loader serves both operands) names
+// this step's run (null: zeros, i.e. past the operand or in the conv's padding), next()
+// advances k by kRunBK<T>. The digits of k are stepped with one carry per digit (no division in
+// the main loop); they and the step are decomposed once per block by the caller (run_digits).
 //
-// Host and device code alike (no CUDA headers): tests/cuda_emulator runs them on the CPU.
+// Host and device code alike (no CUDA headers): tests/cuda_loaders_test.cpp and
+// tests/cuda_emulator run them on the CPU.
 
 #pragma once
 
@@ -157,10 +160,12 @@ struct AxisPhase {
 // (r + p - kk*d) mod s by subtraction (no division in the loop, at most `kernel` steps), and
 // every later one follows from them.
 FUSEDOPS_HD AxisPhase axis_phase(int64_t r, int64_t s, int64_t d, int64_t p, int64_t kernel, int64_t in) {
-  AxisPhase ph{0, 1, 0, 0, 0, r < in ? (in - r + s - 1) / s : 0};
+  AxisPhase ph{0, 1, 0, 0, 0, r < in ? (in - 1 - r) / s + 1 : 0};  // not in - r + s - 1: s may be near 2^63
   const int64_t d_mod = d % s;
   int64_t rem = (r + p) % s, hits = 0;  // (r + p - kk*d) mod s; r and p are non-negative
-  for (int64_t kk = 0; kk < kernel && hits < 2; ++kk) {
+  // The remainders repeat every s / gcd(s, d) <= s taps: a first tap comes within s of the
+  // start, a second within s of the first, or never.
+  for (int64_t kk = 0; kk < kernel && hits < 2 && kk - (hits ? ph.first : 0) <= s; ++kk) {
     if (rem == 0) {
       if (hits++ == 0) ph.first = kk;
       else ph.tap_step = kk - ph.first;
@@ -172,6 +177,19 @@ FUSEDOPS_HD AxisPhase axis_phase(int64_t r, int64_t s, int64_t d, int64_t p, int
   ph.out0 = (r + p - ph.first * d) / s;                  // exact
   ph.out_step = hits == 1 ? 0 : ph.tap_step * d / s;  // exact
   return ph;
+}
+
+// The input gradient's blocks over runs: each stride phase that has inputs (min(s, size) of
+// them along an axis, phase_rows x phase_cols) gets as many tiles of kBM rows as the largest,
+// phase (0, 0), has (its rows ceil(H / sh) x ceil(W / sw) an image).
+struct PhaseGrid {
+  int64_t row_tiles, phase_rows, phase_cols;
+};
+
+FUSEDOPS_HD PhaseGrid input_grad_phase_grid(const Geometry& g) {
+  const auto phases = [](int64_t s, int64_t size) { return s < size ? s : (size > 0 ? size : 1); };
+  const auto largest = [](int64_t s, int64_t size) { return size > 0 ? (size - 1) / s + 1 : 0; };
+  return {(g.N * largest(g.sh, g.H) * largest(g.sw, g.W) + kBM - 1) / kBM, phases(g.sh, g.H), phases(g.sw, g.W)};
 }
 
 // Both operands of the conv input gradient over runs (conv_backward_channel_runs), for one
