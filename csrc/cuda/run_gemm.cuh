@@ -146,13 +146,11 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
 #pragma unroll
     for (int k = 0; k < kRunBK<T>; k += kK) {
       wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, LayoutA> fa;
-      wmma::load_matrix_sync(fa, Shape::ptr(&st.a[TileA::at(wm * 16, k)]), TileA::ld);
-      Shape::round(fa);
+      Shape::load(fa, &st.a[TileA::at(wm * 16, k)], TileA::ld);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, LayoutB> fb;
-        wmma::load_matrix_sync(fb, Shape::ptr(&st.b[TileB::at(wn * 32 + j * 16, k)]), TileB::ld);
-        Shape::round(fb);
+        Shape::load(fb, &st.b[TileB::at(wn * 32 + j * 16, k)], TileB::ld);
         wmma::mma_sync(part[j], fa, fb, part[j]);
       }
     }

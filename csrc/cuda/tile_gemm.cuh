@@ -145,13 +145,11 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
 #pragma unroll
       for (int k = 0; k < kBK; k += kK) {
         wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, Shape::ptr(&st.a[wm * 16][k]), kBK + 8);
-        Shape::round(fa);
+        Shape::load(fa, &st.a[wm * 16][k], kBK + 8);
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, wmma::row_major> fb;
-          wmma::load_matrix_sync(fb, Shape::ptr(&st.b[k][wn * 32 + j * 16]), kBN + 8);
-          Shape::round(fb);
+          Shape::load(fb, &st.b[k][wn * 32 + j * 16], kBN + 8);
           wmma::mma_sync(part[j], fa, fb, part[j]);
         }
       }
