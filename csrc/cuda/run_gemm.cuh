@@ -146,11 +146,11 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
 #pragma unroll
     for (int k = 0; k < kRunBK<T>; k += kK) {
       wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, LayoutA> fa;
-      Shape::load(fa, &st.a[TileA::at(wm * 16, k)], TileA::ld);
+      Shape::load_shared(fa, &st.a[TileA::at(wm * 16, k)], TileA::ld);
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, LayoutB> fb;
-        Shape::load(fb, &st.b[TileB::at(wn * 32 + j * 16, k)], TileB::ld);
+        Shape::load_shared(fb, &st.b[TileB::at(wn * 32 + j * 16, k)], TileB::ld);
         wmma::mma_sync(part[j], fa, fb, part[j]);
       }
     }

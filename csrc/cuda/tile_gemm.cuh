@@ -145,11 +145,11 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
 #pragma unroll
       for (int k = 0; k < kBK; k += kK) {
         wmma::fragment<wmma::matrix_a, 16, 16, kK, typename Shape::Elem, wmma::row_major> fa;
-        Shape::load(fa, &st.a[wm * 16][k], kBK + 8);
+        Shape::load_shared(fa, &st.a[wm * 16][k], kBK + 8);
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           wmma::fragment<wmma::matrix_b, 16, 16, kK, typename Shape::Elem, wmma::row_major> fb;
-          Shape::load(fb, &st.b[k][wn * 32 + j * 16], kBN + 8);
+          Shape::load_shared(fb, &st.b[k][wn * 32 + j * 16], kBN + 8);
           wmma::mma_sync(part[j], fa, fb, part[j]);
         }
       }
