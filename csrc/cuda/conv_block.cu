@@ -424,8 +424,8 @@ int64_t weight_grad_splits(const Geometry& g) {
 
 // The blocks of the backward's one gradient launch (conv_grads_kernel), in block order: the
 // input gradient's tiles (dx_x x dx_y per group, and per stride phase over runs; none when it
-// is not wanted), the weight
-// gradient's (dw_x x dw_y per group and reduction split), the bias gradient's (channel, split).
+// is not wanted), the weight gradient's (dw_x x dw_y per group and reduction split), the bias
+// gradient's (channel, split).
 // They all read only the conv-output gradient (built by unpool_kernel before) or the pooled
 // gradient, so one launch runs them side by side.
 struct GradBlocks {
@@ -544,9 +544,8 @@ __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x
 
 // conv_grads_kernel over channel runs (conv_backward_channel_runs): its blocks (GradBlocks with
 // the input gradient's tiles per stride phase, z = phase * G + grp, and chunks of kRunBK<T>
-// steps); dconv channels_last (unpool_kernel<..., true>),
-// dx channels_last contiguous, wt as input_grad_runs_tile reads it, dw_part in the runs' column
-// order (weight_grad_runs_tile).
+// steps); dconv channels_last (unpool_kernel<..., true>), dx channels_last contiguous, wt as
+// input_grad_runs_tile reads it, dw_part in the runs' column order (weight_grad_runs_tile).
 template <typename T, typename OffT>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_grads_runs_kernel(Geometry g, GradBlocks plan, const T* __restrict__ go, Strides4 gs,

@@ -157,8 +157,8 @@ struct AxisPhase {
 
 // Phase r of an axis of `in` inputs, stride s, dilation d, padding p (before), `kernel` taps.
 // Once per tile: the first two taps that reach the phase are found by stepping
-// (r + p - kk*d) mod s by subtraction (no division in the loop, at most `kernel` steps), and
-// every later one follows from them.
+// (r + p - kk*d) mod s by subtraction (no division in the loop, at most min(kernel, 2s + 1)
+// steps), and every later one follows from them.
 FUSEDOPS_HD AxisPhase axis_phase(int64_t r, int64_t s, int64_t d, int64_t p, int64_t kernel, int64_t in) {
   AxisPhase ph{0, 1, 0, 0, 0, r < in ? (in - 1 - r) / s + 1 : 0};  // not in - r + s - 1: s may be near 2^63
   const int64_t d_mod = d % s;
@@ -202,8 +202,8 @@ FUSEDOPS_HD PhaseGrid input_grad_phase_grid(const Geometry& g) {
 //      (channels_last, Cout channels), null outside the conv output or past the reduction;
 //   B: wt[grp][ci][first_h + t*tap_step_h][first_w + u*tap_step_w][co], the weights as
 //      (groups, Cin/groups, KH, KW, Cout/groups) contiguous, null past Cg or the reduction.
-// dn = dconv + n*OH*OW*Cout + grp*Coutg, or null past the phase's rows; wc = wt's row of this
-// thread's column ci, or null past the group's channels.
+// dn = dconv + n*OH*OW*Cout + grp*Coutg, or null past the phase's rows; wt_row = wt's row of
+// this thread's column ci, wt + (grp*Cg + ci)*KH*KW*Coutg, or null past the group's channels.
 template <typename T>
 struct InputGradRunLoader {
   const T* dn;
