@@ -750,8 +750,7 @@ bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs
 bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
   // Each stride phase gets the largest one's row tiles: with strides near the image's size, up
   // to kBM times the tile engine's input-gradient blocks; kept within half of gridDim.x.
-  const PhaseGrid p = input_grad_phase_grid(g);
-  const int64_t dx_blocks = p.row_tiles * ceil_div(g.Cg, kBN) * g.G * p.phase_rows * p.phase_cols;
+  const int64_t dx_blocks = grad_blocks(g, true, false, false, 0, kBK, true).dx;
   return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 &&
          g.Coutg * g.KW < std::numeric_limits<int32_t>::max() && dx_blocks < (int64_t(1) << 30);
 }
