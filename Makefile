@@ -24,7 +24,9 @@
 #                         the ASan runtime preloaded (tools/sanitize.sh); any sanitizer report fails it
 # make gpu-report         on a GPU machine (no package registry needed): build for its GPU, the gpu tests,
 #                         compute-sanitizer, the GPU benchmarks -> benchmarks/results/<gpu>/summary.md and
-#                         its logs; STAGE=build|test|sanitize|bench runs one stage, DRY_RUN=1 only checks
+#                         its logs; STAGE=build|test|sanitize|bench runs one stage, BUDGET=seconds bounds
+#                         the whole report, RESUME=1 (or RESUME=<report dir>) runs what the last one left
+#                         undone, DRY_RUN=1 only checks
 #
 # `make test` runs the three GPU checks when a source they cover changed since they last passed
 # (always on a fresh clone); their virtualenvs are made once and reused. `make test GPU_CHECKS=0`
@@ -177,4 +179,5 @@ clean:
 # Stages, files and time limits: benchmarks/gpu_report.py. Needs only what the GPU machines have.
 .PHONY: gpu-report
 gpu-report:
-	$(PYTHON) -m benchmarks.gpu_report $(if $(STAGE),--stage $(STAGE)) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(PYTHON) -m benchmarks.gpu_report $(if $(STAGE),--stage $(STAGE)) $(if $(BUDGET),--budget $(BUDGET)) \
+		$(if $(RESUME),--resume $(filter-out 1,$(RESUME))) $(if $(filter 1,$(DRY_RUN)),--dry-run)

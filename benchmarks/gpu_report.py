@@ -2,13 +2,23 @@
 
     make gpu-report                       # every stage, in order
     make gpu-report STAGE=test            # one stage: build | test | sanitize | bench
+    make gpu-report BUDGET=540            # every stage, all of them within 540 seconds
+    make gpu-report RESUME=1              # what the last report in the directory left undone
     make gpu-report DRY_RUN=1             # check every stage's commands and files; run nothing
-    python -m benchmarks.gpu_report [--stage STAGE] [--dry-run] [--out DIR]
+    python -m benchmarks.gpu_report [--stage STAGE] [--budget S] [--resume] [--dry-run] [--out DIR]
 
 Written for the GPU machines: no package registry (nothing is downloaded), torch 2.11 with
 CUDA 13, Triton 3.6, nvcc 13, ninja, compute-sanitizer, 16 cores, one H100 or H200. Each
 stage stops itself after ``FUSEDOPS_STAGE_SECONDS`` (default 420: under 8 minutes) and keeps
 what it finished; each can run alone, and the summary keeps the other stages' last results.
+
+For a GPU lent a few minutes at a time: ``--budget`` (``BUDGET``, ``FUSEDOPS_REPORT_SECONDS``)
+bounds the whole report, each stage taking what is left once the later stages' reserves
+(``RESERVE_SECONDS``) are set aside, so that one command runs the build, the tests,
+compute-sanitizer and as many benchmark runs as fit, most wanted first. ``--resume`` then runs
+only what the report in ``--out`` left undone: the stages that did not pass (the build only if
+``fusedops._C`` does not load with CUDA kernels) and the benchmark runs and tables missing from
+it, adding their rows to its ``bench.json`` and their output to its logs.
 
 - build: ``pip install --no-build-isolation --no-deps -e .`` with ``FUSEDOPS_CUDA_ARCHS`` set
   to this GPU's architecture only; then checks that ``fusedops._C`` loads with CUDA kernels.
@@ -16,16 +26,19 @@ what it finished; each can run alone, and the summary keeps the other stages' la
   stage cut short), then ``pytest -m gpu`` (both GPU backends; Triton kernels compiled in parallel first,
   tests/triton_prewarm.py): with pytest-xdist, in ``xdist_workers`` processes; without it one
   process per test file, so that a kernel fault, which leaves the CUDA context unusable, costs
-  one file; then the CPU suite without the Triton interpreter tests (``-m "not gpu"``,
-  ``TRITON_INTERPRET=0``) with the time left; one JUnit XML.
+  one file; one JUnit XML. Without a CUDA device: the CPU suite without the Triton interpreter
+  tests (``-m "not gpu"``, ``TRITON_INTERPRET=0``) instead (on a GPU machine that is ``make
+  test``'s job, not worth its minutes).
 - sanitize: compute-sanitizer memcheck, racecheck, initcheck and synccheck over the
   ``sanitize``-marked tests (tests/test_gpu_sanitize.py: small shapes, both backends, the
   reference on the CPU), with torch's caching allocator off; a one-line verdict per tool that
   counts the errors in fusedops' kernels apart from any elsewhere.
-- bench: ``benchmarks/run.py`` on CUDA with every provider but max-autotune (eager NCHW, eager
-  channels_last + cudnn.benchmark, torch.compile, CUDA-graph replays, each fusedops backend),
-  bfloat16 then float32, batch 256, the tutorial layers, one layer per run so that a run cut
-  short by the time limit loses one layer, not the table; then the host time per call on CUDA
+- bench: ``benchmarks/run.py`` on CUDA with every provider but max-autotune and the reference
+  (eager NCHW, eager channels_last + cudnn.benchmark, torch.compile, CUDA-graph replays, the
+  Triton and CUDA backends and their variants), one layer per run so that a run cut short by
+  the time limit loses one layer, not the table, most wanted first (``BENCH_RUNS``): the conv
+  blocks of the tutorials (batch 256) and the VGG block (batch 64) in bfloat16, then in float32,
+  then the MLP and a whole tutorial CNN's training step; then the host time per call on CUDA
   (``benchmarks/host_overhead.py``), where each backend's training step spends GPU time
   (``benchmarks/kernel_profile.py``), the Triton conv-block kernels under candidate block
   configs (``benchmarks/triton_tiles.py``), and with the time left torch.compile
@@ -78,15 +91,53 @@ OUR_KERNELS = ("fusedops", "conv_block_fwd_kernel", "conv_block_dx_kernel", "con
                "linear_forward_kernel", "activation_grad_kernel", "linear_input_grad_kernel",
                "linear_weight_grad_kernel", "linear_input_grad_runs_kernel", "linear_weight_grad_runs_kernel",
                "column_sum_kernel")
-# The benchmark runs, most wanted first: (dtype, op, layer name part).
-BENCH_DTYPES = ("bfloat16", "float32")
-BENCH_LAYERS = (("conv_block", "mnist conv1"), ("conv_block", "mnist conv2"), ("conv_block", "cifar conv1"),
-                ("conv_block", "cifar conv2"), ("linear", "mlp"), ("train_step", "cifar tutorial CNN"))
-BENCH_BATCH = 256
+BENCH_BATCH = 256  # the tutorial layers' batch; the VGG block's is VGG_BATCH
+VGG_BATCH = 64
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One ``benchmarks/run.py`` run: one layer (a part of its name), one dtype."""
+
+    dtype: str
+    op: str
+    layer: str
+    batch: int = BENCH_BATCH
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer} {self.dtype} b{self.batch}"
+
+
+# The benchmark runs, most wanted first: the conv blocks (the speed targets: the tutorial layers
+# at batch 256, the VGG block at batch 64) in bfloat16, then in float32 (TF32 by default: what
+# most users train in), then the linear layers and a whole model.
+_CONV_BLOCKS = (("mnist conv1", BENCH_BATCH), ("mnist conv2", BENCH_BATCH), ("cifar conv1", BENCH_BATCH),
+                ("cifar conv2", BENCH_BATCH), ("vgg block", VGG_BATCH))
+BENCH_RUNS = tuple(
+    [BenchRun(dtype, "conv_block", layer, batch) for dtype in ("bfloat16", "float32") for layer, batch in _CONV_BLOCKS]
+    + [BenchRun(dtype, op, layer) for op, layer in (("linear", "mlp"), ("train_step", "cifar tutorial CNN"))
+       for dtype in ("bfloat16", "float32")])
 
 
 def stage_seconds() -> float:
     return float(os.environ.get("FUSEDOPS_STAGE_SECONDS", "420"))
+
+
+# What a report with a budget keeps back for each later stage while an earlier one runs: about
+# what its essential part took on an H200 (the gpu tests ~130 s after a ~60 s prewarm, the four
+# sanitizer tools ~50 s, the first benchmark runs).
+RESERVE_SECONDS = {"build": 0, "test": 200, "sanitize": 60, "bench": 90}
+
+
+def stage_limit(later: Sequence[str], left: Optional[float]) -> float:
+    """Seconds a stage may run: ``FUSEDOPS_STAGE_SECONDS``, and where ``left`` seconds of the
+    report's budget remain, what is left once the reserves of the ``later`` stages are set
+    aside, but at least a fifth of it (no stage is given nothing)."""
+    limit = stage_seconds()
+    if left is None:
+        return limit
+    return max(0.0, min(limit, max(left / 5, left - sum(RESERVE_SECONDS[s] for s in later))))
 
 
 # --- running commands ----------------------------------------------------------------------------
@@ -253,6 +304,8 @@ class Report:
     machine: Machine
     dry_run: bool
     stages: Dict[str, dict] = field(default_factory=dict)
+    limit: float = 0.0  # seconds the stage now running may take
+    resume: bool = False  # add to the stage's last results instead of starting over (bench)
 
     STATE = re.compile(r"<!-- gpu-report-state (.*?) -->", re.S)
 
@@ -290,9 +343,8 @@ def stage_build(report: Report, runner: Runner) -> dict:
         if missing:
             return dict(status="failed", detail="dry run: " + "; ".join(missing))
         return dict(status="dry-run", detail=f"would build for sm_{m.arch or '90'}")
-    result = runner.run(cmd, log, stage_seconds(), env)
-    probe = _output([sys.executable, "-c", "import fusedops, fusedops._native as n; "
-                     "print(fusedops.__file__, n.WITH_CUDA, n.LOAD_ERROR)"])
+    result = runner.run(cmd, log, report.limit, env)
+    probe = probe_build()
     built = f"fusedops._C: {probe or 'fusedops does not import'}"
     if result.rc != 0:
         return dict(status="timeout" if result.timed_out else "failed", seconds=result.seconds,
@@ -302,6 +354,17 @@ def stage_build(report: Report, runner: Runner) -> dict:
         return dict(status="failed", seconds=result.seconds, detail=f"built without CUDA kernels: {built}")
     what = f"CUDA kernels for sm_{m.arch}" if m.cuda else "C++ kernels only (no CUDA device here)"
     return dict(status="passed", seconds=result.seconds, detail=f"{what}; {built}")
+
+
+def probe_build() -> str:
+    """``fusedops``' path, whether ``fusedops._C`` has CUDA kernels and why it did not load,
+    from a fresh interpreter ("" if fusedops does not import)."""
+    return _output([sys.executable, "-c", "import fusedops, fusedops._native as n; "
+                    "print(fusedops.__file__, n.WITH_CUDA, n.LOAD_ERROR)"])
+
+
+def built_with_cuda() -> bool:
+    return " True " in f" {probe_build()} "
 
 
 # --- stage: test ------------------------------------------------------------------------------------
@@ -343,7 +406,7 @@ def xdist_workers(cpus: int) -> int:
 def stage_test(report: Report, runner: Runner) -> dict:
     m = report.machine
     log, junit = report.out / "test.log", report.out / "junit.xml"
-    budget = stage_seconds()
+    budget = report.limit
     start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="gpu-report-test-"))
     runs, notes = [], []
@@ -353,7 +416,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
         notes += [f"dry run: {p} does not exist" for p in missing]
     if m.cuda or runner.dry_run:
         path = tmp / "smoke.xml"
-        left = budget - 60 - (time.monotonic() - start)
+        left = budget - (time.monotonic() - start)
         runs.append(("smoke", path, runner.run(pytest_cmd("gpu or not gpu", path, SMOKE_TESTS), log,
                                                 min(left / 4, 120), _env(TRITON_INTERPRET=None))))
     workers = xdist_workers(m.cpus)
@@ -361,16 +424,16 @@ def stage_test(report: Report, runner: Runner) -> dict:
         # The Triton kernels compiled once, in parallel; then every gpu test in `workers`
         # processes (a kernel fault poisons its process's CUDA context: the tests that process
         # runs after it fail too, and say so).
-        left = budget - 60 - (time.monotonic() - start)
+        left = budget - (time.monotonic() - start)
         runner.run([sys.executable, "-m", "tests.triton_prewarm", "--jobs", str(m.cpus)], log, min(left / 3, 180),
                    _env(TRITON_INTERPRET=None))
         path = tmp / "gpu0.xml"
         cmd = pytest_cmd("gpu", path, ("tests",), ("-n", str(workers), *SKIP_SMOKE))
-        left = budget - 60 - (time.monotonic() - start)
+        left = budget - (time.monotonic() - start)
         runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None, FUSEDOPS_TRITON_PREWARM="0"))))
     elif m.cuda or runner.dry_run:
         for i, paths in enumerate(GPU_TEST_RUNS):
-            left = budget - 60 - (time.monotonic() - start)
+            left = budget - (time.monotonic() - start)
             if left < 20 and not runner.dry_run:
                 notes.append(f"gpu tests not run ({budget:.0f} s stage limit): " + ", ".join(
                     " ".join(p) for p in GPU_TEST_RUNS[i:]))
@@ -380,17 +443,15 @@ def stage_test(report: Report, runner: Runner) -> dict:
             runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None))))
     else:
         notes.append("gpu tests not run: no CUDA device (torch.cuda.is_available() is False)")
-    cpu_junit = tmp / "cpu.xml"
-    left = budget - (time.monotonic() - start)
-    if left > 30 or runner.dry_run:
-        # The CPU suite without the Triton interpreter tests (make test runs those everywhere).
-        result = runner.run(pytest_cmd("not gpu", cpu_junit, ("tests",), SKIP_SMOKE), log, left,
-                            _env(TRITON_INTERPRET="0"))
+    if not m.cuda and not runner.dry_run:
+        # This machine's part: the CPU suite without the Triton interpreter tests (make test runs
+        # those everywhere). A GPU machine leaves it to make test: its minutes are the GPU's.
+        cpu_junit = tmp / "cpu.xml"
+        result = runner.run(pytest_cmd("not gpu", cpu_junit, ("tests",), SKIP_SMOKE), log,
+                            budget - (time.monotonic() - start), _env(TRITON_INTERPRET="0"))
         runs.append(("cpu", cpu_junit, result))
-    else:
-        notes.append(f"CPU suite not run: {budget:.0f} s stage limit reached")
     if runner.dry_run:
-        samples = {0: "smoke", 1: "gpu", len(runs) - 1: "cpu"}  # one sample each; the other runs empty
+        samples = {0: "smoke", 1: "gpu"}  # one sample each; the other runs empty
         for k, (name, path, _) in enumerate(runs):
             path.write_text(SAMPLE_JUNIT[name] if samples.get(k) == name else "<testsuites/>")
     merge_junit([(name, path) for name, path, _ in runs], junit)
@@ -496,7 +557,7 @@ def stage_sanitize(report: Report, runner: Runner) -> dict:
         return dict(status="skipped", detail="compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
     log = report.out / "sanitize.log"
     notes = _check_selection("sanitize", 10) if runner.dry_run else []
-    start, budget = time.monotonic(), stage_seconds()
+    start, budget = time.monotonic(), report.limit
     verdicts = {}
     # No caching allocator (each tensor its own allocation: memcheck sees its bounds, initcheck
     # its first write; the tests' poisoning is off); no prewarm (the test stage filled the cache).
@@ -566,19 +627,31 @@ def sanitizer_verdict(tool: str, text: str, result: Result) -> str:
 # --- stage: bench ---------------------------------------------------------------------------------
 
 
-def bench_chunks():
-    return [(dtype, op, layer) for dtype in BENCH_DTYPES for op, layer in BENCH_LAYERS]
+# max-autotune compiles take minutes per layer, and the reference backend is the oracle, not a
+# contender (the CPU benchmarks time it): the main runs leave both out, and one run after the
+# host-time and profile tables adds max-autotune for the bf16 tutorial layers, time permitting.
+BENCH_PROVIDERS = ("--skip-providers", "compile-max-autotune,fusedops-reference")
+AUTOTUNE_RUN = BenchRun("bfloat16", "conv_block,linear", "mnist conv1,mnist conv2,cifar conv1,cifar conv2,mlp")
+AUTOTUNE_LABEL = "compile-max-autotune"
 
 
-# max-autotune compiles take minutes per layer: the main runs leave it out, and one run after
-# the host-time and profile tables adds it for the bf16 tutorial layers, time permitting.
-WITHOUT_AUTOTUNE = ("--skip-providers", "compile-max-autotune")
-AUTOTUNE_RUN = ("bfloat16", "conv_block,linear", "mnist conv1,mnist conv2,cifar conv1,cifar conv2,mlp")
+def bench_argv(run: BenchRun, out: Path, device="cuda", providers=BENCH_PROVIDERS) -> List[str]:
+    return ["--device", device, "--dtypes", run.dtype, "--batch", str(run.batch), "--ops", run.op,
+            "--layers", run.layer, "--modes", "fwd,train", *providers, "--out", str(out)]
 
 
-def bench_argv(dtype, op, layer, out: Path, device="cuda", providers=WITHOUT_AUTOTUNE) -> List[str]:
-    return ["--device", device, "--dtypes", dtype, "--batch", str(BENCH_BATCH), "--ops", op, "--layers", layer,
-            "--modes", "fwd,train", *providers, "--out", str(out)]
+# The tables after the benchmark runs: (key in the stage's results, script, its arguments, the
+# dry run's sample output, what it is, seconds it needs at least, seconds it may take at most).
+# Host time per call on CUDA (the tutorial layers are launch-bound), where each backend's training
+# step spends GPU time, and the Triton kernels' candidate tiles (what the rules picking them
+# should be; rows kept as they come, so a run cut short keeps its layers; at most 4 minutes, 74
+# compiles and their timings, so that max-autotune keeps its turn).
+def bench_tables():
+    return (("host_table", "benchmarks/host_overhead.py", ("--device", "cuda"), SAMPLE_HOST_OVERHEAD,
+             "host time per call", 30, float("inf")),
+            ("profile_table", "benchmarks/kernel_profile.py", (), SAMPLE_KERNEL_PROFILE, "kernel profile", 30,
+             float("inf")),
+            ("tiles_table", "benchmarks/triton_tiles.py", (), SAMPLE_TRITON_TILES, "Triton tile candidates", 90, 240))
 
 
 def stage_bench(report: Report, runner: Runner) -> dict:
@@ -586,102 +659,101 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     if not m.cuda and not runner.dry_run:
         return dict(status="skipped", detail="no CUDA device (torch.cuda.is_available() is False): the GPU "
                     "benchmark needs one (`make bench` benchmarks this CPU)")
-    log = report.out / "bench.log"
-    start, budget = time.monotonic(), stage_seconds()
+    log, merged_path = report.out / "bench.log", report.out / "bench.json"
+    start, budget = time.monotonic(), report.limit
     tmp = Path(tempfile.mkdtemp(prefix="gpu-report-bench-"))
-    results, notes, done = [], [], 0
-    chunks = bench_chunks()
+    # Resumed: the runs and tables the last report finished stay, with their rows.
+    previous = report.stages.get("bench", {}) if report.resume else {}
+    done = set(previous.get("done", []))
+    results = [json.loads(merged_path.read_text())] if done and merged_path.exists() else []
+    tables = {key: previous.get(key, []) for key, *_ in bench_tables()}
+    notes = []
     if runner.dry_run:
-        notes += _check_bench_args(chunks, tmp) + _check_tiles()
-    for i, (dtype, op, layer) in enumerate(chunks):
-        left = budget - (time.monotonic() - start)
-        if left < 30 and not runner.dry_run:
-            rest = ", ".join(f"{lay} {d}" for d, _, lay in chunks[i:])
-            notes.append(f"not run ({budget:.0f} s stage limit): {rest}")
-            break
-        out = tmp / f"run{i}"
-        result = runner.run([sys.executable, "benchmarks/run.py", *bench_argv(dtype, op, layer, out)], log, left,
-                            _env(TRITON_INTERPRET=None))
+        notes += _check_bench_args(BENCH_RUNS, tmp) + _check_tiles()
+
+    def left() -> float:
+        return budget - (time.monotonic() - start)
+
+    def run_py(run: BenchRun, out: Path, providers=BENCH_PROVIDERS) -> Optional[dict]:
+        """``benchmarks/run.py`` for ``run``: its results JSON, or None (a note says why)."""
+        result = runner.run([sys.executable, "benchmarks/run.py", *bench_argv(run, out, providers=providers)], log,
+                            left(), _env(TRITON_INTERPRET=None))
         if result.dry:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "sample.json").write_text(json.dumps(sample_bench(dtype, op, layer)))
+            (out / "sample.json").write_text(json.dumps(sample_bench(run)))
         found = sorted(out.glob("*.json"))
         if found:
-            results.append(json.loads(found[0].read_text()))
-            done += 1
-        else:
-            notes.append(f"{layer} {dtype}: no results ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
-                         "bench.log)")
+            return json.loads(found[0].read_text())
+        notes.append(f"{run.label}: no results ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
+                     "bench.log)")
+        return None
 
-    def table_run(script: str, args: Sequence[str], sample: str, what: str, min_seconds: float,
-                  max_seconds: float = float("inf")) -> List[str]:
-        """The markdown rows ``script`` prints to bench.log, if at least ``min_seconds`` are left;
-        it runs for at most ``max_seconds``."""
-        left = budget - (time.monotonic() - start)
-        if left < min_seconds and not runner.dry_run:
+    todo = [run for run in BENCH_RUNS if run.label not in done]
+    for i, run in enumerate(todo):
+        if left() < 30 and not runner.dry_run:
+            notes.append(f"not run ({budget:.0f} s stage limit): " + ", ".join(r.label for r in todo[i:]))
+            break
+        found = run_py(run, tmp / f"run{i}")
+        if found:
+            results.append(found)
+            done.add(run.label)
+
+    for key, script, args, sample, what, min_seconds, max_seconds in bench_tables():
+        if tables[key]:
+            continue
+        if left() < min_seconds and not runner.dry_run:
             notes.append(f"{what} not run ({budget:.0f} s stage limit)")
-            return []
+            continue
         mark = log.stat().st_size if log.exists() else 0
-        result = runner.run([sys.executable, script, *args], log, min(left, max_seconds), _env(TRITON_INTERPRET=None))
+        result = runner.run([sys.executable, script, *args], log, min(left(), max_seconds), _env(TRITON_INTERPRET=None))
         text = sample if result.dry else log.read_text(errors="replace")[mark:]
-        rows = [ln for ln in text.splitlines() if ln.startswith("|")]
-        if not rows:
+        tables[key] = [ln for ln in text.splitlines() if ln.startswith("|")]
+        if not tables[key]:
             notes.append(f"{what}: no table ({'time limit' if result.timed_out else f'exit {result.rc}'}; bench.log)")
-        return rows
 
-    # Host time per call on CUDA (the tutorial layers are launch-bound), where each backend's
-    # training step spends GPU time, and the Triton kernels' candidate tiles (what the rules
-    # picking them should be; rows kept as they come, so a run cut short keeps its layers).
-    host_table = table_run("benchmarks/host_overhead.py", ("--device", "cuda"), SAMPLE_HOST_OVERHEAD,
-                           "host time per call", 30)
-    profile_table = table_run("benchmarks/kernel_profile.py", (), SAMPLE_KERNEL_PROFILE, "kernel profile", 30)
-    # At most 4 minutes (74 compiles and their timings), so that max-autotune keeps its turn.
-    tiles_table = table_run("benchmarks/triton_tiles.py", (), SAMPLE_TRITON_TILES, "Triton tile candidates", 90, 240)
-    if budget - (time.monotonic() - start) >= 60 or runner.dry_run:
-        out = tmp / "autotune"
-        result = runner.run([sys.executable, "benchmarks/run.py",
-                             *bench_argv(*AUTOTUNE_RUN, out, providers=("--providers", "compile-max-autotune"))],
-                            log, budget - (time.monotonic() - start), _env(TRITON_INTERPRET=None))
-        found = sorted(out.glob("*.json"))
-        if found:
-            results.append(json.loads(found[0].read_text()))
-        elif not result.dry:
-            why = "time limit" if result.timed_out else f"exit {result.rc}"
-            notes.append(f"compile-max-autotune: no results ({why}; bench.log)")
-    else:
-        notes.append(f"compile-max-autotune not run ({budget:.0f} s stage limit)")
+    if AUTOTUNE_LABEL not in done:
+        if left() >= 60 or runner.dry_run:
+            found = run_py(AUTOTUNE_RUN, tmp / "autotune", providers=("--providers", "compile-max-autotune"))
+            if found:
+                results.append(found)
+                done.add(AUTOTUNE_LABEL)
+        else:
+            notes.append(f"{AUTOTUNE_LABEL} not run ({budget:.0f} s stage limit)")
     merged = merge_bench(results)
-    (report.out / "bench.json").write_text(json.dumps(merged, indent=1) + "\n")
+    merged_path.write_text(json.dumps(merged, indent=1) + "\n")
     if merged["rows"]:
         from benchmarks.summarize import plot
 
         plot(merged["rows"], str(report.out / "bench.png"),  # 60 dpi: a file small enough to copy back
-             f"fusedops speed-ups on {merged.get('device', m.gpu)} (batch {BENCH_BATCH})", dpi=60)
+             f"fusedops speed-ups on {merged.get('device', m.gpu)} (batch {BENCH_BATCH}, VGG {VGG_BATCH})", dpi=60)
     shutil.rmtree(tmp, ignore_errors=True)
-    status = "dry-run" if runner.dry_run else ("passed" if done == len(chunks) else "failed" if not done else "partial")
+    runs_done = sum(run.label in done for run in BENCH_RUNS)
+    status = ("dry-run" if runner.dry_run else "passed" if runs_done == len(BENCH_RUNS)
+              else "failed" if not runs_done else "partial")
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
-    return dict(status=status, seconds=time.monotonic() - start, detail=f"{done} of {len(chunks)} benchmark runs",
-                notes=notes, host_table=host_table, profile_table=profile_table, tiles_table=tiles_table)
+    return dict(status=status, seconds=time.monotonic() - start + previous.get("seconds", 0),
+                detail=f"{runs_done} of {len(BENCH_RUNS)} benchmark runs", notes=notes, done=sorted(done), **tables)
 
 
-def _check_bench_args(chunks, tmp: Path) -> List[str]:
+def _check_bench_args(runs: Sequence[BenchRun], tmp: Path) -> List[str]:
     """A dry run parses every benchmark run's arguments with benchmarks/run.py (on the CPU
     device, which the parser accepts here) and checks each selects at least one layer."""
     from benchmarks import run as bench
 
     problems = []
-    for dtype, op, layer in chunks:
+    for run in runs:
         try:
-            args = bench.parse_args(bench_argv(dtype, op, layer, tmp, device="cpu"))
-            args.device = "cuda"  # the GPU's layer set
+            # --full: the CPU device's parser with the GPU's layer set (all of them)
+            args = bench.parse_args([*bench_argv(run, tmp, device="cpu"), "--full"])
+            args.device = "cuda"
             chosen = bench.select_workloads(args)
         except SystemExit as exc:
-            problems.append(f"dry run: benchmarks/run.py rejects the arguments of {layer} {dtype} ({exc})")
+            problems.append(f"dry run: benchmarks/run.py rejects the arguments of {run.label} ({exc})")
             continue
         if not chosen:
-            problems.append(f"dry run: benchmarks/run.py selects no layer for {op} {layer!r}")
-    return problems or [f"{len(chunks)} benchmark runs, each selects its layers"]
+            problems.append(f"dry run: benchmarks/run.py selects no layer for {run.op} {run.layer!r}")
+    return problems or [f"{len(runs)} benchmark runs, each selects its layers"]
 
 
 def _check_tiles() -> List[str]:
@@ -707,17 +779,19 @@ def _check_tiles() -> List[str]:
 
 
 def merge_bench(results: List[dict]) -> dict:
-    """One results JSON (benchmarks/run.py's format) from the runs' JSONs."""
+    """One results JSON (benchmarks/run.py's format) from the runs' JSONs (or an earlier merge),
+    each row with its run's batch."""
     if not results:
         return {"rows": []}
-    merged = {k: v for k, v in results[0].items() if k != "rows"}
+    merged = {k: v for k, v in results[0].items() if k not in ("rows", "batch")}
     merged["ceilings"] = {}
     merged["rows"] = []
     seen = set()
     for r in results:
         merged["ceilings"].update(r.get("ceilings", {}))
         for row in r.get("rows", []):  # eager runs in every run: its first measurement stays
-            key = (row.get("layer"), row.get("dtype"), row.get("mode"), row.get("provider"))
+            row = dict(row, batch=row.get("batch", r.get("batch")))
+            key = (row.get("layer"), row["batch"], row.get("dtype"), row.get("mode"), row.get("provider"))
             if key not in seen:
                 seen.add(key)
                 merged["rows"].append(row)
@@ -735,7 +809,8 @@ def bench_table(rows: List[dict]) -> List[str]:
             providers.append(r["provider"])
     groups: Dict[tuple, Dict[str, dict]] = {}
     for r in rows:
-        groups.setdefault((r["layer"], DTYPE_LABELS.get(r["dtype"], r["dtype"]), r["mode"]), {})[r["provider"]] = r
+        layer = r["layer"] if r.get("batch", BENCH_BATCH) == BENCH_BATCH else f"{r['layer']}, batch {r['batch']}"
+        groups.setdefault((layer, DTYPE_LABELS.get(r["dtype"], r["dtype"]), r["mode"]), {})[r["provider"]] = r
     lines = ["| layer | dtype | mode | eager ms | " + " | ".join(providers) + " |",
              "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in providers) + " |"]
     for (layer, dtype, mode), by in groups.items():
@@ -774,6 +849,10 @@ def render_summary(report: Report) -> str:
             continue
         seconds = f"{s['seconds']:.0f} s" if s.get("seconds") and s["status"] != "dry-run" else ""
         lines.append(f"| {name} | {s['status']} | {seconds} | {s.get('detail', '')} |")
+    undone = [n for n in STAGES if report.stages.get(n, {}).get("status") in ("partial", "not run", "timeout")]
+    if undone:
+        lines += ["", f"Left undone: {', '.join(undone)}. `make gpu-report RESUME=1` with this report's directory "
+                  "as `FUSEDOPS_REPORT_DIR` (or `RESUME=<it>`) runs only what is left."]
     test = report.stages.get("test")
     if test:
         lines += ["", "## Tests: passed / failed / skipped per backend and precision", ""]
@@ -792,7 +871,8 @@ def render_summary(report: Report) -> str:
         lines += [f"- {n}" for n in sanitize.get("notes", [])]
     bench = report.stages.get("bench")
     if bench:
-        lines += ["", f"## Benchmarks: batch {BENCH_BATCH}, median ms (speed-up over eager / over torch.compile)",
+        lines += ["", f"## Benchmarks: batch {BENCH_BATCH} unless a layer says, median ms (speed-up over eager / "
+                  "over torch.compile)",
                   "", "Data: bench.json, plot: bench.png, log: bench.log.", ""]
         results = report.out / "bench.json"
         rows = json.loads(results.read_text()).get("rows", []) if results.exists() else []
@@ -846,6 +926,7 @@ SAMPLE_JUNIT = {
 <testcase classname="tests.test_gpu_linear" name="test_linear[cuda-tf32-5x7-gelu-bias]" time="0.1"/>
 <testcase classname="tests.test_cuda_backend" name="test_gpu_gradcheck_both_ops" time="0.1"/>
 </testsuite></testsuites>""",
+    # The test stage's run without a CUDA device.
     "cpu": """<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="2">
 <testcase classname="tests.test_conv_block" name="test_matches_torch[cpp-basic_2x2_pool]" time="0.1"/>
 <testcase classname="tests.test_conv_block" name="test_matches_torch[triton-basic_2x2_pool]" time="0">
@@ -891,15 +972,15 @@ SAMPLE_TRITON_TILES = """| layer | role | config | path | ms | vs auto | differe
 """
 
 
-def sample_bench(dtype, op, layer) -> dict:
+def sample_bench(run: BenchRun) -> dict:
     rows = []
     for mode in ("fwd", "train"):
         for provider, ms in (("eager", 0.05), ("compile", 0.04), ("fusedops-triton", 0.03), ("fusedops-cuda", 0.06)):
-            rows.append({"op": op, "layer": f"{layer} (sample)", "dtype": dtype, "mode": mode, "provider": provider,
-                         "median_ms": ms, "speedup_vs_eager": round(0.05 / ms, 3),
+            rows.append({"op": run.op, "layer": f"{run.layer} (sample)", "dtype": run.dtype, "mode": mode,
+                         "provider": provider, "median_ms": ms, "speedup_vs_eager": round(0.05 / ms, 3),
                          "speedup_vs_compile": round(0.04 / ms, 3)})
-    return {"device": "sample GPU", "torch": "-", "triton": "-", "commit": "-", "date": "-", "batch": BENCH_BATCH,
-            "rounds": 15, "ceilings": {dtype: {}}, "rows": rows}
+    return {"device": "sample GPU", "torch": "-", "triton": "-", "commit": "-", "date": "-", "batch": run.batch,
+            "rounds": 15, "ceilings": {run.dtype: {}}, "rows": rows}
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -912,9 +993,14 @@ STAGE_FILES = {"build": ("build.log",), "test": ("test.log", "junit.xml"), "sani
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", default=os.environ.get("STAGE") or "all", choices=("all",) + STAGES)
+    parser.add_argument("--budget", type=float, default=float(os.environ.get("FUSEDOPS_REPORT_SECONDS") or 0) or None,
+                        help="seconds for the whole report (default: no limit but each stage's)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                        help="run what the report in --out left undone (copied first from DIR, if given)")
     parser.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN") == "1")
     parser.add_argument("--out", default=os.environ.get("FUSEDOPS_REPORT_DIR"), help="report directory")
     args = parser.parse_args(argv)
+    deadline = time.monotonic() + args.budget if args.budget else None
     sys.path.insert(0, str(ROOT))
     machine = Machine.probe()
     if args.out:
@@ -924,21 +1010,34 @@ def main(argv=None) -> int:
     else:
         out = ROOT / "benchmarks" / "results" / machine.slug()
     out.mkdir(parents=True, exist_ok=True)
+    if args.resume and Path(args.resume).resolve() != out.resolve():
+        for name in FILES:  # the report to resume, from where it was kept
+            if (Path(args.resume) / name).exists():
+                shutil.copyfile(Path(args.resume) / name, out / name)
     report = Report(out, machine, args.dry_run)
     report.load()
     runner = Runner(args.dry_run)
     stages = STAGES if args.stage == "all" else (args.stage,)
-    print(f"gpu-report: {machine.gpu}; stages {', '.join(stages)}; report in {out}"
-          + (" (dry run)" if args.dry_run else ""))
-    for name in stages:
-        for stale in STAGE_FILES[name]:
-            (out / stale).unlink(missing_ok=True)
+    if args.resume is not None:
+        stages = tuple(name for name in stages if not finished(report, name))
+    print(f"gpu-report: {machine.gpu}; stages {', '.join(stages) or 'none left'}; report in {out}"
+          + (f"; {args.budget:.0f} s budget" if args.budget else "") + (" (dry run)" if args.dry_run else ""))
+    for i, name in enumerate(stages):
+        left = None if deadline is None else deadline - time.monotonic()
+        report.limit = stage_limit(stages[i + 1:], left)
+        report.resume = args.resume is not None and name == "bench"
+        if not report.resume:
+            for stale in STAGE_FILES[name]:
+                (out / stale).unlink(missing_ok=True)
         (out / f"{name}.log").touch()
-        print(f"gpu-report: stage {name}")
-        try:
-            result = RUNNERS[name](report, runner)
-        except Exception as exc:  # a broken stage must not lose the others' results
-            result = dict(status="failed", detail=f"gpu-report itself failed: {type(exc).__name__}: {exc}")
+        print(f"gpu-report: stage {name}" + (f" (at most {report.limit:.0f} s)" if left is not None else ""))
+        if report.limit < 20 and not args.dry_run:
+            result = dict(status="not run", detail=f"the report's {args.budget:.0f} s budget was spent")
+        else:
+            try:
+                result = RUNNERS[name](report, runner)
+            except Exception as exc:  # a broken stage must not lose the others' results
+                result = dict(status="failed", detail=f"gpu-report itself failed: {type(exc).__name__}: {exc}")
         report.stages[name] = _jsonable(result)
         trim_log(out / f"{name}.log")
         report.save()
@@ -946,6 +1045,14 @@ def main(argv=None) -> int:
     print(f"gpu-report: wrote {report.save()}")
     worst = {report.stages[n]["status"] for n in stages}
     return 1 if worst & {"failed", "timeout"} else 0
+
+
+def finished(report: Report, stage: str) -> bool:
+    """Whether a resumed report leaves ``stage`` out: it passed, and for the build, what it
+    built is here (a fresh machine builds again)."""
+    if report.stages.get(stage, {}).get("status") != "passed":
+        return False
+    return stage != "build" or built_with_cuda()
 
 
 def _jsonable(result: dict) -> dict:

@@ -3,6 +3,7 @@ stage's commands and files, so that a typo cannot waste a rare GPU run; each sta
 it skips without a CUDA device; the parsing of pytest's, compute-sanitizer's and the
 benchmark's outputs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -23,27 +24,35 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "-m pip install --no-build-isolation --no-deps -v -e ." in out
-    assert "-m pytest tests -m gpu" in out and "-m pytest tests -m 'not gpu'" in out
+    assert "-m pytest tests -m gpu" in out
+    assert "-m 'not gpu'" not in out  # a GPU machine leaves the CPU suite to make test
     for tool in gr.SANITIZER_TOOLS:
         assert f"compute-sanitizer --tool {tool} " in out
-    assert out.count("benchmarks/run.py --device cuda") == len(gr.bench_chunks()) + 1 == 13
-    assert out.count("--skip-providers compile-max-autotune") == 12  # max-autotune only in the last run
+    assert out.count("benchmarks/run.py --device cuda") == len(gr.BENCH_RUNS) + 1 == 15
+    # max-autotune only in the last run; the reference in none
+    assert out.count("--skip-providers compile-max-autotune,fusedops-reference") == 14
     assert out.rindex("--providers compile-max-autotune") > out.index("benchmarks/kernel_profile.py")
+    # the speed targets first: the bf16 conv blocks, the VGG block at batch 64 among them
+    runs = [line for line in out.splitlines() if "benchmarks/run.py" in line]
+    assert all("--dtypes bfloat16 --batch 256 --ops conv_block" in line for line in runs[:4])
+    assert "--dtypes bfloat16 --batch 64 --ops conv_block --layers 'vgg block'" in runs[4]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert set(files) <= set(gr.FILES) and len(gr.FILES) <= 8
     assert {"summary.md", "build.log", "test.log", "junit.xml", "sanitize.log", "bench.log", "bench.json"} <= set(files)
-    assert all((tmp_path / f).stat().st_size < 64 * 1024 for f in files)
+    # small enough to copy back and commit (the plot: 30 layer and dtype rows at 60 dpi, ~70 KB)
+    assert all((tmp_path / f).stat().st_size < 256 * 1024 for f in files)
     summary = (tmp_path / "summary.md").read_text()
     assert "DRY RUN" in summary
     for stage in gr.STAGES:
         assert f"| {stage} | dry-run |" in summary
     # The checks the dry run makes: the pytest selections collect tests, every benchmark run selects a layer.
     assert "pytest -m 'gpu' collects" in summary and "pytest -m 'sanitize' collects" in summary
-    assert "12 benchmark runs, each selects its layers" in summary
+    assert "14 benchmark runs, each selects its layers" in summary
     # The sample outputs went through the parsers into the summary.
     assert "| gpu | cuda |" in summary and "test_conv_block[cuda-fp16-pool_padding]" in summary
     assert "racecheck: FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in summary
     assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 |" in summary
+    assert "| vgg block (sample), batch 64 | fp32 | train | 0.050 |" in summary
     assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
     assert "benchmarks/kernel_profile.py" in out and "| bfloat16 | 1->32 @28 (sample) | eager |" in summary
     assert "benchmarks/triton_tiles.py" in out and "| vgg 64->128 @112 (sample) | fwd | 128x128x64 w8 * |" in summary
@@ -65,7 +74,7 @@ def test_with_pytest_xdist_the_gpu_tests_run_in_parallel_after_one_prewarm(tmp_p
     smoke = out.index("-m pytest tests/test_triton_launch.py tests/test_reference_offsets.py tests/test_build.py "
                       "-m 'gpu or not gpu'")
     assert smoke < out.index("tests.triton_prewarm")
-    assert out.count("--ignore=tests/test_triton_launch.py") == 2  # the gpu run and the CPU suite
+    assert out.count("--ignore=tests/test_triton_launch.py") == 1  # the gpu run
     assert "tests/test_gpu_conv_block.py" not in out  # not one process per file
     assert out.index("tests.triton_prewarm") < out.index("-m pytest tests -m gpu")
 
@@ -76,6 +85,65 @@ def test_without_a_cuda_device_the_gpu_stages_say_why_they_skip(tmp_path, stage)
     assert gr.main(["--stage", stage, "--out", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert f"| {stage} | skipped |" in summary and "no CUDA device (torch.cuda.is_available() is False)" in summary
+
+
+def test_a_budget_gives_each_stage_what_the_later_ones_leave(monkeypatch):
+    monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
+    later = ("test", "sanitize", "bench")
+    reserved = sum(gr.RESERVE_SECONDS[s] for s in later)
+    assert gr.stage_limit(later, None) == 420  # no budget: each stage's own limit
+    assert gr.stage_limit(later, 540) == 540 - reserved
+    assert gr.stage_limit((), 300) == 300 and gr.stage_limit((), 5000) == 420
+    assert gr.stage_limit(later, reserved) == reserved / 5  # never nothing while time is left
+    assert gr.stage_limit(later, -3) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would build")
+def test_a_spent_budget_runs_nothing_and_says_what_is_left(tmp_path, capsys):
+    assert gr.main(["--budget", "1", "--out", str(tmp_path)]) == 0
+    assert "$ " not in capsys.readouterr().out  # no command ran
+    summary = (tmp_path / "summary.md").read_text()
+    for stage in gr.STAGES:
+        assert f"| {stage} | not run |  | the report's 1 s budget was spent |" in summary
+    assert "Left undone: build, test, sanitize, bench. `make gpu-report RESUME=1`" in summary
+
+
+def test_a_resumed_report_runs_only_what_is_left(tmp_path, capsys, monkeypatch):
+    kept, out = tmp_path / "kept", tmp_path / "out"
+    kept.mkdir()
+    machine = gr.Machine(True, "GPU", "90", "2.11", "3.6", "nvcc 13.0", "-", 16, "abc")
+    first = gr.BENCH_RUNS[:3]
+    report = gr.Report(kept, machine, False, {
+        "build": dict(status="passed"), "test": dict(status="passed"), "sanitize": dict(status="partial"),
+        "bench": dict(status="partial", seconds=100, done=[r.label for r in first], host_table=["| kept |"])})
+    report.save()
+    (kept / "bench.json").write_text(json.dumps(gr.merge_bench([gr.sample_bench(r) for r in first])))
+    (kept / "bench.log").write_text("the first runs' output\n")
+    monkeypatch.setattr(gr, "built_with_cuda", lambda: True)  # the build is still here
+    assert gr.main(["--resume", str(kept), "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stages sanitize, bench;" in printed
+    assert "pip install" not in printed and "pytest tests -m gpu" not in printed
+    runs = [line for line in printed.splitlines() if "benchmarks/run.py" in line]
+    assert len(runs) == len(gr.BENCH_RUNS) - 3 + 1  # the runs left, then max-autotune
+    def argv(r):
+        return f"--dtypes {r.dtype} --batch {r.batch} --ops {r.op} --layers {gr._quote(r.layer)} "
+
+    assert not any(argv(r) in line for r in first for line in runs)  # done before
+    assert all(any(argv(r) in line for line in runs) for r in gr.BENCH_RUNS[3:])
+    assert "host_overhead.py" not in printed and "kernel_profile.py" in printed
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert {(r["layer"], r["dtype"], r["batch"]) for r in rows} >= {(f"{r.layer} (sample)", r.dtype, r.batch)
+                                                                     for r in gr.BENCH_RUNS}
+    assert (out / "bench.log").read_text().startswith("the first runs' output")
+    again = gr.Report(out, machine, True)
+    again.load()
+    assert again.stages["bench"]["host_table"] == ["| kept |"] and again.stages["build"] == {"status": "passed"}
+    assert set(again.stages["bench"]["done"]) == {r.label for r in gr.BENCH_RUNS} | {gr.AUTOTUNE_LABEL}
+    # Without the build here, a resumed report builds again.
+    monkeypatch.setattr(gr, "built_with_cuda", lambda: False)
+    assert gr.main(["--resume", "--dry-run", "--out", str(out)]) == 0
+    assert "stages build, sanitize, bench;" in capsys.readouterr().out
 
 
 def test_the_state_in_the_summary_survives_what_a_comment_cannot_hold(tmp_path):
@@ -141,7 +209,7 @@ def test_sanitizer_verdicts():
 
 
 def test_the_benchmark_table_shows_speedups_over_eager_and_compile():
-    rows = gr.sample_bench("bfloat16", "conv_block", "mnist conv1")["rows"]
+    rows = gr.sample_bench(gr.BenchRun("bfloat16", "conv_block", "mnist conv1"))["rows"]
     rows.append(dict(rows[0], provider="fusedops-reference", median_ms=1.0))
     rows.append(dict(rows[0], provider="eager-graph", speedup_vs_compile=None))
     table = gr.bench_table(rows)
