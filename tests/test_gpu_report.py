@@ -32,10 +32,10 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     # max-autotune only in the last run; the reference in none
     assert out.count("--skip-providers compile-max-autotune,fusedops-reference") == 14
     assert out.rindex("--providers compile-max-autotune") > out.index("benchmarks/kernel_profile.py")
-    # the speed targets first: the bf16 conv blocks, the VGG block at batch 64 among them
+    # the speed targets first: the VGG block at batch 64, then the tutorial layers, in bf16
     runs = [line for line in out.splitlines() if "benchmarks/run.py" in line]
-    assert all("--dtypes bfloat16 --batch 256 --ops conv_block" in line for line in runs[:4])
-    assert "--dtypes bfloat16 --batch 64 --ops conv_block --layers 'vgg block'" in runs[4]
+    assert "--dtypes bfloat16 --batch 64 --ops conv_block --layers 'vgg block'" in runs[0]
+    assert all("--dtypes bfloat16 --batch 256 --ops conv_block" in line for line in runs[1:5])
     files = sorted(p.name for p in tmp_path.iterdir())
     assert set(files) <= set(gr.FILES) and len(gr.FILES) <= 8
     assert {"summary.md", "build.log", "test.log", "junit.xml", "sanitize.log", "bench.log", "bench.json"} <= set(files)
