@@ -122,6 +122,9 @@ BENCH_RUNS = tuple(
        for dtype in ("bfloat16", "float32")])
 
 
+clock = time.monotonic  # the stages' time (a test runs them on a simulated one)
+
+
 def stage_seconds() -> float:
     return float(os.environ.get("FUSEDOPS_STAGE_SECONDS", "420"))
 
@@ -169,7 +172,7 @@ class Runner:
             f.write(f"\n$ {line}\n")
         if self.dry_run:
             return Result(0, 0.0, dry=True)
-        start = time.monotonic()
+        start = clock()
         with open(log, "a") as f:
             proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -179,9 +182,9 @@ class Runner:
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _stop(proc)
-            f.write(f"\n[exit {proc.returncode} after {time.monotonic() - start:.0f} s"
+            f.write(f"\n[exit {proc.returncode} after {clock() - start:.0f} s"
                     f"{', stopped by the time limit' if timed_out else ''}]\n")
-        return Result(proc.returncode, time.monotonic() - start, timed_out)
+        return Result(proc.returncode, clock() - start, timed_out)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -409,7 +412,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
     m = report.machine
     log, junit = report.out / "test.log", report.out / "junit.xml"
     budget = report.limit
-    start = time.monotonic()
+    start = clock()
     tmp = Path(tempfile.mkdtemp(prefix="gpu-report-test-"))
     runs, notes = [], []
     if runner.dry_run:
@@ -418,7 +421,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
         notes += [f"dry run: {p} does not exist" for p in missing]
     if m.cuda or runner.dry_run:
         path = tmp / "smoke.xml"
-        left = budget - (time.monotonic() - start)
+        left = budget - (clock() - start)
         runs.append(("smoke", path, runner.run(pytest_cmd("gpu or not gpu", path, SMOKE_TESTS), log,
                                                 min(left / 4, 120), _env(TRITON_INTERPRET=None))))
     workers = xdist_workers(m.cpus)
@@ -426,16 +429,16 @@ def stage_test(report: Report, runner: Runner) -> dict:
         # The Triton kernels compiled once, in parallel; then every gpu test in `workers`
         # processes (a kernel fault poisons its process's CUDA context: the tests that process
         # runs after it fail too, and say so).
-        left = budget - (time.monotonic() - start)
+        left = budget - (clock() - start)
         runner.run([sys.executable, "-m", "tests.triton_prewarm", "--jobs", str(m.cpus)], log, min(left / 3, 180),
                    _env(TRITON_INTERPRET=None))
         path = tmp / "gpu0.xml"
         cmd = pytest_cmd("gpu", path, ("tests",), ("-n", str(workers), *SKIP_SMOKE))
-        left = budget - (time.monotonic() - start)
+        left = budget - (clock() - start)
         runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None, FUSEDOPS_TRITON_PREWARM="0"))))
     elif m.cuda or runner.dry_run:
         for i, paths in enumerate(GPU_TEST_RUNS):
-            left = budget - (time.monotonic() - start)
+            left = budget - (clock() - start)
             if left < 20 and not runner.dry_run:
                 notes.append(f"gpu tests not run ({budget:.0f} s stage limit): " + ", ".join(
                     " ".join(p) for p in GPU_TEST_RUNS[i:]))
@@ -450,7 +453,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
         # those everywhere). A GPU machine leaves it to make test: its minutes are the GPU's.
         cpu_junit = tmp / "cpu.xml"
         result = runner.run(pytest_cmd("not gpu", cpu_junit, ("tests",), SKIP_SMOKE), log,
-                            budget - (time.monotonic() - start), _env(TRITON_INTERPRET="0"))
+                            budget - (clock() - start), _env(TRITON_INTERPRET="0"))
         runs.append(("cpu", cpu_junit, result))
     if runner.dry_run:
         samples = {0: "smoke", 1: "gpu"}  # one sample each; the other runs empty
@@ -474,7 +477,7 @@ def stage_test(report: Report, runner: Runner) -> dict:
         status = "partial" if any(r.timed_out for _, _, r in runs) else "passed"
     if runner.dry_run and any(n.startswith("dry run:") for n in notes):
         status = "failed"
-    return dict(status=status, seconds=time.monotonic() - start, detail=counts["line"], counts=counts, notes=notes)
+    return dict(status=status, seconds=clock() - start, detail=counts["line"], counts=counts, notes=notes)
 
 
 def _check_selection(marker: str, at_least: int) -> List[str]:
@@ -559,13 +562,13 @@ def stage_sanitize(report: Report, runner: Runner) -> dict:
         return dict(status="skipped", detail="compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
     log = report.out / "sanitize.log"
     notes = _check_selection("sanitize", 10) if runner.dry_run else []
-    start, budget = time.monotonic(), report.limit
+    start, budget = clock(), report.limit
     verdicts = {}
     # No caching allocator (each tensor its own allocation: memcheck sees its bounds, initcheck
     # its first write; the tests' poisoning is off); no prewarm (the test stage filled the cache).
     env = _env(PYTORCH_NO_CUDA_MEMORY_CACHING="1", FUSEDOPS_TRITON_PREWARM="0", TRITON_INTERPRET=None)
     for i, tool in enumerate(SANITIZER_TOOLS):
-        left = budget - (time.monotonic() - start)
+        left = budget - (clock() - start)
         if left < 20 and not runner.dry_run:
             verdicts[tool] = f"{tool}: NOT RUN: the {budget:.0f} s stage limit was reached"
             continue
@@ -584,7 +587,7 @@ def stage_sanitize(report: Report, runner: Runner) -> dict:
         status = "partial" if bad else "passed"  # a tool cut off by the time limit
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
-    return dict(status=status, seconds=time.monotonic() - start, verdicts=verdicts, notes=notes,
+    return dict(status=status, seconds=clock() - start, verdicts=verdicts, notes=notes,
                 detail=f"{len(verdicts) - len(bad)} of {len(SANITIZER_TOOLS)} tools clean")
 
 
@@ -662,7 +665,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         return dict(status="skipped", detail="no CUDA device (torch.cuda.is_available() is False): the GPU "
                     "benchmark needs one (`make bench` benchmarks this CPU)")
     log, merged_path = report.out / "bench.log", report.out / "bench.json"
-    start, budget = time.monotonic(), report.limit
+    start, budget = clock(), report.limit
     tmp = Path(tempfile.mkdtemp(prefix="gpu-report-bench-"))
     # Resumed: the runs and tables the last report finished stay, with their rows.
     previous = report.stages.get("bench", {}) if report.resume else {}
@@ -674,7 +677,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         notes += _check_bench_args(BENCH_RUNS, tmp) + _check_tiles()
 
     def left() -> float:
-        return budget - (time.monotonic() - start)
+        return budget - (clock() - start)
 
     def run_py(run: BenchRun, out: Path, providers=BENCH_PROVIDERS) -> Optional[dict]:
         """``benchmarks/run.py`` for ``run``: its results JSON, or None (a note says why)."""
@@ -734,7 +737,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
               else "failed" if not runs_done else "partial")
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
-    return dict(status=status, seconds=time.monotonic() - start + previous.get("seconds", 0),
+    return dict(status=status, seconds=clock() - start + previous.get("seconds", 0),
                 detail=f"{runs_done} of {len(BENCH_RUNS)} benchmark runs", notes=notes, done=sorted(done), **tables)
 
 
@@ -1002,7 +1005,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN") == "1")
     parser.add_argument("--out", default=os.environ.get("FUSEDOPS_REPORT_DIR"), help="report directory")
     args = parser.parse_args(argv)
-    deadline = time.monotonic() + args.budget if args.budget else None
+    deadline = clock() + args.budget if args.budget else None
     sys.path.insert(0, str(ROOT))
     machine = Machine.probe()
     if args.out:
@@ -1025,7 +1028,7 @@ def main(argv=None) -> int:
     print(f"gpu-report: {machine.gpu}; stages {', '.join(stages) or 'none left'}; report in {out}"
           + (f"; {args.budget:.0f} s budget" if args.budget else "") + (" (dry run)" if args.dry_run else ""))
     for i, name in enumerate(stages):
-        left = None if deadline is None else deadline - time.monotonic()
+        left = None if deadline is None else deadline - clock()
         report.limit = stage_limit(stages[i + 1:], left)
         report.resume = args.resume is not None and name == "bench"
         if not report.resume:

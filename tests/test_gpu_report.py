@@ -219,3 +219,72 @@ def test_the_benchmark_table_shows_speedups_over_eager_and_compile():
     merged = gr.merge_bench([{"device": "d", "ceilings": {"a": 1}, "rows": rows[:2]},
                              {"ceilings": {"b": 2}, "rows": rows[2:3]}])
     assert merged["ceilings"] == {"a": 1, "b": 2} and len(merged["rows"]) == 3 and gr.merge_bench([]) == {"rows": []}
+
+
+# What each command took on an H200 with 16 cores (benchmarks/results/cuda-nvidia-h200/, and
+# estimates where nothing was timed: a benchmark run, the tables, max-autotune), seconds.
+H200_SECONDS = (("pip install", 75), ("pytest tests -m gpu", 135), ("tests/test_triton_launch.py", 25),
+                ("tests.triton_prewarm", 60), ("compute-sanitizer", 16), ("benchmarks/run.py", 60),
+                ("host_overhead.py", 30), ("kernel_profile.py", 30), ("triton_tiles.py", 240))
+
+
+class SimulatedGpuMachine:
+    """Runs no command: each takes its H200_SECONDS on a simulated clock, or its time limit if
+    that is shorter; a benchmark run leaves a results JSON where it was told to."""
+
+    def __init__(self):
+        self.now, self.commands = 0.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, cmd, log, timeout, env=None, cwd=None):
+        line = " ".join(cmd)
+        seconds = next(s for part, s in H200_SECONDS if part in line)
+        took = min(seconds, max(1.0, timeout))
+        self.now += took
+        self.commands.append((line, took, took < seconds))
+        if "compute-sanitizer" in line and took == seconds:  # a clean verdict
+            summary = ("RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)" if "racecheck" in line
+                       else "ERROR SUMMARY: 0 errors")
+            with open(log, "a") as f:
+                f.write(f"28 passed in 5.0s\n========= {summary}\n")
+        if "benchmarks/run.py" in line and took == seconds:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            dtype, layer = cmd[cmd.index("--dtypes") + 1], cmd[cmd.index("--layers") + 1]
+            run = gr.BenchRun(dtype, cmd[cmd.index("--ops") + 1], layer, int(cmd[cmd.index("--batch") + 1]))
+            (out / "r.json").write_text(json.dumps(gr.sample_bench(run)))
+        return gr.Result(0, took, took < seconds)
+
+
+def test_a_budget_of_500_seconds_fits_every_stage_and_the_first_benchmark_runs(tmp_path, monkeypatch):
+    gpu = SimulatedGpuMachine()
+    machine = gr.Machine(True, "NVIDIA H200", "90", "2.11", "3.6", "nvcc 13.0", "-", 16, "abc")
+    monkeypatch.setattr(gr, "clock", gpu.clock)
+    monkeypatch.setattr(gr.Runner, "run", lambda self, *a, **k: gpu.run(*a, **k))
+    monkeypatch.setattr(gr.Machine, "probe", staticmethod(lambda: machine))
+    monkeypatch.setattr(gr, "probe_build", lambda: "fusedops True None")
+    monkeypatch.setattr(gr, "compute_sanitizer", lambda: "compute-sanitizer")
+    monkeypatch.setattr(gr, "xdist_workers", lambda cpus: 12)
+    monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
+    gr.main(["--budget", "500", "--out", str(tmp_path / "first")])
+    assert gpu.now <= 500
+    cut = [line for line, _, stopped in gpu.commands if stopped]
+    assert not any("benchmarks/run.py" not in line for line in cut), cut  # nothing but a benchmark run cut short
+    ran = [line for line, _, _ in gpu.commands]
+    assert sum("compute-sanitizer" in line for line in ran) == 4
+    report = gr.Report(tmp_path / "first", machine, False)
+    report.load()
+    assert [report.stages[s]["status"] for s in gr.STAGES] == ["passed", "passed", "passed", "partial"]
+    bench = [line for line in ran if "benchmarks/run.py" in line]
+    assert len(bench) >= 1 and "--layers vgg block" in bench[0]
+    # The rest in a second command: no build, no tests, the benchmark runs not yet done.
+    first_runs, gpu.commands = len(bench) - len(cut), []
+    gr.main(["--resume", str(tmp_path / "first"), "--budget", "420", "--out", str(tmp_path / "second")])
+    ran = [line for line, _, _ in gpu.commands]
+    assert not any("pip install" in line or "pytest" in line for line in ran)  # sanitize's too
+    assert sum("benchmarks/run.py" in line for line in ran) >= 5
+    done = gr.Report(tmp_path / "second", machine, False)
+    done.load()
+    assert len(done.stages["bench"]["done"]) >= first_runs + 5
