@@ -180,4 +180,4 @@ clean:
 .PHONY: gpu-report
 gpu-report:
 	$(PYTHON) -m benchmarks.gpu_report $(if $(STAGE),--stage $(STAGE)) $(if $(BUDGET),--budget $(BUDGET)) \
-		$(if $(RESUME),--resume $(filter-out 1,$(RESUME))) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+		$(if $(filter-out 0,$(RESUME)),--resume $(filter-out 1,$(RESUME))) $(if $(filter 1,$(DRY_RUN)),--dry-run)

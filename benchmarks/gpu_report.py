@@ -97,12 +97,15 @@ VGG_BATCH = 64
 
 @dataclass(frozen=True)
 class BenchRun:
-    """One ``benchmarks/run.py`` run: one layer (a part of its name), one dtype."""
+    """One ``benchmarks/run.py`` run: one layer (a part of its name), one dtype; ``seconds``:
+    about how long it takes (its results are written at its end: a run cut short has none, so
+    a run starts only where that much time is left)."""
 
     dtype: str
     op: str
     layer: str
     batch: int = BENCH_BATCH
+    seconds: int = 60
 
     @property
     def label(self) -> str:
@@ -114,11 +117,13 @@ class BenchRun:
 # The compute-bound VGG block (batch 64) first: the GEMM engines' speed shows there, while the
 # tutorial layers (batch 256) are launch-bound; their 32->64 layers (the GEMM engines again)
 # before the first layers (direct kernels, timed on a GPU before).
-_CONV_BLOCKS = (("vgg block", VGG_BATCH), ("cifar conv2", BENCH_BATCH), ("mnist conv2", BENCH_BATCH),
-                ("mnist conv1", BENCH_BATCH), ("cifar conv1", BENCH_BATCH))
+_CONV_BLOCKS = (("vgg block", VGG_BATCH, 120), ("cifar conv2", BENCH_BATCH, 60), ("mnist conv2", BENCH_BATCH, 60),
+                ("mnist conv1", BENCH_BATCH, 60), ("cifar conv1", BENCH_BATCH, 60))
 BENCH_RUNS = tuple(
-    [BenchRun(dtype, "conv_block", layer, batch) for dtype in ("bfloat16", "float32") for layer, batch in _CONV_BLOCKS]
-    + [BenchRun(dtype, op, layer) for op, layer in (("linear", "mlp"), ("train_step", "cifar tutorial CNN"))
+    [BenchRun(dtype, "conv_block", layer, batch, seconds) for dtype in ("bfloat16", "float32")
+     for layer, batch, seconds in _CONV_BLOCKS]
+    + [BenchRun(dtype, op, layer, seconds=seconds)
+       for op, layer, seconds in (("linear", "mlp", 60), ("train_step", "cifar tutorial CNN", 90))
        for dtype in ("bfloat16", "float32")])
 
 
@@ -158,8 +163,14 @@ class Result:
     dry: bool = False
 
 
+# How long stopping a command past its limit may take (_stop: SIGINT, then SIGKILL); a command
+# is stopped that long before its limit, so that it ends within it.
+STOP_SECONDS = 25
+
+
 class Runner:
-    """Runs commands with their output appended to a log; in a dry run only logs them."""
+    """Runs commands with their output appended to a log, each ended within its time limit
+    (stopped ``STOP_SECONDS`` before it); in a dry run only logs them."""
 
     def __init__(self, dry_run: bool, echo=print):
         self.dry_run, self.echo = dry_run, echo
@@ -178,7 +189,7 @@ class Runner:
                                     start_new_session=True)
             timed_out = False
             try:
-                proc.wait(timeout=max(1.0, timeout))
+                proc.wait(timeout=max(1.0, timeout - STOP_SECONDS))
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _stop(proc)
@@ -188,8 +199,9 @@ class Runner:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT first (pytest then still writes its report), SIGKILL if it does not end."""
-    for sig, wait in ((signal.SIGINT, 45), (signal.SIGKILL, 10)):
+    """SIGINT first (pytest then still writes its report), SIGKILL if it does not end: at most
+    STOP_SECONDS."""
+    for sig, wait in ((signal.SIGINT, STOP_SECONDS - 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -313,6 +325,7 @@ class Report:
     resume: bool = False  # add to the stage's last results instead of starting over (bench)
 
     STATE = re.compile(r"<!-- gpu-report-state (.*?) -->", re.S)
+    gpu: Optional[str] = None  # the GPU of the loaded report's results
 
     def load(self) -> None:
         path = self.out / "summary.md"
@@ -320,14 +333,16 @@ class Report:
             match = self.STATE.search(path.read_text())
             if match:
                 try:
-                    self.stages = json.loads(match.group(1)).get("stages", {})
+                    state = json.loads(match.group(1))
+                    self.stages, self.gpu = state.get("stages", {}), state.get("gpu")
                 except json.JSONDecodeError:
                     self.stages = {}
 
     def save(self) -> Path:
         path = self.out / "summary.md"
         # "--" may not appear in an HTML comment: as a JSON escape it reads back the same.
-        state = json.dumps({"stages": self.stages}, sort_keys=True).replace("--", "-\\u002d")
+        state = json.dumps({"stages": self.stages, "gpu": self.machine.gpu},
+                           sort_keys=True).replace("--", "-\\u002d")
         path.write_text(render_summary(self) + f"\n<!-- gpu-report-state {state} -->\n")
         return path
 
@@ -430,12 +445,17 @@ def stage_test(report: Report, runner: Runner) -> dict:
         # processes (a kernel fault poisons its process's CUDA context: the tests that process
         # runs after it fail too, and say so).
         left = budget - (clock() - start)
-        runner.run([sys.executable, "-m", "tests.triton_prewarm", "--jobs", str(m.cpus)], log, min(left / 3, 180),
-                   _env(TRITON_INTERPRET=None))
+        if left >= 60 or runner.dry_run:
+            runner.run([sys.executable, "-m", "tests.triton_prewarm", "--jobs", str(m.cpus)], log, min(left / 3, 180),
+                       _env(TRITON_INTERPRET=None))
         path = tmp / "gpu0.xml"
         cmd = pytest_cmd("gpu", path, ("tests",), ("-n", str(workers), *SKIP_SMOKE))
         left = budget - (clock() - start)
-        runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None, FUSEDOPS_TRITON_PREWARM="0"))))
+        if left >= 30 or runner.dry_run:
+            runs.append(("gpu", path, runner.run(cmd, log, left, _env(TRITON_INTERPRET=None,
+                                                                       FUSEDOPS_TRITON_PREWARM="0"))))
+        else:
+            notes.append(f"gpu tests not run ({budget:.0f} s stage limit)")
     elif m.cuda or runner.dry_run:
         for i, paths in enumerate(GPU_TEST_RUNS):
             left = budget - (clock() - start)
@@ -672,7 +692,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
     done = set(previous.get("done", []))
     results = [json.loads(merged_path.read_text())] if done and merged_path.exists() else []
     tables = {key: previous.get(key, []) for key, *_ in bench_tables()}
-    notes = []
+    notes, errors = [], 0
     if runner.dry_run:
         notes += _check_bench_args(BENCH_RUNS, tmp) + _check_tiles()
 
@@ -681,6 +701,7 @@ def stage_bench(report: Report, runner: Runner) -> dict:
 
     def run_py(run: BenchRun, out: Path, providers=BENCH_PROVIDERS) -> Optional[dict]:
         """``benchmarks/run.py`` for ``run``: its results JSON, or None (a note says why)."""
+        nonlocal errors
         result = runner.run([sys.executable, "benchmarks/run.py", *bench_argv(run, out, providers=providers)], log,
                             left(), _env(TRITON_INTERPRET=None))
         if result.dry:
@@ -689,19 +710,22 @@ def stage_bench(report: Report, runner: Runner) -> dict:
         found = sorted(out.glob("*.json"))
         if found:
             return json.loads(found[0].read_text())
+        errors += not result.timed_out
         notes.append(f"{run.label}: no results ({'time limit' if result.timed_out else f'exit {result.rc}'}; "
                      "bench.log)")
         return None
 
-    todo = [run for run in BENCH_RUNS if run.label not in done]
-    for i, run in enumerate(todo):
-        if left() < 30 and not runner.dry_run:
-            notes.append(f"not run ({budget:.0f} s stage limit): " + ", ".join(r.label for r in todo[i:]))
-            break
+    skipped = []
+    for i, run in enumerate(r for r in BENCH_RUNS if r.label not in done):
+        if left() < run.seconds and not runner.dry_run:  # a later, shorter run may still fit
+            skipped.append(run.label)
+            continue
         found = run_py(run, tmp / f"run{i}")
         if found:
             results.append(found)
             done.add(run.label)
+    if skipped:
+        notes.append(f"not run ({budget:.0f} s stage limit): " + ", ".join(skipped))
 
     for key, script, args, sample, what, min_seconds, max_seconds in bench_tables():
         if tables[key]:
@@ -733,8 +757,11 @@ def stage_bench(report: Report, runner: Runner) -> dict:
              f"fusedops speed-ups on {merged.get('device', m.gpu)} (batch {BENCH_BATCH}, VGG {VGG_BATCH})", dpi=60)
     shutil.rmtree(tmp, ignore_errors=True)
     runs_done = sum(run.label in done for run in BENCH_RUNS)
-    status = ("dry-run" if runner.dry_run else "passed" if runs_done == len(BENCH_RUNS)
-              else "failed" if not runs_done else "partial")
+    everything = runs_done == len(BENCH_RUNS) and all(tables.values()) and AUTOTUNE_LABEL in done
+    # failed: runs ended in errors and none gave results; partial: something is left (a resume
+    # runs it), whether for time or for errors
+    status = ("dry-run" if runner.dry_run else "passed" if everything
+              else "failed" if errors and not runs_done else "partial")
     if any(n.startswith("dry run:") for n in notes):
         status = "failed"
     return dict(status=status, seconds=clock() - start + previous.get("seconds", 0),
@@ -854,7 +881,8 @@ def render_summary(report: Report) -> str:
             continue
         seconds = f"{s['seconds']:.0f} s" if s.get("seconds") and s["status"] != "dry-run" else ""
         lines.append(f"| {name} | {s['status']} | {seconds} | {s.get('detail', '')} |")
-    undone = [n for n in STAGES if report.stages.get(n, {}).get("status") in ("partial", "not run", "timeout")]
+    undone = [n for n in STAGES if report.stages.get(n, {}).get("status") in ("partial", "not run", "timeout",
+                                                                              "failed")]
     if undone:
         lines += ["", f"Left undone: {', '.join(undone)}. `make gpu-report RESUME=1` with this report's directory "
                   "as `FUSEDOPS_REPORT_DIR` (or `RESUME=<it>`) runs only what is left."]
@@ -1015,12 +1043,20 @@ def main(argv=None) -> int:
     else:
         out = ROOT / "benchmarks" / "results" / machine.slug()
     out.mkdir(parents=True, exist_ok=True)
-    if args.resume and Path(args.resume).resolve() != out.resolve():
-        for name in FILES:  # the report to resume, from where it was kept
-            if (Path(args.resume) / name).exists():
-                shutil.copyfile(Path(args.resume) / name, out / name)
+    if args.resume is not None:
+        kept = Path(args.resume) if args.resume else out
+        if not (kept / "summary.md").exists():
+            parser.error(f"--resume: no report to resume in {kept} (no summary.md)")
+        if kept.resolve() != out.resolve():
+            for name in FILES:  # the report to resume, from where it was kept; nothing else
+                if (kept / name).exists():
+                    shutil.copyfile(kept / name, out / name)
+                else:
+                    (out / name).unlink(missing_ok=True)
     report = Report(out, machine, args.dry_run)
     report.load()
+    if args.resume is not None and not args.dry_run and report.gpu not in (None, machine.gpu):
+        parser.error(f"--resume: the report is of {report.gpu}, this machine has {machine.gpu}")
     runner = Runner(args.dry_run)
     stages = STAGES if args.stage == "all" else (args.stage,)
     if args.resume is not None:
@@ -1031,24 +1067,28 @@ def main(argv=None) -> int:
         left = None if deadline is None else deadline - clock()
         report.limit = stage_limit(stages[i + 1:], left)
         report.resume = args.resume is not None and name == "bench"
+        if report.limit < 20 and not args.dry_run:
+            why = f"the report's {args.budget:.0f} s budget was spent" if left is not None else \
+                f"a {report.limit:.0f} s stage limit"
+            print(f"gpu-report: {name}: not run: {why}")
+            if args.resume is None or name not in report.stages:  # a resumed stage keeps what it has
+                report.stages[name] = dict(status="not run", detail=why)
+            continue
         if not report.resume:
             for stale in STAGE_FILES[name]:
                 (out / stale).unlink(missing_ok=True)
         (out / f"{name}.log").touch()
         print(f"gpu-report: stage {name}" + (f" (at most {report.limit:.0f} s)" if left is not None else ""))
-        if report.limit < 20 and not args.dry_run:
-            result = dict(status="not run", detail=f"the report's {args.budget:.0f} s budget was spent")
-        else:
-            try:
-                result = RUNNERS[name](report, runner)
-            except Exception as exc:  # a broken stage must not lose the others' results
-                result = dict(status="failed", detail=f"gpu-report itself failed: {type(exc).__name__}: {exc}")
+        try:
+            result = RUNNERS[name](report, runner)
+        except Exception as exc:  # a broken stage must not lose the others' results
+            result = dict(status="failed", detail=f"gpu-report itself failed: {type(exc).__name__}: {exc}")
         report.stages[name] = _jsonable(result)
         trim_log(out / f"{name}.log")
         report.save()
         print(f"gpu-report: {name}: {result['status']}: {result.get('detail', '')}")
     print(f"gpu-report: wrote {report.save()}")
-    worst = {report.stages[n]["status"] for n in stages}
+    worst = {report.stages[n]["status"] for n in stages if n in report.stages}
     return 1 if worst & {"failed", "timeout"} else 0
 
 

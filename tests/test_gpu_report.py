@@ -238,9 +238,9 @@ class SimulatedGpuMachine:
     def clock(self) -> float:
         return self.now
 
-    def run(self, cmd, log, timeout, env=None, cwd=None):
+    def run(self, cmd, log, timeout, env=None, cwd=None, seconds=H200_SECONDS):
         line = " ".join(cmd)
-        seconds = next(s for part, s in H200_SECONDS if part in line)
+        seconds = next(s for part, s in seconds if part in line)
         took = min(seconds, max(1.0, timeout))
         self.now += took
         self.commands.append((line, took, took < seconds))
@@ -259,6 +259,27 @@ class SimulatedGpuMachine:
 
 
 def test_a_budget_of_500_seconds_fits_every_stage_and_the_first_benchmark_runs(tmp_path, monkeypatch):
+    gpu = _simulate(monkeypatch)
+    gr.main(["--budget", "500", "--out", str(tmp_path / "first")])
+    assert gpu.now <= 500
+    cut = [line for line, _, stopped in gpu.commands if stopped]
+    assert not any("benchmarks/run.py" not in line for line in cut), cut  # nothing but a benchmark run cut short
+    ran = [line for line, _, _ in gpu.commands]
+    assert sum("compute-sanitizer" in line for line in ran) == 4
+    assert [_state(tmp_path / "first")[s]["status"] for s in gr.STAGES] == ["passed", "passed", "passed", "partial"]
+    bench = [line for line in ran if "benchmarks/run.py" in line]
+    assert len(bench) >= 1 and "--layers vgg block" in bench[0]
+    # The rest in a second command: no build, no tests, the benchmark runs not yet done.
+    first_runs, gpu.commands = len(bench) - len(cut), []
+    gr.main(["--resume", str(tmp_path / "first"), "--budget", "420", "--out", str(tmp_path / "second")])
+    ran = [line for line, _, _ in gpu.commands]
+    assert not any("pip install" in line or "pytest" in line for line in ran)  # sanitize's too
+    assert sum("benchmarks/run.py" in line for line in ran) >= 5
+    assert len(_state(tmp_path / "second")["bench"]["done"]) >= first_runs + 5
+
+
+def _simulate(monkeypatch):
+    """The report's commands on a SimulatedGpuMachine of this H200; returns it."""
     gpu = SimulatedGpuMachine()
     machine = gr.Machine(True, "NVIDIA H200", "90", "2.11", "3.6", "nvcc 13.0", "-", 16, "abc")
     monkeypatch.setattr(gr, "clock", gpu.clock)
@@ -268,23 +289,73 @@ def test_a_budget_of_500_seconds_fits_every_stage_and_the_first_benchmark_runs(t
     monkeypatch.setattr(gr, "compute_sanitizer", lambda: "compute-sanitizer")
     monkeypatch.setattr(gr, "xdist_workers", lambda cpus: 12)
     monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
-    gr.main(["--budget", "500", "--out", str(tmp_path / "first")])
-    assert gpu.now <= 500
-    cut = [line for line, _, stopped in gpu.commands if stopped]
-    assert not any("benchmarks/run.py" not in line for line in cut), cut  # nothing but a benchmark run cut short
-    ran = [line for line, _, _ in gpu.commands]
-    assert sum("compute-sanitizer" in line for line in ran) == 4
-    report = gr.Report(tmp_path / "first", machine, False)
+    return gpu
+
+
+def _state(out):
+    report = gr.Report(out, None, False)
     report.load()
-    assert [report.stages[s]["status"] for s in gr.STAGES] == ["passed", "passed", "passed", "partial"]
-    bench = [line for line in ran if "benchmarks/run.py" in line]
-    assert len(bench) >= 1 and "--layers vgg block" in bench[0]
-    # The rest in a second command: no build, no tests, the benchmark runs not yet done.
-    first_runs, gpu.commands = len(bench) - len(cut), []
-    gr.main(["--resume", str(tmp_path / "first"), "--budget", "420", "--out", str(tmp_path / "second")])
-    ran = [line for line, _, _ in gpu.commands]
-    assert not any("pip install" in line or "pytest" in line for line in ran)  # sanitize's too
-    assert sum("benchmarks/run.py" in line for line in ran) >= 5
-    done = gr.Report(tmp_path / "second", machine, False)
-    done.load()
-    assert len(done.stages["bench"]["done"]) >= first_runs + 5
+    return report.stages
+
+
+def test_a_resume_without_time_keeps_what_the_stage_had(tmp_path, monkeypatch):
+    gpu = _simulate(monkeypatch)
+    gr.main(["--budget", "500", "--out", str(tmp_path)])
+    before = _state(tmp_path)["bench"]
+    assert before["status"] == "partial" and before["done"]
+    log = (tmp_path / "bench.log").read_text()
+    gpu.commands = []
+    gr.main(["--resume", "--budget", "10", "--out", str(tmp_path)])  # too little for any stage
+    assert gpu.commands == [] and _state(tmp_path)["bench"] == before
+    assert (tmp_path / "bench.log").read_text() == log and json.loads((tmp_path / "bench.json").read_text())["rows"]
+
+
+def test_a_bench_is_passed_only_with_every_run_and_table(tmp_path, monkeypatch):
+    _simulate(monkeypatch)
+    monkeypatch.setenv("FUSEDOPS_STAGE_SECONDS", "1500")  # every run, then too little for the tiles' 240 s
+    assert gr.main(["--stage", "bench", "--budget", "1400", "--out", str(tmp_path)]) == 0
+    bench = _state(tmp_path)["bench"]
+    assert set(r.label for r in gr.BENCH_RUNS) <= set(bench["done"])
+    assert bench["status"] == "partial" and not bench["tiles_table"]
+    assert "Left undone: bench." in (tmp_path / "summary.md").read_text()
+
+
+def test_a_bench_the_limit_stops_before_any_results_is_partial_not_failed(tmp_path, monkeypatch):
+    slow = tuple((part, 400 if part == "benchmarks/run.py" else s) for part, s in H200_SECONDS)
+    gpu = _simulate(monkeypatch)
+    monkeypatch.setattr(gpu, "run", lambda *a, **k: SimulatedGpuMachine.run(gpu, *a, **k, seconds=slow))
+    monkeypatch.setattr(gr.Runner, "run", lambda self, *a, **k: gpu.run(*a, **k))
+    assert gr.main(["--stage", "bench", "--budget", "300", "--out", str(tmp_path)]) == 0
+    assert _state(tmp_path)["bench"]["status"] == "partial"
+
+
+def test_a_stage_limit_too_short_to_run_says_so(tmp_path, monkeypatch, capsys):
+    _simulate(monkeypatch)
+    monkeypatch.setenv("FUSEDOPS_STAGE_SECONDS", "10")
+    assert gr.main(["--stage", "sanitize", "--out", str(tmp_path)]) == 0
+    assert _state(tmp_path)["sanitize"] == {"status": "not run", "detail": "a 10 s stage limit"}
+
+
+def test_a_resume_needs_a_report_of_this_gpu(tmp_path, monkeypatch):
+    _simulate(monkeypatch)
+    with pytest.raises(SystemExit):
+        gr.main(["--resume", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    other = gr.Machine(True, "NVIDIA H100", "90", "2.11", "3.6", "nvcc 13.0", "-", 16, "abc")
+    gr.Report(tmp_path, other, False, {"build": dict(status="passed")}).save()
+    with pytest.raises(SystemExit):
+        gr.main(["--resume", "--out", str(tmp_path)])
+
+
+def test_a_command_past_its_limit_ends_within_it_even_deaf_to_sigint(tmp_path, monkeypatch):
+    monkeypatch.setattr(gr, "STOP_SECONDS", 6)  # SIGINT, 1 s, then SIGKILL
+    deaf = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(60)"
+    result = gr.Runner(False, echo=lambda s: None).run([sys.executable, "-c", deaf], tmp_path / "log", timeout=8)
+    assert result.timed_out and result.seconds <= 8
+
+
+@pytest.mark.parametrize("resume, flag", [("1", "--resume"), ("some/dir", "--resume some/dir"), ("0", None)])
+def test_make_passes_resume_and_budget(resume, flag):
+    proc = subprocess.run(["make", "-n", "gpu-report", f"RESUME={resume}", "BUDGET=300"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--budget 300" in proc.stdout
+    assert (flag in proc.stdout) if flag else "--resume" not in proc.stdout
