@@ -447,6 +447,74 @@ int check_input_grad_runs_geometries(int count) {
   return done;
 }
 
+// The conv forward's B loader over runs (PooledRunLoader), one image: for each thread's first
+// k (the loader depends on the thread only through it), every conv position a pool tap can
+// name and every k step, the run it names must be the input's run at that k by the definition:
+// x + ih*xs2 + iw*xs3 + ci, or null past the reduction or in the padding; with no input (a tap
+// in the pool's padding) null throughout.
+template <typename T>
+void check_pooled_runs(const Geometry& g, const T* x, int64_t xs2, int64_t xs3, const std::string& at) {
+  const int64_t steps = (g.K + kRunBK<T> - 1) / kRunBK<T>;
+  for (int t = 0; t < RunMap<T>::kRunsPerRow; ++t)
+    for (int64_t r = 0; r < g.OH; ++r)
+      for (int64_t c = 0; c < g.OW; ++c)
+        for (const T* xn : {x, static_cast<const T*>(nullptr)}) {
+          PooledRunLoader<T> l(g, xn, xs2, xs3, static_cast<int>(r), static_cast<int>(c), run_digits<T>(g, t));
+          for (int64_t step = 0; step < steps; ++step) {
+            if (step > 0) l.next(g);
+            const int64_t k = step * kRunBK<T> + RunMap<T>::kk(t);
+            const T* want = nullptr;
+            if (xn && k < g.K) {
+              const int64_t ci = k % g.Cg, kw = k / g.Cg % g.KW, kh = k / g.Cg / g.KW;
+              const int64_t ih = r * g.sh - g.pt + kh * g.dh, iw = c * g.sw - g.pl + kw * g.dw;
+              if (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) want = xn + ih * xs2 + iw * xs3 + ci;
+            }
+            if (l.src(g) != want) {
+              fail(at + ": conv position (" + std::to_string(r) + ", " + std::to_string(c) + "), thread " +
+                   std::to_string(t) + ", step " + std::to_string(step) + (xn ? "" : ", no input"));
+              return;
+            }
+          }
+        }
+}
+
+// check_pooled_runs over random geometries (fixed seed): 16-bit and 4-byte runs, kernels up to
+// 6 (wider than small images), strides and dilations 1-3, asymmetric padding, channels_last
+// strides with gaps; then one whose rows are more than 2^31 elements apart (an unbacked
+// mapping). Returns how many it checked.
+int check_pooled_runs_geometries(int count) {
+  std::mt19937 gen(20261130);
+  const auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  int done = 0;
+  while (done < count) {
+    const bool four_bytes = pick(0, 2) == 0;
+    const int64_t len = four_bytes ? kRunLen<Bits32> : kRunLen<Bits16>;
+    const int64_t H = pick(1, 12), W = pick(1, 12), Cg = len * pick(1, 9), Cout = pick(1, 3);
+    const int64_t KH = pick(1, 6), KW = pick(1, 6), dh = pick(1, 3), dw = pick(1, 3);
+    const int64_t pt = pick(0, 4), pl = pick(0, 4), pb = pick(0, 4), pr = pick(0, 4);
+    if (H + pt + pb < dh * (KH - 1) + 1 || W + pl + pr < dw * (KW - 1) + 1) continue;  // no conv output
+    const Geometry g = test_geometry(1, Cg, H, W, Cout, 1, KH, KW, pick(1, 3), pick(1, 3), pt, pl, dh, dw, 0, 1, 0, 1,
+                                     pb, pr);
+    const int64_t xs3 = Cg + len * pick(0, 2), xs2 = W * xs3 + pick(0, 5);
+    const std::string at = "forward B over runs #" + std::to_string(done) + " (" + std::to_string(Cg) + " x " +
+                           std::to_string(H) + " x " + std::to_string(W) + ", " + std::to_string(KH) + "x" +
+                           std::to_string(KW) + ")";
+    if (four_bytes) {
+      std::vector<Bits32> x(H * xs2);
+      check_pooled_runs(g, x.data(), xs2, xs3, at);
+    } else {
+      std::vector<Bits16> x(H * xs2);
+      check_pooled_runs(g, x.data(), xs2, xs3, at);
+    }
+    ++done;
+  }
+  const Geometry g = test_geometry(1, 8, 3, 2, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1);
+  const int64_t xs2 = (int64_t(1) << 31) + 24;
+  SparseBuffer x((3 * xs2 * sizeof(Bits16) + sizeof(T) - 1) / sizeof(T));
+  if (x.data) check_pooled_runs(g, reinterpret_cast<const Bits16*>(x.data), xs2, 8, "forward B, rows 2^31 apart");
+  return done + 1;
+}
+
 }  // namespace
 
 int main() {
@@ -489,7 +557,9 @@ int main() {
   check_large_weight_gradient();
   const int axes = check_axis_phases();
   const int runs = check_input_grad_runs_geometries(300);
-  std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d input gradients over runs, %d failures\n",
-              convs, tiles, axes, runs, failures);
+  const int forwards = check_pooled_runs_geometries(300);
+  std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d input gradients over runs, "
+              "%d forward inputs over runs, %d failures\n",
+              convs, tiles, axes, runs, forwards, failures);
   return failures ? 1 : 0;
 }

@@ -9,7 +9,9 @@ stride phases of the channel-run input gradient (run_loaders.h axis_phase) enume
 (input, tap) pair of a strided, dilated, padded axis exactly once, at the output it reads, and
 that the run loader of that input gradient (InputGradRunLoader), over the blocks
 input_grad_phase_grid counts, computes a direct convolution's input gradient on 300 random
-geometries.
+geometries; and that the conv forward's run loader of the input (PooledRunLoader) names the
+input's run of every k step at every conv position of 300 random geometries and of one whose
+rows lie more than 2^31 elements apart.
 """
 
 import os
@@ -39,3 +41,4 @@ def test_every_loader_fetches_its_operands_elements(tmp_path):
     assert " 0 failures" in run.stdout and "22 conv geometries" in run.stdout, run.stdout
     assert "4900 stride-phase axes" in run.stdout, run.stdout  # 7 strides x 4 dilations x 5 pads x 7 kernels x 5 sizes
     assert "300 input gradients over runs" in run.stdout, run.stdout
+    assert "301 forward inputs over runs" in run.stdout, run.stdout  # 300 random geometries, rows 2^31 apart

@@ -116,27 +116,38 @@ struct KMajorRunLoader {
 // B of the conv forward: the im2col column of one pool tap, k = (kh, kw, ci), for this
 // thread's column: x[n][ih][iw][grp*Cg + ci] with ih = r*sh - pt + kh*dh, iw = c*sw - pl + kw*dw,
 // where (r, c) is the tap's conv position. xn = x + n*xs0 + grp*Cg (channel stride 1), or null
-// where the column is past the end or the tap lies in the pool's padding.
+// where the column is past the end or the tap lies in the pool's padding. Digits, coordinates
+// and their checks are 32-bit (image sides < 2^31).
 template <typename T>
 struct PooledRunLoader {
   const T* xn;
   int64_t xs2, xs3;
-  int ih0, iw0;  // r*sh - pt, c*sw - pl
-  Digits d;      // (kh, kw, ci) of this thread's run; kh reaches KH past the reduction
-  Digits step;
+  int ih0, iw0;          // r*sh - pt, c*sw - pl
+  int kh, kw, ci;        // this thread's run's k; kh reaches KH past the reduction
+  int step_kh, step_kw, step_ci;
 
   FUSEDOPS_HD PooledRunLoader(const Geometry& g, const T* xn_, int64_t xs2_, int64_t xs3_, int r, int c,
                               const RunDigits& digits)
-      : xn(xn_), xs2(xs2_), xs3(xs3_), ih0(static_cast<int>(r * g.sh - g.pt)),
-        iw0(static_cast<int>(c * g.sw - g.pl)), d(digits.first), step(digits.step) {}
+      : xn(xn_), xs2(xs2_), xs3(xs3_), ih0(static_cast<int>(r * g.sh - g.pt)), iw0(static_cast<int>(c * g.sw - g.pl)),
+        kh(static_cast<int>(digits.first.hi)), kw(digits.first.mid), ci(digits.first.lo),
+        step_kh(static_cast<int>(digits.step.hi)), step_kw(digits.step.mid), step_ci(digits.step.lo) {}
   FUSEDOPS_HD const T* src(const Geometry& g) const {
-    const bool taps = d.hi < g.KH;  // past the reduction kh runs beyond KH: keep ih in the checked range
-    const int ih = ih0 + (taps ? static_cast<int>(d.hi) : 0) * static_cast<int>(g.dh);
-    const int iw = iw0 + d.mid * static_cast<int>(g.dw);
+    const bool taps = kh < static_cast<int>(g.KH);  // past the reduction kh runs beyond KH: keep ih in the checked range
+    const int ih = ih0 + (taps ? kh : 0) * static_cast<int>(g.dh);
+    const int iw = iw0 + kw * static_cast<int>(g.dw);
     const bool in = xn && taps && inside(ih, g.H) && inside(iw, g.W);
-    return in ? xn + ih * xs2 + iw * xs3 + d.lo : nullptr;
+    return in ? xn + ih * xs2 + iw * xs3 + ci : nullptr;
   }
-  FUSEDOPS_HD void next(const Geometry& g) { add(d, step, static_cast<int>(g.KW), static_cast<int>(g.Cg)); }
+  // add((kh, kw, ci), step, KW, Cg) in 32 bits.
+  FUSEDOPS_HD void next(const Geometry& g) {
+    ci += step_ci;
+    const bool carry_kw = ci >= static_cast<int>(g.Cg);
+    if (carry_kw) ci -= static_cast<int>(g.Cg);
+    kw += step_kw + carry_kw;
+    const bool carry_kh = kw >= static_cast<int>(g.KW);
+    if (carry_kh) kw -= static_cast<int>(g.KW);
+    kh += step_kh + carry_kh;
+  }
 };
 
 // The input gradient's phases along one axis (conv_backward_channel_runs). A conv of stride s

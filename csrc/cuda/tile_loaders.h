@@ -74,7 +74,10 @@ FUSEDOPS_HD void add(Digits& a, const Digits& s, int r1, int r2) {
   a.hi += s.hi + carry;
 }
 
-FUSEDOPS_HD bool inside(int v, int64_t size) { return v >= 0 && v < size; }
+// 0 <= v < size for a side of an image, a conv output or a pool window's reach: the bindings
+// keep them below 2^31 (checked_conv_geometry), so one unsigned 32-bit comparison says it
+// (a negative v is a large unsigned one).
+FUSEDOPS_HD bool inside(int v, int64_t size) { return static_cast<unsigned>(v) < static_cast<unsigned>(size); }
 
 // A strided matrix: element (o, k) = p[o * so + k * sk] for o < O, k < k1, else zero. The
 // conv forward's weights (o = output channel) and every operand of the linear kernels.
