@@ -415,6 +415,19 @@ void check_input_grad_runs(const Geometry& g, std::mt19937& gen, const std::stri
     }
 }
 
+// A random conv window for an H x W input (kernel up to 6, dilation 1-3, padding 0-4 on each
+// side, drawn in that order), or false where it leaves no conv output.
+struct Window {
+  int64_t KH, KW, dh, dw, pt, pl, pb, pr;
+};
+
+template <typename Pick>
+bool draw_window(Pick& pick, int64_t H, int64_t W, Window& w) {
+  w.KH = pick(1, 6), w.KW = pick(1, 6), w.dh = pick(1, 3), w.dw = pick(1, 3);
+  w.pt = pick(0, 4), w.pl = pick(0, 4), w.pb = pick(0, 4), w.pr = pick(0, 4);
+  return H + w.pt + w.pb >= w.dh * (w.KH - 1) + 1 && W + w.pl + w.pr >= w.dw * (w.KW - 1) + 1;
+}
+
 // check_input_grad_runs over random geometries (fixed seed): 16-bit and 4-byte runs, strides
 // 1-6 (2^40 where the output has one row), dilations 1-3, asymmetric padding, kernels up to 6
 // (larger than small images), 1 or 2 groups, several row and channel tiles, phases without
@@ -429,16 +442,15 @@ int check_input_grad_runs_geometries(int count) {
     const int64_t N = pick(1, 3), H = pick(1, 14), W = pick(1, 14), G = pick(1, 2);
     const int64_t Cg = len * (pick(0, 3) == 0 ? pick(9, 20) : pick(1, 3));
     const int64_t Coutg = len * (pick(0, 3) == 0 ? pick(5, 10) : pick(1, 3));
-    const int64_t KH = pick(1, 6), KW = pick(1, 6), dh = pick(1, 3), dw = pick(1, 3);
-    const int64_t pt = pick(0, 4), pl = pick(0, 4), pb = pick(0, 4), pr = pick(0, 4);
-    if (H + pt + pb < dh * (KH - 1) + 1 || W + pl + pr < dw * (KW - 1) + 1) continue;  // no conv output
-    Geometry g = test_geometry(N, Cg * G, H, W, Coutg * G, G, KH, KW, pick(1, 6), pick(1, 6), pt, pl, dh, dw, 0, 1, 0, 1,
-                               pb, pr);
+    Window w;
+    if (!draw_window(pick, H, W, w)) continue;
+    Geometry g = test_geometry(N, Cg * G, H, W, Coutg * G, G, w.KH, w.KW, pick(1, 6), pick(1, 6), w.pt, w.pl, w.dh, w.dw,
+                               0, 1, 0, 1, w.pb, w.pr);
     if (g.OH == 1 && pick(0, 3) == 0) g.sh = (int64_t(1) << 40) + pick(0, 5);
     if (g.OW == 1 && pick(0, 3) == 0) g.sw = (int64_t(1) << 40) + pick(0, 5);
     const std::string at = "input gradient over runs #" + std::to_string(done) + " (" + std::to_string(N) + "x" +
                            std::to_string(Cg * G) + "x" + std::to_string(H) + "x" + std::to_string(W) + " -> " +
-                           std::to_string(Coutg * G) + ", " + std::to_string(KH) + "x" + std::to_string(KW) +
+                           std::to_string(Coutg * G) + ", " + std::to_string(w.KH) + "x" + std::to_string(w.KW) +
                            " stride " + std::to_string(g.sh) + "x" + std::to_string(g.sw) + ")";
     if (four_bytes) check_input_grad_runs<Bits32>(g, gen, at);
     else check_input_grad_runs<Bits16>(g, gen, at);
@@ -490,15 +502,14 @@ int check_pooled_runs_geometries(int count) {
     const bool four_bytes = pick(0, 2) == 0;
     const int64_t len = four_bytes ? kRunLen<Bits32> : kRunLen<Bits16>;
     const int64_t H = pick(1, 12), W = pick(1, 12), Cg = len * pick(1, 9), Cout = pick(1, 3);
-    const int64_t KH = pick(1, 6), KW = pick(1, 6), dh = pick(1, 3), dw = pick(1, 3);
-    const int64_t pt = pick(0, 4), pl = pick(0, 4), pb = pick(0, 4), pr = pick(0, 4);
-    if (H + pt + pb < dh * (KH - 1) + 1 || W + pl + pr < dw * (KW - 1) + 1) continue;  // no conv output
-    const Geometry g = test_geometry(1, Cg, H, W, Cout, 1, KH, KW, pick(1, 3), pick(1, 3), pt, pl, dh, dw, 0, 1, 0, 1,
-                                     pb, pr);
+    Window w;
+    if (!draw_window(pick, H, W, w)) continue;
+    const Geometry g = test_geometry(1, Cg, H, W, Cout, 1, w.KH, w.KW, pick(1, 3), pick(1, 3), w.pt, w.pl, w.dh, w.dw,
+                                     0, 1, 0, 1, w.pb, w.pr);
     const int64_t xs3 = Cg + len * pick(0, 2), xs2 = W * xs3 + pick(0, 5);
     const std::string at = "forward B over runs #" + std::to_string(done) + " (" + std::to_string(Cg) + " x " +
-                           std::to_string(H) + " x " + std::to_string(W) + ", " + std::to_string(KH) + "x" +
-                           std::to_string(KW) + ")";
+                           std::to_string(H) + " x " + std::to_string(W) + ", " + std::to_string(w.KH) + "x" +
+                           std::to_string(w.KW) + ")";
     if (four_bytes) {
       std::vector<Bits32> x(H * xs2);
       check_pooled_runs(g, x.data(), xs2, xs3, at);
