@@ -492,7 +492,7 @@ void check_pooled_runs(const Geometry& g, const T* x, int64_t xs2, int64_t xs3, 
 
 // check_pooled_runs over random geometries (fixed seed): 16-bit and 4-byte runs, kernels up to
 // 6 (wider than small images), strides and dilations 1-3, asymmetric padding, channels_last
-// strides with gaps; then one whose rows are more than 2^31 elements apart (an unbacked
+// strides with gaps; then one whose last element lies 2^31 - 1 from its first (an unbacked
 // mapping). Returns how many it checked.
 int check_pooled_runs_geometries(int count) {
   std::mt19937 gen(20261130);
@@ -519,10 +519,13 @@ int check_pooled_runs_geometries(int count) {
     }
     ++done;
   }
+  // The largest image the loader takes (image_offsets_fit): its last element 2^31 - 1 from its
+  // first, (H - 1)*xs2 + (W - 1)*xs3 + Cg - 1 with H = 3, W = 2, Cg = 8.
   const Geometry g = test_geometry(1, 8, 3, 2, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1);
-  const int64_t xs2 = (int64_t(1) << 31) + 24;
+  const int64_t xs2 = ((int64_t(1) << 31) - 1 - 8 - 7) / 2;
   SparseBuffer x((3 * xs2 * sizeof(Bits16) + sizeof(T) - 1) / sizeof(T));
-  if (x.data) check_pooled_runs(g, reinterpret_cast<const Bits16*>(x.data), xs2, 8, "forward B, rows 2^31 apart");
+  if (x.data)
+    check_pooled_runs(g, reinterpret_cast<const Bits16*>(x.data), xs2, 8, "forward B, offsets up to 2^31 - 1");
   return done + 1;
 }
 

@@ -516,9 +516,10 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     q = n * ph * pw
     out = set()
     # conv_forward_channel_runs: 16-bit or TF32 with Cin/groups a multiple of a run (8 / 4 channels)
-    # and more than the direct kernel's, sm_80+; an input without channel runs in place (NCHW,
-    # sliced, transposed) read from a channels_last copy (bindings.cpp conv_input).
-    forward_runs = _runs(precision, cg) and cg > c["kDirectMaxChannels"]
+    # and more than the direct kernel's, an image's offsets within 32 bits (image_offsets_fit:
+    # a dense image of fewer than 2^31 elements), sm_80+; an input without channel runs in place
+    # (NCHW, sliced, transposed) read from a channels_last copy (bindings.cpp conv_input).
+    forward_runs = _runs(precision, cg) and cg > c["kDirectMaxChannels"] and cin * h * w < 2**31
     # conv_block.cu direct_channels. Its 32-bit checks (an image's span, the rows and columns a
     # window reaches) pass for dense inputs of fewer than 2^31 elements per image with small
     # paddings, which every case here is: they are mirrored by that bound alone.
@@ -565,10 +566,11 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     # The backward: the un-pool, one conv_grads_kernel launch (input, weight and bias gradient
     # blocks), the sum of the weight and bias gradients' split partial sums. Over channel runs
     # (conv_backward_channel_runs: where the forward runs over them, with Cout/groups a multiple
-    # of a run; the bindings choose it when an input or weight gradient is wanted, as every case
-    # here wants) the un-pool writes channels_last and conv_grads_runs_kernel runs, its input
-    # gradient by stride phase (run_loaders.h axis_phase).
-    runs = forward_runs and _runs(precision, coutg)
+    # of a run and an image of the conv-output gradient below 2^31 elements; the bindings choose
+    # it when an input or weight gradient is wanted, as every case here wants) the un-pool writes
+    # channels_last and conv_grads_runs_kernel runs, its input gradient by stride phase
+    # (run_loaders.h axis_phase).
+    runs = forward_runs and _runs(precision, coutg) and oh * ow * cout < 2**31
     name = " runs" if runs else ""
     out.add(f"conv grads{name}<{t},{off}>")
     if bias:

@@ -11,7 +11,7 @@ that the run loader of that input gradient (InputGradRunLoader), over the blocks
 input_grad_phase_grid counts, computes a direct convolution's input gradient on 300 random
 geometries; and that the conv forward's run loader of the input (PooledRunLoader) names the
 input's run of every k step at every conv position of 300 random geometries and of one whose
-rows lie more than 2^31 elements apart.
+last element lies 2^31 - 1 elements from its first (the largest image its 32-bit offsets take).
 """
 
 import os

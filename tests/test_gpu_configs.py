@@ -152,6 +152,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"const int64_t len = run_len\(dtype\);",
                           r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
                           r"runs_at_every_pixel\(len, g, x, xs\);",
+                          r"g\.Cg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && image_offsets_fit\(g, xs\) &&",
+                          r"const int64_t span = \(g\.Cg - 1\) \* xs\.s\[1\] \+ \(g\.H - 1\) \* xs\.s\[2\] \+ "
+                          r"\(g\.W - 1\) \* xs\.s\[3\];",
+                          r"dx_blocks < \(int64_t\(1\) << 30\) &&\s+g\.OH \* g\.OW \* g\.Cout < kInt32;",
                           r"return xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) && pixel_step\(xs\.s\[2\], g\.H\) "
                           r"&& pixel_step\(xs\.s\[3\], g\.W\) &&"],
         "bindings.cpp": [r"if \(can\(input\.const_data_ptr\(\), in_place\.xs\)\) return \{input, in_place\.xs, true\};",

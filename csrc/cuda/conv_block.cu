@@ -159,6 +159,17 @@ __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 
   }
 }
 
+constexpr int64_t kInt32 = int64_t(1) << 31;
+
+// Whether every element offset inside one image of a group of x, ci*xs1 + ih*xs2 + iw*xs3 for
+// ci < Cin/groups, ih < H, iw < W (strides non-negative), and each stride, stay below 2^31: the
+// kernels that index inside an image in 32 bits (the direct forward; the channel-run loaders,
+// run_loaders.h) need it.
+bool image_offsets_fit(const Geometry& g, const Strides4& xs) {
+  const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
+  return span < kInt32 && xs.s[1] < kInt32 && xs.s[2] < kInt32 && xs.s[3] < kInt32;
+}
+
 // Output channels per thread of conv_pool_direct_kernel for g and input strides xs; 0 where
 // the implicit GEMM runs instead: more than kDirectMaxChannels input channels per group, even
 // one channel's filter over kDirectMaxSmem (8 channels' over it: 1 channel a thread), more than
@@ -172,9 +183,7 @@ int direct_channels(const Geometry& g, const Strides4& xs) {
                      ? kDirectWideChannels : 1;
   if (filter_bytes * co > kDirectMaxSmem) return 0;
   if (g.G * ceil_div(g.Coutg, co) > 65535) return 0;
-  constexpr int64_t kInt32 = int64_t(1) << 31;
-  const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
-  if (span >= kInt32 || xs.s[1] >= kInt32 || xs.s[2] >= kInt32 || xs.s[3] >= kInt32) return 0;
+  if (!image_offsets_fit(g, xs)) return 0;
   if (conv_coordinate_reach(g) >= kInt32) return 0;  // the bindings refuse these; kept for other callers
   return co;
 }
@@ -737,14 +746,16 @@ bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4
 
 // What the channel-run kernels need of a problem, whatever the GPU: a tensor-core type, whole
 // runs of more than kDirectMaxChannels input channels a group (fewer keep the direct kernel), k
-// digits within 32 bits, runs at every pixel of x; the backward also whole runs of output
-// channels (any stride: its input gradient runs by stride phase). The bindings' choice
-// (conv_forward_channel_runs / conv_backward_channel_runs: these on sm_80+) and the launchers'
-// recheck of it.
+// digits within 32 bits, offsets inside an image of x within 32 bits, runs at every pixel of
+// x; the backward also whole runs of output channels (any stride: its input gradient runs by
+// stride phase) and an image of the conv-output gradient (OH*OW*Cout) within 32 bits. The
+// bindings' choice (conv_forward_channel_runs / conv_backward_channel_runs: these on sm_80+)
+// and the launchers' recheck of it.
 bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
   const int64_t len = run_len(dtype);
   return len > 0 && g.Cg % len == 0 && g.Cg > kDirectMaxChannels &&
-         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && runs_at_every_pixel(len, g, x, xs);
+         g.Cg * g.KW < std::numeric_limits<int32_t>::max() && image_offsets_fit(g, xs) &&
+         runs_at_every_pixel(len, g, x, xs);
 }
 
 bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
@@ -752,7 +763,8 @@ bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 x
   // to kBM times the tile engine's input-gradient blocks; kept within half of gridDim.x.
   const int64_t dx_blocks = grad_blocks(g, true, false, false, 0, kBK, true).dx;
   return forward_runs_fit(dtype, g, x, xs) && g.Coutg % run_len(dtype) == 0 &&
-         g.Coutg * g.KW < std::numeric_limits<int32_t>::max() && dx_blocks < (int64_t(1) << 30);
+         g.Coutg * g.KW < std::numeric_limits<int32_t>::max() && dx_blocks < (int64_t(1) << 30) &&
+         g.OH * g.OW * g.Cout < kInt32;
 }
 
 template <typename F>

@@ -116,19 +116,21 @@ struct KMajorRunLoader {
 // B of the conv forward: the im2col column of one pool tap, k = (kh, kw, ci), for this
 // thread's column: x[n][ih][iw][grp*Cg + ci] with ih = r*sh - pt + kh*dh, iw = c*sw - pl + kw*dw,
 // where (r, c) is the tap's conv position. xn = x + n*xs0 + grp*Cg (channel stride 1), or null
-// where the column is past the end or the tap lies in the pool's padding. Digits, coordinates
-// and their checks are 32-bit (image sides < 2^31).
+// where the column is past the end or the tap lies in the pool's padding. Digits, coordinates,
+// their checks and the run's offset inside the image are 32-bit: image sides stay below 2^31,
+// and the launchers run it only where every offset inside an image does (image_offsets_fit).
 template <typename T>
 struct PooledRunLoader {
   const T* xn;
-  int64_t xs2, xs3;
+  int xs2, xs3;
   int ih0, iw0;          // r*sh - pt, c*sw - pl
   int kh, kw, ci;        // this thread's run's k; kh reaches KH past the reduction
   int step_kh, step_kw, step_ci;
 
   FUSEDOPS_HD PooledRunLoader(const Geometry& g, const T* xn_, int64_t xs2_, int64_t xs3_, int r, int c,
                               const RunDigits& digits)
-      : xn(xn_), xs2(xs2_), xs3(xs3_), ih0(static_cast<int>(r * g.sh - g.pt)), iw0(static_cast<int>(c * g.sw - g.pl)),
+      : xn(xn_), xs2(static_cast<int>(xs2_)), xs3(static_cast<int>(xs3_)), ih0(static_cast<int>(r * g.sh - g.pt)),
+        iw0(static_cast<int>(c * g.sw - g.pl)),
         kh(static_cast<int>(digits.first.hi)), kw(digits.first.mid), ci(digits.first.lo),
         step_kh(static_cast<int>(digits.step.hi)), step_kw(digits.step.mid), step_ci(digits.step.lo) {}
   FUSEDOPS_HD const T* src(const Geometry& g) const {
@@ -136,7 +138,7 @@ struct PooledRunLoader {
     const int ih = ih0 + (taps ? kh : 0) * static_cast<int>(g.dh);
     const int iw = iw0 + kw * static_cast<int>(g.dw);
     const bool in = xn && taps && inside(ih, g.H) && inside(iw, g.W);
-    return in ? xn + ih * xs2 + iw * xs3 + ci : nullptr;
+    return in ? xn + (ih * xs2 + iw * xs3 + ci) : nullptr;
   }
   // add((kh, kw, ci), step, KW, Cg) in 32 bits.
   FUSEDOPS_HD void next(const Geometry& g) {
@@ -252,7 +254,8 @@ struct InputGradRunLoader {
     const int oh = oh0 - (taps ? static_cast<int>(d.hi) : 0) * oh_step;
     const int ow = ow0 - d.mid * ow_step;
     const bool in = dn && taps && inside(oh, g.OH) && inside(ow, g.OW);
-    return in ? dn + (int64_t(oh) * g.OW + ow) * g.Cout + d.lo : nullptr;
+    // 32-bit offset: the launchers keep an image of dconv, OH*OW*Cout, below 2^31 (backward_runs_fit).
+    return in ? dn + ((oh * static_cast<int>(g.OW) + ow) * static_cast<int>(g.Cout) + d.lo) : nullptr;
   }
   FUSEDOPS_HD const T* src_b() const { return column && d.hi < taps_h ? wp : nullptr; }
   // add(d, step, taps_w, Coutg), with wp following the digits' carries.
@@ -272,13 +275,15 @@ struct InputGradRunLoader {
 // in [k0, k1), column j = (kh, kw, ci) (the runs' weight order, channels innermost): the input
 // x[n][ih][iw][grp*Cg + ci] at ih = oh*sh - pt + kh*dh, iw = ow*sw - pl + kw*dw, channels_last
 // (channel stride 1); xg = x + grp*Cg. A run is kRunLen<T> channels of one tap; null past the
-// columns, past k1 or in the padding.
+// columns, past k1 or in the padding. Its offset inside an image is 32-bit, as
+// PooledRunLoader's (image_offsets_fit).
 template <typename T>
 struct Im2colKMajorRunLoader {
   const T* xg;
-  int64_t xs0, xs2, xs3;
+  int64_t xs0;
+  int xs2, xs3;
   int ih_tap, iw_tap;  // kh*dh - pt, kw*dw - pl of this thread's columns
-  int64_t ci;          // their first channel
+  int ci;              // their first channel
   bool column;         // they exist
   Digits p;            // (n, oh, ow) of this thread's k
   Digits step;
@@ -286,19 +291,19 @@ struct Im2colKMajorRunLoader {
 
   FUSEDOPS_HD Im2colKMajorRunLoader(const Geometry& g, const T* xg_, int64_t xs0_, int64_t xs2_, int64_t xs3_,
                                     int64_t n0, int64_t k0, int64_t k1, int t)
-      : xg(xg_), xs0(xs0_), xs2(xs2_), xs3(xs3_), p(split(k0 + KMajorRunMap<T>::k(t), g.OH, g.OW)),
+      : xg(xg_), xs0(xs0_), xs2(static_cast<int>(xs2_)), xs3(static_cast<int>(xs3_)), p(split(k0 + KMajorRunMap<T>::k(t), g.OH, g.OW)),
         step(split(kRunBK<T>, g.OH, g.OW)), left(k1 - k0 - KMajorRunMap<T>::k(t)) {
     const int64_t j = n0 + KMajorRunMap<T>::o(t);
     column = j < g.K;
     const Digits tap = split(column ? j : 0, g.KW, g.Cg);  // once per tile
     ih_tap = static_cast<int>(tap.hi * g.dh - g.pt);
     iw_tap = static_cast<int>(tap.mid * g.dw - g.pl);
-    ci = tap.lo;
+    ci = static_cast<int>(tap.lo);
   }
   FUSEDOPS_HD const T* src(const Geometry& g) const {
     const int ih = p.mid * static_cast<int>(g.sh) + ih_tap, iw = p.lo * static_cast<int>(g.sw) + iw_tap;
     const bool in = column && left > 0 && inside(ih, g.H) && inside(iw, g.W);
-    return in ? xg + p.hi * xs0 + ih * xs2 + iw * xs3 + ci : nullptr;
+    return in ? xg + p.hi * xs0 + (ih * xs2 + iw * xs3 + ci) : nullptr;
   }
   FUSEDOPS_HD void next(const Geometry& g) {
     add(p, step, static_cast<int>(g.OH), static_cast<int>(g.OW));

@@ -427,6 +427,37 @@ void check_direct_channels() {
            std::to_string(c.want));
 }
 
+// The channel-run kernels' choice (forward_runs_fit / backward_runs_fit) where their 32-bit
+// offsets are at stake: an image of x whose last element lies 2^31 - 1 from its first runs,
+// one whose last lies 2^31 + 7 from it or whose rows lie 2^31 apart does not; the backward
+// also needs an image of the conv-output gradient (OH*OW*Cout) below 2^31.
+void check_runs_fit() {
+  const void* x = reinterpret_cast<const void*>(uintptr_t(256));  // only its alignment is read
+  const auto fits = [&](bool backward, int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t stride,
+                        int64_t row_stride = 0) {
+    const Geometry g = test_geometry(1, C, H, W, Cout, 1, 1, 1, stride, stride, 0, 0, 1, 1, 0, 1, 0, 1);
+    Strides4 xs = strides_of(C, H, W, true);
+    if (row_stride) xs.s[2] = row_stride, xs.s[0] = H * row_stride;
+    return backward ? backward_runs_fit(DType::BFloat16, g, x, xs) : forward_runs_fit(DType::BFloat16, g, x, xs);
+  };
+  const struct {
+    const char* what;
+    bool got, want;
+  } checks[] = {
+      {"forward, 8 x 16384 x 16384: last offset 2^31 - 1", fits(false, 8, 16384, 16384, 8, 1), true},
+      {"forward, 3 rows 2^30 elements apart: last offset 2^31 + 7", fits(false, 8, 3, 1, 8, 1, int64_t(1) << 30),
+       false},
+      {"forward, rows 2^31 elements apart", fits(false, 8, 2, 4, 8, 1, int64_t(1) << 31), false},
+      {"forward, 8 x 4 x 4", fits(false, 8, 4, 4, 8, 1), true},
+      {"backward, conv-output gradient image 2^31 (16384 x 16384 x 8)", fits(true, 8, 16384, 16384, 8, 1), false},
+      {"backward, conv-output gradient image 2^29 (stride 2)", fits(true, 8, 16384, 16384, 8, 2), true},
+  };
+  for (const auto& c : checks)
+    if (c.got != c.want)
+      fail(std::string("channel runs' choice, ") + c.what + ": " + (c.got ? "runs" : "no runs") + ", want " +
+           (c.want ? "runs" : "no runs"));
+}
+
 }  // namespace
 
 int main() {
@@ -468,6 +499,7 @@ int main() {
        1, 2, 2, 0, 1},
   };
   check_direct_channels();
+  check_runs_fit();
   for (const Case& c : cases) {
 #ifdef FUSEDOPS_EMULATOR_RUNS_QUICK  // the first channel-run case in float16 only (tests the emulator's cp.async)
     if (c.C % kRunLen<__half> != 0 || c.C != c.Cout / 2) continue;
