@@ -535,7 +535,13 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         out |= _grid_stride("conv forward direct", q)
     elif forward_runs:
         out.add(f"conv forward runs<{t},{off}>")
-        if coutg > c["kBM"]:
+        # conv_block.cu forward_run_rows: 128 output channels a block where that pads Cout/groups
+        # to no more rows than blocks of 64 do.
+        wide = coutg > c["kBM"] and _cdiv(coutg, 2 * c["kBM"]) * 2 == _cdiv(coutg, c["kBM"])
+        rows = 2 * c["kBM"] if wide else c["kBM"]
+        if wide:
+            out.add("conv forward runs: 128-row tiles")
+        if coutg > rows:
             out.add("conv forward runs: second M tile")
         if q > c["kBN"]:
             out.add("conv forward runs: several column tiles")
@@ -675,7 +681,7 @@ def cuda_required() -> Set[str]:
         "conv forward direct: 1 output channel a thread", "conv forward direct: a partial chunk of output channels",
         "conv forward gemm: second M tile",
         "conv forward gemm: groups", "conv forward gemm: several waves", "conv forward runs: second M tile",
-        "conv forward runs: several column tiles", "conv forward runs: groups",
+        "conv forward runs: 128-row tiles", "conv forward runs: several column tiles", "conv forward runs: groups",
         "conv unpool: grid-stride loop runs twice or more", "conv input grad: second M tile",
         "conv weight grad: second M tile", "conv weight grad: one split-K slice",
         "conv weight grad: several split-K slices", "conv weight grad: an empty split-K slice",

@@ -130,6 +130,23 @@ def test_the_gemm_kernels_rules():
     assert cuda_kernel_report.violations(kernel(jvp, registers=250, div64=5, barriers=None)) == []
 
 
+def test_the_report_keeps_the_forward_over_runs_two_tiles_apart():
+    name = ("void fusedops::cuda::(anonymous namespace)::conv_pool_runs_kernel<__nv_bfloat16, signed char, {}>"
+            "(fusedops::Geometry, __nv_bfloat16 const*)")
+    facts = cuda_kernel_report.PtxFacts(main_loop_barriers=1)
+    wide = cuda_kernel_report.Kernel(name.format(128), registers=128, stack=176, ptx=facts, main_loop_sass=187)
+    narrow = cuda_kernel_report.Kernel(name.format(64), registers=124, ptx=facts, main_loop_sass=134)
+    assert (wide.label, narrow.label) == ("conv_pool_runs_kernel, 128 rows", "conv_pool_runs_kernel, 64 rows")
+    rows = cuda_kernel_report.summarize([wide, narrow])
+    assert [(r[0], r[2], r[3], r[8]) for r in rows] == [("conv_pool_runs_kernel, 128 rows", 128, 176, 187),
+                                                         ("conv_pool_runs_kernel, 64 rows", 124, 0, 134)]
+    text = cuda_kernel_report.report({90: [wide, narrow]})
+    assert "| conv_pool_runs_kernel, 128 rows | bfloat16 | 128 | 176 |" in text and text.count("| ok |") == 2
+    gemm = cuda_kernel_report.Kernel(name.replace("conv_pool_runs_kernel", "conv_pool_gemm_kernel").replace(
+        ", {}>", ">"), ptx=facts)
+    assert gemm.label == "conv_pool_gemm_kernel"
+
+
 # --- make triton-check --------------------------------------------------------------------------
 
 

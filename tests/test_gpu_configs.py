@@ -152,6 +152,9 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"const int64_t len = run_len\(dtype\);",
                           r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
                           r"runs_at_every_pixel\(len, g, x, xs\);",
+                          r"constexpr int kWideRows = 2 \* kBM;",
+                          r"return g\.Coutg > kBM && ceil_div\(g\.Coutg, kWideRows\) \* kWideRows == "
+                          r"ceil_div\(g\.Coutg, kBM\) \* kBM \? kWideRows : kBM;",
                           r"g\.Cg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && image_offsets_fit\(g, xs\) &&",
                           r"const int64_t span = \(g\.Cg - 1\) \* xs\.s\[1\] \+ \(g\.H - 1\) \* xs\.s\[2\] \+ "
                           r"\(g\.W - 1\) \* xs\.s\[3\];",

@@ -78,6 +78,13 @@ class Kernel:
         return m.group(1) if m else self.name
 
     @property
+    def label(self) -> str:
+        """The report's name for it: the template, with the tile's rows where a kernel comes in
+        several (``conv_pool_runs_kernel, 128 rows``)."""
+        m = re.search(r"conv_pool_runs_kernel<[^<>]*, (\d+)>", self.name)
+        return f"{self.template}, {m.group(1)} rows" if m else self.template
+
+    @property
     def dtype(self) -> str:
         """The element type (first template argument) as torch names it."""
         m = re.search(r"<([\w:]+)", self.name)
@@ -358,10 +365,11 @@ def violations(k: Kernel) -> List[str]:
 
 
 def summarize(kernels: List[Kernel]) -> List[tuple]:
-    """One row per (kernel, dtype): the maxima over its other template arguments (offset types)."""
+    """One row per (kernel label, dtype): the maxima over its other template arguments (offset
+    types)."""
     rows: Dict[tuple, list] = {}
     for k in kernels:
-        key = (k.template, k.dtype)
+        key = (k.label, k.dtype)
         r = rows.setdefault(key, [0, 0, 0, 0, 0, -1, -1, -1])
         barriers = -1 if k.ptx.main_loop_barriers is None else k.ptx.main_loop_barriers
         sass = -1 if k.main_loop_sass is None else k.main_loop_sass
@@ -386,18 +394,20 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
              "division rule only).",
-             "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread).", ""]
+             "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
+             "the forward over runs in its two tiles, 64 and 128 output channels a block.", ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",
                   "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | "
                   "main-loop SASS / multiplies | rule |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-        broken = {(k.template, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
-        for template, dtype, reg, stack, shared, d64, d32, barriers, sass, multiplies in summarize(kernels):
-            rule = broken.get((template, dtype), "ok" if template in GEMM_KERNELS else "")
+        broken = {(k.label, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
+        gemms = {k.label for k in kernels if k.template in GEMM_KERNELS}
+        for label, dtype, reg, stack, shared, d64, d32, barriers, sass, multiplies in summarize(kernels):
+            rule = broken.get((label, dtype), "ok" if label in gemms else "")
             step = "" if barriers < 0 else str(barriers)
             size = "" if sass < 0 else f"{sass} / {multiplies}"
-            lines.append(f"| {template} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {size} | "
+            lines.append(f"| {label} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {size} | "
                          f"{rule} |")
         lines.append("")
     return "\n".join(lines)

@@ -12,7 +12,7 @@
 //  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 and TF32 channels_last
 //    input with Cin/groups a multiple of a run (8 / 4 channels; conv_forward_channel_runs) on
 //    sm_80+: k ordered (kh, kw, ci), each operand read in 16-byte runs of channels by cp.async,
-//    three stages deep (run_gemm.cuh).
+//    three stages deep (run_gemm.cuh), 64 or 128 output channels a block (forward_run_rows).
 // Each writes the pooled value and the window offset of its max (or -1 where the ReLU is off).
 // Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
 //
@@ -188,17 +188,21 @@ int direct_channels(const Geometry& g, const Strides4& xs) {
   return co;
 }
 
-// The pooled epilogue of the implicit-GEMM forwards, for the elements this thread owns (column
-// nn of the tile, rows threadIdx.x / kBN + j * (kThreads / kBN), as for_owned): after the GEMM
-// of pool tap `tap`, keep_window_max folds the tile's conv outputs (+ bias, ReLU) into the
-// running max of each pooled output and remembers the tap; write_pooled stores the max and its
-// offset (-1 where the ReLU is off) of pooled output col.
-template <typename T, typename Acc>
-__device__ __forceinline__ void keep_window_max(const Acc (&c)[kBM][kBN + 4], const Geometry& g, const T* b,
-                                                int64_t grp, int64_t m0, int nn, int tap, Acc (&best)[kPerThread],
-                                                int (&where)[kPerThread]) {
+// The pooled epilogue of the implicit-GEMM forwards over a result tile of kRows rows, for the
+// elements this thread owns (column nn of the tile, rows threadIdx.x / kBN + j * (kThreads /
+// kBN), j < kOwned<kRows>, as for_owned): after the GEMM of pool tap `tap`, keep_window_max folds
+// the tile's conv outputs (+ bias, ReLU) into the running max of each pooled output and
+// remembers the tap; write_pooled stores the max and its offset (-1 where the ReLU is off) of
+// pooled output col.
+template <int kRows>
+constexpr int kOwned = kRows * kBN / kThreads;
+
+template <typename T, typename Acc, int kRows>
+__device__ __forceinline__ void keep_window_max(const Acc (&c)[kRows][kBN + 4], const Geometry& g, const T* b,
+                                                int64_t grp, int64_t m0, int nn, int tap, Acc (&best)[kOwned<kRows>],
+                                                int (&where)[kOwned<kRows>]) {
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
+  for (int j = 0; j < kOwned<kRows>; ++j) {
     const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
     const int64_t m = m0 + mm;
     if (m >= g.Coutg) continue;
@@ -210,14 +214,14 @@ __device__ __forceinline__ void keep_window_max(const Acc (&c)[kBM][kBN + 4], co
   }
 }
 
-template <typename T, typename OffT, typename Acc>
+template <typename T, typename OffT, typename Acc, int kN>
 __device__ __forceinline__ void write_pooled(const Geometry& g, const PooledColumn& col, int64_t grp, int64_t m0,
-                                             const Acc (&best)[kPerThread], const int (&where)[kPerThread], T* y,
-                                             OffT* off, const Strides4& ys) {
+                                             const Acc (&best)[kN], const int (&where)[kN], T* y, OffT* off,
+                                             const Strides4& ys) {
   if (col.n < 0) return;
   const int64_t yq = col.n * ys.s[0] + col.ph * ys.s[2] + col.pw * ys.s[3];
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
+  for (int j = 0; j < kN; ++j) {
     const int64_t m = m0 + threadIdx.x / kBN + j * (kThreads / kBN);
     if (m >= g.Coutg) continue;
     const int64_t yi = yq + (grp * g.Coutg + m) * ys.s[1];
@@ -228,16 +232,16 @@ __device__ __forceinline__ void write_pooled(const Geometry& g, const PooledColu
 
 // The pool-window loop of the implicit-GEMM forwards: for each tap (th, tw) of the window,
 // gemm(dr, dc) computes the block's conv outputs at the taps' offset (dr, dc) from each
-// column's first tap into the result tile c, whose elements this thread folds into the window
-// max of pooled output col (where the tap is inside the conv output); then the max and its
-// offset are written.
-template <typename T, typename OffT, typename Acc, typename Gemm>
+// column's first tap into the result tile c (kRows rows), whose elements this thread folds
+// into the window max of pooled output col (where the tap is inside the conv output); then the
+// max and its offset are written.
+template <typename T, typename OffT, typename Acc, int kRows, typename Gemm>
 __device__ __forceinline__ void pool_over_taps(const Geometry& g, const PooledColumn& col, int64_t grp, int64_t m0,
-                                               int nn, const T* b, const Acc (&c)[kBM][kBN + 4], T* y, OffT* off,
+                                               int nn, const T* b, const Acc (&c)[kRows][kBN + 4], T* y, OffT* off,
                                                const Strides4& ys, const Gemm& gemm) {
-  Acc best[kPerThread];
-  int where[kPerThread];
-  for (int j = 0; j < kPerThread; ++j) {
+  Acc best[kOwned<kRows>];
+  int where[kOwned<kRows>];
+  for (int j = 0; j < kOwned<kRows>; ++j) {
     best[j] = -std::numeric_limits<Acc>::infinity();
     where[j] = -1;
   }
@@ -286,15 +290,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 // The forward over channel runs (run_gemm.cuh), for 16-bit or TF32 channels_last input with
 // Cin/groups a multiple of kRunLen<T> (conv_forward_channel_runs): the blocks and the pooled
 // epilogue of conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW,
-// Cin/groups) contiguous. A thread's loader column (RunMap::o) differs from its epilogue column
-// (nn), so each is decomposed once.
-template <typename T, typename OffT>
+// Cin/groups) contiguous, over kRows output channels a block: 64, or 128 where a group has more
+// than 64 (forward_run_rows; the input's runs, the costly operand, then serve twice the
+// products). A thread's loader column (RunMap::o) differs from its epilogue column (nn), so
+// each is decomposed once.
+template <typename T, typename OffT, int kRows>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_pool_runs_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ wk,
                           const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
-  __shared__ RunSmem<T> s;
+  __shared__ RunSmem<T, kRows> s;
   const int64_t grp = blockIdx.z;
-  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kBM);
+  const int64_t n0 = blockIdx.x * int64_t(kBN), m0 = blockIdx.y * int64_t(kRows);
   const T* wg = wk + grp * g.Coutg * g.K;
   const int nn = threadIdx.x % kBN;
   const PooledColumn col = pooled_column(g, n0 + nn);
@@ -306,12 +312,23 @@ __global__ void __launch_bounds__(kThreads, 2)
     const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
     RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
     PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
-    run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(g); },
-                              [&] {
-                                la.next();
-                                lb.next(g);
-                              },
-                              steps, s);
+    if constexpr (kRows == kBM) {
+      run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(g); },
+                                [&] {
+                                  la.next();
+                                  lb.next(g);
+                                },
+                                steps, s);
+    } else {  // A's second block of 64 rows: the same k, 64 rows on
+      RowRunLoader<T> la2(wg, g.K, m0 + kBM, g.Coutg, threadIdx.x);
+      run_gemm<T, false, false, kRows>([&](int i) { return i ? la2.src() : la.src(); }, [&] { return lb.src(g); },
+                                       [&] {
+                                         la.next();
+                                         la2.next();
+                                         lb.next(g);
+                                       },
+                                       steps, s);
+    }
   });
 }
 
@@ -767,6 +784,15 @@ bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 x
          g.OH * g.OW * g.Cout < kInt32;
 }
 
+// Output channels a block of the forward over runs takes: kWideRows (128) where that pads a
+// group's channels to no more rows than blocks of kBM (64) do (64 < Cout/groups <= 128, or a
+// multiple of 128), so that each input run feeds twice the products; kBM elsewhere.
+constexpr int kWideRows = 2 * kBM;
+
+int forward_run_rows(const Geometry& g) {
+  return g.Coutg > kBM && ceil_div(g.Coutg, kWideRows) * kWideRows == ceil_div(g.Coutg, kBM) * kBM ? kWideRows : kBM;
+}
+
 template <typename F>
 cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
   switch (offset_bytes) {
@@ -797,8 +823,13 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       if (w_runs) {  // the caller found conv_forward_channel_runs true; what the loads need is rechecked
         if constexpr (kTensorCores<T>) {
           if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && forward_runs_fit(dtype, g, x, xs)) {
-            conv_pool_runs_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs),
-                                                                          bp, yp, op, ys);
+            const T* wr = static_cast<const T*>(w_runs);
+            if (forward_run_rows(g) == kWideRows) {
+              const dim3 wide(grid.x, static_cast<unsigned>(ceil_div(g.Coutg, kWideRows)), grid.z);
+              conv_pool_runs_kernel<T, OffT, kWideRows><<<wide, kThreads, 0, stream>>>(g, xp, xs, wr, bp, yp, op, ys);
+            } else {
+              conv_pool_runs_kernel<T, OffT, kBM><<<grid, kThreads, 0, stream>>>(g, xp, xs, wr, bp, yp, op, ys);
+            }
             return cudaGetLastError();
           }
         }

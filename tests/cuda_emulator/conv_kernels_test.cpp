@@ -131,12 +131,20 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
           for (int64_t kh = 0; kh < g.KH; ++kh)
             for (int64_t kw = 0; kw < g.KW; ++kw)
               wk[((co * g.KH + kh) * g.KW + kw) * g.Cg + ci] = w[((co * g.Cg + ci) * g.KH + kh) * g.KW + kw];
+      // Both tiles on every geometry, whichever the launcher picks (forward_run_rows): 64 output
+      // channels a block, and 128 (rows past Cout/groups, and a second block of them past 128).
       const dim3 grid(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)), unsigned(g.G));
       const auto runs = [&](const T* bias, T* y, int32_t* off) {
-        conv_pool_runs_kernel<T, int32_t>(g, x.data(), xs, wk.data(), bias, y, off, ys);
+        conv_pool_runs_kernel<T, int32_t, kBM>(g, x.data(), xs, wk.data(), bias, y, off, ys);
       };
       check_forward(" channel-run forward", grid, true, runs);
       check_forward(" channel-run forward, no bias", grid, false, runs);
+      const dim3 wide(grid.x, unsigned(ceil_div(g.Coutg, kWideRows)), grid.z);
+      const auto wide_runs = [&](const T* bias, T* y, int32_t* off) {
+        conv_pool_runs_kernel<T, int32_t, kWideRows>(g, x.data(), xs, wk.data(), bias, y, off, ys);
+      };
+      check_forward(" channel-run forward in 128-row tiles", wide, true, wide_runs);
+      check_forward(" channel-run forward in 128-row tiles, no bias", wide, false, wide_runs);
       ++channel_run_checks;
     }
   }
@@ -428,10 +436,10 @@ void check_direct_channels() {
 }
 
 // The channel-run kernels' choice (forward_runs_fit / backward_runs_fit) where their 32-bit
-// offsets are at stake: an image of x whose last element lies 2^31 - 1 from its first runs,
+// offsets are at stake, and the forward's tile: an image of x whose last element lies 2^31 - 1 from its first runs,
 // one whose last lies 2^31 + 7 from it or whose rows lie 2^31 apart does not; the backward
 // also needs an image of the conv-output gradient (OH*OW*Cout) below 2^31.
-void check_runs_fit() {
+void check_run_choices() {
   const void* x = reinterpret_cast<const void*>(uintptr_t(256));  // only its alignment is read
   const auto fits = [&](bool backward, int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t stride,
                         int64_t row_stride = 0) {
@@ -452,6 +460,23 @@ void check_runs_fit() {
       {"backward, conv-output gradient image 2^31 (16384 x 16384 x 8)", fits(true, 8, 16384, 16384, 8, 1), false},
       {"backward, conv-output gradient image 2^29 (stride 2)", fits(true, 8, 16384, 16384, 8, 2), true},
   };
+  // The forward's tile (forward_run_rows): 128 output channels a block where that pads a
+  // group's channels to no more rows than blocks of 64 do.
+  const auto rows = [](int64_t Cout, int64_t G) {
+    return forward_run_rows(test_geometry(1, 8 * G, 4, 4, Cout, G, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1));
+  };
+  const struct {
+    const char* what;
+    int got, want;
+  } tiles[] = {
+      {"32->64", rows(64, 1), 64},   {"->80", rows(80, 1), 128},   {"->128", rows(128, 1), 128},
+      {"->136", rows(136, 1), 64},   {"->192", rows(192, 1), 64},  {"->256", rows(256, 1), 128},
+      {"2 groups of ->128", rows(256, 2), 128}, {"2 groups of ->64", rows(128, 2), 64},
+  };
+  for (const auto& t : tiles)
+    if (t.got != t.want)
+      fail(std::string("forward_run_rows, ") + t.what + ": " + std::to_string(t.got) + ", want " +
+           std::to_string(t.want));
   for (const auto& c : checks)
     if (c.got != c.want)
       fail(std::string("channel runs' choice, ") + c.what + ": " + (c.got ? "runs" : "no runs") + ", want " +
@@ -484,6 +509,8 @@ int main() {
       {"24->16 1x1, pool 3 stride 2 pad 1", 2, 24, 7, 6, 16, 1, 1, 1, 1, 1, 0, 0, 1, 1, 3, 2, 1, 1},
       {"16->32 3x3, 168 pooled outputs: three column tiles", 3, 16, 18, 17, 32, 1, 3, 3, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
       {"16->8 1x1 (K = 16), pool 2", 2, 16, 5, 4, 8, 1, 1, 1, 1, 1, 0, 0, 1, 1, 2, 2, 0, 1},
+      // 136 output channels: two 128-row tiles of the forward over runs, the second 8 rows.
+      {"16->136 3x3 pad 1, pool 2: two 128-row tiles", 1, 16, 4, 5, 136, 1, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1},
       // The channel-run backward per group, with dilation and padding.
       {"2 groups of 16->16, dilation 2 pad 2", 2, 32, 7, 6, 32, 2, 3, 3, 1, 1, 2, 2, 2, 2, 2, 2, 0, 1},
       // Padding 2 on top and none below, none left and 1 right; a ceil-mode pool whose last
@@ -499,7 +526,7 @@ int main() {
        1, 2, 2, 0, 1},
   };
   check_direct_channels();
-  check_runs_fit();
+  check_run_choices();
   for (const Case& c : cases) {
 #ifdef FUSEDOPS_EMULATOR_RUNS_QUICK  // the first channel-run case in float16 only (tests the emulator's cp.async)
     if (c.C % kRunLen<__half> != 0 || c.C != c.Cout / 2) continue;
