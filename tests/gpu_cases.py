@@ -470,6 +470,13 @@ def _phase_has_taps(r: int, stride: int, dilation: int, pad: int, kernel: int) -
     return any((r + pad - kk * dilation) % stride == 0 for kk in range(min(kernel, stride)))
 
 
+def _run_rows(coutg: int) -> int:
+    """conv_block.cu run_rows: output channels a block of the run kernels' conv forward and
+    weight gradient takes, 128 where that pads Cout/groups to no more rows than blocks of 64 do."""
+    bm = CUDA_CONSTANTS["kBM"]
+    return 2 * bm if coutg > bm and _cdiv(coutg, 2 * bm) * 2 == _cdiv(coutg, bm) else bm
+
+
 def _splits(reduction: int, tiles: int, most: int) -> int:
     c = CUDA_CONSTANTS
     splits = min(_cdiv(c["split_blocks"], max(tiles, 1)), _cdiv(reduction, c["min_chunk"]))
@@ -535,11 +542,8 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         out |= _grid_stride("conv forward direct", q)
     elif forward_runs:
         out.add(f"conv forward runs<{t},{off}>")
-        # conv_block.cu forward_run_rows: 128 output channels a block where that pads Cout/groups
-        # to no more rows than blocks of 64 do.
-        wide = coutg > c["kBM"] and _cdiv(coutg, 2 * c["kBM"]) * 2 == _cdiv(coutg, c["kBM"])
-        rows = 2 * c["kBM"] if wide else c["kBM"]
-        if wide:
+        rows = _run_rows(coutg)
+        if rows > c["kBM"]:
             out.add("conv forward runs: 128-row tiles")
         if coutg > rows:
             out.add("conv forward runs: second M tile")
@@ -596,9 +600,12 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
                    for r in range(min(st, size))):
                 out.add("conv input grad runs: a stride phase without taps")
     out.add(f"conv weight grad{name}<{t}>")
-    if coutg > c["kBM"]:
+    dw_rows = _run_rows(coutg) if runs else c["kBM"]
+    if dw_rows > c["kBM"]:
+        out.add("conv weight grad runs: 128-row tiles")
+    if coutg > dw_rows:
         out.add(f"conv weight grad{name}: second M tile")
-    tiles = _cdiv(coutg, c["kBM"]) * _cdiv(k, c["kBN"]) * groups
+    tiles = _cdiv(coutg, dw_rows) * _cdiv(k, c["kBN"]) * groups
     positions = n * oh * ow
     out |= _split_labels(f"conv weight grad{name}", positions, _splits(positions, tiles, c["grid_z"] // groups),
                          _run_bk(precision) if runs else c["kBK"])
@@ -688,8 +695,8 @@ def cuda_required() -> Set[str]:
         "conv weight grad direct: several splits",
         "conv input grad runs: second N tile", "conv input grad runs: stride phases",
         "conv input grad runs: a stride phase without taps",
-        "conv weight grad runs: second M tile", "conv weight grad runs: one split-K slice",
-        "conv weight grad runs: several split-K slices",
+        "conv weight grad runs: second M tile", "conv weight grad runs: 128-row tiles",
+        "conv weight grad runs: one split-K slice", "conv weight grad runs: several split-K slices",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
         "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",

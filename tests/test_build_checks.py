@@ -145,6 +145,8 @@ def test_the_report_keeps_the_forward_over_runs_two_tiles_apart():
     gemm = cuda_kernel_report.Kernel(name.replace("conv_pool_runs_kernel", "conv_pool_gemm_kernel").replace(
         ", {}>", ">"), ptx=facts)
     assert gemm.label == "conv_pool_gemm_kernel"
+    grads = cuda_kernel_report.Kernel(name.replace("conv_pool_runs_kernel", "conv_grads_runs_kernel").format(128))
+    assert grads.label == "conv_grads_runs_kernel, 128 rows"
 
 
 # --- make triton-check --------------------------------------------------------------------------

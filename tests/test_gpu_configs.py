@@ -139,7 +139,6 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"const int64_t most = {c['grid_z']} / g\.G;",
                           r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
                           r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
-                          r"dw \? weight_grad_splits<T>\(g\) : 0, runs \? kRunBK<T> : kBK, runs\);",
                           r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 &&\s+"
                           r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && dx_blocks < ",
                           r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
@@ -155,6 +154,9 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"constexpr int kWideRows = 2 \* kBM;",
                           r"return g\.Coutg > kBM && ceil_div\(g\.Coutg, kWideRows\) \* kWideRows == "
                           r"ceil_div\(g\.Coutg, kBM\) \* kBM \? kWideRows : kBM;",
+                          r"const int64_t tiles = ceil_div\(g\.Coutg, rows\) \* ceil_div\(g\.K, kBN\) \* g\.G;",
+                          r"const int dw_rows = runs \? run_rows\(g\) : kBM;",
+                          r"dw \? weight_grad_splits<T>\(g, dw_rows\) : 0, runs \? kRunBK<T> : kBK, runs,\s+dw_rows\);",
                           r"g\.Cg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && image_offsets_fit\(g, xs\) &&",
                           r"const int64_t span = \(g\.Cg - 1\) \* xs\.s\[1\] \+ \(g\.H - 1\) \* xs\.s\[2\] \+ "
                           r"\(g\.W - 1\) \* xs\.s\[3\];",

@@ -80,8 +80,9 @@ class Kernel:
     @property
     def label(self) -> str:
         """The report's name for it: the template, with the tile's rows where a kernel comes in
-        several (``conv_pool_runs_kernel, 128 rows``)."""
-        m = re.search(r"conv_pool_runs_kernel<[^<>]*, (\d+)>", self.name)
+        several (``conv_pool_runs_kernel, 128 rows``; conv_grads_runs_kernel: its weight
+        gradient's)."""
+        m = re.search(r"conv_(?:pool|grads)_runs_kernel<[^<>]*, (\d+)>", self.name)
         return f"{self.template}, {m.group(1)} rows" if m else self.template
 
     @property
@@ -395,7 +396,8 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
              "division rule only).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
-             "the forward over runs in its two tiles, 64 and 128 output channels a block.", ""]
+             "the forward and weight gradient over runs in their two tiles, 64 and 128 output channels a block.",
+             ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",
                   "| kernel | dtype | registers | stack | shared | loop div 64 / 32 | barriers per step | "

@@ -12,7 +12,7 @@
 //  - conv_pool_runs_kernel, the same GEMM and epilogue for float16/bfloat16 and TF32 channels_last
 //    input with Cin/groups a multiple of a run (8 / 4 channels; conv_forward_channel_runs) on
 //    sm_80+: k ordered (kh, kw, ci), each operand read in 16-byte runs of channels by cp.async,
-//    three stages deep (run_gemm.cuh), 64 or 128 output channels a block (forward_run_rows).
+//    three stages deep (run_gemm.cuh), 64 or 128 output channels a block (run_rows).
 // Each writes the pooled value and the window offset of its max (or -1 where the ReLU is off).
 // Max rule (torch's): taps in row-major order, a tap replaces the max when larger or NaN.
 //
@@ -201,12 +201,14 @@ template <typename T, typename Acc, int kRows>
 __device__ __forceinline__ void keep_window_max(const Acc (&c)[kRows][kBN + 4], const Geometry& g, const T* b,
                                                 int64_t grp, int64_t m0, int nn, int tap, Acc (&best)[kOwned<kRows>],
                                                 int (&where)[kOwned<kRows>]) {
+  // This block's rows that are output channels (m0 < Coutg), and its first channel's bias.
+  const int rows = g.Coutg - m0 < kRows ? static_cast<int>(g.Coutg - m0) : kRows;
+  const T* bm = b ? b + grp * g.Coutg + m0 : nullptr;
 #pragma unroll
   for (int j = 0; j < kOwned<kRows>; ++j) {
     const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
-    const int64_t m = m0 + mm;
-    if (m >= g.Coutg) continue;
-    const Acc v = relu_keep_nan(c[mm][nn] + (b ? Num<T>::to_acc(b[grp * g.Coutg + m]) : Acc(0)));
+    if (mm >= rows) continue;
+    const Acc v = relu_keep_nan(c[mm][nn] + (bm ? Num<T>::to_acc(bm[mm]) : Acc(0)));
     if (replaces(v, best[j])) {
       best[j] = v;
       where[j] = tap;
@@ -291,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 // Cin/groups a multiple of kRunLen<T> (conv_forward_channel_runs): the blocks and the pooled
 // epilogue of conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW,
 // Cin/groups) contiguous, over kRows output channels a block: 64, or 128 where a group has more
-// than 64 (forward_run_rows; the input's runs, the costly operand, then serve twice the
+// than 64 (run_rows; the input's runs, the costly operand, then serve twice the
 // products). A thread's loader column (RunMap::o) differs from its epilogue column (nn), so
 // each is decomposed once.
 template <typename T, typename OffT, int kRows>
@@ -440,9 +442,21 @@ __device__ void weight_grad_tile(const Geometry& g, const T* __restrict__ x, Str
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
 
+// Output channels a block of the run kernels' conv forward and weight gradient takes:
+// kWideRows (128) where that pads a group's channels to no more rows than blocks of kBM (64) do
+// (64 < Cout/groups <= 128, or a multiple of 128), so that each run of their costly operand (the
+// gathered input) feeds twice the products; kBM elsewhere.
+constexpr int kWideRows = 2 * kBM;
+
+int run_rows(const Geometry& g) {
+  return g.Coutg > kBM && ceil_div(g.Coutg, kWideRows) * kWideRows == ceil_div(g.Coutg, kBM) * kBM ? kWideRows : kBM;
+}
+
+// Reduction splits of the weight gradient in blocks of `rows` output channels (2 blocks an SM
+// of an H100; reduction_splits). Fewer rows give no more splits than more.
 template <typename T>
-int64_t weight_grad_splits(const Geometry& g) {
-  const int64_t tiles = ceil_div(g.Coutg, kBM) * ceil_div(g.K, kBN) * g.G;
+int64_t weight_grad_splits(const Geometry& g, int rows = kBM) {
+  const int64_t tiles = ceil_div(g.Coutg, rows) * ceil_div(g.K, kBN) * g.G;
   const int64_t splits = reduction_splits(g.N * g.OH * g.OW, tiles);
   const int64_t most = 65535 / g.G;  // grid.z = groups * splits
   return splits < most ? splits : most;
@@ -457,6 +471,7 @@ int64_t weight_grad_splits(const Geometry& g) {
 struct GradBlocks {
   int64_t dx_x = 0, dx_y = 0, dx = 0, dx_pw = 1;  // dx_pw: the input gradient's stride phases along w
   int64_t dw_x = 0, dw_y = 0, dw = 0, splits = 0, chunk = 0;
+  int dw_rows = kBM;  // output channels a weight-gradient block (kWideRows: over runs, run_rows)
   int64_t db_splits = 0, db_chunk = 0, db = 0;
   int64_t total() const { return dx + dw + db; }
 };
@@ -465,9 +480,10 @@ struct GradBlocks {
 // split's chunk a whole number of k steps of `step` (kBK; kRunBK<T> over channel runs). The tiles
 // count alike in both kernels (kBM == kBN): conv_grads_kernel's input-gradient tiles are
 // channels x positions, conv_grads_runs_kernel's positions x channels, the latter for each
-// stride phase that has inputs (`phases`: input_grad_phase_grid; input_grad_runs_tile).
+// stride phase that has inputs (`phases`: input_grad_phase_grid; input_grad_runs_tile); the
+// weight gradient's blocks take dw_rows output channels (kWideRows: only over runs).
 inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, bool want_db, int64_t dw_splits,
-                              int64_t step = kBK, bool phases = false) {
+                              int64_t step = kBK, bool phases = false, int dw_rows = kBM) {
   GradBlocks b;
   if (want_dx) {
     const PhaseGrid p = phases ? input_grad_phase_grid(g) : PhaseGrid{ceil_div(g.N * g.H * g.W, kBN), 1, 1};
@@ -475,7 +491,7 @@ inline GradBlocks grad_blocks(const Geometry& g, bool want_dx, bool want_dw, boo
     b.dx = b.dx_x * b.dx_y * g.G * p.phase_rows * p.phase_cols, b.dx_pw = p.phase_cols;
   }
   if (want_dw) {
-    b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, kBM), b.splits = dw_splits;
+    b.dw_x = ceil_div(g.K, kBN), b.dw_y = ceil_div(g.Coutg, dw_rows), b.splits = dw_splits, b.dw_rows = dw_rows;
     b.chunk = ceil_div(ceil_div(g.N * g.OH * g.OW, dw_splits), step) * step;
     b.dw = b.dw_x * b.dw_y * g.G * dw_splits;
   }
@@ -551,47 +567,69 @@ __device__ void input_grad_runs_tile(const Geometry& g, const T* __restrict__ wt
 // dconv[n][oh][ow][grp*Coutg + co] * x[n][oh*sh - pt + kh*dh][ow*sw - pl + kw*dw][grp*Cg + ci]:
 // both operands' runs lie across k (output channels; input channels of one tap). The
 // columns are in the runs' weight order; sum_grad_partials_kernel puts them in dw's.
-template <typename T>
+template <typename T, int kRows>
 __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x, Strides4 xs,
                                       const T* __restrict__ dconv, int64_t chunk, int64_t bx, int64_t by, int64_t grp,
-                                      int64_t split, typename Num<T>::Acc* __restrict__ part, RunSmem<T>& s) {
+                                      int64_t split, typename Num<T>::Acc* __restrict__ part,
+                                      RunSmem<T, kRows>& s) {
   const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
-  const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kBM);
+  const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kRows);
+  const int64_t steps = k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0;
   KMajorRunLoader<T> la(dconv + grp * g.Coutg, g.Cout, m0, g.Coutg, k0, k1, threadIdx.x);
   Im2colKMajorRunLoader<T> lb(g, x + grp * g.Cg, xs.s[0], xs.s[2], xs.s[3], n0, k0, k1, threadIdx.x);
-  run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(g); },
-                          [&] {
-                            la.next();
-                            lb.next(g);
-                          },
-                          k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0, s);
+  if constexpr (kRows == kBM) {
+    run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(g); },
+                            [&] {
+                              la.next();
+                              lb.next(g);
+                            },
+                            steps, s);
+  } else {  // A's second block of 64 output channels, at the same k
+    KMajorRunLoader<T> la2(dconv + grp * g.Coutg, g.Cout, m0 + kBM, g.Coutg, k0, k1, threadIdx.x);
+    run_gemm<T, true, true, kRows>([&](int i) { return i ? la2.src() : la.src(); }, [&] { return lb.src(g); },
+                                   [&] {
+                                     la.next();
+                                     la2.next();
+                                     lb.next(g);
+                                   },
+                                   steps, s);
+  }
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
+
+// The shared memory of conv_grads_runs_kernel: the input gradient's tile of 64 rows and the
+// weight gradient's of kDwRows.
+template <typename T, int kDwRows>
+union GradRunSmem {
+  RunSmem<T> narrow;
+  RunSmem<T, kDwRows> dw;
+};
 
 // conv_grads_kernel over channel runs (conv_backward_channel_runs): its blocks (GradBlocks with
 // the input gradient's tiles per stride phase, z = phase * G + grp, and chunks of kRunBK<T>
 // steps); dconv channels_last (unpool_kernel<..., true>), dx channels_last contiguous, wt as
-// input_grad_runs_tile reads it, dw_part in the runs' column order (weight_grad_runs_tile).
-template <typename T, typename OffT>
+// input_grad_runs_tile reads it, dw_part in the runs' column order (weight_grad_runs_tile); the
+// weight gradient's blocks of kDwRows output channels (plan.dw_rows: run_rows).
+template <typename T, typename OffT, int kDwRows>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_grads_runs_kernel(Geometry g, GradBlocks plan, const T* __restrict__ go, Strides4 gs,
                            const OffT* __restrict__ off, Strides4 os, const T* __restrict__ x, Strides4 xs,
                            const T* __restrict__ wt, const T* __restrict__ dconv, T* __restrict__ dx,
                            typename Num<T>::Acc* __restrict__ dw_part, typename Num<T>::Acc* __restrict__ db_part,
                            T* __restrict__ db) {
-  __shared__ RunSmem<T> s;
+  __shared__ GradRunSmem<T, kDwRows> s;
   int64_t b = blockIdx.x;
   if (b < plan.dx) {
     const int64_t z = b / (plan.dx_x * plan.dx_y), phase = z / g.G;  // z = phase * G + grp
     input_grad_runs_tile<T>(g, wt, dconv, dx, b % plan.dx_x, b / plan.dx_x % plan.dx_y, z % g.G,
-                            phase / plan.dx_pw, phase % plan.dx_pw, s);
+                            phase / plan.dx_pw, phase % plan.dx_pw, s.narrow);
     return;
   }
   b -= plan.dx;
   if (b < plan.dw) {
     const int64_t z = b / (plan.dw_x * plan.dw_y);  // grp * splits + split
     weight_grad_runs_tile<T>(g, x, xs, dconv, plan.chunk, b % plan.dw_x, b / plan.dw_x % plan.dw_y, z / plan.splits,
-                             z % plan.splits, dw_part, s);
+                             z % plan.splits, dw_part, s.dw);
     return;
   }
   b -= plan.dw;
@@ -784,15 +822,6 @@ bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 x
          g.OH * g.OW * g.Cout < kInt32;
 }
 
-// Output channels a block of the forward over runs takes: kWideRows (128) where that pads a
-// group's channels to no more rows than blocks of kBM (64) do (64 < Cout/groups <= 128, or a
-// multiple of 128), so that each input run feeds twice the products; kBM elsewhere.
-constexpr int kWideRows = 2 * kBM;
-
-int forward_run_rows(const Geometry& g) {
-  return g.Coutg > kBM && ceil_div(g.Coutg, kWideRows) * kWideRows == ceil_div(g.Coutg, kBM) * kBM ? kWideRows : kBM;
-}
-
 template <typename F>
 cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
   switch (offset_bytes) {
@@ -824,7 +853,7 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
         if constexpr (kTensorCores<T>) {
           if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && forward_runs_fit(dtype, g, x, xs)) {
             const T* wr = static_cast<const T*>(w_runs);
-            if (forward_run_rows(g) == kWideRows) {
+            if (run_rows(g) == kWideRows) {
               const dim3 wide(grid.x, static_cast<unsigned>(ceil_div(g.Coutg, kWideRows)), grid.z);
               conv_pool_runs_kernel<T, OffT, kWideRows><<<wide, kThreads, 0, stream>>>(g, xp, xs, wr, bp, yp, op, ys);
             } else {
@@ -871,8 +900,10 @@ size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_d
   }
   size_t bytes = static_cast<size_t>(g.N * g.Cout * g.OH * g.OW) * elem_bytes(dtype);  // dconv
   bytes = (bytes + 255) / 256 * 256;
-  if (need_dw) {
-    const int64_t splits = dtype == DType::Double ? weight_grad_splits<double>(g) : weight_grad_splits<float>(g);
+  if (need_dw) {  // the most splits the launcher may take: with run_rows(g) rows a block (over runs)
+    const int rows = run_rows(g);
+    const int64_t splits =
+        dtype == DType::Double ? weight_grad_splits<double>(g, rows) : weight_grad_splits<float>(g, rows);
     bytes += (static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype) + 255) / 256 * 256;
   }
   const int64_t bias_splits = channel_sum_splits(g.N * g.PH * g.PW, g.Cout);
@@ -913,8 +944,10 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
             part_dw, splits, dw_count, static_cast<T*>(dw), part_db, splits, db_count, static_cast<T*>(db));
         return cudaGetLastError();
       }
+      const int dw_rows = runs ? run_rows(g) : kBM;
       const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr,
-                                          dw ? weight_grad_splits<T>(g) : 0, runs ? kRunBK<T> : kBK, runs);
+                                          dw ? weight_grad_splits<T>(g, dw_rows) : 0, runs ? kRunBK<T> : kBK, runs,
+                                          dw_rows);
       if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
       const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
       const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
@@ -939,9 +972,11 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       const unsigned blocks = static_cast<unsigned>(plan.total());
       if (runs) {
         if constexpr (kTensorCores<T>) {
-          conv_grads_runs_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
-              g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w), dconv,
-              static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
+          const auto grads = plan.dw_rows == kWideRows ? conv_grads_runs_kernel<T, OffT, kWideRows>
+                                                       : conv_grads_runs_kernel<T, OffT, kBM>;
+          grads<<<blocks, kThreads, 0, stream>>>(g, plan, go, gs, op, os, static_cast<const T*>(x), xs,
+                                                 static_cast<const T*>(w), dconv, static_cast<T*>(dx), dw_part,
+                                                 db_part, static_cast<T*>(db));
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }
       } else {

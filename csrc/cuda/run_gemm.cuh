@@ -4,8 +4,8 @@
 //
 //   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kRows, 0 <= j < kBN
 //
-// (kRows = kBM = 64, or 128 where the conv forward's A, the weights, has the rows: its B, the
-// gathered input, then feeds twice the products), where the loaders (run_loaders.h) name, per k
+// (kRows = kBM = 64, or 128 where A has the conv's output channels as rows, in the forward and
+// the weight gradient: their B, the gathered input, then feeds twice the products), where the loaders (run_loaders.h) name, per k
 // step of kRunBK<T> (32 for 16-bit types, 16 for Tf32), one 16-byte run of B and one of A (two
 // with 128 rows) for each thread (null: zeros). An operand's runs lie along k (kKMajor false: a
 // row of A / a column of B, kRunLen<T> consecutive k; RunMap) or across it (kKMajor true:
@@ -41,8 +41,8 @@ namespace cuda {
 
 constexpr int kRunStages = 3;
 
-// Where an operand tile of kRows rows / columns (64, or 128 for the A tile of the wide
-// forward) keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T>
+// Where an operand tile of kRows rows / columns (64, or 128 for A's output channels in the
+// conv forward and weight gradient) keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T>
 // (80 bytes); across k, as (k, o) rows of kRows + kRunLen<T> (144 bytes of a 16-bit type, 272 of
 // Tf32, at 64). Both are whole 16-byte rows, and 16 rows are a multiple of 32 bytes, as wmma's
 // loads require; the extra run shifts consecutive rows across the shared-memory banks.
@@ -65,7 +65,7 @@ constexpr int kRunTileSize = RunTile<T, false, kRows>::size > RunTile<T, true, k
                                  : RunTile<T, true, kRows>::size;
 static_assert(kBM == kBN, "A and B tiles share RunTile");
 
-// The run engine's shared memory for a tile of kRows x kBN (kRows 64, or 128: the wide forward).
+// The run engine's shared memory for a tile of kRows x kBN (kRows 64, or 128).
 template <typename T, int kRows = kBM>
 struct __align__(32) RunSmem {
   static_assert(kTensorCores<T>, "the run engine multiplies on tensor cores: 16-bit types and Tf32");
@@ -109,7 +109,6 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
   using TileB = RunTile<T, kBKMajor>;
   using Shape = WmmaShape<T>;
   constexpr int kK = Shape::kK;
-  static_assert(kRows == kBM || !kAKMajor, "128 rows: A stored along k (the conv forward's weights)");
   constexpr int kBlocksA = kRows / kBM;  // A's runs a thread copies a step
   constexpr int kWarpRows = kRows / 4 / 16;  // A fragments a warp reads a k
   // A stored (m, k) is wmma's row_major matrix_a, (k, m) its col_major; B stored (n, k) is

@@ -194,15 +194,17 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
 
 // Epilogue helper: calls f(m, n, value) for the tile elements this thread owns inside M x N.
 // They share one column (kThreads is a multiple of kBN): n = n0 + threadIdx.x % kBN, and
-// rows threadIdx.x / kBN + j * (kThreads / kBN). Smem: TileSmem<T> or RunSmem<T> (run_gemm.cuh),
-// whose result tiles c share one layout.
+// rows threadIdx.x / kBN + j * (kThreads / kBN), for each j of the result tile's rows. Smem:
+// TileSmem<T> or RunSmem<T, kRows> (run_gemm.cuh), whose result tiles c share one layout (kBN + 4
+// floats a row).
 template <typename Smem, typename F>
 __device__ void for_owned(const Smem& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
   static_assert(kThreads % kBN == 0, "a thread's owned elements share a column");
+  constexpr int kOwnedRows = std::extent<decltype(s.c)>::value * kBN / kThreads;  // 16, or 32 for 128 rows
   const int nn = threadIdx.x % kBN;
   if (n0 + nn >= N) return;
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
+  for (int j = 0; j < kOwnedRows; ++j) {
     const int mm = threadIdx.x / kBN + j * (kThreads / kBN);
     if (m0 + mm < M) f(m0 + mm, n0 + nn, s.c[mm][nn]);
   }

@@ -131,7 +131,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
           for (int64_t kh = 0; kh < g.KH; ++kh)
             for (int64_t kw = 0; kw < g.KW; ++kw)
               wk[((co * g.KH + kh) * g.KW + kw) * g.Cg + ci] = w[((co * g.Cg + ci) * g.KH + kh) * g.KW + kw];
-      // Both tiles on every geometry, whichever the launcher picks (forward_run_rows): 64 output
+      // Both tiles on every geometry, whichever the launcher picks (run_rows): 64 output
       // channels a block, and 128 (rows past Cout/groups, and a second block of them past 128).
       const dim3 grid(unsigned(ceil_div(g.N * g.PH * g.PW, kBN)), unsigned(ceil_div(g.Coutg, kBM)), unsigned(g.G));
       const auto runs = [&](const T* bias, T* y, int32_t* off) {
@@ -355,8 +355,14 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
       const auto run_runs = [&](const std::string& which, const GradBlocks& plan, std::vector<T>& dx,
                                 std::vector<Acc>& dw_part, std::vector<Acc>& db_part, std::vector<T>& db) {
         launch_both_orders(what + which, dim3(unsigned(plan.total()), 1, 1), [&] {
-          conv_grads_runs_kernel<T, int32_t>(g, plan, go.data(), ps, off.data(), ps, x.data(), xs, wt.data(),
-                                             dconv_cl.data(), dx.data(), dw_part.data(), db_part.data(), db.data());
+          if (plan.dw_rows == kWideRows)
+            conv_grads_runs_kernel<T, int32_t, kWideRows>(g, plan, go.data(), ps, off.data(), ps, x.data(), xs,
+                                                          wt.data(), dconv_cl.data(), dx.data(), dw_part.data(),
+                                                          db_part.data(), db.data());
+          else
+            conv_grads_runs_kernel<T, int32_t, kBM>(g, plan, go.data(), ps, off.data(), ps, x.data(), xs, wt.data(),
+                                                    dconv_cl.data(), dx.data(), dw_part.data(), db_part.data(),
+                                                    db.data());
         }, dx, dw_part, db_part, db);
       };
       const auto in_dw_order = [&](const std::vector<Acc>& part, int64_t splits) {  // from (kh, kw, ci) columns
@@ -368,7 +374,9 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
                 out[(sp * g.Cout + co) * g.K + ci * g.KH * g.KW + tap] = part[(sp * g.Cout + co) * g.K + tap * g.Cg + ci];
         return out;
       };
-      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g), kRunBK<T>, true);
+      // As the launcher plans it (the weight gradient in blocks of run_rows(g) output channels).
+      const GradBlocks plan = grad_blocks(g, true, true, true, weight_grad_splits<T>(g, run_rows(g)), kRunBK<T>, true,
+                                          run_rows(g));
       std::vector<T> dx(want_dx.size(), from_double<T>(12345.0)), db(g.Cout, from_double<T>(12345.0));
       std::vector<Acc> dw_part(plan.splits * g.Cout * g.K, Acc(NAN)), db_part(plan.db_splits * g.Cout, Acc(NAN));
       run_runs(" channel-run gradients", plan, dx, dw_part, db_part, db);
@@ -394,13 +402,16 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
             fail(what + " channel-run weight gradient sum [" + std::to_string(i) + "] " + std::to_string(to_double(dw[i])) +
                  ", want " + std::to_string(want_dw[i]));
       }
-      for (int64_t splits : splits_list) {  // the weight gradient alone
-        const GradBlocks alone = grad_blocks(g, false, true, false, splits, kRunBK<T>);
-        std::vector<T> none;
-        std::vector<Acc> part(splits * g.Cout * g.K, Acc(NAN)), no_part;
-        run_runs(" channel-run weight gradient", alone, none, part, no_part, none);
-        check_dw(" channel-run weight gradient", in_dw_order(part, splits), splits);
-      }
+      for (int64_t splits : splits_list)  // the weight gradient alone, in blocks of 64 and of 128 output channels
+        for (int rows : {kBM, kWideRows}) {
+          const GradBlocks alone = grad_blocks(g, false, true, false, splits, kRunBK<T>, false, rows);
+          const std::string which =
+              rows == kBM ? " channel-run weight gradient" : " channel-run weight gradient in 128-row tiles";
+          std::vector<T> none;
+          std::vector<Acc> part(splits * g.Cout * g.K, Acc(NAN)), no_part;
+          run_runs(which, alone, none, part, no_part, none);
+          check_dw(which, in_dw_order(part, splits), splits);
+        }
       ++channel_run_backward_checks;
     }
   }
@@ -460,10 +471,10 @@ void check_run_choices() {
       {"backward, conv-output gradient image 2^31 (16384 x 16384 x 8)", fits(true, 8, 16384, 16384, 8, 1), false},
       {"backward, conv-output gradient image 2^29 (stride 2)", fits(true, 8, 16384, 16384, 8, 2), true},
   };
-  // The forward's tile (forward_run_rows): 128 output channels a block where that pads a
-  // group's channels to no more rows than blocks of 64 do.
+  // The run kernels' tile for the forward and the weight gradient (run_rows): 128 output
+  // channels a block where that pads a group's channels to no more rows than blocks of 64 do.
   const auto rows = [](int64_t Cout, int64_t G) {
-    return forward_run_rows(test_geometry(1, 8 * G, 4, 4, Cout, G, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1));
+    return run_rows(test_geometry(1, 8 * G, 4, 4, Cout, G, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, 0, 1));
   };
   const struct {
     const char* what;
@@ -475,7 +486,7 @@ void check_run_choices() {
   };
   for (const auto& t : tiles)
     if (t.got != t.want)
-      fail(std::string("forward_run_rows, ") + t.what + ": " + std::to_string(t.got) + ", want " +
+      fail(std::string("run_rows, ") + t.what + ": " + std::to_string(t.got) + ", want " +
            std::to_string(t.want));
   for (const auto& c : checks)
     if (c.got != c.want)
