@@ -99,7 +99,7 @@ install: deps $(STAMP)
 
 test: install $(SANITIZE_STAMP) $(GPU_CHECK_STAMPS)
 	@$(if $(GPU_CHECK_STAMPS),,echo "GPU_CHECKS=$(GPU_CHECKS): cuda-build-check, cuda-kernel-check and triton-check skipped")
-	@echo "make: running the test suite (pytest tests; about 3-9 minutes on 2 cores)"
+	@echo "make: running the test suite (pytest tests; about 20-30 minutes on 2 cores)"
 	$(PYTHON) -m pytest tests -q
 
 # Property tests with the long hypothesis profile (tests/strategies.py): add what it finds to

@@ -292,10 +292,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 // The forward over channel runs (run_gemm.cuh), for 16-bit or TF32 channels_last input with
 // Cin/groups a multiple of kRunLen<T> (conv_forward_channel_runs): the blocks and the pooled
 // epilogue of conv_pool_gemm_kernel, with k = (kh, kw, ci) and the weights wk as (Cout, KH, KW,
-// Cin/groups) contiguous, over kRows output channels a block: 64, or 128 where a group has more
-// than 64 (run_rows; the input's runs, the costly operand, then serve twice the
-// products). A thread's loader column (RunMap::o) differs from its epilogue column (nn), so
-// each is decomposed once.
+// Cin/groups) contiguous, over kRows output channels a block: 64, or 128 where that pads no
+// more rows (run_rows; the input's runs, the costly operand, then serve twice the products).
+// A thread's loader column (RunMap::o) differs from its epilogue column (nn), so each is
+// decomposed once.
 template <typename T, typename OffT, int kRows>
 __global__ void __launch_bounds__(kThreads, 2)
     conv_pool_runs_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ wk,
@@ -444,8 +444,8 @@ __device__ void weight_grad_tile(const Geometry& g, const T* __restrict__ x, Str
 
 // Output channels a block of the run kernels' conv forward and weight gradient takes:
 // kWideRows (128) where that pads a group's channels to no more rows than blocks of kBM (64) do
-// (64 < Cout/groups <= 128, or a multiple of 128), so that each run of their costly operand (the
-// gathered input) feeds twice the products; kBM elsewhere.
+// (more than 64 channels in an even number of 64-row blocks: 65-128, 193-256, ...), so that each
+// run of their costly operand (the gathered input) feeds twice the products; kBM elsewhere.
 constexpr int kWideRows = 2 * kBM;
 
 int run_rows(const Geometry& g) {
