@@ -5,13 +5,13 @@
 //   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kRows, 0 <= j < kBN
 //
 // (kRows = kBM = 64, or 128 where A has the conv's output channels as rows, in the forward and
-// the weight gradient: their B, the gathered input, then feeds twice the products), where the loaders (run_loaders.h) name, per k
-// step of kRunBK<T> (32 for 16-bit types, 16 for Tf32), one 16-byte run of B and one of A (two
-// with 128 rows) for each thread (null: zeros). An operand's runs lie along k (kKMajor false: a
-// row of A / a column of B, kRunLen<T> consecutive k; RunMap) or across it (kKMajor true:
-// kRunLen<T> consecutive m of A / n of B at one k, as in a gradient whose reduction is the outer
-// index of both operands; KMajorRunMap). Against tile_gemm.cuh's engine, which fetches 4 + 4
-// single elements a thread per step of 16 through registers:
+// the weight gradient: their B, the gathered input, then feeds twice the products), where the
+// loaders (run_loaders.h) name, per k step of kRunBK<T> (32 for 16-bit types, 16 for Tf32), one
+// 16-byte run of B and one of A (two with 128 rows) for each thread (null: zeros). An operand's
+// runs lie along k (kKMajor false: a row of A / a column of B, kRunLen<T> consecutive k; RunMap)
+// or across it (kKMajor true: kRunLen<T> consecutive m of A / n of B at one k, as in a gradient
+// whose reduction is the outer index of both operands; KMajorRunMap). Against tile_gemm.cuh's
+// engine, which fetches 4 + 4 single elements a thread per step of 16 through registers:
 //   - the runs go straight from global to shared memory with cp.async (sm_80+), kRunStages = 3
 //     stages deep: while the block multiplies step s, the copies of steps s + 1 and s + 2 are
 //     in flight; one barrier a step;

@@ -291,8 +291,9 @@ struct Im2colKMajorRunLoader {
 
   FUSEDOPS_HD Im2colKMajorRunLoader(const Geometry& g, const T* xg_, int64_t xs0_, int64_t xs2_, int64_t xs3_,
                                     int64_t n0, int64_t k0, int64_t k1, int t)
-      : xg(xg_), xs0(xs0_), xs2(static_cast<int>(xs2_)), xs3(static_cast<int>(xs3_)), p(split(k0 + KMajorRunMap<T>::k(t), g.OH, g.OW)),
-        step(split(kRunBK<T>, g.OH, g.OW)), left(k1 - k0 - KMajorRunMap<T>::k(t)) {
+      : xg(xg_), xs0(xs0_), xs2(static_cast<int>(xs2_)), xs3(static_cast<int>(xs3_)),
+        p(split(k0 + KMajorRunMap<T>::k(t), g.OH, g.OW)), step(split(kRunBK<T>, g.OH, g.OW)),
+        left(k1 - k0 - KMajorRunMap<T>::k(t)) {
     const int64_t j = n0 + KMajorRunMap<T>::o(t);
     column = j < g.K;
     const Digits tap = split(column ? j : 0, g.KW, g.Cg);  // once per tile

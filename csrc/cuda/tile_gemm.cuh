@@ -194,9 +194,9 @@ __device__ void tile_gemm(const FetchA& fetch_a, const FetchB& fetch_b, const Ne
 
 // Epilogue helper: calls f(m, n, value) for the tile elements this thread owns inside M x N.
 // They share one column (kThreads is a multiple of kBN): n = n0 + threadIdx.x % kBN, and
-// rows threadIdx.x / kBN + j * (kThreads / kBN), for each j of the result tile's rows. Smem:
-// TileSmem<T> or RunSmem<T, kRows> (run_gemm.cuh), whose result tiles c share one layout (kBN + 4
-// floats a row).
+// rows threadIdx.x / kBN + j * (kThreads / kBN), j < rows * kBN / kThreads for the result
+// tile's rows (64, or 128 in a run engine's wide tile). Smem: TileSmem<T> or RunSmem<T, kRows>
+// (run_gemm.cuh), whose result tiles c share one layout (kBN + 4 floats a row).
 template <typename Smem, typename F>
 __device__ void for_owned(const Smem& s, int64_t M, int64_t N, int64_t m0, int64_t n0, const F& f) {
   static_assert(kThreads % kBN == 0, "a thread's owned elements share a column");
