@@ -852,13 +852,11 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
       if (w_runs) {  // the caller found conv_forward_channel_runs true; what the loads need is rechecked
         if constexpr (kTensorCores<T>) {
           if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && forward_runs_fit(dtype, g, x, xs)) {
-            const T* wr = static_cast<const T*>(w_runs);
-            if (run_rows(g) == kWideRows) {
-              const dim3 wide(grid.x, static_cast<unsigned>(ceil_div(g.Coutg, kWideRows)), grid.z);
-              conv_pool_runs_kernel<T, OffT, kWideRows><<<wide, kThreads, 0, stream>>>(g, xp, xs, wr, bp, yp, op, ys);
-            } else {
-              conv_pool_runs_kernel<T, OffT, kBM><<<grid, kThreads, 0, stream>>>(g, xp, xs, wr, bp, yp, op, ys);
-            }
+            const int rows = run_rows(g);
+            const auto runs = rows == kWideRows ? conv_pool_runs_kernel<T, OffT, kWideRows>
+                                                : conv_pool_runs_kernel<T, OffT, kBM>;
+            const dim3 blocks(grid.x, static_cast<unsigned>(ceil_div(g.Coutg, rows)), grid.z);
+            runs<<<blocks, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs), bp, yp, op, ys);
             return cudaGetLastError();
           }
         }
