@@ -312,25 +312,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t steps = ceil_div(g.K, kRunBK<T>);
   pool_over_taps(g, col, grp, m0, nn, b, s.c, y, off, ys, [&](int dr, int dc) {
     const bool ltap = xl && inside(lcol.r0 + dr, g.OH) && inside(lcol.c0 + dc, g.OW);
-    RowRunLoader<T> la(wg, g.K, m0, g.Coutg, threadIdx.x);
     PooledRunLoader<T> lb(g, ltap ? xl : nullptr, xs.s[2], xs.s[3], lcol.r0 + dr, lcol.c0 + dc, digits);
-    if constexpr (kRows == kBM) {
-      run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(g); },
-                                [&] {
-                                  la.next();
-                                  lb.next(g);
-                                },
-                                steps, s);
-    } else {  // A's second block of 64 rows: the same k, 64 rows on
-      RowRunLoader<T> la2(wg, g.K, m0 + kBM, g.Coutg, threadIdx.x);
-      run_gemm<T, false, false, kRows>([&](int i) { return i ? la2.src() : la.src(); }, [&] { return lb.src(g); },
-                                       [&] {
-                                         la.next();
-                                         la2.next();
-                                         lb.next(g);
-                                       },
-                                       steps, s);
-    }
+    run_gemm_row_blocks<T, false, false, kRows>(
+        [&](int i) { return RowRunLoader<T>(wg, g.K, m0 + i * kBM, g.Coutg, threadIdx.x); },
+        [&] { return lb.src(g); }, [&] { lb.next(g); }, steps, s);
   });
 }
 
@@ -575,25 +560,11 @@ __device__ void weight_grad_runs_tile(const Geometry& g, const T* __restrict__ x
   const int64_t P = g.N * g.OH * g.OW, k0 = split * chunk, k1 = min(P, k0 + chunk);
   const int64_t n0 = bx * int64_t(kBN), m0 = by * int64_t(kRows);
   const int64_t steps = k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0;
-  KMajorRunLoader<T> la(dconv + grp * g.Coutg, g.Cout, m0, g.Coutg, k0, k1, threadIdx.x);
   Im2colKMajorRunLoader<T> lb(g, x + grp * g.Cg, xs.s[0], xs.s[2], xs.s[3], n0, k0, k1, threadIdx.x);
-  if constexpr (kRows == kBM) {
-    run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(g); },
-                            [&] {
-                              la.next();
-                              lb.next(g);
-                            },
-                            steps, s);
-  } else {  // A's second block of 64 output channels, at the same k
-    KMajorRunLoader<T> la2(dconv + grp * g.Coutg, g.Cout, m0 + kBM, g.Coutg, k0, k1, threadIdx.x);
-    run_gemm<T, true, true, kRows>([&](int i) { return i ? la2.src() : la.src(); }, [&] { return lb.src(g); },
-                                   [&] {
-                                     la.next();
-                                     la2.next();
-                                     lb.next(g);
-                                   },
-                                   steps, s);
-  }
+  const T* dconv_g = dconv + grp * g.Coutg;
+  run_gemm_row_blocks<T, true, true, kRows>(
+      [&](int i) { return KMajorRunLoader<T>(dconv_g, g.Cout, m0 + i * kBM, g.Coutg, k0, k1, threadIdx.x); },
+      [&] { return lb.src(g); }, [&] { lb.next(g); }, steps, s);
   store_partial(s, g.Coutg, g.K, m0, n0, part + split * g.Cout * g.K + grp * g.Coutg * g.K);
 }
 

@@ -197,5 +197,32 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
 #endif
 }
 
+// run_gemm with A read by one loader per block of 64 rows (kRows / kBM of them, each with src()
+// and next()): make_a(i) builds block i's, rows 64i on, at the same k. The callers with 128
+// rows (the conv forward's weights, the weight gradient's conv-output gradient) and 64 alike.
+template <typename T, bool kAKMajor, bool kBKMajor, int kRows, typename MakeA, typename SrcB, typename NextB>
+__device__ __forceinline__ void run_gemm_row_blocks(const MakeA& make_a, const SrcB& src_b, const NextB& next_b,
+                                                    int64_t steps, RunSmem<T, kRows>& s) {
+  auto la = make_a(0);
+  if constexpr (kRows == kBM) {
+    run_gemm<T, kAKMajor, kBKMajor>([&] { return la.src(); }, src_b,
+                                    [&] {
+                                      la.next();
+                                      next_b();
+                                    },
+                                    steps, s);
+  } else {
+    static_assert(kRows == 2 * kBM, "one or two blocks of 64 rows");
+    auto la2 = make_a(1);
+    run_gemm<T, kAKMajor, kBKMajor, kRows>([&](int i) { return i ? la2.src() : la.src(); }, src_b,
+                                           [&] {
+                                             la.next();
+                                             la2.next();
+                                             next_b();
+                                           },
+                                           steps, s);
+  }
+}
+
 }  // namespace cuda
 }  // namespace fusedops
