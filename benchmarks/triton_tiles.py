@@ -56,12 +56,18 @@ LAYERS = (Layer("mnist conv1 1->32 @28", 256, 1, 32, 28), Layer("mnist conv2 32-
           Layer("cifar conv1 3->32 @32", 256, 3, 32, 32), Layer("cifar conv2 32->64 @16", 256, 32, 64, 16),
           Layer("vgg 64->128 @112", 64, 64, 128, 112))
 ROLES = ("fwd", "dx", "dw")
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). The forward's and input gradient's rows are pooled
-# outputs / input pixels (many), columns channels; the weight gradient's runs kernel has
-# output channels for rows and input channels for columns. Larger tiles with 8 warps are what
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). The input gradient's rows are input pixels (many),
+# columns channels; the weight gradient's runs kernel has output channels for rows and input
+# channels for columns. Larger tiles with 8 warps are what
 # torch.compile's Triton conv template chose for the VGG layer (128 x 128 x 64).
 GEMM_CANDIDATES = ((64, 64, 32, 4), (64, 32, 32, 4), (64, 128, 32, 4), (128, 64, 32, 4), (128, 64, 32, 8),
                    (128, 128, 32, 8), (64, 64, 64, 4), (128, 128, 64, 8))
+# The forward: its tiles holding every pool tap of BLOCK_M // 4 outputs (TAP_ROWS, the launcher's
+# own choice on tensor cores: one accumulator, so a plain conv's tiles fit), and two tap-loop
+# tiles (BLOCK_M outputs, a GEMM per tap; 64 x 64 x 32 was the launcher's choice before).
+FWD_CANDIDATES = (((128, 128, 32, 8), True), ((128, 128, 64, 8), True), ((128, 64, 32, 4), True),
+                  ((128, 64, 32, 8), True), ((64, 64, 32, 4), True), ((64, 32, 16, 4), True),
+                  ((64, 64, 32, 4), False), ((128, 64, 32, 8), False))
 DW_CANDIDATES = ((64, 64, 32, 4), (64, 32, 32, 4), (32, 64, 32, 4), (64, 64, 64, 4), (64, 64, 32, 8),
                  (128, 64, 32, 8), (128, 128, 32, 8), (64, 16, 32, 4), (32, 32, 64, 4))
 
@@ -78,7 +84,9 @@ def candidates(role: str, layer: Layer, dtype: torch.dtype) -> List[dict]:
     k = 9  # 3x3
     runs_dw = kernels.conv_block_dw_runs_configs(layer.cin, layer.cout, dtype) is not None
     out = []
-    for bm, bn, bk, warps in (DW_CANDIDATES if role == "dw" else GEMM_CANDIDATES):
+    listed = {"fwd": FWD_CANDIDATES, "dw": [(c, False) for c in DW_CANDIDATES]}.get(
+        role, [(c, False) for c in GEMM_CANDIDATES])
+    for (bm, bn, bk, warps), tap_rows in listed:
         if role == "fwd":
             bn, bk = min(bn, _pow2_at_least(layer.cout)), min(bk, _pow2_at_least(layer.cin * k))
         elif role == "dx":
@@ -88,7 +96,7 @@ def candidates(role: str, layer: Layer, dtype: torch.dtype) -> List[dict]:
                 continue
         else:  # the gather: rows Cg*KH*KW, columns output channels, reduction over positions
             bm, bn = min(bm, _pow2_at_least(layer.cin * k)), min(bn, _pow2_at_least(layer.cout))
-        config = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+        config = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, **({"TAP_ROWS": True} if tap_rows else {}))
         if config not in out:
             out.append(config)
     return out
@@ -191,7 +199,8 @@ def _cuda_lost() -> bool:
 def _label(config: Optional[dict]) -> str:
     if config is None:
         return "auto"
-    return f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']} w{config['num_warps']}"
+    return (f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']} w{config['num_warps']}"
+            + (" taps" if config.get("TAP_ROWS") else ""))
 
 
 def measure(layer: Layer, role: str, dtype: torch.dtype, tolerance: float) -> Tuple[List[str], bool]:

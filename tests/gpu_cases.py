@@ -211,6 +211,8 @@ CONV_CONFIGS: List[ConvCase] = [
     _conv("wide 24->24 58x58 b5", (5, 24, 58, 58), 24, 3, padding=1, purpose="Triton fwd 64x32, dx 64x32, dw 32x32"),
     _conv("wide 40->40 58x58 b5", (5, 40, 58, 58), 40, 3, padding=1, scale_weight=True,
           purpose="Triton fwd 64x64, dx 64x64, dw 32x64"),
+    _conv("wide 16->96 34x34 b4", (4, 16, 34, 34), 96, 3, padding=1, precisions=("bf16", "fp16", "tf32"),
+          purpose="Triton fwd tap rows 128x128 with 8 warps (1156 pooled outputs, 96 output channels)"),
     _conv("small 24->24 10x10", (2, 24, 10, 10), 24, 3, padding=1, purpose="Triton dx 32x32"),
     _conv("multi-wave 32->64 56x56 b96", (96, 32, 56, 56), 64, 3, padding=1, precisions=("bf16", "fp32"),
           scale_weight=True,
@@ -318,14 +320,14 @@ TRITON_KERNELS = {
     **KERNEL_CONFIGS,
     "conv_block_jvp_kernel": ("fusedops.triton.conv_block_jvp", None),
 }
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "TAP_ROWS")
 # kernel -> module: kernels with one fixed config that the launchers above call after theirs
 # (the fixed-order sum of a split weight gradient's slices).
 TRITON_HELPER_KERNELS = {"sum_slices_kernel": "fusedops.triton.reduce"}
 
 
 def _config(kwargs) -> Tuple:
-    return tuple(kwargs.get(k, 4 if k == "num_warps" else None) for k in CONFIG_KEYS)
+    return tuple(kwargs.get(k, 4 if k == "num_warps" else False if k == "TAP_ROWS" else None) for k in CONFIG_KEYS)
 
 
 def triton_required() -> Set[Tuple[str, str, Tuple]]:
@@ -729,7 +731,7 @@ def coverage_table(job_list=None) -> List[str]:
     for kernel, precision, config in triton_required():
         by_config.setdefault((kernel, config), {})[precision] = reached.get((kernel, precision, config), [])
     for (kernel, config), per in sorted(by_config.items(), key=repr):
-        cfg = "x".join(str(v) for v in config[:3] if v is not None) + f" w{config[3]}"
+        cfg = "x".join(str(v) for v in config[:3] if v is not None) + f" w{config[3]}" + (" taps" if config[4] else "")
         done = [p for p in PRECISIONS if per.get(p)]
         cases = sorted({c for p in done for c in per[p]}, key=lambda c: (len(c), c))[:2]
         lines.append(f"| triton | {kernel} | {cfg} | {','.join(done) or 'NONE'} | {'; '.join(cases)} |")

@@ -226,9 +226,16 @@ def test_every_config_the_launchers_pick_is_known_to_the_triton_check():
 
     for dtype in (torch.bfloat16, torch.float32, torch.float64):
         configs = triton_check.reachable_configs(conv_block.conv_block_configs, dtype)
-        assert configs and all(len(c) == 4 for c in configs)
+        assert configs and all(len(c) == 5 and c[4] is False for c in configs)
         assert triton_check.reachable_configs(linear.linear_configs, dtype)
     assert len(triton_check.reachable_configs(conv_block.conv_block_configs, torch.float32)) == 6
+    # The forward's tiles hold every pool tap of their outputs (TAP_ROWS) where the products run
+    # on tensor cores (16-bit, TF32), and loop over the taps on the FMA units (IEEE fp32, fp64).
+    fwd = conv_block.conv_block_fwd_configs
+    for dtype, tf32, tap_rows in ((torch.bfloat16, False, {True}), (torch.float16, False, {True}),
+                                  (torch.float32, True, {True}), (torch.float32, False, {False}),
+                                  (torch.float64, False, {False})):
+        assert {c[4] for c in triton_check.reachable_configs(fwd, dtype, tf32)} == tap_rows
     # The weight gradient takes 64-row tiles (wgmma on Hopper) for 16-bit inputs only, and steps
     # 16 positions at a time in float32.
     for dtype, rows, steps in ((torch.bfloat16, {64}, {16, 32}), (torch.float16, {64}, {16, 32}),

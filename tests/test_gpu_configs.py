@@ -22,6 +22,13 @@ fp32, tf32, bf16, fp16 (fp64: one 32x32x16 config with 8 warps, reached by every
 | 64x32x32 | wide 24->24 58x58 | wide 24->24, multi-wave | deep 500->32 |
 | 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 500->96, 1024->2048 |
 
+The forward in tf32, bf16 and fp16 (tensor cores) takes tap rows instead where its pool window
+has a power-of-two tap count (conv_block_fwd_configs, probed at 4 taps; its tiles hold every
+tap of BLOCK_M / taps pooled outputs): 64xNx16 for at most 4096 conv positions (N 16/32/64/128:
+the grid, ``deep 500->32``, ``runs 16->64``, ``deep 500->96``), else 128xNx32 (``wide
+16->16``, ``wide 24->24``, ``wide 40->40``, and ``wide 16->96 34x34 b4`` for 128x128 with 8
+warps); the table's fwd column is then fp32 (IEEE) only.
+
 The weight gradient's rows (conv_block_dw_configs) are 64 for bf16 and fp16 whatever the
 row count (wgmma on Hopper): its 32-row configs above are fp32/tf32 only, and in bf16/fp16
 it runs 64x16x16 (grid), 64x32x16 (small 24->24, wide 24->24), 64x64x16 (wide 40->40,
@@ -96,12 +103,16 @@ def test_every_launcher_config_has_a_case():
 
 def test_a_missing_case_is_a_gap():
     """The coverage check can fail: without the cases made for them, their configs are gaps."""
-    dropped = ("deep 500->16 6x6", "runs 16->32 6x6 b3", "empty split-K slices 3->16 99x171 b8")
+    dropped = ("deep 500->16 6x6", "runs 16->32 6x6 b3", "empty split-K slices 3->16 99x171 b8",
+               "wide 16->96 34x34 b4")
     without = [c for c in gpu_cases.ALL_CASES if c.name not in dropped]
     gaps = gpu_cases.coverage_gaps(gpu_cases.jobs(without))
-    assert "triton conv_block_dw_kernel bf16 {'BLOCK_M': 64, 'BLOCK_N': 16, 'BLOCK_K': 32, 'num_warps': 4}" in gaps
-    assert "triton conv_block_dw_runs_kernel tf32 {'BLOCK_M': 32, 'BLOCK_N': 16, 'BLOCK_K': 16, 'num_warps': 4}" \
-        in gaps
+    assert ("triton conv_block_dw_kernel bf16 {'BLOCK_M': 64, 'BLOCK_N': 16, 'BLOCK_K': 32, 'num_warps': 4, "
+            "'TAP_ROWS': False}") in gaps
+    assert ("triton conv_block_dw_runs_kernel tf32 {'BLOCK_M': 32, 'BLOCK_N': 16, 'BLOCK_K': 16, 'num_warps': 4, "
+            "'TAP_ROWS': False}") in gaps
+    assert ("triton conv_block_fwd_kernel bf16 {'BLOCK_M': 128, 'BLOCK_N': 128, 'BLOCK_K': 32, 'num_warps': 8, "
+            "'TAP_ROWS': True}") in gaps
     assert "cuda conv weight grad: an empty split-K slice" in gaps
 
 

@@ -56,7 +56,7 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
     assert "benchmarks/kernel_profile.py" in out and "| bfloat16 | 1->32 @28 (sample) | eager |" in summary
     assert "benchmarks/triton_tiles.py" in out and "| vgg 64->128 @112 (sample) | fwd | 128x128x64 w8 * |" in summary
-    assert "74 Triton tile candidates, each planned as forced" in summary
+    assert "81 Triton tile candidates, each planned as forced" in summary
 
     # One stage alone: the others' results stay in the summary.
     assert gr.main(["--stage", "build", "--dry-run", "--out", str(tmp_path)]) == 0

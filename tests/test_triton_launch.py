@@ -761,6 +761,117 @@ def test_channel_runs_need_whole_blocks_of_channels_and_tensor_cores():
     assert conv_kernels.channel_run(torch.float64, "ieee", 64, 16) == 0
 
 
+# --- the forward's tap rows ---------------------------------------------------------------------
+
+# (input, out channels, conv-block kwargs, forced BLOCK_M, BLOCK_K): tap-row tiles hold every
+# pool tap of BLOCK_M // taps pooled outputs.
+_TAP_ROW_CASES = {
+    "MaxPool2d(2): 16 outputs a 64-row tile": (lambda: _ints((2, 4, 10, 9), -3, 4), 12, dict(padding=1), 64, 16),
+    "overlapping 2x2 windows with padding": (
+        lambda: _ints((2, 4, 7, 9), -3, 4), 12, dict(padding=1, pool_kernel_size=2, pool_stride=1, pool_padding=1),
+        64, 16),
+    "1x2 windows: 2 taps": (lambda: _ints((2, 4, 7, 9), -3, 4), 12, dict(padding=1, pool_kernel_size=(1, 2)), 64, 16),
+    "no pool: 1 tap": (lambda: _ints((2, 4, 7, 9), -3, 4), 12, dict(padding=1, pool_kernel_size=None), 64, 16),
+    "2x4 windows: 8 taps, 8 outputs a tile": (lambda: _ints((2, 4, 9, 13), -3, 4), 12,
+                                              dict(padding=1, pool_kernel_size=(2, 4)), 64, 16),
+    "4x4 windows: 16 taps, 128 rows": (lambda: _ints((2, 4, 13, 13), -3, 4), 12,
+                                       dict(padding=1, pool_kernel_size=4), 128, 16),
+    "groups, stride, dilation, no bias": (lambda: _ints((2, 8, 13, 12), -3, 4), 12,
+                                          dict(groups=2, stride=2, dilation=2, padding=2), 64, 16),
+    "runs of channels from a channels_last input": (
+        lambda: _ints((2, 32, 10, 9), -3, 4).to(memory_format=torch.channels_last), 24, dict(padding=1), 64, 16),
+    "NaN inputs": (lambda: _ints((2, 4, 10, 9), -3, 4).index_put_((torch.tensor([0, 1]), torch.tensor([1, 0]),
+                                                                   torch.tensor([3, 0]), torch.tensor([4, 0])),
+                                                                  torch.tensor(float("nan"))),
+                   12, dict(padding=1), 64, 16),
+    "ties: a constant input": (lambda: torch.ones(2, 4, 10, 9), 12, dict(padding=1), 64, 16),
+}
+
+
+@ON_DEVICES
+@pytest.mark.parametrize("case", list(_TAP_ROW_CASES))
+def test_conv_block_forward_tap_rows_match_the_tap_loop_and_the_reference(monkeypatch, case, backend, device):
+    """The tap-rows forward (every pool tap of a tile's outputs in its rows, the max taken at
+    the end) gives exactly the reference's output and offsets, and the tap loop's: ties to the
+    first tap, NaN propagated (the last NaN tap), padded taps never taken, any power-of-two
+    window."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # IEEE float32: exact on small integers
+    make_x, cout, kwargs, block_m, block_k = _TAP_ROW_CASES[case]
+    groups = kwargs.get("groups", 1)
+    x, w, b = _run_case_tensors(make_x, cout, (3, 3), groups, torch.float32, device)
+    if groups > 1:
+        b = None
+    p = conv_block_params(3, **kwargs)
+    launches = _record(monkeypatch, run=True)
+    loop = dict(BLOCK_M=block_m, BLOCK_N=16, BLOCK_K=block_k, num_warps=4)
+    with tiles.forced_tiles(fwd=dict(loop, TAP_ROWS=True)):
+        y, off = conv_kernels.forward(x, w, b, p)
+    with tiles.forced_tiles(fwd=loop):
+        loop_y, loop_off = conv_kernels.forward(x, w, b, p)
+    assert [ln.kwargs.get("TAP_ROWS", False) for ln in launches] == [True, False]
+    b64 = b.double() if b is not None else None
+    ref_y, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b64, *p, "reference")
+    assert torch.equal(off, ref_off) and torch.equal(off, loop_off)
+    assert torch.equal(y.isnan(), ref_y.isnan()) and torch.equal(y.double().nan_to_num(), ref_y.nan_to_num())
+    assert torch.equal(y.isnan(), loop_y.isnan()) and torch.equal(y.nan_to_num(), loop_y.nan_to_num())
+    if "NaN" in case:
+        assert y.isnan().any()
+    if "ties" in case:  # inner windows hold four equal conv values: the first tap is the max
+        inner, positive = off[:, :, 1:-1, 1:-1], y[:, :, 1:-1, 1:-1] > 0
+        assert positive.any() and (inner[positive] == 0).all()
+
+
+def test_forward_takes_tap_rows_where_the_products_run_on_tensor_cores(monkeypatch):
+    """The launcher's own forward config: tap rows (128-row tiles, 8 warps at 128 x 128, as a
+    plain conv's GEMM) for 16-bit inputs and TF32 with a power-of-two window; the tap loop for
+    the FMA units (IEEE float32, float64) and other windows."""
+    configs = conv_kernels.conv_block_fwd_configs
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert configs(50176, 128, torch.bfloat16, 4) == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8,
+                                                         TAP_ROWS=True)
+    assert configs(12544, 64, torch.float32, 4) == dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4,
+                                                       TAP_ROWS=True)
+    assert configs(100, 24, torch.float16, 4) == dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, TAP_ROWS=True)
+    assert configs(100, 24, torch.float16, 16)["BLOCK_M"] == 128  # 8 * taps rows at least
+    assert configs(100, 24, torch.float16, 1)["TAP_ROWS"]
+    for args in ((100, 24, torch.float16, 9), (100, 24, torch.float16, 32), (100, 24, torch.float64, 4)):
+        assert configs(*args) == conv_kernels.conv_block_configs(*args[:3])
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert configs(12544, 64, torch.float32, 4) == conv_kernels.conv_block_configs(12544, 64, torch.float32)
+    # The grid covers the pooled outputs BLOCK_M // taps at a time.
+    x = torch.empty(64, 64, 112, 112, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(128, 64, 3, 3, device="meta", dtype=torch.bfloat16)
+    launch = conv_kernels._forward_plan(x, w, None, conv_block_params(3, padding=1), tiles.NONE).launch
+    assert launch.kwargs["TAP_ROWS"] and launch.grid[0] == 64 * 56 * 56 // 32
+
+
+@pytest.mark.triton_cpu
+@pytest.mark.parametrize("kwargs,config,message", [
+    (dict(pool_kernel_size=3), dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, num_warps=4, TAP_ROWS=True),
+     "TAP_ROWS needs a power-of-two pool window of at most BLOCK_M / 8 taps, got 9 taps"),
+    (dict(pool_kernel_size=(2, 4)), dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4, TAP_ROWS=True),
+     "got 8 taps with BLOCK_M=32"),
+])
+def test_forced_tap_rows_need_a_window_that_fits(kwargs, config, message):
+    x, w = _ints((1, 4, 9, 9), -3, 4), _ints((8, 4, 3, 3), -2, 3)
+    with tiles.forced_tiles(fwd=config):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            conv_kernels.forward(x, w, None, conv_block_params(3, **kwargs))
+
+
+def test_forced_tiles_take_tap_rows_for_the_forward_only():
+    config = dict(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, num_warps=4)
+    with pytest.raises(ValueError, match="dx config must have exactly"):
+        with tiles.forced_tiles(dx=dict(config, TAP_ROWS=True)):
+            pass
+    with pytest.raises(ValueError, match="TAP_ROWS must be a bool"):
+        with tiles.forced_tiles(fwd=dict(config, TAP_ROWS=1)):
+            pass
+    with tiles.forced_tiles(fwd=dict(config, TAP_ROWS=True)):
+        assert tiles.current().configs["fwd"]["TAP_ROWS"] is True
+    assert tiles.current() is tiles.NONE
+
+
 # --- blocked summation ---------------------------------------------------------------------------
 
 

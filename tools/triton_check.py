@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 KERNEL_CONFIGS = {
     # kernel name -> (module, config function); every kernel must be compiled in every config
     # its launcher can pick, for every dtype.
-    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
+    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_fwd_configs"),  # probed at 4 taps
     "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
     "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_dw_configs"),
     "conv_block_dw_runs_kernel": ("fusedops.triton.conv_block", "conv_block_dw_runs_configs"),
@@ -41,12 +41,13 @@ KERNEL_CONFIGS = {
     "linear_dx_kernel": ("fusedops.triton.linear", "linear_configs"),
     "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
 }
-CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")
+CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "TAP_ROWS")  # TAP_ROWS: the forward's, else False
 
 
 def config_of(launch) -> tuple:
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps)`` of a launch."""
-    return tuple(launch.options["num_warps"] if k == "num_warps" else launch.meta(k) for k in CONFIG_KEYS)
+    """``(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, TAP_ROWS)`` of a launch."""
+    return tuple(launch.options["num_warps"] if k == "num_warps" else bool(launch.meta(k, False)) if k == "TAP_ROWS"
+                 else launch.meta(k) for k in CONFIG_KEYS)
 
 
 def reachable_configs(function, dtype, tf32: bool = False) -> set:
@@ -58,7 +59,8 @@ def reachable_configs(function, dtype, tf32: bool = False) -> set:
     probes = sorted({v for i in range(32) for v in (2**i - 1, 2**i, 2**i + 1) if v > 0})
     with precision(tf32):
         configs = (function(r, c, dtype) for r in probes for c in probes)
-        return {tuple(cfg[k] for k in CONFIG_KEYS) for cfg in configs if cfg is not None}
+        return {tuple(cfg.get(k, False) if k == "TAP_ROWS" else cfg[k] for k in CONFIG_KEYS) for cfg in configs
+                if cfg is not None}
 
 
 def coverage_gaps(launches, dtypes) -> list:
@@ -125,8 +127,8 @@ def loop_division_errors(launches, results) -> list:
 
 
 def _cfg(ln) -> str:
-    bm, bn, bk, warps = config_of(ln)
-    return f"{bm}x{bn}x{bk} w{warps}"
+    bm, bn, bk, warps, tap_rows = config_of(ln)
+    return f"{bm}x{bn}x{bk} w{warps}" + (" taps" if tap_rows else "")
 
 
 def table(launches, results, arch) -> list:

@@ -6,16 +6,18 @@ the int window offsets ``o`` (same shape), pool window ``PKH x PKW``. All tensor
 through their strides (NCHW, channels_last or any other layout); index and address arithmetic
 is in ``IDX`` (int32, or int64 once an offset or count reaches 2^31, see ``_launch.py``).
 
-Forward (``conv_block_fwd_kernel``): an implicit GEMM whose rows are pooled outputs
-``(n, ph, pw)`` and columns output channels of one group. For each pool tap ``(pkh, pkw)``
-(a loop, not unrolled: code size, registers and compile time do not grow with the window) it
-computes the conv value at that tap for every row (reduction over ``K = Cg * KH * KW``
-gathered from ``x``), adds the bias, applies ReLU (NaN kept) and folds it into a running max
-and argmax: a tap replaces the max when larger or NaN, taps in row-major order, so ties go to
-the first and NaN propagates, as ``F.max_pool2d``. For non-overlapping pools every conv
-output is computed exactly once. Where a group's channels come in whole BLOCK_K runs and the
-products run on tensor cores, the K loop reads runs of adjacent channels from a channels_last
-input (``channel_run``); otherwise it gathers each element.
+Forward (``conv_block_fwd_kernel``): an implicit GEMM whose columns are output channels of one
+group and whose rows are conv positions: on tensor cores, with a power-of-two pool window,
+every tap of ``BLOCK_M // taps`` pooled outputs ``(n, ph, pw)`` (tap rows: one GEMM over
+``K = Cg * KH * KW``, the bias and ReLU (NaN kept), then the max and its tap over each
+output's rows); otherwise ``BLOCK_M`` pooled outputs and a loop over the pool taps ``(pkh,
+pkw)`` (not unrolled: code size, registers and compile time do not grow with the window), one
+GEMM a tap folded into a running max and argmax. Either way a tap wins when larger or NaN,
+taps in row-major order, so ties go to the first and NaN propagates, as ``F.max_pool2d``.
+For non-overlapping pools every conv output is computed exactly once. Where a group's
+channels come in whole BLOCK_K runs and the products run on tensor cores, the K loop reads
+runs of adjacent channels from a channels_last input (``channel_run``); otherwise it gathers
+each element.
 
 Backward: the conv-output gradient ``dc`` is never stored: the GEMMs' loads rebuild it from
 ``dy`` and ``o`` (``_unpooled_grad``): ``dc[n, c, oh, ow]`` is the sum of ``dy[n, c, ph, pw]``
@@ -94,6 +96,34 @@ def conv_block_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if rows <= 4096 else 32, "num_warps": 4}
 
 
+def tap_rows_fit(taps: int, block_m: int) -> bool:
+    """Whether a forward tile of ``block_m`` rows can hold every tap of its pooled outputs
+    (``conv_block_fwd_kernel``'s ``TAP_ROWS``): ``taps`` a power of two, ``8 * taps <= block_m``."""
+    return taps & (taps - 1) == 0 and 8 * taps <= block_m
+
+
+def conv_block_fwd_configs(rows: int, cols: int, dtype: torch.dtype, taps: int = 4) -> dict:
+    """Block config of the forward for ``rows`` pooled outputs, ``cols`` output channels a group
+    and ``taps`` pool taps (4: MaxPool2d(2), the probe :mod:`tools.triton_check` uses).
+
+    Where the products run on tensor cores (16-bit inputs, float32 as TF32) and the taps fit
+    (:func:`tap_rows_fit`), tap rows (``TAP_ROWS``): a tile's rows are every tap of ``BLOCK_M
+    // taps`` pooled outputs and it holds one accumulator, so it takes the plain conv GEMM's
+    tiles: 128 rows (64 for problems of at most 4096 conv positions), up to 128 output channels,
+    8 warps (two warpgroups of 64 rows) for 128 x 128, 32 channels a K step (16 for the small
+    problems). Elsewhere (float64 and IEEE float32 on the FMA units, 3x3 pools) the
+    tap loop's :func:`conv_block_configs`."""
+    if use_fma(dtype) or dtype == torch.float32 and _precision(dtype) == "ieee" or taps & (taps - 1):
+        return conv_block_configs(rows, cols, dtype)
+    small = rows * taps <= 4096
+    block_m = max(64 if small else 128, 8 * taps)
+    if block_m > 128:
+        return conv_block_configs(rows, cols, dtype)
+    block_n = 16 if cols <= 16 else 32 if cols <= 32 else 64 if cols <= 64 else 128
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if small else 32,
+            "num_warps": 8 if block_m * block_n >= 128 * 128 else 4, "TAP_ROWS": True}
+
+
 def conv_block_dw_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
     """Block sizes of the weight gradient (rows ``Cg*KH*KW``, columns ``Coutg``): as
     :func:`conv_block_configs`, except 64 rows for 16-bit inputs, and 16 positions per step
@@ -114,6 +144,101 @@ def conv_block_dw_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
 
 
 @triton.jit
+def _conv_rows(x_ptr, w_ptr, x_base, ih0, iw0, valid, c, col_ok, H, W, Cg, CHUNK, sxc, sxh, sxw,
+               KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr,
+               PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CG_RUN: tl.constexpr,
+               ONE_CHUNK: tl.constexpr):
+    """``(BLOCK_M, BLOCK_N)`` conv sums: row ``i`` the conv position whose input window starts
+    at ``(ih0[i], iw0[i])`` of the image at ``x_base[i]`` (zero where ``valid[i]`` is off),
+    column ``j`` output channel ``c[j]``, reduced over ``K = Cg * KH * KW`` in the order and
+    chunks :func:`conv_block_fwd_kernel` describes (``CG_RUN``, ``CHUNK``, ``ONE_CHUNK``)."""
+    if CG_RUN > 0:
+        K = CG_RUN * (KH * KW)
+    else:
+        K = Cg * (KH * KW)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for c0 in range(0, K, CHUNK):
+        part = acc if ONE_CHUNK else tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BLOCK_K):
+            if CG_RUN > 0:
+                # Step k0 of (kh, kw, ci) order: kernel tap kk, channels ci0 .. ci0 + BLOCK_K.
+                kk = k0 // CG_RUN
+                ci0 = k0 - kk * CG_RUN
+                kh = kk // KW
+                ih = ih0 + kh * DH
+                iw = iw0 + (kk - kh * KW) * DW
+                r_ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                r_off = x_base + ih * sxh + iw * sxw + ci0 * sxc
+                xv = tl.load(x_ptr + r_off[:, None] + tl.arange(0, BLOCK_K)[None, :] * sxc, mask=r_ok[:, None],
+                             other=0.0)
+                # w is (Cout, KH, KW, Cg) here: the step's weights are adjacent too.
+                wv = tl.load(w_ptr + c[None, :] * K + (k0 + tl.arange(0, BLOCK_K))[:, None], mask=col_ok[None, :],
+                             other=0.0)
+            else:
+                k = k0 + tl.arange(0, BLOCK_K)
+                k_ok = k < K
+                ci = k // (KH * KW)
+                kh = (k // KW) % KH
+                kw = k % KW
+                ih = ih0[:, None] + kh[None, :] * DH
+                iw = iw0[:, None] + kw[None, :] * DW
+                x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                x_off = x_base[:, None] + ci[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
+                xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
+                wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :],
+                             other=0.0)
+            part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
+        acc = part if ONE_CHUNK else acc + part
+    return acc
+
+
+@triton.jit
+def _tap_rows(BLOCK_M: tl.constexpr, PT: tl.constexpr):
+    """``(tap, p)`` of each of a tap-rows tile's ``BLOCK_M`` rows: pool tap ``tap < PT`` of the
+    tile's pooled output ``p < BLOCK_M // PT`` (``PT`` a power of two, ``8 * PT <= BLOCK_M``).
+    The tap's low bit is row bit 3 and its other bits the top row bits: in Hopper's warpgroup MMA
+    accumulator each warp holds 16 rows, a thread rows ``i`` and ``i + 8``, so a thread's row
+    pairs are two taps of one output (their max moves no data) and the other taps lie in other
+    warps at the same place. In a trial kernel (sm_90, bf16, 128 x 128 x 64, 8 warps) this took
+    163 registers and no shared memory beyond the pipeline's, against 209 registers and 32 KB
+    more with the taps in the top row bits alone."""
+    r = tl.arange(0, BLOCK_M)  # any one-to-one layout is correct; this one is for speed
+    if PT == 1:
+        return r * 0, r
+    else:
+        P_HI: tl.constexpr = BLOCK_M // (8 * PT)
+        return (r // 8) % 2 + r // (16 * P_HI) * 2, r % 8 + (r // 16) % P_HI * 8
+
+
+@triton.jit
+def _take_later_tap(va, ta, vb, tb):
+    """Combine of the pool max over ``(value, tap)`` pairs as ``F.max_pool2d`` takes it: NaN
+    above every number (of two NaNs, the later tap), of two numbers the larger (of equal ones,
+    the earlier tap). A total order on the pairs, so any reduction tree gives the same pair."""
+    a_nan = va != va
+    b_nan = vb != vb
+    take_b = (b_nan & (~a_nan | (tb > ta))) | (~a_nan & ~b_nan & ((vb > va) | ((vb == va) & (tb < ta))))
+    return tl.where(take_b, vb, va), tl.where(take_b, tb, ta)
+
+
+@triton.jit
+def _pool_rows(v, tap, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PT: tl.constexpr):
+    """The pool max and its tap over a tap-rows tile ``v (BLOCK_M, BLOCK_N)`` whose rows
+    :func:`_tap_rows` lays out (``tap`` its rows' taps): ``(BLOCK_M // PT, BLOCK_N)`` each."""
+    t = tl.broadcast_to(tap[:, None], (BLOCK_M, BLOCK_N))
+    if PT == 1:
+        return v, t
+    else:
+        P_HI: tl.constexpr = BLOCK_M // (8 * PT)
+        # Rows as (tap >> 1, p >> 3, tap & 1, p & 7): reduce the two tap axes.
+        v, t = tl.reduce((tl.reshape(v, (PT // 2, P_HI, 2, 8, BLOCK_N)), tl.reshape(t, (PT // 2, P_HI, 2, 8, BLOCK_N))),
+                         2, _take_later_tap)
+        v, t = tl.reduce((v, t), 0, _take_later_tap)
+        return tl.reshape(v, (BLOCK_M // PT, BLOCK_N)), tl.reshape(t, (BLOCK_M // PT, BLOCK_N))
+
+
+@triton.jit
 def conv_block_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, o_ptr,
     ROWS, PHW, H, W, Cg, Coutg, OH, OW, PH, PW, N_TILES, NG, CHUNK, pt, pl, pph, ppw,
@@ -123,33 +248,46 @@ def conv_block_fwd_kernel(
     PDH: tl.constexpr, PDW: tl.constexpr, WIN_H: tl.constexpr, WIN_W: tl.constexpr,
     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr,
     IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    CG_RUN: tl.constexpr = 0, ONE_CHUNK: tl.constexpr = False,
+    CG_RUN: tl.constexpr = 0, ONE_CHUNK: tl.constexpr = False, TAP_ROWS: tl.constexpr = False,
 ):
     """y[n, c, ph, pw] = max over pool taps of relu(conv(x, w)[n, c, oh, ow] + b[c]); o = its tap.
 
     ``ROWS = N * PH * PW``, ``PHW = PH * PW``; ``NG = G * N_TILES`` with ``N_TILES =
-    cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(ROWS, BLOCK_M), y, z)`` with ``y * z >= NG``. ``w`` is
-    contiguous; ``b`` has stride ``sb``; ``y`` and ``o`` share their strides. The reduction is
-    summed in partial sums of ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation
-    order"); with ``ONE_CHUNK`` (``CHUNK`` covers the reduction: every precision but IEEE
-    float32, and IEEE float32 reductions of one chunk) the products go straight into the
-    running sum, a tile of registers fewer (sm_90, bf16, the VGG block's forward: 213 -> 185
-    registers); the sums are the same but for the sign of a zero one (no longer 0 + -0). The
-    geometry (``_GEOMETRY``: kernel, stride, dilation, pool window) is constexpr, so the K
-    loop's index arithmetic divides by constants only (no division instruction).
+    cdiv(Coutg, BLOCK_N)``. Grid: ``(cdiv(ROWS, BLOCK_M // taps), y, z)`` with ``y * z >= NG``
+    (``taps = PKH * PKW`` with ``TAP_ROWS``, else 1). ``w`` is contiguous; ``b`` has stride
+    ``sb``; ``y`` and ``o`` share their strides. The reduction is summed in partial sums of
+    ``CHUNK`` terms (a multiple of BLOCK_K; ``_launch`` "Summation order"); with ``ONE_CHUNK``
+    (``CHUNK`` covers the reduction: every precision but IEEE float32, and IEEE float32
+    reductions of one chunk) the products go straight into the running sum, a tile of registers
+    fewer (sm_90, bf16, the VGG block's forward: 213 -> 185 registers); the sums are the same
+    but for the sign of a zero one (no longer 0 + -0). The geometry (``_GEOMETRY``: kernel,
+    stride, dilation, pool window) is constexpr, so the K loop's index arithmetic divides by
+    constants only (no division instruction).
 
-    Two ways through K. ``CG_RUN = 0``: K in ``(ci, kh, kw)`` order (the weight's), each x
-    element gathered with its own address and mask. ``CG_RUN = Cg`` (a multiple of BLOCK_K;
-    ``w`` permuted to ``(Cout, KH, KW, Cg)``): K in ``(kh, kw, ci)`` order, so a K step is
-    BLOCK_K channels at one kernel tap, one address and one mask per row, and K is a constant;
-    with x channels_last (``sxc == 1``, which Triton specialises) the steps' x and w loads are
-    16-byte vectors.
+    Two ways through K (:func:`_conv_rows`). ``CG_RUN = 0``: K in ``(ci, kh, kw)`` order (the
+    weight's), each x element gathered with its own address and mask. ``CG_RUN = Cg`` (a
+    multiple of BLOCK_K; ``w`` permuted to ``(Cout, KH, KW, Cg)``): K in ``(kh, kw, ci)`` order,
+    so a K step is BLOCK_K channels at one kernel tap, one address and one mask per row, and K
+    is a constant; with x channels_last (``sxc == 1``, which Triton specialises) the steps' x and
+    w loads are 16-byte vectors.
+
+    Two ways through the pool window. Without ``TAP_ROWS`` a tile's rows are ``BLOCK_M`` pooled
+    outputs and a loop over the taps runs one GEMM each, folding each into a running max and
+    argmax: three tiles of registers (the sums, the max, its tap). With ``TAP_ROWS`` (the taps a
+    power of two, ``8 * taps <= BLOCK_M``) the rows are every tap of ``BLOCK_M // taps`` pooled
+    outputs (:func:`_tap_rows`): one GEMM, one K loop (one software-pipeline ramp instead of one
+    a tap) and one tile of registers, the max taken once at the end (:func:`_pool_rows`); tiles
+    as large as a plain conv's then fit without spilling (sm_90, bf16, the VGG layer's 128 x 128
+    x 32 tiles with 8 warps: 136 registers and no stack; the tap loop: 255 and 152 bytes of
+    stack).
     """
     j = tl.program_id(1) + tl.program_id(2) * tl.num_programs(1)
     if j >= NG:
         return
     grp = j // N_TILES
-    rows = tl.program_id(0).to(IDX) * BLOCK_M + tl.arange(0, BLOCK_M)
+    PT: tl.constexpr = PKH * PKW if TAP_ROWS else 1
+    tap, p = _tap_rows(BLOCK_M, PT)
+    rows = tl.program_id(0).to(IDX) * (BLOCK_M // PT) + p
     row_ok = rows < ROWS
     n = rows // PHW
     ph = (rows // PW) % PH
@@ -157,60 +295,42 @@ def conv_block_fwd_kernel(
     co = (j % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = co < Coutg
     c = (grp * Coutg + co).to(IDX)
-    if CG_RUN > 0:
-        K = CG_RUN * (KH * KW)
-    else:
-        K = Cg * (KH * KW)
     x_base = n * sxn + (grp * Cg).to(IDX) * sxc
     if HAS_BIAS:
         bias = tl.load(b_ptr + c * sb, mask=col_ok, other=0.0).to(ACC)
-    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
-    where = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
-    for tap in range(0, PKH * PKW):
+    if TAP_ROWS:
         oh = ph * PSH - pph + (tap // PKW) * PDH
         ow = pw * PSW - ppw + (tap % PKW) * PDW
         valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-        ih0 = oh * SH - pt
-        iw0 = ow * SW - pl
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-        for c0 in range(0, K, CHUNK):
-            part = acc if ONE_CHUNK else tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            for k0 in range(c0, tl.minimum(c0 + CHUNK, K), BLOCK_K):
-                if CG_RUN > 0:
-                    # Step k0 of (kh, kw, ci) order: kernel tap kk, channels ci0 .. ci0 + BLOCK_K.
-                    kk = k0 // CG_RUN
-                    ci0 = k0 - kk * CG_RUN
-                    kh = kk // KW
-                    ih = ih0 + kh * DH
-                    iw = iw0 + (kk - kh * KW) * DW
-                    r_ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                    r_off = x_base + ih * sxh + iw * sxw + ci0 * sxc
-                    xv = tl.load(x_ptr + r_off[:, None] + tl.arange(0, BLOCK_K)[None, :] * sxc, mask=r_ok[:, None],
-                                 other=0.0)
-                    # w is (Cout, KH, KW, Cg) here: the step's weights are adjacent too.
-                    wv = tl.load(w_ptr + c[None, :] * K + (k0 + tl.arange(0, BLOCK_K))[:, None], mask=col_ok[None, :],
-                                 other=0.0)
-                else:
-                    k = k0 + tl.arange(0, BLOCK_K)
-                    k_ok = k < K
-                    ci = k // (KH * KW)
-                    kh = (k // KW) % KH
-                    kw = k % KW
-                    ih = ih0[:, None] + kh[None, :] * DH
-                    iw = iw0[:, None] + kw[None, :] * DW
-                    x_ok = valid[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                    x_off = x_base[:, None] + ci[None, :].to(IDX) * sxc + ih * sxh + iw * sxw
-                    xv = tl.load(x_ptr + x_off, mask=x_ok, other=0.0)
-                    wv = tl.load(w_ptr + c[None, :] * K + k[:, None], mask=k_ok[:, None] & col_ok[None, :],
-                                 other=0.0)
-                part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
-            acc = part if ONE_CHUNK else acc + part
+        acc = _conv_rows(x_ptr, w_ptr, x_base, oh * SH - pt, ow * SW - pl, valid, c, col_ok, H, W, Cg, CHUNK,
+                         sxc, sxh, sxw, KH, KW, DH, DW, ACC, PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N, BLOCK_K,
+                         CG_RUN, ONE_CHUNK)
         if HAS_BIAS:
             acc += bias[None, :]
-        v = tl.where((acc > 0) | (acc != acc), acc, 0.0)
-        take = valid[:, None] & ((v > best) | (v != v))
-        best = tl.where(take, v, best)
-        where = tl.where(take, tap, where)
+        # ReLU (NaN kept); a tap outside the conv output never wins.
+        v = tl.where(valid[:, None], tl.where((acc > 0) | (acc != acc), acc, 0.0), float("-inf"))
+        best, where = _pool_rows(v, tap, BLOCK_M, BLOCK_N, PT)
+        rows = tl.program_id(0).to(IDX) * (BLOCK_M // PT) + tl.arange(0, BLOCK_M // PT)
+        row_ok = rows < ROWS
+        n = rows // PHW
+        ph = (rows // PW) % PH
+        pw = rows % PW
+    else:
+        best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
+        where = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
+        for t in range(0, PKH * PKW):
+            oh = ph * PSH - pph + (t // PKW) * PDH
+            ow = pw * PSW - ppw + (t % PKW) * PDW
+            valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+            acc = _conv_rows(x_ptr, w_ptr, x_base, oh * SH - pt, ow * SW - pl, valid, c, col_ok, H, W, Cg, CHUNK,
+                             sxc, sxh, sxw, KH, KW, DH, DW, ACC, PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N,
+                             BLOCK_K, CG_RUN, ONE_CHUNK)
+            if HAS_BIAS:
+                acc += bias[None, :]
+            v = tl.where((acc > 0) | (acc != acc), acc, 0.0)
+            take = valid[:, None] & ((v > best) | (v != v))
+            best = tl.where(take, v, best)
+            where = tl.where(take, t, where)
     offsets = tl.where((best > 0) | (best != best), where, -1)
     y_off = n[:, None] * syn + c[None, :] * syc + ph[:, None] * syh + pw[:, None] * syw
     ok = row_ok[:, None] & col_ok[None, :]
@@ -649,9 +769,14 @@ def _forward_plan(input, weight, bias, p: ConvBlockParams, tiles: Forced) -> _Fo
     coutg = geo.sizes[3]
     n, phw = shape[0], out_hw[0] * out_hw[1]
     rows = n * phw
-    cfg = tiles.configs.get("fwd") or conv_block_configs(rows, coutg, input.dtype)
+    taps = geo.constexprs["PKH"] * geo.constexprs["PKW"]
+    cfg = tiles.configs.get("fwd") or conv_block_fwd_configs(rows, coutg, input.dtype, taps)
+    if cfg.get("TAP_ROWS") and not tap_rows_fit(taps, cfg["BLOCK_M"]):
+        raise ValueError(f"forced_tiles: TAP_ROWS needs a power-of-two pool window of at most BLOCK_M / 8 taps, "
+                         f"got {taps} taps with BLOCK_M={cfg['BLOCK_M']}")
     n_tiles = triton.cdiv(coutg, cfg["BLOCK_N"])
-    grid = split_grid(triton.cdiv(rows, cfg["BLOCK_M"]), n_tiles * p.groups)
+    pooled_per_tile = cfg["BLOCK_M"] // taps if cfg.get("TAP_ROWS") else cfg["BLOCK_M"]
+    grid = split_grid(triton.cdiv(rows, pooled_per_tile), n_tiles * p.groups)
     idx = index_dtype(extent(input), extent(y), w.numel(), rows)
     meta = _meta(input)
     chunk = chunk_length(w[0].numel(), cfg["BLOCK_K"], input.dtype, meta["PRECISION"])

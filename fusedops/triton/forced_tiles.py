@@ -13,7 +13,9 @@ Roles: ``"fwd"`` (``conv_block_fwd_kernel``), ``"dx"`` (``conv_block_dx_kernel``
 (the weight gradient: ``conv_block_dw_runs_kernel`` where it runs, whose tiles must divide the
 group's channel counts, else ``conv_block_dw_kernel``). A config is a dict of ``BLOCK_M``,
 ``BLOCK_N``, ``BLOCK_K`` (powers of two, at least 16: ``tl.dot``'s minimum) and ``num_warps``
-(1, 2, 4, 8 or 16). A forced BLOCK_K decides the forward's and the input gradient's runs of
+(1, 2, 4, 8 or 16); a forward config may add ``TAP_ROWS`` (a bool: the forward's tiles hold
+every tap of their pooled outputs, ``conv_block_fwd_kernel``; absent is False, the tap loop).
+A forced BLOCK_K decides the forward's and the input gradient's runs of
 channels as the launchers' own does (``conv_block.channel_run``): one that does not divide a
 group's channels makes that kernel gather instead.
 """
@@ -41,9 +43,12 @@ _STATE: Forced = NONE
 
 
 def _checked(role: str, config: dict) -> dict:
-    if set(config) != {*_BLOCKS, "num_warps"}:
+    optional = {"TAP_ROWS"} if role == "fwd" else set()
+    if not {*_BLOCKS, "num_warps"} <= set(config) <= {*_BLOCKS, "num_warps", *optional}:
         raise ValueError(f"forced_tiles: the {role} config must have exactly BLOCK_M, BLOCK_N, BLOCK_K and "
-                         f"num_warps, got {sorted(config)}")
+                         f"num_warps" + (" (and optionally TAP_ROWS)" if optional else "") + f", got {sorted(config)}")
+    if not isinstance(config.get("TAP_ROWS", False), bool):
+        raise ValueError(f"forced_tiles: fwd TAP_ROWS must be a bool, got {config['TAP_ROWS']!r}")
     for name in _BLOCKS:
         v = config[name]
         if not isinstance(v, int) or v < 16 or v & (v - 1):
