@@ -669,7 +669,7 @@ def bench_argv(run: BenchRun, out: Path, device="cuda", providers=BENCH_PROVIDER
 # dry run's sample output, what it is, seconds it needs at least, seconds it may take at most).
 # Host time per call on CUDA (the tutorial layers are launch-bound), where each backend's training
 # step spends GPU time, and the Triton kernels' candidate tiles (what the rules picking them
-# should be; rows kept as they come, so a run cut short keeps its layers; at most 4 minutes, 74
+# should be; rows kept as they come, so a run cut short keeps its layers; at most 4 minutes, 81
 # compiles and their timings, so that max-autotune keeps its turn).
 def bench_tables():
     return (("host_table", "benchmarks/host_overhead.py", ("--device", "cuda"), SAMPLE_HOST_OVERHEAD,

@@ -214,6 +214,11 @@ CONV_CONFIGS: List[ConvCase] = [
     _conv("wide 16->96 34x34 b4", (4, 16, 34, 34), 96, 3, padding=1, precisions=("bf16", "fp16", "tf32"),
           purpose="Triton fwd tap rows 128x128 with 8 warps (1156 pooled outputs, 96 output channels)"),
     _conv("small 24->24 10x10", (2, 24, 10, 10), 24, 3, padding=1, purpose="Triton dx 32x32"),
+    # The forward's tap loop on tensor cores (windows of 9 taps; 1, 2, 4 and 8 take tap rows).
+    *[_conv(f"pool 3x3 {c}->{c} {hw}x{hw} b{n}", (n, c, hw, hw), c, 3, padding=1, pool_kernel_size=3,
+            precisions=("bf16", "fp16", "tf32"), purpose=f"Triton fwd tap loop {cfg} in tf32, bf16, fp16")
+      for n, c, hw, cfg in ((2, 24, 10, "32x32"), (2, 40, 10, "32x64"), (12, 16, 58, "64x16"), (12, 24, 58, "64x32"),
+                            (12, 40, 58, "64x64"))],
     _conv("multi-wave 32->64 56x56 b96", (96, 32, 56, 56), 64, 3, padding=1, precisions=("bf16", "fp32"),
           scale_weight=True,
           purpose="grids of 1176 programs/blocks (several waves); CUDA: 55 split-K slices"),
@@ -331,8 +336,8 @@ def _config(kwargs) -> Tuple:
 
 
 def triton_required() -> Set[Tuple[str, str, Tuple]]:
-    """Every ``(kernel, precision, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps))`` the launchers can
-    pick: the config functions probed at and around every power of two (as ``make
+    """Every ``(kernel, precision, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, TAP_ROWS))`` the
+    launchers can pick: the config functions probed at and around every power of two (as ``make
     triton-check`` does), the tangent kernel's fixed blocks."""
     import importlib
 

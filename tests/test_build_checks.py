@@ -230,12 +230,14 @@ def test_every_config_the_launchers_pick_is_known_to_the_triton_check():
         assert triton_check.reachable_configs(linear.linear_configs, dtype)
     assert len(triton_check.reachable_configs(conv_block.conv_block_configs, torch.float32)) == 6
     # The forward's tiles hold every pool tap of their outputs (TAP_ROWS) where the products run
-    # on tensor cores (16-bit, TF32), and loop over the taps on the FMA units (IEEE fp32, fp64).
+    # on tensor cores (16-bit, TF32) and the window has 1, 2, 4 or 8 taps (probed at those and
+    # at others), and loop over the taps elsewhere (the FMA units: IEEE fp32, fp64).
     fwd = conv_block.conv_block_fwd_configs
-    for dtype, tf32, tap_rows in ((torch.bfloat16, False, {True}), (torch.float16, False, {True}),
-                                  (torch.float32, True, {True}), (torch.float32, False, {False}),
+    for dtype, tf32, tap_rows in ((torch.bfloat16, False, {True, False}), (torch.float16, False, {True, False}),
+                                  (torch.float32, True, {True, False}), (torch.float32, False, {False}),
                                   (torch.float64, False, {False})):
         assert {c[4] for c in triton_check.reachable_configs(fwd, dtype, tf32)} == tap_rows
+    assert {c[0] for c in triton_check.reachable_configs(fwd, torch.bfloat16) if c[4]} == {64, 128}
     # The weight gradient takes 64-row tiles (wgmma on Hopper) for 16-bit inputs only, and steps
     # 16 positions at a time in float32.
     for dtype, rows, steps in ((torch.bfloat16, {64}, {16, 32}), (torch.float16, {64}, {16, 32}),

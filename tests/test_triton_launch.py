@@ -795,7 +795,8 @@ def test_conv_block_forward_tap_rows_match_the_tap_loop_and_the_reference(monkey
     the end) gives exactly the reference's output and offsets, and the tap loop's: ties to the
     first tap, NaN propagated (the last NaN tap), padded taps never taken, any power-of-two
     window."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # IEEE float32: exact on small integers
+    runs = "runs of channels" in case  # TF32 (exact on small integers and quarters), else IEEE float32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", runs)
     make_x, cout, kwargs, block_m, block_k = _TAP_ROW_CASES[case]
     groups = kwargs.get("groups", 1)
     x, w, b = _run_case_tensors(make_x, cout, (3, 3), groups, torch.float32, device)
@@ -809,6 +810,7 @@ def test_conv_block_forward_tap_rows_match_the_tap_loop_and_the_reference(monkey
     with tiles.forced_tiles(fwd=loop):
         loop_y, loop_off = conv_kernels.forward(x, w, b, p)
     assert [ln.kwargs.get("TAP_ROWS", False) for ln in launches] == [True, False]
+    assert (launches[0].kwargs["CG_RUN"] > 0) == runs
     b64 = b.double() if b is not None else None
     ref_y, ref_off = torch.ops.fusedops.conv_block_forward(x.double(), w.double(), b64, *p, "reference")
     assert torch.equal(off, ref_off) and torch.equal(off, loop_off)
@@ -819,6 +821,28 @@ def test_conv_block_forward_tap_rows_match_the_tap_loop_and_the_reference(monkey
     if "ties" in case:  # inner windows hold four equal conv values: the first tap is the max
         inner, positive = off[:, :, 1:-1, 1:-1], y[:, :, 1:-1, 1:-1] > 0
         assert positive.any() and (inner[positive] == 0).all()
+
+
+@ON_DEVICES
+@pytest.mark.parametrize("path", ["int64 indices", "split grid"])
+def test_conv_block_forward_tap_rows_on_the_forced_path(monkeypatch, path, backend, device):
+    """Tap rows through int64 index math and a grid whose groups x column tiles spill into z."""
+    if path == "int64 indices":
+        monkeypatch.setattr(_launch, "INT32_LIMIT", 1)
+    else:
+        monkeypatch.setattr(_launch, "GRID_YZ_MAX", 2)
+    launches = _record(monkeypatch, run=True)
+    f64 = dict(dtype=torch.float64, device=device)
+    x, w, b = torch.randn(2, 6, 9, 8, **f64), torch.randn(48, 2, 3, 3, **f64), torch.randn(48, **f64)
+    p = conv_block_params((3, 3), padding=1, groups=3)
+    with tiles.forced_tiles(fwd=dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=16, num_warps=4, TAP_ROWS=True)):
+        out, off = conv_kernels.forward(x, w, b, p)
+    ref_out, ref_off = torch.ops.fusedops.conv_block_forward(x, w, b, *p, "reference")
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(off, ref_off)
+    (fwd,) = launches
+    assert fwd.kwargs["TAP_ROWS"]
+    assert fwd.kwargs["IDX"] == tl.int64 if path == "int64 indices" else fwd.grid[2] > 1
 
 
 def test_forward_takes_tap_rows_where_the_products_run_on_tensor_cores(monkeypatch):
@@ -832,9 +856,8 @@ def test_forward_takes_tap_rows_where_the_products_run_on_tensor_cores(monkeypat
     assert configs(12544, 64, torch.float32, 4) == dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4,
                                                        TAP_ROWS=True)
     assert configs(100, 24, torch.float16, 4) == dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, TAP_ROWS=True)
-    assert configs(100, 24, torch.float16, 16)["BLOCK_M"] == 128  # 8 * taps rows at least
-    assert configs(100, 24, torch.float16, 1)["TAP_ROWS"]
-    for args in ((100, 24, torch.float16, 9), (100, 24, torch.float16, 32), (100, 24, torch.float64, 4)):
+    assert configs(100, 24, torch.float16, 8)["TAP_ROWS"] and configs(100, 24, torch.float16, 1)["TAP_ROWS"]
+    for args in ((100, 24, torch.float16, 9), (100, 24, torch.float16, 16), (100, 24, torch.float64, 4)):
         assert configs(*args) == conv_kernels.conv_block_configs(*args[:3])
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert configs(12544, 64, torch.float32, 4) == conv_kernels.conv_block_configs(12544, 64, torch.float32)

@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 KERNEL_CONFIGS = {
     # kernel name -> (module, config function); every kernel must be compiled in every config
     # its launcher can pick, for every dtype.
-    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_fwd_configs"),  # probed at 4 taps
+    "conv_block_fwd_kernel": ("fusedops.triton.conv_block", "conv_block_fwd_configs"),
     "conv_block_dx_kernel": ("fusedops.triton.conv_block", "conv_block_configs"),
     "conv_block_dw_kernel": ("fusedops.triton.conv_block", "conv_block_dw_configs"),
     "conv_block_dw_runs_kernel": ("fusedops.triton.conv_block", "conv_block_dw_runs_configs"),
@@ -42,6 +42,9 @@ KERNEL_CONFIGS = {
     "linear_dw_kernel": ("fusedops.triton.linear", "linear_configs"),
 }
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "TAP_ROWS")  # TAP_ROWS: the forward's, else False
+# Config functions that take more than (rows, cols, dtype): the values each extra argument is
+# probed at (the forward's pool taps: powers of two take tap rows up to 8, others the tap loop).
+CONFIG_PROBES = {"conv_block_fwd_configs": {"taps": (1, 2, 4, 8, 9, 16, 144)}}
 
 
 def config_of(launch) -> tuple:
@@ -51,14 +54,18 @@ def config_of(launch) -> tuple:
 
 
 def reachable_configs(function, dtype, tf32: bool = False) -> set:
-    """Every config ``function(rows, cols, dtype)`` returns with torch's TF32 switches at
-    ``tf32``, probed at and around powers of two (None, where the function's kernel does not
-    run, is no config)."""
+    """Every config ``function(rows, cols, dtype, **extra)`` returns with torch's TF32 switches
+    at ``tf32``, probed at and around powers of two (and at each extra argument's values of
+    ``CONFIG_PROBES``; None, where the function's kernel does not run, is no config)."""
+    import itertools
+
     from tools.triton_cases import precision
 
     probes = sorted({v for i in range(32) for v in (2**i - 1, 2**i, 2**i + 1) if v > 0})
+    extra = CONFIG_PROBES.get(function.__name__, {})
+    extras = [dict(zip(extra, values)) for values in itertools.product(*extra.values())]
     with precision(tf32):
-        configs = (function(r, c, dtype) for r in probes for c in probes)
+        configs = (function(r, c, dtype, **kw) for r in probes for c in probes for kw in extras)
         return {tuple(cfg.get(k, False) if k == "TAP_ROWS" else cfg[k] for k in CONFIG_KEYS) for cfg in configs
                 if cfg is not None}
 

@@ -7,8 +7,8 @@ through their strides (NCHW, channels_last or any other layout); index and addre
 is in ``IDX`` (int32, or int64 once an offset or count reaches 2^31, see ``_launch.py``).
 
 Forward (``conv_block_fwd_kernel``): an implicit GEMM whose columns are output channels of one
-group and whose rows are conv positions: on tensor cores, with a power-of-two pool window,
-every tap of ``BLOCK_M // taps`` pooled outputs ``(n, ph, pw)`` (tap rows: one GEMM over
+group and whose rows are conv positions: on tensor cores, with a pool window of 1, 2, 4 or 8
+taps, every tap of ``BLOCK_M // taps`` pooled outputs ``(n, ph, pw)`` (tap rows: one GEMM over
 ``K = Cg * KH * KW``, the bias and ReLU (NaN kept), then the max and its tap over each
 output's rows); otherwise ``BLOCK_M`` pooled outputs and a loop over the pool taps ``(pkh,
 pkw)`` (not unrolled: code size, registers and compile time do not grow with the window), one
@@ -104,21 +104,19 @@ def tap_rows_fit(taps: int, block_m: int) -> bool:
 
 def conv_block_fwd_configs(rows: int, cols: int, dtype: torch.dtype, taps: int = 4) -> dict:
     """Block config of the forward for ``rows`` pooled outputs, ``cols`` output channels a group
-    and ``taps`` pool taps (4: MaxPool2d(2), the probe :mod:`tools.triton_check` uses).
+    and ``taps`` pool taps (4: MaxPool2d(2)).
 
-    Where the products run on tensor cores (16-bit inputs, float32 as TF32) and the taps fit
-    (:func:`tap_rows_fit`), tap rows (``TAP_ROWS``): a tile's rows are every tap of ``BLOCK_M
-    // taps`` pooled outputs and it holds one accumulator, so it takes the plain conv GEMM's
-    tiles: 128 rows (64 for problems of at most 4096 conv positions), up to 128 output channels,
-    8 warps (two warpgroups of 64 rows) for 128 x 128, 32 channels a K step (16 for the small
-    problems). Elsewhere (float64 and IEEE float32 on the FMA units, 3x3 pools) the
-    tap loop's :func:`conv_block_configs`."""
-    if use_fma(dtype) or dtype == torch.float32 and _precision(dtype) == "ieee" or taps & (taps - 1):
+    Where the products run on tensor cores (16-bit inputs, float32 as TF32) and the window has
+    1, 2, 4 or 8 taps, tap rows (``TAP_ROWS``): a tile's rows are every tap of ``BLOCK_M //
+    taps`` pooled outputs and it holds one accumulator, so it takes the plain conv GEMM's tiles:
+    128 rows (64 where ``rows * taps``, the conv values computed, is at most 4096), up to 128
+    output channels, 8 warps (two warpgroups of 64 rows) for 128 x 128, K steps of 32 (16 for
+    the small problems). Elsewhere (float64 and IEEE float32 on the FMA units, other windows:
+    3x3, 4x4, ...) the tap loop's :func:`conv_block_configs`."""
+    if use_fma(dtype) or dtype == torch.float32 and _precision(dtype) == "ieee" or taps not in (1, 2, 4, 8):
         return conv_block_configs(rows, cols, dtype)
     small = rows * taps <= 4096
-    block_m = max(64 if small else 128, 8 * taps)
-    if block_m > 128:
-        return conv_block_configs(rows, cols, dtype)
+    block_m = 64 if small else 128
     block_n = 16 if cols <= 16 else 32 if cols <= 32 else 64 if cols <= 64 else 128
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 16 if small else 32,
             "num_warps": 8 if block_m * block_n >= 128 * 128 else 4, "TAP_ROWS": True}
