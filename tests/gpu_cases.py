@@ -625,6 +625,15 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     return out
 
 
+def _linear_rows(rows: int, cols: int) -> int:
+    """linear.cu linear_rows: 128-row blocks where their grid still has split_blocks (264) of
+    them and pads at most rows / 16 more rows than 64-row blocks; else 64."""
+    c = CUDA_CONSTANTS
+    wide = _cdiv(rows, 2 * c["kBM"])
+    fills = wide * _cdiv(cols, c["kBN"]) >= c["split_blocks"]
+    return 2 * c["kBM"] if fills and wide * 2 * c["kBM"] - _cdiv(rows, c["kBM"]) * c["kBM"] <= rows // 16 else c["kBM"]
+
+
 def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     """What the CUDA launchers launch for ``case`` (forward and every gradient)."""
     c = CUDA_CONSTANTS
@@ -641,6 +650,10 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     grads = " runs" if grad_runs else ""
     out = {f"linear forward{' runs' if runs else ''}<{t}>", f"linear input grad{grads}<{t}>",
            f"linear weight grad{grads}<{t}>", f"linear sum partials<{t}>"}
+    if runs and _linear_rows(rows, out_f) > c["kBM"]:
+        out.add("linear forward runs: 128-row tiles")
+    if grad_runs and _linear_rows(rows, in_f) > c["kBM"]:
+        out.add("linear input grad runs: 128-row tiles")
     if rows > c["kBM"] and out_f > c["kBN"]:
         out.add("linear forward: second M and N tiles")
     if case.activation is not None:
@@ -705,7 +718,8 @@ def cuda_required() -> Set[str]:
         "conv weight grad runs: second M tile", "conv weight grad runs: 128-row tiles",
         "conv weight grad runs: one split-K slice", "conv weight grad runs: several split-K slices",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
-        "linear forward: second M and N tiles", "linear activation grad: grid-stride loop runs twice or more",
+        "linear forward: second M and N tiles", "linear forward runs: 128-row tiles",
+        "linear input grad runs: 128-row tiles", "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",
         "linear weight grad: an empty split-K slice", "linear sum partials: grid-stride loop runs twice or more",
         "linear weight grad runs: one split-K slice", "linear weight grad runs: several split-K slices",

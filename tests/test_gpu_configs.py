@@ -122,7 +122,7 @@ def test_the_cuda_mirror_uses_the_sources_constants():
     c = gpu_cases.CUDA_CONSTANTS
     sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_loaders.h", "tile_gemm.cuh", "common.cuh",
                                                                 "conv_block.cu", "linear.cu", "run_loaders.h",
-                                                                "bindings.cpp")}
+                                                                "bindings.cpp", "run_gemm.cuh")}
     expected = {
         "tile_loaders.h": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
                            rf"kThreads = {c['kThreads']};"],
@@ -163,7 +163,6 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"const int64_t len = run_len\(dtype\);",
                           r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
                           r"runs_at_every_pixel\(len, g, x, xs\);",
-                          r"constexpr int kWideRows = 2 \* kBM;",
                           r"return g\.Coutg > kBM && ceil_div\(g\.Coutg, kWideRows\) \* kWideRows == "
                           r"ceil_div\(g\.Coutg, kBM\) \* kBM \? kWideRows : kBM;",
                           r"const int64_t tiles = ceil_div\(g\.Coutg, rows\) \* ceil_div\(g\.K, kBN\) \* g\.G;",
@@ -191,7 +190,12 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                       r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
                       r"const int64_t step = dw_runs \? kRunBK<T> : kBK;",
                       r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
-                      r"grid_for\(out_f \* in_f\)"],
+                      r"grid_for\(out_f \* in_f\)",
+                      r"const int64_t wide = ceil_div\(rows, kWideRows\);",
+                      rf"const bool fills = wide \* ceil_div\(cols, kBN\) >= {c['split_blocks']};",
+                      r"const bool pads_little = wide \* kWideRows - ceil_div\(rows, kBM\) \* kBM <= rows / 16;",
+                      r"const int tile = linear_rows\(rows, out_f\);", r"const int tile = linear_rows\(rows, in_f\);"],
+        "run_gemm.cuh": [r"constexpr int kWideRows = 2 \* kBM;"],
     }
     missing = [f"{name}: {pattern}" for name, patterns in expected.items() for pattern in patterns
                if not re.search(pattern, sources[name])]

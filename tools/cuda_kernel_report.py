@@ -81,8 +81,8 @@ class Kernel:
     def label(self) -> str:
         """The report's name for it: the template, with the tile's rows where a kernel comes in
         several (``conv_pool_runs_kernel, 128 rows``; conv_grads_runs_kernel: its weight
-        gradient's)."""
-        m = re.search(r"conv_(?:pool|grads)_runs_kernel<[^<>]*, (\d+)>", self.name)
+        gradient's; the linear forward and input gradient over runs)."""
+        m = re.search(r"(?:conv_(?:pool|grads)|linear_(?:forward|input_grad))_runs_kernel<[^<>]*, (\d+)>", self.name)
         return f"{self.template}, {m.group(1)} rows" if m else self.template
 
     @property

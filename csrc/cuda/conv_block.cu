@@ -431,8 +431,6 @@ __device__ void weight_grad_tile(const Geometry& g, const T* __restrict__ x, Str
 // kWideRows (128) where that pads a group's channels to no more rows than blocks of kBM (64) do
 // (more than 64 channels in an even number of 64-row blocks: 65-128, 193-256, ...), so that each
 // run of their costly operand (the gathered input) feeds twice the products; kBM elsewhere.
-constexpr int kWideRows = 2 * kBM;
-
 int run_rows(const Geometry& g) {
   return g.Coutg > kBM && ceil_div(g.Coutg, kWideRows) * kWideRows == ceil_div(g.Coutg, kBM) * kBM ? kWideRows : kBM;
 }

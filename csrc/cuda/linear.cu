@@ -1,7 +1,8 @@
 // Fused Linear + bias + activation on NVIDIA GPUs: the "cuda" backend's linear kernels.
 //
 // Forward: one implicit GEMM (tile_gemm.cuh; tensor cores for fp16/bf16 and TF32; for those with
-// in features a multiple of a run, 8 / 4, on sm_80+, run_gemm.cuh's 16-byte runs), M = rows,
+// in features a multiple of a run, 8 / 4, on sm_80+, run_gemm.cuh's 16-byte runs, in blocks of 128
+// rows where large problems still fill the GPU with them, linear_rows), M = rows,
 // N = out features, K = in features, whose epilogue adds the bias, applies the activation and
 // writes the state the derivative needs (a bool mask z > 0 for relu, z for gelu / gelu_tanh /
 // silu). Backward: an elementwise pass dz = dy * act'(z) (skipped without activation), then
@@ -107,21 +108,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 
 // The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 and TF32 with in_f a multiple
 // of kRunLen<T> and x, w 16-byte aligned, on sm_80+ (linear_forward's choice): x's and w's rows
-// are runs along k.
-template <typename T>
+// are runs along k. Blocks of kRows rows: 64, or 128 in large problems (linear_rows).
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kThreads, 2)
     linear_forward_runs_kernel(Act act, int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ x,
                                const T* __restrict__ w, const T* __restrict__ b, T* __restrict__ y, void* saved) {
-  __shared__ RunSmem<T> s;
-  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
-  RowRunLoader<T> la(x, in_f, m0, rows, threadIdx.x);
+  __shared__ RunSmem<T, kRows> s;
+  const int64_t m0 = blockIdx.x * int64_t(kRows), n0 = blockIdx.y * int64_t(kBN);
   RowRunLoader<T> lb(w, in_f, n0, out_f, threadIdx.x);
-  run_gemm<T, false, false>([&] { return la.src(); }, [&] { return lb.src(); },
-                            [&] {
-                              la.next();
-                              lb.next();
-                            },
-                            ceil_div(in_f, kRunBK<T>), s);
+  run_gemm_row_blocks<T, false, false, kRows>(
+      [&](int i) { return RowRunLoader<T>(x, in_f, m0 + i * kBM, rows, threadIdx.x); }, [&] { return lb.src(); },
+      [&] { lb.next(); }, ceil_div(in_f, kRunBK<T>), s);
   linear_epilogue(s, act, rows, out_f, m0, n0, b, y, saved);
 }
 
@@ -156,21 +153,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 
 // The same over 16-byte runs (run_gemm.cuh), for float16/bfloat16 and TF32 with in_f and out_f
 // multiples of kRunLen<T> and dz, w 16-byte aligned, on sm_80+ (linear_backward's choice): dz's
-// rows are runs along k, w's rows runs across it (B stored (k, n)).
-template <typename T>
+// rows are runs along k, w's rows runs across it (B stored (k, n)). Blocks of kRows rows, as the
+// forward's (linear_rows).
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kThreads, 2)
     linear_input_grad_runs_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
                                   const T* __restrict__ w, T* __restrict__ dx) {
-  __shared__ RunSmem<T> s;
-  const int64_t m0 = blockIdx.x * int64_t(kBM), n0 = blockIdx.y * int64_t(kBN);
-  RowRunLoader<T> la(dz, out_f, m0, rows, threadIdx.x);
+  __shared__ RunSmem<T, kRows> s;
+  const int64_t m0 = blockIdx.x * int64_t(kRows), n0 = blockIdx.y * int64_t(kBN);
   KMajorRunLoader<T> lb(w, in_f, n0, in_f, 0, out_f, threadIdx.x);
-  run_gemm<T, false, true>([&] { return la.src(); }, [&] { return lb.src(); },
-                           [&] {
-                             la.next();
-                             lb.next();
-                           },
-                           ceil_div(out_f, kRunBK<T>), s);
+  run_gemm_row_blocks<T, false, true, kRows>(
+      [&](int i) { return RowRunLoader<T>(dz, out_f, m0 + i * kBM, rows, threadIdx.x); }, [&] { return lb.src(); },
+      [&] { lb.next(); }, ceil_div(out_f, kRunBK<T>), s);
   for_owned(s, rows, in_f, m0, n0,
             [&](int64_t m, int64_t n, typename Num<T>::Acc v) { dx[m * in_f + n] = Num<T>::from_acc(v); });
 }
@@ -229,6 +223,17 @@ __global__ void __launch_bounds__(kThreads)
   else part[blockIdx.y * cols + o] = total;
 }
 
+// Rows a block of the forward or input gradient over runs takes (their A's rows are the
+// batch's): kWideRows (128) where the grid of 128-row blocks still has 264 of them (2 an SM of an
+// H100) and pads at most rows / 16 more rows than 64-row blocks do, so that each step's runs of
+// the other operand feed twice the products; kBM elsewhere (small batches keep more blocks).
+int linear_rows(int64_t rows, int64_t cols) {
+  const int64_t wide = ceil_div(rows, kWideRows);
+  const bool fills = wide * ceil_div(cols, kBN) >= 264;
+  const bool pads_little = wide * kWideRows - ceil_div(rows, kBM) * kBM <= rows / 16;
+  return fills && pads_little ? kWideRows : kBM;
+}
+
 int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
   return reduction_splits(rows, ceil_div(out_f, kBM) * ceil_div(in_f, kBN));
 }
@@ -244,9 +249,13 @@ cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int
       // 16-byte runs of x's and w's rows, on sm_80+ (cp.async, 16-bit and TF32 wmma).
       const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
       if (cc_major >= 8 && in_f % kRunLen<T> == 0 && aligned(x) && aligned(w)) {
-        linear_forward_runs_kernel<T><<<grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
-                                                                     static_cast<const T*>(w), static_cast<const T*>(b),
-                                                                     static_cast<T*>(y), saved);
+        const int tile = linear_rows(rows, out_f);
+        const auto kernel = tile == kWideRows ? linear_forward_runs_kernel<T, kWideRows>
+                                              : linear_forward_runs_kernel<T, kBM>;
+        const dim3 runs_grid(static_cast<unsigned>(ceil_div(rows, tile)), grid.y);
+        kernel<<<runs_grid, kThreads, 0, stream>>>(act, rows, in_f, out_f, static_cast<const T*>(x),
+                                                   static_cast<const T*>(w), static_cast<const T*>(b),
+                                                   static_cast<T*>(y), saved);
         return cudaGetLastError();
       }
     }
@@ -294,8 +303,12 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
       const dim3 grid(static_cast<unsigned>(ceil_div(rows, kBM)), static_cast<unsigned>(ceil_div(in_f, kBN)));
       if (runs && aligned(w)) {
         if constexpr (kTensorCores<T>) {
-          linear_input_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
-                                                                          static_cast<const T*>(w), static_cast<T*>(dx));
+          const int tile = linear_rows(rows, in_f);
+          const auto kernel = tile == kWideRows ? linear_input_grad_runs_kernel<T, kWideRows>
+                                                : linear_input_grad_runs_kernel<T, kBM>;
+          const dim3 runs_grid(static_cast<unsigned>(ceil_div(rows, tile)), grid.y);
+          kernel<<<runs_grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(w),
+                                                     static_cast<T*>(dx));
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }
       } else {

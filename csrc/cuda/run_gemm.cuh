@@ -4,8 +4,9 @@
 //
 //   C[m0 + i][n0 + j] = sum_k A(m0 + i, k) * B(k, n0 + j),   0 <= i < kRows, 0 <= j < kBN
 //
-// (kRows = kBM = 64, or 128 where A has the conv's output channels as rows, in the forward and
-// the weight gradient: their B, the gathered input, then feeds twice the products), where the
+// (kRows = kBM = 64, or kWideRows = 128 where A has the conv's output channels as rows, in the
+// forward and the weight gradient: their B, the gathered input, then feeds twice the products;
+// and the linear forward's and input gradient's batch rows in large problems), where the
 // loaders (run_loaders.h) name, per k step of kRunBK<T> (32 for 16-bit types, 16 for Tf32), one
 // 16-byte run of B and one of A (two with 128 rows) for each thread (null: zeros). An operand's
 // runs lie along k (kKMajor false: a row of A / a column of B, kRunLen<T> consecutive k; RunMap)
@@ -40,10 +41,11 @@ namespace fusedops {
 namespace cuda {
 
 constexpr int kRunStages = 3;
+// The rows of the engine's wide tiles (kRows; kBM the others).
+constexpr int kWideRows = 2 * kBM;
 
-// Where an operand tile of kRows rows / columns (64, or 128 for A's output channels in the
-// conv forward and weight gradient) keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T>
-// (80 bytes); across k, as (k, o) rows of kRows + kRunLen<T> (144 bytes of a 16-bit type, 272 of
+// Where an operand tile of kRows rows / columns (64, or 128 for A's rows in the wide tiles)
+// keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T> (80 bytes); across k, as (k, o) rows of kRows + kRunLen<T> (144 bytes of a 16-bit type, 272 of
 // Tf32, at 64). Both are whole 16-byte rows, and 16 rows are a multiple of 32 bytes, as wmma's
 // loads require; the extra run shifts consecutive rows across the shared-memory banks.
 template <typename T, bool kKMajor, int kRows = kBM>
@@ -199,7 +201,8 @@ __device__ __forceinline__ void run_gemm(const SrcA& src_a, const SrcB& src_b, c
 
 // run_gemm with A read by one loader per block of 64 rows (kRows / kBM of them, each with src()
 // and next()): make_a(i) builds block i's, rows 64i on, at the same k. The callers with 128
-// rows (the conv forward's weights, the weight gradient's conv-output gradient) and 64 alike.
+// rows (the conv forward's weights, the weight gradient's conv-output gradient, the linear
+// forward's and input gradient's rows) and 64 alike.
 template <typename T, bool kAKMajor, bool kBKMajor, int kRows, typename MakeA, typename SrcB, typename NextB>
 __device__ __forceinline__ void run_gemm_row_blocks(const MakeA& make_a, const SrcB& src_b, const NextB& next_b,
                                                     int64_t steps, RunSmem<T, kRows>& s) {

@@ -3,7 +3,7 @@
 // the input gradient and the weight gradient over several split-K counts, for every element
 // type, over shapes with partial tiles in every dimension (for float16/bfloat16 and TF32 also
 // over 16-byte runs: the forward where in features are a multiple of a run, 8 / 4, the gradients
-// where in and out features are); and the smooth activations (gelu, gelu_tanh, silu) of the forward's
+// where in and out features are; the forward and input gradient in blocks of 64 and 128 rows); and the smooth activations (gelu, gelu_tanh, silu) of the forward's
 // epilogue and of the gradient pass against their formulas in double, tails included. Built
 // and run by tests/test_cuda_emulator.py; exit status 1 on failure.
 
@@ -33,10 +33,10 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
   };
 
   // forward with bias and ReLU, by `kernel`
-  const auto check_forward = [&](const std::string& which, auto&& kernel) {
+  const auto check_forward = [&](const std::string& which, int tile_rows, auto&& kernel) {
     std::vector<T> y(rows * out_f, from_double<T>(999));
     std::vector<unsigned char> mask(rows * out_f, 7);
-    const dim3 grid(unsigned(ceil_div(rows, kBM)), unsigned(ceil_div(out_f, kBN)));
+    const dim3 grid(unsigned(ceil_div(rows, tile_rows)), unsigned(ceil_div(out_f, kBN)));
     launch_both_orders(what + which, grid, [&] {
       kernel(Act::Relu, rows, in_f, out_f, x.data(), w.data(), b.data(), y.data(), mask.data());
     }, y, mask);
@@ -53,18 +53,20 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
           fail(what + which + " mask[" + std::to_string(r) + "][" + std::to_string(o) + "]");
       }
   };
-  check_forward(" forward", [](auto... a) { linear_forward_kernel<T>(a...); });
+  check_forward(" forward", kBM, [](auto... a) { linear_forward_kernel<T>(a...); });
   if constexpr (kTensorCores<T>) {
     if (in_f % kRunLen<T> == 0) {  // the launcher's choice on sm_80+ (x and w 16-byte aligned here)
-      check_forward(" forward over runs", [](auto... a) { linear_forward_runs_kernel<T>(a...); });
+      check_forward(" forward over runs", kBM, [](auto... a) { linear_forward_runs_kernel<T, kBM>(a...); });
+      check_forward(" forward over runs, 128-row blocks", kWideRows,
+                    [](auto... a) { linear_forward_runs_kernel<T, kWideRows>(a...); });
       ++run_checks;
     }
   }
 
   // input gradient, by `kernel`
-  const auto check_input_grad = [&](const std::string& which, auto&& kernel) {
+  const auto check_input_grad = [&](const std::string& which, int tile_rows, auto&& kernel) {
     std::vector<T> dx(rows * in_f, from_double<T>(999));
-    const dim3 grid(unsigned(ceil_div(rows, kBM)), unsigned(ceil_div(in_f, kBN)));
+    const dim3 grid(unsigned(ceil_div(rows, tile_rows)), unsigned(ceil_div(in_f, kBN)));
     launch_both_orders(what + which, grid, [&] { kernel(rows, in_f, out_f, dz.data(), w.data(), dx.data()); }, dx);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < in_f; ++i) {
@@ -103,11 +105,14 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
     }
   };
 
-  check_input_grad(" input gradient", [](auto... a) { linear_input_grad_kernel<T>(a...); });
+  check_input_grad(" input gradient", kBM, [](auto... a) { linear_input_grad_kernel<T>(a...); });
   check_weight_grad(" weight gradient", kBK, [](auto... a) { linear_weight_grad_kernel<T>(a...); });
   if constexpr (kTensorCores<T>) {
     if (in_f % kRunLen<T> == 0 && out_f % kRunLen<T> == 0) {  // linear_backward's choice on sm_80+ (aligned here)
-      check_input_grad(" input gradient over runs", [](auto... a) { linear_input_grad_runs_kernel<T>(a...); });
+      check_input_grad(" input gradient over runs", kBM,
+                       [](auto... a) { linear_input_grad_runs_kernel<T, kBM>(a...); });
+      check_input_grad(" input gradient over runs, 128-row blocks", kWideRows,
+                       [](auto... a) { linear_input_grad_runs_kernel<T, kWideRows>(a...); });
       check_weight_grad(" weight gradient over runs", kRunBK<T>,
                         [](auto... a) { linear_weight_grad_runs_kernel<T>(a...); });
       ++grad_run_checks;
@@ -209,6 +214,14 @@ int main() {
   check_activations<__half>();
   check_activations<__nv_bfloat16>();
   check_activations<Tf32>();
+  // linear_rows: 128-row blocks where their grid still has 264 blocks and pads at most rows / 16
+  // more rows than 64-row blocks.
+  const int64_t tiles[][3] = {{33792, 64, kWideRows}, {33664, 64, kBM},      {256, 512, kBM},
+                              {130, 1 << 20, kBM},    {16400, 1024, kWideRows}, {135432, 40, kWideRows}};
+  for (const auto& t : tiles)
+    if (linear_rows(t[0], t[1]) != t[2])
+      fail("linear_rows(" + std::to_string(t[0]) + ", " + std::to_string(t[1]) + ") = " +
+           std::to_string(linear_rows(t[0], t[1])) + ", want " + std::to_string(t[2]));
   std::printf("forward over runs: %d shape and type pairs\n", run_checks);
   std::printf("gradients over runs: %d shape and type pairs\n", grad_run_checks);
   std::printf("%zu linear shapes and 3 activations, %d failures\n", sizeof(shapes) / sizeof(shapes[0]), failures);
