@@ -230,7 +230,7 @@ def test_every_config_the_launchers_pick_is_known_to_the_triton_check():
         assert triton_check.reachable_configs(linear.linear_configs, dtype)
     assert len(triton_check.reachable_configs(conv_block.conv_block_configs, torch.float32)) == 6
     # The forward's tiles hold every pool tap of their outputs (TAP_ROWS) where the products run
-    # on tensor cores (16-bit, TF32) and the window has 1, 2, 4 or 8 taps (probed at those and
+    # on tensor cores (16-bit, TF32) and the window has 2, 4 or 8 taps (probed at those and
     # at others), and loop over the taps elsewhere (the FMA units: IEEE fp32, fp64).
     fwd = conv_block.conv_block_fwd_configs
     for dtype, tf32, tap_rows in ((torch.bfloat16, False, {True, False}), (torch.float16, False, {True, False}),

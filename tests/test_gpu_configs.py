@@ -23,7 +23,7 @@ fp32, tf32, bf16, fp16 (fp64: one 32x32x16 config with 8 warps, reached by every
 | 64x64x32 | wide 40->40, multi-wave (1176 programs) | wide 40->40 | deep 500->96, 1024->2048 |
 
 The forward in tf32, bf16 and fp16 (tensor cores) takes tap rows instead where its pool window
-has 1, 2, 4 or 8 taps (conv_block_fwd_configs, probed at 1, 2, 4, 8, 9, 16 and 144 taps; its
+has 2, 4 or 8 taps (conv_block_fwd_configs, probed at 1, 2, 4, 8, 9, 16 and 144 taps; its
 tiles hold every tap of BLOCK_M / taps pooled outputs): 64xNx16 for at most 4096 conv values
 (N 16/32/64/128: the grid, ``deep 500->32``, ``runs 16->64``, ``deep 500->96``), else 128xNx32
 (``wide 16->16``, ``wide 24->24``, ``wide 40->40``, and ``wide 16->96 34x34 b4`` for 128x128

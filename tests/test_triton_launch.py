@@ -847,8 +847,8 @@ def test_conv_block_forward_tap_rows_on_the_forced_path(monkeypatch, path, backe
 
 def test_forward_takes_tap_rows_where_the_products_run_on_tensor_cores(monkeypatch):
     """The launcher's own forward config: tap rows (128-row tiles, 8 warps at 128 x 128, as a
-    plain conv's GEMM) for 16-bit inputs and TF32 with a power-of-two window; the tap loop for
-    the FMA units (IEEE float32, float64) and other windows."""
+    plain conv's GEMM) for 16-bit inputs and TF32 with a window of 2, 4 or 8 taps; the tap loop
+    for the FMA units (IEEE float32, float64), other windows and no pool."""
     configs = conv_kernels.conv_block_fwd_configs
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert configs(50176, 128, torch.bfloat16, 4) == dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8,
@@ -856,8 +856,9 @@ def test_forward_takes_tap_rows_where_the_products_run_on_tensor_cores(monkeypat
     assert configs(12544, 64, torch.float32, 4) == dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4,
                                                        TAP_ROWS=True)
     assert configs(100, 24, torch.float16, 4) == dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, TAP_ROWS=True)
-    assert configs(100, 24, torch.float16, 8)["TAP_ROWS"] and configs(100, 24, torch.float16, 1)["TAP_ROWS"]
-    for args in ((100, 24, torch.float16, 9), (100, 24, torch.float16, 16), (100, 24, torch.float64, 4)):
+    assert configs(100, 24, torch.float16, 8)["TAP_ROWS"] and configs(100, 24, torch.float16, 2)["TAP_ROWS"]
+    for args in ((100, 24, torch.float16, 1), (100, 24, torch.float16, 9), (100, 24, torch.float16, 16),
+                 (100, 24, torch.float64, 4)):
         assert configs(*args) == conv_kernels.conv_block_configs(*args[:3])
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     assert configs(12544, 64, torch.float32, 4) == conv_kernels.conv_block_configs(12544, 64, torch.float32)

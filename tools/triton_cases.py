@@ -127,6 +127,7 @@ CASES: List[object] = [
     _conv("small 3->8 9x9 b1 no bias", (1, 3, 9, 9), 8, 3, bias=False, padding=1),
     _conv("small 20->40 9x9 b1", (1, 20, 9, 9), 40, 3, padding=1),
     _conv("small 40->24 9x9 b1", (1, 40, 9, 9), 24, 3, padding=1),
+    _conv("small 16->96 9x9 b1", (1, 16, 9, 9), 96, 3, padding=1),
     # More than 2^31 elements (64-bit index math).
     _conv("2^31+ elements 1->4 512x512 b8200", (8200, 1, 512, 512), 4, 3, padding=1, dtypes=("bf16", "fp32")),
     # Linear layers.

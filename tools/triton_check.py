@@ -43,7 +43,7 @@ KERNEL_CONFIGS = {
 }
 CONFIG_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "TAP_ROWS")  # TAP_ROWS: the forward's, else False
 # Config functions that take more than (rows, cols, dtype): the values each extra argument is
-# probed at (the forward's pool taps: powers of two take tap rows up to 8, others the tap loop).
+# probed at (the forward's pool taps: 2, 4 and 8 take tap rows, others the tap loop).
 CONFIG_PROBES = {"conv_block_fwd_configs": {"taps": (1, 2, 4, 8, 9, 16, 144)}}
 
 

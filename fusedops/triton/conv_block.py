@@ -7,7 +7,7 @@ through their strides (NCHW, channels_last or any other layout); index and addre
 is in ``IDX`` (int32, or int64 once an offset or count reaches 2^31, see ``_launch.py``).
 
 Forward (``conv_block_fwd_kernel``): an implicit GEMM whose columns are output channels of one
-group and whose rows are conv positions: on tensor cores, with a pool window of 1, 2, 4 or 8
+group and whose rows are conv positions: on tensor cores, with a pool window of 2, 4 or 8
 taps, every tap of ``BLOCK_M // taps`` pooled outputs ``(n, ph, pw)`` (tap rows: one GEMM over
 ``K = Cg * KH * KW``, the bias and ReLU (NaN kept), then the max and its tap over each
 output's rows); otherwise ``BLOCK_M`` pooled outputs and a loop over the pool taps ``(pkh,
@@ -107,13 +107,16 @@ def conv_block_fwd_configs(rows: int, cols: int, dtype: torch.dtype, taps: int =
     and ``taps`` pool taps (4: MaxPool2d(2)).
 
     Where the products run on tensor cores (16-bit inputs, float32 as TF32) and the window has
-    1, 2, 4 or 8 taps, tap rows (``TAP_ROWS``): a tile's rows are every tap of ``BLOCK_M //
+    2, 4 or 8 taps, tap rows (``TAP_ROWS``): a tile's rows are every tap of ``BLOCK_M //
     taps`` pooled outputs and it holds one accumulator, so it takes the plain conv GEMM's tiles:
     128 rows (64 where ``rows * taps``, the conv values computed, is at most 4096), up to 128
     output channels, 8 warps (two warpgroups of 64 rows) for 128 x 128, K steps of 32 (16 for
-    the small problems). Elsewhere (float64 and IEEE float32 on the FMA units, other windows:
-    3x3, 4x4, ...) the tap loop's :func:`conv_block_configs`."""
-    if use_fma(dtype) or dtype == torch.float32 and _precision(dtype) == "ieee" or taps not in (1, 2, 4, 8):
+    the small problems). Elsewhere the tap loop's :func:`conv_block_configs`: float64 and IEEE
+    float32 (FMA units), other windows (3x3, 4x4, ...), and no pool (one tap: the loop is one
+    GEMM too, and a 128-row tile would store four times the outputs of a pooled one; sm_90,
+    a 32->64 layer without pool, bf16: 229 registers in tap rows at 128 x 64, 96 in the loop
+    at 64 x 64; TF32 spilled 232 bytes)."""
+    if use_fma(dtype) or dtype == torch.float32 and _precision(dtype) == "ieee" or taps not in (2, 4, 8):
         return conv_block_configs(rows, cols, dtype)
     small = rows * taps <= 4096
     block_m = 64 if small else 128
