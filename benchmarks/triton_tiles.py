@@ -58,8 +58,8 @@ LAYERS = (Layer("mnist conv1 1->32 @28", 256, 1, 32, 28), Layer("mnist conv2 32-
 ROLES = ("fwd", "dx", "dw")
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps). The input gradient's rows are input pixels (many),
 # columns channels; the weight gradient's runs kernel has output channels for rows and input
-# channels for columns. Larger tiles with 8 warps are what
-# torch.compile's Triton conv template chose for the VGG layer (128 x 128 x 64).
+# channels for columns. Larger tiles with 8 warps are what torch.compile's Triton conv template
+# chose for the VGG layer (128 x 128 x 64).
 GEMM_CANDIDATES = ((64, 64, 32, 4), (64, 32, 32, 4), (64, 128, 32, 4), (128, 64, 32, 4), (128, 64, 32, 8),
                    (128, 128, 32, 8), (64, 64, 64, 4), (128, 128, 64, 8))
 # The forward: its tiles holding every pool tap of BLOCK_M // 4 outputs (TAP_ROWS, the launcher's

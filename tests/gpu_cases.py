@@ -214,7 +214,7 @@ CONV_CONFIGS: List[ConvCase] = [
     _conv("wide 16->96 34x34 b4", (4, 16, 34, 34), 96, 3, padding=1, precisions=("bf16", "fp16", "tf32"),
           purpose="Triton fwd tap rows 128x128 with 8 warps (1156 pooled outputs, 96 output channels)"),
     _conv("small 24->24 10x10", (2, 24, 10, 10), 24, 3, padding=1, purpose="Triton dx 32x32"),
-    # The forward's tap loop on tensor cores (windows of 9 taps; 1, 2, 4 and 8 take tap rows).
+    # The forward's tap loop on tensor cores (windows of 9 taps; 2, 4 and 8 take tap rows).
     *[_conv(f"pool 3x3 {c}->{c} {hw}x{hw} b{n}", (n, c, hw, hw), c, 3, padding=1, pool_kernel_size=3,
             precisions=("bf16", "fp16", "tf32"), purpose=f"Triton fwd tap loop {cfg} in tf32, bf16, fp16")
       for n, c, hw, cfg in ((2, 24, 10, "32x32"), (2, 40, 10, "32x64"), (12, 16, 58, "64x16"), (12, 24, 58, "64x32"),

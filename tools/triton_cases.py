@@ -103,7 +103,7 @@ CASES: List[object] = [
     _conv("pool 3x3 32->64 56x56 b64", (64, 32, 56, 56), 64, 3, padding=1, pool_kernel_size=3),
     _conv("pool 4x4 32->64 56x56 b64", (64, 32, 56, 56), 64, 3, padding=1, pool_kernel_size=4),
     _conv("pool 12x12/2 2->3 40x40 b2", (2, 2, 40, 40), 3, 3, pool_kernel_size=12, pool_stride=2),
-    # The forward's tap loop on tensor cores (a 9-tap window; 1, 2, 4 and 8 taps take tap rows).
+    # The forward's tap loop on tensor cores (a 9-tap window; 2, 4 and 8 taps take tap rows).
     *[_conv(f"pool 3x3 {c}->{c} {hw}x{hw} b{n}", (n, c, hw, hw), c, 3, padding=1, pool_kernel_size=3,
             dtypes=("bf16", "fp16", "tf32")) for n, c, hw in ((2, 24, 10), (2, 40, 10), (12, 16, 58), (12, 24, 58))],
     _conv("no pool 32->64 16x16/2 b256", (256, 32, 16, 16), 64, 3, stride=2, padding=1, pool_kernel_size=None),
