@@ -289,14 +289,16 @@ LINEAR_CONFIGS: List[LinearCase] = [
     ]
 ] + [
     LinearCase("empty split-K slices 135432x48->40 relu", (135432, 48), 40, "relu",
-               purpose="CUDA: 264 split-K slices of 528 rows (544 over runs): the last ones empty"),
+               purpose="CUDA: 264 split-K slices of 528 rows (544 over runs): the last ones empty; the forward "
+                       "and input gradient over runs in 128-row blocks"),
     LinearCase("gradient runs 70x40->24 gelu", (70, 40), 24, "gelu",
                purpose="CUDA: both gradients over 16-byte runs (features multiples of 8) in one split-K slice: "
                        "a second row tile, a partial k step of the weight gradient"),
     LinearCase("runs of 4 features 70x36->20 relu", (70, 36), 20, "relu", precisions=("tf32", "bf16"),
                purpose="CUDA: TF32 over runs of 4 features where 16-bit types take the tile GEMMs"),
     LinearCase("grid-stride 16400x64->1024 gelu", (16400, 64), 1024, "gelu", precisions=("bf16", "fp32"),
-               scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice"),
+               scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice; "
+                                              "the forward over runs in 128-row blocks (bf16)"),
     LinearCase("grid-stride 64x4096->4100 silu", (64, 4096), 4100, "silu", precisions=("bf16", "fp32"),
                scale_weight=True, purpose="CUDA: 16.8M weight elements: the split-K sum's grid-stride loop runs twice"),
 ]

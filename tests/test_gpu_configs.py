@@ -131,7 +131,8 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"reduction_splits\(count, channels, int64_t\(kThreads\) \* 16\)",
                           r"ceil_div\(count, int64_t\(kThreads\) \* kMaxSerialSum\)",
                           rf"return splits < {c['grid_z']} \? splits : {c['grid_z']};"],
-        "common.cuh": [rf"ceil_div\({c['split_blocks']}, tiles", rf"int64_t min_chunk = {c['min_chunk']}\)",
+        "common.cuh": [rf"constexpr int64_t kFillBlocks = {c['split_blocks']};", r"ceil_div\(kFillBlocks, tiles",
+                       rf"int64_t min_chunk = {c['min_chunk']}\)",
                        rf"return dtype == DType::Half \|\| dtype == DType::BFloat16 \? {gpu_cases.RUN_LEN['bf16']} : "
                        rf"dtype == DType::Tf32 \? {gpu_cases.RUN_LEN['tf32']} : 0;",
                        r"constexpr bool kTensorCores =\s+std::is_same<T, __half>::value \|\| "
@@ -192,7 +193,13 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                       r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)",
                       r"const int64_t wide = ceil_div\(rows, kWideRows\);",
-                      rf"const bool fills = wide \* ceil_div\(cols, kBN\) >= {c['split_blocks']};",
+                      r"const bool fills = wide \* ceil_div\(cols, kBN\) >= kFillBlocks;",
+                      r"return fills && pads_little \? kWideRows : kBM;",
+                      r"const auto kernel = tile == kWideRows \? linear_forward_runs_kernel<T, kWideRows>\s+"
+                      r": linear_forward_runs_kernel<T, kBM>;",
+                      r"const auto kernel = tile == kWideRows \? linear_input_grad_runs_kernel<T, kWideRows>\s+"
+                      r": linear_input_grad_runs_kernel<T, kBM>;",
+                      r"const dim3 runs_grid\(static_cast<unsigned>\(ceil_div\(rows, tile\)\), grid\.y\);",
                       r"const bool pads_little = wide \* kWideRows - ceil_div\(rows, kBM\) \* kBM <= rows / 16;",
                       r"const int tile = linear_rows\(rows, out_f\);", r"const int tile = linear_rows\(rows, in_f\);"],
         "run_gemm.cuh": [r"constexpr int kWideRows = 2 \* kBM;"],

@@ -396,7 +396,8 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
              "division rule only).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
-             "the forward and weight gradient over runs in their two tiles, 64 and 128 output channels a block.",
+             "the conv forward and weight gradient over runs in their two tiles, 64 and 128 output channels a",
+             "block, and the linear forward and input gradient over runs in theirs, 64 and 128 rows.",
              ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",

@@ -109,8 +109,9 @@ inline int64_t run_len(DType dtype) {
 // Number of splits of a long reduction (split-K): enough blocks to fill the GPU, each split at
 // least `min_chunk` long; the partial sums are added in a fixed order, so results are
 // deterministic.
+constexpr int64_t kFillBlocks = 264;  // blocks that fill the GPU: 2 per SM of an H100 (132 SMs)
 inline int64_t reduction_splits(int64_t reduction, int64_t tiles, int64_t min_chunk = 512) {
-  const int64_t want = ceil_div(264, tiles > 0 ? tiles : 1);  // ~2 blocks per SM of an H100
+  const int64_t want = ceil_div(kFillBlocks, tiles > 0 ? tiles : 1);
   const int64_t most = ceil_div(reduction, min_chunk);
   const int64_t splits = want < most ? want : most;
   return splits < 1 ? 1 : splits;

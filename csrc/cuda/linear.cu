@@ -224,12 +224,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Rows a block of the forward or input gradient over runs takes (their A's rows are the
-// batch's): kWideRows (128) where the grid of 128-row blocks still has 264 of them (2 an SM of an
-// H100) and pads at most rows / 16 more rows than 64-row blocks do, so that each step's runs of
+// batch's): kWideRows (128) where the grid of 128-row blocks still has kFillBlocks (264: 2 an SM
+// of an H100) and pads at most rows / 16 more rows than 64-row blocks do, so that each step's runs of
 // the other operand feed twice the products; kBM elsewhere (small batches keep more blocks).
 int linear_rows(int64_t rows, int64_t cols) {
   const int64_t wide = ceil_div(rows, kWideRows);
-  const bool fills = wide * ceil_div(cols, kBN) >= 264;
+  const bool fills = wide * ceil_div(cols, kBN) >= kFillBlocks;
   const bool pads_little = wide * kWideRows - ceil_div(rows, kBM) * kBM <= rows / 16;
   return fills && pads_little ? kWideRows : kBM;
 }

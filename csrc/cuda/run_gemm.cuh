@@ -45,7 +45,8 @@ constexpr int kRunStages = 3;
 constexpr int kWideRows = 2 * kBM;
 
 // Where an operand tile of kRows rows / columns (64, or 128 for A's rows in the wide tiles)
-// keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T> (80 bytes); across k, as (k, o) rows of kRows + kRunLen<T> (144 bytes of a 16-bit type, 272 of
+// keeps its elements in one stage: along k, as (o, k) rows of kRunBK<T> + kRunLen<T> (80
+// bytes); across k, as (k, o) rows of kRows + kRunLen<T> (144 bytes of a 16-bit type, 272 of
 // Tf32, at 64). Both are whole 16-byte rows, and 16 rows are a multiple of 32 bytes, as wmma's
 // loads require; the extra run shifts consecutive rows across the shared-memory banks.
 template <typename T, bool kKMajor, int kRows = kBM>
