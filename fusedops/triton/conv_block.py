@@ -145,15 +145,23 @@ def conv_block_dw_configs(rows: int, cols: int, dtype: torch.dtype) -> dict:
 
 
 @triton.jit
-def _conv_rows(x_ptr, w_ptr, x_base, ih0, iw0, valid, c, col_ok, H, W, Cg, CHUNK, sxc, sxh, sxw,
-               KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr,
-               PRECISION: tl.constexpr, DOT: tl.constexpr, FMA: tl.constexpr, IDX: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CG_RUN: tl.constexpr,
-               ONE_CHUNK: tl.constexpr):
-    """``(BLOCK_M, BLOCK_N)`` conv sums: row ``i`` the conv position whose input window starts
-    at ``(ih0[i], iw0[i])`` of the image at ``x_base[i]`` (zero where ``valid[i]`` is off),
-    column ``j`` output channel ``c[j]``, reduced over ``K = Cg * KH * KW`` in the order and
-    chunks :func:`conv_block_fwd_kernel` describes (``CG_RUN``, ``CHUNK``, ``ONE_CHUNK``)."""
+def _conv_rows(x_ptr, w_ptr, x_base, ph, pw, tap, row_ok, c, col_ok, H, W, Cg, OH, OW, CHUNK, pt, pl, pph, ppw,
+               sxc, sxh, sxw, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+               DH: tl.constexpr, DW: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+               PDH: tl.constexpr, PDW: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, DOT: tl.constexpr,
+               FMA: tl.constexpr, IDX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, CG_RUN: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """``(acc, valid)``: ``(BLOCK_M, BLOCK_N)`` conv sums, row ``i`` at pool tap ``tap`` (one
+    for every row, or each row's own) of pooled output ``(ph[i], pw[i])`` of the image at
+    ``x_base[i]``, column ``j`` output channel ``c[j]``, reduced over ``K = Cg * KH * KW`` in the
+    order and chunks :func:`conv_block_fwd_kernel` describes (``CG_RUN``, ``CHUNK``,
+    ``ONE_CHUNK``); ``valid[i]``: the row is an output (``row_ok``) and its tap lies inside the
+    conv output (elsewhere the row's sums are 0)."""
+    oh = ph * PSH - pph + (tap // PKW) * PDH
+    ow = pw * PSW - ppw + (tap % PKW) * PDW
+    valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+    ih0 = oh * SH - pt
+    iw0 = ow * SW - pl
     if CG_RUN > 0:
         K = CG_RUN * (KH * KW)
     else:
@@ -191,7 +199,7 @@ def _conv_rows(x_ptr, w_ptr, x_base, ih0, iw0, valid, c, col_ok, H, W, Cg, CHUNK
                              other=0.0)
             part += matmul_tile(xv.to(DOT), wv.to(DOT), PRECISION, FMA).to(ACC)
         acc = part if ONE_CHUNK else acc + part
-    return acc
+    return acc, valid
 
 
 @triton.jit
@@ -300,12 +308,9 @@ def conv_block_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(b_ptr + c * sb, mask=col_ok, other=0.0).to(ACC)
     if TAP_ROWS:
-        oh = ph * PSH - pph + (tap // PKW) * PDH
-        ow = pw * PSW - ppw + (tap % PKW) * PDW
-        valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-        acc = _conv_rows(x_ptr, w_ptr, x_base, oh * SH - pt, ow * SW - pl, valid, c, col_ok, H, W, Cg, CHUNK,
-                         sxc, sxh, sxw, KH, KW, DH, DW, ACC, PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N, BLOCK_K,
-                         CG_RUN, ONE_CHUNK)
+        acc, valid = _conv_rows(x_ptr, w_ptr, x_base, ph, pw, tap, row_ok, c, col_ok, H, W, Cg, OH, OW, CHUNK, pt,
+                                pl, pph, ppw, sxc, sxh, sxw, KH, KW, SH, SW, DH, DW, PKW, PSH, PSW, PDH, PDW, ACC,
+                                PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N, BLOCK_K, CG_RUN, ONE_CHUNK)
         if HAS_BIAS:
             acc += bias[None, :]
         # ReLU (NaN kept); a tap outside the conv output never wins.
@@ -320,12 +325,9 @@ def conv_block_fwd_kernel(
         best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), ACC)
         where = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
         for t in range(0, PKH * PKW):
-            oh = ph * PSH - pph + (t // PKW) * PDH
-            ow = pw * PSW - ppw + (t % PKW) * PDW
-            valid = row_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
-            acc = _conv_rows(x_ptr, w_ptr, x_base, oh * SH - pt, ow * SW - pl, valid, c, col_ok, H, W, Cg, CHUNK,
-                             sxc, sxh, sxw, KH, KW, DH, DW, ACC, PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N,
-                             BLOCK_K, CG_RUN, ONE_CHUNK)
+            acc, valid = _conv_rows(x_ptr, w_ptr, x_base, ph, pw, t, row_ok, c, col_ok, H, W, Cg, OH, OW, CHUNK, pt,
+                                    pl, pph, ppw, sxc, sxh, sxw, KH, KW, SH, SW, DH, DW, PKW, PSH, PSW, PDH, PDW,
+                                    ACC, PRECISION, DOT, FMA, IDX, BLOCK_M, BLOCK_N, BLOCK_K, CG_RUN, ONE_CHUNK)
             if HAS_BIAS:
                 acc += bias[None, :]
             v = tl.where((acc > 0) | (acc != acc), acc, 0.0)
