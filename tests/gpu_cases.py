@@ -298,7 +298,8 @@ LINEAR_CONFIGS: List[LinearCase] = [
                purpose="CUDA: TF32 over runs of 4 features where 16-bit types take the tile GEMMs"),
     LinearCase("grid-stride 16400x64->1024 gelu", (16400, 64), 1024, "gelu", precisions=("bf16", "fp32"),
                scale_weight=True, purpose="CUDA: 16.8M elements: activation-gradient grid-stride loop runs twice; "
-                                              "the forward over runs in 128-row blocks (bf16)"),
+                                              "the forward over runs in 128-row blocks, the weight gradient in "
+                                              "128-feature blocks (bf16)"),
     LinearCase("grid-stride 64x4096->4100 silu", (64, 4096), 4100, "silu", precisions=("bf16", "fp32"),
                scale_weight=True, purpose="CUDA: 16.8M weight elements: the split-K sum's grid-stride loop runs twice"),
 ]
@@ -636,6 +637,18 @@ def _linear_rows(rows: int, cols: int) -> int:
     return 2 * c["kBM"] if fills and wide * 2 * c["kBM"] - _cdiv(rows, c["kBM"]) * c["kBM"] <= rows // 16 else c["kBM"]
 
 
+def _weight_grad_rows(rows: int, in_f: int, out_f: int) -> int:
+    """linear.cu weight_grad_rows: 128 output features a block of the weight gradient over runs
+    where that pads out_f no more than 64 do and the 128-row grid with its splits still has
+    split_blocks (264) blocks; else 64."""
+    c = CUDA_CONSTANTS
+    wide = 2 * c["kBM"]
+    if out_f <= c["kBM"] or _cdiv(out_f, wide) * wide != _cdiv(out_f, c["kBM"]) * c["kBM"]:
+        return c["kBM"]
+    tiles = _cdiv(out_f, wide) * _cdiv(in_f, c["kBN"])
+    return wide if tiles * _splits(rows, tiles, 1 << 62) >= c["split_blocks"] else c["kBM"]
+
+
 def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
     """What the CUDA launchers launch for ``case`` (forward and every gradient)."""
     c = CUDA_CONSTANTS
@@ -663,7 +676,10 @@ def cuda_linear_variants(case: LinearCase, precision: str) -> Set[str]:
         out |= _grid_stride("linear activation grad", rows * out_f)
     if case.bias:
         out.add(f"linear column sum<{t}>")
-    tiles = _cdiv(out_f, c["kBM"]) * _cdiv(in_f, c["kBN"])
+    dw_rows = _weight_grad_rows(rows, in_f, out_f) if grad_runs else c["kBM"]
+    if dw_rows > c["kBM"]:
+        out.add("linear weight grad runs: 128-row tiles")
+    tiles = _cdiv(out_f, dw_rows) * _cdiv(in_f, c["kBN"])
     out |= _split_labels(f"linear weight grad{grads}", rows, _splits(rows, tiles, 1 << 62),
                          _run_bk(precision) if grad_runs else c["kBK"])
     out |= _grid_stride("linear sum partials", out_f * in_f)
@@ -721,7 +737,8 @@ def cuda_required() -> Set[str]:
         "conv weight grad runs: one split-K slice", "conv weight grad runs: several split-K slices",
         "conv sum partials: grid-stride loop runs twice or more", "conv jvp: grid-stride loop runs twice or more",
         "linear forward: second M and N tiles", "linear forward runs: 128-row tiles",
-        "linear input grad runs: 128-row tiles", "linear activation grad: grid-stride loop runs twice or more",
+        "linear input grad runs: 128-row tiles", "linear weight grad runs: 128-row tiles",
+        "linear activation grad: grid-stride loop runs twice or more",
         "linear weight grad: one split-K slice", "linear weight grad: several split-K slices",
         "linear weight grad: an empty split-K slice", "linear sum partials: grid-stride loop runs twice or more",
         "linear weight grad runs: one split-K slice", "linear weight grad runs: several split-K slices",

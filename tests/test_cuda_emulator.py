@@ -92,12 +92,14 @@ def test_linear_kernels_match_products_in_double(tmp_path):
     assert "10 linear shapes and 3 activations, 0 failures" in out, out
     # float16 and bfloat16 on the six shapes with in features a multiple of 8 (16, 40, 72), TF32
     # on the seven with a multiple of 4 (also 100: a partial k step of 16), each in blocks of 64
-    # and of 128 rows (130 x 40 -> 7: two of 128, the second 2 rows; 260 x 40 -> 24: three, the
-    # third 4 rows); and linear_rows at its bounds
+    # and of 128 rows (130 x 40 -> 7: two of 128, the second 2 rows; 260 x 40 -> 104: three, the
+    # third 4 rows); and linear_rows and weight_grad_rows at their bounds
     assert "forward over runs: 19 shape and type pairs" in out, out
-    # and on the four with out features a multiple of 8 (and 4) too: 64 x 16 -> 64, 70 x 40 -> 24
-    # (a partial k step of the weight gradient), 100 x 72 -> 136 (partial tiles and steps) and
-    # 260 x 40 -> 24 (the input gradient in three 128-row blocks too)
+    # and on the four with out features a multiple of 8 (and 4) too, both gradients in blocks of
+    # 64 and 128 rows: 64 x 16 -> 64, 70 x 40 -> 24 (a partial k step of the weight gradient),
+    # 100 x 72 -> 136 (partial tiles and steps; the weight gradient's second 128-row block 8 rows)
+    # and 260 x 40 -> 104 (the input gradient in three 128-row blocks; the weight gradient's
+    # second 64-row half 40 rows)
     assert "gradients over runs: 12 shape and type pairs" in out, out
 
 

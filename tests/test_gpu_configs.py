@@ -188,7 +188,16 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                       r"const bool runs = kTensorCores<T> && cc_major >= 8 && in_f % kRunLen<T> == 0 && "
                       r"out_f % kRunLen<T> == 0 &&\s+aligned\(dz\);", r"if \(runs && aligned\(w\)\) \{",
                       r"const bool dw_runs = runs && aligned\(x\);",
-                      r"reduction_splits\(rows, ceil_div\(out_f, kBM\) \* ceil_div\(in_f, kBN\)\)",
+                      r"reduction_splits\(rows, ceil_div\(out_f, tile\) \* ceil_div\(in_f, kBN\)\)",
+                      r"if \(out_f <= kBM \|\| ceil_div\(out_f, kWideRows\) \* kWideRows != "
+                      r"ceil_div\(out_f, kBM\) \* kBM\) return kBM;",
+                      r"const int64_t tiles = ceil_div\(out_f, kWideRows\) \* ceil_div\(in_f, kBN\);",
+                      r"return tiles \* weight_grad_splits\(rows, in_f, out_f, kWideRows\) >= kFillBlocks "
+                      r"\? kWideRows : kBM;",
+                      r"const int tile = dw_runs \? weight_grad_rows\(rows, in_f, out_f\) : kBM;",
+                      r"const int64_t splits = weight_grad_splits\(rows, in_f, out_f, tile\);",
+                      r"const auto kernel = tile == kWideRows \? linear_weight_grad_runs_kernel<T, kWideRows>\s+"
+                      r": linear_weight_grad_runs_kernel<T, kBM>;",
                       r"const int64_t step = dw_runs \? kRunBK<T> : kBK;",
                       r"ceil_div\(ceil_div\(rows, splits\), step\) \* step", r"grid_for\(rows \* out_f\)",
                       r"grid_for\(out_f \* in_f\)",

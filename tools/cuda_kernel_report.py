@@ -81,8 +81,9 @@ class Kernel:
     def label(self) -> str:
         """The report's name for it: the template, with the tile's rows where a kernel comes in
         several (``conv_pool_runs_kernel, 128 rows``; conv_grads_runs_kernel: its weight
-        gradient's; the linear forward and input gradient over runs)."""
-        m = re.search(r"(?:conv_(?:pool|grads)|linear_(?:forward|input_grad))_runs_kernel<[^<>]*, (\d+)>", self.name)
+        gradient's; the linear forward and both gradients over runs)."""
+        m = re.search(r"(?:conv_(?:pool|grads)|linear_(?:forward|input_grad|weight_grad))_runs_kernel<[^<>]*, (\d+)>",
+                      self.name)
         return f"{self.template}, {m.group(1)} rows" if m else self.template
 
     @property
@@ -397,7 +398,8 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "division rule only).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
              "the conv forward and weight gradient over runs in their two tiles, 64 and 128 output channels a",
-             "block, and the linear forward and input gradient over runs in theirs, 64 and 128 rows.",
+             "block, and the linear kernels over runs in theirs, 64 and 128 rows (the weight gradient's: out",
+             "features).",
              ""]
     for arch, kernels in sorted(results.items(), reverse=True):
         lines += [f"## sm_{arch}", "",

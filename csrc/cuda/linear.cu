@@ -9,7 +9,8 @@
 // dx = dz @ w (a GEMM), dw = dz^T @ x (a GEMM over the rows, split in chunks whose partial sums
 // are added in a fixed order) and db = column sums of dz (split over blocks whose partial sums
 // are added in a fixed order). Both GEMMs run over 16-byte runs for fp16/bf16 and TF32 with in
-// and out features multiples of a run on sm_80+. Deterministic.
+// and out features multiples of a run on sm_80+, in blocks of 128 rows (dx: batch rows; dw: out
+// features) where those still fill the GPU (linear_rows, weight_grad_rows). Deterministic.
 // The activation formulas are those of fusedops/ops/linear.py.
 
 #include "run_gemm.cuh"
@@ -185,22 +186,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<T>)
 }
 
 // The same over 16-byte runs (run_gemm.cuh), under linear_input_grad_runs_kernel's conditions:
-// both operands' rows are runs across k (A stored (k, m), B (k, n)).
-template <typename T>
+// both operands' rows are runs across k (A stored (k, m), B (k, n)). Blocks of kRows output
+// features: 64, or 128 where that pads out_f no more and the grid still fills the GPU
+// (weight_grad_rows), one KMajorRunLoader of dz a 64-feature block.
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kThreads, 2)
     linear_weight_grad_runs_kernel(int64_t rows, int64_t in_f, int64_t out_f, const T* __restrict__ dz,
                                    const T* __restrict__ x, int64_t chunk, typename Num<T>::Acc* __restrict__ part) {
-  __shared__ RunSmem<T> s;
+  __shared__ RunSmem<T, kRows> s;
   const int64_t split = blockIdx.z, k0 = split * chunk, k1 = min(rows, k0 + chunk);
-  const int64_t m0 = blockIdx.y * int64_t(kBM), n0 = blockIdx.x * int64_t(kBN);
-  KMajorRunLoader<T> la(dz, out_f, m0, out_f, k0, k1, threadIdx.x);
+  const int64_t m0 = blockIdx.y * int64_t(kRows), n0 = blockIdx.x * int64_t(kBN);
   KMajorRunLoader<T> lb(x, in_f, n0, in_f, k0, k1, threadIdx.x);
-  run_gemm<T, true, true>([&] { return la.src(); }, [&] { return lb.src(); },
-                          [&] {
-                            la.next();
-                            lb.next();
-                          },
-                          k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0, s);
+  run_gemm_row_blocks<T, true, true, kRows>(
+      [&](int i) { return KMajorRunLoader<T>(dz, out_f, m0 + i * kBM, out_f, k0, k1, threadIdx.x); },
+      [&] { return lb.src(); }, [&] { lb.next(); }, k0 < k1 ? ceil_div(k1 - k0, kRunBK<T>) : 0, s);
   store_partial(s, out_f, in_f, m0, n0, part + split * out_f * in_f);
 }
 
@@ -234,8 +233,23 @@ int linear_rows(int64_t rows, int64_t cols) {
   return fills && pads_little ? kWideRows : kBM;
 }
 
-int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f) {
-  return reduction_splits(rows, ceil_div(out_f, kBM) * ceil_div(in_f, kBN));
+// Reduction splits of the weight gradient in blocks of `tile` output features (2 blocks an SM
+// of an H100; reduction_splits). Fewer features a block give no more splits than more.
+int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f, int tile = kBM) {
+  return reduction_splits(rows, ceil_div(out_f, tile) * ceil_div(in_f, kBN));
+}
+
+// Output features a block of the weight gradient over runs takes (its A's rows, dz's columns):
+// kWideRows (128) where that pads out_f to no more rows than kBM (64) does, as the conv's
+// run_rows, and the 128-row grid with its splits still has kFillBlocks (264) blocks, so that
+// each step's runs of x feed twice the products; kBM elsewhere (small problems keep more
+// blocks). The price: up to twice the splits, so up to twice the partial sums written and
+// added (splits x out_f x in_f floats), against a third fewer instructions a tensor-core
+// product in the main loop (benchmarks/cuda-sm90.md).
+int weight_grad_rows(int64_t rows, int64_t in_f, int64_t out_f) {
+  if (out_f <= kBM || ceil_div(out_f, kWideRows) * kWideRows != ceil_div(out_f, kBM) * kBM) return kBM;
+  const int64_t tiles = ceil_div(out_f, kWideRows) * ceil_div(in_f, kBN);
+  return tiles * weight_grad_splits(rows, in_f, out_f, kWideRows) >= kFillBlocks ? kWideRows : kBM;
 }
 
 }  // namespace
@@ -271,9 +285,12 @@ cudaError_t linear_forward(DType dtype, Act act, int64_t rows, int64_t in_f, int
 size_t linear_backward_workspace(DType dtype, Act act, int64_t rows, int64_t in_f, int64_t out_f, bool need_dw,
                                  bool need_db) {
   size_t bytes = act == Act::None ? 0 : (static_cast<size_t>(rows * out_f) * elem_bytes(dtype) + 255) / 256 * 256;
-  if (need_dw)
-    bytes += (static_cast<size_t>(weight_grad_splits(rows, in_f, out_f) * out_f * in_f) * acc_bytes(dtype) + 255) /
-             256 * 256;
+  if (need_dw) {  // the most splits the launcher may take: with weight_grad_rows a block where runs may apply
+    const int64_t len = run_len(dtype);
+    const int tile = len > 0 && in_f % len == 0 && out_f % len == 0 ? weight_grad_rows(rows, in_f, out_f) : kBM;
+    bytes += (static_cast<size_t>(weight_grad_splits(rows, in_f, out_f, tile) * out_f * in_f) * acc_bytes(dtype) +
+              255) / 256 * 256;
+  }
   const int64_t bias_splits = channel_sum_splits(rows, out_f);
   if (need_db && bias_splits > 1) bytes += static_cast<size_t>(bias_splits * out_f) * acc_bytes(dtype);
   return bytes;
@@ -319,17 +336,19 @@ cudaError_t linear_backward(DType dtype, Act act, int64_t rows, int64_t in_f, in
     }
     if (dw) {
       Acc* part = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + used);
-      const int64_t splits = weight_grad_splits(rows, in_f, out_f);
-      used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
       const bool dw_runs = runs && aligned(x);
+      const int tile = dw_runs ? weight_grad_rows(rows, in_f, out_f) : kBM;
+      const int64_t splits = weight_grad_splits(rows, in_f, out_f, tile);
+      used += (static_cast<size_t>(splits * out_f * in_f) * sizeof(Acc) + 255) / 256 * 256;
       const int64_t step = dw_runs ? kRunBK<T> : kBK;  // whole k steps a split
       const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
-      const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, kBM)),
+      const dim3 grid(static_cast<unsigned>(ceil_div(in_f, kBN)), static_cast<unsigned>(ceil_div(out_f, tile)),
                       static_cast<unsigned>(splits));
       if (dw_runs) {
         if constexpr (kTensorCores<T>) {
-          linear_weight_grad_runs_kernel<T><<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz,
-                                                                           static_cast<const T*>(x), chunk, part);
+          const auto kernel = tile == kWideRows ? linear_weight_grad_runs_kernel<T, kWideRows>
+                                                : linear_weight_grad_runs_kernel<T, kBM>;
+          kernel<<<grid, kThreads, 0, stream>>>(rows, in_f, out_f, dz, static_cast<const T*>(x), chunk, part);
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }
       } else {

@@ -3,7 +3,7 @@
 // the input gradient and the weight gradient over several split-K counts, for every element
 // type, over shapes with partial tiles in every dimension (for float16/bfloat16 and TF32 also
 // over 16-byte runs: the forward where in features are a multiple of a run, 8 / 4, the gradients
-// where in and out features are; the forward and input gradient in blocks of 64 and 128 rows);
+// where in and out features are; all three in blocks of 64 and 128 rows);
 // and the smooth activations (gelu, gelu_tanh, silu) of the forward's epilogue and of the
 // gradient pass against their formulas in double, tails included. Built and run by
 // tests/test_cuda_emulator.py; exit status 1 on failure.
@@ -81,14 +81,16 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
       }
   };
 
-  // weight gradient by `kernel`, split-K partial sums (chunks of whole steps of `step` rows),
-  // added here
-  splits_list.push_back(weight_grad_splits(rows, in_f, out_f));  // the launcher's choice
-  const auto check_weight_grad = [&](const std::string& which, int64_t step, auto&& kernel) {
-    for (int64_t splits : splits_list) {
+  // weight gradient by `kernel` in blocks of `tile_rows` output features, split-K partial sums
+  // (chunks of whole steps of `step` rows), added here; the splits of splits_list and the
+  // launcher's choice for the tile
+  const auto check_weight_grad = [&](const std::string& which, int tile_rows, int64_t step, auto&& kernel) {
+    std::vector<int64_t> counts = splits_list;
+    counts.push_back(weight_grad_splits(rows, in_f, out_f, tile_rows));
+    for (int64_t splits : counts) {
       const int64_t chunk = ceil_div(ceil_div(rows, splits), step) * step;
       std::vector<Acc> part(splits * out_f * in_f, Acc(NAN));
-      const dim3 grid(unsigned(ceil_div(in_f, kBN)), unsigned(ceil_div(out_f, kBM)), unsigned(splits));
+      const dim3 grid(unsigned(ceil_div(in_f, kBN)), unsigned(ceil_div(out_f, tile_rows)), unsigned(splits));
       launch_both_orders(what + which, grid, [&] { kernel(rows, in_f, out_f, dz.data(), x.data(), chunk, part.data()); },
                          part);
       for (int64_t o = 0; o < out_f; ++o)
@@ -107,15 +109,17 @@ void check_shape(int64_t rows, int64_t in_f, int64_t out_f, std::vector<int64_t>
   };
 
   check_input_grad(" input gradient", kBM, [](auto... a) { linear_input_grad_kernel<T>(a...); });
-  check_weight_grad(" weight gradient", kBK, [](auto... a) { linear_weight_grad_kernel<T>(a...); });
+  check_weight_grad(" weight gradient", kBM, kBK, [](auto... a) { linear_weight_grad_kernel<T>(a...); });
   if constexpr (kTensorCores<T>) {
     if (in_f % kRunLen<T> == 0 && out_f % kRunLen<T> == 0) {  // linear_backward's choice on sm_80+ (aligned here)
       check_input_grad(" input gradient over runs", kBM,
                        [](auto... a) { linear_input_grad_runs_kernel<T, kBM>(a...); });
       check_input_grad(" input gradient over runs, 128-row blocks", kWideRows,
                        [](auto... a) { linear_input_grad_runs_kernel<T, kWideRows>(a...); });
-      check_weight_grad(" weight gradient over runs", kRunBK<T>,
-                        [](auto... a) { linear_weight_grad_runs_kernel<T>(a...); });
+      check_weight_grad(" weight gradient over runs", kBM, kRunBK<T>,
+                        [](auto... a) { linear_weight_grad_runs_kernel<T, kBM>(a...); });
+      check_weight_grad(" weight gradient over runs, 128-row blocks", kWideRows, kRunBK<T>,
+                        [](auto... a) { linear_weight_grad_runs_kernel<T, kWideRows>(a...); });
       ++grad_run_checks;
     }
   }
@@ -202,7 +206,7 @@ void check_activations() {
 
 int main() {
   const int64_t shapes[][3] = {{1, 1, 1},     {5, 17, 3},     {64, 16, 64}, {70, 33, 65}, {130, 40, 7},
-                               {33, 100, 130}, {70, 72, 130}, {70, 40, 24}, {100, 72, 136}, {260, 40, 24}};
+                               {33, 100, 130}, {70, 72, 130}, {70, 40, 24}, {100, 72, 136}, {260, 40, 104}};
   for (const auto& s : shapes) {
     check_shape<float>(s[0], s[1], s[2], {1, 3, 20});
     check_shape<double>(s[0], s[1], s[2], {2});
@@ -224,6 +228,26 @@ int main() {
     if (linear_rows(t[0], t[1]) != t[2])
       fail("linear_rows(" + std::to_string(t[0]) + ", " + std::to_string(t[1]) + ") = " +
            std::to_string(linear_rows(t[0], t[1])) + ", want " + std::to_string(t[2]));
+  // weight_grad_rows: 128 output features a block where that pads out_f no more than 64 do and
+  // the 128-row grid with its splits still has 264 blocks (rows, in_f, out_f, want).
+  const int64_t dw_tiles[][4] = {{1, 64 * 264, 128, kWideRows},     {1, 64 * 263, 128, kBM},
+                                 {135168, 64, 128, kWideRows},      {134656, 64, 128, kBM},
+                                 {1, 64 * 264, 65, kWideRows},      {1 << 20, 1 << 20, 64, kBM},
+                                 {1 << 20, 1 << 20, 130, kBM},      {1 << 20, 1 << 20, 192, kBM},
+                                 {16400, 64, 1024, kWideRows}};
+  for (const auto& t : dw_tiles)
+    if (weight_grad_rows(t[0], t[1], t[2]) != t[3])
+      fail("weight_grad_rows(" + std::to_string(t[0]) + ", " + std::to_string(t[1]) + ", " + std::to_string(t[2]) +
+           ") = " + std::to_string(weight_grad_rows(t[0], t[1], t[2])) + ", want " + std::to_string(t[3]));
+  // linear_backward_workspace sizes the partial sums for weight_grad_rows' blocks, which the
+  // launcher falls back from to 64 (x not 16-byte aligned): 64-row blocks never take more splits.
+  for (int64_t rows : {1, 511, 512, 513, 4096, 33000, 135168, 1 << 20})
+    for (int64_t in_f : {8, 64, 72, 1000, 4096, 16896})
+      for (int64_t out_f : {8, 64, 65, 128, 136, 1024, 4104})
+        if (weight_grad_splits(rows, in_f, out_f, kBM) >
+            weight_grad_splits(rows, in_f, out_f, weight_grad_rows(rows, in_f, out_f)))
+          fail("weight_grad_splits(" + std::to_string(rows) + ", " + std::to_string(in_f) + ", " +
+               std::to_string(out_f) + "): more splits in 64-row blocks than in weight_grad_rows'");
   std::printf("forward over runs: %d shape and type pairs\n", run_checks);
   std::printf("gradients over runs: %d shape and type pairs\n", grad_run_checks);
   std::printf("%zu linear shapes and 3 activations, %d failures\n", sizeof(shapes) / sizeof(shapes[0]), failures);
