@@ -531,6 +531,39 @@ int check_pooled_runs_geometries(int count) {
 
 }  // namespace
 
+// FastDivisor's quotient and remainder against the division operators: every divisor up to
+// 4096 and 2000 random ones up to 2^62 (powers of two and their neighbours among them), each at
+// dividends around multiples of it (q d - 1, q d, q d + 1 for small and large q), 0, small
+// values, random ones and the largest, 2^63 - 1. Returns the divisors checked.
+int check_fast_divisors() {
+  std::mt19937_64 gen(11);
+  std::vector<int64_t> divisors;
+  for (int64_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int b = 12; b < 63; ++b)
+    for (int64_t e : {-1, 0, 1}) divisors.push_back((int64_t(1) << b) + e);
+  for (int i = 0; i < 2000; ++i) divisors.push_back(int64_t(gen() >> (2 + gen() % 60)) + 1);
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  for (const int64_t d : divisors) {
+    const FastDivisor f(d);
+    std::vector<int64_t> ns = {0, 1, 2, d - 1, d, d + 1, kMax, kMax - 1, kMax - d + 1};
+    for (int64_t q : {int64_t(2), int64_t(3), int64_t(1000), int64_t(1) << 20, int64_t(1) << 40, kMax / d - 1,
+                      kMax / d})
+      if (q >= 0 && q <= kMax / d)
+        for (int64_t e : {-1, 0, 1})
+          if (q * d + e >= 0 && (e <= 0 || q * d <= kMax - e)) ns.push_back(q * d + e);
+    for (int i = 0; i < 40; ++i) ns.push_back(int64_t(gen() >> (1 + gen() % 63)));
+    for (const int64_t n : ns) {
+      if (n < 0) continue;
+      int64_t rem = -1;
+      const int64_t q = f.divmod(n, rem);
+      if (q != n / d || rem != n % d)
+        fail("FastDivisor(" + std::to_string(d) + "): " + std::to_string(n) + " -> " + std::to_string(q) + " r " +
+             std::to_string(rem) + ", want " + std::to_string(n / d) + " r " + std::to_string(n % d));
+    }
+  }
+  return static_cast<int>(divisors.size());
+}
+
 int main() {
   struct Case {
     const char* name;
@@ -572,8 +605,9 @@ int main() {
   const int axes = check_axis_phases();
   const int runs = check_input_grad_runs_geometries(300);
   const int forwards = check_pooled_runs_geometries(300);
+  const int divisors = check_fast_divisors();
   std::printf("%d conv geometries, %d tiles checked, %d stride-phase axes, %d input gradients over runs, "
-              "%d forward inputs over runs, %d failures\n",
-              convs, tiles, axes, runs, forwards, failures);
+              "%d forward inputs over runs, %d fast divisors, %d failures\n",
+              convs, tiles, axes, runs, forwards, divisors, failures);
   return failures ? 1 : 0;
 }

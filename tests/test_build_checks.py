@@ -128,6 +128,10 @@ def test_the_gemm_kernels_rules():
     assert cuda_kernel_report.violations(kernel(double, div64=1)) == ["1 64-bit divisions in loops"]
     jvp = gemm.replace("conv_pool_gemm_kernel", "jvp_kernel")
     assert cuda_kernel_report.violations(kernel(jvp, registers=250, div64=5, barriers=None)) == []
+    # The un-pool: the division rule alone, in every dtype.
+    unpool = gemm.replace("conv_pool_gemm_kernel", "unpool_kernel")
+    assert cuda_kernel_report.violations(kernel(unpool, registers=250, stack=300, barriers=None)) == []
+    assert cuda_kernel_report.violations(kernel(unpool, div64=31, barriers=None)) == ["31 64-bit divisions in loops"]
 
 
 def test_the_report_keeps_the_forward_over_runs_two_tiles_apart():
@@ -137,6 +141,8 @@ def test_the_report_keeps_the_forward_over_runs_two_tiles_apart():
     wide = cuda_kernel_report.Kernel(name.format(128), registers=128, stack=176, ptx=facts, main_loop_sass=187)
     narrow = cuda_kernel_report.Kernel(name.format(64), registers=124, ptx=facts, main_loop_sass=134)
     assert (wide.label, narrow.label) == ("conv_pool_runs_kernel, 128 rows", "conv_pool_runs_kernel, 64 rows")
+    dw = name.replace("conv_pool_runs_kernel", "linear_weight_grad_runs_kernel").replace(", signed char", "")
+    assert cuda_kernel_report.Kernel(dw.format(128)).label == "linear_weight_grad_runs_kernel, 128 rows"
     rows = cuda_kernel_report.summarize([wide, narrow])
     assert [(r[0], r[2], r[3], r[8]) for r in rows] == [("conv_pool_runs_kernel, 128 rows", 128, 176, 187),
                                                          ("conv_pool_runs_kernel, 64 rows", 124, 0, 134)]

@@ -11,7 +11,9 @@ that the run loader of that input gradient (InputGradRunLoader), over the blocks
 input_grad_phase_grid counts, computes a direct convolution's input gradient on 300 random
 geometries; and that the conv forward's run loader of the input (PooledRunLoader) names the
 input's run of every k step at every conv position of 300 random geometries and of one whose
-last element lies 2^31 - 1 elements from its first (the largest image its 32-bit offsets take).
+last element lies 2^31 - 1 elements from its first (the largest image its 32-bit offsets take);
+and that FastDivisor (division by a multiply, the un-pool's index arithmetic) divides exactly
+over divisors and dividends up to 2^63 - 1.
 """
 
 import os
@@ -42,3 +44,5 @@ def test_every_loader_fetches_its_operands_elements(tmp_path):
     assert "4900 stride-phase axes" in run.stdout, run.stdout  # 7 strides x 4 dilations x 5 pads x 7 kernels x 5 sizes
     assert "300 input gradients over runs" in run.stdout, run.stdout
     assert "301 forward inputs over runs" in run.stdout, run.stdout  # 300 random geometries, rows 2^31 apart
+    # every divisor up to 4096, the powers of two from 2^12 to 2^62 and their neighbours, 2000 random ones
+    assert "6249 fast divisors" in run.stdout, run.stdout

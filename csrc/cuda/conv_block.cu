@@ -319,34 +319,50 @@ __global__ void __launch_bounds__(kThreads, 2)
   });
 }
 
+// The divisors of unpool_kernel's index arithmetic, built by the launcher: with them the
+// kernel divides nothing (FastDivisor), where 64-bit divisions had made it compute-bound.
+struct UnpoolDivisors {
+  FastDivisor cout, oh, ow, psh, psw, pdh, pdw;
+  explicit UnpoolDivisors(const Geometry& g)
+      : cout(g.Cout), oh(g.OH), ow(g.OW), psh(g.psh), psw(g.psw), pdh(g.pdh), pdw(g.pdw) {}
+};
+
 // dconv[n][c][r][col] = sum of the pooled gradients whose window max is at (r, col); dconv
 // contiguous as (N, Cout, OH, OW), or with kChannelsLast as (N, OH, OW, Cout) (the channel-run
-// backward's operand, whose runs are kRunLen<T> channels).
+// backward's operand, whose runs are kRunLen<T> channels). One element a thread and pass: its
+// flat index split into (n, c, r, col), then the pooled outputs whose windows can hold (r, col)
+// (one for a pool whose stride is its window), each compared by its saved offset.
 template <typename T, typename OffT, bool kChannelsLast>
-__global__ void unpool_kernel(Geometry g, const T* __restrict__ go, Strides4 gs, const OffT* __restrict__ off,
-                              Strides4 os, T* __restrict__ dconv) {
+__global__ void unpool_kernel(Geometry g, UnpoolDivisors dv, const T* __restrict__ go, Strides4 gs,
+                              const OffT* __restrict__ off, Strides4 os, T* __restrict__ dconv) {
   using Acc = typename Num<T>::Acc;
   const int64_t total = g.N * g.Cout * g.OH * g.OW;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n, c, r, col;
-    if constexpr (kChannelsLast) {
-      c = i % g.Cout, col = (i / g.Cout) % g.OW, r = (i / (g.Cout * g.OW)) % g.OH, n = i / (g.Cout * g.OW * g.OH);
-    } else {
-      col = i % g.OW, r = (i / g.OW) % g.OH, c = (i / (g.OW * g.OH)) % g.Cout, n = i / (g.OW * g.OH * g.Cout);
+    if constexpr (kChannelsLast) {  // i = ((n * OH + r) * OW + col) * Cout + c
+      const int64_t pixel = dv.cout.divmod(i, c);
+      n = dv.oh.divmod(dv.ow.divmod(pixel, col), r);
+    } else {  // i = ((n * Cout + c) * OH + r) * OW + col
+      const int64_t plane = dv.oh.divmod(dv.ow.divmod(i, col), r);
+      n = dv.cout.divmod(plane, c);
     }
-    // pooled rows ph whose window rows ph*psh - pph + th*pdh (th < PKH) can be r
-    const int64_t lo_h = r + g.pph - (g.PKH - 1) * g.pdh, lo_w = col + g.ppw - (g.PKW - 1) * g.pdw;
-    const int64_t ph0 = lo_h <= 0 ? 0 : ceil_div(lo_h, g.psh), pw0 = lo_w <= 0 ? 0 : ceil_div(lo_w, g.psw);
-    const int64_t ph1 = min((r + g.pph) / g.psh, g.PH - 1), pw1 = min((col + g.ppw) / g.psw, g.PW - 1);
+    // pooled rows ph whose window rows ph*psh - pph + th*pdh (th < PKH) can be r:
+    // r + pph - (PKH - 1)*pdh <= ph*psh <= r + pph; the columns alike
+    const int64_t top = r + g.pph, left = col + g.ppw;
+    const int64_t lo_h = top - (g.PKH - 1) * g.pdh, lo_w = left - (g.PKW - 1) * g.pdw;
+    const int64_t ph0 = lo_h <= 0 ? 0 : dv.psh.div(lo_h + g.psh - 1), pw0 = lo_w <= 0 ? 0 : dv.psw.div(lo_w + g.psw - 1);
+    const int64_t ph1 = min(dv.psh.div(top), g.PH - 1), pw1 = min(dv.psw.div(left), g.PW - 1);
     Acc sum = Acc(0);
     for (int64_t ph = ph0; ph <= ph1; ++ph) {
-      const int64_t dy = r + g.pph - ph * g.psh;
-      if (dy % g.pdh != 0) continue;
+      int64_t th_rem;
+      const int64_t th = dv.pdh.divmod(top - ph * g.psh, th_rem);  // the window row r is, if a whole one
+      if (th_rem != 0) continue;
       for (int64_t pw = pw0; pw <= pw1; ++pw) {
-        const int64_t dx = col + g.ppw - pw * g.psw;
-        if (dx % g.pdw != 0) continue;
+        int64_t tw_rem;
+        const int64_t tw = dv.pdw.divmod(left - pw * g.psw, tw_rem);
+        if (tw_rem != 0) continue;
         const int64_t o = off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]];
-        if (o == (dy / g.pdh) * g.PKW + dx / g.pdw) sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
+        if (o == th * g.PKW + tw) sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
       }
     }
     dconv[i] = Num<T>::from_acc(sum);
@@ -928,11 +944,13 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       if (dx || dw) {
         if (runs) {
           if constexpr (kTensorCores<T>) {
-            unpool_kernel<T, OffT, true><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
+            unpool_kernel<T, OffT, true>
+                <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g), go, gs, op, os, dconv);
             if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
           }
         } else {
-          unpool_kernel<T, OffT, false><<<grid_for(conv_elems), kThreads, 0, stream>>>(g, go, gs, op, os, dconv);
+          unpool_kernel<T, OffT, false>
+              <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g), go, gs, op, os, dconv);
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }
       }

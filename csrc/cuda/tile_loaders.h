@@ -74,6 +74,42 @@ FUSEDOPS_HD void add(Digits& a, const Digits& s, int r1, int r2) {
   a.hi += s.hi + carry;
 }
 
+// Division by a divisor fixed at launch, as a multiply (Granlund and Montgomery, "Division by
+// invariant integers using multiplication", 1994, section 4): for 0 <= n < 2^63,
+//   floor(n / d) = (mulhi64(n, m) + n) >> s,  s = ceil(log2 d),  m = floor(2^64 (2^s - d) / d) + 1,
+// their round-up method, whose sum cannot overflow since n < 2^63. On an NVIDIA GPU a 64-bit
+// integer division is a called routine of about 70 instructions; this is a high multiply, an
+// add and a shift. Built on the host (the launcher), used by the grid-stride kernels whose
+// every element decomposes a flat index.
+struct FastDivisor {
+  uint64_t magic = 1;
+  int shift = 0;
+  int64_t d = 1;
+
+  FastDivisor() = default;
+  explicit FastDivisor(int64_t divisor) : d(divisor) {  // divisor >= 1
+    while ((uint64_t(1) << shift) < static_cast<uint64_t>(d)) ++shift;
+    const unsigned __int128 excess = (uint64_t(1) << shift) - static_cast<uint64_t>(d);
+    magic = static_cast<uint64_t>((excess << 64) / static_cast<uint64_t>(d)) + 1;
+  }
+  // floor(n / d) for 0 <= n < 2^63.
+  FUSEDOPS_HD int64_t div(int64_t n) const {
+    const uint64_t u = static_cast<uint64_t>(n);
+#if defined(__CUDA_ARCH__)
+    const uint64_t hi = __umul64hi(u, magic);
+#else
+    const uint64_t hi = static_cast<uint64_t>((static_cast<unsigned __int128>(u) * magic) >> 64);
+#endif
+    return static_cast<int64_t>((hi + u) >> shift);
+  }
+  // n = q * d + rem, 0 <= rem < d, for 0 <= n < 2^63: returns q.
+  FUSEDOPS_HD int64_t divmod(int64_t n, int64_t& rem) const {
+    const int64_t q = div(n);
+    rem = n - q * d;
+    return q;
+  }
+};
+
 // 0 <= v < size for a side of an image, a conv output or a pool window's reach: the bindings
 // keep them below 2^31 (checked_conv_geometry), so one unsigned 32-bit comparison says it
 // (a negative v is a large unsigned one).

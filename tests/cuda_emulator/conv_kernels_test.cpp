@@ -312,12 +312,13 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
       const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
       want[j] += to_double(go[i]), scale[j] += std::fabs(to_double(go[i]));
     }
-    const dim3 grid(unsigned(ceil_div(int64_t(want.size()), int64_t(kThreads))));
-    for (bool cl : {false, true}) {
+    // an element a thread, and 3 blocks whose threads stride over the rest (the grid-stride loop)
+    const unsigned one_pass = unsigned(ceil_div(int64_t(want.size()), int64_t(kThreads)));
+    for (const auto& [cl, blocks] : {std::pair{false, one_pass}, {true, one_pass}, {false, 3u}, {true, 3u}}) {
       std::vector<T> got(want.size(), from_double<T>(12345.0));
-      launch_both_orders(what + " un-pool", grid, [&] {
-        if (cl) unpool_kernel<T, int32_t, true>(g, go.data(), ps, off.data(), ps, got.data());
-        else unpool_kernel<T, int32_t, false>(g, go.data(), ps, off.data(), ps, got.data());
+      launch_both_orders(what + " un-pool, " + std::to_string(blocks) + " blocks", dim3(blocks), [&] {
+        if (cl) unpool_kernel<T, int32_t, true>(g, UnpoolDivisors(g), go.data(), ps, off.data(), ps, got.data());
+        else unpool_kernel<T, int32_t, false>(g, UnpoolDivisors(g), go.data(), ps, off.data(), ps, got.data());
       }, got);
       int bad = 0;
       for (int64_t n = 0; n < g.N; ++n)
@@ -327,7 +328,8 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
               const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
               const int64_t at = cl ? ((n * g.OH + r) * g.OW + col) * g.Cout + co : j;
               if (!close<T>(to_double(got[at]), want[j], scale[j]) && bad++ < 5)
-                fail(what + (cl ? " un-pool channels_last [" : " un-pool [") + std::to_string(j) + "] " +
+                fail(what + (cl ? " un-pool channels_last, " : " un-pool, ") + std::to_string(blocks) + " blocks [" +
+                     std::to_string(j) + "] " +
                      std::to_string(to_double(got[at])) + ", want " + std::to_string(want[j]));
             }
     }
