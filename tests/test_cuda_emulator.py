@@ -89,18 +89,19 @@ def test_conv_kernels_match_a_direct_convolution(tmp_path):
 
 def test_linear_kernels_match_products_in_double(tmp_path):
     out = _build_and_run(tmp_path, "linear_kernels_test", "linear_kernels.inc", "linear.cu", "linear_forward")
-    assert "10 linear shapes and 3 activations, 0 failures" in out, out
+    assert "11 linear shapes and 3 activations, 0 failures" in out, out
     # float16 and bfloat16 on the six shapes with in features a multiple of 8 (16, 40, 72), TF32
     # on the seven with a multiple of 4 (also 100: a partial k step of 16), each in blocks of 64
     # and of 128 rows (130 x 40 -> 7: two of 128, the second 2 rows; 260 x 40 -> 104: three, the
     # third 4 rows); and linear_rows and weight_grad_rows at their bounds
-    assert "forward over runs: 19 shape and type pairs" in out, out
-    # and on the four with out features a multiple of 8 (and 4) too, both gradients in blocks of
+    assert "forward over runs: 22 shape and type pairs" in out, out
+    # and on the five with out features a multiple of 8 (and 4) too, both gradients in blocks of
     # 64 and 128 rows: 64 x 16 -> 64, 70 x 40 -> 24 (a partial k step of the weight gradient),
-    # 100 x 72 -> 136 (partial tiles and steps; the weight gradient's second 128-row block 8 rows)
-    # and 260 x 40 -> 104 (the input gradient in three 128-row blocks; the weight gradient's
-    # second 64-row half 40 rows)
-    assert "gradients over runs: 12 shape and type pairs" in out, out
+    # 100 x 72 -> 136 (partial tiles and steps; the weight gradient's second 128-row block 8 rows),
+    # 260 x 40 -> 104 (the input gradient in three 128-row blocks; the weight gradient's second
+    # 64-row half 40 rows) and 70 x 40 -> 264 (the weight gradient in three 128-row blocks, the
+    # third 8 rows: blocks placed 64 rows apart would leave rows 256.. unwritten)
+    assert "gradients over runs: 15 shape and type pairs" in out, out
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):

@@ -195,6 +195,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                       r"return tiles \* weight_grad_splits\(rows, in_f, out_f, kWideRows\) >= kFillBlocks "
                       r"\? kWideRows : kBM;",
                       r"const int tile = dw_runs \? weight_grad_rows\(rows, in_f, out_f\) : kBM;",
+                      # the workspace, sized for the tile the launcher may take
+                      r"const int tile = len > 0 && in_f % len == 0 && out_f % len == 0 \? "
+                      r"weight_grad_rows\(rows, in_f, out_f\) : kBM;",
+                      r"weight_grad_splits\(rows, in_f, out_f, tile\) \* out_f \* in_f\) \* acc_bytes\(dtype\)",
                       r"const int64_t splits = weight_grad_splits\(rows, in_f, out_f, tile\);",
                       r"const auto kernel = tile == kWideRows \? linear_weight_grad_runs_kernel<T, kWideRows>\s+"
                       r": linear_weight_grad_runs_kernel<T, kBM>;",

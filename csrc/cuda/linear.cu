@@ -244,8 +244,8 @@ int64_t weight_grad_splits(int64_t rows, int64_t in_f, int64_t out_f, int tile =
 // run_rows, and the 128-row grid with its splits still has kFillBlocks (264) blocks, so that
 // each step's runs of x feed twice the products; kBM elsewhere (small problems keep more
 // blocks). The price: up to twice the splits, so up to twice the partial sums written and
-// added (splits x out_f x in_f floats), against a third fewer instructions a tensor-core
-// product in the main loop (benchmarks/cuda-sm90.md).
+// added (splits x out_f x in_f floats), against about a quarter fewer instructions a
+// tensor-core product in the main loop (benchmarks/cuda-sm90.md).
 int weight_grad_rows(int64_t rows, int64_t in_f, int64_t out_f) {
   if (out_f <= kBM || ceil_div(out_f, kWideRows) * kWideRows != ceil_div(out_f, kBM) * kBM) return kBM;
   const int64_t tiles = ceil_div(out_f, kWideRows) * ceil_div(in_f, kBN);
