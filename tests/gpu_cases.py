@@ -596,7 +596,8 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     if bias:
         out.add(f"conv bias grad<{t},{off}>")
     out.add(f"conv unpool{' channels_last' if runs else ''}<{t},{off}>")
-    out |= _grid_stride("conv unpool", n * cout * oh * ow)
+    # conv_block.cu unpool_runs_kernel: a run of channels a thread
+    out |= _grid_stride("conv unpool", n * cout * oh * ow // (RUN_LEN[precision] if runs else 1))
     if case.input_grad:
         out.add(f"conv input grad{name}<{t}>")
         if cg > c["kBM"]:

@@ -128,10 +128,12 @@ def test_the_gemm_kernels_rules():
     assert cuda_kernel_report.violations(kernel(double, div64=1)) == ["1 64-bit divisions in loops"]
     jvp = gemm.replace("conv_pool_gemm_kernel", "jvp_kernel")
     assert cuda_kernel_report.violations(kernel(jvp, registers=250, div64=5, barriers=None)) == []
-    # The un-pool: the division rule alone, in every dtype.
+    # The un-pools: the division rule alone, in every dtype.
     unpool = gemm.replace("conv_pool_gemm_kernel", "unpool_kernel")
     assert cuda_kernel_report.violations(kernel(unpool, registers=250, stack=300, barriers=None)) == []
     assert cuda_kernel_report.violations(kernel(unpool, div64=31, barriers=None)) == ["31 64-bit divisions in loops"]
+    runs = unpool.replace("unpool_kernel", "unpool_runs_kernel")
+    assert cuda_kernel_report.violations(kernel(runs, div64=3, barriers=None)) == ["3 64-bit divisions in loops"]
 
 
 def test_the_report_keeps_the_forward_over_runs_two_tiles_apart():

@@ -16,8 +16,9 @@ input and weight gradients) in float32 (IEEE and TF32), float16 and bfloat16, ch
 - one barrier per step of the main loop (double-buffered shared memory: the next stage is
   stored while the current one is read).
 
-float64 (kept for gradcheck) is reported, held only to the division rule; so is the un-pool
-(``unpool_kernel``), a grid-stride pass over the conv output that divides by multiplies.
+float64 (kept for gradcheck) is reported, held only to the division rule; so are the un-pools
+(``unpool_kernel``, ``unpool_runs_kernel``), grid-stride passes over the conv output that
+divide by multiplies.
 
 Usage: ``python tools/cuda_kernel_report.py [--arch 90 --arch 80] [--out benchmarks/cuda-sm90.md] [--check]``
 """
@@ -45,10 +46,10 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF
 GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_kernel", "conv_grads_runs_kernel",
                 "linear_forward_kernel", "linear_forward_runs_kernel", "linear_input_grad_kernel",
                 "linear_input_grad_runs_kernel", "linear_weight_grad_kernel", "linear_weight_grad_runs_kernel")
-# Grid-stride kernels held to the division rule alone: the un-pool decomposes a flat index and
-# finds its pool windows at every element of the conv output (FastDivisor), the backward's
+# Grid-stride kernels held to the division rule alone: the un-pools decompose a flat index and
+# find its pool windows at every element (run) of the conv output (FastDivisor), the backward's
 # largest elementwise pass.
-DIVISION_ONLY_KERNELS = ("unpool_kernel",)
+DIVISION_ONLY_KERNELS = ("unpool_kernel", "unpool_runs_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
@@ -400,7 +401,7 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "everything else. Rules for the implicit GEMMs",
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
-             "division rule only; so is the un-pool, in every dtype).",
+             "division rule only; so are the un-pools, in every dtype).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
              "the conv forward and weight gradient over runs in their two tiles, 64 and 128 output channels a",
              "block, and the linear kernels over runs in theirs, 64 and 128 rows (the weight gradient's: out",
@@ -428,7 +429,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, action="append", help="compute capability x10 (default: 90 and 80)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "cuda-sm90.md"),
                         help="markdown report ('' for none)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a GEMM kernel (or the un-pool) breaks a rule")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a GEMM kernel (or an un-pool) breaks a rule")
     args = parser.parse_args(argv)
     nvcc, cuobjdump = find_tools()
     results = {}

@@ -18,8 +18,9 @@
 //
 // Backward, at most three launches (conv_block_backward):
 //  - unpool_kernel rebuilds the conv-output gradient into scratch memory: each conv position
-//    gathers the pooled gradients whose window max was there (no atomics). Only when an input
-//    or weight gradient is wanted.
+//    gathers the pooled gradients whose window max was there (no atomics); unpool_runs_kernel
+//    the same channels_last, a run of channels a thread, for the channel-run backward. Only when
+//    an input or weight gradient is wanted.
 //  - conv_grads_kernel runs every gradient's blocks side by side (GradBlocks):
 //    - input gradient: an implicit GEMM per group, M = Cin/groups, N = input positions,
 //      K = Cout/groups*KH*KW, whose B operand reads the conv-output gradient at the conv
@@ -319,53 +320,89 @@ __global__ void __launch_bounds__(kThreads, 2)
   });
 }
 
-// The divisors of unpool_kernel's index arithmetic, built by the launcher: with them the
-// kernel divides nothing (FastDivisor), where 64-bit divisions had made it compute-bound.
+// The divisors of the un-pools' index arithmetic, built by the launcher, with which the kernels
+// divide nothing (FastDivisor; 64-bit divisions had made the un-pool compute-bound): the
+// channels a step of the flat index covers (Cout, or Cout / kRunLen<T> runs), the conv output's
+// sides, the pool's strides and dilations.
 struct UnpoolDivisors {
-  FastDivisor cout, oh, ow, psh, psw, pdh, pdw;
-  explicit UnpoolDivisors(const Geometry& g)
-      : cout(g.Cout), oh(g.OH), ow(g.OW), psh(g.psh), psw(g.psw), pdh(g.pdh), pdw(g.pdw) {}
+  FastDivisor channels, oh, ow, psh, psw, pdh, pdw;
+  UnpoolDivisors(const Geometry& g, int64_t run)
+      : channels(g.Cout / run), oh(g.OH), ow(g.OW), psh(g.psh), psw(g.psw), pdh(g.pdh), pdw(g.pdw) {}
 };
 
-// dconv[n][c][r][col] = sum of the pooled gradients whose window max is at (r, col); dconv
-// contiguous as (N, Cout, OH, OW), or with kChannelsLast as (N, OH, OW, Cout) (the channel-run
-// backward's operand, whose runs are kRunLen<T> channels). One element a thread and pass: its
-// flat index split into (n, c, r, col), then the pooled outputs whose windows can hold (r, col)
-// (one for a pool whose stride is its window), each compared by its saved offset.
-template <typename T, typename OffT, bool kChannelsLast>
+// Calls f(ph, pw, tap) for each pooled output (ph, pw) whose window holds conv position (r, col),
+// with the window tap it is there: the rows ph with r + pph - (PKH - 1)*pdh <= ph*psh <= r + pph
+// whose distance r + pph - ph*psh is a whole th*pdh, the columns alike (one of each for a pool
+// whose stride is its window).
+template <typename F>
+__device__ __forceinline__ void for_each_window(const Geometry& g, const UnpoolDivisors& dv, int64_t r, int64_t col,
+                                                const F& f) {
+  const int64_t top = r + g.pph, left = col + g.ppw;
+  const int64_t lo_h = top - (g.PKH - 1) * g.pdh, lo_w = left - (g.PKW - 1) * g.pdw;
+  const int64_t ph0 = lo_h <= 0 ? 0 : dv.psh.div(lo_h + g.psh - 1), pw0 = lo_w <= 0 ? 0 : dv.psw.div(lo_w + g.psw - 1);
+  const int64_t ph1 = min(dv.psh.div(top), g.PH - 1), pw1 = min(dv.psw.div(left), g.PW - 1);
+  for (int64_t ph = ph0; ph <= ph1; ++ph) {
+    int64_t th_rem;
+    const int64_t th = dv.pdh.divmod(top - ph * g.psh, th_rem);
+    if (th_rem != 0) continue;
+    for (int64_t pw = pw0; pw <= pw1; ++pw) {
+      int64_t tw_rem;
+      const int64_t tw = dv.pdw.divmod(left - pw * g.psw, tw_rem);
+      if (tw_rem == 0) f(ph, pw, th * g.PKW + tw);
+    }
+  }
+}
+
+// dconv[n][c][r][col] = sum of the pooled gradients whose window max is at (r, col), dconv
+// contiguous as (N, Cout, OH, OW): one element a thread and pass, its flat index split into
+// (n, c, r, col), each window that holds it compared by its saved offset (dv: run 1).
+template <typename T, typename OffT>
 __global__ void unpool_kernel(Geometry g, UnpoolDivisors dv, const T* __restrict__ go, Strides4 gs,
                               const OffT* __restrict__ off, Strides4 os, T* __restrict__ dconv) {
   using Acc = typename Num<T>::Acc;
   const int64_t total = g.N * g.Cout * g.OH * g.OW;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t n, c, r, col;
-    if constexpr (kChannelsLast) {  // i = ((n * OH + r) * OW + col) * Cout + c
-      const int64_t pixel = dv.cout.divmod(i, c);
-      n = dv.oh.divmod(dv.ow.divmod(pixel, col), r);
-    } else {  // i = ((n * Cout + c) * OH + r) * OW + col
-      const int64_t plane = dv.oh.divmod(dv.ow.divmod(i, col), r);
-      n = dv.cout.divmod(plane, c);
-    }
-    // pooled rows ph whose window rows ph*psh - pph + th*pdh (th < PKH) can be r:
-    // r + pph - (PKH - 1)*pdh <= ph*psh <= r + pph; the columns alike
-    const int64_t top = r + g.pph, left = col + g.ppw;
-    const int64_t lo_h = top - (g.PKH - 1) * g.pdh, lo_w = left - (g.PKW - 1) * g.pdw;
-    const int64_t ph0 = lo_h <= 0 ? 0 : dv.psh.div(lo_h + g.psh - 1), pw0 = lo_w <= 0 ? 0 : dv.psw.div(lo_w + g.psw - 1);
-    const int64_t ph1 = min(dv.psh.div(top), g.PH - 1), pw1 = min(dv.psw.div(left), g.PW - 1);
+    int64_t c, r, col;  // i = ((n * Cout + c) * OH + r) * OW + col
+    const int64_t n = dv.channels.divmod(dv.oh.divmod(dv.ow.divmod(i, col), r), c);
     Acc sum = Acc(0);
-    for (int64_t ph = ph0; ph <= ph1; ++ph) {
-      int64_t th_rem;
-      const int64_t th = dv.pdh.divmod(top - ph * g.psh, th_rem);  // the window row r is, if a whole one
-      if (th_rem != 0) continue;
-      for (int64_t pw = pw0; pw <= pw1; ++pw) {
-        int64_t tw_rem;
-        const int64_t tw = dv.pdw.divmod(left - pw * g.psw, tw_rem);
-        if (tw_rem != 0) continue;
-        const int64_t o = off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]];
-        if (o == th * g.PKW + tw) sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
-      }
-    }
+    for_each_window(g, dv, r, col, [&](int64_t ph, int64_t pw, int64_t tap) {
+      if (off[n * os.s[0] + c * os.s[1] + ph * os.s[2] + pw * os.s[3]] == tap)
+        sum += Num<T>::to_acc(go[n * gs.s[0] + c * gs.s[1] + ph * gs.s[2] + pw * gs.s[3]]);
+    });
     dconv[i] = Num<T>::from_acc(sum);
+  }
+}
+
+// The same into channels_last dconv (N, OH, OW, Cout), the channel-run backward's operand, for
+// its tensor-core types with Cout whole runs of kRunLen<T> channels: one run a thread and pass,
+// so that a pixel's windows are found once for its run's channels and the run is stored as one
+// 16-byte vector (dv: run kRunLen<T>).
+template <typename T, typename OffT>
+__global__ void unpool_runs_kernel(Geometry g, UnpoolDivisors dv, const T* __restrict__ go, Strides4 gs,
+                                   const OffT* __restrict__ off, Strides4 os, T* __restrict__ dconv) {
+  using Acc = typename Num<T>::Acc;
+  constexpr int kLen = kRunLen<T>;
+  static_assert(kLen * sizeof(T) == sizeof(uint4), "a run is one 16-byte vector");
+  const int64_t total = g.N * g.OH * g.OW * (g.Cout / kLen);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t run, r, col;  // i = ((n * OH + r) * OW + col) * (Cout / kLen) + run
+    const int64_t n = dv.oh.divmod(dv.ow.divmod(dv.channels.divmod(i, run), col), r);
+    Acc sum[kLen];
+#pragma unroll
+    for (int v = 0; v < kLen; ++v) sum[v] = Acc(0);
+    for_each_window(g, dv, r, col, [&](int64_t ph, int64_t pw, int64_t tap) {
+      const OffT* o = off + n * os.s[0] + run * kLen * os.s[1] + ph * os.s[2] + pw * os.s[3];
+      const T* gp = go + n * gs.s[0] + run * kLen * gs.s[1] + ph * gs.s[2] + pw * gs.s[3];
+#pragma unroll
+      for (int v = 0; v < kLen; ++v)
+        if (o[v * os.s[1]] == tap) sum[v] += Num<T>::to_acc(gp[v * gs.s[1]]);
+    });
+    T run_out[kLen];
+#pragma unroll
+    for (int v = 0; v < kLen; ++v) run_out[v] = Num<T>::from_acc(sum[v]);
+    uint4 vec;
+    memcpy(&vec, run_out, sizeof(vec));  // registers; one 16-byte store (dconv is 256-byte aligned)
+    reinterpret_cast<uint4*>(dconv)[i] = vec;
   }
 }
 
@@ -465,7 +502,7 @@ int64_t weight_grad_splits(const Geometry& g, int rows = kBM) {
 // input gradient's tiles (dx_x x dx_y per group, and per stride phase over runs; none when it
 // is not wanted), the weight gradient's (dw_x x dw_y per group and reduction split), the bias
 // gradient's (channel, split).
-// They all read only the conv-output gradient (built by unpool_kernel before) or the pooled
+// They all read only the conv-output gradient (built by the un-pool before) or the pooled
 // gradient, so one launch runs them side by side.
 struct GradBlocks {
   int64_t dx_x = 0, dx_y = 0, dx = 0, dx_pw = 1;  // dx_pw: the input gradient's stride phases along w
@@ -592,7 +629,7 @@ union GradRunSmem {
 
 // conv_grads_kernel over channel runs (conv_backward_channel_runs): its blocks (GradBlocks with
 // the input gradient's tiles per stride phase, z = phase * G + grp, and chunks of kRunBK<T>
-// steps); dconv channels_last (unpool_kernel<..., true>), dx channels_last contiguous, wt as
+// steps); dconv channels_last (unpool_runs_kernel), dx channels_last contiguous, wt as
 // input_grad_runs_tile reads it, dw_part in the runs' column order (weight_grad_runs_tile); the
 // weight gradient's blocks of kDwRows output channels (plan.dw_rows: run_rows).
 template <typename T, typename OffT, int kDwRows>
@@ -941,16 +978,16 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       Acc* db_part = reinterpret_cast<Acc*>(ws + dconv_bytes + dw_part_bytes);
       const OffT* op = static_cast<const OffT*>(offsets);
       const T* go = static_cast<const T*>(grad_out);
-      if (dx || dw) {
+      if ((dx || dw) && conv_elems > 0) {  // (no conv output: nothing to un-pool, and no divisor of 0 channels)
         if (runs) {
           if constexpr (kTensorCores<T>) {
-            unpool_kernel<T, OffT, true>
-                <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g), go, gs, op, os, dconv);
+            unpool_runs_kernel<T, OffT><<<grid_for(conv_elems / kRunLen<T>), kThreads, 0, stream>>>(
+                g, UnpoolDivisors(g, kRunLen<T>), go, gs, op, os, dconv);
             if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
           }
         } else {
-          unpool_kernel<T, OffT, false>
-              <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g), go, gs, op, os, dconv);
+          unpool_kernel<T, OffT>
+              <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g, 1), go, gs, op, os, dconv);
           if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
         }
       }

@@ -23,6 +23,7 @@ namespace {
 
 int channel_run_checks = 0;           // (geometry, element type) pairs the channel-run forward ran on
 int channel_run_backward_checks = 0;  // those the channel-run backward ran on
+int unpool_runs_checks = 0;  // check_case calls (two a geometry and type: x, y layouts) that ran unpool_runs_kernel
 
 struct Case {
   const char* name;
@@ -312,26 +313,39 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
       const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
       want[j] += to_double(go[i]), scale[j] += std::fabs(to_double(go[i]));
     }
-    // an element a thread, and 3 blocks whose threads stride over the rest (the grid-stride loop)
-    const unsigned one_pass = unsigned(ceil_div(int64_t(want.size()), int64_t(kThreads)));
-    for (const auto& [cl, blocks] : {std::pair{false, one_pass}, {true, one_pass}, {false, 3u}, {true, 3u}}) {
-      std::vector<T> got(want.size(), from_double<T>(12345.0));
-      launch_both_orders(what + " un-pool, " + std::to_string(blocks) + " blocks", dim3(blocks), [&] {
-        if (cl) unpool_kernel<T, int32_t, true>(g, UnpoolDivisors(g), go.data(), ps, off.data(), ps, got.data());
-        else unpool_kernel<T, int32_t, false>(g, UnpoolDivisors(g), go.data(), ps, off.data(), ps, got.data());
-      }, got);
-      int bad = 0;
-      for (int64_t n = 0; n < g.N; ++n)
-        for (int64_t co = 0; co < g.Cout; ++co)
-          for (int64_t r = 0; r < g.OH; ++r)
-            for (int64_t col = 0; col < g.OW; ++col) {
-              const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
-              const int64_t at = cl ? ((n * g.OH + r) * g.OW + col) * g.Cout + co : j;
-              if (!close<T>(to_double(got[at]), want[j], scale[j]) && bad++ < 5)
-                fail(what + (cl ? " un-pool channels_last, " : " un-pool, ") + std::to_string(blocks) + " blocks [" +
-                     std::to_string(j) + "] " +
-                     std::to_string(to_double(got[at])) + ", want " + std::to_string(want[j]));
-            }
+    // NCHW (unpool_kernel) and, for the tensor-core types with Cout whole runs, channels_last
+    // (unpool_runs_kernel, a run a thread), each with an element (run) a thread and with 3 blocks
+    // whose threads stride over the rest (the grid-stride loop)
+    bool runs = false;
+    if constexpr (kTensorCores<T>) runs = g.Cout % kRunLen<T> == 0;
+    unpool_runs_checks += runs;
+    for (const bool cl : {false, true}) {
+      if (cl && !runs) continue;
+      const int64_t items = int64_t(want.size()) / (cl ? kRunLen<T> : 1);
+      for (const unsigned blocks : {unsigned(ceil_div(items, int64_t(kThreads))), 3u}) {
+        std::vector<T> got(want.size(), from_double<T>(12345.0));
+        const std::string which = std::string(cl ? " un-pool channels_last, " : " un-pool, ") +
+                                  std::to_string(blocks) + " blocks";
+        launch_both_orders(what + which, dim3(blocks), [&] {
+          if constexpr (kTensorCores<T>) {
+            if (cl)
+              return unpool_runs_kernel<T, int32_t>(g, UnpoolDivisors(g, kRunLen<T>), go.data(), ps, off.data(), ps,
+                                                    got.data());
+          }
+          unpool_kernel<T, int32_t>(g, UnpoolDivisors(g, 1), go.data(), ps, off.data(), ps, got.data());
+        }, got);
+        int bad = 0;
+        for (int64_t n = 0; n < g.N; ++n)
+          for (int64_t co = 0; co < g.Cout; ++co)
+            for (int64_t r = 0; r < g.OH; ++r)
+              for (int64_t col = 0; col < g.OW; ++col) {
+                const int64_t j = ((n * g.Cout + co) * g.OH + r) * g.OW + col;
+                const int64_t at = cl ? ((n * g.OH + r) * g.OW + col) * g.Cout + co : j;
+                if (!close<T>(to_double(got[at]), want[j], scale[j]) && bad++ < 5)
+                  fail(what + which + " [" + std::to_string(j) + "] " + std::to_string(to_double(got[at])) +
+                       ", want " + std::to_string(want[j]));
+              }
+      }
     }
   }
 
@@ -562,6 +576,7 @@ int main() {
   }
   std::printf("channel-run forward: %d geometry and type pairs\n", channel_run_checks);
   std::printf("channel-run backward: %d geometry and type pairs\n", channel_run_backward_checks);
+  std::printf("channels_last un-pool: %d checks\n", unpool_runs_checks);
   std::printf("%zu conv geometries, %d failures\n", sizeof(cases) / sizeof(cases[0]), failures);
   return failures != 0;
 }

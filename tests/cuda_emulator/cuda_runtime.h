@@ -24,6 +24,10 @@ struct uint3 {
   unsigned x, y, z;
 };
 
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   dim3() = default;
