@@ -75,19 +75,19 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
-    assert "24 conv geometries, 0 failures" in out, out
-    # float16 and bfloat16 on the thirteen geometries with Cin/groups a multiple of 8, TF32 on the
-    # fourteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of
+    assert "25 conv geometries, 0 failures" in out, out
+    # float16 and bfloat16 on the fourteen geometries with Cin/groups a multiple of 8, TF32 on the
+    # fifteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of
     # 16), each in tiles of 64 and of 128 output channels (16->136: two of 128, the second 8 rows)
-    assert "channel-run forward: 40 geometry and type pairs" in out, out
-    # and on those with Cout/groups a multiple of a run too: eleven and fourteen (one with
+    assert "channel-run forward: 43 geometry and type pairs" in out, out
+    # and on those with Cout/groups a multiple of a run too: twelve and fifteen (one with
     # asymmetric padding and a ceil-mode pool; four strided: stride 2 along w only, 12 output
     # channels in TF32 only, four phases of unequal rows, strides 3 x 2; two of them with stride
-    # phases no tap reaches)
-    assert "channel-run backward: 36 geometry and type pairs" in out, out
+    # phases no tap reaches; one with a rectangular pool)
+    assert "channel-run backward: 39 geometry and type pairs" in out, out
     # the channels_last un-pool (a run of channels a thread) on the geometries whose Cout is whole
-    # runs: 17 in float16 and bfloat16, 20 in TF32, each in two check_case calls (x, y layouts)
-    assert "channels_last un-pool: 108 checks" in out, out
+    # runs: 18 in float16 and bfloat16, 21 in TF32, each in two check_case calls (x, y layouts)
+    assert "channels_last un-pool: 114 checks" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):

@@ -332,8 +332,8 @@ struct UnpoolDivisors {
 
 // Calls f(ph, pw, tap) for each pooled output (ph, pw) whose window holds conv position (r, col),
 // with the window tap it is there: the rows ph with r + pph - (PKH - 1)*pdh <= ph*psh <= r + pph
-// whose distance r + pph - ph*psh is a whole th*pdh, the columns alike (one of each for a pool
-// whose stride is its window).
+// whose distance r + pph - ph*psh is a whole th*pdh, the columns alike (one of each for an
+// undilated pool whose stride is its window).
 template <typename F>
 __device__ __forceinline__ void for_each_window(const Geometry& g, const UnpoolDivisors& dv, int64_t r, int64_t col,
                                                 const F& f) {

@@ -30,11 +30,18 @@ struct Case {
   int64_t N, C, H, W, Cout, G, KH, KW, sh, sw, pt, pl, dh, dw, pool_k, pool_s, pool_p, pool_d;
   int64_t pb = -1, pr = -1;  // bottom and right padding (-1: as top and left)
   bool ceil_mode = false;    // the pool's
+  // The pool along w where it differs from along h (-1: as along h): window, stride, padding, dilation.
+  int64_t pool_kw = -1, pool_sw = -1, pool_pw = -1, pool_dw = -1;
 };
 
 Geometry geometry_of(const Case& c) {
-  return test_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.sh, c.sw, c.pt, c.pl, c.dh, c.dw, c.pool_k,
-                       c.pool_s, c.pool_p, c.pool_d, c.pb, c.pr, c.ceil_mode);
+  Geometry g = test_geometry(c.N, c.C, c.H, c.W, c.Cout, c.G, c.KH, c.KW, c.sh, c.sw, c.pt, c.pl, c.dh, c.dw,
+                             c.pool_k, c.pool_s, c.pool_p, c.pool_d, c.pb, c.pr, c.ceil_mode);
+  if (c.pool_kw >= 0) {  // a rectangular pool
+    g.PKW = c.pool_kw, g.psw = c.pool_sw, g.ppw = c.pool_pw, g.pdw = c.pool_dw;
+    g.PW = pool_out_size(g.OW, g.PKW, g.psw, g.ppw, g.pdw, c.ceil_mode);
+  }
+  return g;
 }
 
 Strides4 strides_of(int64_t c, int64_t h, int64_t w, bool channels_last) {
@@ -316,6 +323,16 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
     // NCHW (unpool_kernel) and, for the tensor-core types with Cout whole runs, channels_last
     // (unpool_runs_kernel, a run a thread), each with an element (run) a thread and with 3 blocks
     // whose threads stride over the rest (the grid-stride loop)
+    // The offsets read from a channels_last copy, the pooled gradient NCHW: each through its own
+    // strides.
+    const Strides4 os = strides_of(g.Cout, g.PH, g.PW, true);
+    std::vector<int32_t> off_cl(off.size());
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t co = 0; co < g.Cout; ++co)
+        for (int64_t ph = 0; ph < g.PH; ++ph)
+          for (int64_t pw = 0; pw < g.PW; ++pw)
+            off_cl[n * os.s[0] + co * os.s[1] + ph * os.s[2] + pw * os.s[3]] =
+                off[n * ps.s[0] + co * ps.s[1] + ph * ps.s[2] + pw * ps.s[3]];
     bool runs = false;
     if constexpr (kTensorCores<T>) runs = g.Cout % kRunLen<T> == 0;
     unpool_runs_checks += runs;
@@ -329,10 +346,10 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
         launch_both_orders(what + which, dim3(blocks), [&] {
           if constexpr (kTensorCores<T>) {
             if (cl)
-              return unpool_runs_kernel<T, int32_t>(g, UnpoolDivisors(g, kRunLen<T>), go.data(), ps, off.data(), ps,
-                                                    got.data());
+              return unpool_runs_kernel<T, int32_t>(g, UnpoolDivisors(g, kRunLen<T>), go.data(), ps, off_cl.data(),
+                                                    os, got.data());
           }
-          unpool_kernel<T, int32_t>(g, UnpoolDivisors(g, 1), go.data(), ps, off.data(), ps, got.data());
+          unpool_kernel<T, int32_t>(g, UnpoolDivisors(g, 1), go.data(), ps, off_cl.data(), os, got.data());
         }, got);
         int bad = 0;
         for (int64_t n = 0; n < g.N; ++n)
@@ -551,6 +568,11 @@ int main() {
       {"16->16 3x3 stride 2 pad 1: four phases", 2, 16, 9, 8, 16, 1, 3, 3, 2, 2, 1, 1, 1, 1, 2, 2, 0, 1},
       {"8->16 5x1 strides 3 and 2, dilation 2, pad 2: a phase without taps", 1, 8, 13, 7, 16, 1, 5, 1, 3, 2, 2, 0, 2,
        1, 2, 2, 0, 1},
+      // A rectangular pool: 2 x 3 windows, strides 2 and 1, padding 0 and 1, dilation 1 and 2
+      // (along w overlapping windows that skip a column), so that no axis's pool arithmetic can
+      // stand in for the other's.
+      {"16->16 pool 2x3, strides 2 and 1, padding 0 and 1, dilation 1 and 2", 2, 16, 8, 9, 16, 1, 3, 3, 1, 1, 1, 1, 1,
+       1, 2, 2, 0, 1, -1, -1, false, 3, 1, 1, 2},
   };
   check_direct_channels();
   check_run_choices();
