@@ -445,7 +445,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunBytes": 16, "kRunsPerStep": 4, "kDirectMaxChannels": 4,
     "kDirectWideChannels": 8, "kDirectWideMin": 4, "kDirectMaxSmem": 48 * 1024, "kDirectGradKernel": 3,
-    "kDirectGradMaxChannels": 3,
+    "kDirectGradMaxChannels": 3, "kPatchKernel": 3,
     "split_blocks": 264, "min_chunk": 512, "grid_stride_blocks": 65536, "grid_z": 65535, "max_serial_sum": 1024,
 }
 # tf32: float32 with TF32 allowed, which the bindings launch as the kernels' Tf32 variant.
@@ -545,11 +545,22 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     co = wide if coutg >= c["kDirectWideMin"] and filter_bytes * wide <= c["kDirectMaxSmem"] else 1
     if (cg <= c["kDirectMaxChannels"] and filter_bytes * co <= c["kDirectMaxSmem"]
             and groups * _cdiv(coutg, co) <= 65535 and cin * h * w < 2**31):
-        out.add(f"conv forward direct<{t},{off}>")
-        out.add(f"conv forward direct: {co} output channel{'s' if co > 1 else ''} a thread")
-        if coutg % co:
-            out.add("conv forward direct: a partial chunk of output channels")
-        out |= _grid_stride("conv forward direct", q)
+        # conv_block.cu conv_patch_pool: the patch kernel for a 3x3 conv of stride 1 and dilation
+        # 1 with a 2x2 pool of dilation 1 or none, 8 channels a thread, float accumulators.
+        ones, window = (1, 1), tuple(p.pool_kernel_size) if p.has_pool else (1, 1)
+        conv3x3 = (kh, kw) == (c["kPatchKernel"],) * 2 and tuple(p.stride) == ones and tuple(p.dilation) == ones
+        side = 1 if window == ones else 2 if window == (2, 2) and tuple(p.pool_dilation) == ones else 0
+        if conv3x3 and side and co == wide and precision != "fp64":
+            out.add(f"conv forward patch<{t}>: {'a 2x2 pool' if side == 2 else 'no pool'}")
+            if coutg % co:
+                out.add("conv forward patch: a partial chunk of output channels")
+            out |= _grid_stride("conv forward patch", q)
+        else:
+            out.add(f"conv forward direct<{t},{off}>")
+            out.add(f"conv forward direct: {co} output channel{'s' if co > 1 else ''} a thread")
+            if coutg % co:
+                out.add("conv forward direct: a partial chunk of output channels")
+            out |= _grid_stride("conv forward direct", q)
     elif forward_runs:
         out.add(f"conv forward runs<{t},{off}>")
         rows = _run_rows(coutg)
@@ -717,6 +728,8 @@ def cuda_required() -> Set[str]:
         if t in RUN_TYPES:
             out |= {f"linear forward runs<{t}>", f"linear input grad runs<{t}>", f"linear weight grad runs<{t}>",
                     f"conv input grad runs<{t}>", f"conv weight grad runs<{t}>"}
+        if t != "double":  # the patch kernel: float accumulators, int8 offsets (windows of 1 or 4 taps)
+            out |= {f"conv forward patch<{t}>: a 2x2 pool", f"conv forward patch<{t}>: no pool"}
         out |= {f"conv input grad<{t}>", f"conv weight grad<{t}>", f"conv weight grad direct<{t}>",
                 f"conv sum partials<{t}>",
                 f"linear forward<{t}>", f"linear input grad<{t}>", f"linear weight grad<{t}>",
@@ -725,6 +738,7 @@ def cuda_required() -> Set[str]:
     out |= {
         "conv forward direct: grid-stride loop runs twice or more", "conv forward direct: 8 output channels a thread",
         "conv forward direct: 1 output channel a thread", "conv forward direct: a partial chunk of output channels",
+        "conv forward patch: a partial chunk of output channels",
         "conv forward gemm: second M tile",
         "conv forward gemm: groups", "conv forward gemm: several waves", "conv forward runs: second M tile",
         "conv forward runs: 128-row tiles", "conv forward runs: several column tiles", "conv forward runs: groups",

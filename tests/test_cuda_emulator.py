@@ -75,7 +75,7 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
     out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
-    assert "25 conv geometries, 0 failures" in out, out
+    assert "27 conv geometries, 0 failures" in out, out
     # float16 and bfloat16 on the fourteen geometries with Cin/groups a multiple of 8, TF32 on the
     # fifteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of
     # 16), each in tiles of 64 and of 128 output channels (16->136: two of 128, the second 8 rows)
@@ -86,8 +86,12 @@ def test_conv_kernels_match_a_direct_convolution(tmp_path):
     # phases no tap reaches; one with a rectangular pool)
     assert "channel-run backward: 39 geometry and type pairs" in out, out
     # the channels_last un-pool (a run of channels a thread) on the geometries whose Cout is whole
-    # runs: 18 in float16 and bfloat16, 21 in TF32, each in two check_case calls (x, y layouts)
-    assert "channels_last un-pool: 114 checks" in out, out
+    # runs: 19 in float16 and bfloat16, 23 in TF32, each in two check_case calls (x, y layouts)
+    assert "channels_last un-pool: 122 checks" in out, out
+    # the direct forward's patch kernel (3x3 stride 1) in the four float-accumulator types, two
+    # check_case calls each: with a 2x2 pool on 3->32, 2 groups of 3->10 and 2->12 (windows of
+    # stride 1 and padding 1), without one on 3->16
+    assert "patch forward: 24 checks with a 2x2 pool, 8 without" in out, out
 
 
 def test_linear_kernels_match_products_in_double(tmp_path):
@@ -105,6 +109,32 @@ def test_linear_kernels_match_products_in_double(tmp_path):
     # 64-row half 40 rows) and 70 x 40 -> 264 (the weight gradient in three 128-row blocks, the
     # third 8 rows: blocks placed 64 rows apart would leave rows 256.. unwritten)
     assert "gradients over runs: 15 shape and type pairs" in out, out
+
+
+PATCH_MUTATIONS = {
+    # a window's tap outside the conv output pooled (its sum covers padding and beyond)
+    "tap outside the conv output": (
+        "        if (r0 + th < 0 || r0 + th >= OH || c0 + tw < 0 || c0 + tw >= OW) continue;\n", ""),
+    # the pooled output's digits not stepped: a grid-stride pass redoes the thread's first output
+    "digits not stepped": ("       q += int64_t(gridDim.x) * blockDim.x, qs.next(g)) {\n    const int r0",
+                           "       q += int64_t(gridDim.x) * blockDim.x) {\n    const int r0"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(PATCH_MUTATIONS))
+def test_the_emulator_sees_a_broken_patch_kernel(tmp_path, mutation):
+    """The direct forward's patch kernel, run on the direct geometries: a window pooling a tap
+    past the conv output fails the 2->12 geometry (windows of stride 1 and padding 1), a
+    grid-stride loop that does not step its output's coordinates the 3->16 one (297 outputs a
+    channel, one block)."""
+    before, after = PATCH_MUTATIONS[mutation]
+    source = _source("conv_block.cu")
+    assert source.count(before) == 1
+    exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", source.replace(before, after),
+                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_DIRECT_QUICK")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
+    failed = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
+    assert run.returncode == 1 and failed and all("forward" in line for line in failed), run.stdout[-3000:]
 
 
 def test_the_emulator_sees_a_missing_barrier(tmp_path):

@@ -57,7 +57,8 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
 
 - forward direct (<= 4 input channels per group, filters within 48 KiB of shared memory; 8
   output channels a thread where a group has >= 4: ``basic_2x2_pool``, a partial chunk; else 1:
-  ``depthwise``) and gemm, each for
+  ``depthwise``; its patch kernel for 3x3 stride 1 with a 2x2 pool or none, 8 channels a thread,
+  in every type but float64: ``valid``, ``no_pool``) and gemm, each for
   float/double/half/bfloat16 x int8/int16/int32 offsets: grid cases (int8; direct int16:
   pool_large_window_int16), ``int16 offsets, gemm 6->4 pool 12x12/2``, ``int32 offsets, direct
   2->2 pool 182`` and ``int32 offsets, gemm 6->4 pool 182`` (33124-tap windows), all precisions.
@@ -143,6 +144,13 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           rf"constexpr int64_t kDirectMaxSmem = {c['kDirectMaxSmem'] // 1024} \* 1024;",
                           rf"constexpr int kDirectGradKernel = {c['kDirectGradKernel']};",
                           rf"constexpr int kDirectGradMaxChannels = {c['kDirectGradMaxChannels']};",
+                          rf"constexpr int kPatchKernel = {c['kPatchKernel']};",
+                          r"if \(g\.KH != kPatchKernel \|\| g\.KW != kPatchKernel \|\| g\.sh != 1 \|\| g\.sw != 1 \|\| "
+                          r"g\.dh != 1 \|\| g\.dw != 1\) return 0;",
+                          r"if \(g\.PKH == 1 && g\.PKW == 1\) return 1;",
+                          r"return g\.PKH == 2 && g\.PKW == 2 && g\.pdh == 1 && g\.pdw == 1 \? 2 : 0;",
+                          r"if constexpr \(sizeof\(typename Num<T>::Acc\) == 4 && std::is_same<OffT, int8_t>::value\) "
+                          r"\{\s+const int side = conv_patch_pool\(g\);\s+if \(side > 0\) \{",
                           r"if \(want_dx \|\| g\.Cg > kDirectGradMaxChannels \|\| g\.KH != kDirectGradKernel \|\| "
                           r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout < 1 \|\| g\.Cout > 65535\)",
                           r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "

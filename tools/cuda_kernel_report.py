@@ -18,7 +18,8 @@ input and weight gradients) in float32 (IEEE and TF32), float16 and bfloat16, ch
 
 float64 (kept for gradcheck) is reported, held only to the division rule; so are the un-pools
 (``unpool_kernel``, ``unpool_runs_kernel``), grid-stride passes over the conv output that
-divide by multiplies.
+divide by multiplies, and the direct forwards (``conv_pool_direct_kernel``,
+``conv_pool_patch_kernel``), which step their pooled outputs' coordinates with carries.
 
 Usage: ``python tools/cuda_kernel_report.py [--arch 90 --arch 80] [--out benchmarks/cuda-sm90.md] [--check]``
 """
@@ -48,8 +49,8 @@ GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_ke
                 "linear_input_grad_runs_kernel", "linear_weight_grad_kernel", "linear_weight_grad_runs_kernel")
 # Grid-stride kernels held to the division rule alone: the un-pools decompose a flat index and
 # find its pool windows at every element (run) of the conv output (FastDivisor), the backward's
-# largest elementwise pass.
-DIVISION_ONLY_KERNELS = ("unpool_kernel", "unpool_runs_kernel")
+# largest elementwise pass; the direct forwards step their pooled output's digits with carries.
+DIVISION_ONLY_KERNELS = ("unpool_kernel", "unpool_runs_kernel", "conv_pool_direct_kernel", "conv_pool_patch_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
@@ -87,10 +88,16 @@ class Kernel:
     def label(self) -> str:
         """The report's name for it: the template, with the tile's rows where a kernel comes in
         several (``conv_pool_runs_kernel, 128 rows``; conv_grads_runs_kernel: its weight
-        gradient's; the linear forward and both gradients over runs)."""
+        gradient's; the linear forward and both gradients over runs), with its pool where the
+        pool is a template argument (``conv_pool_patch_kernel, 2x2 pool``)."""
         m = re.search(r"(?:conv_(?:pool|grads)|linear_(?:forward|input_grad|weight_grad))_runs_kernel<[^<>]*, (\d+)>",
                       self.name)
-        return f"{self.template}, {m.group(1)} rows" if m else self.template
+        if m:
+            return f"{self.template}, {m.group(1)} rows"
+        m = re.search(r"conv_pool_patch_kernel<[^<>]*, \d+, (\d+)>", self.name)
+        if m:
+            return f"{self.template}, " + ("no pool" if m.group(1) == "1" else f"{m.group(1)}x{m.group(1)} pool")
+        return self.template
 
     @property
     def dtype(self) -> str:
@@ -401,7 +408,7 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "everything else. Rules for the implicit GEMMs",
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
-             "division rule only; so are the un-pools, in every dtype).",
+             "division rule only; so are the un-pools and the direct forwards, in every dtype).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
              "the conv forward and weight gradient over runs in their two tiles, 64 and 128 output channels a",
              "block, and the linear kernels over runs in theirs, 64 and 128 rows (the weight gradient's: out",

@@ -1,10 +1,12 @@
 // Fused Conv2d + bias + ReLU + MaxPool2d on NVIDIA GPUs: the "cuda" backend's conv kernels.
 //
-// Forward, three kernels (the launcher picks one):
+// Forward, four kernels (the launcher picks one):
 //  - conv_pool_direct_kernel, for few input channels per group (a CNN's first layer, <= 4):
 //    a thread computes one pooled output of 8 output channels directly (1 where a group has
 //    fewer than 4), each input element loaded once for all 8, the filters in shared memory and
-//    the max over the window in registers.
+//    the max over the window in registers;
+//    conv_pool_patch_kernel the same for the commonest of these layers (3x3 stride 1, a 2x2
+//    pool or none: conv_patch_pool), a window's input patch loaded whole before it multiplies.
 //  - conv_pool_gemm_kernel, for the rest: an implicit GEMM (tile_gemm.cuh; tensor cores for
 //    fp16/bf16 and TF32) with M = output channels of a group, N = pooled outputs, K = Cin/groups*KH*KW,
 //    run once per pool-window tap; the epilogue keeps each pooled output's running max and its
@@ -61,6 +63,7 @@ struct PooledIndex {
     ph = t % g.PH;
     n = t / g.PH;
   }
+  __device__ explicit PooledIndex(const Digits& q) : n(q.hi), ph(q.mid), pw(q.lo) {}
   __device__ bool tap(const Geometry& g, int th, int tw, int64_t& r, int64_t& c) const {
     r = ph * g.psh - g.pph + th * g.pdh;
     c = pw * g.psw - g.ppw + tw * g.pdw;
@@ -78,40 +81,88 @@ __device__ __forceinline__ bool replaces(A v, A best) {
   return v > best || v != v;
 }
 
+// The output channels [c0, c0 + nc) of group grp a direct-forward block computes (blockIdx.y =
+// group x chunk of kCo channels; nc < kCo in a group's last chunk when kCo does not divide it),
+// their filters copied into shared memory as (K, kCo): filter[k * kCo + j] = w[c0 + j][k] (0 for
+// j >= nc), so a filter tap's kCo weights are adjacent and every thread of the block reads the
+// same ones (a broadcast). Ends with a barrier.
+struct DirectChunk {
+  int64_t grp, c0;
+  int nc;
+};
+
+template <int kCo, typename T, typename Acc>
+__device__ DirectChunk load_direct_chunk(const Geometry& g, const T* __restrict__ w, Acc* filter) {
+  const int64_t chunks = ceil_div(g.Coutg, kCo);
+  DirectChunk ch;
+  ch.grp = blockIdx.y / chunks;
+  ch.c0 = ch.grp * g.Coutg + (blockIdx.y % chunks) * kCo;
+  const int64_t left = g.Coutg - (ch.c0 - ch.grp * g.Coutg);
+  ch.nc = static_cast<int>(left < kCo ? left : kCo);
+  const int K = static_cast<int>(g.K);
+  for (int i = threadIdx.x; i < K * kCo; i += blockDim.x) {
+    const int k = i / kCo, j = i % kCo;
+    filter[i] = j < ch.nc ? Num<T>::to_acc(w[(ch.c0 + j) * g.K + k]) : Acc(0);
+  }
+  __syncthreads();
+  return ch;
+}
+
+// Pooled output (n, ph, pw) of a direct-forward grid-stride loop over N*PH*PW, as digits: the
+// thread's first one split once, then stepped by the grid's size with carries (the loop divides
+// nothing).
+struct PooledSteps {
+  Digits at, step;
+  __device__ explicit PooledSteps(const Geometry& g)
+      : at(split(blockIdx.x * int64_t(blockDim.x) + threadIdx.x, g.PH, g.PW)),
+        step(split(int64_t(gridDim.x) * blockDim.x, g.PH, g.PW)) {}
+  __device__ void next(const Geometry& g) { add(at, step, static_cast<int>(g.PH), static_cast<int>(g.PW)); }
+};
+
+// Stores pooled output (n, ph, pw) of channels [c0, c0 + nc) from their window maxima and the
+// taps they came from: the offset is the tap where the ReLU was on (a max > 0, or NaN), else -1.
+template <int kCo, typename T, typename OffT, typename Acc>
+__device__ __forceinline__ void store_direct(const Strides4& ys, const Digits& q, const DirectChunk& ch,
+                                             const Acc (&best)[kCo], const int (&where)[kCo], T* __restrict__ y,
+                                             OffT* __restrict__ off) {
+  const int64_t yi = q.hi * ys.s[0] + ch.c0 * ys.s[1] + q.mid * ys.s[2] + int64_t(q.lo) * ys.s[3];
+#pragma unroll
+  for (int j = 0; j < kCo; ++j) {
+    if (j < ch.nc) {
+      y[yi + j * ys.s[1]] = Num<T>::from_acc(best[j]);
+      off[yi + j * ys.s[1]] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+    }
+  }
+}
+
 // One thread: pooled output q = (n, ph, pw) of kCo output channels [c0, c0 + kCo) of one group
-// (blockIdx.y = group x channel chunk). Each input element a window tap reads is loaded once
-// and multiplied into all kCo channels' sums (kCo-fold fewer loads than one channel per
-// thread); the chunk's filters sit in shared memory as (K, kCo), so a tap's kCo weights are
-// adjacent and every thread of the block reads the same ones (a broadcast). Index arithmetic
-// within an image is 32-bit (the launcher checks it fits). The launch bounds (3 blocks of 256
-// threads per SM, 2 for double: 80 and 128 registers) hold every variant without spills on
-// sm_90 (ptxas -v; on sm_80 the 8-wide float variants spill 32-40 bytes).
+// (load_direct_chunk). Each input element a window tap reads is loaded once and multiplied into
+// all kCo channels' sums (kCo-fold fewer loads than one channel per thread), the filter taps
+// skipped where they fall in the padding. Index arithmetic within an image is 32-bit (the
+// launcher checks it fits). The launch bounds (3 blocks of 256 threads per SM, 2 for double: 80
+// and 128 registers) hold every variant without spills on sm_90 (ptxas -v; on sm_80 the 8-wide
+// float variants spill 56-72 bytes). Any geometry within direct_channels; the commonest first
+// layers take conv_pool_patch_kernel.
 template <typename T, typename OffT, int kCo>
 __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 2 : 3)
     conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
                             const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
   using Acc = typename Num<T>::Acc;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  Acc* filter = reinterpret_cast<Acc*>(smem_raw);  // (K, kCo): filter[k * kCo + j] = w[c0 + j][k]
-  const int64_t chunks = ceil_div(g.Coutg, kCo);
-  const int64_t grp = blockIdx.y / chunks, c0 = grp * g.Coutg + (blockIdx.y % chunks) * kCo;
-  const int nc = static_cast<int>(g.Coutg - (c0 - grp * g.Coutg) < kCo ? g.Coutg - (c0 - grp * g.Coutg) : kCo);
-  const int K = static_cast<int>(g.K);
-  for (int i = threadIdx.x; i < K * kCo; i += blockDim.x) {
-    const int k = i / kCo, j = i % kCo;
-    filter[i] = j < nc ? Num<T>::to_acc(w[(c0 + j) * g.K + k]) : Acc(0);
-  }
-  __syncthreads();
+  Acc* filter = reinterpret_cast<Acc*>(smem_raw);
+  const DirectChunk ch = load_direct_chunk<kCo>(g, w, filter);
   Acc bias[kCo];
 #pragma unroll
-  for (int j = 0; j < kCo; ++j) bias[j] = b && j < nc ? Num<T>::to_acc(b[c0 + j]) : Acc(0);
+  for (int j = 0; j < kCo; ++j) bias[j] = b && j < ch.nc ? Num<T>::to_acc(b[ch.c0 + j]) : Acc(0);
   const int H = static_cast<int>(g.H), W = static_cast<int>(g.W), Cg = static_cast<int>(g.Cg),
             KH = static_cast<int>(g.KH), KW = static_cast<int>(g.KW);
   const int xc = static_cast<int>(xs.s[1]), xh = static_cast<int>(xs.s[2]), xw = static_cast<int>(xs.s[3]);
   const int64_t Q = g.N * g.PH * g.PW;
-  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < Q; q += int64_t(gridDim.x) * blockDim.x) {
-    const PooledIndex p(g, q);
-    const T* xn = x + p.n * xs.s[0] + grp * g.Cg * xs.s[1];
+  PooledSteps qs(g);
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < Q;
+       q += int64_t(gridDim.x) * blockDim.x, qs.next(g)) {
+    const PooledIndex p(qs.at);
+    const T* xn = x + p.n * xs.s[0] + ch.grp * g.Cg * xs.s[1];
     Acc best[kCo];
     int where[kCo];
 #pragma unroll
@@ -149,14 +200,101 @@ __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 
         }
       }
     }
-    const int64_t yi = p.n * ys.s[0] + c0 * ys.s[1] + p.ph * ys.s[2] + p.pw * ys.s[3];
+    store_direct<kCo>(ys, qs.at, ch, best, where, y, off);
+  }
+}
+
+// The direct forward of the commonest first layers, kCo = 8 output channels a thread: a kK x kK
+// conv (3x3) of stride 1 and dilation 1 pooled by kP x kP windows of dilation 1 at any pool
+// stride and padding (MaxPool2d(2): kP = 2; no pool: kP = 1; conv_patch_pool picks it). A
+// window's kP x kP conv outputs are adjacent, so together they read one kS x kS patch of each
+// input channel (kS = kP + kK - 1: 16 elements for a 2x2 window against 36 tap by tap). A thread
+// loads a channel's whole patch before it multiplies (the loads in flight together; the general
+// kernel's loop waits on each), then multiplies each filter tap's 8 weights, read once from
+// shared memory, into all kP^2 outputs' sums. A patch element in the padding is 0, as in
+// torch's conv: a sum adds w * 0 there (exactly what skipping the tap gives for a finite
+// weight; an infinite or NaN weight makes it NaN, as torch's does), in the general kernel's
+// order (bias, then ci, kh, kw). The sums of a window's taps outside the conv output are not
+// pooled. 32-bit index arithmetic within an image, as the general kernel's; float
+// accumulators only (float64 keeps the general kernel: its sums and patch do not fit 128
+// registers).
+template <typename T, typename OffT, int kK, int kP>
+__global__ void __launch_bounds__(kThreads, kP == 1 ? 3 : 2)
+    conv_pool_patch_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
+                           const T* __restrict__ b, T* __restrict__ y, OffT* __restrict__ off, Strides4 ys) {
+  using Acc = typename Num<T>::Acc;
+  static_assert(sizeof(Acc) == 4, "float accumulators only");
+  constexpr int kCo = kDirectWideChannels, kS = kP + kK - 1, kTaps = kP * kP;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  Acc* filter = reinterpret_cast<Acc*>(smem_raw);
+  const DirectChunk ch = load_direct_chunk<kCo>(g, w, filter);
+  Acc bias[kCo];
 #pragma unroll
-    for (int j = 0; j < kCo; ++j) {
-      if (j < nc) {
-        y[yi + j * ys.s[1]] = Num<T>::from_acc(best[j]);
-        off[yi + j * ys.s[1]] = static_cast<OffT>(best[j] > Acc(0) || best[j] != best[j] ? where[j] : -1);
+  for (int j = 0; j < kCo; ++j) bias[j] = b && j < ch.nc ? Num<T>::to_acc(b[ch.c0 + j]) : Acc(0);
+  const int H = static_cast<int>(g.H), W = static_cast<int>(g.W), Cg = static_cast<int>(g.Cg);
+  const int OH = static_cast<int>(g.OH), OW = static_cast<int>(g.OW);
+  const int xc = static_cast<int>(xs.s[1]), xh = static_cast<int>(xs.s[2]), xw = static_cast<int>(xs.s[3]);
+  const int64_t Q = g.N * g.PH * g.PW;
+  PooledSteps qs(g);
+  for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < Q;
+       q += int64_t(gridDim.x) * blockDim.x, qs.next(g)) {
+    const int r0 = qs.at.mid * static_cast<int>(g.psh) - static_cast<int>(g.pph);  // conv position of tap (0, 0)
+    const int c0 = qs.at.lo * static_cast<int>(g.psw) - static_cast<int>(g.ppw);
+    const int ih0 = r0 - static_cast<int>(g.pt), iw0 = c0 - static_cast<int>(g.pl);  // its filter tap (0, 0)
+    const T* xn = x + qs.at.hi * xs.s[0] + ch.grp * g.Cg * xs.s[1];
+    Acc v[kTaps][kCo];
+#pragma unroll
+    for (int t = 0; t < kTaps; ++t)
+#pragma unroll
+      for (int j = 0; j < kCo; ++j) v[t][j] = bias[j];
+    const Acc* f = filter;
+    for (int ci = 0; ci < Cg; ++ci, f += kK * kK * kCo) {
+      const T* xci = xn + ci * xc;
+      Acc patch[kS][kS];
+#pragma unroll
+      for (int a = 0; a < kS; ++a) {
+        const int ih = ih0 + a;
+#pragma unroll
+        for (int e = 0; e < kS; ++e) {
+          const int iw = iw0 + e;
+          patch[a][e] = ih >= 0 && ih < H && iw >= 0 && iw < W ? Num<T>::to_acc(xci[ih * xh + iw * xw]) : Acc(0);
+        }
       }
+#pragma unroll
+      for (int kh = 0; kh < kK; ++kh)
+#pragma unroll
+        for (int kw = 0; kw < kK; ++kw) {
+          Acc wt[kCo];
+#pragma unroll
+          for (int j = 0; j < kCo; ++j) wt[j] = f[(kh * kK + kw) * kCo + j];
+#pragma unroll
+          for (int th = 0; th < kP; ++th)
+#pragma unroll
+            for (int tw = 0; tw < kP; ++tw)
+#pragma unroll
+              for (int j = 0; j < kCo; ++j)
+                v[th * kP + tw][j] = fma(wt[j], patch[th + kh][tw + kw], v[th * kP + tw][j]);
+        }
     }
+    Acc best[kCo];
+    int where[kCo];
+#pragma unroll
+    for (int j = 0; j < kCo; ++j) best[j] = -std::numeric_limits<Acc>::infinity(), where[j] = -1;
+#pragma unroll
+    for (int th = 0; th < kP; ++th)
+#pragma unroll
+      for (int tw = 0; tw < kP; ++tw) {
+        if (r0 + th < 0 || r0 + th >= OH || c0 + tw < 0 || c0 + tw >= OW) continue;
+#pragma unroll
+        for (int j = 0; j < kCo; ++j) {
+          const Acc a = relu_keep_nan(v[th * kP + tw][j]);
+          if (replaces(a, best[j])) {
+            best[j] = a;
+            where[j] = th * kP + tw;
+          }
+        }
+      }
+    store_direct<kCo>(ys, qs.at, ch, best, where, y, off);
   }
 }
 
@@ -187,6 +325,18 @@ int direct_channels(const Geometry& g, const Strides4& xs) {
   if (!image_offsets_fit(g, xs)) return 0;
   if (conv_coordinate_reach(g) >= kInt32) return 0;  // the bindings refuse these; kept for other callers
   return co;
+}
+
+// The pool window side kP of conv_pool_patch_kernel<T, OffT, 3, kP> for g: 2 for 2x2 windows of
+// dilation 1 (any pool stride and padding), 1 without a pool (or a 1x1 one), after a 3x3 conv of
+// stride 1 and dilation 1; 0 where it does not run (the general direct kernel does). The caller
+// also needs 8 output channels a thread (direct_channels) and float accumulators.
+constexpr int kPatchKernel = 3;  // the conv's filter size (a template parameter of the kernel)
+
+inline int conv_patch_pool(const Geometry& g) {
+  if (g.KH != kPatchKernel || g.KW != kPatchKernel || g.sh != 1 || g.sw != 1 || g.dh != 1 || g.dw != 1) return 0;
+  if (g.PKH == 1 && g.PKW == 1) return 1;
+  return g.PKH == 2 && g.PKW == 2 && g.pdh == 1 && g.pdw == 1 ? 2 : 0;
 }
 
 // The pooled epilogue of the implicit-GEMM forwards over a result tile of kRows rows, for the
@@ -890,6 +1040,16 @@ cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g,
         const dim3 direct(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
         const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
         if (co == kDirectWideChannels) {
+          // Windows of at most 4 taps: int8 offsets (offsets_dtype), the only patch instances.
+          if constexpr (sizeof(typename Num<T>::Acc) == 4 && std::is_same<OffT, int8_t>::value) {
+            const int side = conv_patch_pool(g);
+            if (side > 0) {
+              const auto patch = side == 2 ? conv_pool_patch_kernel<T, OffT, kPatchKernel, 2>
+                                           : conv_pool_patch_kernel<T, OffT, kPatchKernel, 1>;
+              patch<<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
+              return cudaGetLastError();
+            }
+          }
           conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
                                                                                                    yp, op, ys);
           return cudaGetLastError();

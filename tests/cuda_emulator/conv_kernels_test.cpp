@@ -23,6 +23,8 @@ namespace {
 
 int channel_run_checks = 0;           // (geometry, element type) pairs the channel-run forward ran on
 int channel_run_backward_checks = 0;  // those the channel-run backward ran on
+int patch_pool_checks = 0;  // check_case calls that ran conv_pool_patch_kernel with a 2x2 pool
+int patch_checks = 0;       // those that ran it without a pool
 int unpool_runs_checks = 0;  // check_case calls (two a geometry and type: x, y layouts) that ran unpool_runs_kernel
 
 struct Case {
@@ -166,6 +168,20 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
     check_forward(" direct forward, 1 channel a thread", narrow, true, [&](const T* bias, T* y, int32_t* off) {
       conv_pool_direct_kernel<T, int32_t, 1>(g, x.data(), xs, w.data(), bias, y, off, ys);
     });
+    // The patch kernel where the launcher takes it (3x3 stride 1, a 2x2 pool or none; float
+    // accumulators), with int32 offsets here (the launcher's are int8: windows of 1 or 4 taps).
+    if constexpr (sizeof(typename Num<T>::Acc) == 4) {
+      const int side = conv_patch_pool(g);
+      const auto patch = [&](const T* bias, T* y, int32_t* off) {
+        if (side == 2) conv_pool_patch_kernel<T, int32_t, kPatchKernel, 2>(g, x.data(), xs, w.data(), bias, y, off, ys);
+        else conv_pool_patch_kernel<T, int32_t, kPatchKernel, 1>(g, x.data(), xs, w.data(), bias, y, off, ys);
+      };
+      if (side > 0) {
+        check_forward(" patch forward", wide, true, patch);
+        check_forward(" patch forward, no bias", wide, false, patch);
+        ++(side == 2 ? patch_pool_checks : patch_checks);
+      }
+    }
   }
 
   // The gradients: conv_grads_kernel's blocks for the input, weight and bias gradients (dconv
@@ -451,7 +467,7 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
 }
 
 // The direct kernel's launcher choice (direct_channels): its width, and where it leaves the
-// problem to the implicit GEMM.
+// problem to the implicit GEMM; and where the patch kernel takes over (conv_patch_pool).
 void check_direct_channels() {
   const auto choice = [](int64_t C, int64_t H, int64_t W, int64_t Cout, int64_t G, int64_t KH, int64_t pt,
                          bool dbl, int64_t row_stride = 0) {
@@ -476,6 +492,33 @@ void check_direct_channels() {
   for (const auto& c : checks)
     if (c.got != c.want)
       fail(std::string("direct_channels, ") + c.what + ": " + std::to_string(c.got) + ", want " +
+           std::to_string(c.want));
+  // Where the patch kernel runs (conv_patch_pool): its pool side, 0 for the general kernel.
+  const auto side = [](int64_t KH, int64_t KW, int64_t s, int64_t d, int64_t pk, int64_t ps, int64_t pp, int64_t pd,
+                       int64_t pool_kw = -1) {
+    Geometry g = test_geometry(1, 3, 16, 16, 8, 1, KH, KW, s, s, 1, 1, d, d, pk, ps, pp, pd);
+    if (pool_kw >= 0) g.PKW = pool_kw;
+    return conv_patch_pool(g);
+  };
+  const struct {
+    const char* what;
+    int got, want;
+  } sides[] = {
+      {"3x3, pool 2", side(3, 3, 1, 1, 2, 2, 0, 1), 2},
+      {"3x3, pool 2 stride 1 pad 1", side(3, 3, 1, 1, 2, 1, 1, 1), 2},
+      {"3x3, no pool", side(3, 3, 1, 1, 0, 1, 0, 1), 1},
+      {"3x3, pool 1 stride 2", side(3, 3, 1, 1, 1, 2, 0, 1), 1},
+      {"3x3, pool 3 stride 2", side(3, 3, 1, 1, 3, 2, 1, 1), 0},
+      {"3x3, pool 2 dilation 2", side(3, 3, 1, 1, 2, 2, 0, 2), 0},
+      {"3x3, pool 2x1", side(3, 3, 1, 1, 2, 2, 0, 1, 1), 0},
+      {"3x3 stride 2", side(3, 3, 2, 1, 2, 2, 0, 1), 0},
+      {"3x3 dilation 2", side(3, 3, 1, 2, 2, 2, 0, 1), 0},
+      {"5x5", side(5, 5, 1, 1, 2, 2, 0, 1), 0},
+      {"3x1", side(3, 1, 1, 1, 2, 2, 0, 1), 0},
+  };
+  for (const auto& c : sides)
+    if (c.got != c.want)
+      fail(std::string("conv_patch_pool, ") + c.what + ": " + std::to_string(c.got) + ", want " +
            std::to_string(c.want));
 }
 
@@ -573,6 +616,13 @@ int main() {
       // stand in for the other's.
       {"16->16 pool 2x3, strides 2 and 1, padding 0 and 1, dilation 1 and 2", 2, 16, 8, 9, 16, 1, 3, 3, 1, 1, 1, 1, 1,
        1, 2, 2, 0, 1, -1, -1, false, 3, 1, 1, 2},
+      // The direct forward's patch kernel (3x3 stride 1) without a pool, over 297 conv outputs
+      // a channel (a block's grid-stride loop runs twice), and with a 2x2 pool of stride 1 and
+      // padding 1 after asymmetric conv padding: the first and last windows of each row and
+      // column have a tap outside the conv output; 12 output channels, a partial second chunk.
+      {"3->16 3x3 pad 1, no pool: 297 outputs a channel", 3, 3, 9, 11, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1},
+      {"2->12 3x3 padding 2 / 0 and 0 / 1, pool 2 stride 1 pad 1", 2, 2, 7, 6, 12, 1, 3, 3, 1, 1, 2, 0, 1, 1, 2, 1,
+       1, 1, 0, 1},
   };
   check_direct_channels();
   check_run_choices();
@@ -581,6 +631,11 @@ int main() {
     if (c.C % kRunLen<__half> != 0 || c.C != c.Cout / 2) continue;
     check_case<__half>(c, true, true, {1});
     break;
+#endif
+#ifdef FUSEDOPS_EMULATOR_DIRECT_QUICK  // the direct kernels' geometries in float32 only (the same, for them)
+    if (c.C / c.G > kDirectMaxChannels) continue;
+    check_case<float>(c, false, false, {1});
+    continue;
 #endif
 #ifdef FUSEDOPS_EMULATOR_QUICK  // the first case in float32 only (tests that the emulator catches a broken kernel)
     check_case<float>(c, false, false, {1});
@@ -599,6 +654,7 @@ int main() {
   std::printf("channel-run forward: %d geometry and type pairs\n", channel_run_checks);
   std::printf("channel-run backward: %d geometry and type pairs\n", channel_run_backward_checks);
   std::printf("channels_last un-pool: %d checks\n", unpool_runs_checks);
+  std::printf("patch forward: %d checks with a 2x2 pool, %d without\n", patch_pool_checks, patch_checks);
   std::printf("%zu conv geometries, %d failures\n", sizeof(cases) / sizeof(cases[0]), failures);
   return failures != 0;
 }
