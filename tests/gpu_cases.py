@@ -174,7 +174,7 @@ CONV_GRID: List[ConvCase] = _grid()
 
 CONV_LAYOUTS: List[ConvCase] = [
     dataclasses.replace(case, layout=layout, jvp=False)
-    for case in CONV_GRID if case.name in ("odd_sizes_pad1", "groups2", "pool_padding")
+    for case in CONV_GRID if case.name in ("odd_sizes_pad1", "groups2", "pool_padding", "basic_2x2_pool")
     for layout in ("channels_last", "sliced", "transposed")
 ]
 
@@ -261,6 +261,15 @@ CONV_CONFIGS: List[ConvCase] = [
           precisions=("bf16", "fp32"), backends=("cuda",), jvp=True,
           purpose="CUDA: 17.8M outputs per channel: the direct forward's, the un-pool's and the tangent's "
                   "grid-stride loops run twice and more (65536 blocks of 256 threads per pass)"),
+    _conv("grid-stride 1->4 1024x1024 b17 no pool", (17, 1, 1024, 1024), 4, 3, padding=1, pool_kernel_size=None,
+          precisions=("bf16",), backends=("cuda",),
+          purpose="CUDA: the patch kernel's grid-stride loop runs twice (17.8M outputs per channel)"),
+    _conv("first layer 3->8, pool 2 strides 1 and 2, padding 1 and 0", (2, 3, 9, 10), 8, 3, padding=1,
+          pool_kernel_size=2, pool_stride=(1, 2), pool_padding=(1, 0),
+          purpose="CUDA: the patch kernel with each column's first and last window half outside the conv output, "
+                  "and unequal pool strides and paddings along h and w"),
+    _conv("first layer 3->8, 1x1 pool stride 2", (2, 3, 9, 10), 8, 3, padding=1, pool_kernel_size=1, pool_stride=2,
+          purpose="CUDA: the patch kernel without a pool (a 1x1 window) at stride 2"),
     _conv("grid-stride 1024->2048 3x3 no pool", (1, 1024, 3, 3), 2048, 3, padding=1, pool_kernel_size=None,
           precisions=("bf16", "fp32"), scale_weight=True,
           purpose="CUDA: 18.9M weight elements: the split-K sum's grid-stride loop runs twice; 32 M tiles"),
@@ -739,6 +748,7 @@ def cuda_required() -> Set[str]:
         "conv forward direct: grid-stride loop runs twice or more", "conv forward direct: 8 output channels a thread",
         "conv forward direct: 1 output channel a thread", "conv forward direct: a partial chunk of output channels",
         "conv forward patch: a partial chunk of output channels",
+        "conv forward patch: grid-stride loop runs twice or more",
         "conv forward gemm: second M tile",
         "conv forward gemm: groups", "conv forward gemm: several waves", "conv forward runs: second M tile",
         "conv forward runs: 128-row tiles", "conv forward runs: several column tiles", "conv forward runs: groups",

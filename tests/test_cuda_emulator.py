@@ -124,9 +124,9 @@ PATCH_MUTATIONS = {
 @pytest.mark.parametrize("mutation", sorted(PATCH_MUTATIONS))
 def test_the_emulator_sees_a_broken_patch_kernel(tmp_path, mutation):
     """The direct forward's patch kernel, run on the direct geometries: a window pooling a tap
-    past the conv output fails the 2->12 geometry (windows of stride 1 and padding 1), a
-    grid-stride loop that does not step its output's coordinates the 3->16 one (297 outputs a
-    channel, one block)."""
+    past the conv output fails the 2->12 geometry (windows of stride 1 and padding 1 along h), a
+    grid-stride loop that does not step its output's coordinates the 3->16 one (792 outputs a
+    channel, 3 blocks)."""
     before, after = PATCH_MUTATIONS[mutation]
     source = _source("conv_block.cu")
     assert source.count(before) == 1

@@ -58,7 +58,9 @@ CUDA (tile_gemm.cuh: 64x64x16 tiles, 256 threads; wmma for fp16/bf16, FMA for fp
 - forward direct (<= 4 input channels per group, filters within 48 KiB of shared memory; 8
   output channels a thread where a group has >= 4: ``basic_2x2_pool``, a partial chunk; else 1:
   ``depthwise``; its patch kernel for 3x3 stride 1 with a 2x2 pool or none, 8 channels a thread,
-  in every type but float64: ``valid``, ``no_pool``) and gemm, each for
+  in every type but float64: ``valid``, ``no_pool``, ``basic_2x2_pool`` in every input layout,
+  ``first layer 3->8`` with unequal pool strides and paddings or a 1x1 pool of stride 2, and
+  ``grid-stride 1->4 1024x1024 b17``, whose grid-stride loop runs twice) and gemm, each for
   float/double/half/bfloat16 x int8/int16/int32 offsets: grid cases (int8; direct int16:
   pool_large_window_int16), ``int16 offsets, gemm 6->4 pool 12x12/2``, ``int32 offsets, direct
   2->2 pool 182`` and ``int32 offsets, gemm 6->4 pool 182`` (33124-tap windows), all precisions.
@@ -169,7 +171,7 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                           r"channels\(g\.Cout / run\)",
                           r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
                           r"grid_for\(dw_count \+ db_count\)",
-                          r"grid_for\(g\.N \* g\.Cout \* g\.PH \* g\.PW\)",
+                          r"const int64_t total = g\.N \* g\.Cout \* g\.PH \* g\.PW;", r"grid_for\(total\)",
                           r"const int64_t len = run_len\(dtype\);",
                           r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
                           r"runs_at_every_pixel\(len, g, x, xs\);",

@@ -93,6 +93,44 @@ def check_offsets_exactly(backend, precision, case, device):
         case.check(backend, precision, pattern="big", device=device)  # gradients along these offsets, the rest
 
 
+# NaN and infinite inputs among the integer ones, in the first layers' direct kernels (CUDA's
+# patch kernel: pool2, no_pool; its general one: overlap_padded) and an implicit GEMM.
+NAN_CASES = [c for c in TIE_CASES if c.name in ("pool2", "no_pool", "overlap_padded", "gemm_groups_overlap")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend,precision,case", [(b, p, c) for b in gpu_cases.GPU_BACKENDS for p in ("fp32", "bf16")
+                                                    for c in NAN_CASES], ids=lambda v: getattr(v, "id", v))
+def test_nan_and_infinite_inputs_give_the_references_offsets(backend, precision, case):
+    require_gpu_backend(backend)
+    check_nan_offsets(backend, precision, case, "cuda")
+
+
+def check_nan_offsets(backend, precision, case, device):
+    """Integer inputs with about 1 in 60 elements NaN, inf or -inf: conv sums where each is NaN
+    or infinite whatever the order of the terms, so the outputs (NaN where NaN) and the offsets
+    (a NaN wins its window, a later NaN over an earlier one; an infinite max keeps its ReLU on)
+    equal the float64 reference's (computed on the CPU) exactly."""
+    x64, w64, b64, kwargs = case.inputs("cpu")
+    gen = torch.Generator().manual_seed(7)
+    flat = x64.view(-1)
+    picks = torch.randperm(flat.numel(), generator=gen)[: max(3, flat.numel() // 60)]
+    flat[picks] = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=torch.float64).repeat(
+        len(picks) // 3 + 1)[: len(picks)]
+    p = case.params()
+    want_out, want = torch.ops.fusedops.conv_block_forward(x64, w64, b64, *p, "reference")
+    assert want_out.isnan().any() and want_out.isinf().any(), "the case must reach NaN and infinite outputs"
+    prec = gpu_checks.PRECISIONS[precision]
+    x, w, b = (None if t is None else t.to(device, prec.dtype) for t in (x64, w64, b64))
+    with gpu_checks.tf32_flags(prec.tf32):
+        out, offsets = torch.ops.fusedops.conv_block_forward(x, w, b, *p, backend)
+    wrong = offsets.cpu() != want
+    assert not wrong.any(), (f"{int(wrong.sum())} of {wrong.numel()} offsets differ from the reference; first at "
+                             f"{[int(i) for i in wrong.nonzero()[0]]}: {int(offsets.cpu()[wrong][0])} != "
+                             f"{int(want[wrong][0])}")
+    torch.testing.assert_close(out.cpu(), want_out.to(prec.dtype), rtol=0, atol=0, equal_nan=True)
+
+
 def _rounded_tie_inputs(dtype, device="cuda"):
     """Windows (2x2 pool of a 1x1 conv over 2 channels) whose four taps are all 1 except one,
     ``1 + 2**-12``: 16-bit floats round it to 1 (a tie), float32 keeps it. Returns

@@ -16,10 +16,9 @@ input and weight gradients) in float32 (IEEE and TF32), float16 and bfloat16, ch
 - one barrier per step of the main loop (double-buffered shared memory: the next stage is
   stored while the current one is read).
 
-float64 (kept for gradcheck) is reported, held only to the division rule; so are the un-pools
-(``unpool_kernel``, ``unpool_runs_kernel``), grid-stride passes over the conv output that
-divide by multiplies, and the direct forwards (``conv_pool_direct_kernel``,
-``conv_pool_patch_kernel``), which step their pooled outputs' coordinates with carries.
+float64 (kept for gradcheck) is reported, held only to the division rule; so is every other
+kernel (the direct forwards, the un-pools, the tangent, the reductions: grid-stride loops that
+step their coordinates with carries or divide by multiplies, FastDivisor).
 
 Usage: ``python tools/cuda_kernel_report.py [--arch 90 --arch 80] [--out benchmarks/cuda-sm90.md] [--check]``
 """
@@ -47,10 +46,6 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF
 GEMM_KERNELS = ("conv_pool_gemm_kernel", "conv_pool_runs_kernel", "conv_grads_kernel", "conv_grads_runs_kernel",
                 "linear_forward_kernel", "linear_forward_runs_kernel", "linear_input_grad_kernel",
                 "linear_input_grad_runs_kernel", "linear_weight_grad_kernel", "linear_weight_grad_runs_kernel")
-# Grid-stride kernels held to the division rule alone: the un-pools decompose a flat index and
-# find its pool windows at every element (run) of the conv output (FastDivisor), the backward's
-# largest elementwise pass; the direct forwards step their pooled output's digits with carries.
-DIVISION_ONLY_KERNELS = ("unpool_kernel", "unpool_runs_kernel", "conv_pool_direct_kernel", "conv_pool_patch_kernel")
 MAX_REGISTERS = 128  # 65536 registers per SM / (2 blocks x 256 threads)
 MAX_STACK = 256  # bytes of spills per thread
 DTYPES = {"float": "float32", "double": "float64", "__half": "float16", "__nv_bfloat16": "bfloat16",
@@ -361,12 +356,10 @@ def compile_kernels(arch: int, workdir: str, nvcc: str, cuobjdump: str) -> List[
 
 def violations(k: Kernel) -> List[str]:
     """The rules (module docstring) a kernel breaks."""
-    if k.template not in GEMM_KERNELS + DIVISION_ONLY_KERNELS:
-        return []
     out = []
     if k.ptx.loop_div64:
         out.append(f"{k.ptx.loop_div64} 64-bit divisions in loops")
-    if k.dtype == "float64" or k.template in DIVISION_ONLY_KERNELS:
+    if k.dtype == "float64" or k.template not in GEMM_KERNELS:
         return out
     if k.registers > MAX_REGISTERS:
         out.append(f"{k.registers} registers > {MAX_REGISTERS}")
@@ -408,7 +401,7 @@ def report(results: Dict[int, List[Kernel]]) -> str:
              "everything else. Rules for the implicit GEMMs",
              f"in float32/float16/bfloat16: <= {MAX_REGISTERS} registers (2 blocks of 256 threads per SM), <=",
              f"{MAX_STACK} bytes of stack, no 64-bit division in a loop, one barrier per step (float64: the",
-             "division rule only; so are the un-pools and the direct forwards, in every dtype).",
+             "division rule only; so is every other kernel, in every dtype).",
              "Maxima over the offset types (and the direct kernel's two widths, 8 and 1 output channels a thread);",
              "the conv forward and weight gradient over runs in their two tiles, 64 and 128 output channels a",
              "block, and the linear kernels over runs in theirs, 64 and 128 rows (the weight gradient's: out",
@@ -420,9 +413,8 @@ def report(results: Dict[int, List[Kernel]]) -> str:
                   "main-loop SASS / multiplies | rule |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         broken = {(k.label, k.dtype): "; ".join(violations(k)) for k in kernels if violations(k)}
-        ruled = {k.label for k in kernels if k.template in GEMM_KERNELS + DIVISION_ONLY_KERNELS}
         for label, dtype, reg, stack, shared, d64, d32, barriers, sass, multiplies in summarize(kernels):
-            rule = broken.get((label, dtype), "ok" if label in ruled else "")
+            rule = broken.get((label, dtype), "ok")
             step = "" if barriers < 0 else str(barriers)
             size = "" if sass < 0 else f"{sass} / {multiplies}"
             lines.append(f"| {label} | {dtype} | {reg} | {stack} | {shared} | {d64} / {d32} | {step} | {size} | "

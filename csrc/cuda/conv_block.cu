@@ -57,12 +57,7 @@ constexpr int64_t kDirectMaxSmem = 48 * 1024;  // bytes of filters it keeps in s
 // Pooled output q = (n, ph, pw) and a window tap -> conv position (r, c); false outside the conv output.
 struct PooledIndex {
   int64_t n, ph, pw;
-  __device__ PooledIndex(const Geometry& g, int64_t q) {
-    pw = q % g.PW;
-    const int64_t t = q / g.PW;
-    ph = t % g.PH;
-    n = t / g.PH;
-  }
+  __device__ PooledIndex(int64_t n_, int64_t ph_, int64_t pw_) : n(n_), ph(ph_), pw(pw_) {}
   __device__ explicit PooledIndex(const Digits& q) : n(q.hi), ph(q.mid), pw(q.lo) {}
   __device__ bool tap(const Geometry& g, int th, int tw, int64_t& r, int64_t& c) const {
     r = ph * g.psh - g.pph + th * g.pdh;
@@ -138,11 +133,12 @@ __device__ __forceinline__ void store_direct(const Strides4& ys, const Digits& q
 // One thread: pooled output q = (n, ph, pw) of kCo output channels [c0, c0 + kCo) of one group
 // (load_direct_chunk). Each input element a window tap reads is loaded once and multiplied into
 // all kCo channels' sums (kCo-fold fewer loads than one channel per thread), the filter taps
-// skipped where they fall in the padding. Index arithmetic within an image is 32-bit (the
-// launcher checks it fits). The launch bounds (3 blocks of 256 threads per SM, 2 for double: 80
-// and 128 registers) hold every variant without spills on sm_90 (ptxas -v; on sm_80 the 8-wide
-// float variants spill 56-72 bytes). Any geometry within direct_channels; the commonest first
-// layers take conv_pool_patch_kernel.
+// skipped where they fall in the padding (so an infinite weight there adds nothing, where
+// torch's conv and the patch kernel, multiplying the padding's zeros, give NaN). Index
+// arithmetic within an image is 32-bit (the launcher checks it fits). The launch bounds (3
+// blocks of 256 threads per SM, 2 for double: 80 and 128 registers) hold every variant without
+// spills on sm_90 (ptxas -v; on sm_80 the 8-wide float variants spill 56-72 bytes). Any
+// geometry within direct_channels; the commonest first layers take conv_pool_patch_kernel.
 template <typename T, typename OffT, int kCo>
 __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 2 : 3)
     conv_pool_direct_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
@@ -808,16 +804,25 @@ __global__ void __launch_bounds__(kThreads, 2)
   bias_grad_block<T, OffT>(g, go, gs, off, os, plan.db_chunk, plan.db_splits, b % g.Cout, b / g.Cout, db_part, db);
 }
 
+// The column order of the channel-run backward's weight-gradient partial sums, the runs'
+// (KH, KW, Cin/groups): column r = tap * Cg + ci of a filter is dw's column ci * taps + tap
+// (taps = KH*KW). taps = 0: the columns are in dw's order already.
+struct RunColumns {
+  FastDivisor k, cg;  // K = Cg * taps, Cg
+  int64_t taps = 0;
+  RunColumns() = default;
+  RunColumns(int64_t cg_, int64_t taps_) : k(cg_ * taps_), cg(cg_), taps(taps_) {}  // both >= 1
+};
+
 // The backward's reduction launch: dw[i] = sum over splits of dw_part (dw_count elements, none
 // when dw is null), then db[c] = sum over db_splits of db_part (none when db_splits is 1: the
 // bias blocks wrote db), each in split order (deterministic). dw is (Cout, Cin/groups, KH, KW)
-// contiguous; dw_part's columns are in that order too, or, where runs_cg > 0 (the channel-run
-// backward), in the runs' (KH, KW, Cin/groups) order with runs_cg = Cin/groups and taps = KH*KW.
+// contiguous; dw_part's columns are in that order too, or in the runs' (cols.taps > 0).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     sum_grad_partials_kernel(const typename Num<T>::Acc* dw_part, int64_t splits, int64_t dw_count, T* dw,
                              const typename Num<T>::Acc* db_part, int64_t db_splits, int64_t db_count, T* db,
-                             int64_t runs_cg = 0, int64_t taps = 1) {
+                             RunColumns cols = RunColumns()) {
   using Acc = typename Num<T>::Acc;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < dw_count + db_count;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -825,9 +830,11 @@ __global__ void __launch_bounds__(kThreads)
     // Thread i reads element i of each split (consecutive threads, consecutive addresses) and
     // writes it to dw[o], reordered from the runs' columns.
     int64_t o = i;
-    if (weight && runs_cg > 0) {
-      const int64_t K = runs_cg * taps, r = i % K;  // r = tap * Cg + ci
-      o = i - r + (r % runs_cg) * taps + r / runs_cg;
+    if (weight && cols.taps > 0) {
+      int64_t r, ci;
+      cols.k.divmod(i, r);                         // r = tap * Cg + ci
+      const int64_t tap = cols.cg.divmod(r, ci);
+      o = i - r + ci * cols.taps + tap;
     }
     const Acc* part = weight ? dw_part + i : db_part + (i - dw_count);
     const int64_t n = weight ? splits : db_splits, count = weight ? dw_count : db_count;
@@ -922,22 +929,35 @@ __global__ void __launch_bounds__(kThreads, sizeof(typename Num<T>::Acc) == 8 ? 
   if (threadIdx.x == 0) part_db[piece * g.Cout + c] = total;
 }
 
+// The divisors of the tangent's flat index i = ((c * N + n) * PH + ph) * PW + pw and of a window
+// offset o = th * PKW + tw, built by the launcher (FastDivisor: the kernel divides nothing).
+// Every one >= 1: the launcher skips an empty output.
+struct JvpDivisors {
+  FastDivisor pooled, pw, ph, coutg, pkw;  // N*PH*PW, PW, PH, Cout/groups, PKW
+  explicit JvpDivisors(const Geometry& g)
+      : pooled(g.N * g.PH * g.PW), pw(g.PW), ph(g.PH), coutg(g.Coutg), pkw(g.PKW) {}
+};
+
 // Tangent at fixed offsets: each thread computes whole outputs y[n, c, ph, pw] (a grid-stride
 // loop over (c, n, ph, pw)), a dot product of length K at the conv position of the window's
 // max: tb[c] + sum tx * w + x * tw, or 0 where the ReLU is off.
 template <typename T, typename OffT>
-__global__ void jvp_kernel(Geometry g, const T* __restrict__ x, Strides4 xs, const T* __restrict__ w,
-                           const OffT* __restrict__ off, Strides4 os, const T* __restrict__ tx, Strides4 txs,
-                           const T* __restrict__ tw, const T* __restrict__ tb, T* __restrict__ y, Strides4 ys) {
+__global__ void jvp_kernel(Geometry g, JvpDivisors dv, const T* __restrict__ x, Strides4 xs,
+                           const T* __restrict__ w, const OffT* __restrict__ off, Strides4 os, const T* __restrict__ tx,
+                           Strides4 txs, const T* __restrict__ tw, const T* __restrict__ tb, T* __restrict__ y,
+                           Strides4 ys) {
   using Acc = typename Num<T>::Acc;
-  const int64_t Q = g.N * g.PH * g.PW, total = Q * g.Cout;
+  const int64_t total = g.N * g.PH * g.PW * g.Cout;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = i / Q, grp = c / g.Coutg;
-    const PooledIndex p(g, i % Q);
+    int64_t q, ph, pw;
+    const int64_t c = dv.pooled.divmod(i, q), grp = dv.coutg.div(c);
+    const int64_t n = dv.ph.divmod(dv.pw.divmod(q, pw), ph);
+    const PooledIndex p(n, ph, pw);
     const int64_t o = off[p.n * os.s[0] + c * os.s[1] + p.ph * os.s[2] + p.pw * os.s[3]];
     Acc acc = Acc(0);
-    int64_t r, cc;
-    if (o >= 0 && p.tap(g, static_cast<int>(o / g.PKW), static_cast<int>(o % g.PKW), r, cc)) {
+    int64_t r, cc, tap_w = 0;
+    const int64_t tap_h = o >= 0 ? dv.pkw.divmod(o, tap_w) : 0;
+    if (o >= 0 && p.tap(g, static_cast<int>(tap_h), static_cast<int>(tap_w), r, cc)) {
       if (tb) acc = Num<T>::to_acc(tb[c]);
       for (int64_t ci = 0; ci < g.Cg; ++ci) {
         const int64_t ch = grp * g.Cg + ci;
@@ -1171,7 +1191,7 @@ cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g
       if (dw_count + db_count == 0) return cudaSuccess;
       sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
           dw_part, plan.splits, dw_count, static_cast<T*>(dw), db_part, plan.db_splits, db_count, static_cast<T*>(db),
-          runs ? g.Cg : 0, g.KH * g.KW);
+          runs ? RunColumns(g.Cg, g.KH * g.KW) : RunColumns());
       return cudaGetLastError();
     });
   });
@@ -1184,9 +1204,12 @@ cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, con
     using T = decltype(tag);
     return dispatch_offsets(offset_bytes, [&](auto otag) {
       using OffT = decltype(otag);
-      jvp_kernel<T, OffT><<<grid_for(g.N * g.Cout * g.PH * g.PW), kThreads, 0, stream>>>(
-          g, static_cast<const T*>(x), xs, static_cast<const T*>(w), static_cast<const OffT*>(offsets), os,
-          static_cast<const T*>(tx), txs, static_cast<const T*>(tw), static_cast<const T*>(tb), static_cast<T*>(y), ys);
+      const int64_t total = g.N * g.Cout * g.PH * g.PW;
+      if (total == 0) return cudaSuccess;  // (and no divisor of 0)
+      jvp_kernel<T, OffT><<<grid_for(total), kThreads, 0, stream>>>(
+          g, JvpDivisors(g), static_cast<const T*>(x), xs, static_cast<const T*>(w),
+          static_cast<const OffT*>(offsets), os, static_cast<const T*>(tx), txs, static_cast<const T*>(tw),
+          static_cast<const T*>(tb), static_cast<T*>(y), ys);
       return cudaGetLastError();
     });
   });

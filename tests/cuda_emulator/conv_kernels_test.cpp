@@ -5,7 +5,8 @@
 // the channel-run forward, and the backward's gradient launch (conv_grads_kernel: input,
 // weight and bias gradients, the weight gradient over several split-K counts, the bias
 // gradient over one and several splits), the first layers' direct weight and bias gradient
-// (conv_weight_grad_direct_kernel, over several split counts), for every element type, over
+// (conv_weight_grad_direct_kernel, over several split counts), the tangent at fixed offsets
+// (jvp_kernel), for every element type, over
 // geometries that reach every loader path
 // (several row and column tiles, K not a multiple of 16, strides, dilations, pool padding and
 // dilation, groups, depthwise, 1-wide kernels, images smaller than a k step) with NCHW and
@@ -158,8 +159,10 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
       ++channel_run_checks;
     }
   }
-  if (g.Cg <= kDirectMaxChannels) {  // the direct kernel at both widths, one block along x (a grid-stride loop)
-    const dim3 wide(1, unsigned(g.G * ceil_div(g.Coutg, 8))), narrow(1, unsigned(g.Cout));
+  if (g.Cg <= kDirectMaxChannels) {
+    // The direct kernel at both widths, 3 blocks along x: their threads stride over the rest (a
+    // thread's step crosses blocks) where a channel has over 768 pooled outputs.
+    const dim3 wide(3, unsigned(g.G * ceil_div(g.Coutg, 8))), narrow(3, unsigned(g.Cout));
     const auto direct8 = [&](const T* bias, T* y, int32_t* off) {
       conv_pool_direct_kernel<T, int32_t, 8>(g, x.data(), xs, w.data(), bias, y, off, ys);
     };
@@ -442,8 +445,8 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
         std::vector<T> dw(g.Cout * g.K, from_double<T>(12345.0)), none;
         launch_both_orders(what + " channel-run weight gradient sum",
                            dim3(unsigned(ceil_div(g.Cout * g.K, int64_t(kThreads)))), [&] {
-          sum_grad_partials_kernel<T>(dw_part.data(), plan.splits, g.Cout * g.K, dw.data(), nullptr, 0, 0, nullptr, g.Cg,
-                                      g.KH * g.KW);
+          sum_grad_partials_kernel<T>(dw_part.data(), plan.splits, g.Cout * g.K, dw.data(), nullptr, 0, 0, nullptr,
+                                      RunColumns(g.Cg, g.KH * g.KW));
         }, dw);
         int bad = 0;
         for (int64_t i = 0; i < g.Cout * g.K; ++i)
@@ -462,6 +465,53 @@ void check_case(const Case& c, bool x_channels_last, bool y_channels_last, std::
           check_dw(which, in_dw_order(part, splits), splits);
         }
       ++channel_run_backward_checks;
+    }
+  }
+  // The tangent at fixed offsets (jvp_kernel), from random ones: -1 (the ReLU off) and window
+  // taps, among them taps in the pool's padding; x and its tangent in different layouts, the
+  // offsets channels_last, y NCHW; every tangent, then the weight's alone; 3 blocks, whose
+  // threads stride over the rest.
+  {
+    const std::vector<T> tx = random_tensor<T>(x.size(), gen), tw = random_tensor<T>(w.size(), gen),
+                         tb = random_tensor<T>(b.size(), gen);
+    const Strides4 txs = strides_of(g.C, g.H, g.W, !x_channels_last), tos = strides_of(g.Cout, g.PH, g.PW, true),
+                   tys = strides_of(g.Cout, g.PH, g.PW, false);
+    std::vector<int32_t> toff(g.N * g.Cout * g.PH * g.PW);
+    std::uniform_int_distribution<int> pick(-1, static_cast<int>(g.PKH * g.PKW) - 1);
+    for (auto& o : toff) o = pick(gen);
+    for (const bool all : {true, false}) {
+      const std::string which = all ? " tangent" : " tangent of the weight alone";
+      std::vector<T> got(toff.size(), from_double<T>(12345.0));
+      launch_both_orders(what + which, dim3(3), [&] {
+        jvp_kernel<T, int32_t>(g, JvpDivisors(g), x.data(), xs, w.data(), toff.data(), tos, all ? tx.data() : nullptr,
+                               txs, tw.data(), all ? tb.data() : nullptr, got.data(), tys);
+      }, got);
+      int bad = 0;
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t co = 0; co < g.Cout; ++co)
+          for (int64_t ph = 0; ph < g.PH; ++ph)
+            for (int64_t pw = 0; pw < g.PW; ++pw) {
+              const int o = toff[n * tos.s[0] + co * tos.s[1] + ph * tos.s[2] + pw * tos.s[3]];
+              double want = 0, scale = 0;
+              const int64_t r = ph * g.psh - g.pph + (o / g.PKW) * g.pdh, col = pw * g.psw - g.ppw + (o % g.PKW) * g.pdw;
+              if (o >= 0 && r >= 0 && r < g.OH && col >= 0 && col < g.OW) {
+                const int64_t grp = co / g.Coutg;
+                want = all ? to_double(tb[co]) : 0.0, scale = std::fabs(want);
+                taps(r, col, [&](int64_t ci, int64_t kh, int64_t kw, int64_t ih, int64_t iw) {
+                  const int64_t ch = grp * g.Cg + ci;
+                  const double t = X(n, ch, ih, iw) * to_double(tw[((co * g.Cg + ci) * g.KH + kh) * g.KW + kw]) +
+                                   (all ? to_double(tx[n * txs.s[0] + ch * txs.s[1] + ih * txs.s[2] + iw * txs.s[3]]) *
+                                              Wt(co, ci, kh, kw)
+                                        : 0.0);
+                  want += t, scale += std::fabs(t);
+                });
+              }
+              const double y = to_double(got[n * tys.s[0] + co * tys.s[1] + ph * tys.s[2] + pw * tys.s[3]]);
+              if (!close<T>(y, want, scale) && bad++ < 5)
+                fail(what + which + " (n, c, ph, pw) = (" + std::to_string(n) + ", " + std::to_string(co) + ", " +
+                     std::to_string(ph) + ", " + std::to_string(pw) + "): " + std::to_string(y) + ", want " +
+                     std::to_string(want));
+            }
     }
   }
 }
@@ -616,13 +666,15 @@ int main() {
       // stand in for the other's.
       {"16->16 pool 2x3, strides 2 and 1, padding 0 and 1, dilation 1 and 2", 2, 16, 8, 9, 16, 1, 3, 3, 1, 1, 1, 1, 1,
        1, 2, 2, 0, 1, -1, -1, false, 3, 1, 1, 2},
-      // The direct forward's patch kernel (3x3 stride 1) without a pool, over 297 conv outputs
-      // a channel (a block's grid-stride loop runs twice), and with a 2x2 pool of stride 1 and
-      // padding 1 after asymmetric conv padding: the first and last windows of each row and
-      // column have a tap outside the conv output; 12 output channels, a partial second chunk.
-      {"3->16 3x3 pad 1, no pool: 297 outputs a channel", 3, 3, 9, 11, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1},
-      {"2->12 3x3 padding 2 / 0 and 0 / 1, pool 2 stride 1 pad 1", 2, 2, 7, 6, 12, 1, 3, 3, 1, 1, 2, 0, 1, 1, 2, 1,
-       1, 1, 0, 1},
+      // The direct forward's patch kernel (3x3 stride 1) without a pool, over 792 conv outputs
+      // a channel (the 3 blocks' grid-stride loop runs twice), and with a 2x2 pool after
+      // asymmetric conv padding, of stride 1 and padding 1 along h (the first and last window of
+      // each column has a tap outside the conv output) and stride 2 and no padding along w (no
+      // axis's pool arithmetic can stand in for the other's); 12 output channels, a partial
+      // second chunk.
+      {"3->16 3x3 pad 1, no pool: 792 outputs a channel", 8, 3, 9, 11, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1},
+      {"2->12 3x3 padding 2 / 0 and 0 / 1, pool 2 strides 1 and 2, padding 1 and 0", 2, 2, 7, 6, 12, 1, 3, 3, 1, 1,
+       2, 0, 1, 1, 2, 1, 1, 1, 0, 1, false, 2, 2, 0, 1},
   };
   check_direct_channels();
   check_run_choices();
