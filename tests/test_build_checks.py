@@ -126,9 +126,13 @@ def test_the_gemm_kernels_rules():
     double = gemm.replace("__nv_bfloat16", "double")
     assert cuda_kernel_report.violations(kernel(double, registers=220, barriers=2)) == []
     assert cuda_kernel_report.violations(kernel(double, div64=1)) == ["1 64-bit divisions in loops"]
+    # Every other kernel (the tangent, the direct forwards, the un-pools): the division rule
+    # alone, in every dtype.
     jvp = gemm.replace("conv_pool_gemm_kernel", "jvp_kernel")
-    assert cuda_kernel_report.violations(kernel(jvp, registers=250, div64=5, barriers=None)) == []
-    # The un-pools: the division rule alone, in every dtype.
+    assert cuda_kernel_report.violations(kernel(jvp, registers=250, stack=300, barriers=None)) == []
+    assert cuda_kernel_report.violations(kernel(jvp, div64=5, barriers=None)) == ["5 64-bit divisions in loops"]
+    patch = gemm.replace("conv_pool_gemm_kernel<__nv_bfloat16, int>", "conv_pool_patch_kernel<float, char, 3, 2>")
+    assert cuda_kernel_report.violations(kernel(patch, div64=2, barriers=None)) == ["2 64-bit divisions in loops"]
     unpool = gemm.replace("conv_pool_gemm_kernel", "unpool_kernel")
     assert cuda_kernel_report.violations(kernel(unpool, registers=250, stack=300, barriers=None)) == []
     assert cuda_kernel_report.violations(kernel(unpool, div64=31, barriers=None)) == ["31 64-bit divisions in loops"]
