@@ -1206,10 +1206,10 @@ cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, con
       using OffT = decltype(otag);
       const int64_t total = g.N * g.Cout * g.PH * g.PW;
       if (total == 0) return cudaSuccess;  // (and no divisor of 0)
-      jvp_kernel<T, OffT><<<grid_for(total), kThreads, 0, stream>>>(
-          g, JvpDivisors(g), static_cast<const T*>(x), xs, static_cast<const T*>(w),
-          static_cast<const OffT*>(offsets), os, static_cast<const T*>(tx), txs, static_cast<const T*>(tw),
-          static_cast<const T*>(tb), static_cast<T*>(y), ys);
+      const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w), *txp = static_cast<const T*>(tx),
+              *twp = static_cast<const T*>(tw), *tbp = static_cast<const T*>(tb);
+      jvp_kernel<T, OffT><<<grid_for(total), kThreads, 0, stream>>>(g, JvpDivisors(g), xp, xs, wp,
+          static_cast<const OffT*>(offsets), os, txp, txs, twp, tbp, static_cast<T*>(y), ys);
       return cudaGetLastError();
     });
   });
