@@ -14,8 +14,9 @@ what it finished; each can run alone, and the summary keeps the other stages' la
 
 Where GPU time comes in short pieces: ``--budget`` (``BUDGET``, ``FUSEDOPS_REPORT_SECONDS``)
 bounds the whole report, each stage taking what is left once the later stages' reserves
-(``RESERVE_SECONDS``) are set aside, so that one command runs the build, the tests,
-compute-sanitizer and as many benchmark runs as fit, most wanted first. ``--resume`` then runs
+(``RESERVE_SECONDS``) are set aside (the build at least ``FLOOR_SECONDS``), so that one
+command runs the build, the tests, compute-sanitizer and as many benchmark runs as fit, most
+wanted first. ``--resume`` then runs
 only what the report in ``--out`` left undone: the stages that did not pass (the build only if
 ``fusedops._C`` does not load with CUDA kernels) and the benchmark runs and tables missing from
 it, adding their rows to its ``bench.json`` and their output to its logs.
@@ -139,16 +140,24 @@ def stage_seconds() -> float:
 # what its essential part took on an H200 (the gpu tests ~130 s after a ~60 s prewarm, the four
 # sanitizer tools ~50 s, the first benchmark runs).
 RESERVE_SECONDS = {"build": 0, "test": 200, "sanitize": 60, "bench": 90}
+# What a stage is given of the budget whatever the later stages' reserves: the build, without
+# which no cuda test, sanitizer run or benchmark means anything. A bare H200 machine built in
+# 49-72 s before the kernels grew; a 480 s budget's 123 s share (480 less the reserves) then
+# stopped one after 98 s with its two largest files still compiling. What the build does not
+# use is left to the later stages.
+FLOOR_SECONDS = {"build": 240.0}
 
 
-def stage_limit(later: Sequence[str], left: Optional[float]) -> float:
-    """Seconds a stage may run: ``FUSEDOPS_STAGE_SECONDS``, and where ``left`` seconds of the
+def stage_limit(stage: str, later: Sequence[str], left: Optional[float]) -> float:
+    """Seconds ``stage`` may run: ``FUSEDOPS_STAGE_SECONDS``, and where ``left`` seconds of the
     report's budget remain, what is left once the reserves of the ``later`` stages are set
-    aside, but at least a fifth of it (no stage is given nothing)."""
+    aside, but at least a fifth of it (no stage is given nothing) and at least the stage's
+    floor (``FLOOR_SECONDS``) where that much is left."""
     limit = stage_seconds()
     if left is None:
         return limit
-    return max(0.0, min(limit, max(left / 5, left - sum(RESERVE_SECONDS[s] for s in later))))
+    share = max(left / 5, left - sum(RESERVE_SECONDS[s] for s in later), FLOOR_SECONDS.get(stage, 0.0))
+    return max(0.0, min(limit, left, share))
 
 
 # --- running commands ----------------------------------------------------------------------------
@@ -1066,7 +1075,7 @@ def main(argv=None) -> int:
           + (f"; {args.budget:.0f} s budget" if args.budget else "") + (" (dry run)" if args.dry_run else ""))
     for i, name in enumerate(stages):
         left = None if deadline is None else deadline - clock()
-        report.limit = stage_limit(stages[i + 1:], left)
+        report.limit = stage_limit(name, stages[i + 1:], left)
         report.resume = args.resume is not None and name == "bench"
         if report.limit < 20 and not args.dry_run:
             why = f"the report's {args.budget:.0f} s budget was spent" if left is not None else \

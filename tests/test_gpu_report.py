@@ -91,11 +91,25 @@ def test_a_budget_gives_each_stage_what_the_later_ones_leave(monkeypatch):
     monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
     later = ("test", "sanitize", "bench")
     reserved = sum(gr.RESERVE_SECONDS[s] for s in later)
-    assert gr.stage_limit(later, None) == 420  # no budget: each stage's own limit
-    assert gr.stage_limit(later, 540) == 540 - reserved
-    assert gr.stage_limit((), 300) == 300 and gr.stage_limit((), 5000) == 420
-    assert gr.stage_limit(later, reserved) == reserved / 5  # never nothing while time is left
-    assert gr.stage_limit(later, -3) == 0
+    assert gr.stage_limit("sanitize", later, None) == 420  # no budget: each stage's own limit
+    assert gr.stage_limit("sanitize", later, 540) == 540 - reserved
+    assert gr.stage_limit("bench", (), 300) == 300 and gr.stage_limit("bench", (), 5000) == 420
+    assert gr.stage_limit("sanitize", later, reserved) == reserved / 5  # never nothing while time is left
+    assert gr.stage_limit("sanitize", later, -3) == 0
+
+
+def test_the_build_gets_its_floor_before_the_later_stages_reserves(monkeypatch):
+    monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
+    later = ("test", "sanitize", "bench")
+    reserved = sum(gr.RESERVE_SECONDS[s] for s in later)
+    floor = gr.FLOOR_SECONDS["build"]
+    assert floor >= 200  # a bare H200 machine's build was cut short at 98 s
+    # 480 s: the reserves would leave the build 130 s; it gets its floor.
+    assert gr.stage_limit("build", later, 480) == floor > 480 - reserved
+    assert gr.stage_limit("build", later, 620) == 620 - reserved > floor  # more where the reserves leave more
+    assert gr.stage_limit("build", later, 150) == 150  # never more than is left
+    assert gr.stage_limit("build", later, -3) == 0
+    assert gr.stage_limit("test", ("sanitize", "bench"), 480) == 480 - 150  # no floor for the others
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine would build")
