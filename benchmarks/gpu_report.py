@@ -16,10 +16,10 @@ Where GPU time comes in short pieces: ``--budget`` (``BUDGET``, ``FUSEDOPS_REPOR
 bounds the whole report, each stage taking what is left once the later stages' reserves
 (``RESERVE_SECONDS``) are set aside (the build at least ``FLOOR_SECONDS``), so that one
 command runs the build, the tests, compute-sanitizer and as many benchmark runs as fit, most
-wanted first. ``--resume`` then runs
-only what the report in ``--out`` left undone: the stages that did not pass (the build only if
-``fusedops._C`` does not load with CUDA kernels) and the benchmark runs and tables missing from
-it, adding their rows to its ``bench.json`` and their output to its logs.
+wanted first. ``--resume`` then runs only what the report in ``--out`` left undone: the stages
+that did not pass (the build only if ``fusedops._C`` does not load with CUDA kernels) and the
+benchmark runs and tables missing from it, adding their rows to its ``bench.json`` and their
+output to its logs.
 
 - build: ``pip install --no-build-isolation --no-deps -e .`` with ``FUSEDOPS_CUDA_ARCHS`` set
   to this GPU's architecture only; then checks that ``fusedops._C`` loads with CUDA kernels.
