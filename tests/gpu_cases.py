@@ -449,7 +449,7 @@ def triton_reached(job_list) -> Dict[Tuple[str, str, Tuple], List[str]]:
 # Constants of csrc/cuda the launchers decide with (tests/test_gpu_configs.py reads them from
 # the sources): tile sizes and threads (tile_loaders.h), the runs' bytes and runs per k step
 # (run_loaders.h; RUN_LEN below from common.cuh run_len), the direct kernel's limits
-# (conv_block.cu), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices of
+# (conv_block_kernels.cuh), split-K (common.cuh reduction_splits: ~2 blocks per SM of an H100, slices of
 # at least 512), the grid-stride grids (tile_gemm.cuh grid_for: at most 65536 blocks).
 CUDA_CONSTANTS = {
     "kBM": 64, "kBN": 64, "kBK": 16, "kThreads": 256, "kRunBytes": 16, "kRunsPerStep": 4, "kDirectMaxChannels": 4,
@@ -490,7 +490,7 @@ def _phase_has_taps(r: int, stride: int, dilation: int, pad: int, kernel: int) -
 
 
 def _run_rows(coutg: int) -> int:
-    """conv_block.cu run_rows: output channels a block of the run kernels' conv forward and
+    """conv_block_kernels.cuh run_rows: output channels a block of the run kernels' conv forward and
     weight gradient takes, 128 where that pads Cout/groups to no more rows than blocks of 64 do."""
     bm = CUDA_CONSTANTS["kBM"]
     return 2 * bm if coutg > bm and _cdiv(coutg, 2 * bm) * 2 == _cdiv(coutg, bm) else bm
@@ -546,7 +546,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     # a dense image of fewer than 2^31 elements), sm_80+; an input without channel runs in place
     # (NCHW, sliced, transposed) read from a channels_last copy (bindings.cpp conv_input).
     forward_runs = _runs(precision, cg) and cg > c["kDirectMaxChannels"] and cin * h * w < 2**31
-    # conv_block.cu direct_channels. Its 32-bit checks (an image's span, the rows and columns a
+    # conv_block_kernels.cuh direct_channels. Its 32-bit checks (an image's span, the rows and columns a
     # window reaches) pass for dense inputs of fewer than 2^31 elements per image with small
     # paddings, which every case here is: they are mirrored by that bound alone.
     filter_bytes = k * (8 if precision == "fp64" else 4)
@@ -554,7 +554,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     co = wide if coutg >= c["kDirectWideMin"] and filter_bytes * wide <= c["kDirectMaxSmem"] else 1
     if (cg <= c["kDirectMaxChannels"] and filter_bytes * co <= c["kDirectMaxSmem"]
             and groups * _cdiv(coutg, co) <= 65535 and cin * h * w < 2**31):
-        # conv_block.cu conv_patch_pool: the patch kernel for a 3x3 conv of stride 1 and dilation
+        # conv_block_kernels.cuh conv_patch_pool: the patch kernel for a 3x3 conv of stride 1 and dilation
         # 1 with a 2x2 pool of dilation 1 or none, 8 channels a thread, float accumulators.
         ones, window = (1, 1), tuple(p.pool_kernel_size) if p.has_pool else (1, 1)
         conv3x3 = (kh, kw) == (c["kPatchKernel"],) * 2 and tuple(p.stride) == ones and tuple(p.dilation) == ones
@@ -591,7 +591,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
         if blocks > ONE_WAVE:
             out.add("conv forward gemm: several waves")
     bias = dict(case.kwargs).get("bias", True)
-    # conv_block.cu direct_weight_grad_splits: no input gradient, 3x3, <= 3 input channels per group.
+    # conv_block_kernels.cuh direct_weight_grad_splits: no input gradient, 3x3, <= 3 input channels per group.
     if (not case.input_grad and cg <= c["kDirectGradMaxChannels"] and (kh, kw) == (c["kDirectGradKernel"],) * 2
             and 0 < cout <= 65535):
         out.add(f"conv weight grad direct<{t}>")
@@ -616,7 +616,7 @@ def cuda_conv_variants(case: ConvCase, precision: str) -> Set[str]:
     if bias:
         out.add(f"conv bias grad<{t},{off}>")
     out.add(f"conv unpool{' channels_last' if runs else ''}<{t},{off}>")
-    # conv_block.cu unpool_runs_kernel: a run of channels a thread
+    # conv_block_kernels.cuh unpool_runs_kernel: a run of channels a thread
     out |= _grid_stride("conv unpool", n * cout * oh * ow // (RUN_LEN[precision] if runs else 1))
     if case.input_grad:
         out.add(f"conv input grad{name}<{t}>")

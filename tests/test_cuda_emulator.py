@@ -1,7 +1,7 @@
 """The CUDA kernels' device code run on the CPU by a block emulator (tests/cuda_emulator/).
 
-No GPU and no CUDA toolkit: the kernels of ``csrc/cuda/conv_block.cu`` and ``linear.cu`` (the
-code above their launchers) are compiled by the host C++ compiler against stand-ins for the
+No GPU and no CUDA toolkit: the kernels of ``csrc/cuda/conv_block_kernels.cuh`` and ``linear.cu``
+(the code above its launchers) are compiled by the host C++ compiler against stand-ins for the
 CUDA runtime, half types, wmma and the cp.async pipeline primitives
 (``tests/cuda_emulator/*.h``), their ``__shared__`` declarations pointed at the emulator's
 shared memory. Each block runs as 256 coroutines that switch at ``__syncthreads``, in both
@@ -16,18 +16,22 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Optional
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
 EMULATOR = os.path.join(ROOT, "tests", "cuda_emulator")
+CONV_KERNELS = "conv_block_kernels.cuh"  # the conv kernels; their launchers are in conv_block_*.cu
 
 
-def kernels_for_the_host(source: str, first_launcher: str) -> str:
-    """The device code of a .cu file, up to its first launcher, with its ``__shared__``
-    declarations turned into references to the emulator's shared memory."""
-    cut = source.index(f"\ncudaError_t {first_launcher}(")
+def kernels_for_the_host(source: str, first_launcher: Optional[str]) -> str:
+    """The device code of a .cu file up to its first launcher (or of a kernels header, with no
+    launcher, up to the end of its namespaces), with its ``__shared__`` declarations turned into
+    references to the emulator's shared memory."""
+    end = "\n}  // namespace cuda\n" if first_launcher is None else f"\ncudaError_t {first_launcher}("
+    cut = source.index(end)
     code = source[:cut].rstrip()
     assert code.endswith("}  // namespace"), "the kernels end with the anonymous namespace"
     code = re.sub(r"extern __shared__ __align__\(\d+\) unsigned char (\w+)\[\];",
@@ -46,7 +50,7 @@ def _compiler():
     pytest.fail("no C++ compiler found (CXX, c++, g++, clang++): the extension's build needs one too")
 
 
-def _build(tmp_path, test: str, generated: str, source: str, first_launcher: str, *flags: str,
+def _build(tmp_path, test: str, generated: str, source: str, first_launcher: Optional[str], *flags: str,
            cuda_dir: str = CUDA_DIR):
     """The emulated test ``tests/cuda_emulator/<test>.cpp`` built over the kernels of the .cu
     text ``source`` (written to ``generated``, which the test includes), with the headers of
@@ -66,7 +70,7 @@ def _source(name: str) -> str:
         return f.read()
 
 
-def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launcher: str):
+def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launcher: Optional[str]):
     run = subprocess.run([str(_build(tmp_path, test, generated, _source(source), first_launcher))],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
@@ -74,7 +78,7 @@ def _build_and_run(tmp_path, test: str, generated: str, source: str, first_launc
 
 
 def test_conv_kernels_match_a_direct_convolution(tmp_path):
-    out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", "conv_block.cu", "conv_block_forward")
+    out = _build_and_run(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", CONV_KERNELS, None)
     assert "27 conv geometries, 0 failures" in out, out
     # float16 and bfloat16 on the fourteen geometries with Cin/groups a multiple of 8, TF32 on the
     # fifteen with Cin/groups a multiple of 4 (among them 1x1 20->24: K = 20, a partial step of
@@ -128,10 +132,10 @@ def test_the_emulator_sees_a_broken_patch_kernel(tmp_path, mutation):
     grid-stride loop that does not step its output's coordinates the 3->16 one (792 outputs a
     channel, 3 blocks)."""
     before, after = PATCH_MUTATIONS[mutation]
-    source = _source("conv_block.cu")
+    source = _source(CONV_KERNELS)
     assert source.count(before) == 1
     exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", source.replace(before, after),
-                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_DIRECT_QUICK")
+                 None, "-DFUSEDOPS_EMULATOR_DIRECT_QUICK")
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     failed = [line for line in run.stdout.splitlines() if line.startswith("FAIL")]
     assert run.returncode == 1 and failed and all("forward" in line for line in failed), run.stdout[-3000:]
@@ -140,11 +144,11 @@ def test_the_emulator_sees_a_broken_patch_kernel(tmp_path, mutation):
 def test_the_emulator_sees_a_missing_barrier(tmp_path):
     """Without the barrier that ends each pool tap of the conv forward, the next tap's operand
     stores overwrite the result tile while other threads still read it."""
-    source = _source("conv_block.cu")
+    source = _source(CONV_KERNELS)
     barrier = "      __syncthreads();  // s.c is overwritten by the next tap's tile\n"
     assert barrier in source
     exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", source.replace(barrier, ""),
-                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_QUICK")
+                 None, "-DFUSEDOPS_EMULATOR_QUICK")
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 1 and "forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
 
@@ -167,8 +171,8 @@ def test_the_emulator_sees_a_stage_read_before_its_copies_landed_or_overwritten(
     cuda_dir = tmp_path / "csrc" / "cuda"  # with csrc's headers beside it, as the includes expect
     shutil.copytree(os.path.dirname(CUDA_DIR), tmp_path / "csrc")
     (cuda_dir / "run_gemm.cuh").write_text(source.replace(wait + issue, broken))
-    exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", _source("conv_block.cu"),
-                 "conv_block_forward", "-DFUSEDOPS_EMULATOR_RUNS_QUICK", cuda_dir=str(cuda_dir))
+    exe = _build(tmp_path, "conv_kernels_test", "conv_block_kernels.inc", _source(CONV_KERNELS),
+                 None, "-DFUSEDOPS_EMULATOR_RUNS_QUICK", cuda_dir=str(cuda_dir))
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 1 and "channel-run forward" in run.stdout and "FAIL" in run.stdout, run.stdout[-3000:]
 

@@ -124,8 +124,10 @@ def test_the_cuda_mirror_uses_the_sources_constants():
     """tests/gpu_cases.py decides as csrc/cuda does, with the same constants."""
     c = gpu_cases.CUDA_CONSTANTS
     sources = {name: (CUDA_DIR / name).read_text() for name in ("tile_loaders.h", "tile_gemm.cuh", "common.cuh",
-                                                                "conv_block.cu", "linear.cu", "run_loaders.h",
-                                                                "bindings.cpp", "run_gemm.cuh")}
+                                                                "linear.cu", "run_loaders.h", "bindings.cpp",
+                                                                "run_gemm.cuh")}
+    # The conv kernels (conv_block_kernels.cuh) and their launchers (conv_block_forward.cu, ...).
+    sources["conv_block*"] = "\n".join(path.read_text() for path in sorted(CUDA_DIR.glob("conv_block*")))
     expected = {
         "tile_loaders.h": [rf"constexpr int kBM = {c['kBM']}, kBN = {c['kBN']}, kBK = {c['kBK']}, "
                            rf"kThreads = {c['kThreads']};"],
@@ -140,52 +142,52 @@ def test_the_cuda_mirror_uses_the_sources_constants():
                        rf"dtype == DType::Tf32 \? {gpu_cases.RUN_LEN['tf32']} : 0;",
                        r"constexpr bool kTensorCores =\s+std::is_same<T, __half>::value \|\| "
                        r"std::is_same<T, __nv_bfloat16>::value \|\| std::is_same<T, Tf32>::value;"],
-        "conv_block.cu": [rf"constexpr int kDirectMaxChannels = {c['kDirectMaxChannels']};",
-                          rf"constexpr int kDirectWideChannels = {c['kDirectWideChannels']};",
-                          rf"constexpr int64_t kDirectWideMin = {c['kDirectWideMin']};",
-                          rf"constexpr int64_t kDirectMaxSmem = {c['kDirectMaxSmem'] // 1024} \* 1024;",
-                          rf"constexpr int kDirectGradKernel = {c['kDirectGradKernel']};",
-                          rf"constexpr int kDirectGradMaxChannels = {c['kDirectGradMaxChannels']};",
-                          rf"constexpr int kPatchKernel = {c['kPatchKernel']};",
-                          r"if \(g\.KH != kPatchKernel \|\| g\.KW != kPatchKernel \|\| g\.sh != 1 \|\| g\.sw != 1 \|\| "
-                          r"g\.dh != 1 \|\| g\.dw != 1\) return 0;",
-                          r"if \(g\.PKH == 1 && g\.PKW == 1\) return 1;",
-                          r"return g\.PKH == 2 && g\.PKW == 2 && g\.pdh == 1 && g\.pdw == 1 \? 2 : 0;",
-                          r"if constexpr \(sizeof\(typename Num<T>::Acc\) == 4 && std::is_same<OffT, int8_t>::value\) "
-                          r"\{\s+const int side = conv_patch_pool\(g\);\s+if \(side > 0\) \{",
-                          r"if \(want_dx \|\| g\.Cg > kDirectGradMaxChannels \|\| g\.KH != kDirectGradKernel \|\| "
-                          r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout < 1 \|\| g\.Cout > 65535\)",
-                          r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "
-                          r"kDirectMaxSmem\s+\? kDirectWideChannels : 1;",
-                          r"if \(filter_bytes \* co > kDirectMaxSmem\) return 0;",
-                          r"if \(g\.G \* ceil_div\(g\.Coutg, co\) > 65535\) return 0;",
-                          rf"const int64_t most = {c['grid_z']} / g\.G;",
-                          r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
-                          r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
-                          r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 &&\s+"
-                          r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && dx_blocks < ",
-                          r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
-                          r"return cc_major >= 8 && backward_runs_fit\(dtype, g, x, xs\);",
-                          r"channel_sum_splits\(positions, g\.Cout\)",
-                          r"grid_for\(conv_elems\)", r"grid_for\(conv_elems / kRunLen<T>\)",
-                          r"channels\(g\.Cout / run\)",
-                          r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
-                          r"grid_for\(dw_count \+ db_count\)",
-                          r"const int64_t total = g\.N \* g\.Cout \* g\.PH \* g\.PW;", r"grid_for\(total\)",
-                          r"const int64_t len = run_len\(dtype\);",
-                          r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
-                          r"runs_at_every_pixel\(len, g, x, xs\);",
-                          r"return g\.Coutg > kBM && ceil_div\(g\.Coutg, kWideRows\) \* kWideRows == "
-                          r"ceil_div\(g\.Coutg, kBM\) \* kBM \? kWideRows : kBM;",
-                          r"const int64_t tiles = ceil_div\(g\.Coutg, rows\) \* ceil_div\(g\.K, kBN\) \* g\.G;",
-                          r"const int dw_rows = runs \? run_rows\(g\) : kBM;",
-                          r"dw \? weight_grad_splits<T>\(g, dw_rows\) : 0, runs \? kRunBK<T> : kBK, runs,\s+dw_rows\);",
-                          r"g\.Cg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && image_offsets_fit\(g, xs\) &&",
-                          r"const int64_t span = \(g\.Cg - 1\) \* xs\.s\[1\] \+ \(g\.H - 1\) \* xs\.s\[2\] \+ "
-                          r"\(g\.W - 1\) \* xs\.s\[3\];",
-                          r"dx_blocks < \(int64_t\(1\) << 30\) &&\s+g\.OH \* g\.OW \* g\.Cout < kInt32;",
-                          r"return xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) && pixel_step\(xs\.s\[2\], g\.H\) "
-                          r"&& pixel_step\(xs\.s\[3\], g\.W\) &&"],
+        "conv_block*": [rf"constexpr int kDirectMaxChannels = {c['kDirectMaxChannels']};",
+                        rf"constexpr int kDirectWideChannels = {c['kDirectWideChannels']};",
+                        rf"constexpr int64_t kDirectWideMin = {c['kDirectWideMin']};",
+                        rf"constexpr int64_t kDirectMaxSmem = {c['kDirectMaxSmem'] // 1024} \* 1024;",
+                        rf"constexpr int kDirectGradKernel = {c['kDirectGradKernel']};",
+                        rf"constexpr int kDirectGradMaxChannels = {c['kDirectGradMaxChannels']};",
+                        rf"constexpr int kPatchKernel = {c['kPatchKernel']};",
+                        r"if \(g\.KH != kPatchKernel \|\| g\.KW != kPatchKernel \|\| g\.sh != 1 \|\| g\.sw != 1 \|\| "
+                        r"g\.dh != 1 \|\| g\.dw != 1\) return 0;",
+                        r"if \(g\.PKH == 1 && g\.PKW == 1\) return 1;",
+                        r"return g\.PKH == 2 && g\.PKW == 2 && g\.pdh == 1 && g\.pdw == 1 \? 2 : 0;",
+                        r"if constexpr \(sizeof\(typename Num<T>::Acc\) == 4 && std::is_same<OffT, int8_t>::value\) "
+                        r"\{\s+const int side = conv_patch_pool\(g\);\s+if \(side > 0\) \{",
+                        r"if \(want_dx \|\| g\.Cg > kDirectGradMaxChannels \|\| g\.KH != kDirectGradKernel \|\| "
+                        r"g\.KW != kDirectGradKernel \|\|\s+g\.Cout < 1 \|\| g\.Cout > 65535\)",
+                        r"const int co = g\.Coutg >= kDirectWideMin && filter_bytes \* kDirectWideChannels <= "
+                        r"kDirectMaxSmem\s+\? kDirectWideChannels : 1;",
+                        r"if \(filter_bytes \* co > kDirectMaxSmem\) return 0;",
+                        r"if \(g\.G \* ceil_div\(g\.Coutg, co\) > 65535\) return 0;",
+                        rf"const int64_t most = {c['grid_z']} / g\.G;",
+                        r"reduction_splits\(g\.N \* g\.OH \* g\.OW, tiles\)",
+                        r"ceil_div\(ceil_div\(g\.N \* g\.OH \* g\.OW, dw_splits\), step\) \* step",
+                        r"return forward_runs_fit\(dtype, g, x, xs\) && g\.Coutg % run_len\(dtype\) == 0 &&\s+"
+                        r"g\.Coutg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && dx_blocks < ",
+                        r"return cc_major >= 8 && forward_runs_fit\(dtype, g, x, xs\);",
+                        r"return cc_major >= 8 && backward_runs_fit\(dtype, g, x, xs\);",
+                        r"channel_sum_splits\(positions, g\.Cout\)",
+                        r"grid_for\(conv_elems\)", r"grid_for\(conv_elems / kRunLen<T>\)",
+                        r"channels\(g\.Cout / run\)",
+                        r"dw_count = dw \? g\.Cout \* g\.K : 0, db_count = db && plan\.db_splits > 1 \? g\.Cout : 0",
+                        r"grid_for\(dw_count \+ db_count\)",
+                        r"const int64_t total = g\.N \* g\.Cout \* g\.PH \* g\.PW;", r"grid_for\(total\)",
+                        r"const int64_t len = run_len\(dtype\);",
+                        r"return len > 0 && g\.Cg % len == 0 && g\.Cg > kDirectMaxChannels &&",
+                        r"runs_at_every_pixel\(len, g, x, xs\);",
+                        r"return g\.Coutg > kBM && ceil_div\(g\.Coutg, kWideRows\) \* kWideRows == "
+                        r"ceil_div\(g\.Coutg, kBM\) \* kBM \? kWideRows : kBM;",
+                        r"const int64_t tiles = ceil_div\(g\.Coutg, rows\) \* ceil_div\(g\.K, kBN\) \* g\.G;",
+                        r"const int dw_rows = runs \? run_rows\(g\) : kBM;",
+                        r"dw \? weight_grad_splits<T>\(g, dw_rows\) : 0, runs \? kRunBK<T> : kBK, runs,\s+dw_rows\);",
+                        r"g\.Cg \* g\.KW < std::numeric_limits<int32_t>::max\(\) && image_offsets_fit\(g, xs\) &&",
+                        r"const int64_t span = \(g\.Cg - 1\) \* xs\.s\[1\] \+ \(g\.H - 1\) \* xs\.s\[2\] \+ "
+                        r"\(g\.W - 1\) \* xs\.s\[3\];",
+                        r"dx_blocks < \(int64_t\(1\) << 30\) &&\s+g\.OH \* g\.OW \* g\.Cout < kInt32;",
+                        r"return xs\.s\[1\] == 1 && pixel_step\(xs\.s\[0\], g\.N\) && pixel_step\(xs\.s\[2\], g\.H\) "
+                        r"&& pixel_step\(xs\.s\[3\], g\.W\) &&"],
         "bindings.cpp": [r"if \(can\(input\.const_data_ptr\(\), in_place\.xs\)\) return \{input, in_place\.xs, true\};",
                          r"if \(!can\(nullptr, copy_strides\)\) return in_place;",
                          r"const ConvInput in = output_mask\[0\] \|\| output_mask\[1\]\s+\? conv_input\("],

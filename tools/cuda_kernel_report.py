@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("conv_block.cu", "linear.cu")
+SOURCES = tuple(sorted(name for name in os.listdir(os.path.join(ROOT, "csrc", "cuda")) if name.endswith(".cu")))
 # torch's CUDAExtension flags that change what the kernels compile to (no implicit half conversions).
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]

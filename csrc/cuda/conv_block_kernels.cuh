@@ -1,4 +1,6 @@
-// Fused Conv2d + bias + ReLU + MaxPool2d on NVIDIA GPUs: the "cuda" backend's conv kernels.
+// Fused Conv2d + bias + ReLU + MaxPool2d on NVIDIA GPUs: the "cuda" backend's conv kernels and
+// the launchers' shared choices. Their launchers: conv_block_forward.cu, conv_block_backward.cu
+// and conv_block_jvp.cu (one translation unit each, so that a build compiles them side by side).
 //
 // Forward, four kernels (the launcher picks one):
 //  - conv_pool_direct_kernel, for few input channels per group (a CNN's first layer, <= 4):
@@ -41,6 +43,8 @@
 //
 // Tangent (jvp_kernel): the output's tangent at fixed offsets, one dot product per output at
 // the conv position of its window's max (used by forward-mode and double backward).
+
+#pragma once
 
 #include "run_gemm.cuh"
 #include "tile_gemm.cuh"
@@ -300,7 +304,7 @@ constexpr int64_t kInt32 = int64_t(1) << 31;
 // ci < Cin/groups, ih < H, iw < W (strides non-negative), and each stride, stay below 2^31: the
 // kernels that index inside an image in 32 bits (the direct forward; the channel-run loaders,
 // run_loaders.h) need it.
-bool image_offsets_fit(const Geometry& g, const Strides4& xs) {
+inline bool image_offsets_fit(const Geometry& g, const Strides4& xs) {
   const int64_t span = (g.Cg - 1) * xs.s[1] + (g.H - 1) * xs.s[2] + (g.W - 1) * xs.s[3];
   return span < kInt32 && xs.s[1] < kInt32 && xs.s[2] < kInt32 && xs.s[3] < kInt32;
 }
@@ -630,7 +634,7 @@ __device__ void weight_grad_tile(const Geometry& g, const T* __restrict__ x, Str
 // kWideRows (128) where that pads a group's channels to no more rows than blocks of kBM (64) do
 // (more than 64 channels in an even number of 64-row blocks: 65-128, 193-256, ...), so that each
 // run of their costly operand (the gathered input) feeds twice the products; kBM elsewhere.
-int run_rows(const Geometry& g) {
+inline int run_rows(const Geometry& g) {
   return g.Coutg > kBM && ceil_div(g.Coutg, kWideRows) * kWideRows == ceil_div(g.Coutg, kBM) * kBM ? kWideRows : kBM;
 }
 
@@ -985,7 +989,7 @@ __global__ void jvp_kernel(Geometry g, JvpDivisors dv, const T* __restrict__ x, 
 // Whether x has 16-byte runs of `len` channels at every pixel: channels contiguous, x 16-byte
 // aligned, the strides of the dims longer than 1 whole runs (a size-1 dim's stride never meets a
 // nonzero index, so an (N, C, 1, 1) tensor has runs in either layout).
-bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4 xs) {
+inline bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4 xs) {
   const auto pixel_step = [&](int64_t stride, int64_t size) { return size == 1 || stride % len == 0; };
   return xs.s[1] == 1 && pixel_step(xs.s[0], g.N) && pixel_step(xs.s[2], g.H) && pixel_step(xs.s[3], g.W) &&
          reinterpret_cast<uintptr_t>(x) % 16 == 0;
@@ -998,14 +1002,14 @@ bool runs_at_every_pixel(int64_t len, const Geometry& g, const void* x, Strides4
 // stride phase) and an image of the conv-output gradient (OH*OW*Cout) within 32 bits. The
 // bindings' choice (conv_forward_channel_runs / conv_backward_channel_runs: these on sm_80+)
 // and the launchers' recheck of it.
-bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
+inline bool forward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
   const int64_t len = run_len(dtype);
   return len > 0 && g.Cg % len == 0 && g.Cg > kDirectMaxChannels &&
          g.Cg * g.KW < std::numeric_limits<int32_t>::max() && image_offsets_fit(g, xs) &&
          runs_at_every_pixel(len, g, x, xs);
 }
 
-bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
+inline bool backward_runs_fit(DType dtype, const Geometry& g, const void* x, Strides4 xs) {
   // Each stride phase gets the largest one's row tiles: with strides near the image's size, up
   // to kBM times the tile engine's input-gradient blocks; kept within half of gridDim.x.
   const int64_t dx_blocks = grad_blocks(g, true, false, false, 0, kBK, true).dx;
@@ -1025,195 +1029,5 @@ cudaError_t dispatch_offsets(int offset_bytes, F&& f) {
 }
 
 }  // namespace
-
-cudaError_t conv_block_forward(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
-                               const void* w, const void* w_runs, const void* b, void* y, void* offsets, Strides4 ys,
-                               cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    return dispatch_offsets(offset_bytes, [&](auto otag) {
-      using OffT = decltype(otag);
-      const T* xp = static_cast<const T*>(x);
-      const T* wp = static_cast<const T*>(w);
-      const T* bp = static_cast<const T*>(b);
-      T* yp = static_cast<T*>(y);
-      OffT* op = static_cast<OffT*>(offsets);
-      const int64_t Q = g.N * g.PH * g.PW;
-      const dim3 grid(static_cast<unsigned>(ceil_div(Q, kBN)), static_cast<unsigned>(ceil_div(g.Coutg, kBM)),
-                      static_cast<unsigned>(g.G));
-      if (w_runs) {  // the caller found conv_forward_channel_runs true; what the loads need is rechecked
-        if constexpr (kTensorCores<T>) {
-          if (reinterpret_cast<uintptr_t>(w_runs) % 16 == 0 && !w && forward_runs_fit(dtype, g, x, xs)) {
-            const int rows = run_rows(g);
-            const auto runs = rows == kWideRows ? conv_pool_runs_kernel<T, OffT, kWideRows>
-                                                : conv_pool_runs_kernel<T, OffT, kBM>;
-            const dim3 blocks(grid.x, static_cast<unsigned>(ceil_div(g.Coutg, rows)), grid.z);
-            runs<<<blocks, kThreads, 0, stream>>>(g, xp, xs, static_cast<const T*>(w_runs), bp, yp, op, ys);
-            return cudaGetLastError();
-          }
-        }
-        return cudaErrorInvalidValue;
-      }
-      if (!w) return cudaErrorInvalidValue;
-      const int co = direct_channels<typename Num<T>::Acc>(g, xs);
-      if (co > 0) {
-        const dim3 direct(grid_for(Q), static_cast<unsigned>(g.G * ceil_div(g.Coutg, co)));
-        const size_t smem = g.K * co * sizeof(typename Num<T>::Acc);
-        if (co == kDirectWideChannels) {
-          // Windows of at most 4 taps: int8 offsets (offsets_dtype), the only patch instances.
-          if constexpr (sizeof(typename Num<T>::Acc) == 4 && std::is_same<OffT, int8_t>::value) {
-            const int side = conv_patch_pool(g);
-            if (side > 0) {
-              const auto patch = side == 2 ? conv_pool_patch_kernel<T, OffT, kPatchKernel, 2>
-                                           : conv_pool_patch_kernel<T, OffT, kPatchKernel, 1>;
-              patch<<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
-              return cudaGetLastError();
-            }
-          }
-          conv_pool_direct_kernel<T, OffT, kDirectWideChannels><<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp,
-                                                                                                   yp, op, ys);
-          return cudaGetLastError();
-        }
-        conv_pool_direct_kernel<T, OffT, 1><<<direct, kThreads, smem, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
-        return cudaGetLastError();
-      }
-      conv_pool_gemm_kernel<T, OffT><<<grid, kThreads, 0, stream>>>(g, xp, xs, wp, bp, yp, op, ys);
-      return cudaGetLastError();
-    });
-  });
-}
-
-bool conv_forward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  return cc_major >= 8 && forward_runs_fit(dtype, g, x, xs);
-}
-
-bool conv_backward_channel_runs(DType dtype, const Geometry& g, const void* x, Strides4 xs, int cc_major) {
-  return cc_major >= 8 && backward_runs_fit(dtype, g, x, xs);
-}
-
-// Workspace layout: dconv, the weight gradient's split partial sums (need_dw), the bias
-// gradient's (need_db, more than one split), each start 256-byte aligned.
-size_t conv_block_backward_workspace(DType dtype, const Geometry& g, bool need_dx, bool need_dw, bool need_db) {
-  if (const int64_t splits = direct_weight_grad_splits(g, need_dx); splits > 0) {  // partial sums only
-    const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype) + 255) / 256 * 256;
-    return dw_bytes + static_cast<size_t>(splits * g.Cout) * acc_bytes(dtype);
-  }
-  size_t bytes = static_cast<size_t>(g.N * g.Cout * g.OH * g.OW) * elem_bytes(dtype);  // dconv
-  bytes = (bytes + 255) / 256 * 256;
-  if (need_dw) {  // the most splits the launcher may take: with run_rows(g) rows a block (over runs)
-    const int rows = run_rows(g);
-    const int64_t splits =
-        dtype == DType::Double ? weight_grad_splits<double>(g, rows) : weight_grad_splits<float>(g, rows);
-    bytes += (static_cast<size_t>(splits * g.Cout * g.K) * acc_bytes(dtype) + 255) / 256 * 256;
-  }
-  const int64_t bias_splits = channel_sum_splits(g.N * g.PH * g.PW, g.Cout);
-  if (need_db && bias_splits > 1) bytes += static_cast<size_t>(bias_splits * g.Cout) * acc_bytes(dtype);
-  return bytes;
-}
-
-cudaError_t conv_block_backward(DType dtype, int offset_bytes, const Geometry& g, const void* grad_out, Strides4 gs,
-                                const void* offsets, Strides4 os, const void* x, Strides4 xs, const void* w,
-                                bool channel_runs, void* dx, void* dw, void* db, void* workspace,
-                                cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using Acc = typename Num<T>::Acc;
-    return dispatch_offsets(offset_bytes, [&](auto otag) {
-      using OffT = decltype(otag);
-      if (!dx && !dw && !db) return cudaSuccess;
-      // channel_runs: the caller found conv_backward_channel_runs true; it is checked again here
-      // (a wrong dx would follow from a channel count the runs cannot take, a fault from a
-      // misaligned run).
-      const bool runs = channel_runs;
-      if ((dx && !w) || (dw && !x)) return cudaErrorInvalidValue;
-      if (runs && (!backward_runs_fit(dtype, g, x, xs) || reinterpret_cast<uintptr_t>(w) % 16 != 0))
-        return cudaErrorInvalidValue;
-      if (const int64_t splits = direct_weight_grad_splits(g, dx != nullptr); splits > 0) {
-        const size_t dw_bytes = (static_cast<size_t>(splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
-        Acc* part_dw = reinterpret_cast<Acc*>(workspace);
-        Acc* part_db = reinterpret_cast<Acc*>(static_cast<unsigned char*>(workspace) + dw_bytes);
-        const int64_t chunk = ceil_div(g.N * g.PH * g.PW, splits);
-        const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(g.Cout));
-        conv_weight_grad_direct_kernel<T, OffT, kDirectGradKernel, kDirectGradKernel, kDirectGradMaxChannels>
-            <<<grid, kThreads, 0, stream>>>(
-            g, static_cast<const T*>(grad_out), gs, static_cast<const OffT*>(offsets), os, static_cast<const T*>(x), xs,
-            chunk, part_dw, part_db);
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db ? g.Cout : 0;
-        sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
-            part_dw, splits, dw_count, static_cast<T*>(dw), part_db, splits, db_count, static_cast<T*>(db));
-        return cudaGetLastError();
-      }
-      const int dw_rows = runs ? run_rows(g) : kBM;
-      const GradBlocks plan = grad_blocks(g, dx != nullptr, dw != nullptr, db != nullptr,
-                                          dw ? weight_grad_splits<T>(g, dw_rows) : 0, runs ? kRunBK<T> : kBK, runs,
-                                          dw_rows);
-      if (plan.total() > 0x7fffffff) return cudaErrorInvalidConfiguration;  // gridDim.x
-      const int64_t conv_elems = g.N * g.Cout * g.OH * g.OW;
-      const size_t dconv_bytes = (static_cast<size_t>(conv_elems) * sizeof(T) + 255) / 256 * 256;
-      const size_t dw_part_bytes = (static_cast<size_t>(plan.splits * g.Cout * g.K) * sizeof(Acc) + 255) / 256 * 256;
-      unsigned char* ws = static_cast<unsigned char*>(workspace);
-      T* dconv = reinterpret_cast<T*>(ws);
-      Acc* dw_part = reinterpret_cast<Acc*>(ws + dconv_bytes);
-      Acc* db_part = reinterpret_cast<Acc*>(ws + dconv_bytes + dw_part_bytes);
-      const OffT* op = static_cast<const OffT*>(offsets);
-      const T* go = static_cast<const T*>(grad_out);
-      if ((dx || dw) && conv_elems > 0) {  // (no conv output: nothing to un-pool, and no divisor of 0 channels)
-        if (runs) {
-          if constexpr (kTensorCores<T>) {
-            unpool_runs_kernel<T, OffT><<<grid_for(conv_elems / kRunLen<T>), kThreads, 0, stream>>>(
-                g, UnpoolDivisors(g, kRunLen<T>), go, gs, op, os, dconv);
-            if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-          }
-        } else {
-          unpool_kernel<T, OffT>
-              <<<grid_for(conv_elems), kThreads, 0, stream>>>(g, UnpoolDivisors(g, 1), go, gs, op, os, dconv);
-          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        }
-      }
-      const unsigned blocks = static_cast<unsigned>(plan.total());
-      if (runs) {
-        if constexpr (kTensorCores<T>) {
-          const auto grads = plan.dw_rows == kWideRows ? conv_grads_runs_kernel<T, OffT, kWideRows>
-                                                       : conv_grads_runs_kernel<T, OffT, kBM>;
-          grads<<<blocks, kThreads, 0, stream>>>(g, plan, go, gs, op, os, static_cast<const T*>(x), xs,
-                                                 static_cast<const T*>(w), dconv, static_cast<T*>(dx), dw_part,
-                                                 db_part, static_cast<T*>(db));
-          if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-        }
-      } else {
-        conv_grads_kernel<T, OffT><<<blocks, kThreads, 0, stream>>>(
-            g, plan, go, gs, op, os, static_cast<const T*>(x), xs, static_cast<const T*>(w), dconv,
-            static_cast<T*>(dx), dw_part, db_part, static_cast<T*>(db));
-        if (cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-      }
-      const int64_t dw_count = dw ? g.Cout * g.K : 0, db_count = db && plan.db_splits > 1 ? g.Cout : 0;
-      if (dw_count + db_count == 0) return cudaSuccess;
-      sum_grad_partials_kernel<T><<<grid_for(dw_count + db_count), kThreads, 0, stream>>>(
-          dw_part, plan.splits, dw_count, static_cast<T*>(dw), db_part, plan.db_splits, db_count, static_cast<T*>(db),
-          runs ? RunColumns(g.Cg, g.KH * g.KW) : RunColumns());
-      return cudaGetLastError();
-    });
-  });
-}
-
-cudaError_t conv_block_jvp(DType dtype, int offset_bytes, const Geometry& g, const void* x, Strides4 xs,
-                           const void* w, const void* offsets, Strides4 os, const void* tx, Strides4 txs,
-                           const void* tw, const void* tb, void* y, Strides4 ys, cudaStream_t stream) {
-  return dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    return dispatch_offsets(offset_bytes, [&](auto otag) {
-      using OffT = decltype(otag);
-      const int64_t total = g.N * g.Cout * g.PH * g.PW;
-      if (total == 0) return cudaSuccess;  // (and no divisor of 0)
-      const T *xp = static_cast<const T*>(x), *wp = static_cast<const T*>(w), *txp = static_cast<const T*>(tx),
-              *twp = static_cast<const T*>(tw), *tbp = static_cast<const T*>(tb);
-      jvp_kernel<T, OffT><<<grid_for(total), kThreads, 0, stream>>>(g, JvpDivisors(g), xp, xs, wp,
-          static_cast<const OffT*>(offsets), os, txp, txs, twp, tbp, static_cast<T*>(y), ys);
-      return cudaGetLastError();
-    });
-  });
-}
-
 }  // namespace cuda
 }  // namespace fusedops
