@@ -388,7 +388,7 @@ def test_bfloat16_runs_the_float32_kernels_and_rounds(channels):
     torch.testing.assert_close(lw.grad, fw.grad.bfloat16(), atol=1e-2, rtol=1e-2)
 
 
-# Each case takes another path through the forward and backward kernels (csrc/cpu/conv_block.cpp):
+# Each case takes another path through the forward and backward kernels (csrc/cpu/conv_block_*.cpp):
 # im2col (> 16 input channels per group, or strided columns): conv rows shorter or longer than
 # kLongRow (32: padded-copy or span-copy gather), products below or above kSmallGemm (2^15
 # multiply-adds: register-tiled loops or BLAS), tile edges of the small GEMM (rows not a

@@ -2,7 +2,7 @@
 
 The cpp conv kernels split work with at::parallel_for, keep per-thread partial sums of
 grad_weight / grad_bias (sized by the thread count of the call) and thread_local scratch
-buffers (csrc/cpu/conv_block.cpp). Here: several Python threads run forward and backward of
+buffers (csrc/cpu/conv_block_*.cpp). Here: several Python threads run forward and backward of
 the same modules on their own inputs, with intra-op parallelism on, and must get exactly what
 serial calls get; and calls between ``torch.set_num_threads`` changes must match the
 reference each time, and repeat bit for bit at the same thread count.

@@ -1,5 +1,5 @@
-// Checks and dispatch shared by the CPU kernels of the fused conv block (conv_block.cpp,
-// conv_block_jvp.cpp).
+// Checks and dispatch shared by the CPU kernels of the fused conv block (conv_block_forward.cpp,
+// conv_block_backward.cpp, conv_block_jvp.cpp).
 
 #pragma once
 

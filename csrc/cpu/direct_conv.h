@@ -96,7 +96,7 @@ void transpose_weights(const Geometry& g, const T* w, T* wt, int64_t co_pad) {
 
 // The input rows [ih0, ih0 + rows) of image n, group grp, copied with their zero padding into
 // `padded` (Cg x rows x width; column q is input column q - pl, zero outside the input). Also
-// the im2col path's gather for short rows (conv_block.cpp im2col_short).
+// the im2col path's gather for short rows (im2col_gemm.h im2col_short).
 template <typename T>
 void copy_padded_rows(const Geometry& g, const T* x, const std::array<int64_t, 4>& xs, int64_t n, int64_t grp,
                       int64_t ih0, int64_t rows, int64_t width, std::vector<T>& padded) {
