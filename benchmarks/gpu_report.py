@@ -39,7 +39,8 @@ output to its logs.
   Triton and CUDA backends and their variants), one layer per run so that a run cut short by
   the time limit loses one layer, not the table, most wanted first (``BENCH_RUNS``): the VGG
   block (batch 64) and the conv blocks of the tutorials (batch 256) in bfloat16, then in float32,
-  then the MLP and a whole tutorial CNN's training step; then the host time per call on CUDA
+  then the MLP and a whole tutorial CNN's training step, then (bfloat16) a 4096 x 4096 linear
+  layer and the 32->64 layers without a pool; then the host time per call on CUDA
   (``benchmarks/host_overhead.py``), where each backend's training step spends GPU time
   (``benchmarks/kernel_profile.py``), the Triton conv-block kernels under candidate block
   configs (``benchmarks/triton_tiles.py``), and with the time left torch.compile
@@ -118,15 +119,21 @@ class BenchRun:
 # float32 (TF32 by default: what most users train in), then the linear layers and a whole model.
 # The compute-bound VGG block (batch 64) first: the GEMM engines' speed shows there, while the
 # tutorial layers (batch 256) are launch-bound; their 32->64 layers (the GEMM engines again)
-# before the first layers (direct kernels, timed on a GPU before).
-_CONV_BLOCKS = (("vgg block", VGG_BATCH, 120), ("cifar conv2", BENCH_BATCH, 60), ("mnist conv2", BENCH_BATCH, 60),
-                ("mnist conv1", BENCH_BATCH, 60), ("cifar conv1", BENCH_BATCH, 60))
+# before the first layers (direct kernels, timed on a GPU before). Each layer by its full name,
+# so that a run times that layer alone: the 32->64 layers' no-pool variants (a seventh H200
+# run's "cifar conv2" run timed both, twice the time) come last, with the large linear layer.
+_CONV_BLOCKS = (("vgg block 64->128 112x112", VGG_BATCH, 120), ("cifar conv2 32->64 16x16", BENCH_BATCH, 45),
+                ("mnist conv2 32->64 14x14", BENCH_BATCH, 45), ("mnist conv1 1->32 28x28", BENCH_BATCH, 45),
+                ("cifar conv1 3->32 32x32", BENCH_BATCH, 45))
 BENCH_RUNS = tuple(
     [BenchRun(dtype, "conv_block", layer, batch, seconds) for dtype in ("bfloat16", "float32")
      for layer, batch, seconds in _CONV_BLOCKS]
     + [BenchRun(dtype, op, layer, seconds=seconds)
-       for op, layer, seconds in (("linear", "mlp", 60), ("train_step", "cifar tutorial CNN", 90))
-       for dtype in ("bfloat16", "float32")])
+       for op, layer, seconds in (("linear", "mlp 784-512-512-10 relu", 60),
+                                  ("train_step", "cifar tutorial CNN (blitz LeNet)", 90))
+       for dtype in ("bfloat16", "float32")]
+    + [BenchRun("bfloat16", "linear", "4096x4096 gelu", seconds=60),
+       BenchRun("bfloat16", "conv_block", "no-pool", seconds=60)])
 
 
 clock = time.monotonic  # the stages' time (a test runs them on a simulated one)
@@ -780,10 +787,11 @@ def stage_bench(report: Report, runner: Runner) -> dict:
 
 def _check_bench_args(runs: Sequence[BenchRun], tmp: Path) -> List[str]:
     """A dry run parses every benchmark run's arguments with benchmarks/run.py (on the CPU
-    device, which the parser accepts here) and checks each selects at least one layer."""
+    device, which the parser accepts here) and checks each selects at least one layer, and no
+    layer is timed twice in one dtype (by two runs whose names overlap)."""
     from benchmarks import run as bench
 
-    problems = []
+    problems, timed = [], {}
     for run in runs:
         try:
             # --full: the CPU device's parser with the GPU's layer set (all of them)
@@ -795,7 +803,12 @@ def _check_bench_args(runs: Sequence[BenchRun], tmp: Path) -> List[str]:
             continue
         if not chosen:
             problems.append(f"dry run: benchmarks/run.py selects no layer for {run.op} {run.layer!r}")
-    return problems or [f"{len(runs)} benchmark runs, each selects its layers"]
+        for w in chosen:
+            if (w.layer, run.dtype) in timed:
+                problems.append(f"dry run: {w.layer} {run.dtype} is timed by both {timed[w.layer, run.dtype]!r} "
+                                f"and {run.label!r}")
+            timed[w.layer, run.dtype] = run.label
+    return problems or [f"{len(runs)} benchmark runs, each selects its layers, none a layer another times"]
 
 
 def _check_tiles() -> List[str]:

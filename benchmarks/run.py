@@ -378,7 +378,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=_positive_int, default=None, help="default 256 on CUDA, 64 on CPU")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma list of {', '.join(OPS)} (default: all)")
     parser.add_argument("--layers", default=None,
-                        help="comma list: only layers whose name contains one of these (see the list below)")
+                        help="comma list: only layers whose name contains one of these, or a layer's full "
+                        "name for that layer alone (see the list below)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma list of {', '.join(MODES)} (default: both; train = forward + backward, "
                         "for whole models also the SGD step)")
@@ -441,7 +442,10 @@ def select_workloads(args):
         pool = [w for w in pool if w.layer.startswith(("mnist", "cifar conv", "mlp"))]
     chosen = [w for w in pool if w.op in args.ops and any(m in w.modes for m in args.modes)]
     if args.layers:
-        chosen = [w for w in chosen if any(s in w.layer for s in args.layers)]
+        # A layer's full name selects that layer alone ("cifar conv2 32->64 16x16", not its
+        # no-pool variant); any other string, every layer whose name contains it.
+        names = {w.layer for w in workloads.ALL}
+        chosen = [w for w in chosen if any(s == w.layer if s in names else s in w.layer for s in args.layers)]
     rank = {op: i for i, op in enumerate(OPS)}
     return sorted(chosen, key=lambda w: rank[w.op])  # the tables' order: whole models first
 

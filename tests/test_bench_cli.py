@@ -151,6 +151,17 @@ def test_whole_models_come_first_in_tables_and_plot_order():
     assert [w.op for w in run.select_workloads(args)][0] == "train_step"
 
 
+def test_a_full_layer_name_selects_that_layer_alone():
+    def layers(selection):
+        args = run.parse_args(["--device", "cpu", "--full", "--ops", "conv_block", "--layers", selection])
+        return [w.layer for w in run.select_workloads(args)]
+
+    assert layers("cifar conv2") == ["cifar conv2 32->64 16x16", "cifar conv2 32->64 16x16 no-pool"]
+    assert layers("cifar conv2 32->64 16x16") == ["cifar conv2 32->64 16x16"]
+    assert layers("cifar conv2 32->64 16x16,no-pool") == [
+        "cifar conv2 32->64 16x16", "mnist conv2 32->64 14x14 no-pool", "cifar conv2 32->64 16x16 no-pool"]
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

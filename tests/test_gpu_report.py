@@ -28,13 +28,13 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
     assert "-m 'not gpu'" not in out  # a GPU machine leaves the CPU suite to make test
     for tool in gr.SANITIZER_TOOLS:
         assert f"compute-sanitizer --tool {tool} " in out
-    assert out.count("benchmarks/run.py --device cuda") == len(gr.BENCH_RUNS) + 1 == 15
+    assert out.count("benchmarks/run.py --device cuda") == len(gr.BENCH_RUNS) + 1 == 17
     # max-autotune only in the last run; the reference in none
-    assert out.count("--skip-providers compile-max-autotune,fusedops-reference") == 14
+    assert out.count("--skip-providers compile-max-autotune,fusedops-reference") == 16
     assert out.rindex("--providers compile-max-autotune") > out.index("benchmarks/kernel_profile.py")
     # the speed targets first: the VGG block at batch 64, then the tutorial layers, in bf16
     runs = [line for line in out.splitlines() if "benchmarks/run.py" in line]
-    assert "--dtypes bfloat16 --batch 64 --ops conv_block --layers 'vgg block'" in runs[0]
+    assert "--dtypes bfloat16 --batch 64 --ops conv_block --layers 'vgg block 64->128 112x112'" in runs[0]
     assert all("--dtypes bfloat16 --batch 256 --ops conv_block" in line for line in runs[1:5])
     files = sorted(p.name for p in tmp_path.iterdir())
     assert set(files) <= set(gr.FILES) and len(gr.FILES) <= 8
@@ -47,12 +47,12 @@ def test_the_dry_run_goes_through_every_stage_and_a_stage_alone_keeps_the_others
         assert f"| {stage} | dry-run |" in summary
     # The checks the dry run makes: the pytest selections collect tests, every benchmark run selects a layer.
     assert "pytest -m 'gpu' collects" in summary and "pytest -m 'sanitize' collects" in summary
-    assert "14 benchmark runs, each selects its layers" in summary
+    assert "16 benchmark runs, each selects its layers, none a layer another times" in summary
     # The sample outputs went through the parsers into the summary.
     assert "| gpu | cuda |" in summary and "test_conv_block[cuda-fp16-pool_padding]" in summary
     assert "racecheck: FAIL: 1 errors; fusedops kernels: 1 in conv_pool_gemm_kernel" in summary
-    assert "| mnist conv1 (sample) | bf16 | fwd | 0.050 |" in summary
-    assert "| vgg block (sample), batch 64 | fp32 | train | 0.050 |" in summary
+    assert "| mnist conv1 1->32 28x28 (sample) | bf16 | fwd | 0.050 |" in summary
+    assert "| vgg block 64->128 112x112 (sample), batch 64 | fp32 | train | 0.050 |" in summary
     assert "benchmarks/host_overhead.py --device cuda" in out and "| cuda | conv block (sample) |" in summary
     assert "benchmarks/kernel_profile.py" in out and "| bfloat16 | 1->32 @28 (sample) | eager |" in summary
     assert "benchmarks/triton_tiles.py" in out and "| vgg 64->128 @112 (sample) | fwd | 128x128x64 w8 * |" in summary
@@ -85,6 +85,16 @@ def test_without_a_cuda_device_the_gpu_stages_say_why_they_skip(tmp_path, stage)
     assert gr.main(["--stage", stage, "--out", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert f"| {stage} | skipped |" in summary and "no CUDA device (torch.cuda.is_available() is False)" in summary
+
+
+def test_the_dry_run_finds_a_layer_two_benchmark_runs_would_time(tmp_path):
+    overlapping = (gr.BenchRun("bfloat16", "conv_block", "cifar conv2"),
+                   gr.BenchRun("bfloat16", "conv_block", "no-pool"), gr.BenchRun("float32", "conv_block", "no-pool"))
+    problems = gr._check_bench_args(overlapping, tmp_path)
+    assert problems == ["dry run: cifar conv2 32->64 16x16 no-pool bfloat16 is timed by both "
+                        "'cifar conv2 bfloat16 b256' and 'no-pool bfloat16 b256'"]
+    assert gr._check_bench_args(gr.BENCH_RUNS, tmp_path) == [
+        f"{len(gr.BENCH_RUNS)} benchmark runs, each selects its layers, none a layer another times"]
 
 
 def test_a_budget_gives_each_stage_what_the_later_ones_leave(monkeypatch):
