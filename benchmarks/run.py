@@ -28,6 +28,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -119,12 +120,14 @@ class Progress:
     """A one-line progress bar on stderr. While it is active (``with progress:``), whatever
     else is written to stderr (Python warnings, torch's log messages, skip notes) is printed
     on its own lines above the bar, which is then drawn again. Where stderr is not a terminal
-    (a log file), each step is a line of its own instead."""
+    (a log file), each step is a line of its own instead, with the seconds since the start, and
+    the last line says when the whole run ended (where a time-limited run spends its time)."""
 
     WIDTH = 30
 
     def __init__(self, total: int, stream=None):
         self.total, self.done, self.label = total, 0, ""
+        self.start = time.monotonic()
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
         self._shown = 0  # characters of the bar on the screen now
@@ -132,7 +135,7 @@ class Progress:
 
     def _draw(self) -> None:
         if not self.terminal:
-            self.stream.write(f"[{self.done}/{self.total}] {self.label}\n")
+            self.stream.write(f"[{self.done}/{self.total}] {self.label} (at {time.monotonic() - self.start:.0f} s)\n")
             self.stream.flush()
             return
         filled = int(self.WIDTH * self.done / max(1, self.total))
@@ -185,6 +188,8 @@ class Progress:
         if self._shown:
             self.stream.write("\n")
             self._shown = 0
+        if not self.terminal and self.done:
+            self.stream.write(f"[{self.done}/{self.total}] ended at {time.monotonic() - self.start:.0f} s\n")
         self.stream.flush()
 
 

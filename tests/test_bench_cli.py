@@ -191,6 +191,16 @@ def test_warnings_and_log_messages_do_not_break_the_progress_bar():
     assert not any("1/2 job one" in line for line in shown[:-2])  # the bar was cleared, then redrawn
 
 
+def test_a_log_file_gets_a_line_a_job_with_its_start_and_the_end(monkeypatch):
+    log = io.StringIO()  # not a terminal
+    clock = iter([100.0, 103.4, 130.2, 161.9])
+    monkeypatch.setattr(run.time, "monotonic", lambda: next(clock))
+    with run.Progress(2, stream=log) as progress:
+        progress.step("job one")
+        progress.step("job two")
+    assert log.getvalue().splitlines() == ["[1/2] job one (at 3 s)", "[2/2] job two (at 30 s)", "[2/2] ended at 62 s"]
+
+
 def test_plot_is_one_readable_figure(tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image
