@@ -198,13 +198,16 @@ def test_integer_divisions_are_counted_inside_loops_only():
     assert count(_PTX.format(**{**blocks, "header": _DIVS, "latch": "\tdiv.u32 \t%r7, %r5, %r4;\n"})) == 3
 
 
-def test_a_division_in_a_gemm_kernels_loop_fails_the_triton_check():
+def test_a_division_in_any_kernels_loop_fails_the_triton_check():
     gemm, other = _launch(90), _launch(90, kernel="conv_block_jvp_kernel")
-    results = {gemm.key(): triton_compile.Compiled(1.0), other.key(): triton_compile.Compiled(1.0, loop_divisions=4)}
+    results = {gemm.key(): triton_compile.Compiled(1.0), other.key(): triton_compile.Compiled(1.0)}
     assert triton_check.loop_division_errors([gemm, other], results) == []
     results[gemm.key()] = triton_compile.Compiled(1.0, loop_divisions=2)
     errors = triton_check.loop_division_errors([gemm, other], results)
     assert len(errors) == 1 and "conv_block_dx_kernel" in errors[0] and "2 integer divisions" in errors[0]
+    results[other.key()] = triton_compile.Compiled(1.0, loop_divisions=4)  # the tangent kernel too
+    errors = triton_check.loop_division_errors([gemm, other], results)
+    assert len(errors) == 2 and "conv_block_jvp_kernel" in errors[1] and "4 integer divisions" in errors[1]
 
 
 def _launch(arch, kernel="conv_block_dx_kernel", grid=(1, 1, 1)):

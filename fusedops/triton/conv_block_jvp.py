@@ -33,14 +33,17 @@ BLOCK_K = 32  # reduction elements per step
 @triton.jit
 def conv_block_jvp_kernel(
     x_ptr, w_ptr, o_ptr, tx_ptr, tw_ptr, tb_ptr, y_ptr,
-    N, C_OUT, H, W, Cg, Coutg, KH, KW, PH, PW,
-    sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw, PKW,
+    N, C_OUT, H, W, Cg, Coutg, PH, PW,
+    sh, sw, pt, pl, dh, dw, psh, psw, pph, ppw, pdh, pdw,
     sxn, sxc, sxh, sxw, swc, swi, swh, sww, son, soc, soh, sow,
     stn, stc, sth, stw, stwc, stwi, stwh, stww, stb, syn, syc, syh, syw,
+    KH: tl.constexpr, KW: tl.constexpr, PKW: tl.constexpr,
     HAS_TX: tl.constexpr, HAS_TW: tl.constexpr, HAS_TB: tl.constexpr, ACC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """t (above) for BLOCK_M outputs in (n, c, ph, pw) order. Grid: (cdiv(N*Cout*PH*PW, BLOCK_M),)."""
+    """t (above) for BLOCK_M outputs in (n, c, ph, pw) order. Grid: (cdiv(N*Cout*PH*PW, BLOCK_M),).
+    The filter and pool-window widths are constexpr (as in the other conv kernels), so the K
+    loop splits k into (ci, kh, kw) by multiplies, not divisions."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     ok = idx < N * C_OUT * PH * PW
     pw = idx % PW
@@ -96,11 +99,12 @@ def jvp(input, weight, offsets, input_tangent, weight_tangent, bias_tangent, p: 
         conv_block_jvp_kernel[grid](
             input, weight, offsets, tx if tx is not None else input, tw if tw is not None else weight,
             tb if tb is not None else weight, out,
-            n, cout, h, w, cg, cout // p.groups, kh, kw, out.shape[2], out.shape[3],
-            *p.stride, p.padding[0], p.padding[2], *p.dilation, *ps, *pp, *pd, pool[1],
+            n, cout, h, w, cg, cout // p.groups, out.shape[2], out.shape[3],
+            *p.stride, p.padding[0], p.padding[2], *p.dilation, *ps, *pp, *pd,
             *input.stride(), *weight.stride(), *offsets.stride(),
             *(tx.stride() if tx is not None else zeros4), *(tw.stride() if tw is not None else zeros4),
             tb.stride(0) if tb is not None else 0, *out.stride(),
+            KH=kh, KW=kw, PKW=pool[1],
             HAS_TX=tx is not None, HAS_TW=tw is not None, HAS_TB=tb is not None, ACC=acc_dtype(input.dtype),
             BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K,
         )
