@@ -100,9 +100,10 @@ VGG_BATCH = 64
 
 @dataclass(frozen=True)
 class BenchRun:
-    """One ``benchmarks/run.py`` run: one layer (a part of its name), one dtype; ``seconds``:
-    about how long it takes (its results are written at its end: a run cut short has none, so
-    a run starts only where that much time is left)."""
+    """One ``benchmarks/run.py`` run: one layer (its full name; a part of names selects every
+    layer that has it), one dtype; ``seconds``: about how long it takes (its results are
+    written at its end: a run cut short has none, so a run starts only where that much time is
+    left)."""
 
     dtype: str
     op: str
