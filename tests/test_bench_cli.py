@@ -194,7 +194,7 @@ def test_warnings_and_log_messages_do_not_break_the_progress_bar():
 def test_a_log_file_gets_a_line_a_job_with_its_start_and_the_end(monkeypatch):
     log = io.StringIO()  # not a terminal
     clock = iter([100.0, 103.4, 130.2, 161.9])
-    monkeypatch.setattr(run.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(run, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     with run.Progress(2, stream=log) as progress:
         progress.step("job one")
         progress.step("job two")

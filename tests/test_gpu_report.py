@@ -97,15 +97,26 @@ def test_the_dry_run_finds_a_layer_two_benchmark_runs_would_time(tmp_path):
         f"{len(gr.BENCH_RUNS)} benchmark runs, each selects its layers, none a layer another times"]
 
 
+def test_max_autotune_runs_the_bf16_tutorial_layers_and_no_variant_of_them():
+    from benchmarks import run as bench
+
+    args = bench.parse_args([*gr.bench_argv(gr.AUTOTUNE_RUN, Path("unused"), device="cpu"), "--full"])
+    args.device = "cuda"
+    assert sorted(w.layer for w in bench.select_workloads(args)) == [
+        "cifar conv1 3->32 32x32", "cifar conv2 32->64 16x16", "mlp 784-512-512-10 relu", "mnist conv1 1->32 28x28",
+        "mnist conv2 32->64 14x14"]
+
+
 def test_a_budget_gives_each_stage_what_the_later_ones_leave(monkeypatch):
     monkeypatch.delenv("FUSEDOPS_STAGE_SECONDS", raising=False)
     later = ("test", "sanitize", "bench")
     reserved = sum(gr.RESERVE_SECONDS[s] for s in later)
-    assert gr.stage_limit("sanitize", later, None) == 420  # no budget: each stage's own limit
-    assert gr.stage_limit("sanitize", later, 540) == 540 - reserved
+    monkeypatch.setattr(gr, "FLOOR_SECONDS", {})  # the reserves alone (the floor: the next test)
+    assert gr.stage_limit("build", later, None) == 420  # no budget: each stage's own limit
+    assert gr.stage_limit("build", later, 540) == 540 - reserved
     assert gr.stage_limit("bench", (), 300) == 300 and gr.stage_limit("bench", (), 5000) == 420
-    assert gr.stage_limit("sanitize", later, reserved) == reserved / 5  # never nothing while time is left
-    assert gr.stage_limit("sanitize", later, -3) == 0
+    assert gr.stage_limit("build", later, reserved) == reserved / 5  # never nothing while time is left
+    assert gr.stage_limit("build", later, -3) == 0
 
 
 def test_the_build_gets_its_floor_before_the_later_stages_reserves(monkeypatch):

@@ -8,7 +8,8 @@ compiled for each target (``tools/triton_compile.py``). The check fails on:
 - shared memory over the target's per-block limit (227 KB sm_90, 163 KB sm_80);
 - a compile slower than ``--max-compile-seconds`` (30 s);
 - a grid over the hardware limits (x < 2^31, y and z <= 65,535);
-- a block config the launchers can pick that no case compiled (coverage).
+- a block config the launchers can pick that no case compiled (coverage);
+- an integer division or remainder inside any kernel's loops (in the PTX).
 
 It prints a table (kernel, case, dtype, config, shared memory, registers, stack, wgmma/mma
 count, compile seconds) and writes it to ``benchmarks/triton-sm90.md`` (with an sm_80 summary).
@@ -116,9 +117,10 @@ def resource_errors(launches, results, max_seconds) -> list:
     return list(dict.fromkeys(errors))
 
 
-# No kernel's loops divide: the conv geometry is constexpr (the filter and pool-window sizes,
-# strides, dilations), a weight gradient steps through its positions by carries, a linear layer
-# has no geometry; the tangent kernel's K loop splits k by its constexpr filter size.
+# No kernel's loops divide: the implicit GEMMs' conv geometry is constexpr (the filter and
+# pool-window sizes, strides, dilations), a weight gradient steps through its positions by
+# carries, a linear layer has no geometry; the tangent kernel's K loop splits k by its constexpr
+# filter size (its strides and dilations only multiply).
 
 
 def loop_division_errors(launches, results) -> list:
@@ -192,8 +194,8 @@ def write_report(path, launches, results, archs, errors, elapsed, compiles) -> N
         + ", ".join(f"sm_{a}" for a in archs) + " without a GPU. Shared memory is",
         "the compiled kernel's (dynamic, per block); registers and stack per thread from",
         "`cuobjdump -res-usage`; wgmma/mma count the tensor-core instructions in the PTX; loop div",
-        "counts the integer divisions and remainders inside the PTX's loops (the implicit-GEMM",
-        "kernels must have none: a failure); compile seconds are wall time with",
+        "counts the integer divisions and remainders inside the PTX's loops (every kernel must",
+        "have none: a failure); compile seconds are wall time with",
         f"{compiles} compiles shared by parallel workers on this machine.",
         "",
         f"{datetime.date.today().isoformat()}: {len(set(ln.key() for ln in launches))} compiles, "

@@ -10,10 +10,10 @@
 // and grad_bias sums the pooled gradients whose ReLU was on. Deterministic for a fixed
 // thread count.
 //
-// Winograd path (conv_block_forward.cpp): the backward rebuilds each image's whole conv-output
-// gradient (channels innermost) and gets both grad_input (a Winograd correlation with the
-// flipped, transposed filters) and grad_weight (Winograd's weight-gradient GEMMs) from it,
-// without im2col or col2im.
+// Winograd path (the layers conv_block_forward.cpp describes with its forward): the backward
+// rebuilds each image's whole conv-output gradient (channels innermost) and gets both
+// grad_input (a Winograd correlation with the flipped, transposed filters) and grad_weight
+// (Winograd's weight-gradient GEMMs) from it, without im2col or col2im.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -99,7 +99,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
   const std::array<int64_t, 4> xs{input.stride(0), input.stride(1), input.stride(2), input.stride(3)};
   const T* w = weight.const_data_ptr<T>();
   T* dx = mask[0] ? grad_input.mutable_data_ptr<T>() : nullptr;
-  const int64_t band = band_rows(g);
+  const int64_t band = im2col_gemm::band_rows(g);
   const int64_t threads = at::get_num_threads();
   // Per-thread partial sums of grad_weight and grad_bias, reduced in thread order below.
   // (Winograd: the 16 x Coutg x Cg tile sums per group, turned into grad_weight at the end.)
@@ -120,7 +120,7 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
     images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
   }
   const int64_t chunks = (g.N + images - 1) / images;
-  const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
+  const std::vector<int64_t> tap_delta = im2col_gemm::pool_tap_deltas(g);
   // First layers (direct path, MaxPool2d(2)) without an input gradient: the weight gradient
   // from each pooled gradient at its max's conv position (direct_conv.h), no un-pooled tile.
   const bool direct_dw = direct_conv::weight_grad_applies<T>(g) && mask[1] && !mask[0];
@@ -200,14 +200,14 @@ void backward_kernel(const Geometry& g, const at::Tensor& grad_out, const at::Te
         if (!any || M == 0 || !(mask[0] || mask[1])) continue;
         if (mask[1]) {
           col.resize(g.K * M);
-          im2col(g, x, xs, n, grp, r0, r1, col.data());
-          matmul<T>(false, true, g.Coutg, g.K, M, dtile.data(), M, col.data(), M, true, dwg, g.K);
+          im2col_gemm::im2col(g, x, xs, n, grp, r0, r1, col.data());
+          im2col_gemm::matmul<T>(false, true, g.Coutg, g.K, M, dtile.data(), M, col.data(), M, true, dwg, g.K);
         }
         if (mask[0]) {
           dcol.resize(g.K * M);
-          matmul<T>(true, false, g.K, M, g.Coutg, w + grp * g.Coutg * g.K, g.K, dtile.data(), M, false,
-                    dcol.data(), M);
-          col2im_add(g, dcol.data(), n, grp, r0, r1, dx);
+          im2col_gemm::matmul<T>(true, false, g.K, M, g.Coutg, w + grp * g.Coutg * g.K, g.K, dtile.data(), M, false,
+                                 dcol.data(), M);
+          im2col_gemm::col2im_add(g, dcol.data(), n, grp, r0, r1, dx);
         }
       }
     }

@@ -314,7 +314,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
   std::vector<T> wt(direct ? g.G * g.K * co_pad : 0);
   for (int64_t grp = 0; direct && grp < g.G; ++grp)
     direct_conv::transpose_weights(g, w + grp * g.Coutg * g.K, wt.data() + grp * g.K * co_pad, co_pad);
-  const int64_t band = direct ? direct_conv::band_rows(g) : band_rows(g);
+  const int64_t band = direct ? direct_conv::band_rows(g) : im2col_gemm::band_rows(g);
   const int64_t bands = (g.PH + band - 1) / band;
   // Winograd: the transformed filters of every group, and several small images per task so
   // that the 16 GEMMs have enough columns.
@@ -329,7 +329,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
     images = std::clamp<int64_t>(winograd::kTilesPerBatch / tiles, 1, std::max<int64_t>(spread, 1));
   }
   const int64_t chunks = (g.N + images - 1) / images;
-  const std::vector<int64_t> tap_delta = pool_tap_deltas(g);
+  const std::vector<int64_t> tap_delta = im2col_gemm::pool_tap_deltas(g);
   // MaxPool2d(2) over whole windows: its windows are exactly the Winograd output tiles (the
   // bands start at even conv rows), so the pool runs in the output transform.
   const bool pool_on_tiles = g.winograd && g.whole_pool2x2();
@@ -393,8 +393,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& input, const at::Tensor
             direct_conv::conv_rows<T, direct_conv::kCo>(g, x, xs, n, grp, r0, r1, wg, t, padded);
         } else if (M > 0 && !g.winograd) {
           col.resize(g.K * M);
-          im2col(g, x, xs, n, grp, r0, r1, col.data());
-          matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false, t, M);
+          im2col_gemm::im2col(g, x, xs, n, grp, r0, r1, col.data());
+          im2col_gemm::matmul<T>(false, false, g.Coutg, M, g.K, w + grp * g.Coutg * g.K, g.K, col.data(), M, false, t,
+                                 M);
         }
         band_epilogue<T, OffT>(g, t, M, r0, p0, p1, b, grp, y + n * ys[0], o + n * ys[0], ys, tap_delta, best_row,
                                where_row);

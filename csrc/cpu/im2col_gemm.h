@@ -1,21 +1,22 @@
-// The im2col + GEMM machinery of the "cpp" conv block, forward (conv_block_forward.cpp) and
-// backward (conv_block_backward.cpp) alike: BLAS and small in-register GEMMs, the band of
-// conv-output rows a task covers, im2col / col2im of a band, the pool taps' offsets in a band.
+// The im2col + GEMM machinery of the "cpp" conv block (conv_block_forward.cpp,
+// conv_block_backward.cpp): BLAS and small in-register GEMMs, the band of conv-output rows a
+// task covers, im2col of a band (forward and backward) and col2im (backward), the pool taps'
+// offsets in a band.
 
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "../conv_geometry.h"
 #include "blas.h"
+#include "direct_conv.h"
 #include "vectorize.h"
 
 namespace fusedops {
-namespace {  // internal linkage: each including file its own instances (and their target clones)
+namespace im2col_gemm {
 
 // Row-major C (M x N) = op(A) (M x K) @ op(B) (K x N) [+ C when accumulate]: one BLAS call on
 // the buffers (blas.h; at::mm on them viewed as tensors cost three tensors and a dispatch per
@@ -325,5 +326,5 @@ inline std::vector<int64_t> pool_tap_deltas(const Geometry& g) {
   return delta;
 }
 
-}  // namespace
+}  // namespace im2col_gemm
 }  // namespace fusedops

@@ -1,6 +1,8 @@
 // The conv-block backward's launcher (kernels.h): conv_block_backward runs the un-pool, the
-// gradients' kernel and the fixed-order sum of partial sums of conv_block_kernels.cuh, in the
-// scratch memory conv_block_backward_workspace sizes.
+// gradients' kernel (over runs of channels where conv_backward_channel_runs holds) and the
+// fixed-order sum of partial sums of conv_block_kernels.cuh, or for a first layer without an
+// input gradient the direct weight gradient and that sum, in the scratch memory
+// conv_block_backward_workspace sizes.
 
 #include "conv_block_kernels.cuh"
 

@@ -1,5 +1,6 @@
 // The conv-block forward's launcher (kernels.h): conv_block_forward picks the direct, patch,
-// implicit-GEMM or channel-run kernel of conv_block_kernels.cuh.
+// implicit-GEMM or channel-run kernel of conv_block_kernels.cuh; conv_forward_channel_runs says
+// whether the caller may give it the weight for the channel-run kernel.
 
 #include "conv_block_kernels.cuh"
 

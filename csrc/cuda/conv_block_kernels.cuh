@@ -39,6 +39,10 @@
 //    axis_phase), the weight gradient with both operands stored across k.
 //  - sum_grad_partials_kernel adds the weight and bias gradients' split partial sums in split
 //    order.
+// A first layer without an input gradient (3x3, <= 3 input channels a group:
+// direct_weight_grad_splits) takes two launches instead: conv_weight_grad_direct_kernel sends
+// each pooled gradient through its offset to its one conv position (no un-pool), then
+// sum_grad_partials_kernel.
 // Every result is deterministic, for any pool.
 //
 // Tangent (jvp_kernel): the output's tangent at fixed offsets, one dot product per output at
