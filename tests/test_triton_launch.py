@@ -431,10 +431,21 @@ def _ints(shape, low, high, scale=1.0, seed=0):
     return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(seed)).float() * scale
 
 
+def _moved(x, device, dtype):
+    """``x`` on ``device`` in ``dtype`` with its layout kept: ``.to`` makes an expanded tensor
+    dense, so the dims it expands are moved as one element and expanded again there."""
+    base = x
+    for d in range(x.dim()):
+        if x.stride(d) == 0 and x.size(d) > 1:
+            base = base.narrow(d, 0, 1)
+    return base.to(device=device, dtype=dtype).expand(x.shape)
+
+
 def _run_case_tensors(make_x, cout, kernel, groups, dtype, device):
-    """``x`` from ``make_x``, and a weight and bias of small integers times quarters (exact in
-    every precision and summation order) for ``cout`` filters of size ``kernel``."""
-    x = make_x().to(device=device, dtype=dtype)
+    """``x`` from ``make_x`` (moved with its layout), and a weight and bias of small integers
+    times quarters (exact in every precision and summation order) for ``cout`` filters of size
+    ``kernel``."""
+    x = _moved(make_x(), device, dtype)
     w = _ints((cout, x.shape[1] // groups, *kernel), -2, 3, 0.25, seed=1).to(device=device, dtype=dtype)
     b = _ints((cout,), -8, 9, 0.25, seed=2).to(device=device, dtype=dtype)
     return x, w, b
